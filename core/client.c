@@ -1,0 +1,493 @@
+/*
+ * client.c: outgoing HTTP on libcurl's multi interface, and the `core.client` module.
+ *
+ * curl tells us which sockets to watch (socket callback) and when to call it back (timer callback); both
+ * only record what curl asked for, and the loop calls curl_multi_socket_action when a socket is ready or
+ * the timer is due. Finished transfers are collected from curl_multi_info_read after socket_action has
+ * returned, so the waiting Lua tasks are resumed outside every curl callback (curl forbids re-entering the
+ * multi handle from its callbacks, and a resumed task may well start another request).
+ *
+ * Easy handles are pooled. Connections (TCP or unix socket) are cached by the multi handle and reused;
+ * CURLMOPT_MAX_HOST_CONNECTIONS caps the connections per host so that a burst of requests queues instead of
+ * opening one Docker socket connection per request.
+ *
+ * Streaming (opts.on_data): the write callback calls the Lua function with each chunk on the main state,
+ * which cannot yield; returning false aborts the transfer.
+ */
+#define _GNU_SOURCE
+#include "buf.h"
+#include "log.h"
+#include "loop.h"
+#include "task.h"
+
+#include <ctype.h>
+#include <curl/curl.h>
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ERR_MT "core.client.error"
+#define EASY_POOL_MAX 64
+
+struct creq {
+    CURL *easy;
+    task *t;
+    buf_t body;
+    buf_t hdrs_raw;
+    struct curl_slist *hdrs;
+    int on_data_ref;
+    int aborted;
+    int lua_error;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+struct csock {
+    loop_watch w;
+    curl_socket_t fd;
+};
+
+static struct {
+    CURLM *multi;
+    loop_timer timer;
+    CURL *pool[EASY_POOL_MAX];
+    int npool;
+    long max_host;
+    int inited;
+} C;
+
+static void check_done(void);
+
+/* ---- loop glue ---- */
+
+static void free_deferred(void *p)
+{
+    free(p);
+}
+
+static void on_sock_event(loop_watch *w, uint32_t events)
+{
+    struct csock *cs = w->data;
+    int running, mask = 0;
+    if (events & EPOLLIN)
+        mask |= CURL_CSELECT_IN;
+    if (events & EPOLLOUT)
+        mask |= CURL_CSELECT_OUT;
+    if (events & (EPOLLERR | EPOLLHUP))
+        mask |= CURL_CSELECT_ERR;
+    curl_multi_socket_action(C.multi, cs->fd, mask, &running);
+    check_done();
+}
+
+static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    struct csock *cs = socketp;
+    (void)e;
+    (void)userp;
+    if (what == CURL_POLL_REMOVE) {
+        if (cs) {
+            loop_watch_del(&cs->w);
+            curl_multi_assign(C.multi, s, NULL);
+            loop_defer(free_deferred, cs); /* an event for it may still be in this epoll batch */
+        }
+        return 0;
+    }
+    uint32_t ev = 0;
+    if (what & CURL_POLL_IN)
+        ev |= EPOLLIN;
+    if (what & CURL_POLL_OUT)
+        ev |= EPOLLOUT;
+    if (!cs) {
+        cs = calloc(1, sizeof(*cs));
+        if (!cs)
+            return -1;
+        cs->fd = s;
+        cs->w.fd = s;
+        cs->w.events = ev;
+        cs->w.cb = on_sock_event;
+        cs->w.data = cs;
+        if (loop_watch_add(&cs->w) < 0) {
+            free(cs);
+            return -1;
+        }
+        curl_multi_assign(C.multi, s, cs);
+    } else {
+        loop_watch_mod(&cs->w, ev);
+    }
+    return 0;
+}
+
+static void on_timer(loop_timer *t)
+{
+    int running;
+    (void)t;
+    curl_multi_socket_action(C.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done();
+}
+
+static int timer_cb(CURLM *m, long timeout_ms, void *userp)
+{
+    (void)m;
+    (void)userp;
+    if (timeout_ms < 0)
+        loop_timer_stop(&C.timer);
+    else
+        loop_timer_start(&C.timer, (uint64_t)timeout_ms * 1000000ull);
+    return 0;
+}
+
+static int client_init(void)
+{
+    if (C.inited)
+        return 0;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return -1;
+    C.multi = curl_multi_init();
+    if (!C.multi)
+        return -1;
+    C.timer.cb = on_timer;
+    if (!C.max_host)
+        C.max_host = 16;
+    curl_multi_setopt(C.multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+    curl_multi_setopt(C.multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(C.multi, CURLMOPT_MAX_HOST_CONNECTIONS, C.max_host);
+    curl_multi_setopt(C.multi, CURLMOPT_MAXCONNECTS, C.max_host * 4);
+    C.inited = 1;
+    return 0;
+}
+
+/* ---- transfers ---- */
+
+static size_t on_header(char *data, size_t size, size_t n, void *ud)
+{
+    struct creq *r = ud;
+    size_t len = size * n;
+    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0)
+        r->hdrs_raw.len = r->hdrs_raw.off = 0; /* a new response (after 100 Continue, say) */
+    if (buf_append(&r->hdrs_raw, data, len) < 0)
+        return 0;
+    return len;
+}
+
+static size_t on_write(char *data, size_t size, size_t n, void *ud)
+{
+    struct creq *r = ud;
+    size_t len = size * n;
+    if (r->on_data_ref != LUA_NOREF) {
+        lua_State *L = task_main_state();
+        int top = lua_gettop(L);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->on_data_ref);
+        lua_pushlstring(L, data, len);
+        if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+            log_write(LOG_ERROR, r->t ? r->t->request_id : NULL, "client on_data failed", "error",
+                      lua_tostring(L, -1), NULL);
+            r->lua_error = 1;
+            lua_settop(L, top);
+            return 0;
+        }
+        int stop = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+        lua_settop(L, top);
+        if (stop) {
+            r->aborted = 1;
+            return 0;
+        }
+        return len;
+    }
+    if (buf_append(&r->body, data, len) < 0)
+        return 0;
+    return len;
+}
+
+static void push_headers(lua_State *L, struct creq *r)
+{
+    lua_newtable(L);
+    const char *p = r->hdrs_raw.data, *end = p + r->hdrs_raw.len;
+    if (!p)
+        return;
+    /* skip the status line */
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    p = nl ? nl + 1 : end;
+    while (p < end) {
+        nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        const char *colon = memchr(p, ':', (size_t)(le - p));
+        if (colon && colon > p) {
+            luaL_Buffer b;
+            luaL_buffinit(L, &b);
+            for (const char *k = p; k < colon; k++)
+                luaL_addchar(&b, (char)tolower((unsigned char)*k));
+            luaL_pushresult(&b);
+            const char *v = colon + 1;
+            const char *ve = le;
+            while (v < ve && (*v == ' ' || *v == '\t'))
+                v++;
+            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            lua_pushvalue(L, -1);
+            if (lua_rawget(L, -3) == LUA_TSTRING) {
+                lua_pushliteral(L, ", ");
+                lua_pushlstring(L, v, (size_t)(ve - v));
+                lua_concat(L, 3);
+            } else {
+                lua_pop(L, 1);
+                lua_pushlstring(L, v, (size_t)(ve - v));
+            }
+            lua_rawset(L, -3);
+        }
+        p = le + 1;
+    }
+}
+
+static void push_error(lua_State *L, const char *kind, const char *msg)
+{
+    lua_pushnil(L);
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "message");
+    luaL_setmetatable(L, ERR_MT);
+}
+
+static void creq_release(struct creq *r)
+{
+    lua_State *L = task_main_state();
+    if (r->on_data_ref != LUA_NOREF)
+        luaL_unref(L, LUA_REGISTRYINDEX, r->on_data_ref);
+    curl_slist_free_all(r->hdrs);
+    buf_free(&r->body);
+    buf_free(&r->hdrs_raw);
+    if (C.npool < EASY_POOL_MAX) {
+        curl_easy_reset(r->easy);
+        C.pool[C.npool++] = r->easy;
+    } else {
+        curl_easy_cleanup(r->easy);
+    }
+    free(r);
+}
+
+static void finish(struct creq *r, CURLcode code)
+{
+    task *t = r->t;
+    lua_State *L = t->L;
+    int nres;
+    if (code == CURLE_OK) {
+        long status = 0;
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+        lua_createtable(L, 0, 3);
+        lua_pushinteger(L, status);
+        lua_setfield(L, -2, "status");
+        push_headers(L, r);
+        lua_setfield(L, -2, "headers");
+        lua_pushlstring(L, r->body.data ? r->body.data : "", r->body.len);
+        lua_setfield(L, -2, "body");
+        nres = 1;
+    } else {
+        const char *msg = r->errbuf[0] ? r->errbuf : curl_easy_strerror(code);
+        const char *kind = "error";
+        if (r->aborted)
+            kind = "aborted", msg = "aborted by the on_data callback";
+        else if (r->lua_error)
+            kind = "aborted", msg = "the on_data callback raised an error";
+        else if (code == CURLE_OPERATION_TIMEDOUT)
+            kind = "timeout";
+        else if (code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST)
+            kind = "connect";
+        push_error(L, kind, msg);
+        nres = 2;
+    }
+    creq_release(r);
+    task_resume(t, nres);
+}
+
+static void check_done(void)
+{
+    CURLMsg *m;
+    int left;
+    struct creq *done[64];
+    CURLcode codes[64];
+    int n;
+    do {
+        n = 0;
+        while (n < 64 && (m = curl_multi_info_read(C.multi, &left))) {
+            if (m->msg != CURLMSG_DONE)
+                continue;
+            struct creq *r = NULL;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+            codes[n] = m->data.result;
+            done[n++] = r;
+            curl_multi_remove_handle(C.multi, m->easy_handle);
+        }
+        for (int i = 0; i < n; i++)
+            finish(done[i], codes[i]);
+    } while (n == 64);
+}
+
+static double opt_num(lua_State *L, const char *k, double def)
+{
+    lua_getfield(L, 1, k);
+    double v = lua_isnil(L, -1) ? def : luaL_checknumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static const char *opt_str(lua_State *L, const char *k, size_t *len)
+{
+    lua_getfield(L, 1, k);
+    const char *v = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, len);
+    lua_pop(L, 1); /* the string stays referenced by the opts table */
+    return v;
+}
+
+static int add_headers(lua_State *L, struct creq *r)
+{
+    char line[8192];
+    lua_getfield(L, 1, "headers");
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+                int n = snprintf(line, sizeof(line), "%s: %s", lua_tostring(L, -2),
+                                 lua_tostring(L, -1));
+                if (n > 0 && (size_t)n < sizeof(line)) {
+                    struct curl_slist *nl = curl_slist_append(r->hdrs, line);
+                    if (!nl)
+                        return -1;
+                    r->hdrs = nl;
+                }
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    struct curl_slist *nl = curl_slist_append(r->hdrs, "Expect:");
+    if (!nl)
+        return -1;
+    r->hdrs = nl;
+    return 0;
+}
+
+static int l_request(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    task *t = task_check(L);
+    if (client_init() < 0)
+        return luaL_error(L, "core.client: libcurl initialisation failed");
+    size_t ulen = 0, blen = 0, mlen = 0;
+    const char *url = opt_str(L, "url", &ulen);
+    if (!url)
+        return luaL_argerror(L, 1, "url is required");
+    const char *method = opt_str(L, "method", &mlen);
+    const char *sock = opt_str(L, "unix_socket", NULL);
+    const char *body = opt_str(L, "body", &blen);
+    double timeout = opt_num(L, "timeout", 60);
+    double idle = opt_num(L, "idle_timeout", 0);
+    double connect_timeout = opt_num(L, "connect_timeout", 10);
+
+    struct creq *r = calloc(1, sizeof(*r));
+    if (!r)
+        return luaL_error(L, "out of memory");
+    r->on_data_ref = LUA_NOREF;
+    r->easy = C.npool ? C.pool[--C.npool] : curl_easy_init();
+    if (!r->easy || add_headers(L, r) < 0) {
+        if (r->easy)
+            curl_easy_cleanup(r->easy);
+        curl_slist_free_all(r->hdrs);
+        free(r);
+        return luaL_error(L, "out of memory");
+    }
+    lua_getfield(L, 1, "on_data");
+    if (lua_isfunction(L, -1))
+        r->on_data_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    else
+        lua_pop(L, 1);
+
+    CURL *e = r->easy;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (sock)
+        curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, sock);
+    if (timeout > 0)
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    if (connect_timeout > 0)
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_timeout * 1000));
+    if (idle > 0) {
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)(idle < 1 ? 1 : idle));
+    }
+    if (method && strcmp(method, "HEAD") == 0)
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    if (body) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
+    }
+    if (method && strcmp(method, "POST") == 0 && !body) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
+        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, "");
+    } else if (method && strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0 &&
+               strcmp(method, "POST") != 0) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    } else if (method && strcmp(method, "GET") == 0 && body) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "GET");
+    }
+
+    r->t = t;
+    if (curl_multi_add_handle(C.multi, e) != CURLM_OK) {
+        r->t = NULL;
+        creq_release(r);
+        push_error(L, "error", "curl_multi_add_handle failed");
+        return 2;
+    }
+    return lua_yield(L, 0);
+}
+
+static int l_configure(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "max_host_connections");
+    if (!lua_isnil(L, -1)) {
+        C.max_host = (long)luaL_checkinteger(L, -1);
+        if (C.inited)
+            curl_multi_setopt(C.multi, CURLMOPT_MAX_HOST_CONNECTIONS, C.max_host);
+    }
+    return 0;
+}
+
+static int err_tostring(lua_State *L)
+{
+    lua_getfield(L, 1, "message");
+    return 1;
+}
+
+void client_free(void)
+{
+    if (!C.inited)
+        return;
+    loop_timer_stop(&C.timer);
+    curl_multi_cleanup(C.multi);
+    for (int i = 0; i < C.npool; i++)
+        curl_easy_cleanup(C.pool[i]);
+    C.npool = 0;
+    curl_global_cleanup();
+    C.inited = 0;
+}
+
+int luaopen_core_client(lua_State *L)
+{
+    static const luaL_Reg fns[] = {{"request", l_request}, {"configure", l_configure}, {NULL, NULL}};
+    luaL_newmetatable(L, ERR_MT);
+    lua_pushcfunction(L, err_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    luaL_newlib(L, fns);
+    return 1;
+}

@@ -1,0 +1,825 @@
+/*
+ * httpd.c: libmicrohttpd driven by our epoll loop, one Lua task per request, and the `core.http` module.
+ *
+ * How a request flows:
+ *   1. MHD calls the URI-log callback first; it allocates the request context (struct reqctx) with the raw
+ *      URI (MHD would otherwise hand us a percent-decoded path) and MHD stores it as the connection's
+ *      per-request pointer.
+ *   2. The first access-handler call only records that headers are in. Answering there would make MHD
+ *      close the connection after the reply, so work starts on a later call.
+ *   3. Body calls append to the context's buffer up to max_body; beyond it the body is dropped and the
+ *      request flagged body_too_large.
+ *   4. The final call (no more upload data) builds the Lua `req` table and starts the handler task. If the
+ *      task finishes at once its response is queued right away; otherwise the connection is suspended.
+ *   5. When the task finishes later, the response is stored in the context, the connection resumed, and MHD
+ *      runs again (there is no wake-up channel in external mode, so we call MHD_run ourselves), which calls
+ *      the access handler once more, where the stored response is queued.
+ * Streaming responses use a content-reader callback over a buffer that Lua fills with s:write(). When the
+ * buffer is empty the reader suspends the connection; a write resumes it. A write that finds more than
+ * STREAM_HIGH bytes waiting parks the writing task until the reader has drained it below STREAM_LOW.
+ *
+ * Lifetime: a context is referenced by MHD (until the completion callback), by its running task, by a
+ * stream userdata and by a streaming response; it is freed when the last reference goes.
+ */
+#define _GNU_SOURCE
+#include "httpd.h"
+
+#include "buf.h"
+#include "log.h"
+#include "loop.h"
+#include "task.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <lauxlib.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define STREAM_HIGH (64 * 1024)
+#define STREAM_LOW (16 * 1024)
+#define STREAM_MT "core.http.stream"
+#define REQ_MT "core.http.request"
+#define BOX_MT "core.http.ctxbox"
+
+enum rstate { RS_HEADERS, RS_BODY, RS_RUNNING, RS_QUEUED };
+
+struct reqctx {
+    struct MHD_Connection *conn;
+    int refs;
+    enum rstate state;
+    unsigned suspended : 1;        /* suspended by us, waiting for Lua */
+    unsigned completed : 1;        /* MHD is done with the request */
+    unsigned too_large : 1;
+    unsigned streaming : 1;        /* a stream response was created */
+    unsigned stream_eof : 1;       /* s:close() was called */
+    unsigned reader_suspended : 1; /* the content reader suspended the connection */
+    unsigned inflight : 1;         /* counted in H.inflight */
+    unsigned writer_ok : 1;        /* result for the parked writer */
+    char *uri;
+    buf_t body;
+    task *t;                    /* the handler task while it runs */
+    task *writer;               /* a task parked in s:write() */
+    struct MHD_Response *resp;  /* ready to queue */
+    unsigned int status;
+    buf_t sbuf;                 /* streamed bytes waiting for the client */
+    struct reqctx *prev, *next; /* all live contexts, for shutdown */
+};
+
+static struct {
+    struct MHD_Daemon *d;
+    loop_watch watch;
+    loop_timer mhd_timer;
+    loop_timer drain_timer;
+    int listen_fd;
+    int handler_ref;
+    size_t max_body;
+    int needs_run;
+    int draining;
+    int drain_code;
+    double drain_timeout;
+    int inflight; /* requests whose response has not been queued or whose stream is open */
+    struct reqctx *all;
+} H = {.listen_fd = -1, .handler_ref = LUA_NOREF};
+
+static void httpd_run(void);
+
+static void ctx_unref(struct reqctx *c)
+{
+    if (--c->refs > 0)
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        H.all = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    if (c->resp)
+        MHD_destroy_response(c->resp);
+    buf_free(&c->body);
+    buf_free(&c->sbuf);
+    free(c->uri);
+    free(c);
+}
+
+static void ctx_resume(struct reqctx *c)
+{
+    if (c->completed)
+        return;
+    if (c->suspended || c->reader_suspended) {
+        c->suspended = 0;
+        c->reader_suspended = 0;
+        MHD_resume_connection(c->conn);
+        H.needs_run = 1;
+    }
+}
+
+static void inflight_end(struct reqctx *c)
+{
+    if (!c->inflight)
+        return;
+    c->inflight = 0;
+    H.inflight--;
+    if (H.draining && H.inflight <= 0)
+        loop_stop(H.drain_code);
+}
+
+static void writer_wake_deferred(void *data)
+{
+    struct reqctx *c = data;
+    task *w = c->writer;
+    if (w) {
+        c->writer = NULL;
+        if (c->writer_ok) {
+            lua_pushboolean(w->L, 1);
+            task_resume(w, 1);
+        } else {
+            lua_pushnil(w->L);
+            lua_pushliteral(w->L, "closed");
+            task_resume(w, 2);
+        }
+    }
+    ctx_unref(c);
+}
+
+/* Wakes a task parked in s:write() on the next loop turn (never from inside an MHD callback). */
+static void writer_wake(struct reqctx *c, int ok)
+{
+    c->writer_ok = ok ? 1 : 0;
+    c->refs++;
+    if (loop_defer(writer_wake_deferred, c) < 0)
+        c->refs--;
+}
+
+/* ---- MHD callbacks ---- */
+
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    (void)cls;
+    struct reqctx *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->uri = strdup(uri);
+    if (!c->uri) {
+        free(c);
+        return NULL;
+    }
+    c->conn = conn;
+    c->refs = 1;
+    c->next = H.all;
+    if (H.all)
+        H.all->prev = c;
+    H.all = c;
+    return c;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    struct reqctx *c = *con_cls;
+    if (!c)
+        return;
+    *con_cls = NULL;
+    c->completed = 1;
+    inflight_end(c);
+    if (c->writer)
+        writer_wake(c, 0);
+    ctx_unref(c);
+}
+
+static struct MHD_Response *error_response(unsigned int status, const char *code, const char *msg,
+                                           const char *request_id)
+{
+    char body[512];
+    int n = snprintf(body, sizeof(body), "{\"code\":\"%s\",\"message\":\"%s\"}", code, msg);
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer((size_t)n, body, MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        return NULL;
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    if (request_id && request_id[0])
+        MHD_add_response_header(r, "X-Request-ID", request_id);
+    (void)status;
+    return r;
+}
+
+static void set_error(struct reqctx *c, const char *request_id)
+{
+    if (c->resp)
+        MHD_destroy_response(c->resp);
+    c->status = 500;
+    c->resp = error_response(500, "GENERAL::UNKNOWN_ERROR", "Internal server error.", request_id);
+}
+
+/* Builds the response from the handler's results (status, headers, body) on L's stack top. */
+static void set_response(struct reqctx *c, lua_State *L, int nres, const char *request_id)
+{
+    int base = lua_gettop(L) - nres + 1;
+    int isnum = 0;
+    lua_Integer status = nres >= 1 ? lua_tointegerx(L, base, &isnum) : 0;
+    size_t blen = 0;
+    const char *body = NULL;
+    if (!isnum || status < 100 || status > 999) {
+        log_write(LOG_ERROR, request_id, "handler returned no valid status", NULL);
+        set_error(c, request_id);
+        return;
+    }
+    if (nres >= 3 && lua_type(L, base + 2) == LUA_TSTRING)
+        body = lua_tolstring(L, base + 2, &blen);
+    struct MHD_Response *r =
+        blen ? MHD_create_response_from_buffer(blen, (void *)body, MHD_RESPMEM_MUST_COPY)
+             : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!r) {
+        set_error(c, request_id);
+        return;
+    }
+    if (nres >= 2 && lua_istable(L, base + 1)) {
+        lua_pushnil(L);
+        while (lua_next(L, base + 1)) {
+            if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
+                MHD_add_response_header(r, lua_tostring(L, -2), lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    if (status == 204 && !blen) {
+        /* The SDK wants Content-Length: 0 on every empty 2xx; MHD leaves it out for 204. */
+        MHD_set_response_options(r, MHD_RF_INSANITY_HEADER_CONTENT_LENGTH, MHD_RO_END);
+        MHD_add_response_header(r, "Content-Length", "0");
+    }
+    if (c->resp)
+        MHD_destroy_response(c->resp);
+    c->resp = r;
+    c->status = (unsigned int)status;
+}
+
+static void on_task_done(task *t, int status, int nres)
+{
+    struct reqctx *c = t->data;
+    c->t = NULL;
+    if (!c->completed) {
+        if (c->streaming) {
+            if (!c->stream_eof) {
+                c->stream_eof = 1;
+                ctx_resume(c);
+            }
+        } else {
+            if (status == LUA_OK)
+                set_response(c, t->L, nres, t->request_id);
+            else
+                set_error(c, t->request_id);
+            ctx_resume(c);
+        }
+    }
+    ctx_unref(c);
+}
+
+static enum MHD_Result queue_response(struct reqctx *c)
+{
+    struct MHD_Response *r = c->resp;
+    c->resp = NULL;
+    enum MHD_Result ret = MHD_queue_response(c->conn, c->status, r);
+    MHD_destroy_response(r);
+    c->state = RS_QUEUED;
+    if (!c->streaming)
+        inflight_end(c);
+    return ret;
+}
+
+/* Header iterator: fills a flat array {name1, value1, ...} and a map lowercased-name -> value. */
+struct hdr_iter {
+    lua_State *L;
+    int list, map;
+    lua_Integer n;
+};
+
+static enum MHD_Result hdr_cb(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    struct hdr_iter *it = cls;
+    lua_State *L = it->L;
+    char lower[128];
+    size_t klen = strlen(key);
+    (void)kind;
+    if (!value)
+        value = "";
+    lua_pushstring(L, key);
+    lua_rawseti(L, it->list, ++it->n);
+    lua_pushstring(L, value);
+    lua_rawseti(L, it->list, ++it->n);
+    if (klen >= sizeof(lower))
+        return MHD_YES; /* absurdly long names are listed but not looked up */
+    for (size_t i = 0; i < klen; i++)
+        lower[i] = (char)tolower((unsigned char)key[i]);
+    lower[klen] = '\0';
+    if (lua_getfield(L, it->map, lower) == LUA_TSTRING) {
+        lua_pushliteral(L, ", ");
+        lua_pushstring(L, value);
+        lua_concat(L, 3);
+    } else {
+        lua_pop(L, 1);
+        lua_pushstring(L, value);
+    }
+    lua_setfield(L, it->map, lower);
+    return MHD_YES;
+}
+
+static void push_request(lua_State *L, struct reqctx *c, const char *method)
+{
+    const char *q = strchr(c->uri, '?');
+    size_t plen = q ? (size_t)(q - c->uri) : strlen(c->uri);
+    char addr[INET6_ADDRSTRLEN] = "";
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, addr, sizeof(addr));
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof(addr));
+    }
+    lua_createtable(L, 0, 10);
+    lua_pushstring(L, method);
+    lua_setfield(L, -2, "method");
+    lua_pushlstring(L, c->uri, plen);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, q ? q + 1 : "");
+    lua_setfield(L, -2, "query");
+    lua_pushlstring(L, c->body.data ? c->body.data : "", c->body.len);
+    lua_setfield(L, -2, "body");
+    lua_pushboolean(L, c->too_large);
+    lua_setfield(L, -2, "body_too_large");
+    lua_pushstring(L, addr);
+    lua_setfield(L, -2, "remote_addr");
+    struct hdr_iter it = {.L = L, .n = 0};
+    lua_createtable(L, 16, 0);
+    it.list = lua_gettop(L);
+    lua_createtable(L, 0, 8);
+    it.map = lua_gettop(L);
+    MHD_get_connection_values(c->conn, MHD_HEADER_KIND, hdr_cb, &it);
+    lua_setfield(L, -3, "_hmap");
+    lua_setfield(L, -2, "_hlist");
+    /* the opaque handle used by http.stream(); it holds a reference until collected */
+    struct reqctx **box = lua_newuserdatauv(L, sizeof(*box), 0);
+    *box = c;
+    c->refs++;
+    luaL_setmetatable(L, BOX_MT);
+    lua_setfield(L, -2, "_ctx");
+    luaL_setmetatable(L, REQ_MT);
+    buf_free(&c->body);
+}
+
+static void start_handler(struct reqctx *c, const char *method)
+{
+    lua_State *L = task_main_state();
+    task *t = task_new("http", on_task_done, c);
+    if (!t) {
+        set_error(c, NULL);
+        return;
+    }
+    c->refs++; /* the task's reference */
+    c->t = t;
+    c->inflight = 1;
+    H.inflight++;
+    lua_rawgeti(t->L, LUA_REGISTRYINDEX, H.handler_ref);
+    push_request(t->L, c, method);
+    (void)L;
+    task_start(t, 1);
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls)
+{
+    struct reqctx *c = *con_cls;
+    (void)cls;
+    (void)url;
+    (void)version;
+    if (!c)
+        return MHD_NO; /* out of memory in on_uri */
+    switch (c->state) {
+    case RS_HEADERS:
+        c->state = RS_BODY;
+        return MHD_YES;
+    case RS_BODY:
+        if (*upload_data_size) {
+            if (!c->too_large) {
+                if (c->body.len + *upload_data_size > H.max_body) {
+                    c->too_large = 1;
+                    buf_free(&c->body);
+                } else if (buf_append(&c->body, upload_data, *upload_data_size) < 0) {
+                    return MHD_NO;
+                }
+            }
+            *upload_data_size = 0;
+            return MHD_YES;
+        }
+        c->state = RS_RUNNING;
+        start_handler(c, method);
+        break;
+    case RS_RUNNING:
+    case RS_QUEUED:
+        break;
+    }
+    if (c->resp)
+        return queue_response(c);
+    if (c->state == RS_RUNNING && !c->completed) {
+        MHD_suspend_connection(conn);
+        c->suspended = 1;
+    }
+    return MHD_YES;
+}
+
+/* ---- streaming ---- */
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
+{
+    struct reqctx *c = cls;
+    size_t n = buf_avail(&c->sbuf);
+    (void)pos;
+    if (n) {
+        if (n > max)
+            n = max;
+        memcpy(out, c->sbuf.data + c->sbuf.off, n);
+        c->sbuf.off += n;
+        if (c->writer && buf_avail(&c->sbuf) < STREAM_LOW)
+            writer_wake(c, 1);
+        return (ssize_t)n;
+    }
+    if (c->stream_eof) {
+        inflight_end(c);
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    if (!c->reader_suspended && !c->completed) {
+        MHD_suspend_connection(c->conn);
+        c->reader_suspended = 1;
+    }
+    return 0;
+}
+
+static void stream_free_cb(void *cls)
+{
+    ctx_unref(cls);
+}
+
+static struct reqctx *req_ctx(lua_State *L, int idx)
+{
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_getfield(L, idx, "_ctx");
+    struct reqctx **box = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (!box || !*box)
+        luaL_argerror(L, idx, "not a request");
+    return *box;
+}
+
+static int box_gc(lua_State *L)
+{
+    struct reqctx **box = luaL_checkudata(L, 1, BOX_MT);
+    if (*box) {
+        ctx_unref(*box);
+        *box = NULL;
+    }
+    return 0;
+}
+
+static int l_stream(lua_State *L)
+{
+    struct reqctx *c = req_ctx(L, 1);
+    lua_Integer status = luaL_checkinteger(L, 2);
+    if (c->streaming || c->resp || c->state != RS_RUNNING)
+        return luaL_error(L, "http.stream: a response was already started");
+    if (c->completed) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, c, stream_free_cb);
+    if (!r)
+        return luaL_error(L, "out of memory");
+    c->refs++; /* the response's reference, dropped by stream_free_cb */
+    if (lua_istable(L, 3)) {
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
+                MHD_add_response_header(r, lua_tostring(L, -2), lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    c->resp = r;
+    c->status = (unsigned int)status;
+    c->streaming = 1;
+    ctx_resume(c);
+    struct reqctx **s = lua_newuserdatauv(L, sizeof(*s), 0);
+    *s = c;
+    c->refs++; /* the stream object's reference */
+    luaL_setmetatable(L, STREAM_MT);
+    return 1;
+}
+
+static struct reqctx *stream_ctx(lua_State *L)
+{
+    struct reqctx **s = luaL_checkudata(L, 1, STREAM_MT);
+    if (!*s)
+        luaL_argerror(L, 1, "stream already released");
+    return *s;
+}
+
+static void writer_cancel(task *t)
+{
+    struct reqctx *c = t->wait;
+    if (c->writer == t)
+        c->writer = NULL;
+}
+
+static int s_write(lua_State *L)
+{
+    struct reqctx *c = stream_ctx(L);
+    size_t n;
+    const char *data = luaL_checklstring(L, 2, &n);
+    if (c->completed || c->stream_eof) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    if (n && buf_append(&c->sbuf, data, n) < 0)
+        return luaL_error(L, "out of memory");
+    if (c->reader_suspended)
+        ctx_resume(c);
+    if (buf_avail(&c->sbuf) > STREAM_HIGH && task_of(L) && lua_isyieldable(L)) {
+        task *t = task_of(L);
+        c->writer = t;
+        t->wait = c;
+        t->cancel = writer_cancel;
+        return lua_yield(L, 0);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int s_close(lua_State *L)
+{
+    struct reqctx *c = stream_ctx(L);
+    if (!c->stream_eof) {
+        c->stream_eof = 1;
+        ctx_resume(c);
+    }
+    return 0;
+}
+
+static int s_gc(lua_State *L)
+{
+    struct reqctx **s = luaL_checkudata(L, 1, STREAM_MT);
+    if (*s) {
+        struct reqctx *c = *s;
+        *s = NULL;
+        if (!c->stream_eof) {
+            c->stream_eof = 1;
+            ctx_resume(c);
+        }
+        ctx_unref(c);
+    }
+    return 0;
+}
+
+/* ---- request methods ---- */
+
+static int r_header(lua_State *L)
+{
+    size_t n;
+    char lower[128];
+    luaL_checktype(L, 1, LUA_TTABLE);
+    const char *name = luaL_checklstring(L, 2, &n);
+    if (n >= sizeof(lower)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++)
+        lower[i] = (char)tolower((unsigned char)name[i]);
+    lower[n] = '\0';
+    lua_getfield(L, 1, "_hmap");
+    lua_getfield(L, -1, lower);
+    return 1;
+}
+
+static int r_headers(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "_hlist");
+    int list = lua_gettop(L);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, list);
+    lua_createtable(L, (int)(n / 2), 0);
+    for (lua_Integer i = 1; i + 1 <= n; i += 2) {
+        lua_createtable(L, 2, 0);
+        lua_rawgeti(L, list, i);
+        lua_rawseti(L, -2, 1);
+        lua_rawgeti(L, list, i + 1);
+        lua_rawseti(L, -2, 2);
+        lua_rawseti(L, -2, (i + 1) / 2);
+    }
+    return 1;
+}
+
+/* ---- the daemon on the loop ---- */
+
+static void httpd_run(void)
+{
+    H.needs_run = 0;
+    if (H.d)
+        MHD_run(H.d);
+}
+
+static void on_mhd_fd(loop_watch *w, uint32_t events)
+{
+    (void)w;
+    (void)events;
+    httpd_run();
+}
+
+static void on_mhd_timer(loop_timer *t)
+{
+    (void)t;
+    httpd_run();
+}
+
+static int64_t httpd_prepare(void *data)
+{
+    MHD_UNSIGNED_LONG_LONG to;
+    (void)data;
+    if (!H.d)
+        return -1;
+    if (H.needs_run)
+        httpd_run();
+    if (MHD_get_timeout(H.d, &to) == MHD_YES) {
+        if (to == 0) {
+            httpd_run();
+            return 0;
+        }
+        loop_timer_start(&H.mhd_timer, (uint64_t)to * 1000000ull);
+    } else {
+        loop_timer_stop(&H.mhd_timer);
+    }
+    return H.needs_run ? 0 : -1;
+}
+
+static void on_drain_timeout(loop_timer *t)
+{
+    (void)t;
+    log_write(LOG_WARNING, NULL, "drain timeout: requests still in flight are dropped", NULL);
+    loop_stop(H.drain_code);
+}
+
+void httpd_drain(int code)
+{
+    H.drain_code = code;
+    if (!H.d || H.draining) {
+        loop_stop(code);
+        return;
+    }
+    H.draining = 1;
+    MHD_socket fd = MHD_quiesce_daemon(H.d);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    H.listen_fd = -1;
+    if (H.inflight <= 0) {
+        loop_stop(code);
+        return;
+    }
+    H.drain_timer.cb = on_drain_timeout;
+    loop_timer_start(&H.drain_timer, (uint64_t)(H.drain_timeout * 1e9));
+}
+
+void httpd_free(void)
+{
+    if (!H.d)
+        return;
+    /* MHD must not be stopped with suspended connections: resume them all first. */
+    for (struct reqctx *c = H.all; c; c = c->next) {
+        if (!c->completed && (c->suspended || c->reader_suspended)) {
+            c->suspended = c->reader_suspended = 0;
+            c->stream_eof = 1;
+            MHD_resume_connection(c->conn);
+        }
+    }
+    loop_timer_stop(&H.mhd_timer);
+    loop_timer_stop(&H.drain_timer);
+    loop_watch_del(&H.watch);
+    MHD_stop_daemon(H.d);
+    H.d = NULL;
+    if (H.listen_fd >= 0)
+        close(H.listen_fd);
+    H.listen_fd = -1;
+}
+
+static int make_listener(lua_State *L, const char *host, int port)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    int rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc != 0)
+        return luaL_error(L, "http.listen: cannot resolve %s: %s", host, gai_strerror(rc));
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 4096) < 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return luaL_error(L, "http.listen: cannot listen on %s:%d: %s", host, port, strerror(e));
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+static lua_Integer opt_int(lua_State *L, const char *k, lua_Integer def)
+{
+    lua_getfield(L, 1, k);
+    lua_Integer v = lua_isnil(L, -1) ? def : luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static int l_listen(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (H.d)
+        return luaL_error(L, "http.listen: already listening");
+    lua_getfield(L, 1, "host");
+    const char *host = luaL_optstring(L, -1, "127.0.0.1");
+    int port = (int)opt_int(L, "port", 8080);
+    lua_getfield(L, 1, "handler");
+    luaL_checktype(L, -1, LUA_TFUNCTION);
+    lua_pop(L, 1);
+    lua_Integer max_body = opt_int(L, "max_body", 1048576);
+    lua_Integer conn_limit = opt_int(L, "conn_limit", 4096);
+    lua_Integer conn_memory = opt_int(L, "conn_memory", 16384);
+    lua_Integer conn_timeout = opt_int(L, "conn_timeout", 120);
+    lua_getfield(L, 1, "drain_timeout");
+    H.drain_timeout = luaL_optnumber(L, -1, 10);
+    lua_pop(L, 1);
+
+    int fd = make_listener(L, host, port);
+    H.max_body = (size_t)max_body;
+    H.listen_fd = fd;
+    H.d = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL,
+        NULL, on_access, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_URI_LOG_CALLBACK, on_uri,
+        NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)conn_limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)conn_memory,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)conn_timeout, MHD_OPTION_END);
+    if (!H.d) {
+        close(fd);
+        H.listen_fd = -1;
+        return luaL_error(L, "http.listen: libmicrohttpd failed to start");
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(H.d, MHD_DAEMON_INFO_EPOLL_FD);
+    H.watch.fd = info->epoll_fd;
+    H.watch.events = EPOLLIN;
+    H.watch.cb = on_mhd_fd;
+    loop_watch_add(&H.watch);
+    H.mhd_timer.cb = on_mhd_timer;
+    lua_getfield(L, 1, "handler");
+    H.handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    loop_prepare_add(httpd_prepare, NULL);
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    log_write(LOG_INFO, NULL, "listening", "host", host, "port", portstr, NULL);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+int luaopen_core_http(lua_State *L)
+{
+    static const luaL_Reg stream_methods[] = {
+        {"write", s_write}, {"close", s_close}, {"__gc", s_gc}, {NULL, NULL}};
+    static const luaL_Reg req_methods[] = {{"header", r_header}, {"headers", r_headers}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"listen", l_listen}, {"stream", l_stream}, {NULL, NULL}};
+    luaL_newmetatable(L, STREAM_MT);
+    luaL_setfuncs(L, stream_methods, 0);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, BOX_MT);
+    lua_pushcfunction(L, box_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, REQ_MT);
+    lua_newtable(L);
+    luaL_setfuncs(L, req_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    luaL_newlib(L, fns);
+    return 1;
+}

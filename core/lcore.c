@@ -1,0 +1,189 @@
+/*
+ * lcore.c: the `core` root module (clocks, stop, signals, paths) and `core.spawn`.
+ *
+ * Signals: TERM, INT and HUP are blocked and read from a signalfd on the loop. Each delivery runs the Lua
+ * functions registered with core.on_signal(name, fn) in new tasks; TERM and INT then start the drain
+ * (httpd_drain), which stops the loop when in-flight requests are done or the drain timeout passes.
+ */
+#define _GNU_SOURCE
+#include "httpd.h"
+#include "log.h"
+#include "loop.h"
+#include "server.h"
+#include "task.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#ifndef OSB_VERSION
+#define OSB_VERSION "0.1.0"
+#endif
+
+struct server_paths server_paths;
+
+static int argc_saved;
+static char **argv_saved;
+static loop_watch sig_watch = {.fd = -1};
+static int shutting_down;
+
+void server_set_argv(int argc, char **argv)
+{
+    argc_saved = argc;
+    argv_saved = argv;
+}
+
+void server_shutdown(int code)
+{
+    if (shutting_down)
+        return;
+    shutting_down = 1;
+    log_write(LOG_INFO, NULL, "shutting down", NULL);
+    httpd_drain(code);
+}
+
+static void run_signal_handlers(const char *name)
+{
+    lua_State *L = task_main_state();
+    lua_getfield(L, LUA_REGISTRYINDEX, "core.signals");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_getfield(L, -1, name);
+    if (lua_istable(L, -1)) {
+        lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            task_spawn(L, 0, "signal", NULL, NULL);
+        }
+    }
+    lua_pop(L, 2);
+}
+
+static void on_signalfd(loop_watch *w, uint32_t events)
+{
+    struct signalfd_siginfo si;
+    (void)events;
+    while (read(w->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        const char *name = si.ssi_signo == SIGHUP    ? "HUP"
+                           : si.ssi_signo == SIGTERM ? "TERM"
+                                                     : "INT";
+        log_write(LOG_INFO, NULL, "signal received", "signal", name, NULL);
+        run_signal_handlers(name);
+        if (si.ssi_signo != SIGHUP)
+            server_shutdown(0);
+    }
+}
+
+int server_signals_init(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+        return -errno;
+    signal(SIGPIPE, SIG_IGN);
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    sig_watch.fd = fd;
+    sig_watch.events = EPOLLIN;
+    sig_watch.cb = on_signalfd;
+    return loop_watch_add(&sig_watch);
+}
+
+void server_signals_free(void)
+{
+    if (sig_watch.fd >= 0)
+        close(sig_watch.fd);
+    sig_watch.fd = -1;
+    shutting_down = 0;
+}
+
+static int l_now(lua_State *L)
+{
+    lua_pushnumber(L, loop_wall_time());
+    return 1;
+}
+
+static int l_monotonic(lua_State *L)
+{
+    lua_pushnumber(L, (lua_Number)loop_now_ns() / 1e9);
+    return 1;
+}
+
+static int l_stop(lua_State *L)
+{
+    server_shutdown((int)luaL_optinteger(L, 1, 0));
+    return 0;
+}
+
+static int l_on_signal(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (strcmp(name, "HUP") && strcmp(name, "TERM") && strcmp(name, "INT"))
+        return luaL_argerror(L, 1, "expected \"HUP\", \"TERM\" or \"INT\"");
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "core.signals") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, "core.signals");
+    }
+    if (lua_getfield(L, -1, name) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -3, name);
+    }
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    return 0;
+}
+
+int luaopen_core(lua_State *L)
+{
+    static const luaL_Reg fns[] = {{"now", l_now},
+                                   {"monotonic", l_monotonic},
+                                   {"stop", l_stop},
+                                   {"on_signal", l_on_signal},
+                                   {NULL, NULL}};
+    luaL_newlib(L, fns);
+    lua_pushstring(L, OSB_VERSION);
+    lua_setfield(L, -2, "version");
+    lua_createtable(L, argc_saved, 0);
+    for (int i = 1; i < argc_saved; i++) {
+        lua_pushstring(L, argv_saved[i]);
+        lua_rawseti(L, -2, i);
+    }
+    lua_setfield(L, -2, "argv");
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, server_paths.exe);
+    lua_setfield(L, -2, "exe");
+    lua_pushstring(L, server_paths.root);
+    lua_setfield(L, -2, "root");
+    lua_pushstring(L, server_paths.lua);
+    lua_setfield(L, -2, "lua");
+    lua_setfield(L, -2, "paths");
+    return 1;
+}
+
+/* core.spawn(fn, ...): the module value is this function. */
+static int l_spawn(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    task_spawn(L, lua_gettop(L) - 1, "spawn", NULL, NULL);
+    return 0;
+}
+
+int luaopen_core_spawn(lua_State *L)
+{
+    lua_pushcfunction(L, l_spawn);
+    return 1;
+}

@@ -1,0 +1,37 @@
+/*
+ * server.h: process-wide pieces shared by the core modules: where the server was installed, shutdown, and
+ * signal delivery to Lua. Implemented in lcore.c (the `core` root module and `core.spawn`).
+ */
+#ifndef OSB_SERVER_H
+#define OSB_SERVER_H
+
+#include <lua.h>
+
+#define PATH_MAX_OSB 4200
+
+struct server_paths {
+    char exe[PATH_MAX_OSB];
+    char root[PATH_MAX_OSB]; /* the directory that holds lua/, hooks/, config.lua */
+    char lua[PATH_MAX_OSB + 8];
+};
+
+extern struct server_paths server_paths;
+
+/* Starts the shutdown: the HTTP server stops accepting and drains, then the loop stops with `code`. */
+void server_shutdown(int code);
+
+/* Sets up signalfd for TERM, INT and HUP. Returns 0 or -errno. */
+int server_signals_init(void);
+
+void server_signals_free(void);
+
+void server_set_argv(int argc, char **argv);
+
+int luaopen_core(lua_State *L);
+int luaopen_core_spawn(lua_State *L);
+int luaopen_core_uuid(lua_State *L);
+int luaopen_core_timer(lua_State *L);
+int luaopen_core_http(lua_State *L);
+int luaopen_core_client(lua_State *L);
+
+#endif

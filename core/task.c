@@ -1,0 +1,172 @@
+/*
+ * task.c: running Lua coroutines on the loop.
+ *
+ * task_start/task_resume call lua_resume. When the thread yields, whoever made it yield (a timer, an HTTP
+ * client request, a stream write) holds the task pointer and resumes it later, pushing the results that
+ * the yielding C function returns. When the thread returns or raises, `done` is told and the thread is
+ * reset (lua_resetthread) and kept for reuse. Errors are logged with a traceback of the failing thread.
+ */
+#include "task.h"
+
+#include "log.h"
+#include "loop.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TASK_POOL_MAX 512
+
+static lua_State *main_L;
+static task *free_list;
+static int pool_size;
+static int live;
+
+void task_init(lua_State *L)
+{
+    main_L = L;
+    *(task **)lua_getextraspace(L) = NULL;
+}
+
+lua_State *task_main_state(void)
+{
+    return main_L;
+}
+
+int task_live(void)
+{
+    return live;
+}
+
+void task_shutdown(void)
+{
+    while (free_list) {
+        task *t = free_list;
+        free_list = t->next_free;
+        luaL_unref(main_L, LUA_REGISTRYINDEX, t->ref);
+        free(t);
+    }
+    pool_size = 0;
+}
+
+task *task_new(const char *name, task_done_cb done, void *data)
+{
+    task *t = free_list;
+    if (t) {
+        free_list = t->next_free;
+        pool_size--;
+    } else {
+        t = malloc(sizeof(*t));
+        if (!t)
+            return NULL;
+        t->L = lua_newthread(main_L);
+        t->ref = luaL_ref(main_L, LUA_REGISTRYINDEX);
+    }
+    t->done = done;
+    t->data = data;
+    t->cancel = NULL;
+    t->wait = NULL;
+    t->request_id[0] = '\0';
+    t->name = name;
+    t->next_free = NULL;
+    *(task **)lua_getextraspace(t->L) = t;
+    live++;
+    return t;
+}
+
+static void task_recycle(task *t)
+{
+    live--;
+    *(task **)lua_getextraspace(t->L) = NULL;
+    lua_resetthread(t->L);
+    if (pool_size >= TASK_POOL_MAX) {
+        luaL_unref(main_L, LUA_REGISTRYINDEX, t->ref);
+        free(t);
+        return;
+    }
+    t->next_free = free_list;
+    free_list = t;
+    pool_size++;
+}
+
+static void task_failed(task *t, int status)
+{
+    const char *msg = lua_tostring(t->L, -1);
+    luaL_traceback(t->L, t->L, msg ? msg : "(error object is not a string)", 0);
+    log_write(LOG_ERROR, t->request_id, "task failed", "task", t->name ? t->name : "?", "error",
+              lua_tostring(t->L, -1), NULL);
+    lua_pop(t->L, 1);
+    (void)status;
+}
+
+static void task_run(task *t, int nargs)
+{
+    int nres = 0;
+    int status = lua_resume(t->L, main_L, nargs, &nres);
+    if (status == LUA_YIELD) {
+        /* The yielding function pushed nothing we need; drop whatever it yielded. */
+        lua_pop(t->L, nres);
+        return;
+    }
+    if (status != LUA_OK)
+        task_failed(t, status);
+    if (t->done)
+        t->done(t, status, status == LUA_OK ? nres : 0);
+    task_recycle(t);
+}
+
+void task_start(task *t, int nargs)
+{
+    task_run(t, nargs);
+}
+
+void task_resume(task *t, int nres)
+{
+    t->cancel = NULL;
+    t->wait = NULL;
+    task_run(t, nres);
+}
+
+struct spawn_start {
+    task *t;
+    int nargs;
+};
+
+static void spawn_deferred(void *data)
+{
+    struct spawn_start *s = data;
+    task *t = s->t;
+    int nargs = s->nargs;
+    free(s);
+    task_start(t, nargs);
+}
+
+task *task_spawn(lua_State *from, int nargs, const char *name, task_done_cb done, void *data)
+{
+    struct spawn_start *s = malloc(sizeof(*s));
+    task *t = s ? task_new(name, done, data) : NULL;
+    if (!t) {
+        free(s);
+        luaL_error(from, "out of memory");
+        return NULL;
+    }
+    task *parent = task_of(from);
+    if (parent)
+        memcpy(t->request_id, parent->request_id, sizeof(t->request_id));
+    lua_xmove(from, t->L, nargs + 1);
+    s->t = t;
+    s->nargs = nargs;
+    if (loop_defer(spawn_deferred, s) < 0) {
+        free(s);
+        task_start(t, nargs);
+    }
+    return t;
+}
+
+task *task_check(lua_State *L)
+{
+    task *t = task_of(L);
+    if (!t || !lua_isyieldable(L))
+        luaL_error(L, "core: yielding call outside a core task");
+    return t;
+}
