@@ -1,6 +1,6 @@
 /*
- * buf.h: a growable byte buffer with a read offset (the core's strbuf). Used for request bodies, streamed
- * response chunks and client responses. Functions return 0 or -ENOMEM.
+ * buf.h: a growable byte buffer with a read offset (the core's strbuf). Used for request bodies,
+ * streamed response chunks and client responses. Functions return 0 or -ENOMEM.
  */
 #ifndef OSB_BUF_H
 #define OSB_BUF_H

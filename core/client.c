@@ -1,18 +1,19 @@
 /*
  * client.c: outgoing HTTP on libcurl's multi interface, and the `core.client` module.
  *
- * curl tells us which sockets to watch (socket callback) and when to call it back (timer callback); both
- * only record what curl asked for, and the loop calls curl_multi_socket_action when a socket is ready or
- * the timer is due. Finished transfers are collected from curl_multi_info_read after socket_action has
- * returned, so the waiting Lua tasks are resumed outside every curl callback (curl forbids re-entering the
- * multi handle from its callbacks, and a resumed task may well start another request).
+ * curl tells us which sockets to watch (socket callback) and when to call it back (timer callback);
+ * both only record what curl asked for, and the loop calls curl_multi_socket_action when a socket
+ * is ready or the timer is due. Finished transfers are collected from curl_multi_info_read after
+ * socket_action has returned, so the waiting Lua tasks are resumed outside every curl callback
+ * (curl forbids re-entering the multi handle from its callbacks, and a resumed task may well start
+ * another request).
  *
- * Easy handles are pooled. Connections (TCP or unix socket) are cached by the multi handle and reused;
- * CURLMOPT_MAX_HOST_CONNECTIONS caps the connections per host so that a burst of requests queues instead of
- * opening one Docker socket connection per request.
+ * Easy handles are pooled. Connections (TCP or unix socket) are cached by the multi handle and
+ * reused; CURLMOPT_MAX_HOST_CONNECTIONS caps the connections per host so that a burst of requests
+ * queues instead of opening one Docker socket connection per request.
  *
- * Streaming (opts.on_data): the write callback calls the Lua function with each chunk on the main state,
- * which cannot yield; returning false aborts the transfer.
+ * Streaming (opts.on_data): the write callback calls the Lua function with each chunk on the main
+ * state, which cannot yield; returning false aborts the transfer.
  */
 #define _GNU_SOURCE
 #include "buf.h"
@@ -483,7 +484,8 @@ void client_free(void)
 
 int luaopen_core_client(lua_State *L)
 {
-    static const luaL_Reg fns[] = {{"request", l_request}, {"configure", l_configure}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {
+        {"request", l_request}, {"configure", l_configure}, {NULL, NULL}};
     luaL_newmetatable(L, ERR_MT);
     lua_pushcfunction(L, err_tostring);
     lua_setfield(L, -2, "__tostring");

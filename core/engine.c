@@ -1,7 +1,7 @@
 /*
- * engine.c: one run of the engine: a Lua state with the core modules preloaded and package.path pointing
- * at the Lua tree, a script run as the first task, and the loop until the server stops. main() uses it
- * with lua/main.lua; the C test runner uses it with test scenarios.
+ * engine.c: one run of the engine: a Lua state with the core modules preloaded and package.path
+ * pointing at the Lua tree, a script run as the first task, and the loop until the server stops.
+ * main() uses it with lua/main.lua; the C test runner uses it with test scenarios.
  */
 #define _GNU_SOURCE
 #include "engine.h"

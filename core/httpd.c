@@ -1,25 +1,28 @@
 /*
- * httpd.c: libmicrohttpd driven by our epoll loop, one Lua task per request, and the `core.http` module.
+ * httpd.c: libmicrohttpd driven by our epoll loop, one Lua task per request, and the `core.http`
+ * module.
  *
  * How a request flows:
- *   1. MHD calls the URI-log callback first; it allocates the request context (struct reqctx) with the raw
- *      URI (MHD would otherwise hand us a percent-decoded path) and MHD stores it as the connection's
- *      per-request pointer.
- *   2. The first access-handler call only records that headers are in. Answering there would make MHD
- *      close the connection after the reply, so work starts on a later call.
- *   3. Body calls append to the context's buffer up to max_body; beyond it the body is dropped and the
- *      request flagged body_too_large.
- *   4. The final call (no more upload data) builds the Lua `req` table and starts the handler task. If the
- *      task finishes at once its response is queued right away; otherwise the connection is suspended.
- *   5. When the task finishes later, the response is stored in the context, the connection resumed, and MHD
- *      runs again (there is no wake-up channel in external mode, so we call MHD_run ourselves), which calls
- *      the access handler once more, where the stored response is queued.
- * Streaming responses use a content-reader callback over a buffer that Lua fills with s:write(). When the
- * buffer is empty the reader suspends the connection; a write resumes it. A write that finds more than
- * STREAM_HIGH bytes waiting parks the writing task until the reader has drained it below STREAM_LOW.
+ *   1. MHD calls the URI-log callback first; it allocates the request context (struct reqctx) with
+ * the raw URI (MHD would otherwise hand us a percent-decoded path) and MHD stores it as the
+ * connection's per-request pointer.
+ *   2. The first access-handler call only records that headers are in. Answering there would make
+ * MHD close the connection after the reply, so work starts on a later call.
+ *   3. Body calls append to the context's buffer up to max_body; beyond it the body is dropped and
+ * the request flagged body_too_large.
+ *   4. The final call (no more upload data) builds the Lua `req` table and starts the handler task.
+ * If the task finishes at once its response is queued right away; otherwise the connection is
+ * suspended.
+ *   5. When the task finishes later, the response is stored in the context, the connection resumed,
+ * and MHD runs again (there is no wake-up channel in external mode, so we call MHD_run ourselves),
+ * which calls the access handler once more, where the stored response is queued. Streaming
+ * responses use a content-reader callback over a buffer that Lua fills with s:write(). When the
+ * buffer is empty the reader suspends the connection; a write resumes it. A write that finds more
+ * than STREAM_HIGH bytes waiting parks the writing task until the reader has drained it below
+ * STREAM_LOW.
  *
- * Lifetime: a context is referenced by MHD (until the completion callback), by its running task, by a
- * stream userdata and by a streaming response; it is freed when the last reference goes.
+ * Lifetime: a context is referenced by MHD (until the completion callback), by its running task, by
+ * a stream userdata and by a streaming response; it is freed when the last reference goes.
  */
 #define _GNU_SOURCE
 #include "httpd.h"
@@ -40,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define STREAM_HIGH (64 * 1024)
@@ -54,8 +58,8 @@ struct reqctx {
     struct MHD_Connection *conn;
     int refs;
     enum rstate state;
-    unsigned suspended : 1;        /* suspended by us, waiting for Lua */
-    unsigned completed : 1;        /* MHD is done with the request */
+    unsigned suspended : 1; /* suspended by us, waiting for Lua */
+    unsigned completed : 1; /* MHD is done with the request */
     unsigned too_large : 1;
     unsigned streaming : 1;        /* a stream response was created */
     unsigned stream_eof : 1;       /* s:close() was called */
@@ -64,9 +68,9 @@ struct reqctx {
     unsigned writer_ok : 1;        /* result for the parked writer */
     char *uri;
     buf_t body;
-    task *t;                    /* the handler task while it runs */
-    task *writer;               /* a task parked in s:write() */
-    struct MHD_Response *resp;  /* ready to queue */
+    task *t;                   /* the handler task while it runs */
+    task *writer;              /* a task parked in s:write() */
+    struct MHD_Response *resp; /* ready to queue */
     unsigned int status;
     buf_t sbuf;                 /* streamed bytes waiting for the client */
     struct reqctx *prev, *next; /* all live contexts, for shutdown */
@@ -301,7 +305,8 @@ struct hdr_iter {
     lua_Integer n;
 };
 
-static enum MHD_Result hdr_cb(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+static enum MHD_Result hdr_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                              const char *value)
 {
     struct hdr_iter *it = cls;
     lua_State *L = it->L;
@@ -501,8 +506,8 @@ static int l_stream(lua_State *L)
         lua_pushliteral(L, "closed");
         return 2;
     }
-    struct MHD_Response *r =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, c, stream_free_cb);
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
+                                                               stream_reader, c, stream_free_cb);
     if (!r)
         return luaL_error(L, "out of memory");
     c->refs++; /* the response's reference, dropped by stream_free_cb */
@@ -719,9 +724,27 @@ void httpd_free(void)
     H.listen_fd = -1;
 }
 
+static int make_unix_listener(lua_State *L, const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return luaL_error(L, "http.listen: unix socket path too long: %s", path);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    unlink(path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4096) < 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        return luaL_error(L, "http.listen: cannot listen on %s: %s", path, strerror(e));
+    }
+    return fd;
+}
+
 static int make_listener(lua_State *L, const char *host, int port)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res = NULL;
     char portstr[16];
@@ -770,13 +793,22 @@ static int l_listen(lua_State *L)
     H.drain_timeout = luaL_optnumber(L, -1, 10);
     lua_pop(L, 1);
 
-    int fd = make_listener(L, host, port);
+    lua_getfield(L, 1, "unix_socket");
+    const char *upath = luaL_optstring(L, -1, NULL);
+    int fd = upath ? make_unix_listener(L, upath) : make_listener(L, host, port);
+    if (!upath && port == 0) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+            port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                  : ((struct sockaddr_in *)&ss)->sin_port);
+    }
     H.max_body = (size_t)max_body;
     H.listen_fd = fd;
     H.d = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL,
-        NULL, on_access, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_URI_LOG_CALLBACK, on_uri,
-        NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_LIMIT,
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        on_access, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)conn_limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)conn_memory,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)conn_timeout, MHD_OPTION_END);
     if (!H.d) {
@@ -795,8 +827,11 @@ static int l_listen(lua_State *L)
     loop_prepare_add(httpd_prepare, NULL);
     char portstr[16];
     snprintf(portstr, sizeof(portstr), "%d", port);
-    log_write(LOG_INFO, NULL, "listening", "host", host, "port", portstr, NULL);
-    lua_pushboolean(L, 1);
+    if (upath)
+        log_write(LOG_INFO, NULL, "listening", "unix_socket", upath, NULL);
+    else
+        log_write(LOG_INFO, NULL, "listening", "host", host, "port", portstr, NULL);
+    lua_pushinteger(L, port);
     return 1;
 }
 
@@ -804,7 +839,8 @@ int luaopen_core_http(lua_State *L)
 {
     static const luaL_Reg stream_methods[] = {
         {"write", s_write}, {"close", s_close}, {"__gc", s_gc}, {NULL, NULL}};
-    static const luaL_Reg req_methods[] = {{"header", r_header}, {"headers", r_headers}, {NULL, NULL}};
+    static const luaL_Reg req_methods[] = {
+        {"header", r_header}, {"headers", r_headers}, {NULL, NULL}};
     static const luaL_Reg fns[] = {{"listen", l_listen}, {"stream", l_stream}, {NULL, NULL}};
     luaL_newmetatable(L, STREAM_MT);
     luaL_setfuncs(L, stream_methods, 0);

@@ -1,9 +1,10 @@
 /*
  * lcore.c: the `core` root module (clocks, stop, signals, paths) and `core.spawn`.
  *
- * Signals: TERM, INT and HUP are blocked and read from a signalfd on the loop. Each delivery runs the Lua
- * functions registered with core.on_signal(name, fn) in new tasks; TERM and INT then start the drain
- * (httpd_drain), which stops the loop when in-flight requests are done or the drain timeout passes.
+ * Signals: TERM, INT and HUP are blocked and read from a signalfd on the loop. Each delivery runs
+ * the Lua functions registered with core.on_signal(name, fn) in new tasks; TERM and INT then start
+ * the drain (httpd_drain), which stops the loop when in-flight requests are done or the drain
+ * timeout passes.
  */
 #define _GNU_SOURCE
 #include "httpd.h"

@@ -1,10 +1,10 @@
 /*
  * log.c: one JSON object per line on stderr, and the `core.log` Lua module.
  *
- * A line is {"ts":"...","level":"...","msg":"...","request_id":"...", extra fields}. The request id comes
- * from the task the Lua call runs on (log.set_request_id binds it), so every line a request writes carries
- * it without threading it through every call. Lines are built in a buffer and written with one write(2),
- * so lines from one process never interleave.
+ * A line is {"ts":"...","level":"...","msg":"...","request_id":"...", extra fields}. The request id
+ * comes from the task the Lua call runs on (log.set_request_id binds it), so every line a request
+ * writes carries it without threading it through every call. Lines are built in a buffer and
+ * written with one write(2), so lines from one process never interleave.
  */
 #define _GNU_SOURCE
 #include "log.h"

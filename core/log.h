@@ -8,8 +8,8 @@
 
 enum log_level { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARNING = 2, LOG_ERROR = 3 };
 
-/* Writes one line. The variadic part is key, value pairs of C strings, ended by NULL. request_id may be
- * NULL or "". Values are JSON-escaped. */
+/* Writes one line. The variadic part is key, value pairs of C strings, ended by NULL. request_id
+ * may be NULL or "". Values are JSON-escaped. */
 void log_write(enum log_level level, const char *request_id, const char *msg, ...);
 int log_enabled(enum log_level level);
 void log_set_level(enum log_level level);

@@ -1,10 +1,11 @@
 /*
  * loop.c: epoll + timer heap + prepare hooks + deferred calls.
  *
- * One iteration: run deferred calls; run prepare hooks (each may shorten the sleep); compute the sleep from
- * the earliest timer; epoll_pwait2 with nanosecond resolution (plain epoll_wait rounds to milliseconds,
- * which makes timer-driven work bunch into waves); dispatch ready watchers; fire expired timers.
- * Timers live in a binary min-heap indexed from 1; a timer knows its slot so cancelling is O(log n).
+ * One iteration: run deferred calls; run prepare hooks (each may shorten the sleep); compute the
+ * sleep from the earliest timer; epoll_pwait2 with nanosecond resolution (plain epoll_wait rounds
+ * to milliseconds, which makes timer-driven work bunch into waves); dispatch ready watchers; fire
+ * expired timers. Timers live in a binary min-heap indexed from 1; a timer knows its slot so
+ * cancelling is O(log n).
  */
 #define _GNU_SOURCE
 #include "loop.h"
@@ -110,7 +111,8 @@ int loop_watch_mod(loop_watch *w, uint32_t events)
 
 void loop_watch_del(loop_watch *w)
 {
-    /* The fd may already be closed (libcurl does that); epoll forgot it then, so errors are fine. */
+    /* The fd may already be closed (libcurl does that); epoll forgot it then, so errors are fine.
+     */
     epoll_ctl(L.epfd, EPOLL_CTL_DEL, w->fd, NULL);
 }
 

@@ -1,10 +1,10 @@
 /*
  * loop.h: the one event loop of the server.
  *
- * An epoll set of file-descriptor watchers, a binary min-heap of timers on the monotonic clock, "prepare"
- * callbacks that run before every wait (libmicrohttpd and libcurl use them to flush pending work and
- * to report how long the loop may sleep), and a queue of deferred calls that run outside any callback.
- * Nothing here knows about HTTP or Lua.
+ * An epoll set of file-descriptor watchers, a binary min-heap of timers on the monotonic clock,
+ * "prepare" callbacks that run before every wait (libmicrohttpd and libcurl use them to flush
+ * pending work and to report how long the loop may sleep), and a queue of deferred calls that run
+ * outside any callback. Nothing here knows about HTTP or Lua.
  */
 #ifndef OSB_LOOP_H
 #define OSB_LOOP_H
@@ -33,7 +33,8 @@ struct loop_timer {
     void *data;
 };
 
-/* A prepare callback returns the longest time in ns the loop may sleep for its sake, or -1 for "no limit". */
+/* A prepare callback returns the longest time in ns the loop may sleep for its sake, or -1 for "no
+ * limit". */
 typedef int64_t (*loop_prepare_cb)(void *data);
 typedef void (*loop_defer_cb)(void *data);
 
@@ -58,7 +59,8 @@ static inline int loop_timer_armed(const loop_timer *t)
 
 int loop_prepare_add(loop_prepare_cb cb, void *data);
 
-/* Queues cb(data) to run on the next iteration, outside any library callback. Returns 0 or -ENOMEM. */
+/* Queues cb(data) to run on the next iteration, outside any library callback. Returns 0 or -ENOMEM.
+ */
 int loop_defer(loop_defer_cb cb, void *data);
 
 uint64_t loop_now_ns(void); /* monotonic clock, read fresh */

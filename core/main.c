@@ -1,10 +1,12 @@
 /*
- * main.c: process start-up. Finds the install root (the directory holding lua/main.lua), creates the Lua
- * state with the core modules preloaded, runs lua/main.lua as the first task, and runs the loop until the
- * server stops. All policy (configuration, routes, what to do with --check-config) is in Lua.
+ * main.c: process start-up. Finds the install root (the directory holding lua/main.lua), creates
+ * the Lua state with the core modules preloaded, runs lua/main.lua as the first task, and runs the
+ * loop until the server stops. All policy (configuration, routes, what to do with --check-config)
+ * is in Lua.
  *
- * Root discovery, first match wins: $OPENSANDBOX_ROOT; the executable's directory; its parent (a build
- * directory inside the source tree); <prefix>/share/opensandbox for an executable in <prefix>/bin.
+ * Root discovery, first match wins: $OPENSANDBOX_ROOT; the executable's directory; its parent (a
+ * build directory inside the source tree); <prefix>/share/opensandbox for an executable in
+ * <prefix>/bin.
  */
 #define _GNU_SOURCE
 #include "engine.h"
@@ -74,8 +76,9 @@ int main(int argc, char **argv)
 {
     server_set_argv(argc, argv);
     if (find_root(argv[0]) < 0) {
-        fprintf(stderr, "opensandbox-server: cannot find lua/main.lua next to %s "
-                        "(set OPENSANDBOX_ROOT)\n",
+        fprintf(stderr,
+                "opensandbox-server: cannot find lua/main.lua next to %s "
+                "(set OPENSANDBOX_ROOT)\n",
                 server_paths.exe);
         return 1;
     }

@@ -1,6 +1,7 @@
 /*
- * server.h: process-wide pieces shared by the core modules: where the server was installed, shutdown, and
- * signal delivery to Lua. Implemented in lcore.c (the `core` root module and `core.spawn`).
+ * server.h: process-wide pieces shared by the core modules: where the server was installed,
+ * shutdown, and signal delivery to Lua. Implemented in lcore.c (the `core` root module and
+ * `core.spawn`).
  */
 #ifndef OSB_SERVER_H
 #define OSB_SERVER_H
@@ -17,7 +18,8 @@ struct server_paths {
 
 extern struct server_paths server_paths;
 
-/* Starts the shutdown: the HTTP server stops accepting and drains, then the loop stops with `code`. */
+/* Starts the shutdown: the HTTP server stops accepting and drains, then the loop stops with `code`.
+ */
 void server_shutdown(int code);
 
 /* Sets up signalfd for TERM, INT and HUP. Returns 0 or -errno. */

@@ -1,10 +1,11 @@
 /*
  * task.c: running Lua coroutines on the loop.
  *
- * task_start/task_resume call lua_resume. When the thread yields, whoever made it yield (a timer, an HTTP
- * client request, a stream write) holds the task pointer and resumes it later, pushing the results that
- * the yielding C function returns. When the thread returns or raises, `done` is told and the thread is
- * reset (lua_resetthread) and kept for reuse. Errors are logged with a traceback of the failing thread.
+ * task_start/task_resume call lua_resume. When the thread yields, whoever made it yield (a timer,
+ * an HTTP client request, a stream write) holds the task pointer and resumes it later, pushing the
+ * results that the yielding C function returns. When the thread returns or raises, `done` is told
+ * and the thread is reset (lua_resetthread) and kept for reuse. Errors are logged with a traceback
+ * of the failing thread.
  */
 #include "task.h"
 

@@ -1,10 +1,10 @@
 /*
  * timer.c: the `core.timer` Lua module on top of the loop's timer heap.
  *
- * sleep(sec) parks the calling task on a timer and resumes it when the timer fires. after/every return a
- * handle (full userdata) that owns a loop_timer and a registry reference to the callback; each firing runs
- * the callback in a new task. A handle stays alive while armed (registry anchor), so dropping it in Lua
- * does not cancel it; :cancel() does.
+ * sleep(sec) parks the calling task on a timer and resumes it when the timer fires. after/every
+ * return a handle (full userdata) that owns a loop_timer and a registry reference to the callback;
+ * each firing runs the callback in a new task. A handle stays alive while armed (registry anchor),
+ * so dropping it in Lua does not cancel it; :cancel() does.
  */
 #include "loop.h"
 #include "task.h"

@@ -1,5 +1,6 @@
 /*
- * uuid.c: the `core.uuid` module: random (v4) UUIDs from libuuid, and random hex tokens from getrandom(2).
+ * uuid.c: the `core.uuid` module: random (v4) UUIDs from libuuid, and random hex tokens from
+ * getrandom(2).
  */
 #include <lauxlib.h>
 #include <sys/random.h>

@@ -1,7 +1,7 @@
 /*
- * core_scenario.c: runs one Lua scenario on the real engine (loop, libmicrohttpd, libcurl, timers) and
- * exits with the engine's exit code. A scenario calls core.stop(0) when every check passed; a failed
- * assertion raises in the boot task, which makes the engine exit 1.
+ * core_scenario.c: runs one Lua scenario on the real engine (loop, libmicrohttpd, libcurl, timers)
+ * and exits with the engine's exit code. A scenario calls core.stop(0) when every check passed; a
+ * failed assertion raises in the boot task, which makes the engine exit 1.
  */
 #include "engine.h"
 #include "server.h"

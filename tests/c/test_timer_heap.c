@@ -1,6 +1,6 @@
 /*
- * test_timer_heap.c: the loop's timer heap fires timers in deadline order, and cancelled timers never fire,
- * including cancellation from inside another timer's callback.
+ * test_timer_heap.c: the loop's timer heap fires timers in deadline order, and cancelled timers
+ * never fire, including cancellation from inside another timer's callback.
  */
 #include "loop.h"
 
@@ -17,7 +17,7 @@ static loop_timer timers[N];
 #define CHECK(c)                                                                                   \
     do {                                                                                           \
         if (!(c)) {                                                                                \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                 \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
             exit(1);                                                                               \
         }                                                                                          \
     } while (0)
@@ -65,7 +65,8 @@ int main(void)
         if (i % 4 == 0 && i != 0)
             CHECK(fired[i] == 0);
     }
-    /* 11 is cancelled by 10 only if 10 fires first; 10 fires at 370 % 200 = 170 * 0.1 ms, 11 at 7 * 0.1 ms */
+    /* 11 is cancelled by 10 only if 10 fires first; 10 fires at 370 % 200 = 170 * 0.1 ms, 11 at 7 *
+     * 0.1 ms */
     CHECK(fired[11] == 1);
     for (int k = 1; k < nfired; k++) {
         int a = order[k - 1], b = order[k];
