@@ -77,6 +77,7 @@ int engine_run(const char *script)
     preload(L, "core.log", luaopen_core_log);
     preload(L, "core.http", luaopen_core_http);
     preload(L, "core.client", luaopen_core_client);
+    preload(L, "core.sync", luaopen_core_sync);
     task_init(L);
 
     if (luaL_loadfile(L, script) != LUA_OK) {

@@ -17,7 +17,11 @@
 #include <lauxlib.h>
 #include <signal.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifndef OSB_VERSION
@@ -119,6 +123,84 @@ static int l_monotonic(lua_State *L)
     return 1;
 }
 
+/* core.free_tcp_port(host): a port the kernel hands out for bind(host:0), released again at once. */
+static int l_free_tcp_port(lua_State *L)
+{
+    const char *host = luaL_optstring(L, 1, "0.0.0.0");
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    socklen_t sl = sizeof(sa);
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+        return luaL_argerror(L, 1, "expected an IPv4 address");
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &sl) < 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        lua_pushnil(L);
+        lua_pushstring(L, strerror(e));
+        return 2;
+    }
+    close(fd);
+    lua_pushinteger(L, ntohs(sa.sin_port));
+    return 1;
+}
+
+/* core.mkdirs(path, mode): mkdir -p with `mode` for every directory it creates; true or nil, err. */
+static int l_mkdirs(lua_State *L)
+{
+    size_t n;
+    const char *path = luaL_checklstring(L, 1, &n);
+    mode_t mode = (mode_t)luaL_optinteger(L, 2, 0700);
+    char buf[PATH_MAX_OSB];
+    if (n == 0 || n >= sizeof(buf))
+        return luaL_argerror(L, 1, "empty or too long");
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != '\0')
+            continue;
+        char c = buf[i];
+        buf[i] = '\0';
+        if (mkdir(buf, mode) < 0 && errno != EEXIST) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "%s: %s", buf, strerror(errno));
+            return 2;
+        }
+        buf[i] = c;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_getpid(lua_State *L)
+{
+    lua_pushinteger(L, getpid());
+    return 1;
+}
+
+/* core.kill(pid, "HUP"|"TERM"|"INT"|0): sends a signal; returns true or nil, err. */
+static int l_kill(lua_State *L)
+{
+    lua_Integer pid = luaL_checkinteger(L, 1);
+    const char *name = luaL_optstring(L, 2, "TERM");
+    int sig = strcmp(name, "HUP") == 0    ? SIGHUP
+              : strcmp(name, "TERM") == 0 ? SIGTERM
+              : strcmp(name, "INT") == 0  ? SIGINT
+              : strcmp(name, "0") == 0    ? 0
+                                          : -1;
+    if (sig < 0)
+        return luaL_argerror(L, 2, "expected HUP, TERM, INT or 0");
+    if (pid <= 0)
+        return luaL_argerror(L, 1, "expected a positive pid");
+    if (kill((pid_t)pid, sig) < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, strerror(errno));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static int l_stop(lua_State *L)
 {
     server_shutdown((int)luaL_optinteger(L, 1, 0));
@@ -153,6 +235,10 @@ int luaopen_core(lua_State *L)
     static const luaL_Reg fns[] = {{"now", l_now},
                                    {"monotonic", l_monotonic},
                                    {"stop", l_stop},
+                                   {"free_tcp_port", l_free_tcp_port},
+                                   {"getpid", l_getpid},
+                                   {"mkdirs", l_mkdirs},
+                                   {"kill", l_kill},
                                    {"on_signal", l_on_signal},
                                    {NULL, NULL}};
     luaL_newlib(L, fns);

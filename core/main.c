@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int has_main_lua(const char *dir)
@@ -83,6 +84,7 @@ int main(int argc, char **argv)
         return 1;
     }
     raise_nofile();
+    umask(077); /* the store holds access tokens: files we create are ours alone */
     char mainlua[PATH_MAX_OSB + 32];
     snprintf(mainlua, sizeof(mainlua), "%s/main.lua", server_paths.lua);
     return engine_run(mainlua);

@@ -35,5 +35,6 @@ int luaopen_core_uuid(lua_State *L);
 int luaopen_core_timer(lua_State *L);
 int luaopen_core_http(lua_State *L);
 int luaopen_core_client(lua_State *L);
+int luaopen_core_sync(lua_State *L);
 
 #endif

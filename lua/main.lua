@@ -1,9 +1,181 @@
--- Boot script placeholder (replaced by the real boot below once lua/api lands).
+-- The boot script: the first task the engine runs (core/engine.c).
+--
+-- 1. Command line: --config PATH, --check-config (validate and exit 0/1), --reload (SIGHUP the running
+--    server found through its pid file), --version.
+-- 2. Configuration (lua/config), log level, auth guard (exit 2).
+-- 3. Store (SQLite), Docker adapter, lifecycle service; connect to Docker and reconcile before serving
+--    (if Docker is unreachable the server starts anyway and reconnects in the background).
+-- 4. HTTP: the API handler (lua/api) on server.host:server.port.
+-- 5. Signals: TERM/INT drain (in the core); HUP is handed to the hook reloader when there is one.
+local core = require("core")
+local log = require("core.log")
+local uuid = require("core.uuid")
 local http = require("core.http")
-local json = require("common.json")
-http.listen({ host = "127.0.0.1", port = tonumber(os.getenv("PORT") or "8080"), handler = function(req)
-    if req.path == "/health" then
-        return 200, { ["Content-Type"] = "application/json" }, json.encode({ status = "healthy" })
+local client = require("core.client")
+local timer = require("core.timer")
+local spawn = require("core.spawn")
+local config = require("config")
+
+local function die(msg, code)
+    io.stderr:write("opensandbox-server: ", msg, "\n")
+    core.stop(code or 1)
+end
+
+local function has_flag(name)
+    for _, a in ipairs(core.argv) do
+        if a == name then
+            return true
+        end
     end
-    return 404, { ["Content-Type"] = "application/json" }, '{"code":"GENERAL::NOT_FOUND","message":"Not Found"}'
-end })
+    return false
+end
+
+local function main()
+    if has_flag("--version") then
+        io.stdout:write("opensandbox-server ", core.version, "\n")
+        return core.stop(0)
+    end
+    if has_flag("--help") or has_flag("-h") then
+        io.stdout:write([[
+usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version]
+  --config PATH    configuration file (default: $SANDBOX_CONFIG_PATH, else ./config.lua)
+  --check-config   validate the configuration and exit 0 (valid) or 1 (invalid)
+  --reload         tell the running server (found through its pid file) to reload its hooks
+]])
+        return core.stop(0)
+    end
+    local cfg, err, code = config.load(config.path_from_args(core.argv), nil, {
+        warn = function(m)
+            log.warn(m)
+        end,
+    })
+    if not cfg then
+        return die(err, code)
+    end
+    log.set_level(cfg.server.log_level)
+    if has_flag("--check-config") then
+        io.stdout:write("configuration OK", cfg.source and (" (" .. cfg.source .. ")") or " (defaults)", "\n")
+        return core.stop(0)
+    end
+
+    local state_dir = cfg.store.path:match("^(.*)/[^/]*$") or "."
+    local pidfile = state_dir .. "/server.pid"
+    if has_flag("--reload") then
+        local f = io.open(pidfile, "r")
+        local pid = f and tonumber(f:read("l"))
+        if f then
+            f:close()
+        end
+        if not pid then
+            return die("no running server found (pid file " .. pidfile .. ")", 1)
+        end
+        local ok, kerr = core.kill(pid, "HUP")
+        if not ok then
+            return die("cannot signal pid " .. pid .. ": " .. tostring(kerr), 1)
+        end
+        io.stdout:write("reload requested (pid ", pid, ")\n")
+        return core.stop(0)
+    end
+
+    -- state
+    local ok, merr = core.mkdirs(state_dir, tonumber("700", 8))
+    if not ok then
+        return die("cannot create the state directory: " .. tostring(merr), 1)
+    end
+    local store, serr = require("sandbox.store").open(cfg.store.path, {
+        mkdir = function(dir, mode)
+            return core.mkdirs(dir, mode)
+        end,
+    })
+    if not store then
+        return die(serr, 1)
+    end
+
+    -- runtime and service
+    client.configure({ max_host_connections = 16 })
+    local runtime = require("runtimes.docker").new({
+        client = client,
+        host = cfg.docker.host,
+        api_timeout = cfg.docker.api_timeout,
+        log = log,
+        config = cfg.docker,
+        sleep = timer.sleep,
+    })
+    local agent = require("sandbox.agent").new({
+        root = core.paths.root,
+        exe = core.paths.exe,
+        log = log,
+        runtime = runtime,
+        execd_image = cfg.runtime.execd_image,
+    })
+    local service = require("sandbox.service").new({
+        runtime = runtime,
+        store = store,
+        log = log,
+        config = cfg,
+        docker_host = cfg.docker.host,
+        failure_ttl = cfg.server.pending_failure_ttl,
+        agent_archive = function()
+            return agent:archive()
+        end,
+        core = {
+            now_us = function()
+                return math.floor(core.now() * 1e6)
+            end,
+            spawn = spawn,
+            timer = timer,
+            uuid = uuid,
+            free_tcp_port = core.free_tcp_port,
+        },
+    })
+    local n, lerr = service:load()
+    if not n then
+        return die("cannot read the store: " .. tostring(lerr), 1)
+    end
+    log.info("store loaded", { path = cfg.store.path, sandboxes = n })
+    local cok, cerr = service:connect(true)
+    if not cok then
+        log.error("Docker is unreachable; serving anyway and retrying", {
+            docker_host = cfg.docker.host,
+            error = tostring(cerr and cerr.message or cerr),
+        })
+    end
+    service:start_background()
+
+    -- HTTP
+    local handler = require("api").new({
+        config = cfg,
+        service = service,
+        log = log,
+        uuid = uuid,
+        now = core.now,
+        root = core.paths.root,
+        ncpu = function()
+            return service.ncpu
+        end,
+    })
+    local port = http.listen({
+        host = cfg.server.host,
+        port = cfg.server.port,
+        handler = handler,
+        max_body = 1048576,
+        conn_limit = cfg.server.max_connections,
+        conn_memory = cfg.server.connection_memory,
+        conn_timeout = cfg.server.connection_timeout,
+        drain_timeout = cfg.server.drain_timeout,
+    })
+    local pf = io.open(pidfile, "w")
+    if pf then
+        pf:write(tostring(core.getpid()), "\n")
+        pf:close()
+    end
+    core.on_signal("HUP", function()
+        log.info("SIGHUP: reloading")
+        if service.hooks and service.hooks.reload then
+            service.hooks:reload()
+        end
+    end)
+    log.info("server ready", { host = cfg.server.host, port = port, version = core.version })
+end
+
+main()

@@ -1,0 +1,100 @@
+-- OpenSandbox server configuration (API.md §9).
+--
+-- This file is Lua 5.4 that returns a table. The server reads it from `--config PATH`, else from the path in
+-- env SANDBOX_CONFIG_PATH, else ./config.lua (if that is missing, every default below applies).
+-- Every key is shown with its default. A key left out or set to nil takes its default; `false` disables a
+-- limit where that is allowed. Unknown sections or keys and values of the wrong type stop the server at
+-- startup with a message naming the key.
+--
+-- The file runs in a restricted environment: basic functions, string/table/math/utf8, and os.getenv,
+-- os.time, os.date, os.clock. For example: api_key = os.getenv("MY_KEY").
+--
+-- Environment variables that override this file:
+--   OPENSANDBOX_SERVER_API_KEY  server.api_key (when non-blank)
+--   OPENSANDBOX_INSECURE_SERVER=YES  allow a non-loopback server.host with no API key
+--   DOCKER_HOST                 docker.host
+--   DOCKER_API_TIMEOUT          docker.api_timeout (an integer > 0; an invalid value is warned about and ignored)
+--   PENDING_FAILURE_TTL         server.pending_failure_ttl (an integer >= 0; invalid: warned about and ignored)
+return {
+    server = {
+        -- Listen address and port. Without an API key the server only starts on a loopback address
+        -- (127.0.0.0/8, ::1, localhost) unless OPENSANDBOX_INSECURE_SERVER=YES is set.
+        host = "127.0.0.1",
+        port = 8080,
+        -- DEBUG, INFO, WARNING or ERROR (case-insensitive).
+        log_level = "INFO",
+        -- Clients send it in the OPEN-SANDBOX-API-KEY header. nil or blank: no authentication.
+        api_key = nil,
+        -- Upper bound for a sandbox's `timeout`, in seconds (an integer >= 60). nil or false: no cap.
+        max_sandbox_timeout_seconds = nil,
+        -- Public host (optionally host:port) used in endpoint replies instead of docker.host_ip or Host.
+        eip = nil,
+        -- Seconds a failed-provisioning record is kept before it is deleted (0: at the next sweep).
+        pending_failure_ttl = 3600,
+        -- Directory the /docs and /redoc asset files are served from (filled by scripts/docs-assets.sh).
+        -- nil: <install root>/build/docs-assets.
+        docs_assets_dir = nil,
+        -- HTTP engine limits: concurrent connections, memory per connection (bytes; bounds the request
+        -- header size), idle connection timeout (seconds), and how long a shutdown waits for requests
+        -- in flight (seconds).
+        max_connections = 4096,
+        connection_memory = 16384,
+        connection_timeout = 120,
+        drain_timeout = 10,
+    },
+
+    runtime = {
+        -- The only runtime so far.
+        type = "docker",
+        -- An upstream-style agent image to take execd from instead of the built-in agent. Cannot be
+        -- combined with docker.network_mode = "host".
+        execd_image = nil,
+    },
+
+    docker = {
+        -- The Docker daemon: unix:///path or tcp://host:port (no TLS).
+        host = "unix:///var/run/docker.sock",
+        -- "bridge", "host", or the name of an existing user-defined network.
+        network_mode = "bridge",
+        -- Host IP that published ports bind to; also a candidate host for endpoint replies.
+        host_ip = "127.0.0.1",
+        -- Seconds per Docker API call (an idle timeout for image pulls).
+        api_timeout = 180,
+        -- Capabilities dropped from every sandbox; {} drops none.
+        drop_capabilities = {
+            "AUDIT_WRITE",
+            "MKNOD",
+            "NET_ADMIN",
+            "NET_RAW",
+            "SYS_ADMIN",
+            "SYS_MODULE",
+            "SYS_PTRACE",
+            "SYS_TIME",
+            "SYS_TTY_CONFIG",
+        },
+        -- Adds no-new-privileges:true to every sandbox.
+        no_new_privileges = true,
+        -- AppArmor profile name / seccomp profile (path or name). nil: Docker's defaults.
+        apparmor_profile = nil,
+        seccomp_profile = nil,
+        -- Maximum number of processes per sandbox. false or 0: unlimited.
+        pids_limit = 4096,
+        -- OCI runtime for sandboxes, for example "runsc". nil: Docker's default.
+        runtime = nil,
+    },
+
+    store = {
+        -- The SQLite state database. "~" is the user's home; missing parent directories are created 0700.
+        path = "~/.opensandbox/opensandbox.db",
+    },
+
+    hooks = {
+        -- Directory of Lua policy hooks loaded at startup. nil: no hooks.
+        dir = nil,
+    },
+
+    proxy = {
+        -- Seconds to wait for a connection to a sandbox port through the server proxy.
+        connect_timeout = 10,
+    },
+}

@@ -1,0 +1,150 @@
+-- The HTTP surface: builds the one function the core calls per request (core/README.md, core.http).
+--
+--   local handler = require("api").new{ config = cfg, service = svc, log = log, uuid = uuid, now = core.now }
+--   http.listen{ ..., handler = handler }
+--
+-- Order per request (API.md §1): request id (set on every response, bound to the log) -> CORS preflight
+-- (non-proxy routes, no auth) -> authentication (before routing, so an unknown path without a key is 401)
+-- -> routing (404 / 405 + Allow) -> body limit (413, not on the proxy) -> handler -> one renderer. CORS headers
+-- go on every response to a request with an Origin. A Lua error in a handler is logged with its traceback
+-- and answered 500 GENERAL::UNKNOWN_ERROR.
+--
+-- Nothing here requires core.*: everything that touches the engine comes in through `deps`, so the whole
+-- surface runs under busted with fakes. Optional deps: `validate` (default require "sandbox.validate"),
+-- `ncpu`, `keys` (a list of {key=, principal=}; default from config), `openapi_path`, `docs_dir`, `root`.
+local docs = require("api.docs")
+local errors = require("common.errors")
+local middleware = require("api.middleware")
+local parse = require("api.parse")
+local respond = require("api.respond")
+local router = require("api.router")
+local sandboxes = require("api.sandboxes")
+local system = require("api.system")
+
+local M = {}
+
+local function method_not_allowed(allow)
+    return errors.new(405, "GENERAL::METHOD_NOT_ALLOWED", "Method Not Allowed", { Allow = allow })
+end
+
+local function not_found()
+    return errors.new(404, "GENERAL::NOT_FOUND", "Not Found")
+end
+
+-- The handler function of each route, looked up once by its name in the route table ("group.name").
+local function bind_routes(groups)
+    local bound = {}
+    for _, r in ipairs(router.routes()) do
+        local group, name = r.handler:match("^([%w_]+)%.([%w_]+)$")
+        local fn = group and groups[group] and groups[group][name]
+        assert(type(fn) == "function", "api: no handler for route " .. r.handler)
+        bound[r.handler] = fn
+    end
+    return bound
+end
+
+--- Returns handler(req) -> status, headers, body. See the top of this file for `deps`.
+function M.new(deps)
+    assert(type(deps) == "table", "api.new: deps table required")
+    assert(deps.uuid and deps.uuid.hex, "api.new: deps.uuid.hex required")
+    local log = deps.log or {}
+    local sys = system.new(deps)
+    local bound = bind_routes({
+        sandboxes = sandboxes.new(deps),
+        system = sys,
+        docs = docs.new(deps),
+        proxy = { forward = sys.proxy },
+    })
+    local authenticate = middleware.authenticator(deps.keys or middleware.keys_from_config(deps.config))
+
+    local function handle(req, request_id)
+        if middleware.is_preflight(req) then
+            return 200, middleware.preflight_headers(req), nil
+        end
+
+        local exempt = middleware.is_exempt(req.path)
+        local principal, err
+        if not exempt then
+            principal, err = authenticate(req)
+            if not principal then
+                return respond.error(err)
+            end
+        end
+
+        local route, params, allow = router.match(req.method, req.path)
+        if not route then
+            if params == "method_not_allowed" then
+                return respond.error(method_not_allowed(allow))
+            end
+            return respond.error(not_found())
+        end
+        -- Defence in depth: a path let through without a key must land on a route that needs none.
+        if exempt and not (route.exempt or route.raw_body) then
+            principal, err = authenticate(req)
+            if not principal then
+                return respond.error(err)
+            end
+        end
+        if req.body_too_large and not route.raw_body then
+            return respond.error(parse.too_large())
+        end
+
+        local ctx = {
+            req = req,
+            route = route,
+            params = params,
+            query = parse.query(req.query),
+            principal = principal,
+            request_id = request_id,
+            svc = {
+                request_id = request_id,
+                principal = principal,
+                host = req:header("Host"),
+                remote_addr = req.remote_addr,
+            },
+        }
+        local res
+        res, err = bound[route.handler](ctx)
+        if not res then
+            if not (type(err) == "table" and type(err.status) == "number" and type(err.code) == "string") then
+                if log.error then
+                    log.error("handler returned no response and no error object", {
+                        route = route.handler,
+                        err = tostring(err),
+                    })
+                end
+                err = errors.internal()
+            end
+            return respond.error(err)
+        end
+        return respond.render(res)
+    end
+
+    local function traceback(e)
+        return debug.traceback(tostring(e), 2)
+    end
+
+    return function(req)
+        local request_id = middleware.request_id(req:header("X-Request-ID"), deps.uuid.hex)
+        if log.set_request_id then
+            log.set_request_id(request_id)
+        end
+        local ok, status, headers, body = xpcall(handle, traceback, req, request_id)
+        if not ok then
+            if log.error then
+                log.error("unhandled error in request handler", {
+                    method = req.method,
+                    path = req.path,
+                    err = status,
+                })
+            end
+            status, headers, body = respond.error(errors.internal())
+        end
+        headers = headers or {}
+        headers["X-Request-ID"] = request_id
+        middleware.cors_headers(req, headers)
+        return status, headers, body
+    end
+end
+
+return M

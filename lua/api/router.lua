@@ -1,0 +1,214 @@
+-- The route table and the matcher.
+--
+-- The table is data: one entry per (method, pattern), each with the name of its handler, whether it is exempt
+-- from authentication, whether a single trailing "/" is ignored, and a one-line summary. The same table is
+-- compared with openapi.json by a unit spec, so the docs cannot drift from what is served.
+--
+-- Matching works on the path after one round of percent-decoding (as a framework that routes on the decoded
+-- path does), split on "/". A `{name}` segment matches one non-empty segment; a final `{name*}` matches the
+-- rest of the path (possibly empty). Every route is also served under "/v1". HEAD is accepted wherever GET is
+-- (RFC 9110 §9.3.2); the core sends no body for it.
+local M = {}
+
+local PROXY_METHODS = { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" }
+
+-- exempt: no API key needed (the proxy's exemption depends on the path and is decided by the middleware).
+-- slash: a single trailing "/" is ignored (the lifecycle routes).
+-- raw_body: the route takes any body (no 1 MiB limit, no parsing): the proxy.
+local routes = {
+    { "GET", "/health", "system.health", exempt = true, summary = "Health check" },
+    { "GET", "/openapi.json", "docs.openapi", exempt = true, summary = "OpenAPI description of this API" },
+    { "GET", "/docs", "docs.swagger", exempt = true, summary = "Swagger UI" },
+    { "GET", "/docs/{file*}", "docs.asset", exempt = true, summary = "Swagger UI and ReDoc assets" },
+    { "GET", "/redoc", "docs.redoc", exempt = true, summary = "ReDoc" },
+    { "POST", "/metrics/events", "system.metrics_events", summary = "Record an SDK telemetry event (ignored)" },
+    { "POST", "/sandboxes", "sandboxes.create", slash = true, summary = "Create a sandbox" },
+    { "GET", "/sandboxes", "sandboxes.list", slash = true, summary = "List sandboxes" },
+    { "GET", "/sandboxes/{id}", "sandboxes.get", slash = true, summary = "Get a sandbox" },
+    { "DELETE", "/sandboxes/{id}", "sandboxes.delete", slash = true, summary = "Delete a sandbox" },
+    { "POST", "/sandboxes/{id}/pause", "sandboxes.pause", slash = true, summary = "Pause a sandbox" },
+    { "POST", "/sandboxes/{id}/resume", "sandboxes.resume", slash = true, summary = "Resume a paused sandbox" },
+    {
+        "POST",
+        "/sandboxes/{id}/renew-expiration",
+        "sandboxes.renew",
+        slash = true,
+        summary = "Set a new expiration time",
+    },
+    {
+        "GET",
+        "/sandboxes/{id}/endpoints/{port}",
+        "sandboxes.endpoint",
+        slash = true,
+        summary = "Get the endpoint of a port in a sandbox",
+    },
+    {
+        "PATCH",
+        "/sandboxes/{id}/metadata",
+        "sandboxes.patch_metadata",
+        slash = true,
+        summary = "Merge-patch a sandbox's metadata",
+    },
+}
+for _, pattern in ipairs({ "/sandboxes/{id}/proxy/{port}", "/sandboxes/{id}/proxy/{port}/{path*}" }) do
+    for _, method in ipairs(PROXY_METHODS) do
+        routes[#routes + 1] = {
+            method,
+            pattern,
+            "proxy.forward",
+            raw_body = true,
+            summary = "Proxy a request to a port in a sandbox",
+        }
+    end
+end
+
+local function split(path)
+    local segs = {}
+    for seg in (path .. "/"):sub(2):gmatch("([^/]*)/") do
+        segs[#segs + 1] = seg
+    end
+    return segs
+end
+
+-- Compiles the table once: named fields, and the pattern split into segments.
+local compiled = {}
+for i, r in ipairs(routes) do
+    local segs = {}
+    local rest
+    for j, seg in ipairs(split(r[2])) do
+        local name, star = seg:match("^{([%w_]+)(%*?)}$")
+        if star == "*" then
+            assert(j == #split(r[2]), "a {name*} segment must be last: " .. r[2])
+            rest = name
+        else
+            segs[#segs + 1] = name and { param = name } or { lit = seg }
+        end
+    end
+    compiled[i] = {
+        method = r[1],
+        pattern = r[2],
+        handler = r[3],
+        exempt = r.exempt or false,
+        slash = r.slash or false,
+        raw_body = r.raw_body or false,
+        summary = r.summary,
+        segs = segs,
+        rest = rest,
+    }
+end
+
+--- The route table: an array of { method, pattern, handler, exempt, slash, raw_body, summary }. Read-only use.
+function M.routes()
+    local out = {}
+    for i, r in ipairs(compiled) do
+        out[i] = {
+            method = r.method,
+            pattern = r.pattern,
+            handler = r.handler,
+            exempt = r.exempt,
+            slash = r.slash,
+            raw_body = r.raw_body,
+            summary = r.summary,
+        }
+    end
+    return out
+end
+
+local function hexbyte(h)
+    return string.char(tonumber(h, 16))
+end
+
+--- Percent-decodes `s` once (a "%" not followed by two hex digits stays as it is). "+" is kept.
+function M.unescape(s)
+    return (s:gsub("%%(%x%x)", hexbyte))
+end
+
+--- Strips one leading "/v1" component: "/v1/x" -> "/x", "/v1" -> "/". Other paths are returned unchanged.
+function M.strip_version(path)
+    if path == "/v1" then
+        return "/"
+    end
+    if path:sub(1, 4) == "/v1/" then
+        return path:sub(4)
+    end
+    return path
+end
+
+local function match_route(r, segs)
+    local n = #r.segs
+    if #segs < n or (not r.rest and #segs ~= n) then
+        return nil
+    end
+    local params = {}
+    for i = 1, n do
+        local want, got = r.segs[i], segs[i]
+        if want.lit then
+            if want.lit ~= got then
+                return nil
+            end
+        elseif got == "" then
+            return nil
+        else
+            params[want.param] = got
+        end
+    end
+    if r.rest then
+        -- "{path*}" needs the "/" after the fixed part: ".../proxy/80" is the other route, ".../proxy/80/" has "".
+        if #segs == n then
+            return nil
+        end
+        params[r.rest] = table.concat(segs, "/", n + 1)
+    end
+    return params
+end
+
+local function find(path, method, only_slash)
+    local segs = split(path)
+    local allowed, seen = {}, {}
+    for _, r in ipairs(compiled) do
+        if not only_slash or r.slash then
+            local params = match_route(r, segs)
+            if params then
+                if r.method == method or (method == "HEAD" and r.method == "GET") then
+                    return r, params
+                end
+                if not seen[r.method] then
+                    seen[r.method] = true
+                    allowed[#allowed + 1] = r.method
+                    if r.method == "GET" and not seen.HEAD then
+                        seen.HEAD = true
+                        allowed[#allowed + 1] = "HEAD"
+                    end
+                end
+            end
+        end
+    end
+    return nil, allowed
+end
+
+--- Matches a request. `path` is the raw request path (not decoded). Returns one of:
+---   route, params        a match; params are the decoded path parameters
+---   nil, "not_found"
+---   nil, "method_not_allowed", allow   where allow is the value of the Allow header ("GET, HEAD")
+function M.match(method, path)
+    local p = M.strip_version(M.unescape(path))
+    local r, res = find(p, method, false)
+    if r then
+        return r, res
+    end
+    local allowed = res
+    if #allowed == 0 and #p > 1 and p:sub(-1) == "/" then
+        r, res = find(p:sub(1, -2), method, true)
+        if r then
+            return r, res
+        end
+        allowed = res
+    end
+    if #allowed == 0 then
+        return nil, "not_found"
+    end
+    table.sort(allowed)
+    return nil, "method_not_allowed", table.concat(allowed, ", ")
+end
+
+return M

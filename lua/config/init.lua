@@ -1,0 +1,396 @@
+-- Loading and validating the configuration (API.md §9, the auth guard of §1.2).
+--
+--   local cfg, err, code = config.load(path_or_nil, env, opts)
+--
+-- `path_or_nil` is the --config value (see M.path_from_args). Without it the path is env SANDBOX_CONFIG_PATH,
+-- else ./config.lua; an explicit path that is missing is an error, an implicit ./config.lua that is missing
+-- means "all defaults". The file is Lua that returns a table; it runs in its own environment with only safe
+-- basics (no io, no require, no load, os limited to getenv/time/date/clock) and an instruction budget.
+-- The table is checked against lua/config/schema.lua (errors name the key), defaults are filled in, then the
+-- environment overrides apply, `~` is expanded, and the auth guard runs.
+--
+-- On failure: nil, message, exit code (1 = invalid configuration, 2 = refused by the auth guard).
+-- Warnings (for example an invalid DOCKER_API_TIMEOUT) go to opts.warn(msg) (default: stderr).
+-- `env` is a table name -> value or a function(name) -> value; default os.getenv.
+-- opts.unknown = "warn" turns unknown sections/keys into warnings instead of errors (the default is error).
+local schema = require("config.schema")
+
+local M = {}
+
+M.EXIT_INVALID = 1
+M.EXIT_INSECURE = 2
+
+M.schema = schema
+
+local function env_getter(env)
+    if env == nil then
+        return os.getenv
+    end
+    if type(env) == "function" then
+        return env
+    end
+    return function(name)
+        return env[name]
+    end
+end
+
+local function sorted_keys(t)
+    local keys = {}
+    for k in pairs(t) do
+        keys[#keys + 1] = k
+    end
+    table.sort(keys, function(a, b)
+        return tostring(a) < tostring(b)
+    end)
+    return keys
+end
+
+local function lua_type(v)
+    if math.type(v) == "integer" then
+        return "integer"
+    end
+    return type(v)
+end
+
+local function quote(v)
+    if type(v) == "string" then
+        return string.format("%q", v)
+    end
+    return tostring(v)
+end
+
+local function copy(v)
+    if type(v) ~= "table" then
+        return v
+    end
+    local out = {}
+    for k, x in pairs(v) do
+        out[k] = copy(x)
+    end
+    return out
+end
+
+-- Checks one value against its key spec. Returns the (normalised) value, or nil and the reason.
+local function check_value(spec, v)
+    if v == false and spec.false_ok then
+        return false
+    end
+    local t = spec.type
+    if t == "string" or t == "boolean" then
+        if type(v) ~= t then
+            return nil, string.format("expected %s, got %s", t, lua_type(v))
+        end
+        return v
+    end
+    if t == "integer" or t == "number" then
+        if type(v) ~= "number" or v ~= v then
+            return nil, string.format("expected %s, got %s", t, lua_type(v))
+        end
+        if t == "integer" then
+            local i = math.tointeger(v)
+            if not i then
+                return nil, string.format("expected integer, got %s", quote(v))
+            end
+            v = i
+        end
+        if spec.min and v < spec.min then
+            return nil, string.format("must be >= %s, got %s", spec.min, v)
+        end
+        if spec.max and v > spec.max then
+            return nil, string.format("must be <= %s, got %s", spec.max, v)
+        end
+        return v
+    end
+    if t == "enum" then
+        if type(v) == "string" then
+            for _, allowed in ipairs(spec.values) do
+                if v:upper() == allowed:upper() then
+                    return allowed
+                end
+            end
+        end
+        return nil, string.format("expected one of %s, got %s", table.concat(spec.values, ", "), quote(v))
+    end
+    if t == "string_list" then
+        if type(v) ~= "table" then
+            return nil, string.format("expected array of strings, got %s", lua_type(v))
+        end
+        local n = #v
+        for k, x in pairs(v) do
+            if math.type(k) ~= "integer" or k < 1 or k > n then
+                return nil, string.format("expected array of strings, got key %s", quote(k))
+            end
+            if type(x) ~= "string" then
+                return nil, string.format("expected array of strings, element %d is %s", k, lua_type(x))
+            end
+        end
+        return copy(v)
+    end
+    error("config schema: unknown type " .. tostring(t))
+end
+
+--- Validates a configuration table as written in config.lua and returns a new, complete table (every
+--- section present, defaults filled in, enums in canonical spelling), or nil and a message naming every bad
+--- key ("docker.api_timeout: expected integer, got string"), one per line. No environment is read here.
+--- opts.unknown = "warn" reports unknown keys through opts.warn instead of failing.
+function M.validate(tbl, opts)
+    opts = opts or {}
+    local errs = {}
+    local function unknown(msg)
+        if opts.unknown == "warn" then
+            if opts.warn then
+                opts.warn(msg)
+            end
+        else
+            errs[#errs + 1] = msg
+        end
+    end
+    if type(tbl) ~= "table" then
+        return nil, string.format("configuration: expected a table, got %s", lua_type(tbl))
+    end
+    for _, name in ipairs(sorted_keys(tbl)) do
+        if not schema.sections[name] then
+            unknown(string.format("%s: unknown section", tostring(name)))
+        elseif type(tbl[name]) ~= "table" then
+            errs[#errs + 1] = string.format("%s: expected table, got %s", name, lua_type(tbl[name]))
+        end
+    end
+    local out = {}
+    for _, section in ipairs(sorted_keys(schema.sections)) do
+        local keys = schema.sections[section]
+        local given = type(tbl[section]) == "table" and tbl[section] or {}
+        local sec = {}
+        for _, key in ipairs(sorted_keys(given)) do
+            if not keys[key] then
+                unknown(string.format("%s.%s: unknown key", section, tostring(key)))
+            end
+        end
+        for key, spec in pairs(keys) do
+            local v = given[key]
+            if v == nil then
+                sec[key] = copy(spec.default)
+            else
+                local ok, why = check_value(spec, v)
+                if ok == nil then
+                    errs[#errs + 1] = string.format("%s.%s: %s", section, key, why)
+                else
+                    sec[key] = ok
+                end
+            end
+        end
+        out[section] = sec
+    end
+    -- Rules across keys (§8.4): the upstream agent image always listens on 44772, so it cannot share the
+    -- host's network with other sandboxes.
+    if out.runtime.execd_image and out.docker.network_mode == "host" then
+        errs[#errs + 1] = 'runtime.execd_image: cannot be combined with docker.network_mode = "host"'
+    end
+    if #errs > 0 then
+        table.sort(errs)
+        return nil, table.concat(errs, "\n")
+    end
+    -- Normalise "disabled" limits: no cap is nil, an unlimited pids limit is false.
+    if out.server.max_sandbox_timeout_seconds == false then
+        out.server.max_sandbox_timeout_seconds = nil
+    end
+    if out.docker.pids_limit == 0 then
+        out.docker.pids_limit = false
+    end
+    return out
+end
+
+-- The environment a config file runs in: safe basics only; each library is a copy, so the file cannot
+-- change the server's own.
+local function sandbox_env(getenv)
+    local env = {
+        assert = assert,
+        error = error,
+        ipairs = ipairs,
+        next = next,
+        pairs = pairs,
+        pcall = pcall,
+        select = select,
+        tonumber = tonumber,
+        tostring = tostring,
+        type = type,
+        math = copy(math),
+        string = copy(string),
+        table = copy(table),
+        utf8 = copy(utf8),
+        os = { getenv = getenv, time = os.time, date = os.date, clock = os.clock },
+    }
+    env._G = env
+    return env
+end
+
+local INSTRUCTION_BUDGET = 10000000
+
+--- Runs the config file at `path` and returns its table, or nil and a message. Missing file -> nil, msg, true.
+function M.read_file(path, getenv)
+    local f, ferr = io.open(path, "rb")
+    if not f then
+        return nil, string.format("cannot open config file %s: %s", path, tostring(ferr)), true
+    end
+    local src = f:read("a")
+    f:close()
+    local chunk, lerr = load(src, "@" .. path, "t", sandbox_env(getenv or os.getenv))
+    if not chunk then
+        return nil, string.format("config file %s: %s", path, lerr)
+    end
+    local co = coroutine.create(chunk)
+    debug.sethook(co, function()
+        error("instruction budget exceeded (an endless loop?)", 2)
+    end, "", INSTRUCTION_BUDGET)
+    local ok, res = coroutine.resume(co)
+    if not ok then
+        return nil, string.format("config file %s: %s", path, tostring(res))
+    end
+    if coroutine.status(co) ~= "dead" then
+        return nil, string.format("config file %s: must not yield", path)
+    end
+    if type(res) ~= "table" then
+        return nil, string.format("config file %s: must return a table, got %s", path, lua_type(res))
+    end
+    return res
+end
+
+--- The --config value from an argument list ({"--config", "x"} or {"--config=x"}), or nil.
+function M.path_from_args(argv)
+    for i, a in ipairs(argv or {}) do
+        if a == "--config" then
+            return argv[i + 1]
+        end
+        local v = a:match("^%-%-config=(.*)$")
+        if v then
+            return v
+        end
+    end
+    return nil
+end
+
+local function blank(s)
+    return s == nil or not tostring(s):find("%S")
+end
+
+--- Whether `host` is a loopback address: 127.0.0.0/8, ::1 or localhost.
+function M.is_loopback(host)
+    if type(host) ~= "string" then
+        return false
+    end
+    local h = host:lower():match("^%[(.*)%]$") or host:lower()
+    if h == "localhost" or h == "::1" or h == "0:0:0:0:0:0:0:1" then
+        return true
+    end
+    local a, b, c, d = h:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+    if not a then
+        return false
+    end
+    for _, o in ipairs({ a, b, c, d }) do
+        if #o > 3 or tonumber(o) > 255 then
+            return false
+        end
+    end
+    return tonumber(a) == 127
+end
+
+local function expand_home(path, home)
+    if path == "~" or path:sub(1, 2) == "~/" then
+        if blank(home) then
+            return nil
+        end
+        return (home:gsub("/+$", "")) .. path:sub(2)
+    end
+    return path
+end
+
+-- An env value that must be an integer >= min; invalid -> warning and nil.
+local function env_integer(getenv, name, min, warn)
+    local raw = getenv(name)
+    if raw == nil or raw == "" then
+        return nil
+    end
+    local s = raw:match("^%s*(%d+)%s*$")
+    local v = s and math.tointeger(tonumber(s))
+    if not v or v < min then
+        warn(string.format("%s=%q is not an integer >= %d; using the configured value or the default", name, raw, min))
+        return nil
+    end
+    return v
+end
+
+--- Applies the environment overrides, expands `~` and runs the auth guard on a validated config (in place).
+--- Returns cfg, or nil, message, exit code.
+function M.finish(cfg, getenv, warn)
+    local key = getenv("OPENSANDBOX_SERVER_API_KEY")
+    if not blank(key) then
+        cfg.server.api_key = key
+    elseif blank(cfg.server.api_key) then
+        cfg.server.api_key = nil
+    end
+    local docker_host = getenv("DOCKER_HOST")
+    if not blank(docker_host) then
+        cfg.docker.host = docker_host
+    end
+    cfg.docker.api_timeout = env_integer(getenv, "DOCKER_API_TIMEOUT", 1, warn) or cfg.docker.api_timeout
+    cfg.server.pending_failure_ttl = env_integer(getenv, "PENDING_FAILURE_TTL", 0, warn)
+        or cfg.server.pending_failure_ttl
+    cfg.server.insecure = getenv("OPENSANDBOX_INSECURE_SERVER") == "YES"
+
+    local home = getenv("HOME")
+    for _, k in ipairs({ { "store", "path" }, { "hooks", "dir" }, { "server", "docs_assets_dir" } }) do
+        local v = cfg[k[1]][k[2]]
+        if v then
+            local expanded = expand_home(v, home)
+            if not expanded then
+                return nil, string.format("%s.%s: cannot expand ~ because HOME is not set", k[1], k[2]), M.EXIT_INVALID
+            end
+            cfg[k[1]][k[2]] = expanded
+        end
+    end
+
+    if not cfg.server.api_key and not cfg.server.insecure and not M.is_loopback(cfg.server.host) then
+        return nil,
+            string.format(
+                "refusing to start: no API key is configured and server.host %q is not a loopback address. "
+                    .. "Set server.api_key or OPENSANDBOX_SERVER_API_KEY, listen on 127.0.0.1, "
+                    .. "or set OPENSANDBOX_INSECURE_SERVER=YES to run without authentication.",
+                cfg.server.host
+            ),
+            M.EXIT_INSECURE
+    end
+    return cfg
+end
+
+--- Loads, validates and finishes the configuration. See the top of this file.
+function M.load(path, env, opts)
+    opts = opts or {}
+    local getenv = env_getter(env)
+    local warn = opts.warn or function(msg)
+        io.stderr:write("config: warning: ", msg, "\n")
+    end
+    local explicit = true
+    if blank(path) then
+        path = getenv("SANDBOX_CONFIG_PATH")
+        if blank(path) then
+            path, explicit = "./config.lua", false
+        end
+    end
+    local source = path
+    local tbl, err, missing = M.read_file(path, getenv)
+    if not tbl then
+        if missing and not explicit then
+            tbl, source = {}, nil
+        else
+            return nil, err, M.EXIT_INVALID
+        end
+    end
+    local cfg
+    cfg, err = M.validate(tbl, { unknown = opts.unknown, warn = warn })
+    if not cfg then
+        return nil, string.format("invalid configuration in %s:\n%s", path, err), M.EXIT_INVALID
+    end
+    cfg.source = source -- the file the configuration came from (nil: built-in defaults)
+    return M.finish(cfg, getenv, warn)
+end
+
+return M

@@ -1,0 +1,64 @@
+-- The configuration schema (API.md §9): every section and key the server accepts, its type and its default.
+-- /work/main/config.lua documents the same keys for operators; a unit spec checks that the two agree.
+--
+-- A key is { type = ..., default = ..., ... } where type is one of
+--   "string", "integer" (min/max), "number" (min/max), "boolean", "enum" (values; matched case-insensitively,
+--   stored in the listed spelling), "string_list" (an array of strings)
+-- `false_ok = true` lets the key be `false` (to disable a limit). Defaults that are tables are copied.
+local M = {}
+
+M.DEFAULT_CAP_DROP = {
+    "AUDIT_WRITE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_RAW",
+    "SYS_ADMIN",
+    "SYS_MODULE",
+    "SYS_PTRACE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+}
+
+M.sections = {
+    server = {
+        host = { type = "string", default = "127.0.0.1" },
+        port = { type = "integer", default = 8080, min = 1, max = 65535 },
+        log_level = { type = "enum", values = { "DEBUG", "INFO", "WARNING", "ERROR" }, default = "INFO" },
+        api_key = { type = "string" },
+        max_sandbox_timeout_seconds = { type = "integer", min = 60, false_ok = true },
+        eip = { type = "string" },
+        pending_failure_ttl = { type = "integer", default = 3600, min = 0 },
+        docs_assets_dir = { type = "string" },
+        max_connections = { type = "integer", default = 4096, min = 1 },
+        connection_memory = { type = "integer", default = 16384, min = 4096 },
+        connection_timeout = { type = "number", default = 120, min = 0 },
+        drain_timeout = { type = "number", default = 10, min = 0 },
+    },
+    runtime = {
+        type = { type = "enum", values = { "docker" }, default = "docker" },
+        execd_image = { type = "string" },
+    },
+    docker = {
+        host = { type = "string", default = "unix:///var/run/docker.sock" },
+        network_mode = { type = "string", default = "bridge" },
+        host_ip = { type = "string", default = "127.0.0.1" },
+        api_timeout = { type = "integer", default = 180, min = 1 },
+        drop_capabilities = { type = "string_list", default = M.DEFAULT_CAP_DROP },
+        no_new_privileges = { type = "boolean", default = true },
+        apparmor_profile = { type = "string" },
+        seccomp_profile = { type = "string" },
+        pids_limit = { type = "integer", default = 4096, min = 0, false_ok = true },
+        runtime = { type = "string" },
+    },
+    store = {
+        path = { type = "string", default = "~/.opensandbox/opensandbox.db" },
+    },
+    hooks = {
+        dir = { type = "string" },
+    },
+    proxy = {
+        connect_timeout = { type = "number", default = 10, min = 0 },
+    },
+}
+
+return M

@@ -1,0 +1,152 @@
+-- The sandbox record and its rendering as API objects (API.md §3).
+--
+-- A record is a plain Lua table; it is what the store persists and what the lifecycle service keeps in
+-- memory. Times are integers of microseconds since the Unix epoch (UTC).
+--
+--   id              string   lowercase UUIDv4
+--   container_id    string?  Docker container id (nil until created; nil for failed provisioning)
+--   created_us      integer  when the create was accepted (createdAt)
+--   expires_us      integer? current expiry (expiresAt); nil = manual cleanup
+--   image_uri       string   image.uri as requested (trimmed); image.auth is never in a record
+--   entrypoint      {string} the request's entrypoint
+--   metadata        {k=v}    current user metadata (create-time, then patched)
+--   platform        {os=, arch=}?  only when given at create
+--   extensions      {k=v}    create extensions (stored, mostly ignored)
+--   state, reason, message   the status (§3.2)
+--   transition_us   integer  lastTransitionAt: set when state changes, and only then
+--   agent_port      integer? execd port inside the sandbox (44772 in bridge mode)
+--   host_ports      {["44772"]=p, ["8080"]=p}?  published host ports (bridge mode), integers
+--   container_ip    string?  the sandbox's IP on its network (bridge mode)
+--   access_token    string?  X-EXECD-ACCESS-TOKEN of the sandbox's agent (never logged)
+--   failed_us       integer? failedAt of a failed-provisioning record
+--   principal       any JSON value?  who created it (for hooks); opaque here (numbers in it come back from
+--                   the store as floats)
+--
+-- env is never part of a record (it is used once, for the container create).
+local json = require("common.json")
+local timefmt = require("sandbox.timefmt")
+
+local M = {}
+
+M.STATE = {
+    PENDING = "Pending",
+    RUNNING = "Running",
+    PAUSED = "Paused",
+    STOPPING = "Stopping",
+    TERMINATED = "Terminated",
+    FAILED = "Failed",
+}
+
+M.REASON = {
+    CONTAINER_STARTING = "CONTAINER_STARTING",
+    CONTAINER_RUNNING = "CONTAINER_RUNNING",
+    CONTAINER_RESTARTING = "CONTAINER_RESTARTING",
+    CONTAINER_PAUSED = "CONTAINER_PAUSED",
+    CONTAINER_REMOVING = "CONTAINER_REMOVING",
+    CONTAINER_EXITED = "CONTAINER_EXITED",
+    CONTAINER_EXITED_ERROR = "CONTAINER_EXITED_ERROR",
+    PROVISIONING_ERROR = "PROVISIONING_ERROR",
+}
+
+-- Fixed messages of §3.2; the ones that take a value are the functions below.
+M.MESSAGE = {
+    STARTING = "Sandbox container is starting.",
+    RUNNING = "Sandbox container is running.",
+    RESTARTING = "Sandbox container is restarting.",
+    PAUSED = "Sandbox container is paused.",
+    DELETING = "Sandbox is being deleted.",
+    EXPIRING = "Sandbox expired and is being removed.",
+    EXITED = "Sandbox container exited successfully.",
+    -- §6.5 quotes this one bare, without the "{CODE}: " prefix of other PROVISIONING_ERROR messages.
+    INTERRUPTED = "Provisioning was interrupted by a server restart.",
+}
+
+--- "Sandbox container exited with code {n}." (with " (out of memory)" before the dot when oom).
+function M.exited_error_message(code, oom)
+    if oom then
+        return string.format("Sandbox container exited with code %d (out of memory).", code)
+    end
+    return string.format("Sandbox container exited with code %d.", code)
+end
+
+--- "{CODE}: {detail}" for PROVISIONING_ERROR, e.g. code "DOCKER::SANDBOX_IMAGE_PULL_FAILED".
+function M.provisioning_error_message(code, detail)
+    return code .. ": " .. detail
+end
+
+--- A status value: { state=, reason=, message=, transition_us= }. Use apply_status to put it on a record.
+function M.status(state, reason, message, at_us)
+    return { state = state, reason = reason, message = message, transition_us = at_us }
+end
+
+--- Puts a status on a record. lastTransitionAt changes only when the state does. Returns true when the
+--- state changed.
+function M.apply_status(rec, st)
+    local changed = rec.state ~= st.state
+    if changed or rec.transition_us == nil then
+        rec.transition_us = st.transition_us
+    end
+    rec.state, rec.reason, rec.message = st.state, st.reason, st.message
+    return changed
+end
+
+--- A new Pending record for a validated create spec (validate.create) accepted at `now_us`.
+function M.new_record(id, spec, now_us)
+    local rec = {
+        id = id,
+        created_us = now_us,
+        expires_us = spec.timeout and now_us + spec.timeout * 1000000 or nil,
+        image_uri = spec.image.uri,
+        entrypoint = spec.entrypoint,
+        metadata = spec.metadata or {},
+        platform = spec.platform,
+        extensions = spec.extensions or {},
+    }
+    M.apply_status(rec, M.status(M.STATE.PENDING, M.REASON.CONTAINER_STARTING, M.MESSAGE.STARTING, now_us))
+    return rec
+end
+
+--- True for a failed-provisioning record (Failed/PROVISIONING_ERROR; it has no container).
+function M.is_provisioning_failure(rec)
+    return rec.state == M.STATE.FAILED and rec.reason == M.REASON.PROVISIONING_ERROR
+end
+
+local function status_view(rec)
+    return {
+        state = rec.state,
+        reason = rec.reason,
+        message = rec.message,
+        lastTransitionAt = timefmt.format(rec.transition_us),
+    }
+end
+
+local function entrypoint_view(rec)
+    local out = json.array()
+    for i, s in ipairs(rec.entrypoint or {}) do
+        out[i] = s
+    end
+    return out
+end
+
+--- The `Sandbox` object (§3.1) for a record, ready for json.encode. Absent values are left out.
+function M.sandbox_view(rec)
+    return {
+        id = rec.id,
+        image = { uri = rec.image_uri },
+        platform = rec.platform and { os = rec.platform.os, arch = rec.platform.arch } or nil,
+        status = status_view(rec),
+        metadata = rec.metadata or {},
+        entrypoint = entrypoint_view(rec),
+        expiresAt = rec.expires_us and timefmt.format(rec.expires_us) or nil,
+        createdAt = timefmt.format(rec.created_us),
+    }
+end
+
+--- The 202 body of create (`CreateSandboxResponse`, §2.1): like the Sandbox, without `image`.
+function M.create_view(rec)
+    local v = M.sandbox_view(rec)
+    v.image = nil
+    return v
+end
+
+return M

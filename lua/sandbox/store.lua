@@ -1,0 +1,434 @@
+-- The durable sandbox store (API.md §6.4): one SQLite database, one row per sandbox record (the record
+-- shape is documented in sandbox/model.lua), reached through lua-dbi (Debian lua-dbi-sqlite3).
+--
+-- Durability: the database runs in WAL mode with synchronous=FULL, and every write is its own autocommit
+-- transaction, so a write that returned true is on disk (a renewal survives a crash right after the HTTP
+-- reply). Writes return true or nil, err; failures such as a full disk or a read-only file come back as
+-- errors, never as raises. image.auth and env are not part of a record, so they are never stored.
+--
+-- Two quirks of lua-dbi 0.7 shape the SQL below:
+--   * it binds every Lua number as a double and reads every INTEGER column with sqlite3_column_int (32 bits),
+--     which would corrupt microsecond times. Integers are therefore bound as decimal text (the INTEGER
+--     column affinity stores them as exact 64-bit integers) and read back with CAST(... AS TEXT).
+--   * after a failed step, the statement's next sqlite3_reset repeats the old error, so a statement that
+--     failed is closed and dropped from the cache instead of being reused.
+-- Text is read back with strlen, so columns must not hold NUL bytes: JSON columns never do (cjson escapes
+-- control characters), and the text columns hold ids, tokens and validated strings.
+--
+-- SQLite calls block the calling thread; they are short (one indexed row, or one scan for all()).
+local DBI = require("DBI")
+local lfs = require("lfs")
+local json = require("common.json")
+
+local M = {}
+
+local Store = {}
+Store.__index = Store
+
+local SCHEMA_VERSION = 1
+
+-- Record fields and their column kinds: "text", "int" (exact 64-bit) or "json" (any JSON value).
+local COLUMNS = {
+    { "id", "text" },
+    { "container_id", "text" },
+    { "created_us", "int" },
+    { "expires_us", "int" },
+    { "image_uri", "text" },
+    { "entrypoint", "json" },
+    { "metadata", "json" },
+    { "platform", "json" },
+    { "extensions", "json" },
+    { "state", "text" },
+    { "reason", "text" },
+    { "message", "text" },
+    { "transition_us", "int" },
+    { "agent_port", "int" },
+    { "host_ports", "json" },
+    { "container_ip", "text" },
+    { "access_token", "text" },
+    { "failed_us", "int" },
+    { "principal", "json" },
+}
+
+-- Each migration brings the schema from version i-1 to version i.
+local MIGRATIONS = {
+    {
+        [[CREATE TABLE sandboxes (
+            id            TEXT PRIMARY KEY,
+            container_id  TEXT,
+            created_us    INTEGER NOT NULL,
+            expires_us    INTEGER,          -- NULL: manual cleanup
+            image_uri     TEXT NOT NULL,
+            entrypoint    TEXT NOT NULL,    -- JSON array
+            metadata      TEXT NOT NULL,    -- JSON object
+            platform      TEXT,             -- JSON object
+            extensions    TEXT NOT NULL,    -- JSON object
+            state         TEXT NOT NULL,
+            reason        TEXT NOT NULL,
+            message       TEXT NOT NULL,
+            transition_us INTEGER NOT NULL,
+            agent_port    INTEGER,
+            host_ports    TEXT,             -- JSON object {"44772": port, "8080": port}
+            container_ip  TEXT,
+            access_token  TEXT,
+            failed_us     INTEGER,
+            principal     TEXT              -- JSON value
+        )]],
+        "CREATE INDEX sandboxes_by_created ON sandboxes (created_us DESC, id)",
+    },
+}
+
+local SQL_PUT, SQL_SELECT
+do
+    local names, marks, selects = {}, {}, {}
+    for i, c in ipairs(COLUMNS) do
+        names[i], marks[i] = c[1], "?"
+        selects[i] = c[2] == "int" and string.format("CAST(%s AS TEXT) AS %s", c[1], c[1]) or c[1]
+    end
+    SQL_PUT = string.format("INSERT OR REPLACE INTO sandboxes (%s) VALUES (%s)", table.concat(names, ", "),
+        table.concat(marks, ", "))
+    SQL_SELECT = string.format("SELECT %s FROM sandboxes", table.concat(selects, ", "))
+end
+local SQL_GET = SQL_SELECT .. " WHERE id = ?"
+local SQL_ALL = SQL_SELECT .. " ORDER BY created_us DESC, id ASC"
+local SQL_DELETE = "DELETE FROM sandboxes WHERE id = ?"
+
+---------------------------------------------------------------------------------------------------------
+-- Statements
+---------------------------------------------------------------------------------------------------------
+
+-- Executes `sql` with the given parameters on a cached prepared statement. Returns the statement (ready
+-- to fetch), or nil, err.
+local function run(self, sql, n, ...)
+    if not self.db then
+        return nil, "store is closed"
+    end
+    local st = self.stmts[sql]
+    if not st then
+        local perr
+        st, perr = self.db:prepare(sql)
+        if not st then
+            return nil, tostring(perr)
+        end
+        self.stmts[sql] = st
+    end
+    local ok, res, err = pcall(st.execute, st, table.unpack({ ... }, 1, n))
+    if ok and res then
+        return st
+    end
+    self.stmts[sql] = nil
+    pcall(st.close, st)
+    return nil, tostring(ok and err or res)
+end
+
+-- Fetches every remaining row of an executed statement as named tables. Returns the array or nil, err.
+local function fetch_all(self, sql, st)
+    local rows = {}
+    local ok, err = pcall(function()
+        for row in st:rows(true) do
+            rows[#rows + 1] = row
+        end
+    end)
+    if not ok then
+        self.stmts[sql] = nil
+        pcall(st.close, st)
+        return nil, tostring(err)
+    end
+    return rows
+end
+
+-- Runs a one-off statement (DDL, PRAGMA, transaction control) without caching it. Returns the rows.
+local function exec_once(db, sql, ...)
+    local st, err = db:prepare(sql)
+    if not st then
+        return nil, tostring(err)
+    end
+    local rows = {}
+    local ok, res, eerr = pcall(st.execute, st, ...)
+    if ok and res then
+        ok, eerr = pcall(function()
+            for row in st:rows(true) do
+                rows[#rows + 1] = row
+            end
+        end)
+    else
+        eerr = ok and eerr or res
+        ok = false
+    end
+    pcall(st.close, st)
+    if not ok then
+        return nil, tostring(eerr)
+    end
+    return rows
+end
+
+---------------------------------------------------------------------------------------------------------
+-- Rows and records
+---------------------------------------------------------------------------------------------------------
+
+local function int_text(v, field)
+    if v == nil then
+        return nil
+    end
+    local i = math.tointeger(v)
+    if not i then
+        error(string.format("store: record field %s must be an integer, got %s", field, tostring(v)), 3)
+    end
+    return string.format("%d", i)
+end
+
+local function row_values(rec)
+    local vals = {}
+    for i, c in ipairs(COLUMNS) do
+        local name, kind = c[1], c[2]
+        local v = rec[name]
+        if kind == "int" then
+            vals[i] = int_text(v, name)
+        elseif kind == "json" then
+            vals[i] = v ~= nil and json.encode(v) or nil
+        else
+            vals[i] = v
+        end
+    end
+    return vals
+end
+
+local function decode_json(s)
+    if s == nil then
+        return nil
+    end
+    local v = json.decode(s)
+    if v == json.null then
+        return nil
+    end
+    return v
+end
+
+local function to_record(row)
+    local rec = {}
+    for _, c in ipairs(COLUMNS) do
+        local name, kind = c[1], c[2]
+        local v = row[name]
+        if kind == "int" then
+            rec[name] = v ~= nil and math.tointeger(tonumber(v)) or nil
+        elseif kind == "json" then
+            rec[name] = decode_json(v)
+        else
+            rec[name] = v
+        end
+    end
+    rec.metadata = rec.metadata or {}
+    rec.extensions = rec.extensions or {}
+    rec.entrypoint = rec.entrypoint or {}
+    if rec.host_ports then -- JSON numbers decode as floats
+        for k, p in pairs(rec.host_ports) do
+            rec.host_ports[k] = math.tointeger(p) or p
+        end
+    end
+    return rec
+end
+
+---------------------------------------------------------------------------------------------------------
+-- Opening
+---------------------------------------------------------------------------------------------------------
+
+-- Default directory maker: lfs (Debian lua-filesystem). lfs.mkdir cannot set a mode, so the directory gets
+-- 0777 minus the umask; pass opts.mkdir to get 0700.
+local function lfs_mkdir(dir)
+    local ok, err = lfs.mkdir(dir)
+    if not ok and lfs.attributes(dir, "mode") ~= "directory" then
+        return nil, err
+    end
+    return true
+end
+
+-- Creates the missing parent directories of `path`, each with mode 0700.
+local function make_parents(path, mkdir)
+    local dir = path:match("^(.*)/[^/]*$")
+    if not dir or dir == "" then
+        return true
+    end
+    local prefix = dir:sub(1, 1) == "/" and "" or "."
+    for comp in dir:gmatch("[^/]+") do
+        prefix = prefix .. "/" .. comp
+        local mode = lfs.attributes(prefix, "mode")
+        if mode == nil then
+            local ok, err = mkdir(prefix, tonumber("700", 8))
+            if not ok then
+                return nil, string.format("cannot create directory %s: %s", prefix, tostring(err))
+            end
+        elseif mode ~= "directory" then
+            return nil, string.format("%s is not a directory", prefix)
+        end
+    end
+    return true
+end
+
+local function current_version(db)
+    local ok, err = exec_once(db, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    if not ok then
+        return nil, err
+    end
+    local rows
+    rows, err = exec_once(db, "SELECT version FROM schema_version")
+    if not rows then
+        return nil, err
+    end
+    local v = 0
+    for _, row in ipairs(rows) do
+        v = math.max(v, row.version)
+    end
+    return v
+end
+
+local function migrate(db)
+    local version, err = current_version(db)
+    if not version then
+        return nil, err
+    end
+    if version > SCHEMA_VERSION then
+        return nil, string.format("store schema version %d is newer than this server's (%d)", version,
+            SCHEMA_VERSION)
+    end
+    for v = version + 1, SCHEMA_VERSION do
+        local ok
+        ok, err = exec_once(db, "BEGIN IMMEDIATE")
+        if not ok then
+            return nil, err
+        end
+        for _, sql in ipairs(MIGRATIONS[v]) do
+            ok, err = exec_once(db, sql)
+            if not ok then
+                break
+            end
+        end
+        if ok then
+            ok, err = exec_once(db, "DELETE FROM schema_version")
+        end
+        if ok then
+            ok, err = exec_once(db, "INSERT INTO schema_version (version) VALUES (?)", tostring(v))
+        end
+        if ok then
+            ok, err = exec_once(db, "COMMIT")
+        end
+        if not ok then
+            exec_once(db, "ROLLBACK")
+            return nil, string.format("store migration to version %d failed: %s", v, err)
+        end
+    end
+    return true
+end
+
+--- Opens (creating if needed) the store at `path`. Missing parent directories are created with mode 0700
+--- (through opts.mkdir(dir, mode) -> true | nil, err when given; the lfs fallback cannot set the mode).
+--- opts.busy_timeout_ms (default 2000) bounds the wait on a locked database. Returns the store or nil, err.
+function M.open(path, opts)
+    opts = opts or {}
+    if path ~= ":memory:" then
+        local ok, err = make_parents(path, opts.mkdir or lfs_mkdir)
+        if not ok then
+            return nil, err
+        end
+    end
+    local ok, db, err = pcall(DBI.Connect, "SQLite3", path)
+    if not ok or not db then
+        return nil, string.format("cannot open store %s: %s", path, tostring(ok and err or db))
+    end
+    db:autocommit(true) -- returns false when there was no transaction to roll back: harmless
+    local function fail(e)
+        db:close()
+        return nil, string.format("cannot open store %s: %s", path, tostring(e))
+    end
+    local rows
+    rows, err = exec_once(db, string.format("PRAGMA busy_timeout = %d", opts.busy_timeout_ms or 2000))
+    if not rows then
+        return fail(err)
+    end
+    rows, err = exec_once(db, "PRAGMA journal_mode = WAL")
+    if not rows then
+        return fail(err)
+    end
+    local mode = rows[1] and rows[1].journal_mode
+    if mode ~= "wal" and path ~= ":memory:" then
+        return fail("journal_mode is " .. tostring(mode) .. ", not wal")
+    end
+    rows, err = exec_once(db, "PRAGMA synchronous = FULL")
+    if not rows then
+        return fail(err)
+    end
+    rows, err = migrate(db)
+    if not rows then
+        return fail(err)
+    end
+    return setmetatable({ db = db, path = path, stmts = {} }, Store)
+end
+
+---------------------------------------------------------------------------------------------------------
+-- Operations
+---------------------------------------------------------------------------------------------------------
+
+--- Inserts or replaces the whole record (keyed by rec.id). Returns true or nil, err.
+function Store:put(rec)
+    local st, err = run(self, SQL_PUT, #COLUMNS, table.unpack(row_values(rec), 1, #COLUMNS))
+    if not st then
+        return nil, err
+    end
+    return true
+end
+
+--- Deletes the record with this id (a missing id is not an error). Returns true or nil, err.
+function Store:delete(id)
+    local st, err = run(self, SQL_DELETE, 1, id)
+    if not st then
+        return nil, err
+    end
+    return true
+end
+
+--- The record with this id; nil when there is none; nil, err on failure.
+function Store:get(id)
+    local st, err = run(self, SQL_GET, 1, id)
+    if not st then
+        return nil, err
+    end
+    local rows
+    rows, err = fetch_all(self, SQL_GET, st)
+    if not rows then
+        return nil, err
+    end
+    return rows[1] and to_record(rows[1]) or nil
+end
+
+--- Every record, in list order (createdAt descending, then id ascending). Returns the array or nil, err.
+function Store:all()
+    local st, err = run(self, SQL_ALL, 0)
+    if not st then
+        return nil, err
+    end
+    local rows
+    rows, err = fetch_all(self, SQL_ALL, st)
+    if not rows then
+        return nil, err
+    end
+    for i, row in ipairs(rows) do
+        rows[i] = to_record(row)
+    end
+    return rows
+end
+
+--- Closes the database. The store cannot be used afterwards.
+function Store:close()
+    for sql, st in pairs(self.stmts) do
+        pcall(st.close, st)
+        self.stmts[sql] = nil
+    end
+    if self.db then
+        self.db:close()
+        self.db = nil
+    end
+    return true
+end
+
+M.SCHEMA_VERSION = SCHEMA_VERSION
+
+return M

@@ -1,0 +1,80 @@
+-- openapi.json and the router's route table must describe the same routes (both directions).
+local docs = require("api.docs")
+local json = require("common.json")
+local router = require("api.router")
+
+local function load_doc()
+    local f = assert(io.open(docs.default_openapi_path(), "rb"))
+    local doc = assert(json.decode(f:read("a")))
+    f:close()
+    return doc
+end
+
+-- "/docs/{file*}" in the table is "/docs/{file}" in OpenAPI (which has no multi-segment parameters).
+local function openapi_path(pattern)
+    return (pattern:gsub("{([%w_]+)%*}", "{%1}"))
+end
+
+local METHODS = { get = true, head = true, post = true, put = true, patch = true, delete = true, options = true }
+
+describe("openapi.json", function()
+    local doc = load_doc()
+
+    it("is OpenAPI 3.1 with the API-key scheme", function()
+        assert.matches("^3%.1%.", doc.openapi)
+        assert.same({ type = "apiKey", ["in"] = "header", name = "OPEN-SANDBOX-API-KEY" }, {
+            type = doc.components.securitySchemes.apiKey.type,
+            ["in"] = doc.components.securitySchemes.apiKey["in"],
+            name = doc.components.securitySchemes.apiKey.name,
+        })
+        assert.same({ "code", "message" }, doc.components.schemas.ErrorResponse.required)
+    end)
+
+    it("documents every route of the table, with its summary and auth", function()
+        for _, r in ipairs(router.routes()) do
+            local item = doc.paths[openapi_path(r.pattern)]
+            assert.is_table(item, "missing path " .. r.pattern)
+            local op = item[r.method:lower()]
+            assert.is_table(op, "missing operation " .. r.method .. " " .. r.pattern)
+            assert.equal(r.summary, op.summary, r.method .. " " .. r.pattern)
+            local public = type(op.security) == "table" and #op.security == 0
+            local what = "security of " .. r.method .. " " .. r.pattern
+            assert.equal(r.exempt or r.handler == "proxy.forward", public, what)
+        end
+    end)
+
+    it("documents nothing that the table does not route", function()
+        local table_ops = {}
+        for _, r in ipairs(router.routes()) do
+            table_ops[r.method .. " " .. openapi_path(r.pattern)] = true
+        end
+        for path, item in pairs(doc.paths) do
+            for method in pairs(item) do
+                if METHODS[method] then
+                    assert.is_true(table_ops[method:upper() .. " " .. path] ~= nil,
+                        "openapi.json documents " .. method:upper() .. " " .. path .. " which is not routed")
+                end
+            end
+        end
+    end)
+
+    it("resolves every $ref", function()
+        local function walk(v)
+            if type(v) ~= "table" then
+                return
+            end
+            for k, x in pairs(v) do
+                if k == "$ref" then
+                    local cur = doc
+                    for part in x:gsub("^#/", ""):gmatch("[^/]+") do
+                        cur = cur[part]
+                        assert.is_not_nil(cur, "dangling " .. x)
+                    end
+                else
+                    walk(x)
+                end
+            end
+        end
+        walk(doc)
+    end)
+end)

@@ -1,0 +1,247 @@
+local DBI = require("DBI")
+local lfs = require("lfs")
+local store = require("sandbox.store")
+
+local function rm_rf(path)
+    local mode = lfs.attributes(path, "mode")
+    if mode == "directory" then
+        for name in lfs.dir(path) do
+            if name ~= "." and name ~= ".." then
+                rm_rf(path .. "/" .. name)
+            end
+        end
+        lfs.rmdir(path)
+    elseif mode then
+        os.remove(path)
+    end
+end
+
+local function full_record(id, created)
+    return {
+        id = id,
+        container_id = "c0ffee" .. id,
+        created_us = created,
+        expires_us = 253402300799000000, -- 9999-12-31T23:59:59Z: above 2^53 and 2^32
+        image_uri = "localhost:5000/foo/bar:v1",
+        entrypoint = { "sh", "-c", "echo 'hi' \"there\" \\ /" },
+        metadata = { ["app.kubernetes.io/name"] = "x", note = "" },
+        platform = { os = "linux", arch = "arm64" },
+        extensions = { ["access.renew.extend.seconds"] = "300" },
+        state = "Running",
+        reason = "CONTAINER_RUNNING",
+        message = "Sandbox container is running.",
+        transition_us = created + 1,
+        agent_port = 44772,
+        host_ports = { ["44772"] = 32768, ["8080"] = 32769 },
+        container_ip = "172.17.0.2",
+        access_token = string.rep("ab", 32),
+        failed_us = nil,
+        principal = "team-a",
+    }
+end
+
+local function minimal_record(id, created)
+    return {
+        id = id,
+        created_us = created,
+        image_uri = "busybox",
+        entrypoint = { "sh" },
+        metadata = {},
+        extensions = {},
+        state = "Pending",
+        reason = "CONTAINER_STARTING",
+        message = "Sandbox container is starting.",
+        transition_us = created,
+    }
+end
+
+describe("sandbox.store", function()
+    local dir, path, s
+
+    before_each(function()
+        dir = os.tmpname()
+        os.remove(dir)
+        path = dir .. "/state/sub/opensandbox.db"
+    end)
+
+    after_each(function()
+        if s then
+            s:close()
+            s = nil
+        end
+        rm_rf(dir)
+    end)
+
+    it("creates missing parent directories through the given mkdir with mode 0700", function()
+        local calls = {}
+        s = assert(store.open(path, {
+            mkdir = function(d, mode)
+                calls[#calls + 1] = { d, mode }
+                return lfs.mkdir(d)
+            end,
+        }))
+        assert.same({ { dir, 448 }, { dir .. "/state", 448 }, { dir .. "/state/sub", 448 } }, calls)
+        assert.equal("file", lfs.attributes(path, "mode"))
+    end)
+
+    it("creates parent directories with lfs by default", function()
+        s = assert(store.open(path))
+        assert.equal("directory", lfs.attributes(dir .. "/state/sub", "mode"))
+    end)
+
+    it("fails cleanly when a parent is not a directory or cannot be made", function()
+        assert(io.open(dir, "w")):close()
+        local st, err = store.open(dir .. "/x/db")
+        assert.is_nil(st)
+        assert.matches("is not a directory", err)
+        os.remove(dir)
+        st, err = store.open(path, { mkdir = function() return nil, "Permission denied" end })
+        assert.is_nil(st)
+        assert.matches("Permission denied", err)
+    end)
+
+    it("round-trips every field exactly", function()
+        s = assert(store.open(path))
+        local rec = full_record("id-1", 1767225600123456)
+        assert.is_true(s:put(rec))
+        local got = assert(s:get("id-1"))
+        assert.same(rec, got)
+        assert.equal("integer", math.type(got.expires_us))
+        assert.equal("integer", math.type(got.host_ports["8080"]))
+        assert.equal("integer", math.type(got.agent_port))
+
+        assert.is_true(s:put(minimal_record("id-2", 5)))
+        local min = assert(s:get("id-2"))
+        assert.same(minimal_record("id-2", 5), min)
+        assert.is_nil(min.expires_us)
+        assert.is_nil(min.platform)
+        assert.is_nil(min.host_ports)
+    end)
+
+    it("never stores image auth or env even when present on the table", function()
+        s = assert(store.open(path))
+        local rec = minimal_record("id-1", 1)
+        rec.auth = { username = "u", password = "hunter2" }
+        rec.env = { { "SECRET", "v" } }
+        assert.is_true(s:put(rec))
+        s:close()
+        s = nil
+        local f = assert(io.open(path, "rb"))
+        local bytes = f:read("a")
+        f:close()
+        assert.is_falsy(bytes:find("hunter2", 1, true))
+        assert.is_falsy(bytes:find("SECRET", 1, true))
+    end)
+
+    it("upserts, lists in list order, deletes", function()
+        s = assert(store.open(path))
+        assert.is_nil(s:get("missing"))
+        assert.same({}, s:all())
+        assert.is_true(s:put(minimal_record("b", 10)))
+        assert.is_true(s:put(minimal_record("a", 10)))
+        assert.is_true(s:put(minimal_record("c", 20)))
+        local rec = minimal_record("z", 1)
+        assert.is_true(s:put(rec))
+        rec.metadata = { patched = "yes" }
+        rec.expires_us = 42
+        assert.is_true(s:put(rec))
+        local all = assert(s:all())
+        assert.same({ "c", "a", "b", "z" }, { all[1].id, all[2].id, all[3].id, all[4].id })
+        assert.same({ patched = "yes" }, all[4].metadata)
+        assert.equal(42, all[4].expires_us)
+        assert.is_true(s:delete("a"))
+        assert.is_true(s:delete("a"))
+        assert.is_nil(s:get("a"))
+        assert.equal(3, #s:all())
+    end)
+
+    it("persists across reopen", function()
+        s = assert(store.open(path))
+        local rec = full_record("id-1", 1767225600123456)
+        assert.is_true(s:put(rec))
+        rec.expires_us = rec.expires_us - 7
+        assert.is_true(s:put(rec))
+        s:close()
+        s = assert(store.open(path))
+        assert.same(rec, s:get("id-1"))
+    end)
+
+    it("uses WAL with synchronous=FULL and records the schema version", function()
+        s = assert(store.open(path))
+        assert.is_true(s:put(minimal_record("id-1", 1)))
+        assert.equal("file", lfs.attributes(path .. "-wal", "mode"))
+        local sth = assert(s.db:prepare("PRAGMA synchronous"))
+        assert(sth:execute())
+        assert.equal(2, sth:fetch(false)[1]) -- 2 = FULL
+        sth:close()
+
+        local other = assert(DBI.Connect("SQLite3", path))
+        other:autocommit(true)
+        local q = assert(other:prepare("PRAGMA journal_mode"))
+        assert(q:execute())
+        assert.equal("wal", q:fetch(false)[1])
+        q:close()
+        q = assert(other:prepare("SELECT version FROM schema_version"))
+        assert(q:execute())
+        assert.equal(store.SCHEMA_VERSION, q:fetch(false)[1])
+        q:close()
+        other:close()
+    end)
+
+    it("refuses a database from a newer schema", function()
+        s = assert(store.open(path))
+        local q = assert(s.db:prepare("UPDATE schema_version SET version = 99"))
+        assert(q:execute())
+        q:close()
+        s:close()
+        s = nil
+        local st, err = store.open(path)
+        assert.is_nil(st)
+        assert.matches("schema version 99", err)
+    end)
+
+    it("returns write errors instead of raising, and recovers afterwards", function()
+        s = assert(store.open(path))
+        assert.is_true(s:put(minimal_record("id-1", 1)))
+        local q = assert(s.db:prepare("PRAGMA query_only = 1")) -- the database refuses writes, like a ro file
+        assert(q:execute())
+        local ok, err = s:put(minimal_record("id-2", 2))
+        assert.is_nil(ok)
+        assert.matches("readonly", err)
+        ok, err = s:delete("id-1")
+        assert.is_nil(ok)
+        assert.is_string(err)
+        q:close()
+        q = assert(s.db:prepare("PRAGMA query_only = 0"))
+        assert(q:execute())
+        q:close()
+        assert.is_true(s:put(minimal_record("id-2", 2)))
+        assert.is_true(s:delete("id-1"))
+        assert.same({ "id-2" }, { s:all()[1].id })
+    end)
+
+    it("returns a full disk as an error", function()
+        s = assert(store.open(path))
+        local q = assert(s.db:prepare("PRAGMA max_page_count = 8"))
+        assert(q:execute())
+        q:close()
+        local rec = minimal_record("big", 1)
+        rec.message = string.rep("x", 200000)
+        local ok, err = s:put(rec)
+        assert.is_nil(ok)
+        assert.matches("full", err)
+        assert.is_nil(s:get("big"))
+    end)
+
+    it("fails cleanly once closed", function()
+        s = assert(store.open(path))
+        s:close()
+        local ok, err = s:put(minimal_record("x", 1))
+        assert.is_nil(ok)
+        assert.is_string(err)
+        ok, err = s:all()
+        assert.is_nil(ok)
+        assert.is_string(err)
+        s = nil
+    end)
+end)
