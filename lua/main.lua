@@ -99,7 +99,6 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
         api_timeout = cfg.docker.api_timeout,
         log = log,
         config = cfg.docker,
-        sleep = timer.sleep,
     })
     local agent = require("sandbox.agent").new({
         root = core.paths.root,
