@@ -39,6 +39,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,7 +89,7 @@ static struct {
     int draining;
     int drain_code;
     double drain_timeout;
-    int inflight; /* requests whose response has not been queued or whose stream is open */
+    int inflight; /* requests between their headers and MHD's completion notice (response sent) */
     struct reqctx *all;
 } H = {.listen_fd = -1, .handler_ref = LUA_NOREF};
 
@@ -293,8 +294,6 @@ static enum MHD_Result queue_response(struct reqctx *c)
     enum MHD_Result ret = MHD_queue_response(c->conn, c->status, r);
     MHD_destroy_response(r);
     c->state = RS_QUEUED;
-    if (!c->streaming)
-        inflight_end(c);
     return ret;
 }
 
@@ -391,8 +390,6 @@ static void start_handler(struct reqctx *c, const char *method)
     }
     c->refs++; /* the task's reference */
     c->t = t;
-    c->inflight = 1;
-    H.inflight++;
     lua_rawgeti(t->L, LUA_REGISTRYINDEX, H.handler_ref);
     push_request(t->L, c, method);
     (void)L;
@@ -412,6 +409,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     switch (c->state) {
     case RS_HEADERS:
         c->state = RS_BODY;
+        c->inflight = 1; /* a request counts for the drain from its headers on */
+        H.inflight++;
         return MHD_YES;
     case RS_BODY:
         if (*upload_data_size) {
@@ -458,10 +457,8 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
             writer_wake(c, 1);
         return (ssize_t)n;
     }
-    if (c->stream_eof) {
-        inflight_end(c);
+    if (c->stream_eof)
         return MHD_CONTENT_READER_END_OF_STREAM;
-    }
     if (!c->reader_suspended && !c->completed) {
         MHD_suspend_connection(c->conn);
         c->reader_suspended = 1;
@@ -724,6 +721,20 @@ void httpd_free(void)
     H.listen_fd = -1;
 }
 
+/* libmicrohttpd's own messages (malformed requests it answers itself, ...) go to our log as DEBUG lines. */
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    (void)cls;
+    if (!log_enabled(LOG_DEBUG))
+        return;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        msg[--n] = '\0';
+    log_write(LOG_DEBUG, NULL, "libmicrohttpd", "detail", msg, NULL);
+}
+
 static int make_unix_listener(lua_State *L, const char *path)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -810,7 +821,8 @@ static int l_listen(lua_State *L)
         on_access, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)conn_limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)conn_memory,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)conn_timeout, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)conn_timeout, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_logger, NULL, MHD_OPTION_END);
     if (!H.d) {
         close(fd);
         H.listen_fd = -1;

@@ -143,6 +143,9 @@ function M.new(deps)
         headers = headers or {}
         headers["X-Request-ID"] = request_id
         middleware.cors_headers(req, headers)
+        if log.level and log.level() == "DEBUG" then
+            log.debug("request", { method = req.method, path = req.path, status = status })
+        end
         return status, headers, body
     end
 end
