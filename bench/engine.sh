@@ -1,0 +1,91 @@
+#!/bin/bash
+# Engine benchmark: our server side by side with nginx (1 worker, `return 200` of the same JSON), same wrk
+# command, same run (absolute numbers drift on a shared machine, ratios do not).
+#   bench/engine.sh [DURATION_SECONDS]       (default 10; loopback only; bounded in time)
+# Prints a markdown table. Needs: build/ (scripts/build.sh), nginx-light, wrk, node.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dur=${1:-10}
+work=$(mktemp -d /tmp/osb-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+NGINX_PORT=18181 OUR_PORT=18182 YIELD_PORT=18183 KEY=bench-key
+cat >"$work/nginx.conf" <<NGX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location = /health { default_type application/json; return 200 '{"status":"healthy"}'; }
+  }
+}
+NGX
+nginx -c "$work/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+cat >"$work/config.lua" <<CFG
+return { server = { port = $OUR_PORT, api_key = "$KEY", log_level = "WARNING" },
+         store = { path = "$work/state/db.sqlite" } }
+CFG
+"$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" &
+ourpid=$!
+pids+=($ourpid)
+BENCH_PORT=$YIELD_PORT OPENSANDBOX_ROOT=$root "$root/build/tests/c/core_scenario" "$root/bench/yield_server.lua" \
+    2>"$work/yield.log" &
+pids+=($!)
+for p in $NGINX_PORT $OUR_PORT $YIELD_PORT; do
+    for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$p/health" >/dev/null 2>&1 && break; sleep 0.1; done
+done
+sleep 1
+rss_idle=$(ps -o rss= -p "$ourpid" | tr -d ' ')
+
+run_wrk() { # conns url [header]
+    local out
+    if [ $# -ge 3 ]; then
+        out=$(wrk -t2 -c"$1" -d"${dur}s" --latency -H "$3" "$2")
+    else
+        out=$(wrk -t2 -c"$1" -d"${dur}s" --latency "$2")
+    fi
+    local rps p50 p99
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+    local errs
+    errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+    echo "$rps|$p50|$p99|$errs"
+}
+row() { IFS='|' read -r rps p50 p99 errs <<<"$2"; printf '| %s | %.0f | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99" "${errs:-}"; }
+
+nginx_h=$(run_wrk 64 "http://127.0.0.1:$NGINX_PORT/health")
+ours_h=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/health")
+ours_auth=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes?pageSize=1" "OPEN-SANDBOX-API-KEY: $KEY")
+ours_yield=$(run_wrk 256 "http://127.0.0.1:$YIELD_PORT/yield")
+node "$root/bench/idle_conns.mjs" 127.0.0.1 "$OUR_PORT" 1000 $((dur * 3 + 10)) &
+idle_pid=$!
+pids+=($idle_pid)
+sleep 3
+ours_h_idle=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/health")
+ours_auth_idle=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes?pageSize=1" "OPEN-SANDBOX-API-KEY: $KEY")
+rss_busy=$(ps -o rss= -p "$ourpid" | tr -d ' ')
+kill "$idle_pid" 2>/dev/null || true
+
+ratio() { awk -v a="${1%%|*}" -v b="${2%%|*}" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs ($(uname -r)), wrk -t2, ${dur}s per run, same run:"
+echo
+echo "| run | req/s | p50 | p99 | errors |"
+echo "|---|---|---|---|---|"
+row "nginx 1 worker, return 200 JSON (-c64)" "$nginx_h"
+row "ours GET /health through Lua (-c64)" "$ours_h"
+row "ours GET /v1/sandboxes, key + router + handler + JSON (-c64)" "$ours_auth"
+row "ours route that yields on a timer and resumes (-c256)" "$ours_yield"
+row "ours GET /health with 1000 idle keep-alive connections open (-c64)" "$ours_h_idle"
+row "ours GET /v1/sandboxes with 1000 idle connections open (-c64)" "$ours_auth_idle"
+echo
+echo "- /health vs nginx: $(ratio "$ours_h" "$nginx_h")x; authenticated route vs nginx: $(ratio "$ours_auth" "$nginx_h")x"
+echo "- with 1000 idle connections: /health $(ratio "$ours_h_idle" "$ours_h")x of the run without them"
+echo "- server RSS: ${rss_idle} KiB idle after start; ${rss_busy} KiB with 1000 connections open after the runs"
