@@ -687,6 +687,7 @@ void httpd_drain(int code)
         return;
     }
     H.draining = 1;
+    log_write(LOG_INFO, NULL, "shutting down", NULL);
     MHD_socket fd = MHD_quiesce_daemon(H.d);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);

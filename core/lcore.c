@@ -46,7 +46,6 @@ void server_shutdown(int code)
     if (shutting_down)
         return;
     shutting_down = 1;
-    log_write(LOG_INFO, NULL, "shutting down", NULL);
     httpd_drain(code);
 }
 

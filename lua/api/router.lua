@@ -120,6 +120,9 @@ end
 
 --- Percent-decodes `s` once (a "%" not followed by two hex digits stays as it is). "+" is kept.
 function M.unescape(s)
+    if not s:find("%", 1, true) then
+        return s
+    end
     return (s:gsub("%%(%x%x)", hexbyte))
 end
 
@@ -190,8 +193,27 @@ end
 ---   route, params        a match; params are the decoded path parameters
 ---   nil, "not_found"
 ---   nil, "method_not_allowed", allow   where allow is the value of the Allow header ("GET, HEAD")
+-- Fast path for routes without parameters: decoded path -> method -> route.
+local static = {}
+for _, r in ipairs(compiled) do
+    if not r.pattern:find("{", 1, true) then
+        static[r.pattern] = static[r.pattern] or {}
+        static[r.pattern][r.method] = r
+    end
+end
+local NO_PARAMS = setmetatable({}, { __newindex = function()
+    error("router: static route params are read-only", 2)
+end })
+
 function M.match(method, path)
     local p = M.strip_version(M.unescape(path))
+    local st = static[p]
+    if st then
+        local r = st[method] or (method == "HEAD" and st.GET)
+        if r then
+            return r, NO_PARAMS
+        end
+    end
     local r, res = find(p, method, false)
     if r then
         return r, res

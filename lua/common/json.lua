@@ -26,36 +26,42 @@ function M.array(t)
     return setmetatable(t or {}, array_mt)
 end
 
-local function has_empty_arrays(v, depth)
+-- Replaces every empty tagged array in `v` (in place) by the marker string; records what it replaced in
+-- `undo` so that the caller can put the tables back after encoding.
+local function mark_empty(v, depth, undo)
     if depth > 64 then
-        return false
+        return
     end
-    for _, x in pairs(v) do
-        if type(x) == "table" then
-            if getmetatable(x) == array_mt and next(x) == nil then
-                return true
-            end
-            if has_empty_arrays(x, depth + 1) then
-                return true
-            end
-        end
-    end
-    return false
-end
-
-local function replace_empty(v, depth)
-    local out = {}
     for k, x in pairs(v) do
         if type(x) == "table" then
-            if getmetatable(x) == array_mt and next(x) == nil then
-                x = EMPTY_MARK
-            elseif depth < 64 then
-                x = replace_empty(x, depth + 1)
+            if next(x) == nil then
+                if getmetatable(x) == array_mt then
+                    undo[#undo + 1] = v
+                    undo[#undo + 1] = k
+                    undo[#undo + 1] = x
+                    v[k] = EMPTY_MARK
+                end
+            else
+                mark_empty(x, depth + 1, undo)
             end
         end
-        out[k] = x
     end
-    return out
+end
+
+-- Replaces each encoded marker by [] (plain search: faster than a pattern for this fixed string).
+local function replace_marks(s)
+    local out, pos, n = {}, 1, #EMPTY_ENCODED
+    while true do
+        local i = s:find(EMPTY_ENCODED, pos, true)
+        if not i then
+            break
+        end
+        out[#out + 1] = s:sub(pos, i - 1)
+        out[#out + 1] = "[]"
+        pos = i + n
+    end
+    out[#out + 1] = s:sub(pos)
+    return table.concat(out)
 end
 
 -- cjson 2.1.0 always writes "/" as "\/"; undo that (an escaped backslash before it stays escaped).
@@ -71,9 +77,17 @@ local function encode(v)
         if getmetatable(v) == array_mt and next(v) == nil then
             return "[]"
         end
-        if has_empty_arrays(v, 0) then
-            local s = encoder.encode(replace_empty(v, 0))
-            return (s:gsub(EMPTY_ENCODED:gsub("%p", "%%%0"), "[]"))
+        local undo = {}
+        mark_empty(v, 0, undo)
+        if #undo > 0 then
+            local ok, s = pcall(encoder.encode, v)
+            for i = #undo, 1, -3 do
+                undo[i - 2][undo[i - 1]] = undo[i]
+            end
+            if not ok then
+                error(s, 2)
+            end
+            return replace_marks(s)
         end
     end
     return encoder.encode(v)

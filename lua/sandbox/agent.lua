@@ -5,7 +5,7 @@
 -- Where the files are found (first match wins):
 --   agent binary: $OPENSANDBOX_EXECD_PATH; <dir of the server binary>/execd/opensandbox-execd (a build tree);
 --                 <dir of the server binary>/opensandbox-execd; <root>/build/execd/opensandbox-execd;
---                 <root>/libexec/opensandbox-execd (an install).
+--                 <dir of the server binary>/../libexec/opensandbox/opensandbox-execd (an install).
 --   bootstrap:    <root>/execd/bootstrap.sh.
 -- Without an agent binary the bundle holds only the bootstrap (sandboxes then run without an agent, and a
 -- warning is logged once): lifecycle operations keep working.
@@ -45,7 +45,7 @@ function Agent:binary_candidates()
     c[#c + 1] = bindir .. "/execd/opensandbox-execd"
     c[#c + 1] = bindir .. "/opensandbox-execd"
     c[#c + 1] = self.root .. "/build/execd/opensandbox-execd"
-    c[#c + 1] = self.root .. "/libexec/opensandbox-execd"
+    c[#c + 1] = bindir .. "/../libexec/opensandbox/opensandbox-execd"
     return c
 end
 
