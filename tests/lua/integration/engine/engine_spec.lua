@@ -53,7 +53,8 @@ describe("engine #integration", function()
         envelope(res, 401, "MISSING_API_KEY",
             "Authentication credentials are missing. Provide API key via OPEN-SANDBOX-API-KEY header.")
         res = assert(srv:request("GET", "/v1/sandboxes", { headers = { ["open-sandbox-api-key"] = "wrong" } }))
-        envelope(res, 401, "INVALID_API_KEY", "Authentication credentials are invalid. Check your API key and try again.")
+        envelope(res, 401, "INVALID_API_KEY",
+            "Authentication credentials are invalid. Check your API key and try again.")
         -- authentication runs before routing: an unknown path without a key is 401, not 404
         res = assert(srv:request("GET", "/no/such/path"))
         envelope(res, 401, "MISSING_API_KEY")
@@ -206,7 +207,8 @@ describe("engine shutdown #integration", function()
         local out_path = srv.dir .. "/drain.out"
         local cmd = string.format([[
             (exec 3<>/dev/tcp/127.0.0.1/%d
-             printf 'POST /v1/metrics/events HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n01234' >&3
+             printf 'POST /v1/metrics/events HTTP/1.1\r\nHost: x\r\n' >&3
+             printf 'Content-Length: 10\r\nConnection: close\r\n\r\n01234' >&3
              sleep 0.6
              printf '56789' >&3
              timeout 5 cat <&3 > %s) &
