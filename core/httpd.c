@@ -28,6 +28,7 @@
 #include "httpd.h"
 
 #include "buf.h"
+#include "httpd_int.h"
 #include "log.h"
 #include "loop.h"
 #include "task.h"
@@ -47,35 +48,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define STREAM_HIGH (64 * 1024)
-#define STREAM_LOW (16 * 1024)
 #define STREAM_MT "core.http.stream"
 #define REQ_MT "core.http.request"
 #define BOX_MT "core.http.ctxbox"
-
-enum rstate { RS_HEADERS, RS_BODY, RS_RUNNING, RS_QUEUED };
-
-struct reqctx {
-    struct MHD_Connection *conn;
-    int refs;
-    enum rstate state;
-    unsigned suspended : 1; /* suspended by us, waiting for Lua */
-    unsigned completed : 1; /* MHD is done with the request */
-    unsigned too_large : 1;
-    unsigned streaming : 1;        /* a stream response was created */
-    unsigned stream_eof : 1;       /* s:close() was called */
-    unsigned reader_suspended : 1; /* the content reader suspended the connection */
-    unsigned inflight : 1;         /* counted in H.inflight */
-    unsigned writer_ok : 1;        /* result for the parked writer */
-    char *uri;
-    buf_t body;
-    task *t;                   /* the handler task while it runs */
-    task *writer;              /* a task parked in s:write() */
-    struct MHD_Response *resp; /* ready to queue */
-    unsigned int status;
-    buf_t sbuf;                 /* streamed bytes waiting for the client */
-    struct reqctx *prev, *next; /* all live contexts, for shutdown */
-};
+#define EARLY_BUFFER_MAX (64 * 1024)
 
 static struct {
     struct MHD_Daemon *d;
@@ -91,11 +67,31 @@ static struct {
     double drain_timeout;
     int inflight; /* requests between their headers and MHD's completion notice (response sent) */
     struct reqctx *all;
+    char **early_prefixes; /* paths whose handler starts at headers time ("*" = one segment) */
+    int nearly;
 } H = {.listen_fd = -1, .handler_ref = LUA_NOREF};
 
 static void httpd_run(void);
 
-static void ctx_unref(struct reqctx *c)
+void httpd_ctx_ref(struct reqctx *c)
+{
+    c->refs++;
+}
+
+void httpd_ctx_suspend(struct reqctx *c)
+{
+    if (!c->completed && !c->suspended && !c->reader_suspended) {
+        MHD_suspend_connection(c->conn);
+        c->suspended = 1;
+    }
+}
+
+void httpd_request_run(void)
+{
+    H.needs_run = 1;
+}
+
+void httpd_ctx_unref(struct reqctx *c)
 {
     if (--c->refs > 0)
         return;
@@ -113,7 +109,7 @@ static void ctx_unref(struct reqctx *c)
     free(c);
 }
 
-static void ctx_resume(struct reqctx *c)
+void httpd_ctx_resume(struct reqctx *c)
 {
     if (c->completed)
         return;
@@ -150,7 +146,7 @@ static void writer_wake_deferred(void *data)
             task_resume(w, 2);
         }
     }
-    ctx_unref(c);
+    httpd_ctx_unref(c);
 }
 
 /* Wakes a task parked in s:write() on the next loop turn (never from inside an MHD callback). */
@@ -198,22 +194,43 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     inflight_end(c);
     if (c->writer)
         writer_wake(c, 0);
-    ctx_unref(c);
+    if (c->px)
+        proxy_detach(c->px);
+    httpd_ctx_unref(c);
 }
 
-static struct MHD_Response *error_response(unsigned int status, const char *code, const char *msg,
-                                           const char *request_id)
+static void json_escape(buf_t *b, const char *s)
 {
-    char body[512];
-    int n = snprintf(body, sizeof(body), "{\"code\":\"%s\",\"message\":\"%s\"}", code, msg);
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer((size_t)n, body, MHD_RESPMEM_MUST_COPY);
+    static const char hex[] = "0123456789abcdef";
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            char e[2] = {'\\', (char)ch};
+            buf_append(b, e, 2);
+        } else if (ch < 0x20) {
+            char e[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+            buf_append(b, e, 6);
+        } else {
+            buf_append(b, s, 1);
+        }
+    }
+}
+
+struct MHD_Response *httpd_error_response(const char *code, const char *msg, const char *request_id)
+{
+    buf_t b = {0};
+    buf_append(&b, "{\"code\":\"", 9);
+    json_escape(&b, code);
+    buf_append(&b, "\",\"message\":\"", 13);
+    json_escape(&b, msg);
+    buf_append(&b, "\"}", 2);
+    struct MHD_Response *r = MHD_create_response_from_buffer(b.len, b.data, MHD_RESPMEM_MUST_COPY);
+    buf_free(&b);
     if (!r)
         return NULL;
     MHD_add_response_header(r, "Content-Type", "application/json");
     if (request_id && request_id[0])
         MHD_add_response_header(r, "X-Request-ID", request_id);
-    (void)status;
     return r;
 }
 
@@ -222,7 +239,7 @@ static void set_error(struct reqctx *c, const char *request_id)
     if (c->resp)
         MHD_destroy_response(c->resp);
     c->status = 500;
-    c->resp = error_response(500, "GENERAL::UNKNOWN_ERROR", "Internal server error.", request_id);
+    c->resp = httpd_error_response("GENERAL::UNKNOWN_ERROR", "Internal server error.", request_id);
 }
 
 /* Builds the response from the handler's results (status, headers, body) on L's stack top. */
@@ -270,21 +287,21 @@ static void on_task_done(task *t, int status, int nres)
 {
     struct reqctx *c = t->data;
     c->t = NULL;
-    if (!c->completed) {
+    if (!c->completed && !c->proxied) {
         if (c->streaming) {
             if (!c->stream_eof) {
                 c->stream_eof = 1;
-                ctx_resume(c);
+                httpd_ctx_resume(c);
             }
         } else {
             if (status == LUA_OK)
                 set_response(c, t->L, nres, t->request_id);
             else
                 set_error(c, t->request_id);
-            ctx_resume(c);
+            httpd_ctx_resume(c);
         }
     }
-    ctx_unref(c);
+    httpd_ctx_unref(c);
 }
 
 static enum MHD_Result queue_response(struct reqctx *c)
@@ -356,7 +373,13 @@ static void push_request(lua_State *L, struct reqctx *c, const char *method)
     lua_setfield(L, -2, "path");
     lua_pushstring(L, q ? q + 1 : "");
     lua_setfield(L, -2, "query");
-    lua_pushlstring(L, c->body.data ? c->body.data : "", c->body.len);
+    if (c->early) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "streaming");
+        lua_pushliteral(L, "");
+    } else {
+        lua_pushlstring(L, c->body.data ? c->body.data : "", c->body.len);
+    }
     lua_setfield(L, -2, "body");
     lua_pushboolean(L, c->too_large);
     lua_setfield(L, -2, "body_too_large");
@@ -377,7 +400,8 @@ static void push_request(lua_State *L, struct reqctx *c, const char *method)
     luaL_setmetatable(L, BOX_MT);
     lua_setfield(L, -2, "_ctx");
     luaL_setmetatable(L, REQ_MT);
-    buf_free(&c->body);
+    if (!c->early)
+        buf_free(&c->body);
 }
 
 static void start_handler(struct reqctx *c, const char *method)
@@ -396,6 +420,56 @@ static void start_handler(struct reqctx *c, const char *method)
     task_start(t, 1);
 }
 
+/* Does the raw path start with one of the early prefixes ("*" matches one non-empty segment)? */
+static int is_early(const char *uri)
+{
+    for (int i = 0; i < H.nearly; i++) {
+        const char *p = H.early_prefixes[i], *u = uri;
+        while (*p) {
+            if (*p == '*') {
+                const char *seg = u;
+                while (*u && *u != '/' && *u != '?')
+                    u++;
+                if (u == seg)
+                    break;
+                p++;
+            } else if (*p == *u) {
+                p++;
+                u++;
+            } else {
+                break;
+            }
+        }
+        if (!*p)
+            return 1;
+    }
+    return 0;
+}
+
+/* Upload data of an early request (its handler already runs). Returns MHD_YES; may suspend. */
+static enum MHD_Result early_upload(struct reqctx *c, const char *data, size_t *size)
+{
+    size_t n = *size;
+    if (c->px) {
+        *size = 0;
+        if (proxy_upload(c->px, data, n))
+            httpd_ctx_suspend(c);
+        return MHD_YES;
+    }
+    if (c->resp || c->state == RS_QUEUED || !c->t) { /* answered without the body: discard it */
+        *size = 0;
+        return MHD_YES;
+    }
+    if (c->body.len + n <= EARLY_BUFFER_MAX) {
+        if (buf_append(&c->body, data, n) < 0)
+            return MHD_NO;
+        *size = 0;
+        return MHD_YES;
+    }
+    httpd_ctx_suspend(c); /* the data stays unconsumed until the handler has decided */
+    return MHD_YES;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls)
@@ -404,6 +478,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     (void)cls;
     (void)url;
     (void)version;
+    (void)conn;
     if (!c)
         return MHD_NO; /* out of memory in on_uri */
     switch (c->state) {
@@ -411,7 +486,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         c->state = RS_BODY;
         c->inflight = 1; /* a request counts for the drain from its headers on */
         H.inflight++;
-        return MHD_YES;
+        if (H.nearly && is_early(c->uri)) {
+            c->early = 1;
+            c->state = RS_RUNNING;
+            start_handler(c, method);
+        }
+        return MHD_YES; /* a response is queued on the next call at the earliest */
     case RS_BODY:
         if (*upload_data_size) {
             if (!c->too_large) {
@@ -430,14 +510,21 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         break;
     case RS_RUNNING:
     case RS_QUEUED:
+        if (c->early) {
+            if (*upload_data_size)
+                return early_upload(c, upload_data, upload_data_size);
+            if (!c->upload_done) {
+                c->upload_done = 1;
+                if (c->px)
+                    proxy_upload_done(c->px);
+            }
+        }
         break;
     }
-    if (c->resp)
+    if (c->resp && c->state != RS_QUEUED)
         return queue_response(c);
-    if (c->state == RS_RUNNING && !c->completed) {
-        MHD_suspend_connection(conn);
-        c->suspended = 1;
-    }
+    if (c->state == RS_RUNNING && !c->completed)
+        httpd_ctx_suspend(c);
     return MHD_YES;
 }
 
@@ -453,10 +540,16 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
             n = max;
         memcpy(out, c->sbuf.data + c->sbuf.off, n);
         c->sbuf.off += n;
-        if (c->writer && buf_avail(&c->sbuf) < STREAM_LOW)
-            writer_wake(c, 1);
+        if (buf_avail(&c->sbuf) < STREAM_LOW) {
+            if (c->writer)
+                writer_wake(c, 1);
+            if (c->px)
+                proxy_drained(c->px);
+        }
         return (ssize_t)n;
     }
+    if (c->stream_error)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
     if (c->stream_eof)
         return MHD_CONTENT_READER_END_OF_STREAM;
     if (!c->reader_suspended && !c->completed) {
@@ -468,7 +561,16 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
 
 static void stream_free_cb(void *cls)
 {
-    ctx_unref(cls);
+    httpd_ctx_unref(cls);
+}
+
+struct MHD_Response *httpd_stream_response(struct reqctx *c, uint64_t size)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(size, 16 * 1024, stream_reader, c, stream_free_cb);
+    if (r)
+        c->refs++; /* the response's reference, dropped by stream_free_cb */
+    return r;
 }
 
 static struct reqctx *req_ctx(lua_State *L, int idx)
@@ -486,7 +588,7 @@ static int box_gc(lua_State *L)
 {
     struct reqctx **box = luaL_checkudata(L, 1, BOX_MT);
     if (*box) {
-        ctx_unref(*box);
+        httpd_ctx_unref(*box);
         *box = NULL;
     }
     return 0;
@@ -496,7 +598,7 @@ static int l_stream(lua_State *L)
 {
     struct reqctx *c = req_ctx(L, 1);
     lua_Integer status = luaL_checkinteger(L, 2);
-    if (c->streaming || c->resp || c->state != RS_RUNNING)
+    if (c->streaming || c->resp || c->px || c->state != RS_RUNNING)
         return luaL_error(L, "http.stream: a response was already started");
     if (c->completed) {
         lua_pushnil(L);
@@ -519,7 +621,7 @@ static int l_stream(lua_State *L)
     c->resp = r;
     c->status = (unsigned int)status;
     c->streaming = 1;
-    ctx_resume(c);
+    httpd_ctx_resume(c);
     struct reqctx **s = lua_newuserdatauv(L, sizeof(*s), 0);
     *s = c;
     c->refs++; /* the stream object's reference */
@@ -555,7 +657,7 @@ static int s_write(lua_State *L)
     if (n && buf_append(&c->sbuf, data, n) < 0)
         return luaL_error(L, "out of memory");
     if (c->reader_suspended)
-        ctx_resume(c);
+        httpd_ctx_resume(c);
     if (buf_avail(&c->sbuf) > STREAM_HIGH && task_of(L) && lua_isyieldable(L)) {
         task *t = task_of(L);
         c->writer = t;
@@ -572,7 +674,7 @@ static int s_close(lua_State *L)
     struct reqctx *c = stream_ctx(L);
     if (!c->stream_eof) {
         c->stream_eof = 1;
-        ctx_resume(c);
+        httpd_ctx_resume(c);
     }
     return 0;
 }
@@ -585,11 +687,22 @@ static int s_gc(lua_State *L)
         *s = NULL;
         if (!c->stream_eof) {
             c->stream_eof = 1;
-            ctx_resume(c);
+            httpd_ctx_resume(c);
         }
-        ctx_unref(c);
+        httpd_ctx_unref(c);
     }
     return 0;
+}
+
+static int l_proxy(lua_State *L)
+{
+    struct reqctx *c = req_ctx(L, 1);
+    if (!c->early)
+        return luaL_error(L, "http.proxy: the request's path is not one of the listener's early_paths");
+    if (c->streaming || c->resp || c->px || c->state != RS_RUNNING)
+        return luaL_error(L, "http.proxy: a response was already started");
+    c->proxied = 1;
+    return lhttp_proxy(L, c);
 }
 
 /* ---- request methods ---- */
@@ -717,6 +830,11 @@ void httpd_free(void)
     loop_watch_del(&H.watch);
     MHD_stop_daemon(H.d);
     H.d = NULL;
+    for (int i = 0; i < H.nearly; i++)
+        free(H.early_prefixes[i]);
+    free(H.early_prefixes);
+    H.early_prefixes = NULL;
+    H.nearly = 0;
     if (H.listen_fd >= 0)
         close(H.listen_fd);
     H.listen_fd = -1;
@@ -804,6 +922,19 @@ static int l_listen(lua_State *L)
     lua_getfield(L, 1, "drain_timeout");
     H.drain_timeout = luaL_optnumber(L, -1, 10);
     lua_pop(L, 1);
+    lua_getfield(L, 1, "early_paths");
+    if (lua_istable(L, -1)) {
+        int n = (int)lua_rawlen(L, -1);
+        H.early_prefixes = calloc((size_t)n + 1, sizeof(char *));
+        if (!H.early_prefixes)
+            return luaL_error(L, "out of memory");
+        for (int i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            H.early_prefixes[H.nearly++] = strdup(luaL_checkstring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
 
     lua_getfield(L, 1, "unix_socket");
     const char *upath = luaL_optstring(L, -1, NULL);
@@ -818,7 +949,9 @@ static int l_listen(lua_State *L)
     H.max_body = (size_t)max_body;
     H.listen_fd = fd;
     H.d = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_TURBO |
+            MHD_USE_ERROR_LOG,
+        0, NULL, NULL,
         on_access, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)conn_limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)conn_memory,
@@ -854,7 +987,8 @@ int luaopen_core_http(lua_State *L)
         {"write", s_write}, {"close", s_close}, {"__gc", s_gc}, {NULL, NULL}};
     static const luaL_Reg req_methods[] = {
         {"header", r_header}, {"headers", r_headers}, {NULL, NULL}};
-    static const luaL_Reg fns[] = {{"listen", l_listen}, {"stream", l_stream}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {
+        {"listen", l_listen}, {"stream", l_stream}, {"proxy", l_proxy}, {NULL, NULL}};
     luaL_newmetatable(L, STREAM_MT);
     luaL_setfuncs(L, stream_methods, 0);
     lua_pushvalue(L, -1);

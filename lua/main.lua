@@ -148,6 +148,7 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
         log = log,
         uuid = uuid,
         now = core.now,
+        http = http,
         root = core.paths.root,
         ncpu = function()
             return service.ncpu
@@ -162,6 +163,8 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
         conn_memory = cfg.server.connection_memory,
         conn_timeout = cfg.server.connection_timeout,
         drain_timeout = cfg.server.drain_timeout,
+        -- the server proxy's requests start at headers time so that their bodies can stream
+        early_paths = { "/sandboxes/*/proxy/", "/v1/sandboxes/*/proxy/" },
     })
     local pf = io.open(pidfile, "w")
     if pf then

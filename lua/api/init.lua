@@ -17,6 +17,7 @@ local errors = require("common.errors")
 local middleware = require("api.middleware")
 local parse = require("api.parse")
 local respond = require("api.respond")
+local proxy = require("api.proxy")
 local router = require("api.router")
 local sandboxes = require("api.sandboxes")
 local system = require("api.system")
@@ -53,7 +54,7 @@ function M.new(deps)
         sandboxes = sandboxes.new(deps),
         system = sys,
         docs = docs.new(deps),
-        proxy = { forward = sys.proxy },
+        proxy = proxy.new(deps),
     })
     local authenticate = middleware.authenticator(deps.keys or middleware.keys_from_config(deps.config))
 

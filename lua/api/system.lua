@@ -1,7 +1,5 @@
--- Small routes with no resource behind them: the health check, the SDK's telemetry sink and, until the
--- server proxy is built, the proxy route.
+-- Small routes with no resource behind them: the health check and the SDK's telemetry sink.
 local respond = require("api.respond")
-local errors = require("common.errors")
 
 local M = {}
 
@@ -18,11 +16,6 @@ function M.new()
     --- POST /metrics/events: 204 whatever the body (it is never parsed; §2.10).
     function h.metrics_events()
         return respond.empty(204)
-    end
-
-    --- The proxy route (§7.3). TODO: the server proxy is a later issue; until then the route answers 404.
-    function h.proxy()
-        return nil, errors.new(404, "GENERAL::NOT_FOUND", "Not Found")
     end
 
     return h

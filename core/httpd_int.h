@@ -1,0 +1,68 @@
+/*
+ * httpd_int.h: what httpd.c shares with proxy.c (the forwarding path): the per-request context and the
+ * few operations on it. Not a public interface.
+ */
+#ifndef OSB_HTTPD_INT_H
+#define OSB_HTTPD_INT_H
+
+#include "buf.h"
+#include "task.h"
+
+#include <microhttpd.h>
+
+#define STREAM_HIGH (64 * 1024)
+#define STREAM_LOW (16 * 1024)
+
+enum rstate { RS_HEADERS, RS_BODY, RS_RUNNING, RS_QUEUED };
+
+struct proxy;
+
+struct reqctx {
+    struct MHD_Connection *conn;
+    int refs;
+    enum rstate state;
+    unsigned suspended : 1;        /* suspended by us, waiting for Lua or the proxy */
+    unsigned completed : 1;        /* MHD is done with the request */
+    unsigned too_large : 1;
+    unsigned streaming : 1;        /* a streamed response (Lua stream or proxy) was created */
+    unsigned stream_eof : 1;       /* the streamed body is complete */
+    unsigned stream_error : 1;     /* the streamed body failed: close the connection */
+    unsigned reader_suspended : 1; /* the content reader suspended the connection */
+    unsigned inflight : 1;         /* counted in the drain's in-flight count */
+    unsigned writer_ok : 1;        /* result for the parked writer */
+    unsigned early : 1;            /* handler started at headers time (streamed request body) */
+    unsigned upload_done : 1;      /* the whole request body has been received (early requests) */
+    unsigned proxied : 1;          /* http.proxy took over the response */
+    char *uri;
+    buf_t body;
+    task *t;                   /* the handler task while it runs */
+    task *writer;              /* a task parked in s:write() */
+    struct proxy *px;          /* the forwarding state when the request is proxied */
+    struct MHD_Response *resp; /* ready to queue */
+    unsigned int status;
+    buf_t sbuf;                 /* streamed bytes waiting for the client */
+    struct reqctx *prev, *next; /* all live contexts, for shutdown */
+};
+
+void httpd_ctx_ref(struct reqctx *c);
+void httpd_ctx_unref(struct reqctx *c);
+/* Resumes the connection when we suspended it, and makes MHD run on the next loop turn. */
+void httpd_ctx_resume(struct reqctx *c);
+void httpd_ctx_suspend(struct reqctx *c);
+void httpd_request_run(void);
+/* A JSON ErrorResponse {"code","message"} with X-Request-ID (when request_id is not empty). */
+struct MHD_Response *httpd_error_response(const char *code, const char *message, const char *request_id);
+/* A streamed response reading c->sbuf (the same reader Lua streams use); size may be MHD_SIZE_UNKNOWN. */
+struct MHD_Response *httpd_stream_response(struct reqctx *c, uint64_t size);
+
+/* proxy.c */
+int lhttp_proxy(lua_State *L, struct reqctx *c);
+/* Feeds request body bytes; returns 1 when the proxy wants the connection suspended (buffer full). */
+int proxy_upload(struct proxy *px, const char *data, size_t n);
+void proxy_upload_done(struct proxy *px);
+/* The client's reader drained c->sbuf below STREAM_LOW. */
+void proxy_drained(struct proxy *px);
+/* MHD is done with the request (client gone or response sent). */
+void proxy_detach(struct proxy *px);
+
+#endif

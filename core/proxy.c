@@ -1,0 +1,999 @@
+/*
+ * proxy.c: the forwarding path of the server proxy (`http.proxy(req, opts)`), in C so that bodies stream
+ * in both directions without passing through Lua.
+ *
+ * Lua decides (which sandbox, which address, which headers go upstream); this file does the rest:
+ *   - a non-blocking connection to host:port (connect timeout -> 502);
+ *   - the request head as Lua built it, plus the body framing of the inbound request (Content-Length kept,
+ *     chunked re-chunked), then the body as libmicrohttpd hands it to us (proxy_upload). When more than
+ *     UP_HIGH bytes wait for the backend, the client connection is suspended (back-pressure);
+ *   - the response head parsed here (status line, headers, framing: Content-Length, chunked, or until
+ *     close); 1xx other than 101 are skipped; hop-by-hop headers and those named in Connection are dropped;
+ *   - the body de-chunked into the request context's stream buffer, read by the same content reader that
+ *     Lua streams use. When the client is slow and more than STREAM_HIGH bytes wait, reading from the
+ *     backend stops until the reader drained it (proxy_drained), so memory stays flat;
+ *   - a 101 answer (WebSocket or any Upgrade) is relayed with MHD's upgrade support, then raw bytes are
+ *     tunnelled both ways until either side closes.
+ * The backend connection is not reused (we send Connection: close); failures before the response head
+ * become ErrorResponse JSON (502 connect, 504 header timeout, 500 otherwise), after it the client
+ * connection is closed.
+ *
+ * Hand-written HTTP/1.1 response parsing: no library here parses a response head incrementally on our
+ * own sockets without taking over the loop (libcurl would buffer and own the connection, and cannot hand
+ * an upgraded socket back to us).
+ */
+#define _GNU_SOURCE
+#include "httpd_int.h"
+#include "log.h"
+#include "loop.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <lauxlib.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <stdarg.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define UP_HIGH (256 * 1024)
+#define UP_LOW (64 * 1024)
+#define HEAD_MAX (64 * 1024)
+#define READ_CHUNK (64 * 1024)
+
+enum px_state { PX_CONNECTING, PX_HEAD, PX_BODY, PX_TUNNEL, PX_DONE };
+enum px_framing { FR_NONE, FR_LENGTH, FR_CHUNKED, FR_CLOSE };
+enum chunk_state { CH_SIZE, CH_EXT, CH_SIZE_LF, CH_DATA, CH_DATA_CR, CH_DATA_LF, CH_TRAILER, CH_DONE };
+
+struct proxy {
+    struct reqctx *c; /* holds a reference; NULL once detached */
+    int fd;
+    loop_watch w;
+    loop_timer connect_timer;
+    loop_timer header_timer;
+    enum px_state state;
+    buf_t out;      /* bytes for the backend: head, then body */
+    int req_chunked; /* re-chunk the request body */
+    int req_body;    /* the request has a body */
+    int req_done;    /* all of the request body is in `out` */
+    int out_suspended; /* we suspended the client connection because `out` was full */
+    int is_head;
+    buf_t head; /* the backend's response head while it arrives */
+    enum px_framing framing;
+    uint64_t remaining; /* bytes left: of the body (FR_LENGTH) or of the current chunk */
+    enum chunk_state ch;
+    int read_paused;
+    char target[320];
+    char request_id[260];
+    unsigned header_timeout_ms;
+    /* tunnel */
+    struct MHD_UpgradeResponseHandle *urh;
+    int cfd;
+    loop_watch cw;
+    buf_t to_client, to_backend;
+    int client_eof, backend_eof, client_shut, backend_shut;
+};
+
+static void px_tunnel_pump(struct proxy *px);
+
+/* ---- lifetime ---- */
+
+static void px_close_fd(struct proxy *px)
+{
+    if (px->fd >= 0) {
+        loop_watch_del(&px->w);
+        close(px->fd);
+        px->fd = -1;
+    }
+}
+
+static void px_free_deferred(void *data)
+{
+    struct proxy *px = data;
+    buf_free(&px->out);
+    buf_free(&px->head);
+    buf_free(&px->to_client);
+    buf_free(&px->to_backend);
+    free(px);
+}
+
+/* Ends the proxy: closes the backend, lets go of the request context. Idempotent. */
+static void px_finish(struct proxy *px)
+{
+    if (px->state == PX_DONE)
+        return;
+    px->state = PX_DONE;
+    loop_timer_stop(&px->connect_timer);
+    loop_timer_stop(&px->header_timer);
+    px_close_fd(px);
+    if (px->urh) {
+        loop_watch_del(&px->cw);
+        MHD_upgrade_action(px->urh, MHD_UPGRADE_ACTION_CLOSE);
+        px->urh = NULL;
+        httpd_request_run();
+    }
+    if (px->c) {
+        struct reqctx *c = px->c;
+        px->c = NULL;
+        c->px = NULL;
+        httpd_ctx_resume(c);
+        httpd_ctx_unref(c);
+    }
+    /* an epoll event for our fds may still be in this batch: free on the next turn */
+    loop_defer(px_free_deferred, px);
+}
+
+/* Fails the proxied request: an ErrorResponse when nothing was sent yet, else a closed connection. */
+static void px_fail(struct proxy *px, const char *code, unsigned status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void px_fail(struct proxy *px, const char *code, unsigned status, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    struct reqctx *c = px->c;
+    log_write(status >= 500 ? LOG_WARNING : LOG_INFO, px->request_id, "proxy failed", "target",
+              px->target, "error", msg, NULL);
+    if (c && !c->completed) {
+        if (!c->streaming && !c->resp && c->state != RS_QUEUED) {
+            c->resp = httpd_error_response(code, msg, px->request_id);
+            c->status = status;
+        } else {
+            c->stream_error = 1;
+        }
+    }
+    px_finish(px);
+}
+
+/* ---- the request side ---- */
+
+static void px_set_events(struct proxy *px)
+{
+    uint32_t ev = 0;
+    if (px->fd < 0)
+        return;
+    if (px->state == PX_CONNECTING || buf_avail(&px->out))
+        ev |= EPOLLOUT;
+    if (px->state != PX_CONNECTING && !px->read_paused)
+        ev |= EPOLLIN | EPOLLRDHUP;
+    if (ev != px->w.events)
+        loop_watch_mod(&px->w, ev);
+}
+
+static int px_flush_out(struct proxy *px)
+{
+    while (buf_avail(&px->out)) {
+        ssize_t n = send(px->fd, px->out.data + px->out.off, buf_avail(&px->out), MSG_NOSIGNAL);
+        if (n > 0) {
+            px->out.off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (n < 0 && errno == EINTR)
+            continue;
+        return -1;
+    }
+    if (px->out_suspended && buf_avail(&px->out) < UP_LOW && px->c) {
+        px->out_suspended = 0;
+        httpd_ctx_resume(px->c);
+    }
+    return 0;
+}
+
+static int append_body(struct proxy *px, const char *data, size_t n)
+{
+    if (!n)
+        return 0;
+    if (px->req_chunked) {
+        char hdr[24];
+        int k = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
+        if (buf_append(&px->out, hdr, (size_t)k) < 0 || buf_append(&px->out, data, n) < 0 ||
+            buf_append(&px->out, "\r\n", 2) < 0)
+            return -1;
+        return 0;
+    }
+    return buf_append(&px->out, data, n);
+}
+
+int proxy_upload(struct proxy *px, const char *data, size_t n)
+{
+    if (px->state == PX_DONE)
+        return 0;
+    if (px->state == PX_TUNNEL || px->req_done)
+        return 0; /* nothing more goes upstream */
+    if (append_body(px, data, n) < 0) {
+        px_fail(px, "GENERAL::UNKNOWN_ERROR", 500, "An internal error occurred in the proxy: %s",
+                "out of memory");
+        return 0;
+    }
+    if (px->state != PX_CONNECTING) {
+        if (px_flush_out(px) < 0) {
+            px_fail(px, "GENERAL::UNKNOWN_ERROR", 500,
+                    "An internal error occurred in the proxy: writing to %s: %s", px->target,
+                    strerror(errno));
+            return 0;
+        }
+        px_set_events(px);
+    }
+    if (buf_avail(&px->out) > UP_HIGH) {
+        px->out_suspended = 1;
+        return 1;
+    }
+    return 0;
+}
+
+void proxy_upload_done(struct proxy *px)
+{
+    if (px->state == PX_DONE || px->req_done)
+        return;
+    px->req_done = 1;
+    if (px->req_chunked)
+        buf_append(&px->out, "0\r\n\r\n", 5);
+    if (px->state != PX_CONNECTING && px->fd >= 0) {
+        if (px_flush_out(px) < 0) {
+            px_fail(px, "GENERAL::UNKNOWN_ERROR", 500,
+                    "An internal error occurred in the proxy: writing to %s: %s", px->target,
+                    strerror(errno));
+            return;
+        }
+        px_set_events(px);
+    }
+}
+
+/* ---- the response side ---- */
+
+static int hop_by_hop(const char *name, const char *connection)
+{
+    static const char *const hop[] = {"connection",        "keep-alive",      "proxy-authenticate",
+                                      "proxy-authorization", "te",              "trailer",
+                                      "transfer-encoding", "upgrade",         "content-length",
+                                      "x-request-id",      NULL};
+    for (int i = 0; hop[i]; i++)
+        if (strcasecmp(name, hop[i]) == 0)
+            return 1;
+    /* a header named in the backend's Connection header */
+    if (connection) {
+        size_t nl = strlen(name);
+        const char *p = connection;
+        while (*p) {
+            while (*p == ' ' || *p == ',' || *p == '\t')
+                p++;
+            const char *e = p;
+            while (*e && *e != ',' && *e != ' ' && *e != '\t')
+                e++;
+            if ((size_t)(e - p) == nl && strncasecmp(p, name, nl) == 0)
+                return 1;
+            p = e;
+        }
+    }
+    return 0;
+}
+
+struct parsed_head {
+    int status;
+    char *lines; /* the header block, NUL-separated name/value pairs */
+    int nhdr;
+    const char *names[128];
+    const char *values[128];
+};
+
+/* Parses "HTTP/1.x NNN reason\r\n(Name: value\r\n)*" in place (head ends before the blank line). */
+static int parse_head(char *head, size_t len, struct parsed_head *ph)
+{
+    char *end = head + len;
+    char *eol = memchr(head, '\n', len);
+    if (!eol || len < 12 || strncmp(head, "HTTP/1.", 7) != 0)
+        return -1;
+    if (!isdigit((unsigned char)head[9]) || !isdigit((unsigned char)head[10]) ||
+        !isdigit((unsigned char)head[11]))
+        return -1;
+    ph->status = (head[9] - '0') * 100 + (head[10] - '0') * 10 + (head[11] - '0');
+    ph->nhdr = 0;
+    char *p = eol + 1;
+    while (p < end) {
+        char *le = memchr(p, '\n', (size_t)(end - p));
+        if (!le)
+            le = end;
+        char *lend = le;
+        if (lend > p && lend[-1] == '\r')
+            lend--;
+        if (lend == p)
+            break;
+        char *colon = memchr(p, ':', (size_t)(lend - p));
+        if (!colon || colon == p)
+            return -1;
+        if (ph->nhdr == 128)
+            return -1;
+        *colon = '\0';
+        char *v = colon + 1;
+        while (v < lend && (*v == ' ' || *v == '\t'))
+            v++;
+        char *ve = lend;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+            ve--;
+        *ve = '\0';
+        ph->names[ph->nhdr] = p;
+        ph->values[ph->nhdr] = v;
+        ph->nhdr++;
+        p = le + 1;
+    }
+    return 0;
+}
+
+static const char *head_value(struct parsed_head *ph, const char *name)
+{
+    for (int i = 0; i < ph->nhdr; i++)
+        if (strcasecmp(ph->names[i], name) == 0)
+            return ph->values[i];
+    return NULL;
+}
+
+static int has_token(const char *v, const char *tok)
+{
+    size_t tl = strlen(tok);
+    while (v && *v) {
+        while (*v == ' ' || *v == ',' || *v == '\t')
+            v++;
+        const char *e = v;
+        while (*e && *e != ',')
+            e++;
+        const char *te = e;
+        while (te > v && (te[-1] == ' ' || te[-1] == '\t'))
+            te--;
+        if ((size_t)(te - v) == tl && strncasecmp(v, tok, tl) == 0)
+            return 1;
+        v = e;
+    }
+    return 0;
+}
+
+static void px_deliver(struct proxy *px, const char *data, size_t n)
+{
+    struct reqctx *c = px->c;
+    if (!c || !n)
+        return;
+    buf_append(&c->sbuf, data, n);
+    if (c->reader_suspended)
+        httpd_ctx_resume(c);
+    if (buf_avail(&c->sbuf) > STREAM_HIGH && !px->read_paused) {
+        px->read_paused = 1;
+        px_set_events(px);
+    }
+}
+
+static void px_body_complete(struct proxy *px)
+{
+    struct reqctx *c = px->c;
+    if (c) {
+        c->stream_eof = 1;
+        httpd_ctx_resume(c);
+    }
+    px_finish(px);
+}
+
+/* Feeds backend body bytes through the framing; returns 1 when the body is complete. */
+static int px_body(struct proxy *px, const char *p, size_t n)
+{
+    if (px->framing == FR_CLOSE) {
+        px_deliver(px, p, n);
+        return 0;
+    }
+    if (px->framing == FR_LENGTH) {
+        size_t take = n < px->remaining ? n : (size_t)px->remaining;
+        px_deliver(px, p, take);
+        px->remaining -= take;
+        return px->remaining == 0;
+    }
+    if (px->framing == FR_NONE)
+        return 1;
+    /* chunked */
+    size_t i = 0;
+    while (i < n) {
+        char ch = p[i];
+        switch (px->ch) {
+        case CH_SIZE:
+            if (isxdigit((unsigned char)ch)) {
+                if (px->remaining > (UINT64_MAX >> 4))
+                    return -1;
+                px->remaining = px->remaining * 16 +
+                                (uint64_t)(isdigit((unsigned char)ch) ? ch - '0'
+                                                                      : (tolower((unsigned char)ch) - 'a' + 10));
+            } else if (ch == ';' || ch == ' ' || ch == '\t') {
+                px->ch = CH_EXT;
+            } else if (ch == '\r') {
+                px->ch = CH_SIZE_LF;
+            } else if (ch == '\n') {
+                px->ch = px->remaining ? CH_DATA : CH_TRAILER;
+            } else {
+                return -1;
+            }
+            i++;
+            break;
+        case CH_EXT:
+            if (ch == '\r')
+                px->ch = CH_SIZE_LF;
+            else if (ch == '\n')
+                px->ch = px->remaining ? CH_DATA : CH_TRAILER;
+            i++;
+            break;
+        case CH_SIZE_LF:
+            if (ch != '\n')
+                return -1;
+            px->ch = px->remaining ? CH_DATA : CH_TRAILER;
+            i++;
+            break;
+        case CH_DATA: {
+            size_t take = n - i < px->remaining ? n - i : (size_t)px->remaining;
+            px_deliver(px, p + i, take);
+            px->remaining -= take;
+            i += take;
+            if (!px->remaining)
+                px->ch = CH_DATA_CR;
+            break;
+        }
+        case CH_DATA_CR:
+            if (ch == '\r') {
+                px->ch = CH_DATA_LF;
+            } else if (ch == '\n') {
+                px->ch = CH_SIZE;
+            } else {
+                return -1;
+            }
+            i++;
+            break;
+        case CH_DATA_LF:
+            if (ch != '\n')
+                return -1;
+            px->ch = CH_SIZE;
+            i++;
+            break;
+        case CH_TRAILER:
+            /* trailers are dropped; the body ends at an empty line */
+            if (ch == '\n') {
+                if (px->remaining == 0) { /* empty line: done */
+                    px->ch = CH_DONE;
+                    return 1;
+                }
+                px->remaining = 0;
+            } else if (ch != '\r') {
+                px->remaining = 1; /* inside a trailer line */
+            }
+            i++;
+            break;
+        case CH_DONE:
+            return 1;
+        }
+    }
+    return px->ch == CH_DONE;
+}
+
+static void on_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls, const char *extra_in,
+                        size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh);
+
+/* The response head is complete in px->head (up to hlen bytes); the rest is body. */
+static void px_on_head(struct proxy *px, size_t hlen)
+{
+    struct reqctx *c = px->c;
+    struct parsed_head ph;
+    char *head = malloc(hlen + 1);
+    if (!head) {
+        px_fail(px, "GENERAL::UNKNOWN_ERROR", 500, "An internal error occurred in the proxy: %s",
+                "out of memory");
+        return;
+    }
+    memcpy(head, px->head.data + px->head.off, hlen);
+    head[hlen] = '\0';
+    if (parse_head(head, hlen, &ph) < 0) {
+        free(head);
+        px_fail(px, "GENERAL::UNKNOWN_ERROR", 502, "The backend sandbox %s sent a malformed response",
+                px->target);
+        return;
+    }
+    px->head.off += hlen;
+    if (ph.status >= 100 && ph.status < 200 && ph.status != 101) {
+        free(head); /* an interim response (100 Continue): wait for the real one */
+        return;
+    }
+    loop_timer_stop(&px->header_timer);
+    const char *connection = head_value(&ph, "Connection");
+    struct MHD_Response *r;
+    if (ph.status == 101) {
+        r = MHD_create_response_for_upgrade(on_upgraded, px);
+    } else {
+        const char *te = head_value(&ph, "Transfer-Encoding");
+        const char *cl = head_value(&ph, "Content-Length");
+        uint64_t size = MHD_SIZE_UNKNOWN;
+        if (px->is_head || ph.status == 204 || ph.status == 304) {
+            px->framing = FR_NONE;
+            if (cl && px->is_head)
+                size = strtoull(cl, NULL, 10);
+            else
+                size = 0;
+        } else if (te && has_token(te, "chunked")) {
+            px->framing = FR_CHUNKED;
+            px->ch = CH_SIZE;
+            px->remaining = 0;
+        } else if (cl) {
+            char *endp;
+            errno = 0;
+            unsigned long long v = strtoull(cl, &endp, 10);
+            if (errno || *endp || endp == cl) {
+                free(head);
+                px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
+                        "The backend sandbox %s sent an invalid Content-Length", px->target);
+                return;
+            }
+            px->framing = v ? FR_LENGTH : FR_NONE;
+            px->remaining = v;
+            size = v;
+        } else {
+            px->framing = FR_CLOSE;
+        }
+        r = httpd_stream_response(c, size);
+    }
+    if (!r) {
+        free(head);
+        px_fail(px, "GENERAL::UNKNOWN_ERROR", 500, "An internal error occurred in the proxy: %s",
+                "cannot create the response");
+        return;
+    }
+    for (int i = 0; i < ph.nhdr; i++) {
+        if (ph.status == 101 && (strcasecmp(ph.names[i], "Upgrade") == 0)) {
+            MHD_add_response_header(r, ph.names[i], ph.values[i]);
+            continue;
+        }
+        if (hop_by_hop(ph.names[i], connection))
+            continue;
+        MHD_add_response_header(r, ph.names[i], ph.values[i]);
+    }
+    if (ph.status == 101)
+        MHD_add_response_header(r, "Connection", "Upgrade");
+    if (px->request_id[0])
+        MHD_add_response_header(r, "X-Request-ID", px->request_id);
+    free(head);
+    c->resp = r;
+    c->status = (unsigned)ph.status;
+    if (ph.status == 101) {
+        px->state = PX_TUNNEL;
+        /* bytes after the 101 head belong to the tunnel */
+        if (buf_avail(&px->head))
+            buf_append(&px->to_client, px->head.data + px->head.off, buf_avail(&px->head));
+        px->head.off = px->head.len;
+        px->read_paused = 1; /* until MHD hands us the client socket */
+        px_set_events(px);
+    } else {
+        c->streaming = 1;
+        px->state = PX_BODY;
+    }
+    httpd_ctx_resume(c);
+    if (px->state == PX_BODY) {
+        size_t rest = buf_avail(&px->head);
+        int done = 0;
+        if (rest) {
+            done = px_body(px, px->head.data + px->head.off, rest);
+            px->head.off = px->head.len;
+        } else if (px->framing == FR_NONE) {
+            done = 1;
+        }
+        if (done < 0)
+            px_fail(px, "", 502, "bad chunked encoding from %s", px->target);
+        else if (done)
+            px_body_complete(px);
+    }
+}
+
+static void px_read(struct proxy *px)
+{
+    char tmp[READ_CHUNK];
+    for (;;) {
+        if (px->state == PX_DONE || px->read_paused)
+            return;
+        ssize_t n = recv(px->fd, tmp, sizeof(tmp), 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+        }
+        if (n <= 0) { /* the backend closed (or failed) */
+            if (px->state == PX_HEAD) {
+                px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
+                        "The backend sandbox %s closed the connection without a response",
+                        px->target);
+            } else if (px->state == PX_BODY) {
+                if (px->framing == FR_CLOSE) {
+                    px_body_complete(px);
+                } else {
+                    px_fail(px, "", 502, "The backend sandbox %s closed the connection mid-response",
+                            px->target);
+                }
+            }
+            return;
+        }
+        if (px->state == PX_HEAD) {
+            if (buf_append(&px->head, tmp, (size_t)n) < 0) {
+                px_fail(px, "GENERAL::UNKNOWN_ERROR", 500,
+                        "An internal error occurred in the proxy: %s", "out of memory");
+                return;
+            }
+            for (;;) {
+                const char *h = px->head.data + px->head.off;
+                size_t avail = buf_avail(&px->head);
+                const char *e = memmem(h, avail, "\r\n\r\n", 4);
+                size_t hl = 4;
+                if (!e) {
+                    e = memmem(h, avail, "\n\n", 2);
+                    hl = 2;
+                }
+                if (!e) {
+                    if (avail > HEAD_MAX)
+                        px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
+                                "The backend sandbox %s sent a response head over %d bytes",
+                                px->target, HEAD_MAX);
+                    break;
+                }
+                px_on_head(px, (size_t)(e - h) + hl);
+                if (px->state != PX_HEAD)
+                    break;
+            }
+        } else if (px->state == PX_BODY) {
+            int done = px_body(px, tmp, (size_t)n);
+            if (done < 0) {
+                px_fail(px, "", 502, "bad chunked encoding from %s", px->target);
+                return;
+            }
+            if (done) {
+                px_body_complete(px);
+                return;
+            }
+        } else if (px->state == PX_TUNNEL) {
+            buf_append(&px->to_client, tmp, (size_t)n);
+            px_tunnel_pump(px);
+            return;
+        }
+    }
+}
+
+void proxy_drained(struct proxy *px)
+{
+    if (px->read_paused && px->state == PX_BODY) {
+        px->read_paused = 0;
+        px_set_events(px);
+        px_read(px);
+    }
+}
+
+static void on_backend(loop_watch *w, uint32_t events)
+{
+    struct proxy *px = w->data;
+    if (px->state == PX_DONE)
+        return;
+    if (px->state == PX_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(px->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) {
+            px_fail(px, "GENERAL::UNKNOWN_ERROR", 502, "Could not connect to the backend sandbox %s: %s",
+                    px->target, strerror(err));
+            return;
+        }
+        loop_timer_stop(&px->connect_timer);
+        px->state = PX_HEAD;
+        if (px->header_timeout_ms)
+            loop_timer_start(&px->header_timer, (uint64_t)px->header_timeout_ms * 1000000ull);
+    }
+    if (px->state == PX_TUNNEL) {
+        px_tunnel_pump(px);
+        return;
+    }
+    if ((events & EPOLLOUT) && buf_avail(&px->out)) {
+        if (px_flush_out(px) < 0) {
+            if (px->state == PX_HEAD)
+                px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
+                        "Could not send the request to the backend sandbox %s: %s", px->target,
+                        strerror(errno));
+            else
+                px_fail(px, "", 502, "write to %s failed", px->target);
+            return;
+        }
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        px_read(px);
+    if (px->state != PX_DONE)
+        px_set_events(px);
+}
+
+static void on_connect_timeout(loop_timer *t)
+{
+    struct proxy *px = t->data;
+    px_fail(px, "GENERAL::UNKNOWN_ERROR", 502, "Could not connect to the backend sandbox %s: %s",
+            px->target, "connection timed out");
+}
+
+static void on_header_timeout(loop_timer *t)
+{
+    struct proxy *px = t->data;
+    px_fail(px, "GENERAL::UNKNOWN_ERROR", 504, "The backend sandbox %s did not answer in time",
+            px->target);
+}
+
+/* ---- the tunnel (after 101) ---- */
+
+static int pump_one(int from, int to, buf_t *b, int *from_eof)
+{
+    char tmp[READ_CHUNK];
+    while (!*from_eof && buf_avail(b) < UP_HIGH) {
+        ssize_t n = recv(from, tmp, sizeof(tmp), 0);
+        if (n > 0) {
+            buf_append(b, tmp, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        *from_eof = 1;
+    }
+    while (buf_avail(b)) {
+        ssize_t n = send(to, b->data + b->off, buf_avail(b), MSG_NOSIGNAL);
+        if (n > 0) {
+            b->off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        return -1;
+    }
+    return 0;
+}
+
+static void px_tunnel_pump(struct proxy *px)
+{
+    if (px->state != PX_TUNNEL || px->cfd < 0)
+        return;
+    if (pump_one(px->cfd, px->fd, &px->to_backend, &px->client_eof) < 0 ||
+        pump_one(px->fd, px->cfd, &px->to_client, &px->backend_eof) < 0) {
+        px_finish(px);
+        return;
+    }
+    if (px->client_eof && !buf_avail(&px->to_backend) && !px->backend_shut) {
+        shutdown(px->fd, SHUT_WR);
+        px->backend_shut = 1;
+    }
+    if (px->backend_eof && !buf_avail(&px->to_client) && !px->client_shut) {
+        shutdown(px->cfd, SHUT_WR);
+        px->client_shut = 1;
+    }
+    if (px->client_shut && px->backend_shut) {
+        px_finish(px);
+        return;
+    }
+    uint32_t bev = 0, cev = 0;
+    if (!px->backend_eof && buf_avail(&px->to_client) < UP_HIGH)
+        bev |= EPOLLIN | EPOLLRDHUP;
+    if (buf_avail(&px->to_backend))
+        bev |= EPOLLOUT;
+    if (!px->client_eof && buf_avail(&px->to_backend) < UP_HIGH)
+        cev |= EPOLLIN | EPOLLRDHUP;
+    if (buf_avail(&px->to_client))
+        cev |= EPOLLOUT;
+    if (bev != px->w.events)
+        loop_watch_mod(&px->w, bev);
+    if (cev != px->cw.events)
+        loop_watch_mod(&px->cw, cev);
+}
+
+static void on_client_sock(loop_watch *w, uint32_t events)
+{
+    struct proxy *px = w->data;
+    (void)events;
+    px_tunnel_pump(px);
+}
+
+static void on_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls, const char *extra_in,
+                        size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+{
+    struct proxy *px = cls;
+    (void)connection;
+    (void)con_cls;
+    px->urh = urh;
+    px->cfd = sock;
+    if (px->state != PX_TUNNEL) { /* the proxy already ended */
+        MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+        px->urh = NULL;
+        httpd_request_run();
+        return;
+    }
+    int fl = fcntl(sock, F_GETFL);
+    if (fl >= 0)
+        fcntl(sock, F_SETFL, fl | O_NONBLOCK);
+    if (extra_in_size)
+        buf_append(&px->to_backend, extra_in, extra_in_size);
+    px->cw.fd = sock;
+    px->cw.events = EPOLLIN | EPOLLRDHUP | EPOLLOUT;
+    px->cw.cb = on_client_sock;
+    px->cw.data = px;
+    if (loop_watch_add(&px->cw) < 0) {
+        px_finish(px);
+        return;
+    }
+    px->read_paused = 0;
+    px_tunnel_pump(px);
+}
+
+/* MHD is done with the request: the client went away, or the response was fully sent. */
+void proxy_detach(struct proxy *px)
+{
+    if (px->state == PX_TUNNEL && px->cfd >= 0)
+        return; /* the tunnel outlives the HTTP request */
+    px_finish(px);
+}
+
+/* ---- start: http.proxy(req, opts) ---- */
+
+static int connect_to(struct proxy *px, const char *host, int port)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    int rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        freeaddrinfo(res);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, res->ai_addr, res->ai_addrlen) < 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        freeaddrinfo(res);
+        errno = e;
+        return -1;
+    }
+    freeaddrinfo(res);
+    px->fd = fd;
+    return 0;
+}
+
+static const char *opt_string(lua_State *L, int idx, const char *k, const char *def)
+{
+    lua_getfield(L, idx, k);
+    const char *v = lua_isnil(L, -1) ? def : luaL_checkstring(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static lua_Number opt_number(lua_State *L, int idx, const char *k, lua_Number def)
+{
+    lua_getfield(L, idx, k);
+    lua_Number v = lua_isnil(L, -1) ? def : luaL_checknumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+/* http.proxy(req, { host=, port=, method=, target= "/path?query", headers = {{name, value}, ...},
+ *   connect_timeout = 10, header_timeout = 0 }) -> true. The core owns the response from here on. */
+int lhttp_proxy(lua_State *L, struct reqctx *c)
+{
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const char *host = opt_string(L, 2, "host", NULL);
+    int port = (int)opt_number(L, 2, "port", 0);
+    const char *method = opt_string(L, 2, "method", "GET");
+    const char *target = opt_string(L, 2, "target", "/");
+    lua_Number cto = opt_number(L, 2, "connect_timeout", 10);
+    lua_Number hto = opt_number(L, 2, "header_timeout", 0);
+    if (!host || port < 1 || port > 65535)
+        return luaL_argerror(L, 2, "host and a port in 1..65535 are required");
+    struct proxy *px = calloc(1, sizeof(*px));
+    if (!px)
+        return luaL_error(L, "out of memory");
+    px->fd = -1;
+    px->cfd = -1;
+    px->c = c;
+    httpd_ctx_ref(c);
+    c->px = px;
+    px->is_head = strcmp(method, "HEAD") == 0;
+    px->header_timeout_ms = hto > 0 ? (unsigned)(hto * 1000) : 0;
+    px->connect_timer.cb = on_connect_timeout;
+    px->connect_timer.data = px;
+    px->header_timer.cb = on_header_timeout;
+    px->header_timer.data = px;
+    snprintf(px->target, sizeof(px->target), "%s%s%s:%d", strchr(host, ':') ? "[" : "", host,
+             strchr(host, ':') ? "]" : "", port);
+    task *t = task_of(L);
+    if (t)
+        memcpy(px->request_id, t->request_id, sizeof(px->request_id));
+
+    /* the request head */
+    buf_append(&px->out, method, strlen(method));
+    buf_append(&px->out, " ", 1);
+    buf_append(&px->out, target, strlen(target));
+    buf_append(&px->out, " HTTP/1.1\r\n", 11);
+    lua_getfield(L, 2, "headers");
+    if (lua_istable(L, -1)) {
+        lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            lua_rawgeti(L, -1, 1);
+            lua_rawgeti(L, -2, 2);
+            size_t nl, vl;
+            const char *name = lua_tolstring(L, -2, &nl);
+            const char *value = lua_tolstring(L, -1, &vl);
+            if (name && value && !memchr(name, '\n', nl) && !memchr(value, '\n', vl) &&
+                !memchr(name, '\r', nl) && !memchr(value, '\r', vl)) {
+                buf_append(&px->out, name, nl);
+                buf_append(&px->out, ": ", 2);
+                buf_append(&px->out, value, vl);
+                buf_append(&px->out, "\r\n", 2);
+            }
+            lua_pop(L, 3);
+        }
+    }
+    lua_pop(L, 1);
+    /* body framing follows the inbound request */
+    const char *cl = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "Content-Length");
+    const char *te = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "Transfer-Encoding");
+    if (te && has_token(te, "chunked")) {
+        px->req_chunked = 1;
+        px->req_body = 1;
+        buf_append(&px->out, "Transfer-Encoding: chunked\r\n", 28);
+    } else if (cl) {
+        px->req_body = 1;
+        buf_append(&px->out, "Content-Length: ", 16);
+        buf_append(&px->out, cl, strlen(cl));
+        buf_append(&px->out, "\r\n", 2);
+    }
+    lua_getfield(L, 2, "upgrade");
+    int upgrade = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (!upgrade)
+        buf_append(&px->out, "Connection: close\r\n", 19);
+    buf_append(&px->out, "\r\n", 2);
+    /* body bytes that arrived while Lua decided */
+    if (c->body.len)
+        append_body(px, c->body.data, c->body.len);
+    buf_free(&c->body);
+    if (c->upload_done || !px->req_body) {
+        px->req_done = 1;
+        if (px->req_chunked && c->upload_done)
+            buf_append(&px->out, "0\r\n\r\n", 5);
+    }
+
+    if (connect_to(px, host, port) < 0) {
+        px_fail(px, "GENERAL::UNKNOWN_ERROR", 502, "Could not connect to the backend sandbox %s: %s",
+                px->target, strerror(errno));
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    px->state = PX_CONNECTING;
+    px->w.fd = px->fd;
+    px->w.events = EPOLLOUT;
+    px->w.cb = on_backend;
+    px->w.data = px;
+    loop_watch_add(&px->w);
+    loop_timer_start(&px->connect_timer, (uint64_t)(cto * 1e9));
+    if (c->suspended) /* it waited for this decision with body bytes unconsumed */
+        httpd_ctx_resume(c);
+    lua_pushboolean(L, 1);
+    return 1;
+}

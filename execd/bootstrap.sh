@@ -1,0 +1,25 @@
+#!/bin/sh
+# bootstrap.sh: the sandbox container's entrypoint (API.md 8.4). POSIX sh, no bash needed.
+#
+# Starts the agent in the background with its output appended to /tmp/execd.log, then replaces
+# this shell with the user's entrypoint ("$@"), so the user's process is the container's main
+# process: it receives SIGTERM from `docker stop` directly, and its exit status becomes the
+# container's exit code. The agent is an orphaned child of that process and is killed with the
+# container.
+EXECD=${OPENSANDBOX_EXECD_BIN:-/opt/opensandbox/execd}
+
+if [ -x "$EXECD" ]; then
+    "$EXECD" >>/tmp/execd.log 2>&1 </dev/null &
+else
+    echo "bootstrap: $EXECD not found or not executable" >>/tmp/execd.log
+fi
+
+if [ "$#" -eq 0 ]; then
+    # no entrypoint given: keep the container alive, and exit promptly on SIGTERM
+    trap 'exit 0' TERM INT
+    while :; do
+        sleep 3600 &
+        wait $!
+    done
+fi
+exec "$@"

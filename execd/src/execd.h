@@ -1,0 +1,143 @@
+/*
+ * execd.h: shared types of the agent's server side (connections, commands, proxy, files).
+ *
+ * The agent is one process with one epoll loop (server.c). Every descriptor registered with
+ * epoll carries a struct ev tag that says which object it belongs to; server.c dispatches on the
+ * tag's kind. Commands (command.c), file routes (files.c), the reverse proxy (proxy.c) and
+ * metrics (metrics.c) plug into the connection life cycle through the conn_* functions below.
+ *
+ * Conventions: functions return 0 on success and -1 on failure; handlers always complete the
+ * request by calling one of conn_reply*, conn_stream_end or conn_send_file (or hand the
+ * connection over to the proxy).
+ */
+#ifndef EXECD_H
+#define EXECD_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "buf.h"
+#include "http.h"
+#include "lines.h"
+#include "multipart.h"
+
+#define EXECD_DEFAULT_PORT 44772
+#define EXECD_BODY_LIMIT (1024 * 1024)
+#define EXECD_OUT_HIGH (1024 * 1024) /* stop producing into a socket buffer above this */
+
+enum ev_kind { EV_LISTEN, EV_CONN, EV_SIGNAL, EV_CMD_OUT, EV_CMD_ERR, EV_PROXY };
+
+struct ev {
+    enum ev_kind kind;
+    void *obj;
+};
+
+enum conn_state { C_HEAD, C_BODY, C_RESP, C_PROXY, C_CLOSING };
+enum body_mode { BODY_BUFFER, BODY_DISCARD, BODY_UPLOAD, BODY_PROXY };
+
+struct conn;
+struct cmd;
+struct upload;
+struct proxy;
+
+typedef void (*handler_fn)(struct conn *c);
+
+struct conn {
+    int fd;
+    struct ev ev;
+    uint32_t events; /* current epoll interest */
+    enum conn_state state;
+    struct buf in, out;
+    int peer_eof;
+
+    /* the current request */
+    struct http_req req;
+    int have_req;
+    char *path; /* percent-decoded path with any local /proxy/{port} prefix removed */
+    struct http_body body;
+    enum body_mode body_mode;
+    struct buf reqbody;
+    int too_large;
+    handler_fn handler;
+    int keep_alive;
+    int err_status; /* early error decided at head time, sent after the body */
+    const char *err_code;
+    const char *err_msg;
+
+    /* the current response */
+    int streaming;   /* chunked response in progress */
+    int64_t end_at;  /* monotonic ms at which to end a command stream (0: not yet) */
+    struct cmd *cmd; /* command whose events this stream carries */
+    int file_fd;     /* download in progress */
+    uint64_t file_left;
+    struct upload *up;
+    struct proxy *px;
+
+    int dead; /* closed; freed at the end of the loop iteration */
+    struct conn *prev, *next;
+};
+
+/* server.c */
+int64_t now_ms(void);  /* monotonic */
+int64_t wall_ns(void); /* realtime */
+int64_t wall_ms(void);
+void fmt_time_ns(char *out, size_t n, int64_t ns); /* RFC 3339 UTC with nanoseconds */
+int loop_add(int fd, uint32_t events, struct ev *ev);
+int loop_mod(int fd, uint32_t events, struct ev *ev);
+void loop_del(int fd);
+extern int g_port;
+
+void conn_reply(struct conn *c, int status, const char *ctype, const char *body, size_t len,
+                const char *extra_headers);
+void conn_reply_empty(struct conn *c);
+void conn_reply_json(struct conn *c, int status, const struct buf *json);
+void conn_reply_error(struct conn *c, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void conn_stream_begin(struct conn *c, int status, const char *ctype);
+void conn_stream_write(struct conn *c, const char *p, size_t n);
+void conn_stream_end(struct conn *c);
+void conn_send_file(struct conn *c, int status, const char *head_extra, int fd, uint64_t off,
+                    uint64_t len);
+void conn_flush(struct conn *c);
+void conn_close(struct conn *c);
+void conn_sync(struct conn *c);
+
+/* command.c */
+void cmd_handle_run(struct conn *c);
+void cmd_handle_kill(struct conn *c);
+void cmd_handle_status(struct conn *c, const char *id);
+void cmd_handle_logs(struct conn *c, const char *id);
+void cmd_on_pipe(struct ev *ev, uint32_t events);
+void cmd_on_sigchld(void);
+void cmd_conn_gone(struct conn *c);
+int64_t cmd_tick(int64_t now); /* returns the next deadline (ms) or INT64_MAX */
+
+/* files.c */
+void files_upload_begin(struct conn *c);
+int files_upload_data(struct conn *c, const char *p, size_t n);
+void files_upload_end(struct conn *c);
+void files_upload_free(struct conn *c);
+void files_handle_download(struct conn *c);
+void files_handle_info(struct conn *c);
+void files_handle_delete(struct conn *c);
+void files_handle_mkdirs(struct conn *c);
+void files_handle_rmdirs(struct conn *c);
+void files_handle_list(struct conn *c);
+void files_handle_search(struct conn *c);
+void files_handle_replace(struct conn *c);
+void files_handle_permissions(struct conn *c);
+void files_handle_mv(struct conn *c);
+
+/* proxy.c */
+int proxy_start(struct conn *c, int port, const char *rest);
+void proxy_on_event(struct ev *ev, uint32_t events);
+void proxy_client_data(struct conn *c);
+void proxy_client_writable(struct conn *c);
+void proxy_free(struct conn *c);
+int64_t proxy_tick(struct conn *c, int64_t now);
+
+/* metrics.c */
+void metrics_init(void);
+void metrics_handle(struct conn *c);
+
+#endif

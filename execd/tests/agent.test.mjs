@@ -1,0 +1,508 @@
+// agent.test.mjs: integration tests for the static opensandbox-execd binary (node:test, Node 20).
+//
+// Part 1 starts the binary on a free loopback port with an access token and drives every route
+// with plain fetch (and raw sockets for HTTP framing cases). Part 2 (skipped without a Docker
+// daemon) runs the same binary inside a busybox-only container through bootstrap.sh.
+//
+//   EXECD_BIN=/tmp/execd-build/opensandbox-execd node --test execd/tests/agent.test.mjs
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import net from "node:net";
+import http from "node:http";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const BIN = process.env.EXECD_BIN || "/tmp/execd-build/opensandbox-execd";
+const TOKEN = "t0ken-" + Math.random().toString(16).slice(2);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+    s.on("error", reject);
+  });
+}
+
+async function waitPing(base, headers) {
+  for (let i = 0; i < 100; i++) {
+    try {
+      const r = await fetch(`${base}/ping`, { headers });
+      if (r.status === 200) return;
+    } catch {}
+    await sleep(100);
+  }
+  throw new Error(`agent at ${base} never answered /ping`);
+}
+
+function parseEvents(text) {
+  return text.split("\n\n").filter((s) => s.trim()).map((s) => JSON.parse(s));
+}
+
+// Runs a foreground command and returns {status, headers, events}.
+async function run(base, headers, body) {
+  const r = await fetch(`${base}/command`, {
+    method: "POST",
+    headers: { ...headers, "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const text = await r.text();
+  return { status: r.status, headers: r.headers, text, events: r.status === 200 ? parseEvents(text) : null };
+}
+
+// Sends raw bytes on a fresh connection and collects everything until the server closes or `ms`.
+function rawExchange(port, payload, ms = 1500) {
+  return new Promise((resolve) => {
+    const sock = net.connect(port, "127.0.0.1");
+    let data = "";
+    const done = () => { sock.destroy(); resolve(data); };
+    sock.on("data", (d) => (data += d.toString("latin1")));
+    sock.on("end", done);
+    sock.on("error", done);
+    sock.write(payload);
+    setTimeout(done, ms);
+  });
+}
+
+// Shared checks that both the local process and the container run.
+function agentSuite(name, ctx) {
+  const H = () => ({ "X-EXECD-ACCESS-TOKEN": TOKEN });
+
+  test(`${name}: ping and auth`, async () => {
+    let r = await fetch(`${ctx.base}/ping`, { headers: H() });
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get("content-length"), "0");
+    assert.equal(await r.text(), "");
+    for (const hdrs of [{}, { "X-EXECD-ACCESS-TOKEN": TOKEN + "x" }, { "X-EXECD-ACCESS-TOKEN": "" }]) {
+      r = await fetch(`${ctx.base}/ping`, { headers: hdrs });
+      assert.equal(r.status, 401);
+      assert.deepEqual(await r.json(), { error: "Unauthorized: invalid or missing header X-EXECD-ACCESS-TOKEN" });
+    }
+    r = await fetch(`${ctx.base}/proxy/44772/ping`, { headers: H() });
+    assert.equal(r.status, 200, "/proxy/44772/... is dispatched locally");
+    r = await fetch(`${ctx.base}/proxy/44772/ping`);
+    assert.equal(r.status, 401, "proxy paths need the token too");
+  });
+
+  test(`${name}: echo streams init, ping, one stdout line, execution_complete`, async () => {
+    const t0 = Date.now();
+    const { status, headers, events } = await run(ctx.base, H(), { command: "echo hello" });
+    assert.equal(status, 200);
+    assert.match(headers.get("content-type"), /^text\/event-stream/);
+    assert.equal(events[0].type, "init");
+    assert.match(events[0].text, /^[0-9a-f]{32}$/);
+    assert.equal(events[1].type, "ping");
+    const out = events.filter((e) => e.type === "stdout");
+    assert.deepEqual(out.map((e) => e.text), ["hello"]);
+    const last = events[events.length - 1];
+    assert.equal(last.type, "execution_complete");
+    assert.equal(typeof last.execution_time, "number");
+    for (const e of events) assert.ok(Math.abs(e.timestamp - Date.now()) < 60000, "timestamp is unix ms");
+    assert.ok(Date.now() - t0 >= 900, "response ends ~1 s after the terminal event");
+  });
+
+  test(`${name}: exit code, stderr, cwd, envs`, async () => {
+    let { events } = await run(ctx.base, H(), { command: "echo oops 1>&2; exit 3" });
+    assert.deepEqual(events.filter((e) => e.type === "stderr").map((e) => e.text), ["oops"]);
+    const err = events[events.length - 1];
+    assert.equal(err.type, "error");
+    assert.deepEqual(err.error, { ename: "CommandExecError", evalue: "3", traceback: ["exit status 3"] });
+    assert.ok(!events.some((e) => e.type === "execution_complete"));
+    ({ events } = await run(ctx.base, H(), { command: "pwd; echo $FOO", cwd: "/tmp", envs: { FOO: "bar baz" } }));
+    assert.deepEqual(events.filter((e) => e.type === "stdout").map((e) => e.text), ["/tmp", "bar baz"]);
+    ({ events } = await run(ctx.base, H(), { command: "echo ${EXECD_ACCESS_TOKEN:-unset}" }));
+    assert.deepEqual(events.filter((e) => e.type === "stdout").map((e) => e.text), ["unset"], "token is not leaked");
+  });
+
+  test(`${name}: line splitting, blank lines and invalid UTF-8`, async () => {
+    const { events } = await run(ctx.base, H(), { command: "printf 'a\\r\\nb\\rc\\n\\nd\\377e\\n\\303\\251'" });
+    assert.deepEqual(events.filter((e) => e.type === "stdout").map((e) => e.text), ["a", "b", "c", "\n", "d\uFFFDe", "\u00e9"]);
+  });
+
+  test(`${name}: timeout kills the process group`, async () => {
+    const t0 = Date.now();
+    const { events } = await run(ctx.base, H(), { command: "sleep 30 & sleep 30; echo never", timeout: 300 });
+    const err = events[events.length - 1];
+    assert.equal(err.type, "error");
+    assert.equal(err.error.evalue, "-1");
+    assert.deepEqual(err.error.traceback, ["signal: killed"]);
+    assert.ok(Date.now() - t0 < 5000);
+  });
+
+  test(`${name}: bad /command input gives JSON 400`, async () => {
+    const cases = [
+      ["not json", 400], [JSON.stringify({}), 400], [JSON.stringify({ command: "true", cwd: "/nonexistent-dir" }), 400],
+      [JSON.stringify({ command: "true", gid: 0 }), 400], [JSON.stringify({ command: "true", timeout: 0 }), 400],
+    ];
+    for (const [body, status] of cases) {
+      const r = await fetch(`${ctx.base}/command`, { method: "POST", headers: H(), body });
+      assert.equal(r.status, status, body);
+      const j = await r.json();
+      assert.equal(j.code, "INVALID_REQUEST_BODY");
+      assert.equal(typeof j.message, "string");
+    }
+  });
+
+  test(`${name}: start failure gives init then error with the reason`, async () => {
+    const { events } = await run(ctx.base, H(), { command: "true", uid: 4242, gid: 4242, cwd: "/root" });
+    // as root this runs fine; the point is the stream is well formed either way
+    assert.equal(events[0].type, "init");
+    assert.ok(["execution_complete", "error"].includes(events[events.length - 1].type));
+  });
+
+  test(`${name}: background command, status and logs with cursor`, async () => {
+    const { events } = await run(ctx.base, H(), { command: "echo bg-start; sleep 0.5; echo bg-done >&2", background: true });
+    assert.deepEqual(events.map((e) => e.type), ["init", "execution_complete"]);
+    const id = events[0].text;
+    let st = await (await fetch(`${ctx.base}/command/status/${id}`, { headers: H() })).json();
+    assert.equal(st.id, id);
+    assert.equal(st.running, true);
+    assert.ok(!Number.isNaN(Date.parse(st.started_at)));
+    for (let i = 0; i < 50 && st.running; i++) {
+      await sleep(100);
+      st = await (await fetch(`${ctx.base}/command/status/${id}`, { headers: H() })).json();
+    }
+    assert.equal(st.running, false);
+    assert.equal(st.exit_code, 0);
+    assert.ok(Date.parse(st.finished_at) >= Date.parse(st.started_at));
+    let r = await fetch(`${ctx.base}/command/${id}/logs`, { headers: H() });
+    assert.equal(r.status, 200);
+    const all = await r.text();
+    assert.equal(all, "bg-start\nbg-done\n");
+    assert.equal(r.headers.get("EXECD-COMMANDS-TAIL-CURSOR"), String(all.length));
+    r = await fetch(`${ctx.base}/command/${id}/logs?cursor=9`, { headers: H() });
+    assert.equal(await r.text(), "bg-done\n");
+    r = await fetch(`${ctx.base}/command/${id}/logs?cursor=${all.length}`, { headers: H() });
+    assert.equal(await r.text(), "");
+    assert.equal(r.headers.get("EXECD-COMMANDS-TAIL-CURSOR"), String(all.length));
+  });
+
+  test(`${name}: kill a background command; unknown ids`, async () => {
+    const { events } = await run(ctx.base, H(), { command: "sleep 30", background: true });
+    const id = events[0].text;
+    let r = await fetch(`${ctx.base}/command?id=${id}`, { method: "DELETE", headers: H() });
+    assert.equal(r.status, 200);
+    assert.equal(await r.text(), "");
+    const st = await (await fetch(`${ctx.base}/command/status/${id}`, { headers: H() })).json();
+    assert.equal(st.running, false);
+    r = await fetch(`${ctx.base}/command?id=${id}`, { method: "DELETE", headers: H() });
+    assert.equal(r.status, 500);
+    assert.equal((await r.json()).code, "RUNTIME_ERROR");
+    r = await fetch(`${ctx.base}/command/status/nope`, { headers: H() });
+    assert.equal(r.status, 404);
+    r = await fetch(`${ctx.base}/command/nope/logs`, { headers: H() });
+    assert.equal(r.status, 400);
+    r = await fetch(`${ctx.base}/command?id=nope`, { method: "DELETE", headers: H() });
+    assert.equal(r.status, 500);
+  });
+
+  test(`${name}: upload (FormData), download, Range, info`, async () => {
+    const dir = `${ctx.fileDir}/up-${Date.now()}`;
+    const p = `${dir}/sub/a.txt`;
+    const content = "hello file\nline 2 \u00e9\u4e2d\n";
+    const form = new FormData();
+    form.append("metadata", new Blob([JSON.stringify({ path: p, mode: 600 })], { type: "application/json" }), "metadata");
+    form.append("file", new Blob([content]), "a.txt");
+    let r = await fetch(`${ctx.base}/files/upload`, { method: "POST", headers: H(), body: form });
+    assert.equal(r.status, 200, await r.clone().text());
+    assert.equal(r.headers.get("content-length"), "0");
+    r = await fetch(`${ctx.base}/files/download?path=${encodeURIComponent(p)}`, { headers: H() });
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get("content-type"), "application/octet-stream");
+    assert.match(r.headers.get("content-disposition"), /attachment; filename="a.txt"/);
+    assert.equal(await r.text(), content);
+    r = await fetch(`${ctx.base}/files/download?path=${encodeURIComponent(p)}`, { headers: { ...H(), Range: "bytes=6-9" } });
+    assert.equal(r.status, 206);
+    assert.equal(await r.text(), "file");
+    assert.equal(r.headers.get("content-range"), `bytes 6-9/${Buffer.byteLength(content)}`);
+    r = await fetch(`${ctx.base}/files/download?path=${encodeURIComponent(p)}`, { headers: { ...H(), Range: "bytes=-3" } });
+    assert.equal(r.status, 206);
+    assert.equal(Buffer.from(await r.arrayBuffer()).toString(), "\u4e2d\n".slice(-2) === "\u4e2d\n" ? Buffer.from(content).subarray(-3).toString() : "");
+    for (const bad of ["bytes=999-", "bytes=abc", "items=0-1", "bytes=5-2"]) {
+      r = await fetch(`${ctx.base}/files/download?path=${encodeURIComponent(p)}`, { headers: { ...H(), Range: bad } });
+      assert.equal(r.status, 416, bad);
+      assert.equal((await r.json()).code, "UNKNOWN");
+    }
+    r = await fetch(`${ctx.base}/files/info?path=${encodeURIComponent(p)}&path=${encodeURIComponent(dir)}`, { headers: H() });
+    assert.equal(r.status, 200);
+    const info = await r.json();
+    assert.equal(info[p].type, "file");
+    assert.equal(info[p].size, Buffer.byteLength(content));
+    assert.equal(info[p].mode, 600);
+    assert.equal(info[dir].type, "directory");
+    assert.ok(!Number.isNaN(Date.parse(info[p].modified_at)));
+    assert.equal(typeof info[p].owner, "string");
+    r = await fetch(`${ctx.base}/files/info?path=${encodeURIComponent(p)}&path=/no/such/file`, { headers: H() });
+    assert.equal(r.status, 404);
+    assert.equal((await r.json()).code, "FILE_NOT_FOUND");
+    r = await fetch(`${ctx.base}/files/download?path=/no/such/file`, { headers: H() });
+    assert.equal(r.status, 404);
+    assert.equal((await r.json()).code, "FILE_NOT_FOUND");
+    r = await fetch(`${ctx.base}/files/download`, { headers: H() });
+    assert.equal(r.status, 400);
+    assert.equal((await r.json()).code, "MISSING_QUERY");
+  });
+
+  test(`${name}: chunked streaming upload of 24 MiB (the SDK's streaming path)`, async () => {
+    const p = `${ctx.fileDir}/big-${Date.now()}.bin`;
+    const boundary = "opensandbox_" + Math.random().toString(16).slice(2);
+    const chunk = Buffer.alloc(1 << 20);
+    for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 7 + 3) & 0xff;
+    const N = 24;
+    async function* body() {
+      yield Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="metadata"; filename="metadata"\r\nContent-Type: application/json\r\n\r\n${JSON.stringify({ path: p })}\r\n`);
+      yield Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\nContent-Type: application/octet-stream\r\n\r\n`);
+      for (let i = 0; i < N; i++) yield chunk;
+      yield Buffer.from(`\r\n--${boundary}--\r\n`);
+    }
+    const r = await fetch(`${ctx.base}/files/upload`, {
+      method: "POST", headers: { ...H(), "content-type": `multipart/form-data; boundary=${boundary}` },
+      body: ReadableStream.from(body()), duplex: "half",
+    });
+    assert.equal(r.status, 200, await r.clone().text());
+    const d = await fetch(`${ctx.base}/files/download?path=${encodeURIComponent(p)}`, { headers: H() });
+    const got = Buffer.from(await d.arrayBuffer());
+    assert.equal(got.length, N * chunk.length);
+    assert.ok(got.subarray(5 * chunk.length, 6 * chunk.length).equals(chunk));
+    await fetch(`${ctx.base}/files?path=${encodeURIComponent(p)}`, { method: "DELETE", headers: H() });
+  });
+
+  test(`${name}: malformed uploads give 400`, async () => {
+    const bad = [
+      ["multipart/form-data; boundary=X", "--X\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\ndata\r\n--X--\r\n"], // file without metadata
+      ["multipart/form-data; boundary=X", "--X\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\r\n{\"path\":\"/tmp/x\"}\r\n--X\r\nContent-Disp"], // truncated
+      ["application/json", "{}"],
+      ["multipart/form-data; boundary=X", "--X\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\r\nnot-json\r\n--X--\r\n"],
+    ];
+    for (const [ct, body] of bad) {
+      const r = await fetch(`${ctx.base}/files/upload`, { method: "POST", headers: { ...H(), "content-type": ct }, body });
+      assert.equal(r.status, 400, body);
+      assert.match((await r.json()).code, /^INVALID_FILE/);
+    }
+  });
+
+  test(`${name}: directories: create, list (depth, order, symlinks), delete`, async () => {
+    const root = `${ctx.fileDir}/tree-${Date.now()}`;
+    let r = await fetch(`${ctx.base}/directories`, {
+      method: "POST", headers: { ...H(), "content-type": "application/json" },
+      body: JSON.stringify({ [`${root}/b/deep`]: { mode: 755 }, [`${root}/a`]: { mode: 700 } }),
+    });
+    assert.equal(r.status, 200);
+    await run(ctx.base, H(), { command: `echo x > ${root}/b/f.txt && ln -s /etc ${root}/link` });
+    r = await fetch(`${ctx.base}/directories/list?path=${encodeURIComponent(root)}&depth=2`, { headers: H() });
+    assert.equal(r.status, 200);
+    const list = await r.json();
+    assert.deepEqual(list.map((e) => e.path.slice(root.length)), ["/a", "/b", "/b/deep", "/b/f.txt", "/link"]);
+    assert.equal(list[0].mode, 700);
+    assert.equal(list[4].type, "symlink");
+    r = await fetch(`${ctx.base}/directories/list?path=${encodeURIComponent(root)}&depth=0`, { headers: H() });
+    assert.deepEqual(await r.json(), []);
+    r = await fetch(`${ctx.base}/directories/list?path=${encodeURIComponent(root + "/link")}`, { headers: H() });
+    assert.equal(r.status, 400, "a symlink root is refused");
+    r = await fetch(`${ctx.base}/files/search?path=${encodeURIComponent(root)}&pattern=${encodeURIComponent("**/*.txt")}`, { headers: H() });
+    assert.deepEqual((await r.json()).map((e) => e.path), [`${root}/b/f.txt`]);
+    r = await fetch(`${ctx.base}/files?path=${encodeURIComponent(root + "/b")}`, { method: "DELETE", headers: H() });
+    assert.equal(r.status, 500, "DELETE /files on a directory");
+    r = await fetch(`${ctx.base}/files?path=${encodeURIComponent(root + "/b/f.txt")}&path=/tmp/does-not-exist`, { method: "DELETE", headers: H() });
+    assert.equal(r.status, 200);
+    r = await fetch(`${ctx.base}/directories?path=${encodeURIComponent(root)}&path=/tmp/does-not-exist`, { method: "DELETE", headers: H() });
+    assert.equal(r.status, 200);
+    r = await fetch(`${ctx.base}/files/info?path=${encodeURIComponent(root)}`, { headers: H() });
+    assert.equal(r.status, 404);
+    r = await fetch(`${ctx.base}/files`, { method: "DELETE", headers: H() });
+    assert.equal(r.status, 400);
+  });
+
+  test(`${name}: replace, permissions, mv`, async () => {
+    const p = `${ctx.fileDir}/rep-${Date.now()}.txt`;
+    await run(ctx.base, H(), { command: `printf 'one two one' > ${p}` });
+    let r = await fetch(`${ctx.base}/files/replace?verbose=true`, { method: "POST", headers: H(), body: JSON.stringify({ [p]: { old: "one", new: "1" } }) });
+    assert.deepEqual(await r.json(), { [p]: { replacedCount: 2 } });
+    r = await fetch(`${ctx.base}/files/permissions`, { method: "POST", headers: H(), body: JSON.stringify({ [p]: { mode: 640 } }) });
+    assert.equal(r.status, 200);
+    r = await fetch(`${ctx.base}/files/mv`, { method: "POST", headers: H(), body: JSON.stringify([{ src: p, dest: p + ".moved" }]) });
+    assert.equal(r.status, 200);
+    const info = await (await fetch(`${ctx.base}/files/info?path=${encodeURIComponent(p + ".moved")}`, { headers: H() })).json();
+    assert.equal(info[p + ".moved"].mode, 640);
+    const d = await fetch(`${ctx.base}/files/download?path=${encodeURIComponent(p + ".moved")}`, { headers: H() });
+    assert.equal(await d.text(), "1 two 1");
+  });
+
+  test(`${name}: metrics`, async () => {
+    const m = await (await fetch(`${ctx.base}/metrics`, { headers: H() })).json();
+    assert.ok(m.cpu_count > 0);
+    assert.ok(m.cpu_used_pct >= 0 && m.cpu_used_pct <= 100);
+    assert.ok(m.mem_total_mib > 0 && m.mem_used_mib <= m.mem_total_mib);
+    assert.ok(Math.abs(Date.now() - m.timestamp) < 60000);
+  });
+
+  test(`${name}: HTTP framing: keep-alive pipelining, chunked JSON body, 400, 431, 404`, async () => {
+    const auth = `X-EXECD-ACCESS-TOKEN: ${TOKEN}\r\n`;
+    let out = await rawExchange(ctx.port, `GET /ping HTTP/1.1\r\nHost: x\r\n${auth}\r\nGET /ping HTTP/1.1\r\nHost: x\r\n${auth}Connection: close\r\n\r\n`);
+    assert.equal(out.match(/HTTP\/1\.1 200 OK/g)?.length, 2, out);
+    const body = JSON.stringify({ command: "echo chunked" });
+    out = await rawExchange(ctx.port, `POST /command HTTP/1.1\r\nHost: x\r\n${auth}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\n${body.slice(0, 5)}\r\n${(body.length - 5).toString(16)}\r\n${body.slice(5)}\r\n0\r\n\r\n`, 3000);
+    assert.match(out, /"text":"chunked"/);
+    out = await rawExchange(ctx.port, "GARBAGE\r\n\r\n");
+    assert.match(out, /^HTTP\/1\.1 400 /);
+    out = await rawExchange(ctx.port, `GET /ping HTTP/1.1\r\nX-Big: ${"a".repeat(70000)}\r\n\r\n`);
+    assert.match(out, /^HTTP\/1\.1 431 /);
+    out = await rawExchange(ctx.port, `POST /command HTTP/1.1\r\n${auth}Transfer-Encoding: chunked\r\n\r\nzz\r\n`);
+    assert.match(out, /^HTTP\/1\.1 400 /);
+    const r = await fetch(`${ctx.base}/nope`, { headers: H() });
+    assert.equal(r.status, 404);
+    assert.equal(typeof (await r.json()).code, "string");
+  });
+
+  test(`${name}: client disconnect does not kill the command`, async () => {
+    const marker = `${ctx.fileDir}/disc-${Date.now()}`;
+    const ac = new AbortController();
+    const r = await fetch(`${ctx.base}/command`, {
+      method: "POST", headers: H(), signal: ac.signal,
+      body: JSON.stringify({ command: `for i in 1 2 3 4 5 6; do echo $i; sleep 0.2; done; echo done > ${marker}` }),
+    });
+    const reader = r.body.getReader();
+    await reader.read();
+    ac.abort();
+    await sleep(2500);
+    const d = await fetch(`${ctx.base}/files/download?path=${encodeURIComponent(marker)}`, { headers: H() });
+    assert.equal(d.status, 200);
+    assert.equal(await d.text(), "done\n");
+  });
+}
+
+describe("local process", () => {
+  const ctx = { fileDir: fs.mkdtempSync(path.join(os.tmpdir(), "execd-test-")) };
+  let child, backend, backendPort;
+
+  before(async () => {
+    ctx.port = await freePort();
+    ctx.base = `http://127.0.0.1:${ctx.port}`;
+    child = spawn(BIN, [], { env: { ...process.env, OPENSANDBOX_EXECD_PORT: String(ctx.port), EXECD_ACCESS_TOKEN: TOKEN }, stdio: ["ignore", "inherit", "inherit"] });
+    await waitPing(ctx.base, { "X-EXECD-ACCESS-TOKEN": TOKEN });
+    backend = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (d) => (body += d));
+      req.on("end", () => {
+        res.writeHead(201, { "content-type": "text/plain", "x-backend": "1" });
+        res.end(`${req.method} ${req.url} host=${req.headers.host} token=${req.headers["x-execd-access-token"] ?? "none"} body=${body}`);
+      });
+    });
+    await new Promise((r) => backend.listen(0, "127.0.0.1", r));
+    backendPort = backend.address().port;
+  });
+  after(() => {
+    child?.kill("SIGTERM");
+    backend?.close();
+    fs.rmSync(ctx.fileDir, { recursive: true, force: true });
+  });
+
+  agentSuite("local", ctx);
+
+  test("local: /proxy/{ownPort} is local, other ports are proxied; dead port is 502", async () => {
+    const H = { "X-EXECD-ACCESS-TOKEN": TOKEN };
+    let r = await fetch(`${ctx.base}/proxy/${ctx.port}/ping`, { headers: H });
+    assert.equal(r.status, 200);
+    r = await fetch(`${ctx.base}/proxy/${backendPort}/hello/world?x=1&y=%2F`, { method: "POST", headers: H, body: "payload" });
+    assert.equal(r.status, 201);
+    assert.equal(r.headers.get("x-backend"), "1");
+    assert.equal(await r.text(), `POST /hello/world?x=1&y=%2F host=127.0.0.1:${backendPort} token=none body=payload`);
+    const dead = await freePort();
+    r = await fetch(`${ctx.base}/proxy/${dead}/x`, { headers: H });
+    assert.equal(r.status, 502);
+    assert.equal(typeof (await r.json()).message, "string");
+  });
+
+  test("local: WebSocket upgrade through /proxy/{port} is tunnelled both ways", async () => {
+    // a minimal backend that answers 101 and then echoes raw bytes
+    const srv = net.createServer((s) => {
+      let head = "", up = false;
+      s.on("data", (d) => {
+        if (up) return s.write("echo:" + d);
+        head += d;
+        if (!head.includes("\r\n\r\n")) return;
+        up = true;
+        s.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        s.headSeen = head;
+      });
+    });
+    await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+    const port = ctx.port, bport = srv.address().port;
+    const got = await new Promise((resolve) => {
+      const c = net.connect(port, "127.0.0.1", () => {
+        c.write(`GET /proxy/${bport}/ws HTTP/1.1\r\nHost: x\r\nX-EXECD-ACCESS-TOKEN: ${TOKEN}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+        setTimeout(() => c.write("frame1"), 200);
+        setTimeout(() => c.write("frame2"), 400);
+        setTimeout(() => c.destroy(), 800);
+      });
+      let data = "";
+      c.on("data", (d) => (data += d));
+      c.on("close", () => resolve(data));
+    });
+    srv.close();
+    assert.match(got, /^HTTP\/1\.1 101 /);
+    assert.ok(got.endsWith("echo:frame1echo:frame2"), JSON.stringify(got));
+  });
+});
+
+function dockerOk() {
+  try {
+    execFileSync("docker", ["version", "--format", "{{.Server.Version}}"], { stdio: "pipe" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("busybox container", { skip: !dockerOk() && "no Docker daemon" }, () => {
+  const ctx = { fileDir: "/tmp" };
+  let cid;
+
+  before(async () => {
+    execFileSync(path.join(HERE, "make-busybox-image.sh"), [], { stdio: "inherit" });
+    cid = execFileSync("docker", [
+      "run", "-d", "--label", "opensandbox.test=1",
+      "-e", `EXECD_ACCESS_TOKEN=${TOKEN}`,
+      "-v", `${BIN}:/opt/opensandbox/execd:ro`,
+      "-v", `${path.join(HERE, "..", "bootstrap.sh")}:/opt/opensandbox/bootstrap.sh:ro`,
+      "-p", "127.0.0.1::44772",
+      "--entrypoint", "/opt/opensandbox/bootstrap.sh",
+      "local/busybox:latest", "sleep", "3600",
+    ]).toString().trim();
+    const port = execFileSync("docker", ["port", cid, "44772/tcp"]).toString().trim().split("\n")[0].split(":").pop();
+    ctx.port = Number(port);
+    ctx.base = `http://127.0.0.1:${port}`;
+    await waitPing(ctx.base, { "X-EXECD-ACCESS-TOKEN": TOKEN });
+  });
+  after(() => {
+    if (cid) execFileSync("docker", ["rm", "-f", cid], { stdio: "ignore" });
+  });
+
+  agentSuite("container", ctx);
+
+  test("container: the user's entrypoint is PID 1, the agent has no bash and uses sh", async () => {
+    const H = { "X-EXECD-ACCESS-TOKEN": TOKEN };
+    const { events } = await run(ctx.base, H, { command: "cat /proc/1/cmdline | tr '\\0' ' '; echo; which bash || echo nobash; cat /tmp/execd.log | head -1" });
+    const out = events.filter((e) => e.type === "stdout").map((e) => e.text);
+    assert.equal(out[0].trim(), "sleep 3600");
+    assert.equal(out[1], "nobash");
+    assert.match(out[2], /listening on 0\.0\.0\.0:44772/);
+  });
+
+  test("container: docker stop delivers SIGTERM to the entrypoint promptly", async () => {
+    const t0 = Date.now();
+    execFileSync("docker", ["stop", "-t", "10", cid]);
+    // busybox sleep as PID 1 has no SIGTERM handler, so the kernel ignores it: docker waits the
+    // full timeout. What matters is that bootstrap.sh did not stay PID 1 (checked above).
+    const code = execFileSync("docker", ["inspect", "-f", "{{.State.ExitCode}}", cid]).toString().trim();
+    assert.ok(Date.now() - t0 < 15000);
+    assert.ok(code !== "");
+  });
+});
