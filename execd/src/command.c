@@ -9,8 +9,10 @@
  * pipe, which the parent reads (EOF means exec succeeded).
  *
  * Foreground commands stream events on their connection (conn->cmd): init, ping every 3 s, one
- * stdout/stderr event per line, then exactly one terminal event; the connection ends the
- * response 1 s later. If the client goes away the command keeps running and its output is still
+ * stdout/stderr event per line, then exactly one terminal event; the response then ends after
+ * EXECD_STREAM_LINGER_MS (env, default 0). Upstream's agent lingers 1 s because it polls output
+ * files and may still find late lines; ours has drained the pipes to EOF before the terminal
+ * event, so a linger would only add a second to every SDK commands.run() round trip. If the client goes away the command keeps running and its output is still
  * read (and dropped). Background commands write their combined output into an in-memory log that
  * GET /command/{id}/logs pages through by byte offset.
  *
@@ -39,7 +41,23 @@
 #define CMD_LOG_MAX (64u * 1024 * 1024)
 #define CMD_PING_MS 3000
 #define CMD_TERM_GRACE_MS 3000
-#define CMD_STREAM_LINGER_MS 1000
+
+/* How long a foreground command's response stays open after its terminal event (env, ms). */
+static long stream_linger_ms(void)
+{
+    static long v = -1;
+    if (v < 0) {
+        const char *e = getenv("EXECD_STREAM_LINGER_MS");
+        char *end;
+        v = 0;
+        if (e && *e) {
+            long x = strtol(e, &end, 10);
+            if (!*end && x >= 0 && x <= 60000)
+                v = x;
+        }
+    }
+    return v;
+}
 
 extern char **environ;
 
@@ -253,7 +271,7 @@ static void cmd_terminal_event(struct cmd *c)
         cmd_event(c, "error", NULL, 0, t.data);
     }
     buf_free(&t);
-    c->conn->end_at = now_ms() + CMD_STREAM_LINGER_MS;
+    c->conn->end_at = now_ms() + stream_linger_ms();
 }
 
 static void cmd_finished(struct cmd *c, int status)

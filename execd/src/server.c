@@ -743,7 +743,7 @@ static void on_signal(int sfd)
     cmd_on_sigchld(); /* SIGCHLD coalesces: always reap */
 }
 
-/* Timers for connections: stream end (1 s after a terminal event) and proxy connects. */
+/* Timers for connections: stream end (EXECD_STREAM_LINGER_MS after a terminal event) and proxy connects. */
 static int64_t conns_tick(int64_t now)
 {
     int64_t next = INT64_MAX;

@@ -105,7 +105,8 @@ function agentSuite(name, ctx) {
     assert.equal(last.type, "execution_complete");
     assert.equal(typeof last.execution_time, "number");
     for (const e of events) assert.ok(Math.abs(e.timestamp - Date.now()) < 60000, "timestamp is unix ms");
-    assert.ok(Date.now() - t0 >= 900, "response ends ~1 s after the terminal event");
+    // the response ends right after the terminal event (no linger unless EXECD_STREAM_LINGER_MS is set)
+    assert.ok(Date.now() - t0 < 500, `echo round trip took ${Date.now() - t0} ms`);
   });
 
   test(`${name}: exit code, stderr, cwd, envs`, async () => {
