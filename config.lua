@@ -23,8 +23,18 @@ return {
         port = 8080,
         -- DEBUG, INFO, WARNING or ERROR (case-insensitive).
         log_level = "INFO",
-        -- Clients send it in the OPEN-SANDBOX-API-KEY header. nil or blank: no authentication.
+        -- Clients send it in the OPEN-SANDBOX-API-KEY header. nil or blank: no authentication (unless
+        -- api_keys below has keys). This key is the admin principal "default": it sees every sandbox.
         api_key = nil,
+        -- Tenants: more keys, each naming a principal. A tenant sees and changes only the sandboxes its
+        -- principal created (others answer 404 and are left out of lists); admin = true sees all. A key is
+        -- given inline (key = "...") or read from the environment at startup (key_env = "NAME"; the server
+        -- refuses to start when that variable is unset). Hooks see the principal (ctx.principal). Example:
+        --   api_keys = {
+        --       { key_env = "TEAM_A_KEY", principal = "team-a" },
+        --       { key_env = "OPS_KEY", principal = "ops", admin = true },
+        --   },
+        api_keys = {},
         -- Upper bound for a sandbox's `timeout`, in seconds (an integer >= 60). nil or false: no cap.
         max_sandbox_timeout_seconds = nil,
         -- Public host (optionally host:port) used in endpoint replies instead of docker.host_ip or Host.
@@ -89,8 +99,26 @@ return {
     },
 
     hooks = {
-        -- Directory of Lua policy hooks loaded at startup. nil: no hooks.
+        -- Directory of Lua policy hooks (every *.lua file in it), loaded at startup and reloaded on SIGHUP
+        -- or `opensandbox-server --reload`. nil: <install root>/hooks, the shipped defaults (naming,
+        -- metadata, quotas), which change nothing until configured below. false: no hooks.
+        -- Writing hooks: docs/HOOKS.md.
         dir = nil,
+        -- Per-hook settings, hooks.config.<hook name>. Examples for the shipped hooks:
+        --   config = {
+        --       naming = { template = "{metadata.team}-{id8}" },   -- default "sandbox-{id}"
+        --       metadata = { metadata = { owner = "{principal}" }, env = { TZ = "UTC" } },
+        --       quotas = {
+        --           principals = { ["team-a"] = { max_sandboxes = 2, max_cpus = 4, max_memory = "8Gi" },
+        --                          ["*"] = { max_sandboxes = 10, max_timeout = 86400 } },
+        --           metadata = { team = { ["*"] = { max_sandboxes = 5 } } },
+        --       },
+        --   },
+        config = {},
+        -- Budgets of one hook call: VM instructions, and growth of the Lua heap in MB. A hook that exceeds
+        -- one fails (500 HOOK::FAILED naming the hook); the server keeps serving.
+        instruction_budget = 10000000,
+        memory_budget_mb = 64,
     },
 
     proxy = {

@@ -107,7 +107,29 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
         runtime = runtime,
         execd_image = cfg.runtime.execd_image,
     })
-    local service = require("sandbox.service").new({
+    local service, hooks_obj
+    if cfg.hooks.dir ~= false then
+        local herr
+        hooks_obj, herr = require("hooks").new({
+            dir = cfg.hooks.dir or (core.paths.root .. "/hooks"),
+            config = cfg.hooks.config,
+            limits = { instructions = cfg.hooks.instruction_budget, memory_kb = cfg.hooks.memory_budget_mb * 1024 },
+            max_timeout = cfg.server.max_sandbox_timeout_seconds,
+            log = log,
+            spawn = spawn,
+            http = client.request,
+            now = core.now,
+            sandboxes = function()
+                return service and service.records or {}
+            end,
+        })
+        if not hooks_obj then
+            return die("hooks: " .. tostring(herr), 1)
+        end
+        log.info("hooks loaded", { dir = hooks_obj.dir, hooks = table.concat(hooks_obj:names(), ",") })
+    end
+    service = require("sandbox.service").new({
+        hooks = hooks_obj,
         runtime = runtime,
         store = store,
         log = log,
@@ -173,8 +195,23 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
     end
     core.on_signal("HUP", function()
         log.info("SIGHUP: reloading")
-        if service.hooks and service.hooks.reload then
-            service.hooks:reload()
+        if not service.hooks then
+            return
+        end
+        -- re-read the configuration so that a changed hooks.config applies too
+        local c, lerr2 = config.load(config.path_from_args(core.argv), nil, {
+            warn = function(m)
+                log.warn(m)
+            end,
+        })
+        if not c then
+            log.error("config re-read failed; reloading hooks with the old hooks.config", { error = tostring(lerr2) })
+        end
+        local reloaded, rerr = service.hooks:reload(c and { config = c.hooks.config } or nil)
+        if reloaded then
+            log.info("hooks reloaded", { hooks = table.concat(service.hooks:names(), ",") })
+        else
+            log.error("hooks reload failed; the previous hooks stay active", { error = tostring(rerr) })
         end
     end)
     log.info("server ready", { host = cfg.server.host, port = port, version = core.version })

@@ -64,12 +64,13 @@ function M.new(deps)
         end
 
         local exempt = middleware.is_exempt(req.path)
-        local principal, err
+        local principal, admin, err
         if not exempt then
             principal, err = authenticate(req)
             if not principal then
                 return respond.error(err)
             end
+            admin = err -- on success the authenticator's second value is the admin flag
         end
 
         local route, params, allow = router.match(req.method, req.path)
@@ -85,6 +86,7 @@ function M.new(deps)
             if not principal then
                 return respond.error(err)
             end
+            admin = err -- on success the authenticator's second value is the admin flag
         end
         if req.body_too_large and not route.raw_body then
             return respond.error(parse.too_large())
@@ -100,6 +102,7 @@ function M.new(deps)
             svc = {
                 request_id = request_id,
                 principal = principal,
+                admin = admin,
                 host = req:header("Host"),
                 remote_addr = req.remote_addr,
             },

@@ -72,14 +72,16 @@ function M.constant_time_equal(given, expected)
     return diff == 0
 end
 
---- An authenticator over a list of { key = "...", principal = "..." }. An empty list means "no key
---- configured": every request is let through as principal "default".
---- Returns a function(req) -> principal or nil, err (a common.errors object).
+--- An authenticator over a list of { key = "...", principal = "...", admin = bool }. An empty list means
+--- "no key configured": every request is let through as principal "default", an admin.
+--- Returns a function(req) -> principal, admin (a boolean) or nil, err (a common.errors object). The second
+--- value is never an error when the first is set, so `local p, err = authenticate(req); if not p ...`
+--- callers keep working; those that restrict tenants read it as the admin flag.
 function M.authenticator(keys)
     keys = keys or {}
     return function(req)
         if #keys == 0 then
-            return "default"
+            return "default", true
         end
         local given = req:header(M.API_KEY_HEADER)
         if given == nil or given == "" then
@@ -89,23 +91,32 @@ function M.authenticator(keys)
         local found
         for _, k in ipairs(keys) do
             if M.constant_time_equal(given, k.key) and not found then
-                found = k.principal
+                found = k
             end
         end
         if not found then
             return nil, errors.new(401, "INVALID_API_KEY", M.INVALID_API_KEY)
         end
-        return found
+        return found.principal, found.admin == true
     end
 end
 
---- The key list for a validated config: the single configured key maps to principal "default".
+--- The key list for a validated config: the single key (server.api_key) is the admin principal "default";
+--- each server.api_keys entry (key_env already resolved by lua/config) maps to its principal, admin only
+--- when it says so.
 function M.keys_from_config(config)
-    local key = config and config.server and config.server.api_key
+    local server = config and config.server or {}
+    local out = {}
+    local key = server.api_key
     if type(key) == "string" and key:find("%S") then
-        return { { key = key, principal = "default" } }
+        out[1] = { key = key, principal = "default", admin = true }
     end
-    return {}
+    for _, e in ipairs(server.api_keys or {}) do
+        if type(e.key) == "string" and e.key:find("%S") then
+            out[#out + 1] = { key = e.key, principal = e.principal, admin = e.admin == true }
+        end
+    end
+    return out
 end
 
 -- CORS ---------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
 -- means "all defaults". The file is Lua that returns a table; it runs in its own environment with only safe
 -- basics (no io, no require, no load, os limited to getenv/time/date/clock) and an instruction budget.
 -- The table is checked against lua/config/schema.lua (errors name the key), defaults are filled in, then the
--- environment overrides apply, `~` is expanded, and the auth guard runs.
+-- environment overrides apply, tenant keys given as key_env are read from the environment, `~` is expanded,
+-- and the auth guard runs.
 --
 -- On failure: nil, message, exit code (1 = invalid configuration, 2 = refused by the auth guard).
 -- Warnings (for example an invalid DOCKER_API_TIMEOUT) go to opts.warn(msg) (default: stderr).
@@ -126,7 +127,66 @@ local function check_value(spec, v)
         end
         return copy(v)
     end
+    if t == "table" then
+        if type(v) ~= "table" then
+            return nil, string.format("expected table, got %s", lua_type(v))
+        end
+        for k in pairs(v) do
+            if type(k) ~= "string" then
+                return nil, string.format("expected table with string keys, got key %s", quote(k))
+            end
+        end
+        return copy(v)
+    end
+    if t == "api_keys" then
+        return M.check_api_keys(v)
+    end
     error("config schema: unknown type " .. tostring(t))
+end
+
+local API_KEY_FIELDS = { key = true, key_env = true, principal = true, admin = true }
+
+--- Checks server.api_keys: an array of { key = "..." or key_env = "ENV", principal = "name", admin = bool }.
+--- Returns a copy (admin defaults to false), or nil and the reason. key_env is resolved later (M.finish).
+function M.check_api_keys(v)
+    if type(v) ~= "table" then
+        return nil, string.format("expected array of tables, got %s", lua_type(v))
+    end
+    local n = #v
+    for k in pairs(v) do
+        if math.type(k) ~= "integer" or k < 1 or k > n then
+            return nil, string.format("expected array of tables, got key %s", quote(k))
+        end
+    end
+    local out = {}
+    for i, e in ipairs(v) do
+        local where = string.format("[%d]", i)
+        if type(e) ~= "table" then
+            return nil, string.format("%s: expected table, got %s", where, lua_type(e))
+        end
+        for k in pairs(e) do
+            if not API_KEY_FIELDS[k] then
+                return nil, string.format("%s: unknown field %s", where, quote(k))
+            end
+        end
+        if (e.key == nil) == (e.key_env == nil) then
+            return nil, where .. ": exactly one of key and key_env is required"
+        end
+        if e.key ~= nil and (type(e.key) ~= "string" or not e.key:find("%S")) then
+            return nil, where .. ".key: expected a non-blank string"
+        end
+        if e.key_env ~= nil and (type(e.key_env) ~= "string" or e.key_env == "") then
+            return nil, where .. ".key_env: expected the name of an environment variable"
+        end
+        if type(e.principal) ~= "string" or not e.principal:find("%S") then
+            return nil, where .. ".principal: expected a non-blank string"
+        end
+        if e.admin ~= nil and type(e.admin) ~= "boolean" then
+            return nil, string.format("%s.admin: expected boolean, got %s", where, lua_type(e.admin))
+        end
+        out[i] = { key = e.key, key_env = e.key_env, principal = e.principal, admin = e.admin == true }
+    end
+    return out
 end
 
 --- Validates a configuration table as written in config.lua and returns a new, complete table (every
@@ -336,6 +396,27 @@ function M.finish(cfg, getenv, warn)
         or cfg.server.pending_failure_ttl
     cfg.server.insecure = getenv("OPENSANDBOX_INSECURE_SERVER") == "YES"
 
+    -- tenant keys: resolve key_env, refuse duplicates (a key must name one principal)
+    local seen = {}
+    if cfg.server.api_key then
+        seen[cfg.server.api_key] = "server.api_key"
+    end
+    for i, e in ipairs(cfg.server.api_keys or {}) do
+        local where = string.format("server.api_keys[%d]", i)
+        if e.key_env then
+            local v = getenv(e.key_env)
+            if blank(v) then
+                return nil, string.format("%s.key_env: environment variable %s is not set or blank", where,
+                    e.key_env), M.EXIT_INVALID
+            end
+            e.key, e.key_env = v, nil
+        end
+        if seen[e.key] then
+            return nil, string.format("%s: the same key is already used by %s", where, seen[e.key]), M.EXIT_INVALID
+        end
+        seen[e.key] = where
+    end
+
     local home = getenv("HOME")
     for _, k in ipairs({ { "store", "path" }, { "hooks", "dir" }, { "server", "docs_assets_dir" } }) do
         local v = cfg[k[1]][k[2]]
@@ -348,11 +429,12 @@ function M.finish(cfg, getenv, warn)
         end
     end
 
-    if not cfg.server.api_key and not cfg.server.insecure and not M.is_loopback(cfg.server.host) then
+    local keyless = not cfg.server.api_key and #(cfg.server.api_keys or {}) == 0
+    if keyless and not cfg.server.insecure and not M.is_loopback(cfg.server.host) then
         return nil,
             string.format(
                 "refusing to start: no API key is configured and server.host %q is not a loopback address. "
-                    .. "Set server.api_key or OPENSANDBOX_SERVER_API_KEY, listen on 127.0.0.1, "
+                    .. "Set server.api_key, server.api_keys or OPENSANDBOX_SERVER_API_KEY, listen on 127.0.0.1, "
                     .. "or set OPENSANDBOX_INSECURE_SERVER=YES to run without authentication.",
                 cfg.server.host
             ),

@@ -3,7 +3,8 @@
 --
 -- A key is { type = ..., default = ..., ... } where type is one of
 --   "string", "integer" (min/max), "number" (min/max), "boolean", "enum" (values; matched case-insensitively,
---   stored in the listed spelling), "string_list" (an array of strings)
+--   stored in the listed spelling), "string_list" (an array of strings), "table" (any table with string
+--   keys, copied), "api_keys" (the tenant list of server.api_keys, checked in lua/config/init.lua)
 -- `false_ok = true` lets the key be `false` (to disable a limit). Defaults that are tables are copied.
 local M = {}
 
@@ -25,6 +26,8 @@ M.sections = {
         port = { type = "integer", default = 8080, min = 1, max = 65535 },
         log_level = { type = "enum", values = { "DEBUG", "INFO", "WARNING", "ERROR" }, default = "INFO" },
         api_key = { type = "string" },
+        -- tenants: { { key = "..." | key_env = "ENV_NAME", principal = "team-a", admin = false }, ... }
+        api_keys = { type = "api_keys", default = {} },
         max_sandbox_timeout_seconds = { type = "integer", min = 60, false_ok = true },
         eip = { type = "string" },
         pending_failure_ttl = { type = "integer", default = 3600, min = 0 },
@@ -54,7 +57,12 @@ M.sections = {
         path = { type = "string", default = "~/.opensandbox/opensandbox.db" },
     },
     hooks = {
-        dir = { type = "string" },
+        -- nil: <install root>/hooks (the shipped defaults); false: no hooks at all
+        dir = { type = "string", false_ok = true },
+        -- per-hook configuration, hooks.config.<hook name> = table (each hook checks its own in init)
+        config = { type = "table", default = {} },
+        instruction_budget = { type = "integer", default = 10000000, min = 1000 },
+        memory_budget_mb = { type = "integer", default = 64, min = 1 },
     },
     proxy = {
         connect_timeout = { type = "number", default = 10, min = 0 },

@@ -198,9 +198,11 @@ end
 -- reads
 ---------------------------------------------------------------------------------------------------------
 
+--- Tenancy: a non-admin principal sees only the sandboxes it created (API keys with principals, see
+--- config server.api_keys); admins and single-key setups see everything.
 function Service.visible(_, rec, ctx)
-    if ctx and ctx.admin == false and ctx.principal and rec.principal and rec.principal ~= ctx.principal then
-        return false
+    if ctx and ctx.admin == false then
+        return rec.principal == ctx.principal
     end
     return true
 end
@@ -917,13 +919,16 @@ function Service:reconcile(startup)
                 self:commit(upd)
             end
         end
+        -- what is due is expired by connect() once Docker is marked available (removal needs it)
+        local due = {}
         for id, rec in pairs(self.records) do
             if rec.expires_us and rec.expires_us <= now and not model.is_provisioning_failure(rec) then
-                self:expire(id)
+                due[#due + 1] = id
             else
                 self:arm_timer(rec)
             end
         end
+        return true, due
     end
     return true
 end
@@ -936,7 +941,9 @@ function Service:on_event(ev)
     if not rec or self.provisioning[id] then
         return
     end
-    if rec.container_id and ev.id and rec.container_id ~= ev.id then
+    -- a record without a container (failed or interrupted provisioning) is not affected by container
+    -- events: a destroy seen now is the removal of its half-created container, done by us
+    if not rec.container_id or (ev.id and rec.container_id ~= ev.id) then
         return
     end
     local at = ev.time_nano and ev.time_nano // 1000 or nil
@@ -1005,15 +1012,19 @@ function Service:connect(startup)
     if rcfg and info.runtimes and not info.runtimes[rcfg] then
         self.log.error("configured docker.runtime is not known to the daemon", { runtime = rcfg })
     end
-    ok, err = self:reconcile(startup)
+    local due
+    ok, due = self:reconcile(startup)
     if not ok then
-        self:mark_unavailable(err and err.message or err)
-        return nil, err
+        self:mark_unavailable(due and due.message or due)
+        return nil, due
     end
     if not self.available then
         self.log.info("Docker is reachable", { docker_host = self.docker_host })
     end
     self.available = true
+    for _, id in ipairs(due or {}) do
+        self:expire(id)
+    end
     return true
 end
 

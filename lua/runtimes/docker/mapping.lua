@@ -261,8 +261,18 @@ function M.normalize_inspect(doc, network_mode)
             labels[k] = v
         end
     end
+    -- only the agent token is taken from the environment, so that an adopted sandbox keeps it (§6.5)
+    local access_token
+    if type(config.Env) == "table" then
+        for _, e in ipairs(config.Env) do
+            if type(e) == "string" and e:sub(1, 19) == "EXECD_ACCESS_TOKEN=" then
+                access_token = str_or_nil(e:sub(20))
+            end
+        end
+    end
     return {
         id = doc.Id,
+        access_token = access_token,
         name = type(doc.Name) == "string" and doc.Name:gsub("^/", "") or nil,
         status = state.Status,
         running = state.Running == true,

@@ -95,9 +95,10 @@ describe("api handler", function()
             assert_error(413, "GENERAL::PAYLOAD_TOO_LARGE", "Request body exceeds 1048576 bytes.", s, h, b)
         end
         assert.equal(0, #deps.service.calls)
-        -- The proxy has no limit (it is not built yet: 404).
-        local s = call(deps, { method = "POST", path = "/v1/sandboxes/x/proxy/80/up", too_large = true })
+        -- The proxy has no body limit: the request reaches the proxy handler (unknown sandbox: 404).
+        local s, _, b = call(deps, { method = "POST", path = "/v1/sandboxes/x/proxy/80/up", too_large = true })
         assert.equal(404, s)
+        assert.truthy(b:find("DOCKER::SANDBOX_NOT_FOUND", 1, true))
     end)
 
     it("answers 204 to metrics events whatever the body", function()
@@ -111,7 +112,9 @@ describe("api handler", function()
 
     it("lets exempt proxy paths through without a key and guards the others", function()
         local s, h, b = call(deps, { path = "/v1/sandboxes/x/proxy/8080/index.html" })
-        assert_error(404, "GENERAL::NOT_FOUND", "Not Found", s, h, b)
+        assert_error(404, "DOCKER::SANDBOX_NOT_FOUND", "Sandbox x not found.", s, h, b)
+        s, h, b = call(deps, { path = "/v1/sandboxes/x/proxy/0/index.html" })
+        assert_error(400, "DOCKER::INVALID_PORT", "Port must be between 1 and 65535.", s, h, b)
         s = call(deps, { path = "/v1/sandboxes/x/proxy/8080/%2e%2e/%2e%2e" })
         assert.equal(401, s)
         s = call(deps, { path = "/v1/sandboxes/x/proxy/8080/../.." })

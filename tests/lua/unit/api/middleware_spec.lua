@@ -55,16 +55,63 @@ describe("api.middleware authentication", function()
         end
     end)
 
-    it("lets everything through as principal default when no key is configured", function()
-        assert.equal("default", mw.authenticator({})(F.request()))
+    it("lets everything through as principal default, an admin, when no key is configured", function()
+        local p, admin = mw.authenticator({})(F.request())
+        assert.equal("default", p)
+        assert.is_true(admin)
         assert.same({}, mw.keys_from_config({ server = { api_key = "  " } }))
-        assert.same({ { key = "k", principal = "default" } }, mw.keys_from_config({ server = { api_key = "k" } }))
+        assert.same({ { key = "k", principal = "default", admin = true } },
+            mw.keys_from_config({ server = { api_key = "k" } }))
     end)
 
     it("supports several keys mapping to principals", function()
         local multi = mw.authenticator({ { key = "ka", principal = "alice" }, { key = "kb", principal = "bob" } })
         assert.equal("bob", multi(F.request({ headers = { ["OPEN-SANDBOX-API-KEY"] = "kb" } })))
         assert.equal("alice", multi(F.request({ headers = { ["OPEN-SANDBOX-API-KEY"] = "ka" } })))
+    end)
+
+    it("returns the admin flag with the principal: the single key is admin, tenants are not", function()
+        local keys = mw.keys_from_config({ server = { api_key = "root-key", api_keys = {
+            { key = "a-key", principal = "team-a" },
+            { key = "ops-key", principal = "ops", admin = true },
+            { key = "b-key", principal = "team-b", admin = false },
+        } } })
+        assert.same({
+            { key = "root-key", principal = "default", admin = true },
+            { key = "a-key", principal = "team-a", admin = false },
+            { key = "ops-key", principal = "ops", admin = true },
+            { key = "b-key", principal = "team-b", admin = false },
+        }, keys)
+        local tenant_auth = mw.authenticator(keys)
+        local function who(key)
+            return tenant_auth(F.request({ headers = { ["OPEN-SANDBOX-API-KEY"] = key } }))
+        end
+        local p, admin = who("root-key")
+        assert.equal("default", p)
+        assert.is_true(admin)
+        p, admin = who("a-key")
+        assert.equal("team-a", p)
+        assert.is_false(admin)
+        p, admin = who("ops-key")
+        assert.equal("ops", p)
+        assert.is_true(admin)
+        p, admin = who("b-key")
+        assert.equal("team-b", p)
+        assert.is_false(admin)
+        local err
+        p, err = who("a-keyx")
+        assert.is_nil(p)
+        assert.equal("INVALID_API_KEY", err.code)
+    end)
+
+    it("tenant keys work without the single key", function()
+        local keys = mw.keys_from_config({ server = { api_keys = {
+            { key = "t", principal = "team-t", admin = false },
+        } } })
+        assert.same({ { key = "t", principal = "team-t", admin = false } }, keys)
+        local p, err = mw.authenticator(keys)(F.request())
+        assert.is_nil(p)
+        assert.equal("MISSING_API_KEY", err.code)
     end)
 
     it("compares in constant time without an early exit", function()

@@ -1,0 +1,108 @@
+-- Default hook: inject metadata and environment variables into every sandbox.
+--
+-- hooks.config.metadata = {
+--     metadata = { owner = "{principal}" },   -- always set (replaces what the caller sent)
+--     metadata_defaults = { team = "none" },   -- set only when the caller did not send the key
+--     env = { TZ = "UTC" },                    -- always set
+--     env_defaults = { LANG = "C.UTF-8" },     -- set only when the caller did not send the variable
+-- }
+-- Values are templates: {principal} (who creates the sandbox), {request_id}, {metadata.KEY} (a metadata
+-- value of the request). Metadata values are made valid label values (API.md §4.1): characters other than
+-- letters, digits, '-', '_' and '.' become '-', the value is cut to 63 characters and must begin and end
+-- with a letter or digit (what is not is trimmed). Metadata keys are checked at load.
+-- With nothing configured the hook changes nothing.
+-- luacheck: read globals opensandbox
+local M = {
+    name = "metadata",
+    priority = 300,
+    description = "inject configured metadata and env",
+}
+
+local forced_md, default_md, forced_env, default_env = {}, {}, {}, {}
+
+local function string_map(t, what)
+    if t == nil then
+        return {}
+    end
+    if type(t) ~= "table" then
+        return nil, what .. " must be a table of name = value strings"
+    end
+    local out = {}
+    for k, v in pairs(t) do
+        if type(k) ~= "string" or type(v) ~= "string" then
+            return nil, what .. " must be a table of name = value strings"
+        end
+        out[k] = v
+    end
+    return out
+end
+
+function M.init(config)
+    local err
+    for _, spec in ipairs({ { "metadata", true }, { "metadata_defaults", true }, { "env", false },
+        { "env_defaults", false } }) do
+        local t
+        t, err = string_map(config[spec[1]], spec[1])
+        if not t then
+            return nil, err
+        end
+        for k in pairs(t) do
+            if spec[2] then
+                local ok, why = opensandbox.metadata_label(k, nil)
+                if not ok then
+                    return nil, spec[1] .. ": " .. why
+                end
+            elseif k == "" or k:find("[=%z]") then
+                return nil, spec[1] .. ": invalid variable name '" .. k .. "'"
+            end
+        end
+        config[spec[1]] = t
+    end
+    forced_md, default_md = config.metadata, config.metadata_defaults
+    forced_env, default_env = config.env, config.env_defaults
+    return true
+end
+
+local function label_value(s)
+    s = s:gsub("[^%w_.%-]", "-"):sub(1, 63)
+    return (s:gsub("^[^%w]+", ""):gsub("[^%w]+$", ""))
+end
+
+local function set_env(env, name, value, force)
+    for _, e in ipairs(env) do
+        if e[1] == name then
+            if force then
+                e[2] = value
+            end
+            return
+        end
+    end
+    env[#env + 1] = { name, value }
+end
+
+function M.before_create(ctx, spec)
+    if not (next(forced_md) or next(default_md) or next(forced_env) or next(default_env)) then
+        return
+    end
+    local values = { principal = ctx.principal, request_id = ctx.request_id }
+    for k, v in pairs(spec.metadata) do
+        values["metadata." .. k] = v
+    end
+    local md = spec.metadata
+    for k, v in pairs(default_md) do
+        if md[k] == nil then
+            md[k] = label_value(opensandbox.template(v, values))
+        end
+    end
+    for k, v in pairs(forced_md) do
+        md[k] = label_value(opensandbox.template(v, values))
+    end
+    for k, v in pairs(default_env) do
+        set_env(spec.env, k, opensandbox.template(v, values), false)
+    end
+    for k, v in pairs(forced_env) do
+        set_env(spec.env, k, opensandbox.template(v, values), true)
+    end
+end
+
+return M

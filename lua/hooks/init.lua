@@ -1,0 +1,578 @@
+-- Operator policy hooks: the object the lifecycle service calls at its hook points (lua/sandbox/service.lua,
+-- `deps.hooks`). Operators write hooks in Lua (docs/HOOKS.md); the defaults live in <root>/hooks.
+--
+--   local hooks = require("hooks")
+--   local h, err = hooks.new{ dir = path, config = cfg.hooks.config, log = log, spawn = spawn,
+--       http = client.request, now = core.now, sandboxes = function() return service.records end,
+--       limits = { instructions = n, memory_kb = n }, max_timeout = seconds|nil }
+--
+-- The points (each runs the hooks that implement it, highest priority first):
+--   h:before_create(ctx, spec)          -> spec (a checked, possibly changed copy) or nil, err
+--   h:sandbox_name(ctx, spec, rec)      -> container name (always a valid Docker name; "sandbox-{id}" default)
+--   h:after_transition(rec, from, to)   -> nothing; never raises; runs in a task of its own (spawn)
+--   h:before_delete(ctx, sandbox_view)  -> true or nil, err
+--   h:on_proxy_request(ctx, sandbox_view, req_info) -> decision { allow = bool, ... } or nil, err
+--   h:reload(opts)                      -> true or nil, message (the old set stays on any error)
+-- ctx is { request_id, principal, admin, host, remote_addr }; hooks get a copy.
+--
+-- Errors: a hook rejects with `return nil, {status=, code=, message=}` (a common.errors object is made of
+-- it). A hook that raises, exceeds its instruction or memory budget, or breaks the spec gives 500
+-- HOOK::FAILED "Hook '<name>' failed in <point>: <reason>", logged at ERROR; the server keeps serving.
+local errors = require("common.errors")
+local budget = require("hooks.budget")
+local env = require("hooks.env")
+local loader = require("hooks.loader")
+local model = require("sandbox.model")
+local validate = require("sandbox.validate")
+
+local M = {}
+
+M.HOOK_FAILED = "HOOK::FAILED"
+M.REJECTED = "HOOK::REJECTED"
+
+local Hooks = {}
+Hooks.__index = Hooks
+
+local function copy(t)
+    local o = {}
+    for k, v in pairs(t) do
+        o[k] = v
+    end
+    return o
+end
+
+local function nolog() end
+
+--- A new hooks object, with every hook of opts.dir loaded; or nil and a message naming the failing file.
+--- See the top of this file for `opts`; only `dir` is required.
+function M.new(opts)
+    assert(type(opts) == "table" and type(opts.dir) == "string", "hooks.new: opts.dir required")
+    local self = setmetatable({}, Hooks)
+    self.dir = opts.dir
+    self.config = opts.config or {}
+    self.log = opts.log or { debug = nolog, info = nolog, warn = nolog, error = nolog }
+    self.spawn = opts.spawn
+    self.records = opts.sandboxes
+    self.max_timeout = opts.max_timeout
+    self.limits = {
+        instructions = opts.limits and opts.limits.instructions or budget.DEFAULT_INSTRUCTIONS,
+        memory_kb = opts.limits and opts.limits.memory_kb or budget.DEFAULT_MEMORY_KB,
+    }
+    self.resources = {} -- sandbox id -> { nano_cpus =, memory = } seen at sandbox_name (see summaries())
+    self.summary_cache = setmetatable({}, { __mode = "k" }) -- record table -> its summary
+    self.api = {
+        log = self.log,
+        now = opts.now,
+        http = opts.http,
+        sandboxes = function()
+            return self:summaries()
+        end,
+        usage = function(filter)
+            return self:usage(filter)
+        end,
+    }
+    local set, err = self:load()
+    if not set then
+        return nil, err
+    end
+    self.set = set
+    return self
+end
+
+function Hooks:load()
+    local set, err = loader.load({ dir = self.dir, config = self.config, limits = self.limits, api = self.api })
+    if not set then
+        return nil, err
+    end
+    for _, w in ipairs(set.warnings) do
+        self.log.warn(w)
+    end
+    return set
+end
+
+--- Loads the hook files again (and `opts.config`, the new hooks.config, when given). On any error the
+--- current set stays, the error is logged and returned: nil, message. Never yields.
+function Hooks:reload(opts)
+    local old_config = self.config
+    if opts and opts.config then
+        self.config = opts.config
+    end
+    local set, err = self:load()
+    if not set then
+        self.config = old_config
+        self.log.error("hooks reload failed; keeping the loaded hooks", { dir = self.dir, error = err })
+        return nil, err
+    end
+    self.set = set
+    local names = {}
+    for i, h in ipairs(set.hooks) do
+        names[i] = h.name
+    end
+    self.log.info("hooks loaded", { dir = self.dir, hooks = table.concat(names, ",") })
+    return true
+end
+
+--- Names of the loaded hooks, in the order they run.
+function Hooks:names()
+    local out = {}
+    for i, h in ipairs(self.set.hooks) do
+        out[i] = h.name
+    end
+    return out
+end
+
+---------------------------------------------------------------------------------------------------------
+-- running one hook
+---------------------------------------------------------------------------------------------------------
+
+local function ctx_copy(ctx)
+    ctx = ctx or {}
+    return {
+        request_id = ctx.request_id,
+        principal = ctx.principal,
+        admin = ctx.admin,
+        host = ctx.host,
+        remote_addr = ctx.remote_addr,
+    }
+end
+
+function Hooks:failed(entry, point, reason, ctx)
+    self.log.error("hook failed", {
+        hook = entry.name,
+        point = point,
+        error = tostring(reason),
+        request_id = ctx and ctx.request_id or nil,
+    })
+    return errors.new(500, M.HOOK_FAILED, string.format("Hook '%s' failed in %s: %s", entry.name, point, reason))
+end
+
+-- The common.errors object for what a hook returned as its rejection.
+local function rejection(entry, e)
+    if errors.is(e) then
+        return e
+    end
+    if type(e) == "string" then
+        return errors.new(403, M.REJECTED, e)
+    end
+    if type(e) ~= "table" then
+        return errors.new(403, M.REJECTED, string.format("Rejected by hook '%s'.", entry.name))
+    end
+    local status = math.tointeger(e.status)
+    if not status or status < 400 or status > 599 then
+        status = 403
+    end
+    local code = type(e.code) == "string" and e.code ~= "" and e.code or M.REJECTED
+    local message = type(e.message) == "string" and e.message
+        or string.format("Rejected by hook '%s'.", entry.name)
+    local headers
+    if type(e.headers) == "table" then
+        headers = {}
+        for k, v in pairs(e.headers) do
+            headers[tostring(k)] = tostring(v)
+        end
+    end
+    return errors.new(status, code, message, headers)
+end
+
+-- Runs one hook function for `point` under the budgets. Returns true, r1, r2 (a hook's first two results)
+-- or false, reason.
+function Hooks:run(entry, point, ...)
+    local old = env.set_phase(point)
+    local ok, r1, r2 = budget.call(self.limits, entry.fn, ...)
+    env.set_phase(old)
+    return ok, r1, r2
+end
+
+-- Whether the results of a hook mean "reject": `return nil, err` or `return false[, err]`.
+local function is_rejection(r1, r2)
+    return r1 == false or (r1 == nil and r2 ~= nil)
+end
+
+---------------------------------------------------------------------------------------------------------
+-- sandbox summaries for opensandbox.sandboxes()
+---------------------------------------------------------------------------------------------------------
+
+local function read_only_error()
+    error("sandbox summaries are read-only", 2)
+end
+
+-- A read-only view of `t`: reads, pairs and # work; writes raise.
+local function read_only(t)
+    return setmetatable({}, {
+        __index = t,
+        __newindex = read_only_error,
+        __pairs = function()
+            return next, t, nil
+        end,
+        __len = function()
+            return #t
+        end,
+        __metatable = false,
+    })
+end
+
+--- An array of read-only summaries of every current sandbox: { id, state, principal, metadata, nano_cpus,
+--- memory, created_us, expires_us }. Resources come from the record when it has them, else from what
+--- sandbox_name saw at create (lost on restart). A committed record is never changed in place (the service
+--- commits a new table), so the summary of a record table is built once and cached (weak keys).
+function Hooks:summaries()
+    local out = {}
+    local records = self.records and self.records() or {}
+    local cache = self.summary_cache
+    local resources = self.resources
+    local n = 0
+    for id, rec in pairs(records) do
+        local sum = cache[rec]
+        if not sum then
+            local res = resources[id]
+            sum = read_only({
+                id = id,
+                state = rec.state,
+                principal = rec.principal,
+                metadata = read_only(rec.metadata and copy(rec.metadata) or {}),
+                nano_cpus = rec.nano_cpus or (res and res.nano_cpus),
+                memory = rec.memory or (res and res.memory),
+                created_us = rec.created_us,
+                expires_us = rec.expires_us,
+            })
+            cache[rec] = sum
+        end
+        n = n + 1
+        out[n] = sum
+    end
+    return out
+end
+
+local LIVE = { Pending = true, Running = true, Paused = true, Stopping = true }
+M.LIVE_STATES = LIVE
+
+--- What the live sandboxes (Pending, Running, Paused, Stopping) matching `filter` use:
+--- { sandboxes = n, nano_cpus = total, memory = total } (a sandbox without a limit adds 0). filter =
+--- { principal = p, metadata = { k = v, ... } }, both optional (all given must match).
+function Hooks:usage(filter)
+    filter = filter or {}
+    local p, md = filter.principal, filter.metadata
+    if md ~= nil and type(md) ~= "table" then
+        error("usage: filter.metadata must be a table", 2)
+    end
+    local records = self.records and self.records() or {}
+    local resources = self.resources
+    local n, nano, memory = 0, 0, 0
+    for id, rec in pairs(records) do
+        local match = LIVE[rec.state] and (p == nil or rec.principal == p)
+        if match and md then
+            local rmd = rec.metadata or {}
+            for k, v in pairs(md) do
+                if rmd[k] ~= v then
+                    match = false
+                    break
+                end
+            end
+        end
+        if match then
+            local res = resources[id]
+            n = n + 1
+            nano = nano + (rec.nano_cpus or (res and res.nano_cpus) or 0)
+            memory = memory + (rec.memory or (res and res.memory) or 0)
+        end
+    end
+    return { sandboxes = n, nano_cpus = nano, memory = memory }
+end
+
+-- The Sandbox object of the API (§3.1) plus `principal`, with its own metadata table.
+local function sandbox_view(rec)
+    local v = model.sandbox_view(rec)
+    v.metadata = copy(v.metadata or {})
+    v.principal = rec.principal
+    return v
+end
+
+---------------------------------------------------------------------------------------------------------
+-- before_create
+---------------------------------------------------------------------------------------------------------
+
+local function deep_copy(v)
+    if type(v) ~= "table" then
+        return v
+    end
+    local out = {}
+    for k, x in pairs(v) do
+        out[k] = deep_copy(x)
+    end
+    return setmetatable(out, getmetatable(v))
+end
+
+local function is_int(v, min)
+    return math.type(v) == "integer" and v >= min
+end
+
+-- Metadata entries already found valid ("k\0v" -> true); cleared when it grows past LABEL_MEMO_MAX.
+local label_memo, label_memo_n = {}, 0
+local LABEL_MEMO_MAX = 4096
+
+local function check_label(k, v)
+    local key = k .. "\0" .. v
+    if label_memo[key] then
+        return true
+    end
+    local ok, err = validate.metadata_label(k, v)
+    if not ok then
+        return nil, err
+    end
+    if label_memo_n >= LABEL_MEMO_MAX then
+        label_memo, label_memo_n = {}, 0
+    end
+    label_memo[key], label_memo_n = true, label_memo_n + 1
+    return true
+end
+
+-- Checks a spec a hook returned. Returns true, or nil and (reason, or an error object for the label rules).
+function Hooks:check_spec(spec)
+    if type(spec) ~= "table" then
+        return nil, "the spec is not a table"
+    end
+    local ep = spec.entrypoint
+    if type(ep) ~= "table" or type(ep[1]) ~= "string" or ep[1] == "" then
+        return nil, "entrypoint must be an array of strings with a non-empty first element"
+    end
+    for i = 2, #ep do
+        if type(ep[i]) ~= "string" then
+            return nil, "entrypoint must be an array of strings"
+        end
+    end
+    local t = spec.timeout
+    if t ~= nil then
+        if not is_int(t, 60) then
+            return nil, "timeout must be nil or an integer >= 60"
+        end
+        if self.max_timeout and t > self.max_timeout then
+            return nil, string.format("timeout %ds exceeds the configured maximum of %ds", t, self.max_timeout)
+        end
+    end
+    if spec.nano_cpus ~= nil and not is_int(spec.nano_cpus, 10000000) then
+        return nil, "nano_cpus must be nil or an integer >= 10000000"
+    end
+    if spec.memory ~= nil and not is_int(spec.memory, 6291456) then
+        return nil, "memory must be nil or an integer >= 6291456"
+    end
+    if spec.gpu ~= nil and not (is_int(spec.gpu, 1) or spec.gpu == -1) then
+        return nil, "gpu must be nil, -1 (all) or an integer >= 1"
+    end
+    if type(spec.env) ~= "table" then
+        return nil, "env must be an array of {name, value}"
+    end
+    for _, e in ipairs(spec.env) do
+        local k, v = type(e) == "table" and e[1], type(e) == "table" and e[2]
+        if type(k) ~= "string" or k == "" or k:find("[=%z]") or type(v) ~= "string" or v:find("%z") then
+            return nil, "env entries must be {name, value} strings (name non-empty, without '=' or NUL)"
+        end
+    end
+    if type(spec.metadata) ~= "table" then
+        return nil, "metadata must be a table"
+    end
+    for k, v in pairs(spec.metadata) do
+        if type(k) ~= "string" or type(v) ~= "string" then
+            return nil, "metadata keys and values must be strings"
+        end
+        local ok, err = check_label(k, v)
+        if not ok then
+            return nil, err
+        end
+    end
+    if spec.extensions ~= nil and type(spec.extensions) ~= "table" then
+        return nil, "extensions must be a table"
+    end
+    local p = spec.platform
+    if p ~= nil and (type(p) ~= "table" or p.os ~= "linux" or (p.arch ~= "amd64" and p.arch ~= "arm64")) then
+        return nil, "platform must be nil or {os = \"linux\", arch = \"amd64\"|\"arm64\"}"
+    end
+    return true
+end
+
+--- Runs the before_create hooks on a copy of `spec`. Returns the spec to create (image and image.auth are
+--- always the request's), or nil and a common.errors object. See the top of this file.
+function Hooks:before_create(ctx, spec)
+    local list = self.set.by_point.before_create
+    if #list == 0 then
+        return spec
+    end
+    local image = spec.image
+    local work = copy(spec)
+    work.image = { uri = image.uri } -- hooks never see the registry credentials
+    work.entrypoint = deep_copy(spec.entrypoint)
+    work.env = deep_copy(spec.env or {})
+    work.metadata = copy(spec.metadata or {})
+    work.extensions = copy(spec.extensions or {})
+    work.platform = spec.platform and copy(spec.platform) or nil
+    local hctx = ctx_copy(ctx)
+    for _, entry in ipairs(list) do
+        local ok, r1, r2 = self:run(entry, "before_create", hctx, work)
+        if not ok then
+            return nil, self:failed(entry, "before_create", r1, ctx)
+        end
+        if is_rejection(r1, r2) then
+            local e = rejection(entry, r2)
+            self.log.info("create rejected by hook", { hook = entry.name, code = e.code, status = e.status })
+            return nil, e
+        end
+        if type(r1) == "table" then
+            work = r1
+        end
+        local sok, why = self:check_spec(work)
+        if not sok then
+            if errors.is(why) then
+                return nil, errors.new(why.status, why.code, why.message .. string.format(" (set by hook '%s')",
+                    entry.name))
+            end
+            return nil, self:failed(entry, "before_create", "invalid spec: " .. why, ctx)
+        end
+    end
+    work.image = image
+    return work
+end
+
+---------------------------------------------------------------------------------------------------------
+-- sandbox_name
+---------------------------------------------------------------------------------------------------------
+
+M.MAX_NAME = 200
+
+--- Whether `name` is a valid Docker container name (and not longer than M.MAX_NAME).
+function M.valid_name(name)
+    return type(name) == "string" and #name <= M.MAX_NAME and name:find("^[a-zA-Z0-9][a-zA-Z0-9_.-]*$") ~= nil
+end
+
+--- The container name for a new sandbox: the first string a sandbox_name hook returns (in priority order),
+--- else "sandbox-{id}". An invalid name or a failing hook is logged and gives the default. Never fails.
+function Hooks:sandbox_name(ctx, spec, rec)
+    local default = "sandbox-" .. rec.id
+    self.resources[rec.id] = { nano_cpus = spec.nano_cpus, memory = spec.memory }
+    local list = self.set.by_point.sandbox_name
+    if #list == 0 then
+        return default
+    end
+    local hctx = ctx_copy(ctx)
+    local sspec = {
+        image = { uri = spec.image and spec.image.uri },
+        timeout = spec.timeout,
+        nano_cpus = spec.nano_cpus,
+        memory = spec.memory,
+        gpu = spec.gpu,
+        metadata = copy(spec.metadata or {}),
+        platform = spec.platform and copy(spec.platform) or nil,
+    }
+    local view = { id = rec.id, principal = rec.principal, metadata = copy(rec.metadata or {}),
+        created_us = rec.created_us, expires_us = rec.expires_us }
+    for _, entry in ipairs(list) do
+        local ok, name = self:run(entry, "sandbox_name", hctx, sspec, view)
+        if not ok then
+            self:failed(entry, "sandbox_name", name, ctx)
+            return default
+        end
+        if name ~= nil then
+            if M.valid_name(name) then
+                return name
+            end
+            self.log.warn("hook returned an invalid container name; using the default", {
+                hook = entry.name,
+                name = tostring(name),
+                sandbox_id = rec.id,
+            })
+            return default
+        end
+    end
+    return default
+end
+
+---------------------------------------------------------------------------------------------------------
+-- after_transition, before_delete, on_proxy_request
+---------------------------------------------------------------------------------------------------------
+
+function Hooks:run_transition(list, view, from, to)
+    local hctx = { principal = view.principal }
+    for _, entry in ipairs(list) do
+        local ok, err = self:run(entry, "after_transition", hctx, view, from, to)
+        if not ok then
+            self:failed(entry, "after_transition", err)
+        end
+    end
+end
+
+--- Tells the after_transition hooks that `rec` went from state `from` (nil for a new sandbox) to `to`
+--- ("Deleted" once it is gone). The hooks run in a new task when a spawn function was given, so a webhook
+--- does not hold up the caller; they get a snapshot of the sandbox taken now. Never raises.
+function Hooks:after_transition(rec, from, to)
+    if to == "Deleted" and rec and rec.id then
+        self.resources[rec.id] = nil
+    end
+    local list = self.set.by_point.after_transition
+    if #list == 0 then
+        return
+    end
+    local ok, err = pcall(function()
+        local view = sandbox_view(rec)
+        if self.spawn then
+            self.spawn(function()
+                self:run_transition(list, view, from, to)
+            end)
+        else
+            self:run_transition(list, view, from, to)
+        end
+    end)
+    if not ok then
+        self.log.error("after_transition hooks failed", { error = tostring(err) })
+    end
+end
+
+--- Runs the before_delete hooks. Returns true, or nil and a common.errors object.
+function Hooks:before_delete(ctx, view)
+    local list = self.set.by_point.before_delete
+    if #list == 0 then
+        return true
+    end
+    local hctx = ctx_copy(ctx)
+    for _, entry in ipairs(list) do
+        local ok, r1, r2 = self:run(entry, "before_delete", hctx, deep_copy(view))
+        if not ok then
+            return nil, self:failed(entry, "before_delete", r1, ctx)
+        end
+        if is_rejection(r1, r2) then
+            return nil, rejection(entry, r2)
+        end
+    end
+    return true
+end
+
+--- Runs the on_proxy_request hooks for a request to a sandbox port. req_info = { port, method, path }.
+--- Returns the decision, { allow = true } merged with the fields of every table a hook returned (for
+--- example renew_seconds), or nil and a common.errors object (a hook rejected, returned allow = false, or
+--- failed).
+function Hooks:on_proxy_request(ctx, view, req_info)
+    local decision = { allow = true }
+    local list = self.set.by_point.on_proxy_request
+    if #list == 0 then
+        return decision
+    end
+    local hctx = ctx_copy(ctx)
+    for _, entry in ipairs(list) do
+        local ok, r1, r2 = self:run(entry, "on_proxy_request", hctx, deep_copy(view), copy(req_info or {}))
+        if not ok then
+            return nil, self:failed(entry, "on_proxy_request", r1, ctx)
+        end
+        if is_rejection(r1, r2) then
+            return nil, rejection(entry, r2)
+        end
+        if type(r1) == "table" then
+            if r1.allow == false then
+                return nil, errors.new(403, M.REJECTED, string.format("Access to port %s denied by hook '%s'.",
+                    tostring(req_info and req_info.port), entry.name))
+            end
+            for k, v in pairs(r1) do
+                decision[k] = v
+            end
+        end
+    end
+    return decision
+end
+
+return M
