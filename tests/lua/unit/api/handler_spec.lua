@@ -174,7 +174,7 @@ describe("api handler", function()
             local call1 = deps.service.calls[1]
             assert.equal("create", call1.name)
             assert.same({ spec = true, image = { uri = "python:3" } }, call1.args[1])
-            assert.same({ request_id = "rid", principal = "default", host = "api.example:8080",
+            assert.same({ request_id = "rid", principal = "default", admin = true, host = "api.example:8080",
                 remote_addr = "192.0.2.7" }, call1.args[2])
         end)
 
