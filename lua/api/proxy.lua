@@ -88,7 +88,8 @@ function M.new(deps)
             return nil, errors.new(400, "DOCKER::INVALID_PORT", "Port must be between 1 and 65535.")
         end
         local svc = deps.service
-        local target, err = svc:proxy_target(ctx.params.id, port, ctx.svc)
+        local target, err = svc:proxy_target(ctx.params.id, port, ctx.svc,
+            { port = port, method = req.method, path = M.raw_tail(req.path) })
         if not target then
             return nil, err
         end

@@ -677,22 +677,53 @@ function Service:endpoint(id, port, use_server_proxy, ctx)
     return { endpoint = string.format("%s:%d/proxy/%d", host, agent, port), headers = agent_headers }
 end
 
---- The proxy target for the server proxy (issue: built-in routing): address and port, or nil, err.
-function Service:proxy_target(id, port)
+--- The target of the server proxy (§7.3): { host, port, record } or nil, err. Served from memory (no Docker
+--- call). `ctx` (tenancy) and `req` ({ port, method, path }) go to the on_proxy_request hooks, which may refuse
+--- or ask for renew-on-access ({ renew_seconds = n }: the expiry moves to now + n when less than half of n
+--- is left, so that a busy sandbox costs one durable write per n/2 seconds, not one per request).
+function Service:proxy_target(id, port, ctx, req)
     local rec = self.records[id]
-    if not rec then
+    if not rec or not self:visible(rec, ctx) then
         return nil, errors.not_found(id)
     end
     if rec.state ~= STATE.RUNNING then
         return nil, errors.new(409, "DOCKER::SANDBOX_NOT_RUNNING", "Sandbox is not in a running state.")
     end
+    local target
     if self.host_mode then
-        return { host = "127.0.0.1", port = port == M.AGENT_PORT and rec.agent_port or port, record = rec }
+        target = { host = "127.0.0.1", port = port == M.AGENT_PORT and rec.agent_port or port, record = rec }
+    else
+        if not rec.container_ip or rec.container_ip == "" then
+            return nil, errors.new(409, "DOCKER::SANDBOX_NOT_RUNNING", "Sandbox is not in a running state.")
+        end
+        target = { host = rec.container_ip, port = port, record = rec }
     end
-    if not rec.container_ip or rec.container_ip == "" then
-        return nil, errors.new(409, "DOCKER::SANDBOX_NOT_RUNNING", "Sandbox is not in a running state.")
+    if self.hooks then
+        local decision, herr = self.hooks:on_proxy_request(ctx, model.sandbox_view(rec),
+            req or { port = port })
+        if herr then
+            return nil, herr
+        end
+        local renew = type(decision) == "table" and tonumber(decision.renew_seconds)
+        if renew and renew > 0 and rec.expires_us then
+            local want = self:now_us() + math.floor(renew * 1e6)
+            if rec.expires_us - self:now_us() < renew * 1e6 / 2 and want > rec.expires_us then
+                self.core.spawn(function()
+                    self:with_sandbox(id, false, function(cur)
+                        if cur.expires_us and want > cur.expires_us then
+                            local upd = copy(cur)
+                            upd.expires_us = want
+                            if self:commit(upd) then
+                                self:arm_timer(upd)
+                            end
+                        end
+                        return true
+                    end)
+                end)
+            end
+        end
     end
-    return { host = rec.container_ip, port = port, record = rec }
+    return target
 end
 
 ---------------------------------------------------------------------------------------------------------
