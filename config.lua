@@ -102,7 +102,7 @@ return {
         -- Directory of Lua policy hooks (every *.lua file in it), loaded at startup and reloaded on SIGHUP
         -- or `opensandbox-server --reload`. nil: <install root>/hooks, the shipped defaults (naming,
         -- metadata, quotas), which change nothing until configured below. false: no hooks.
-        -- Writing hooks: docs/HOOKS.md.
+        -- Writing hooks: README.md, section "Hooks".
         dir = nil,
         -- Per-hook settings, hooks.config.<hook name>. Examples for the shipped hooks:
         --   config = {

@@ -6,7 +6,7 @@
 -- debug, coroutine or collectgarbage; `pcall`/`xpcall` re-raise budget errors (lua/hooks/budget.lua) so a
 -- hook cannot swallow them; `getmetatable` hides the shared string metatable; `string.rep` is capped.
 --
--- `opensandbox` (documented for operators in docs/HOOKS.md):
+-- `opensandbox` (documented for operators in README.md, section "Hooks"):
 --   log.debug|info|warn|error(msg, fields)  the server log, with `hook = <name>` added
 --   json.encode(v) / json.decode(s)        common.json
 --   now()                                  seconds since the epoch (float)

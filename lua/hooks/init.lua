@@ -1,5 +1,5 @@
 -- Operator policy hooks: the object the lifecycle service calls at its hook points (lua/sandbox/service.lua,
--- `deps.hooks`). Operators write hooks in Lua (docs/HOOKS.md); the defaults live in <root>/hooks.
+-- `deps.hooks`). Operators write hooks in Lua (README.md, section "Hooks"); the defaults live in <root>/hooks.
 --
 --   local hooks = require("hooks")
 --   local h, err = hooks.new{ dir = path, config = cfg.hooks.config, log = log, spawn = spawn,
