@@ -49,6 +49,7 @@ function M.new(deps)
     self.timers = {} -- id -> timer handle
     self.removing = {} -- container id -> true while we remove it ourselves
     self.available = false -- Docker reachable and reconciled
+    self.restored = false -- the start-up restoration (§6.5) has run
     self.unavailable_reason = "not checked yet"
     self.ncpu = nil
     self.host_mode = (self.config.docker.network_mode == "host")
@@ -311,7 +312,7 @@ function Service:provision(id, spec)
     local rec = self.records[id]
     local log = self.log
     log.info("provisioning", { sandbox_id = id, image = rec.image_uri })
-    local ok, err = rt:ensure_image(spec.image.uri, spec.image.auth)
+    local ok, err = rt:ensure_image(spec.image.uri, spec.image.auth, spec.platform)
     if not ok then
         return self:finish_provisioning(id, nil, "DOCKER::SANDBOX_IMAGE_PULL_FAILED",
             string.format("Failed to pull image '%s': %s", spec.image.uri, tostring(err and err.message or err)))
@@ -1043,12 +1044,15 @@ function Service:connect(startup)
     if rcfg and info.runtimes and not info.runtimes[rcfg] then
         self.log.error("configured docker.runtime is not known to the daemon", { runtime = rcfg })
     end
+    -- the start-up restoration (§6.5 steps 2-5: interrupted provisioning, due expiries, timers) runs at
+    -- the first successful connection, also when Docker was unreachable while the server started
     local due
-    ok, due = self:reconcile(startup)
+    ok, due = self:reconcile(startup or not self.restored)
     if not ok then
         self:mark_unavailable(due and due.message or due)
         return nil, due
     end
+    self.restored = true
     if not self.available then
         self.log.info("Docker is reachable", { docker_host = self.docker_host })
     end
