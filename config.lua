@@ -91,6 +91,10 @@ return {
         pids_limit = 4096,
         -- OCI runtime for sandboxes, for example "runsc". nil: Docker's default.
         runtime = nil,
+        -- A name for this server's containers (label opensandbox.io/instance). Set it when several servers
+        -- share one Docker daemon: each then sees, adopts and removes only its own sandboxes.
+        -- nil: every container labelled opensandbox.io/id belongs to this server.
+        instance = nil,
     },
 
     store = {

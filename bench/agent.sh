@@ -15,7 +15,7 @@ cp "$root/bench/agent.mjs" "$conf/bench-agent.mjs"
 PORT=18381 KEY=bench-key
 cat >"$work/config.lua" <<CFG
 return { server = { port = $PORT, api_key = "$KEY", log_level = "WARNING" },
-         store = { path = "$work/state/db.sqlite" } }
+         store = { path = "$work/state/db.sqlite" }, docker = { instance = "bench-$$" } }
 CFG
 "$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" &
 spid=$!

@@ -29,7 +29,7 @@ nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 cat >"$work/config.lua" <<CFG
 return { server = { port = $OUR_PORT, api_key = "$KEY", log_level = "WARNING" },
-         store = { path = "$work/state/db.sqlite" } }
+         store = { path = "$work/state/db.sqlite" }, docker = { instance = "bench-$$" } }
 CFG
 "$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" &
 ourpid=$!

@@ -52,6 +52,9 @@ M.sections = {
         seccomp_profile = { type = "string" },
         pids_limit = { type = "integer", default = 4096, min = 0, false_ok = true },
         runtime = { type = "string" },
+        -- a name for this server's containers (label opensandbox.io/instance): several servers can then
+        -- share one daemon without adopting or removing each other's sandboxes. nil: all labelled containers.
+        instance = { type = "string" },
     },
     store = {
         path = { type = "string", default = "~/.opensandbox/opensandbox.db" },

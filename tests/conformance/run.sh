@@ -25,6 +25,7 @@ cat >"$state/config.lua" <<CFG
 return {
   server = { host = "127.0.0.1", port = $port, api_key = "$key", log_level = "DEBUG" },
   store = { path = "$state/opensandbox.db" },
+  docker = { instance = "conformance-$$" },
 }
 CFG
 "$bin" --config "$state/config.lua" >"$state/server.log" 2>&1 &

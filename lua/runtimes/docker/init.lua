@@ -535,6 +535,9 @@ end
 --- created_s }`. `extra_labels` (optional) adds label filters such as "opensandbox.test=1".
 function Adapter:list(extra_labels)
     local label_filters = json.array({ mapping.LABEL_ID })
+    if self.config.instance then
+        label_filters[#label_filters + 1] = mapping.LABEL_INSTANCE .. "=" .. self.config.instance
+    end
     for _, l in ipairs(extra_labels or {}) do
         label_filters[#label_filters + 1] = l
     end
@@ -608,7 +611,11 @@ end
 --- Returns when the stream ends: always nil and an error (kind "unavailable" when the stream simply ended).
 function Adapter:events(since_s, on_event, until_s)
     assert(type(on_event) == "function", "events: on_event required")
-    local filters = json.encode({ type = json.array({ "container" }), label = json.array({ mapping.LABEL_ID }) })
+    local labels = json.array({ mapping.LABEL_ID })
+    if self.config.instance then
+        labels[#labels + 1] = mapping.LABEL_INSTANCE .. "=" .. self.config.instance
+    end
+    local filters = json.encode({ type = json.array({ "container" }), label = labels })
     local path = "/events?filters=" .. urlencode(filters)
     local function ts(t)
         if math.type(t) == "integer" then

@@ -13,6 +13,8 @@ M.HTTP_PORT = 8080
 M.BOOTSTRAP = "/opt/opensandbox/bootstrap.sh"
 M.LABEL_PREFIX = "opensandbox.io/"
 M.LABEL_ID = "opensandbox.io/id"
+-- Set when docker.instance is configured: servers sharing one daemon then see only their own containers.
+M.LABEL_INSTANCE = "opensandbox.io/instance"
 
 -- §8.5 and §9 defaults, used for keys the (already validated) config leaves nil.
 M.DEFAULT_CONFIG = {
@@ -115,6 +117,10 @@ function M.create_body(spec, config)
     end
 
     local labels = M.labels_for(spec)
+    local instance = cfg(config, "instance")
+    if instance then
+        labels[M.LABEL_INSTANCE] = instance
+    end
     for k, v in pairs(spec.extra_labels or {}) do
         assert(k:sub(1, #M.LABEL_PREFIX) ~= M.LABEL_PREFIX, "create_body: extra label in reserved prefix")
         labels[k] = v

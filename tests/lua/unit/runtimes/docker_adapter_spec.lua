@@ -249,6 +249,14 @@ describe("runtimes.docker: containers", function()
         assert.are.same({ label = { "opensandbox.io/id", "opensandbox.test=1" } },
             json.decode(query_of(fake.requests[2].path).filters))
     end)
+
+    it("sees only its own instance's containers when docker.instance is set", function()
+        local a, fake = make({ config = { instance = "blue" } })
+        fake:on("GET", "^/v1%.41/containers/json%?", { body = "[]" })
+        assert(a:list())
+        assert.are.same({ label = { "opensandbox.io/id", "opensandbox.io/instance=blue" } },
+            json.decode(query_of(fake.requests[1].path).filters))
+    end)
 end)
 
 describe("runtimes.docker: images", function()

@@ -27,6 +27,15 @@ local function body(spec, config)
     return assert(json.decode(text)), text
 end
 
+describe("runtimes.docker.mapping: instance label", function()
+    it("labels the container with docker.instance when it is set, and only then", function()
+        local b = body(base_spec(), { instance = "blue" })
+        assert.are.equal("blue", b.Labels["opensandbox.io/instance"])
+        b = body(base_spec(), {})
+        assert.is_nil(b.Labels["opensandbox.io/instance"])
+    end)
+end)
+
 describe("runtimes.docker.mapping.labels_for", function()
     it("writes the §8.3 labels of a timed sandbox", function()
         local labels = mapping.labels_for({
