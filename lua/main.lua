@@ -106,6 +106,7 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
         log = log,
         runtime = runtime,
         execd_image = cfg.runtime.execd_image,
+        uuid = uuid,
     })
     local service, hooks_obj
     if cfg.hooks.dir ~= false then
@@ -136,8 +137,8 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
         config = cfg,
         docker_host = cfg.docker.host,
         failure_ttl = cfg.server.pending_failure_ttl,
-        agent_archive = function()
-            return agent:archive()
+        agent_archive = function(platform)
+            return agent:archive(platform)
         end,
         core = {
             now_us = function()

@@ -30,9 +30,63 @@ local function dirname(p)
     return p:match("^(.*)/[^/]*$") or "."
 end
 
---- opts = { root = install root, exe = server binary path, log = core.log-like }
+--- opts = { root = install root, exe = server binary path, log = core.log-like, runtime = adapter (for
+--- execd_image), execd_image = image name or nil, uuid = core.uuid-like }
 function M.new(opts)
-    return setmetatable({ root = opts.root, exe = opts.exe, log = opts.log, bundle = nil }, Agent)
+    return setmetatable({ root = opts.root, exe = opts.exe, log = opts.log, runtime = opts.runtime,
+        execd_image = opts.execd_image, uuid = opts.uuid, bundle = nil, from_image = {} }, Agent)
+end
+
+local function only_file(tar_bytes, what)
+    local entries, err = tar.entries(tar_bytes)
+    if not entries then
+        return nil, err
+    end
+    for _, e in ipairs(entries) do
+        if e.type == "file" then
+            return e.content
+        end
+    end
+    return nil, what .. " is not a regular file in the image"
+end
+
+--- runtime.execd_image (§8.4): copies /execd and /bootstrap.sh out of a created (never started) container of
+--- that image, then removes it. Cached per platform. Returns the tar bytes for provisioning, or nil, err.
+function Agent:archive_from_image(platform)
+    local key = platform and (platform.os .. "/" .. platform.arch) or "default"
+    if self.from_image[key] then
+        return self.from_image[key]
+    end
+    local rt = self.runtime
+    local ok, err = rt:ensure_image(self.execd_image, nil, platform)
+    if not ok then
+        return nil, "cannot pull runtime.execd_image " .. self.execd_image .. ": " .. tostring(err and err.message)
+    end
+    local cid
+    cid, err = rt:create_scratch(self.execd_image, "sandbox-execd-" .. self.uuid.v4(), platform)
+    if not cid then
+        return nil, "cannot create a container of " .. self.execd_image .. ": " .. tostring(err and err.message)
+    end
+    local files = {}
+    for _, p in ipairs({ "/execd", "/bootstrap.sh" }) do
+        local bytes, gerr = rt:get_archive(cid, p)
+        if bytes then
+            bytes, gerr = only_file(bytes, p)
+        end
+        if not bytes then
+            rt:remove(cid)
+            return nil, string.format("cannot copy %s out of %s: %s", p, self.execd_image,
+                tostring(type(gerr) == "table" and gerr.message or gerr))
+        end
+        files[p] = bytes
+    end
+    rt:remove(cid)
+    local w = tar.new()
+    w:dir("opt/opensandbox", { mode = tonumber("755", 8) })
+    w:file("opt/opensandbox/execd", files["/execd"], { mode = tonumber("755", 8) })
+    w:file("opt/opensandbox/bootstrap.sh", files["/bootstrap.sh"], { mode = tonumber("755", 8) })
+    self.from_image[key] = w:finish()
+    return self.from_image[key]
 end
 
 function Agent:binary_candidates()
@@ -49,8 +103,12 @@ function Agent:binary_candidates()
     return c
 end
 
---- The tar bytes, or nil, err (the bootstrap script is required; the agent binary is not).
-function Agent:archive()
+--- The tar bytes, or nil, err (the bootstrap script is required; the agent binary is not). With
+--- runtime.execd_image the files come from that image instead (may yield: Docker calls).
+function Agent:archive(platform)
+    if self.execd_image then
+        return self:archive_from_image(platform)
+    end
     if self.bundle then
         return self.bundle
     end

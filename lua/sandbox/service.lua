@@ -340,7 +340,7 @@ function Service:provision(id, spec)
         return self:finish_provisioning(id, nil, "DOCKER::SANDBOX_START_FAILED",
             "Failed to create container: " .. tostring(err and err.message or err))
     end
-    local tar, terr = self.agent_archive()
+    local tar, terr = self.agent_archive(spec.platform)
     if not tar then
         return self:finish_provisioning(id, cid, "DOCKER::SANDBOX_EXECD_DISTRIBUTION_FAILED", tostring(terr))
     end

@@ -469,6 +469,38 @@ function Adapter:put_archive(cid, tar_bytes)
     return true
 end
 
+--- GET /containers/{cid}/archive?path= -> the tar bytes Docker returns for that path (a file comes back as
+--- a one-entry archive named after its basename).
+function Adapter:get_archive(cid, path)
+    local res, err = self:_expect("GET", "/containers/" .. seg(cid) .. "/archive?path=" .. urlencode(path), OK200)
+    if not res then
+        return nil, err
+    end
+    return res.body
+end
+
+--- Creates (does not start) a throwaway container of `image` named `name`, to copy files out of it (the
+--- runtime.execd_image option). Returns the container id.
+function Adapter:create_scratch(image, name, platform)
+    local path = "/containers/create?name=" .. urlencode(name)
+    if platform and platform.arch then
+        path = path .. "&platform=" .. urlencode("linux/" .. platform.arch)
+    end
+    local res, err = self:_expect("POST", path, { [201] = true, [200] = true }, {
+        headers = { ["Content-Type"] = "application/json" },
+        body = json.encode({ Image = image, Cmd = json.array({ "/execd" }),
+            Labels = { ["opensandbox.scratch"] = "1" } }),
+    })
+    if not res then
+        return nil, err
+    end
+    local doc, derr = decode_body(res)
+    if not doc then
+        return nil, derr
+    end
+    return doc.Id
+end
+
 --- POST /containers/{cid}/start (304 "already started" counts as success).
 function Adapter:start(cid)
     local res, err = self:_expect("POST", "/containers/" .. seg(cid) .. "/start", { [204] = true, [304] = true })

@@ -120,6 +120,44 @@ function Writer:finish()
     return table.concat(self.parts)
 end
 
+local function cstring(s)
+    local z = s:find("\0", 1, true)
+    return z and s:sub(1, z - 1) or s
+end
+
+--- Reads an archive (ustar as Docker writes it): array of { path, type ("file"|"dir"|"other"), mode,
+--- content (files) }, or nil, err for a truncated or corrupt archive. Long names (GNU/pax extensions) are
+--- not needed for the files we read and come back with type "other".
+function M.entries(bytes)
+    local out, pos = {}, 1
+    while pos + BLOCK - 1 <= #bytes do
+        local h = bytes:sub(pos, pos + BLOCK - 1)
+        if h == string.rep("\0", BLOCK) then
+            return out
+        end
+        local name = cstring(h:sub(1, 100))
+        local prefix = cstring(h:sub(346, 500))
+        if prefix ~= "" then
+            name = prefix .. "/" .. name
+        end
+        local size = tonumber(cstring(h:sub(125, 136)):match("^%s*([0-7]+)"), 8)
+        local mode = tonumber(cstring(h:sub(101, 108)):match("^%s*([0-7]+)") or "0", 8)
+        if not size then
+            return nil, "tar: bad size field"
+        end
+        local flag = h:sub(157, 157)
+        local kind = (flag == "0" or flag == "\0") and "file" or (flag == "5" and "dir" or "other")
+        local data_start = pos + BLOCK
+        if data_start + size - 1 > #bytes then
+            return nil, "tar: truncated archive"
+        end
+        out[#out + 1] = { path = name, type = kind, mode = mode,
+            content = kind == "file" and bytes:sub(data_start, data_start + size - 1) or nil }
+        pos = data_start + math.ceil(size / BLOCK) * BLOCK
+    end
+    return out
+end
+
 --- Convenience: an archive from a list of `{ path=, content=?, dir=bool?, mode=?, mtime=? }`.
 function M.archive(entries)
     local w = M.new()
