@@ -200,3 +200,26 @@ describe("runtimes.docker.lines", function()
         assert.are.same({ "ok" }, got)
     end)
 end)
+
+describe("runtimes.docker.tar.entries", function()
+    local tar = require("runtimes.docker.tar")
+    it("reads back what the writer wrote", function()
+        local bytes = tar.archive({
+            { path = "opt/x", dir = true },
+            { path = "opt/x/a.sh", content = "#!/bin/sh\necho hi\n", mode = tonumber("755", 8) },
+            { path = "big", content = string.rep("z", 1000) },
+        })
+        local e = assert(tar.entries(bytes))
+        assert.are.equal(3, #e)
+        assert.are.same({ "opt/x/", "dir" }, { e[1].path, e[1].type })
+        assert.are.same({ "opt/x/a.sh", "file", tonumber("755", 8), "#!/bin/sh\necho hi\n" },
+            { e[2].path, e[2].type, e[2].mode, e[2].content })
+        assert.are.equal(string.rep("z", 1000), e[3].content)
+    end)
+    it("rejects a truncated archive", function()
+        local bytes = tar.archive({ { path = "f", content = string.rep("y", 2000) } })
+        local e, err = tar.entries(bytes:sub(1, 1024))
+        assert.is_nil(e)
+        assert.truthy(err:find("truncated", 1, true))
+    end)
+end)
