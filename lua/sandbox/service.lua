@@ -445,13 +445,16 @@ function Service:pause(id, ctx)
         if not ok then
             return nil, self:runtime_error(err, "DOCKER::SANDBOX_PAUSE_FAILED", "pause")
         end
+        -- the Docker event of this change may have been applied while Docker answered (it does not take
+        -- the lock): the hooks hear of the change once, from whichever commits it first
+        local from = (self.records[cur.id] or cur).state
         local rec = copy(cur)
         model.apply_status(rec, model.status(STATE.PAUSED, REASON.CONTAINER_PAUSED, MESSAGE.PAUSED, self:now_us()))
         local c, cerr = self:commit(rec)
         if not c then
             return nil, cerr
         end
-        self:notify_transition(rec, cur.state, rec.state)
+        self:notify_transition(rec, from, rec.state)
         return true
     end)
 end
@@ -473,13 +476,16 @@ function Service:resume(id, ctx)
         if not ok then
             return nil, self:runtime_error(err, "DOCKER::SANDBOX_RESUME_FAILED", "resume")
         end
+        -- the Docker event of this change may have been applied while Docker answered (it does not take
+        -- the lock): the hooks hear of the change once, from whichever commits it first
+        local from = (self.records[cur.id] or cur).state
         local rec = copy(cur)
         model.apply_status(rec, model.status(STATE.RUNNING, REASON.CONTAINER_RUNNING, MESSAGE.RUNNING, self:now_us()))
         local c, cerr = self:commit(rec)
         if not c then
             return nil, cerr
         end
-        self:notify_transition(rec, cur.state, rec.state)
+        self:notify_transition(rec, from, rec.state)
         return true
     end)
 end
