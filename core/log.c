@@ -145,13 +145,16 @@ void log_write(enum log_level level, const char *request_id, const char *msg, ..
 
 /* ---- core.log ---- */
 
-static void lua_fields(lua_State *L, logbuf *b, int idx)
+/* Writes the fields of the table at idx; `skip_request_id` drops a "request_id" field when the line already
+ * carries the task's bound request id (a key must not appear twice in one JSON object). */
+static void lua_fields(lua_State *L, logbuf *b, int idx, int skip_request_id)
 {
     if (!lua_istable(L, idx))
         return;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        if (lua_type(L, -2) == LUA_TSTRING) {
+        if (lua_type(L, -2) == LUA_TSTRING &&
+            !(skip_request_id && strcmp(lua_tostring(L, -2), "request_id") == 0)) {
             lb_key(b, lua_tostring(L, -2));
             int t = lua_type(L, -1);
             if (t == LUA_TNUMBER) {
@@ -183,7 +186,7 @@ static int l_log(lua_State *L, enum log_level level)
     task *t = task_of(L);
     lb_begin(&b, level, t ? t->request_id : NULL, msg, n);
     lua_pop(L, 1);
-    lua_fields(L, &b, 2);
+    lua_fields(L, &b, 2, t && t->request_id[0]);
     lb_end(&b);
     return 0;
 }

@@ -339,6 +339,35 @@ static const char *head_value(struct parsed_head *ph, const char *name)
     return NULL;
 }
 
+/* Every value of header `name` joined with "," (several field lines of one name are one list,
+ * RFC 9110 section 5.3). Sets *out to a malloc'd string, or to NULL when the header is absent.
+ * Returns -1 when out of memory. */
+static int head_join(struct parsed_head *ph, const char *name, char **out)
+{
+    size_t len = 0, off = 0;
+    *out = NULL;
+    for (int i = 0; i < ph->nhdr; i++)
+        if (strcasecmp(ph->names[i], name) == 0)
+            len += strlen(ph->values[i]) + 1;
+    if (!len)
+        return 0;
+    char *s = malloc(len);
+    if (!s)
+        return -1;
+    for (int i = 0; i < ph->nhdr; i++) {
+        if (strcasecmp(ph->names[i], name) != 0)
+            continue;
+        size_t vl = strlen(ph->values[i]);
+        if (off)
+            s[off++] = ',';
+        memcpy(s + off, ph->values[i], vl);
+        off += vl;
+    }
+    s[off] = '\0';
+    *out = s;
+    return 0;
+}
+
 static int has_token(const char *v, const char *tok)
 {
     size_t tl = strlen(tok);
@@ -506,7 +535,13 @@ static void px_on_head(struct proxy *px, size_t hlen)
         return;
     }
     loop_timer_stop(&px->header_timer);
-    const char *connection = head_value(&ph, "Connection");
+    char *connection;
+    if (head_join(&ph, "Connection", &connection) < 0) {
+        free(head);
+        px_fail(px, "GENERAL::UNKNOWN_ERROR", 500, "An internal error occurred in the proxy: %s",
+                "out of memory");
+        return;
+    }
     struct MHD_Response *r;
     if (ph.status == 101) {
         r = MHD_create_response_for_upgrade(on_upgraded, px);
@@ -530,6 +565,7 @@ static void px_on_head(struct proxy *px, size_t hlen)
             unsigned long long v = strtoull(cl, &endp, 10);
             if (errno || *endp || endp == cl) {
                 free(head);
+                free(connection);
                 px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
                         "The backend sandbox %s sent an invalid Content-Length", px->target);
                 return;
@@ -544,6 +580,7 @@ static void px_on_head(struct proxy *px, size_t hlen)
     }
     if (!r) {
         free(head);
+        free(connection);
         px_fail(px, "GENERAL::UNKNOWN_ERROR", 500, "An internal error occurred in the proxy: %s",
                 "cannot create the response");
         return;
@@ -562,6 +599,7 @@ static void px_on_head(struct proxy *px, size_t hlen)
     if (px->request_id[0])
         MHD_add_response_header(r, "X-Request-ID", px->request_id);
     free(head);
+    free(connection);
     c->resp = r;
     c->status = (unsigned)ph.status;
     if (ph.status == 101) {

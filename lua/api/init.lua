@@ -88,6 +88,14 @@ function M.new(deps)
             end
             admin = err -- on success the authenticator's second value is the admin flag
         end
+        -- The proxy route needs no key, but a valid key still names its tenant: the proxy then only reaches
+        -- that tenant's sandboxes (an invalid or missing key proxies anonymously, as API.md allows).
+        if exempt and route.raw_body and req:header("OPEN-SANDBOX-API-KEY") then
+            local p, a = authenticate(req)
+            if p then
+                principal, admin = p, a
+            end
+        end
         if req.body_too_large and not route.raw_body then
             return respond.error(parse.too_large())
         end

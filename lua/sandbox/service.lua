@@ -332,7 +332,7 @@ function Service:provision(id, spec)
         created_us = rec.created_us,
         expires_us = rec.expires_us,
         metadata = rec.metadata,
-        labels_record = rec,
+        principal = rec.principal,
     }
     local cid
     cid, err = rt:create_container(cspec)
@@ -858,6 +858,7 @@ function Service:adopt(c)
         host_ports = info.host_ports,
         container_ip = info.ip,
         access_token = info.access_token,
+        principal = labels["opensandbox.io/principal"],
     }
     if labels["opensandbox.io/platform-os"] then
         rec.platform = { os = labels["opensandbox.io/platform-os"], arch = labels["opensandbox.io/platform-arch"] }

@@ -64,6 +64,10 @@ function M.labels_for(rec)
     if type(rec.metadata) == "table" and next(rec.metadata) ~= nil then
         labels["opensandbox.io/metadata"] = json.encode(rec.metadata)
     end
+    if type(rec.principal) == "string" and rec.principal ~= "" then
+        -- the tenant that created it, so that a store rebuilt from labels keeps tenancy
+        labels["opensandbox.io/principal"] = rec.principal
+    end
     if rec.platform then
         labels["opensandbox.io/platform-os"] = rec.platform.os
         labels["opensandbox.io/platform-arch"] = rec.platform.arch

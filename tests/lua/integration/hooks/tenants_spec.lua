@@ -138,22 +138,25 @@ describe("tenants #integration #docker", function()
                 F.json.decode(res.body))
         end)
 
-        it("forwards for anyone who knows the id: tenancy does not apply (the agent's token guards 44772)",
+        it("a tenant's key limits the proxy to its own sandboxes; without a key it proxies anonymously",
             function()
                 local ep = F.call(srv, "a", "GET", path(a_id, "/endpoints/44772"))
                 local token = ep.json.headers["X-EXECD-ACCESS-TOKEN"]
                 -- the owner with the agent token reaches the agent
                 local res = proxy(a_id, { ["OPEN-SANDBOX-API-KEY"] = F.KEYS.a, ["X-EXECD-ACCESS-TOKEN"] = token })
                 assert.are.equal(200, res.status, res.body)
-                -- another tenant's key is not even looked at: the request is forwarded (not a 404), and only
-                -- the agent refuses it for want of the token
-                res = proxy(a_id, { ["OPEN-SANDBOX-API-KEY"] = F.KEYS.b })
-                assert.are.equal(401, res.status, res.body)
-                assert.is_nil(res.body:find("DOCKER::SANDBOX_NOT_FOUND", 1, true), res.body)
-                -- and so is a request without any key; with the token (leaked) it gets through
+                -- another tenant's key: that tenant cannot see the sandbox, so 404, even with the token
+                res = proxy(a_id, { ["OPEN-SANDBOX-API-KEY"] = F.KEYS.b, ["X-EXECD-ACCESS-TOKEN"] = token })
+                assert.are.equal(404, res.status, res.body)
+                assert.truthy(res.body:find("DOCKER::SANDBOX_NOT_FOUND", 1, true), res.body)
+                -- the admin key reaches every sandbox
+                res = proxy(a_id, { ["OPEN-SANDBOX-API-KEY"] = F.KEYS.admin, ["X-EXECD-ACCESS-TOKEN"] = token })
+                assert.are.equal(200, res.status, res.body)
+                -- no key at all: the route is auth-exempt (API.md §1.2), so the request is forwarded and only
+                -- the agent's token guards it
                 res = proxy(a_id, {})
                 assert.are.equal(401, res.status, res.body)
-                res = proxy(a_id, { ["OPEN-SANDBOX-API-KEY"] = F.KEYS.b, ["X-EXECD-ACCESS-TOKEN"] = token })
+                res = proxy(a_id, { ["X-EXECD-ACCESS-TOKEN"] = token })
                 assert.are.equal(200, res.status, res.body)
             end)
     end)

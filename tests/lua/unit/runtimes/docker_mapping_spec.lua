@@ -27,6 +27,15 @@ local function body(spec, config)
     return assert(json.decode(text)), text
 end
 
+describe("runtimes.docker.mapping: principal label", function()
+    it("records the creating tenant so that adoption keeps tenancy", function()
+        local labels = mapping.labels_for({ id = "abc", created_us = CREATED, principal = "team-a" })
+        assert.are.equal("team-a", labels["opensandbox.io/principal"])
+        labels = mapping.labels_for({ id = "abc", created_us = CREATED })
+        assert.is_nil(labels["opensandbox.io/principal"])
+    end)
+end)
+
 describe("runtimes.docker.mapping: instance label", function()
     it("labels the container with docker.instance when it is set, and only then", function()
         local b = body(base_spec(), { instance = "blue" })
