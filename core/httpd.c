@@ -698,7 +698,8 @@ static int l_proxy(lua_State *L)
 {
     struct reqctx *c = req_ctx(L, 1);
     if (!c->early)
-        return luaL_error(L, "http.proxy: the request's path is not one of the listener's early_paths");
+        return luaL_error(
+            L, "http.proxy: the request's path is not one of the listener's early_paths");
     if (c->streaming || c->resp || c->px || c->state != RS_RUNNING)
         return luaL_error(L, "http.proxy: a response was already started");
     c->proxied = 1;
@@ -840,7 +841,8 @@ void httpd_free(void)
     H.listen_fd = -1;
 }
 
-/* libmicrohttpd's own messages (malformed requests it answers itself, ...) go to our log as DEBUG lines. */
+/* libmicrohttpd's own messages (malformed requests it answers itself, ...) go to our log as DEBUG
+ * lines. */
 static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
     char msg[512];
@@ -951,9 +953,8 @@ static int l_listen(lua_State *L)
     H.d = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_TURBO |
             MHD_USE_ERROR_LOG,
-        0, NULL, NULL,
-        on_access, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_LIMIT,
+        0, NULL, NULL, on_access, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_URI_LOG_CALLBACK,
+        on_uri, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)conn_limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)conn_memory,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)conn_timeout, MHD_OPTION_EXTERNAL_LOGGER,
         mhd_logger, NULL, MHD_OPTION_END);

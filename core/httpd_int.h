@@ -1,6 +1,6 @@
 /*
- * httpd_int.h: what httpd.c shares with proxy.c (the forwarding path): the per-request context and the
- * few operations on it. Not a public interface.
+ * httpd_int.h: what httpd.c shares with proxy.c (the forwarding path): the per-request context and
+ * the few operations on it. Not a public interface.
  */
 #ifndef OSB_HTTPD_INT_H
 #define OSB_HTTPD_INT_H
@@ -21,8 +21,8 @@ struct reqctx {
     struct MHD_Connection *conn;
     int refs;
     enum rstate state;
-    unsigned suspended : 1;        /* suspended by us, waiting for Lua or the proxy */
-    unsigned completed : 1;        /* MHD is done with the request */
+    unsigned suspended : 1; /* suspended by us, waiting for Lua or the proxy */
+    unsigned completed : 1; /* MHD is done with the request */
     unsigned too_large : 1;
     unsigned streaming : 1;        /* a streamed response (Lua stream or proxy) was created */
     unsigned stream_eof : 1;       /* the streamed body is complete */
@@ -51,13 +51,16 @@ void httpd_ctx_resume(struct reqctx *c);
 void httpd_ctx_suspend(struct reqctx *c);
 void httpd_request_run(void);
 /* A JSON ErrorResponse {"code","message"} with X-Request-ID (when request_id is not empty). */
-struct MHD_Response *httpd_error_response(const char *code, const char *message, const char *request_id);
-/* A streamed response reading c->sbuf (the same reader Lua streams use); size may be MHD_SIZE_UNKNOWN. */
+struct MHD_Response *httpd_error_response(const char *code, const char *message,
+                                          const char *request_id);
+/* A streamed response reading c->sbuf (the same reader Lua streams use); size may be
+ * MHD_SIZE_UNKNOWN. */
 struct MHD_Response *httpd_stream_response(struct reqctx *c, uint64_t size);
 
 /* proxy.c */
 int lhttp_proxy(lua_State *L, struct reqctx *c);
-/* Feeds request body bytes; returns 1 when the proxy wants the connection suspended (buffer full). */
+/* Feeds request body bytes; returns 1 when the proxy wants the connection suspended (buffer full).
+ */
 int proxy_upload(struct proxy *px, const char *data, size_t n);
 void proxy_upload_done(struct proxy *px);
 /* The client's reader drained c->sbuf below STREAM_LOW. */

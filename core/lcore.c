@@ -122,7 +122,8 @@ static int l_monotonic(lua_State *L)
     return 1;
 }
 
-/* core.free_tcp_port(host): a port the kernel hands out for bind(host:0), released again at once. */
+/* core.free_tcp_port(host): a port the kernel hands out for bind(host:0), released again at once.
+ */
 static int l_free_tcp_port(lua_State *L)
 {
     const char *host = luaL_optstring(L, 1, "0.0.0.0");
@@ -145,7 +146,8 @@ static int l_free_tcp_port(lua_State *L)
     return 1;
 }
 
-/* core.mkdirs(path, mode): mkdir -p with `mode` for every directory it creates; true or nil, err. */
+/* core.mkdirs(path, mode): mkdir -p with `mode` for every directory it creates; true or nil, err.
+ */
 static int l_mkdirs(lua_State *L)
 {
     size_t n;
@@ -231,14 +233,10 @@ static int l_on_signal(lua_State *L)
 
 int luaopen_core(lua_State *L)
 {
-    static const luaL_Reg fns[] = {{"now", l_now},
-                                   {"monotonic", l_monotonic},
-                                   {"stop", l_stop},
-                                   {"free_tcp_port", l_free_tcp_port},
-                                   {"getpid", l_getpid},
-                                   {"mkdirs", l_mkdirs},
-                                   {"kill", l_kill},
-                                   {"on_signal", l_on_signal},
+    static const luaL_Reg fns[] = {{"now", l_now},       {"monotonic", l_monotonic},
+                                   {"stop", l_stop},     {"free_tcp_port", l_free_tcp_port},
+                                   {"getpid", l_getpid}, {"mkdirs", l_mkdirs},
+                                   {"kill", l_kill},     {"on_signal", l_on_signal},
                                    {NULL, NULL}};
     luaL_newlib(L, fns);
     lua_pushstring(L, OSB_VERSION);

@@ -145,8 +145,8 @@ void log_write(enum log_level level, const char *request_id, const char *msg, ..
 
 /* ---- core.log ---- */
 
-/* Writes the fields of the table at idx; `skip_request_id` drops a "request_id" field when the line already
- * carries the task's bound request id (a key must not appear twice in one JSON object). */
+/* Writes the fields of the table at idx; `skip_request_id` drops a "request_id" field when the line
+ * already carries the task's bound request id (a key must not appear twice in one JSON object). */
 static void lua_fields(lua_State *L, logbuf *b, int idx, int skip_request_id)
 {
     if (!lua_istable(L, idx))

@@ -1,26 +1,27 @@
 /*
- * proxy.c: the forwarding path of the server proxy (`http.proxy(req, opts)`), in C so that bodies stream
- * in both directions without passing through Lua.
+ * proxy.c: the forwarding path of the server proxy (`http.proxy(req, opts)`), in C so that bodies
+ * stream in both directions without passing through Lua.
  *
  * Lua decides (which sandbox, which address, which headers go upstream); this file does the rest:
  *   - a non-blocking connection to host:port (connect timeout -> 502);
- *   - the request head as Lua built it, plus the body framing of the inbound request (Content-Length kept,
- *     chunked re-chunked), then the body as libmicrohttpd hands it to us (proxy_upload). When more than
- *     UP_HIGH bytes wait for the backend, the client connection is suspended (back-pressure);
- *   - the response head parsed here (status line, headers, framing: Content-Length, chunked, or until
- *     close); 1xx other than 101 are skipped; hop-by-hop headers and those named in Connection are dropped;
- *   - the body de-chunked into the request context's stream buffer, read by the same content reader that
- *     Lua streams use. When the client is slow and more than STREAM_HIGH bytes wait, reading from the
- *     backend stops until the reader drained it (proxy_drained), so memory stays flat;
- *   - a 101 answer (WebSocket or any Upgrade) is relayed with MHD's upgrade support, then raw bytes are
- *     tunnelled both ways until either side closes.
- * The backend connection is not reused (we send Connection: close); failures before the response head
- * become ErrorResponse JSON (502 connect, 504 header timeout, 500 otherwise), after it the client
- * connection is closed.
+ *   - the request head as Lua built it, plus the body framing of the inbound request
+ * (Content-Length kept, chunked re-chunked), then the body as libmicrohttpd hands it to us
+ * (proxy_upload). When more than UP_HIGH bytes wait for the backend, the client connection is
+ * suspended (back-pressure);
+ *   - the response head parsed here (status line, headers, framing: Content-Length, chunked, or
+ * until close); 1xx other than 101 are skipped; hop-by-hop headers and those named in Connection
+ * are dropped;
+ *   - the body de-chunked into the request context's stream buffer, read by the same content reader
+ * that Lua streams use. When the client is slow and more than STREAM_HIGH bytes wait, reading from
+ * the backend stops until the reader drained it (proxy_drained), so memory stays flat;
+ *   - a 101 answer (WebSocket or any Upgrade) is relayed with MHD's upgrade support, then raw bytes
+ * are tunnelled both ways until either side closes. The backend connection is not reused (we send
+ * Connection: close); failures before the response head become ErrorResponse JSON (502 connect, 504
+ * header timeout, 500 otherwise), after it the client connection is closed.
  *
- * Hand-written HTTP/1.1 response parsing: no library here parses a response head incrementally on our
- * own sockets without taking over the loop (libcurl would buffer and own the connection, and cannot hand
- * an upgraded socket back to us).
+ * Hand-written HTTP/1.1 response parsing: no library here parses a response head incrementally on
+ * our own sockets without taking over the loop (libcurl would buffer and own the connection, and
+ * cannot hand an upgraded socket back to us).
  */
 #define _GNU_SOURCE
 #include "httpd_int.h"
@@ -50,7 +51,16 @@
 
 enum px_state { PX_CONNECTING, PX_HEAD, PX_BODY, PX_TUNNEL, PX_DONE };
 enum px_framing { FR_NONE, FR_LENGTH, FR_CHUNKED, FR_CLOSE };
-enum chunk_state { CH_SIZE, CH_EXT, CH_SIZE_LF, CH_DATA, CH_DATA_CR, CH_DATA_LF, CH_TRAILER, CH_DONE };
+enum chunk_state {
+    CH_SIZE,
+    CH_EXT,
+    CH_SIZE_LF,
+    CH_DATA,
+    CH_DATA_CR,
+    CH_DATA_LF,
+    CH_TRAILER,
+    CH_DONE
+};
 
 struct proxy {
     struct reqctx *c; /* holds a reference; NULL once detached */
@@ -59,10 +69,10 @@ struct proxy {
     loop_timer connect_timer;
     loop_timer header_timer;
     enum px_state state;
-    buf_t out;      /* bytes for the backend: head, then body */
-    int req_chunked; /* re-chunk the request body */
-    int req_body;    /* the request has a body */
-    int req_done;    /* all of the request body is in `out` */
+    buf_t out;         /* bytes for the backend: head, then body */
+    int req_chunked;   /* re-chunk the request body */
+    int req_body;      /* the request has a body */
+    int req_done;      /* all of the request body is in `out` */
     int out_suspended; /* we suspended the client connection because `out` was full */
     int is_head;
     buf_t head; /* the backend's response head while it arrives */
@@ -130,7 +140,8 @@ static void px_finish(struct proxy *px)
     loop_defer(px_free_deferred, px);
 }
 
-/* Fails the proxied request: an ErrorResponse when nothing was sent yet, else a closed connection. */
+/* Fails the proxied request: an ErrorResponse when nothing was sent yet, else a closed connection.
+ */
 static void px_fail(struct proxy *px, const char *code, unsigned status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -255,10 +266,10 @@ void proxy_upload_done(struct proxy *px)
 
 static int hop_by_hop(const char *name, const char *connection)
 {
-    static const char *const hop[] = {"connection",        "keep-alive",      "proxy-authenticate",
-                                      "proxy-authorization", "te",              "trailer",
-                                      "transfer-encoding", "upgrade",         "content-length",
-                                      "x-request-id",      NULL};
+    static const char *const hop[] = {"connection",          "keep-alive", "proxy-authenticate",
+                                      "proxy-authorization", "te",         "trailer",
+                                      "transfer-encoding",   "upgrade",    "content-length",
+                                      "x-request-id",        NULL};
     for (int i = 0; hop[i]; i++)
         if (strcasecmp(name, hop[i]) == 0)
             return 1;
@@ -435,9 +446,10 @@ static int px_body(struct proxy *px, const char *p, size_t n)
             if (isxdigit((unsigned char)ch)) {
                 if (px->remaining > (UINT64_MAX >> 4))
                     return -1;
-                px->remaining = px->remaining * 16 +
-                                (uint64_t)(isdigit((unsigned char)ch) ? ch - '0'
-                                                                      : (tolower((unsigned char)ch) - 'a' + 10));
+                px->remaining =
+                    px->remaining * 16 + (uint64_t)(isdigit((unsigned char)ch)
+                                                        ? ch - '0'
+                                                        : (tolower((unsigned char)ch) - 'a' + 10));
             } else if (ch == ';' || ch == ' ' || ch == '\t') {
                 px->ch = CH_EXT;
             } else if (ch == '\r') {
@@ -507,8 +519,9 @@ static int px_body(struct proxy *px, const char *p, size_t n)
     return px->ch == CH_DONE;
 }
 
-static void on_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls, const char *extra_in,
-                        size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh);
+static void on_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls,
+                        const char *extra_in, size_t extra_in_size, MHD_socket sock,
+                        struct MHD_UpgradeResponseHandle *urh);
 
 /* The response head is complete in px->head (up to hlen bytes); the rest is body. */
 static void px_on_head(struct proxy *px, size_t hlen)
@@ -525,8 +538,8 @@ static void px_on_head(struct proxy *px, size_t hlen)
     head[hlen] = '\0';
     if (parse_head(head, hlen, &ph) < 0) {
         free(head);
-        px_fail(px, "GENERAL::UNKNOWN_ERROR", 502, "The backend sandbox %s sent a malformed response",
-                px->target);
+        px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
+                "The backend sandbox %s sent a malformed response", px->target);
         return;
     }
     px->head.off += hlen;
@@ -653,7 +666,8 @@ static void px_read(struct proxy *px)
                 if (px->framing == FR_CLOSE) {
                     px_body_complete(px);
                 } else {
-                    px_fail(px, "", 502, "The backend sandbox %s closed the connection mid-response",
+                    px_fail(px, "", 502,
+                            "The backend sandbox %s closed the connection mid-response",
                             px->target);
                 }
             }
@@ -722,8 +736,8 @@ static void on_backend(loop_watch *w, uint32_t events)
         socklen_t len = sizeof(err);
         getsockopt(px->fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err) {
-            px_fail(px, "GENERAL::UNKNOWN_ERROR", 502, "Could not connect to the backend sandbox %s: %s",
-                    px->target, strerror(err));
+            px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
+                    "Could not connect to the backend sandbox %s: %s", px->target, strerror(err));
             return;
         }
         loop_timer_stop(&px->connect_timer);
@@ -841,8 +855,9 @@ static void on_client_sock(loop_watch *w, uint32_t events)
     px_tunnel_pump(px);
 }
 
-static void on_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls, const char *extra_in,
-                        size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+static void on_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls,
+                        const char *extra_in, size_t extra_in_size, MHD_socket sock,
+                        struct MHD_UpgradeResponseHandle *urh)
 {
     struct proxy *px = cls;
     (void)connection;
@@ -884,7 +899,8 @@ void proxy_detach(struct proxy *px)
 
 static int connect_to(struct proxy *px, const char *host, int port)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
     struct addrinfo *res = NULL;
     char portstr[16];
@@ -930,7 +946,8 @@ static lua_Number opt_number(lua_State *L, int idx, const char *k, lua_Number de
 }
 
 /* http.proxy(req, { host=, port=, method=, target= "/path?query", headers = {{name, value}, ...},
- *   connect_timeout = 10, header_timeout = 0 }) -> true. The core owns the response from here on. */
+ *   connect_timeout = 10, header_timeout = 0 }) -> true. The core owns the response from here on.
+ */
 int lhttp_proxy(lua_State *L, struct reqctx *c)
 {
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -1018,8 +1035,8 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
     }
 
     if (connect_to(px, host, port) < 0) {
-        px_fail(px, "GENERAL::UNKNOWN_ERROR", 502, "Could not connect to the backend sandbox %s: %s",
-                px->target, strerror(errno));
+        px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
+                "Could not connect to the backend sandbox %s: %s", px->target, strerror(errno));
         lua_pushboolean(L, 1);
         return 1;
     }

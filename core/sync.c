@@ -1,11 +1,12 @@
 /*
- * sync.c: the `core.sync` module: a waiter, the one primitive from which Lua builds locks, queues and
- * "wait until provisioned" (see lua/common/sync.lua).
+ * sync.c: the `core.sync` module: a waiter, the one primitive from which Lua builds locks, queues
+ * and "wait until provisioned" (see lua/common/sync.lua).
  *
  *   local w = sync.waiter()      -- bound to nothing yet
  *   w:wait(timeout)              -- yields the calling task until w:wake(...) or the timeout;
  *                                -- returns the woken values, or nil, "timeout"
- *   w:wake(...)                  -- true if a task was waiting (it resumes on the next loop turn with
+ *   w:wake(...)                  -- true if a task was waiting (it resumes on the next loop turn
+ * with
  *                                -- these values), false otherwise
  * Waking is deferred to the loop so the waker keeps running first and wake chains never recurse.
  */

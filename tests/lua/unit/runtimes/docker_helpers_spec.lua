@@ -202,7 +202,6 @@ describe("runtimes.docker.lines", function()
 end)
 
 describe("runtimes.docker.tar.entries", function()
-    local tar = require("runtimes.docker.tar")
     it("reads back what the writer wrote", function()
         local bytes = tar.archive({
             { path = "opt/x", dir = true },
