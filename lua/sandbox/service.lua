@@ -428,28 +428,47 @@ function Service:check_visible(id, ctx)
     return rec
 end
 
-function Service:pause(id, ctx)
+-- Pause and resume differ only in these facts (§2.5, §2.6).
+local TOGGLES = {
+    pause = {
+        from = STATE.RUNNING,
+        refuse = { "DOCKER::SANDBOX_NOT_RUNNING", "Sandbox is not in a running state." },
+        call = "pause",
+        failed = "DOCKER::SANDBOX_PAUSE_FAILED",
+        to = { STATE.PAUSED, REASON.CONTAINER_PAUSED, MESSAGE.PAUSED },
+    },
+    resume = {
+        from = STATE.PAUSED,
+        refuse = { "DOCKER::SANDBOX_NOT_PAUSED", "Sandbox is not in a paused state." },
+        call = "unpause",
+        failed = "DOCKER::SANDBOX_RESUME_FAILED",
+        to = { STATE.RUNNING, REASON.CONTAINER_RUNNING, MESSAGE.RUNNING },
+    },
+}
+
+function Service:toggle(verb, id, ctx)
+    local t = TOGGLES[verb]
     local _, verr = self:check_visible(id, ctx)
     if verr then
         return nil, verr
     end
     return self:with_sandbox(id, true, function(cur)
-        if cur.state ~= STATE.RUNNING then
-            return nil, errors.new(409, "DOCKER::SANDBOX_NOT_RUNNING", "Sandbox is not in a running state.")
+        if cur.state ~= t.from then
+            return nil, errors.new(409, t.refuse[1], t.refuse[2])
         end
         local ok, err = self:require_docker()
         if not ok then
             return nil, err
         end
-        ok, err = self.runtime:pause(cur.container_id)
+        ok, err = self.runtime[t.call](self.runtime, cur.container_id)
         if not ok then
-            return nil, self:runtime_error(err, "DOCKER::SANDBOX_PAUSE_FAILED", "pause")
+            return nil, self:runtime_error(err, t.failed, verb)
         end
         -- the Docker event of this change may have been applied while Docker answered (it does not take
         -- the lock): the hooks hear of the change once, from whichever commits it first
         local from = (self.records[cur.id] or cur).state
         local rec = copy(cur)
-        model.apply_status(rec, model.status(STATE.PAUSED, REASON.CONTAINER_PAUSED, MESSAGE.PAUSED, self:now_us()))
+        model.apply_status(rec, model.status(t.to[1], t.to[2], t.to[3], self:now_us()))
         local c, cerr = self:commit(rec)
         if not c then
             return nil, cerr
@@ -459,35 +478,12 @@ function Service:pause(id, ctx)
     end)
 end
 
+function Service:pause(id, ctx)
+    return self:toggle("pause", id, ctx)
+end
+
 function Service:resume(id, ctx)
-    local _, verr = self:check_visible(id, ctx)
-    if verr then
-        return nil, verr
-    end
-    return self:with_sandbox(id, true, function(cur)
-        if cur.state ~= STATE.PAUSED then
-            return nil, errors.new(409, "DOCKER::SANDBOX_NOT_PAUSED", "Sandbox is not in a paused state.")
-        end
-        local ok, err = self:require_docker()
-        if not ok then
-            return nil, err
-        end
-        ok, err = self.runtime:unpause(cur.container_id)
-        if not ok then
-            return nil, self:runtime_error(err, "DOCKER::SANDBOX_RESUME_FAILED", "resume")
-        end
-        -- the Docker event of this change may have been applied while Docker answered (it does not take
-        -- the lock): the hooks hear of the change once, from whichever commits it first
-        local from = (self.records[cur.id] or cur).state
-        local rec = copy(cur)
-        model.apply_status(rec, model.status(STATE.RUNNING, REASON.CONTAINER_RUNNING, MESSAGE.RUNNING, self:now_us()))
-        local c, cerr = self:commit(rec)
-        if not c then
-            return nil, cerr
-        end
-        self:notify_transition(rec, from, rec.state)
-        return true
-    end)
+    return self:toggle("resume", id, ctx)
 end
 
 --- Removes the sandbox (delete or expiry); called under its lock. `message` is the Stopping message.
