@@ -128,5 +128,8 @@ return {
     proxy = {
         -- Seconds to wait for a connection to a sandbox port through the server proxy.
         connect_timeout = 10,
+        -- Seconds to wait for the backend's response head before answering 504. 0: no limit (the proxy
+        -- has no read timeout otherwise: streams and long polls may stay open).
+        header_timeout = 0,
     },
 }

@@ -69,6 +69,8 @@ M.sections = {
     },
     proxy = {
         connect_timeout = { type = "number", default = 10, min = 0 },
+        -- seconds to wait for the backend's response head (504 after); 0: no limit (API.md: no read timeout)
+        header_timeout = { type = "number", default = 0, min = 0 },
     },
 }
 
