@@ -33,6 +33,10 @@ cat
 ]])
 f:close()
 sh("chmod +x " .. dir .. "/cgi-bin/echo")
+f = assert(io.open(dir .. "/cgi-bin/slow", "w"))
+f:write("#!/bin/sh\nsleep 2\necho 'Content-Type: text/plain'\necho ''\necho late\n")
+f:close()
+sh("chmod +x " .. dir .. "/cgi-bin/slow")
 local bport = 20000 + math.random(0, 20000)
 local bpid = tonumber(sh(string.format("busybox httpd -f -p 127.0.0.1:%d -h %s >/dev/null 2>&1 & echo $!", bport, dir)))
 timer.sleep(0.3)
@@ -55,7 +59,7 @@ local port = http.listen({ host = "127.0.0.1", port = 0, early_paths = { "/p/" }
         hs[#hs + 1] = { "X-Test", req:header("x-test") }
     end
     http.proxy(req, { host = "127.0.0.1", port = bp, method = req.method, target = target, headers = hs,
-        connect_timeout = 2 })
+        connect_timeout = 2, header_timeout = target:find("slow", 1, true) and 0.3 or 0 })
 end })
 local base = "http://127.0.0.1:" .. port
 
@@ -105,6 +109,11 @@ local ok, err = pcall(function()
     assert(res.status == 502, res.status)
     assert(res.body:find('"code":"GENERAL::UNKNOWN_ERROR"', 1, true) and res.body:find("Could not connect", 1, true),
         res.body)
+
+    -- no response head within header_timeout: 504
+    res = assert(client.request({ url = base .. "/p/cgi-bin/slow" }))
+    assert(res.status == 504, res.status)
+    assert(res.body:find("did not answer in time", 1, true), res.body)
 
     -- many concurrent proxied requests
     local done = 0
