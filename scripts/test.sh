@@ -66,6 +66,7 @@ fi
 if [ -d tests/lua/integration/agent ]; then
     stage "integration: agent" busted_run tests/lua/integration/agent
 fi
+stage "integration: agent (SDK specs)" bash tests/agent/run.sh
 stage "SDK conformance: lifecycle" bash tests/conformance/run.sh lifecycle-smoke.mjs
 if [ -x build/execd/opensandbox-execd ]; then
     stage "SDK conformance: execd" bash tests/conformance/run.sh execd-smoke.mjs

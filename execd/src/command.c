@@ -12,9 +12,10 @@
  * stdout/stderr event per line, then exactly one terminal event; the response then ends after
  * EXECD_STREAM_LINGER_MS (env, default 0). Upstream's agent lingers 1 s because it polls output
  * files and may still find late lines; ours has drained the pipes to EOF before the terminal
- * event, so a linger would only add a second to every SDK commands.run() round trip. If the client goes away the command keeps running and its output is still
- * read (and dropped). Background commands write their combined output into an in-memory log that
- * GET /command/{id}/logs pages through by byte offset.
+ * event, so a linger would only add a second to every SDK commands.run() round trip. If the client
+ * goes away the command keeps running and its output is still read (and dropped). Background
+ * commands write their combined output into an in-memory log that GET /command/{id}/logs pages
+ * through by byte offset.
  *
  * The exit status is reaped from the SIGCHLD signalfd. At that point the pipes are drained, so
  * output written before exit always precedes the terminal event. Finished commands are kept for
@@ -67,6 +68,7 @@ struct cmd {
     pid_t pid;
     int running;
     int background;
+    int paused; /* output reading stopped while the client's send buffer is full */
     int status_known;
     int exit_code; /* -1 when killed by a signal */
     int term_sig;
@@ -189,7 +191,7 @@ static void cmd_emit_line(void *ud, const char *line, size_t len)
         cmd_event(lc->c, lc->type, line, len, NULL);
 }
 
-static void cmd_output(struct cmd *c, int which, const char *p, size_t n)
+void cmd_output(struct cmd *c, int which, const char *p, size_t n)
 {
     struct line_ctx lc = {c, which ? "stderr" : "stdout"};
 
@@ -201,13 +203,32 @@ static void cmd_output(struct cmd *c, int which, const char *p, size_t n)
     lines_feed(&c->lines[which], p, n, cmd_emit_line, &lc);
 }
 
-/* Reads a pipe until EAGAIN (or EOF, which closes it). */
-static void cmd_drain(struct cmd *c, int which)
+int cmd_should_pause(struct cmd *c)
+{
+    if (c->conn && c->conn->out.len >= EXECD_OUT_HIGH) {
+        c->paused = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* Reads a pipe until EAGAIN (or EOF, which closes it). Unless `force`, stops reading (and
+ * watching the pipes) while the client has EXECD_OUT_HIGH bytes unsent: the command then blocks
+ * on a full pipe, which bounds the agent's memory whatever the command writes. */
+static void cmd_drain(struct cmd *c, int which, int force)
 {
     char tmp[65536];
 
     while (c->fds[which] >= 0) {
-        ssize_t n = read(c->fds[which], tmp, sizeof(tmp));
+        ssize_t n;
+        if (!force && cmd_should_pause(c)) {
+            int i;
+            for (i = 0; i < 2; i++)
+                if (c->fds[i] >= 0)
+                    loop_mod(c->fds[i], 0, &c->evs[i]);
+            return;
+        }
+        n = read(c->fds[which], tmp, sizeof(tmp));
         if (n > 0) {
             cmd_output(c, which, tmp, (size_t)n);
             continue;
@@ -222,13 +243,31 @@ static void cmd_drain(struct cmd *c, int which)
     }
 }
 
+void cmd_resume(struct cmd *c)
+{
+    int i;
+
+    if (!c->paused || (c->conn && c->conn->out.len >= EXECD_OUT_HIGH / 2))
+        return;
+    c->paused = 0;
+    if (c->fds[0] < 0 && c->fds[1] < 0) {
+        session_resume(c);
+        return;
+    }
+    for (i = 0; i < 2; i++)
+        if (c->fds[i] >= 0)
+            loop_mod(c->fds[i], EPOLLIN, &c->evs[i]);
+    for (i = 0; i < 2 && !c->paused; i++)
+        cmd_drain(c, i, 0);
+}
+
 void cmd_on_pipe(struct ev *ev, uint32_t events)
 {
     struct cmd *c = ev->obj;
     int which = ev->kind == EV_CMD_ERR;
 
     (void)events;
-    cmd_drain(c, which);
+    cmd_drain(c, which, 0);
 }
 
 static void cmd_terminal_event(struct cmd *c)
@@ -274,36 +313,44 @@ static void cmd_terminal_event(struct cmd *c)
     c->conn->end_at = now_ms() + stream_linger_ms();
 }
 
-static void cmd_finished(struct cmd *c, int status)
+void cmd_complete(struct cmd *c, int exit_code, int term_sig)
 {
     int i;
 
     for (i = 0; i < 2; i++) {
         struct line_ctx lc = {c, i ? "stderr" : "stdout"};
-        cmd_drain(c, i);
-        if (c->fds[i] >= 0) {
-            /* a grandchild may still hold the pipe: stop listening, the command is over */
-            loop_del(c->fds[i]);
-            close(c->fds[i]);
-            c->fds[i] = -1;
-        }
         lines_flush(&c->lines[i], cmd_emit_line, &lc);
     }
     c->running = 0;
     c->status_known = 1;
     c->finished_ns = wall_ns();
-    if (WIFSIGNALED(status)) {
-        c->term_sig = WTERMSIG(status);
-        c->exit_code = -1;
-    } else {
-        c->exit_code = WEXITSTATUS(status);
-    }
+    c->term_sig = term_sig;
+    c->exit_code = term_sig ? -1 : exit_code;
     cmd_terminal_event(c);
     if (c->waiter) {
         struct conn *w = c->waiter;
         c->waiter = NULL;
         conn_reply_empty(w);
     }
+}
+
+static void cmd_finished(struct cmd *c, int status)
+{
+    int i;
+
+    for (i = 0; i < 2; i++) {
+        cmd_drain(c, i, 1);
+        if (c->fds[i] >= 0) {
+            /* a grandchild may still hold the pipe: stop listening, the command is over */
+            loop_del(c->fds[i]);
+            close(c->fds[i]);
+            c->fds[i] = -1;
+        }
+    }
+    if (WIFSIGNALED(status))
+        cmd_complete(c, -1, WTERMSIG(status));
+    else
+        cmd_complete(c, WEXITSTATUS(status), 0);
 }
 
 void cmd_on_sigchld(void)
@@ -315,6 +362,8 @@ void cmd_on_sigchld(void)
 
         if (pid <= 0)
             return;
+        if (session_reaped(pid, status))
+            continue;
         for (c = g_cmds; c; c = c->next)
             if (c->running && c->pid == pid)
                 break;
@@ -328,8 +377,10 @@ void cmd_conn_gone(struct conn *conn)
     struct cmd *c;
 
     for (c = g_cmds; c; c = c->next) {
-        if (c->conn == conn)
+        if (c->conn == conn) {
             c->conn = NULL;
+            cmd_resume(c); /* nobody reads the events any more: drain and drop */
+        }
         if (c->waiter == conn)
             c->waiter = NULL;
     }
@@ -387,6 +438,15 @@ static int find_on_path(const char *name, char *out, size_t outsz)
             p++;
     }
     return -1;
+}
+
+int cmd_find_shell(char *out, size_t n)
+{
+    if (find_on_path("bash", out, n) == 0)
+        return 1;
+    if (find_on_path("sh", out, n) < 0)
+        snprintf(out, n, "/bin/sh");
+    return 0;
 }
 
 /* Builds the child's environment: ours (minus the agent token) overlaid with envs. */
@@ -642,9 +702,7 @@ void cmd_handle_run(struct conn *conn)
         conn_reply_error(conn, 400, "INVALID_REQUEST_BODY", "envs must be an object of strings");
         goto out;
     }
-    if (find_on_path("bash", shell, sizeof(shell)) < 0 &&
-        find_on_path("sh", shell, sizeof(shell)) < 0)
-        snprintf(shell, sizeof(shell), "/bin/sh");
+    cmd_find_shell(shell, sizeof(shell));
 
     c = calloc(1, sizeof(*c));
     if (!c) {
@@ -700,6 +758,35 @@ void cmd_handle_run(struct conn *conn)
     cmd_env_free(a.env);
 out:
     json_free(req);
+}
+
+struct cmd *cmd_stream_new(struct conn *conn, const char *content, long long timeout_ms, pid_t pid)
+{
+    struct cmd *c = calloc(1, sizeof(*c));
+
+    if (!c || !(c->content = strdup(content))) {
+        free(c);
+        conn_reply_error(conn, 500, "RUNTIME_ERROR", "out of memory");
+        return NULL;
+    }
+    cmd_gen_id(c->id);
+    c->fds[0] = c->fds[1] = -1;
+    c->pid = pid;
+    c->running = 1;
+    c->started_ns = wall_ns();
+    c->start_ms = now_ms();
+    if (timeout_ms > 0)
+        c->deadline_ms = c->start_ms + timeout_ms;
+    c->next = g_cmds;
+    g_cmds = c;
+    g_ncmds++;
+    conn_stream_begin(conn, 200, "text/event-stream");
+    c->conn = conn;
+    conn->cmd = c;
+    cmd_event(c, "init", c->id, strlen(c->id), NULL);
+    cmd_event(c, "ping", "pong", 4, NULL);
+    c->next_ping_ms = now_ms() + CMD_PING_MS;
+    return c;
 }
 
 void cmd_handle_kill(struct conn *conn)

@@ -25,7 +25,18 @@
 #define EXECD_BODY_LIMIT (1024 * 1024)
 #define EXECD_OUT_HIGH (1024 * 1024) /* stop producing into a socket buffer above this */
 
-enum ev_kind { EV_LISTEN, EV_CONN, EV_SIGNAL, EV_CMD_OUT, EV_CMD_ERR, EV_PROXY };
+enum ev_kind {
+    EV_LISTEN,
+    EV_CONN,
+    EV_SIGNAL,
+    EV_CMD_OUT,
+    EV_CMD_ERR,
+    EV_PROXY,
+    EV_SESS_IN,
+    EV_SESS_OUT,
+    EV_SESS_ERR,
+    EV_SESS_CTL
+};
 
 struct ev {
     enum ev_kind kind;
@@ -65,10 +76,11 @@ struct conn {
     const char *err_msg;
 
     /* the current response */
-    int streaming;   /* chunked response in progress */
-    int64_t end_at;  /* monotonic ms at which to end a command stream (0: not yet) */
-    struct cmd *cmd; /* command whose events this stream carries */
-    int file_fd;     /* download in progress */
+    int streaming;    /* chunked response in progress */
+    int64_t end_at;   /* monotonic ms at which to end a command stream (0: not yet) */
+    int64_t watch_at; /* monotonic ms of the next /metrics/watch sample (0: not watching) */
+    struct cmd *cmd;  /* command whose events this stream carries */
+    int file_fd;      /* download in progress */
     uint64_t file_left;
     struct upload *up;
     struct proxy *px;
@@ -111,6 +123,26 @@ void cmd_on_pipe(struct ev *ev, uint32_t events);
 void cmd_on_sigchld(void);
 void cmd_conn_gone(struct conn *c);
 int64_t cmd_tick(int64_t now); /* returns the next deadline (ms) or INT64_MAX */
+/* Finds bash (returns 1) or sh (returns 0) on PATH into out. */
+int cmd_find_shell(char *out, size_t n);
+/* For session runs: starts a foreground event stream on conn for a command whose output the
+ * caller feeds with cmd_output and ends with cmd_complete. Timeouts and DELETE /command signal
+ * the process group of pid. NULL (after a 500 reply) when out of memory. */
+struct cmd *cmd_stream_new(struct conn *conn, const char *content, long long timeout_ms, pid_t pid);
+void cmd_output(struct cmd *c, int which, const char *p, size_t n);
+void cmd_complete(struct cmd *c, int exit_code, int term_sig); /* term_sig 0: exited */
+/* Back-pressure: 1 (and the command is marked paused) while its client has too much unsent;
+ * cmd_resume restarts reading once the client has drained (called from conn_flush). */
+int cmd_should_pause(struct cmd *c);
+void cmd_resume(struct cmd *c);
+
+/* session.c: persistent shells (POST /session, POST /session/{id}/run, DELETE /session/{id}) */
+void session_handle_create(struct conn *c);
+void session_handle_run(struct conn *c, const char *id);
+void session_handle_delete(struct conn *c, const char *id);
+void session_on_event(struct ev *ev, uint32_t events);
+int session_reaped(pid_t pid, int status); /* 1 if pid was a session shell */
+void session_resume(struct cmd *run);      /* cmd_resume for a session's run */
 
 /* files.c */
 void files_upload_begin(struct conn *c);
@@ -139,5 +171,7 @@ int64_t proxy_tick(struct conn *c, int64_t now);
 /* metrics.c */
 void metrics_init(void);
 void metrics_handle(struct conn *c);
+void metrics_watch_handle(struct conn *c); /* GET /metrics/watch: one sample per second */
+int64_t metrics_watch_tick(struct conn *c, int64_t now); /* next sample time */
 
 #endif

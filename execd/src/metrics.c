@@ -7,6 +7,10 @@
  * /proc/meminfo, the online CPU count). Memory "used" excludes inactive page cache, like
  * `docker stats`. CPU percentage is the usage between two samples: the previous request (or the
  * agent's start) and now, divided by the CPU count.
+ *
+ * GET /metrics/watch streams the same object once a second (the first at once) as an event
+ * stream framed like command events: compact JSON followed by a blank line, no `data:` prefix.
+ * It ends only when the client goes away.
  */
 #include "execd.h"
 
@@ -16,6 +20,8 @@
 #include <unistd.h>
 
 #include "json.h"
+
+#define METRICS_WATCH_MS 1000
 
 static int64_t g_prev_usage_ns = -1, g_prev_ms;
 
@@ -142,12 +148,12 @@ void metrics_init(void)
     g_prev_ms = now_ms();
 }
 
-void metrics_handle(struct conn *c)
+/* One sample as compact JSON. */
+static void metrics_sample(struct buf *b)
 {
     double cpus = cpu_count(), pct = 0;
     int64_t usage = cpu_usage_ns(), now = now_ms();
     long long total, used;
-    struct buf b = {0};
 
     if (g_prev_usage_ns >= 0 && now > g_prev_ms && usage >= g_prev_usage_ns)
         pct = (double)(usage - g_prev_usage_ns) / ((double)(now - g_prev_ms) * 1e6) / cpus * 100;
@@ -158,11 +164,41 @@ void metrics_handle(struct conn *c)
         g_prev_ms = now;
     }
     mem_usage(&total, &used);
-    buf_printf(&b,
+    buf_printf(b,
                "{\"cpu_count\":%.2f,\"cpu_used_pct\":%.2f,\"mem_total_mib\":%.2f,"
                "\"mem_used_mib\":%.2f,\"timestamp\":%lld}",
                cpus, pct, (double)total / 1048576.0, (double)used / 1048576.0,
                (long long)wall_ms());
+}
+
+void metrics_handle(struct conn *c)
+{
+    struct buf b = {0};
+
+    metrics_sample(&b);
     conn_reply_json(c, 200, &b);
     buf_free(&b);
+}
+
+void metrics_watch_handle(struct conn *c)
+{
+    conn_stream_begin(c, 200, "text/event-stream");
+    c->watch_at = now_ms(); /* the first sample goes out on this loop iteration */
+}
+
+int64_t metrics_watch_tick(struct conn *c, int64_t now)
+{
+    struct buf b = {0};
+
+    if (now < c->watch_at)
+        return c->watch_at;
+    /* a client that stopped reading gets no more samples until it catches up */
+    if (c->out.len < EXECD_OUT_HIGH) {
+        metrics_sample(&b);
+        buf_puts(&b, "\n\n");
+        conn_stream_write(c, b.data, b.len);
+        buf_free(&b);
+    }
+    c->watch_at = now + METRICS_WATCH_MS;
+    return c->watch_at;
 }

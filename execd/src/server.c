@@ -2,7 +2,8 @@
  * server.c: the agent's process, event loop, connections and router.
  *
  * One epoll instance drives everything: the listening socket, client connections, the
- * signalfd (SIGCHLD, SIGTERM, SIGINT), command output pipes and proxy upstream sockets. There
+ * signalfd (SIGCHLD, SIGTERM, SIGINT), command output pipes, session shell pipes and proxy
+ * upstream sockets. There
  * are no threads. Each connection is a small state machine:
  *
  *   C_HEAD  -> read and parse a request head (http.c); authenticate; pick a route
@@ -30,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -132,6 +134,8 @@ static const char *status_text(int s)
         return "Not Found";
     case 405:
         return "Method Not Allowed";
+    case 409:
+        return "Conflict";
     case 413:
         return "Payload Too Large";
     case 416:
@@ -178,6 +182,7 @@ static void conn_request_done(struct conn *c)
     c->too_large = 0;
     c->streaming = 0;
     c->end_at = 0;
+    c->watch_at = 0;
     c->state = c->keep_alive ? C_HEAD : C_CLOSING;
 }
 
@@ -318,6 +323,10 @@ void conn_flush(struct conn *c)
         conn_close(c);
         return;
     }
+    if (c->cmd)
+        cmd_resume(c->cmd);
+    if (c->dead)
+        return;
     if (c->px)
         proxy_client_writable(c);
     conn_sync(c);
@@ -416,6 +425,34 @@ static void handle_logs(struct conn *c)
     cmd_handle_logs(c, id);
 }
 
+/* The {id} of /session/{id} or /session/{id}/run, copied into id. */
+static void session_id_of(const struct conn *c, char *id, size_t n)
+{
+    const char *s = c->path + strlen("/session/"), *slash = strchr(s, '/');
+    size_t len = slash ? (size_t)(slash - s) : strlen(s);
+
+    if (len >= n)
+        len = n - 1;
+    memcpy(id, s, len);
+    id[len] = '\0';
+}
+
+static void handle_session_run(struct conn *c)
+{
+    char id[128];
+
+    session_id_of(c, id, sizeof(id));
+    session_handle_run(c, id);
+}
+
+static void handle_session_delete(struct conn *c)
+{
+    char id[128];
+
+    session_id_of(c, id, sizeof(id));
+    session_handle_delete(c, id);
+}
+
 static void handle_upload(struct conn *c)
 {
     files_upload_end(c);
@@ -444,7 +481,22 @@ static const struct route routes[] = {
     {"DELETE", "/directories", files_handle_rmdirs, BODY_DISCARD},
     {"GET", "/directories/list", files_handle_list, BODY_DISCARD},
     {"GET", "/metrics", metrics_handle, BODY_DISCARD},
+    {"GET", "/metrics/watch", metrics_watch_handle, BODY_DISCARD},
+    {"POST", "/session", session_handle_create, BODY_BUFFER},
 };
+
+/* 1: /session/{id}/run, 2: /session/{id}, 0: neither ({id} is one non-empty segment). */
+static int path_session(const char *p)
+{
+    const char *id = p + 9, *slash;
+
+    if (strncmp(p, "/session/", 9) != 0 || !*id || *id == '/')
+        return 0;
+    slash = strchr(id, '/');
+    if (!slash)
+        return 2;
+    return strcmp(slash, "/run") == 0 ? 1 : 0;
+}
 
 static int path_is_logs(const char *p)
 {
@@ -473,6 +525,18 @@ static void route_select(struct conn *c)
         path_known = 1;
         if (strcmp(m, "GET") == 0) {
             c->handler = handle_status;
+            return;
+        }
+    } else if (path_session(p)) {
+        int kind = path_session(p);
+        path_known = 1;
+        if (kind == 1 && strcmp(m, "POST") == 0) {
+            c->handler = handle_session_run;
+            c->body_mode = BODY_BUFFER;
+            return;
+        }
+        if (kind == 2 && strcmp(m, "DELETE") == 0) {
+            c->handler = handle_session_delete;
             return;
         }
     } else if (path_is_logs(p)) {
@@ -743,7 +807,8 @@ static void on_signal(int sfd)
     cmd_on_sigchld(); /* SIGCHLD coalesces: always reap */
 }
 
-/* Timers for connections: stream end (EXECD_STREAM_LINGER_MS after a terminal event) and proxy connects. */
+/* Timers for connections: stream end (EXECD_STREAM_LINGER_MS after a terminal event), metrics
+ * watch samples and proxy connects. */
 static int64_t conns_tick(int64_t now)
 {
     int64_t next = INT64_MAX;
@@ -762,6 +827,11 @@ static int64_t conns_tick(int64_t now)
             } else if (c->end_at < next) {
                 next = c->end_at;
             }
+        }
+        if (!c->dead && c->watch_at) {
+            int64_t d = metrics_watch_tick(c, now);
+            if (d < next)
+                next = d;
         }
         if (!c->dead && c->px) {
             int64_t d = proxy_tick(c, now);
@@ -843,6 +913,12 @@ int main(int argc, char **argv)
         g_token = NULL;
     signal(SIGPIPE, SIG_IGN);
     cloexec_inherited();
+    /* Orphans of our commands (a fork bomb, `cmd &` whose shell exited) are re-parented to us
+     * instead of PID 1, which is the user's entrypoint and often never reaps: their zombies
+     * would otherwise stay charged to the sandbox's pids limit forever. The SIGCHLD handler
+     * reaps every child. */
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
+        log_msg("prctl(PR_SET_CHILD_SUBREAPER): %s", strerror(errno));
 
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
@@ -893,6 +969,12 @@ int main(int argc, char **argv)
                 break;
             case EV_PROXY:
                 proxy_on_event(ev, evs[i].events);
+                break;
+            case EV_SESS_IN:
+            case EV_SESS_OUT:
+            case EV_SESS_ERR:
+            case EV_SESS_CTL:
+                session_on_event(ev, evs[i].events);
                 break;
             }
         }

@@ -344,6 +344,124 @@ function agentSuite(name, ctx) {
     assert.ok(Math.abs(Date.now() - m.timestamp) < 60000);
   });
 
+  test(`${name}: metrics/watch streams one sample per second`, async () => {
+    const ac = new AbortController();
+    const t0 = Date.now();
+    const r = await fetch(`${ctx.base}/metrics/watch`, { headers: H(), signal: ac.signal });
+    assert.equal(r.status, 200);
+    assert.match(r.headers.get("content-type"), /^text\/event-stream/);
+    const reader = r.body.getReader();
+    let text = "";
+    while (parseEvents(text.slice(0, text.lastIndexOf("\n\n") + 2)).length < 3) {
+      const { value, done } = await reader.read();
+      assert.ok(!done, "the watch stream ended early");
+      text += Buffer.from(value).toString();
+    }
+    ac.abort();
+    const samples = parseEvents(text.slice(0, text.lastIndexOf("\n\n") + 2));
+    for (const m of samples) {
+      assert.ok(m.cpu_count > 0 && m.mem_total_mib > 0 && m.mem_used_mib <= m.mem_total_mib);
+      assert.ok(m.cpu_used_pct >= 0 && m.cpu_used_pct <= 100);
+    }
+    const elapsed = Date.now() - t0;
+    assert.ok(elapsed >= 1800 && elapsed < 4000, `3 samples took ${elapsed} ms (first at once, then 1/s)`);
+    assert.ok(samples[2].timestamp - samples[1].timestamp >= 900);
+    // the agent still answers after the client went away
+    assert.equal((await fetch(`${ctx.base}/ping`, { headers: H() })).status, 200);
+  });
+
+  test(`${name}: sessions keep cwd, env and functions between runs`, async () => {
+    const post = (p, body) => fetch(`${ctx.base}${p}`, { method: "POST", headers: { ...H(), "content-type": "application/json" }, body });
+    const runIn = async (sid, body) => {
+      const r = await post(`/session/${sid}/run`, JSON.stringify(body));
+      const text = await r.text();
+      return { status: r.status, events: r.status === 200 ? parseEvents(text) : null, body: text };
+    };
+    const outOf = (events) => events.filter((e) => e.type === "stdout").map((e) => e.text);
+    let r = await post("/session", JSON.stringify({ cwd: "/tmp" }));
+    assert.equal(r.status, 200);
+    const sid = (await r.json()).session_id;
+    assert.match(sid, /^[0-9a-f]{32}$/);
+
+    let { events } = await runIn(sid, { command: "pwd; cd /; export SESS_V='it'\\''s'; f() { echo \"fn:$1\"; }; printf tail" });
+    assert.deepEqual(events.map((e) => e.type), ["init", "ping", "stdout", "stdout", "execution_complete"], JSON.stringify(events));
+    assert.deepEqual(outOf(events), ["/tmp", "tail"]);
+    ({ events } = await runIn(sid, { command: "pwd; echo \"$SESS_V\"; f x; read v; echo \"read=[$v]\"; echo e >&2; exit_not_found_cmd_zz" }));
+    assert.deepEqual(outOf(events), ["/", "it's", "fn:x", "read=[]"]);
+    assert.ok(events.some((e) => e.type === "stderr" && e.text === "e"));
+    assert.equal(events.at(-1).type, "error");
+    assert.equal(events.at(-1).error.evalue, "127");
+    // a per-run cwd applies to that run only
+    ({ events } = await runIn(sid, { command: "pwd", cwd: ctx.fileDir }));
+    assert.deepEqual(outOf(events), [ctx.fileDir]);
+    ({ events } = await runIn(sid, { command: "pwd" }));
+    assert.deepEqual(outOf(events), ["/"]);
+    // the run is a command: its id has a status
+    const st = await (await fetch(`${ctx.base}/command/status/${events[0].text}`, { headers: H() })).json();
+    assert.equal(st.running, false);
+    assert.equal(st.exit_code, 0);
+
+    // bad input
+    assert.equal((await runIn(sid, {})).status, 400);
+    assert.equal((await runIn(sid, { command: "true", cwd: "/nonexistent-zz" })).status, 400);
+    assert.equal((await runIn(sid, { command: "true", timeout: 0 })).status, 400);
+    r = await post("/session", "not json");
+    assert.equal(r.status, 400);
+    r = await post("/session", JSON.stringify({ cwd: "/nonexistent-zz" }));
+    assert.equal(r.status, 400);
+    assert.equal((await r.json()).code, "INVALID_REQUEST_BODY");
+
+    // delete; then the id is unknown
+    r = await fetch(`${ctx.base}/session/${sid}`, { method: "DELETE", headers: H() });
+    assert.equal(r.status, 200);
+    assert.equal(await r.text(), "");
+    const gone = await runIn(sid, { command: "true" });
+    assert.equal(gone.status, 404);
+    assert.equal(JSON.parse(gone.body).code, "RUNTIME_ERROR");
+    r = await fetch(`${ctx.base}/session/${sid}`, { method: "DELETE", headers: H() });
+    assert.equal(r.status, 404);
+    r = await fetch(`${ctx.base}/session/${sid}/run`, { method: "GET", headers: H() });
+    assert.equal(r.status, 405);
+  });
+
+  test(`${name}: session run: timeout, interrupt, busy, exit, and a fresh shell afterwards`, async () => {
+    const post = (p, body) => fetch(`${ctx.base}${p}`, { method: "POST", headers: H(), body: JSON.stringify(body) });
+    const sid = (await (await post("/session", {})).json()).session_id;
+    let r = await post(`/session/${sid}/run`, { command: "export K=1; sleep 30", timeout: 300 });
+    let events = parseEvents(await r.text());
+    assert.deepEqual(events.at(-1).error.traceback, ["signal: killed"]);
+    // interrupt a running session command through DELETE /command?id=
+    const ac = new AbortController();
+    r = await post(`/session/${sid}/run`, { command: "echo started; sleep 30" });
+    const reader = r.body.getReader();
+    let text = "";
+    while (!text.includes("started")) text += Buffer.from((await reader.read()).value).toString();
+    const runId = parseEvents(text.slice(0, text.indexOf("\n\n") + 2))[0].text;
+    const busy = await post(`/session/${sid}/run`, { command: "true" });
+    assert.equal(busy.status, 409);
+    assert.equal((await busy.json()).code, "RUNTIME_ERROR");
+    const t0 = Date.now();
+    const k = await fetch(`${ctx.base}/command?id=${runId}`, { method: "DELETE", headers: H() });
+    assert.equal(k.status, 200);
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += Buffer.from(value).toString();
+    }
+    ac.abort();
+    assert.ok(Date.now() - t0 < 5000);
+    events = parseEvents(text);
+    assert.equal(events.at(-1).type, "error");
+    assert.equal(events.at(-1).error.evalue, "-1");
+    // `exit` ends the shell: that run reports it; the next run gets a fresh shell
+    r = await post(`/session/${sid}/run`, { command: "exit 7" });
+    assert.equal(parseEvents(await r.text()).at(-1).error.evalue, "7");
+    r = await post(`/session/${sid}/run`, { command: "echo alive" });
+    events = parseEvents(await r.text());
+    assert.deepEqual(events.filter((e) => e.type === "stdout").map((e) => e.text), ["alive"]);
+    assert.equal((await fetch(`${ctx.base}/session/${sid}`, { method: "DELETE", headers: H() })).status, 200);
+  });
+
   test(`${name}: HTTP framing: keep-alive pipelining, chunked JSON body, 400, 431, 404`, async () => {
     const auth = `X-EXECD-ACCESS-TOKEN: ${TOKEN}\r\n`;
     let out = await rawExchange(ctx.port, `GET /ping HTTP/1.1\r\nHost: x\r\n${auth}\r\nGET /ping HTTP/1.1\r\nHost: x\r\n${auth}Connection: close\r\n\r\n`);
@@ -495,6 +613,14 @@ describe("busybox container", { skip: !dockerOk() && "no Docker daemon" }, () =>
     assert.equal(out[0].trim(), "sleep 3600");
     assert.equal(out[1], "nobash");
     assert.match(out[2], /listening on 0\.0\.0\.0:44772/);
+  });
+
+  test("container: orphans of commands are reaped by the agent, not left as zombies under PID 1", async () => {
+    const H = { "X-EXECD-ACCESS-TOKEN": TOKEN };
+    await run(ctx.base, H, { command: "for i in 1 2 3 4 5; do (sleep 0.2 &); done" });
+    await sleep(800);
+    const { events } = await run(ctx.base, H, { command: "cat /proc/[0-9]*/stat 2>/dev/null | awk '$3 == \"Z\"' | wc -l" });
+    assert.deepEqual(events.filter((e) => e.type === "stdout").map((e) => e.text.trim()), ["0"]);
   });
 
   test("container: docker stop delivers SIGTERM to the entrypoint promptly", async () => {

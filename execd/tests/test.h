@@ -33,5 +33,6 @@ void suite_multipart(void);
 void suite_lines(void);
 void suite_glob(void);
 void suite_json(void);
+void suite_shell(void);
 
 #endif

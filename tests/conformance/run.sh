@@ -33,6 +33,7 @@ pid=$!
 cleanup() {
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+    rm -rf "$state"
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do
