@@ -29,7 +29,7 @@ if ! command -v musl-gcc >/dev/null 2>&1; then
     exit 1
 fi
 mkdir -p "$(dirname "$OUT")"
-if [ "$force" -eq 1 ] || [ ! -x "$OUT" ] || [ "$SRC" -nt "$OUT" ]; then
+if [ "$force" -eq 1 ] || [ ! -x "$OUT" ] || [ -n "$(find "$SRC" -newer "$OUT")" ]; then
     musl-gcc -std=c11 -Wall -Wextra -Werror -O2 -static -o "$OUT" "$SRC"
     strip "$OUT"
     force=1

@@ -33,7 +33,9 @@ describe("server proxy #integration #docker", function()
     setup(function()
         assert(P.wait_docker(180), "Docker daemon not reachable")
         P.ensure_image()
-        srv = server.start({ config = { server = { api_key = KEY } } })
+        -- its own instance name: servers of other specs on the same daemon leave these sandboxes alone
+        srv = server.start({ config = { server = { api_key = KEY },
+            docker = { instance = "proxy-spec-" .. os.time() .. "-" .. math.random(1e6) } } })
         id = P.create_echo(srv, KEY)
         paused_id = P.create_echo(srv, KEY)
         P.wait_ready(srv, KEY, id)
