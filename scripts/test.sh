@@ -48,39 +48,55 @@ if ! sh scripts/build.sh; then
     exit 1
 fi
 
+integ() { busted_run "$@"; }
+
+fuzz() { # the libFuzzer targets, each for a bounded time on a copy of its seed corpus
+    CC=clang cmake -S execd -B build-fuzz -DOPENSANDBOX_FUZZ=ON >/dev/null && cmake --build build-fuzz -j"$(nproc)" \
+        --target execd_fuzz_http execd_fuzz_multipart >/dev/null || return 1
+    local rc=0 t
+    for t in http multipart; do
+        rm -rf "build-fuzz/corpus-$t" && cp -r "execd/fuzz/corpus/$t" "build-fuzz/corpus-$t"
+        "build-fuzz/execd_fuzz_$t" -max_total_time="${FUZZ_SECONDS:-30}" -print_final_stats=0 \
+            "build-fuzz/corpus-$t" >"build-fuzz/$t.log" 2>&1 || { rc=1; tail -30 "build-fuzz/$t.log"; }
+        grep -E "^Done|stat::number_of_executed_units" "build-fuzz/$t.log" | tail -1
+    done
+    return $rc
+}
+
 stage "lint (clang-format, luacheck)" lint
+stage "docker daemon" sh scripts/docker-up.sh
 stage "C tests (ctest)" ctest --test-dir build --output-on-failure
 stage "Lua unit specs" busted_run tests/lua/unit
+stage "fuzz (libFuzzer, bounded)" fuzz
 
-stage "docker daemon" sh scripts/docker-up.sh
-stage "test images" bash tests/images/build-busybox.sh
+stage "test images" sh -c 'bash tests/images/build-busybox.sh && bash tests/images/build-ws-echo.sh &&
+    bash tests/images/build-execd-image.sh --force'
 # leftovers of earlier runs: containers created by test servers
 docker ps -aq --filter label=opensandbox.io/id | xargs -r docker rm -f >/dev/null 2>&1
 docker ps -aq --filter label=opensandbox.test=1 | xargs -r docker rm -f >/dev/null 2>&1
 
-stage "integration: engine" busted_run tests/lua/integration/engine
-stage "integration: docker adapter" busted_run tests/lua/integration/runtimes
-if [ -d tests/lua/integration/lifecycle ]; then
-    stage "integration: lifecycle" busted_run tests/lua/integration/lifecycle
-fi
-if [ -d tests/lua/integration/agent ]; then
-    stage "integration: agent" busted_run tests/lua/integration/agent
-fi
+stage "integration: engine" integ tests/lua/integration/engine
+stage "integration: docker adapter" integ tests/lua/integration/runtimes
+stage "integration: lifecycle" integ tests/lua/integration/lifecycle
+stage "integration: hooks and tenants" integ tests/lua/integration/hooks
+stage "integration: server proxy" integ tests/lua/integration/proxy
 stage "integration: agent (SDK specs)" bash tests/agent/run.sh
 stage "SDK conformance: lifecycle" bash tests/conformance/run.sh lifecycle-smoke.mjs
-if [ -x build/execd/opensandbox-execd ]; then
-    stage "SDK conformance: execd" bash tests/conformance/run.sh execd-smoke.mjs
-fi
+stage "SDK conformance: execd" bash tests/conformance/run.sh execd-smoke.mjs
+stage "SDK conformance: execd through the server proxy" env OPENSANDBOX_USE_SERVER_PROXY=1 \
+    bash tests/conformance/run.sh execd-smoke.mjs
 
 # once more under AddressSanitizer + UndefinedBehaviorSanitizer
 if BUILD_DIR=build-asan CMAKE_ARGS="-DOPENSANDBOX_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug" sh scripts/build.sh; then
     export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
     stage "ASan/UBSan: C tests" ctest --test-dir build-asan --output-on-failure
-    stage "ASan/UBSan: integration engine" env OPENSANDBOX_BIN=build-asan/opensandbox-server \
-        lua5.4 /usr/bin/busted --lpath='lua/?.lua;lua/?/init.lua;tests/lua/integration/?.lua' tests/lua/integration/engine
-    stage "ASan/UBSan: SDK conformance lifecycle" env OPENSANDBOX_BIN=build-asan/opensandbox-server \
-        bash tests/conformance/run.sh lifecycle-smoke.mjs
-    unset ASAN_OPTIONS UBSAN_OPTIONS
+    export OPENSANDBOX_BIN=build-asan/opensandbox-server
+    stage "ASan/UBSan: integration engine" integ tests/lua/integration/engine
+    stage "ASan/UBSan: integration server proxy" integ tests/lua/integration/proxy
+    stage "ASan/UBSan: SDK conformance lifecycle" bash tests/conformance/run.sh lifecycle-smoke.mjs
+    stage "ASan/UBSan: SDK conformance execd through the server proxy" env OPENSANDBOX_USE_SERVER_PROXY=1 \
+        bash tests/conformance/run.sh execd-smoke.mjs
+    unset ASAN_OPTIONS UBSAN_OPTIONS OPENSANDBOX_BIN
 else
     failed=$((failed + 1))
     failures+=("ASan build")
