@@ -60,6 +60,7 @@ fuzz() { # the libFuzzer targets, each for a bounded time on a copy of its seed 
             "build-fuzz/corpus-$t" >"build-fuzz/$t.log" 2>&1 || { rc=1; tail -30 "build-fuzz/$t.log"; }
         grep -E "^Done|stat::number_of_executed_units" "build-fuzz/$t.log" | tail -1
     done
+    sh tests/fuzz/run.sh "${FUZZ_SECONDS:-30}" || rc=1
     return $rc
 }
 

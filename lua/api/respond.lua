@@ -39,7 +39,8 @@ function M.error(err)
     end
     local headers = copy_headers(err.headers, {})
     headers["Content-Type"] = M.JSON
-    local body = json.encode({ code = err.code, message = tostring(err.message or "") })
+    -- messages may quote what the client sent (an id, a query segment): keep the JSON valid UTF-8
+    local body = json.encode({ code = err.code, message = json.valid_utf8(tostring(err.message or "")) })
     return math.tointeger(err.status) or 500, headers, body
 end
 

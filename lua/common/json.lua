@@ -113,6 +113,26 @@ function M.decode(s)
     return v
 end
 
+--- `s` with every invalid UTF-8 sequence replaced by U+FFFD, so that text from the outside (a path
+--- parameter, a query value) can go into a JSON response: cjson copies bytes as they are.
+function M.valid_utf8(s)
+    if utf8.len(s) then
+        return s
+    end
+    local out, pos, n = {}, 1, #s
+    while pos <= n do
+        local ok, bad = utf8.len(s, pos)
+        if ok then
+            out[#out + 1] = s:sub(pos)
+            break
+        end
+        out[#out + 1] = s:sub(pos, bad - 1)
+        out[#out + 1] = "\u{FFFD}"
+        pos = bad + 1
+    end
+    return table.concat(out)
+end
+
 M.null = cjson.null
 
 return M
