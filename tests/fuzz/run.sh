@@ -10,6 +10,6 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined -DOSB_SOURCE_DIR="\"$root\"" $(
     "$root/tests/fuzz/fuzz_api.c" $(pkg-config --libs lua5.4) -o "$out/fuzz_api"
 rm -rf "$out/corpus-api"
 cp -r "$root/tests/fuzz/corpus/api" "$out/corpus-api"
-"$out/fuzz_api" -max_total_time="${1:-30}" -max_len=4096 -print_final_stats=0 "$out/corpus-api" \
+(cd "$out" && ./fuzz_api -max_total_time="${1:-30}" -max_len=4096 -print_final_stats=0 corpus-api) \
     >"$out/api.log" 2>&1 || { tail -40 "$out/api.log"; exit 1; }
 grep -E "^Done" "$out/api.log" | tail -1
