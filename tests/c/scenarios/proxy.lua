@@ -28,7 +28,8 @@ f:write([[#!/bin/sh
 echo "Content-Type: text/plain"
 echo "X-Backend: yes"
 echo ""
-echo "method=$REQUEST_METHOD query=$QUERY_STRING auth=${HTTP_AUTHORIZATION:-none} xtest=${HTTP_X_TEST:-none} host=$HTTP_HOST"
+echo "method=$REQUEST_METHOD query=$QUERY_STRING auth=${HTTP_AUTHORIZATION:-none}" \
+    "xtest=${HTTP_X_TEST:-none} host=$HTTP_HOST"
 cat
 ]])
 f:close()
@@ -72,7 +73,8 @@ local ok, err = pcall(function()
 
     -- HEAD keeps the backend's Content-Length and has no body
     res = assert(client.request({ method = "HEAD", url = base .. "/p/big.bin" }))
-    assert(res.status == 200 and res.headers["content-length"] == tostring(#big), tostring(res.headers["content-length"]))
+    assert(res.status == 200 and res.headers["content-length"] == tostring(#big),
+        tostring(res.headers["content-length"]))
 
     -- a large download arrives complete and in order
     local parts, n = {}, 0

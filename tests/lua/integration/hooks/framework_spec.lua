@@ -209,7 +209,7 @@ describe("operator hooks #integration #docker", function()
                 "Sandbox " .. id .. " not found.")
         end)
 
-        it("on_proxy_request can close a port (403); it sees no principal, even with a key", function()
+        it("on_proxy_request can close a port (403); it sees the principal of a key sent along", function()
             local id = F.create(srv, "a", {})
             F.wait_state(srv, id, "Running")
             local res = srv:request("GET", "/sandboxes/" .. id .. "/proxy/9999/x",
@@ -227,8 +227,8 @@ describe("operator hooks #integration #docker", function()
             assert.are.equal(9999, lines[1].port)
             assert.are.equal("/x", lines[1].path)
             assert.are.equal("/ping", lines[2].path)
-            -- the proxy route is exempt from auth, so the key is not read and ctx.principal is nil
-            assert.are.equal("(none)", lines[2].principal)
+            -- the proxy route needs no key, but a valid one names the tenant
+            assert.are.equal("team-a", lines[2].principal)
             assert.are.equal(204, F.call(srv, "a", "DELETE", path(id)).status)
         end)
     end)
