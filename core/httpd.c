@@ -7,7 +7,12 @@
  * the raw URI (MHD would otherwise hand us a percent-decoded path) and MHD stores it as the
  * connection's per-request pointer.
  *   2. The first access-handler call only records that headers are in. Answering there would make
- * MHD close the connection after the reply, so work starts on a later call.
+ * MHD close the connection after the reply, so work starts on a later call. The exception is a
+ * request whose body framing is ambiguous (Content-Length with Transfer-Encoding, several
+ * Transfer-Encoding headers or one other than chunked, Content-Length headers that disagree, a
+ * framing header folded over several lines or a header name that is not a token): it
+ * is refused right there with 400 (501 for an unknown coding) and the connection closed, so bytes
+ * a front end took for its body can never run here as a second request (request smuggling).
  *   3. Body calls append to the context's buffer up to max_body; beyond it the body is dropped and
  * the request flagged body_too_large.
  *   4. The final call (no more upload data) builds the Lua `req` table and starts the handler task.
@@ -44,13 +49,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <uuid/uuid.h>
 
 #define STREAM_MT "core.http.stream"
 #define REQ_MT "core.http.request"
-#define BOX_MT "core.http.ctxbox"
 #define EARLY_BUFFER_MAX (64 * 1024)
 
 static struct {
@@ -101,6 +107,8 @@ void httpd_ctx_unref(struct reqctx *c)
         H.all = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    if (c->handle)
+        httpd_handle_release(c->handle);
     if (c->resp)
         MHD_destroy_response(c->resp);
     buf_free(&c->body);
@@ -314,42 +322,35 @@ static enum MHD_Result queue_response(struct reqctx *c)
     return ret;
 }
 
-/* Header iterator: fills a flat array {name1, value1, ...} and a map lowercased-name -> value. */
-struct hdr_iter {
-    lua_State *L;
-    int list, map;
-    lua_Integer n;
+/* Request handles: the Lua `req` table refers to its context through a pooled handle and a generation
+ * number, so that no finalizer runs per request and a `req` kept beyond its request's life finds nothing
+ * instead of freed memory. Handles are never freed, only reused (with the generation bumped). */
+struct reqhandle {
+    struct reqctx *c;
+    lua_Integer gen;
+    struct reqhandle *next_free;
 };
 
-static enum MHD_Result hdr_cb(void *cls, enum MHD_ValueKind kind, const char *key,
-                              const char *value)
+static struct reqhandle *handle_free_list;
+
+static struct reqhandle *handle_get(struct reqctx *c)
 {
-    struct hdr_iter *it = cls;
-    lua_State *L = it->L;
-    char lower[128];
-    size_t klen = strlen(key);
-    (void)kind;
-    if (!value)
-        value = "";
-    lua_pushstring(L, key);
-    lua_rawseti(L, it->list, ++it->n);
-    lua_pushstring(L, value);
-    lua_rawseti(L, it->list, ++it->n);
-    if (klen >= sizeof(lower))
-        return MHD_YES; /* absurdly long names are listed but not looked up */
-    for (size_t i = 0; i < klen; i++)
-        lower[i] = (char)tolower((unsigned char)key[i]);
-    lower[klen] = '\0';
-    if (lua_getfield(L, it->map, lower) == LUA_TSTRING) {
-        lua_pushliteral(L, ", ");
-        lua_pushstring(L, value);
-        lua_concat(L, 3);
-    } else {
-        lua_pop(L, 1);
-        lua_pushstring(L, value);
-    }
-    lua_setfield(L, it->map, lower);
-    return MHD_YES;
+    struct reqhandle *h = handle_free_list;
+    if (h)
+        handle_free_list = h->next_free;
+    else if (!(h = calloc(1, sizeof(*h))))
+        return NULL;
+    h->c = c;
+    h->next_free = NULL;
+    return h;
+}
+
+void httpd_handle_release(struct reqhandle *h)
+{
+    h->c = NULL;
+    h->gen++;
+    h->next_free = handle_free_list;
+    handle_free_list = h;
 }
 
 static void push_request(lua_State *L, struct reqctx *c, const char *method)
@@ -385,20 +386,14 @@ static void push_request(lua_State *L, struct reqctx *c, const char *method)
     lua_setfield(L, -2, "body_too_large");
     lua_pushstring(L, addr);
     lua_setfield(L, -2, "remote_addr");
-    struct hdr_iter it = {.L = L, .n = 0};
-    lua_createtable(L, 16, 0);
-    it.list = lua_gettop(L);
-    lua_createtable(L, 0, 8);
-    it.map = lua_gettop(L);
-    MHD_get_connection_values(c->conn, MHD_HEADER_KIND, hdr_cb, &it);
-    lua_setfield(L, -3, "_hmap");
-    lua_setfield(L, -2, "_hlist");
-    /* the opaque handle used by http.stream(); it holds a reference until collected */
-    struct reqctx **box = lua_newuserdatauv(L, sizeof(*box), 0);
-    *box = c;
-    c->refs++;
-    luaL_setmetatable(L, BOX_MT);
-    lua_setfield(L, -2, "_ctx");
+    if (!c->handle)
+        c->handle = handle_get(c);
+    if (c->handle) {
+        lua_pushlightuserdata(L, c->handle);
+        lua_setfield(L, -2, "_h");
+        lua_pushinteger(L, c->handle->gen);
+        lua_setfield(L, -2, "_g");
+    }
     luaL_setmetatable(L, REQ_MT);
     if (!c->early)
         buf_free(&c->body);
@@ -470,6 +465,109 @@ static enum MHD_Result early_upload(struct reqctx *c, const char *data, size_t *
     return MHD_YES;
 }
 
+/* ---- body framing checks (request smuggling) ---- */
+
+struct framing {
+    int ncl, nte, cl_conflict, te_other, folded;
+    const char *cl;
+};
+
+/* Does value, without surrounding blanks, equal word (case-insensitively)? */
+static int token_is(const char *value, const char *word)
+{
+    size_t n = strlen(word);
+    while (*value == ' ' || *value == '\t')
+        value++;
+    if (strncasecmp(value, word, n) != 0)
+        return 0;
+    for (value += n; *value; value++)
+        if (*value != ' ' && *value != '\t')
+            return 0;
+    return 1;
+}
+
+#define TCHARS "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+/* Is name the header name base (case-insensitively) followed by more characters? */
+static int name_extends(const char *name, const char *base)
+{
+    size_t n = strlen(base);
+    return strncasecmp(name, base, n) == 0 && name[n] != '\0';
+}
+
+static enum MHD_Result framing_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    struct framing *f = cls;
+    (void)kind;
+    if (!value)
+        value = "";
+    /* libmicrohttpd 0.9.75 appends an obs-fold continuation line to the header's *name*
+     * ("Transfer-Encoding:\r\n chunked" arrives as "Transfer-Encodingchunked"). A name that is not
+     * a token, or a framing header's name with more after it, can only come from such a fold. */
+    if (key[strspn(key, TCHARS)] != '\0' || name_extends(key, "Content-Length") ||
+        name_extends(key, "Transfer-Encoding"))
+        f->folded = 1;
+    if (strcasecmp(key, "Content-Length") == 0) {
+        if (f->ncl++ == 0)
+            f->cl = value;
+        else if (strcmp(f->cl, value) != 0)
+            f->cl_conflict = 1;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        f->nte++;
+        if (!token_is(value, "chunked"))
+            f->te_other = 1;
+    }
+    return MHD_YES;
+}
+
+/* NULL when the request's body framing is unambiguous, else why not (and the status in *status). */
+static const char *framing_error(struct MHD_Connection *conn, unsigned int *status)
+{
+    struct framing f = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, framing_cb, &f);
+    *status = MHD_HTTP_BAD_REQUEST;
+    if (f.nte && f.ncl)
+        return "Request has both Transfer-Encoding and Content-Length.";
+    if (f.nte > 1)
+        return "Request has more than one Transfer-Encoding header.";
+    if (f.cl_conflict)
+        return "Request has Content-Length headers with different values.";
+    if (f.folded)
+        return "Request has a header folded over several lines (obs-fold) or an invalid header "
+               "name.";
+    if (f.te_other) {
+        *status = MHD_HTTP_NOT_IMPLEMENTED;
+        return "Transfer-Encoding other than chunked is not supported.";
+    }
+    return NULL;
+}
+
+/* Answers a request refused at headers time; MHD closes the connection after the reply. */
+static enum MHD_Result refuse_framing(struct reqctx *c, unsigned int status, const char *why)
+{
+    static const char hexdigits[] = "0123456789abcdef";
+    uuid_t u;
+    char rid[33];
+    uuid_generate_random(u);
+    for (int i = 0; i < 16; i++) {
+        rid[2 * i] = hexdigits[u[i] >> 4];
+        rid[2 * i + 1] = hexdigits[u[i] & 15];
+    }
+    rid[32] = '\0';
+    log_write(LOG_WARNING, rid, "request refused: ambiguous body framing", "reason", why, NULL);
+    c->state = RS_QUEUED;
+    struct MHD_Response *r = httpd_error_response(
+        status == MHD_HTTP_BAD_REQUEST ? "GENERAL::BAD_REQUEST" : "GENERAL::NOT_IMPLEMENTED", why,
+        rid);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, "Connection", "close");
+    enum MHD_Result ret = MHD_queue_response(c->conn, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls)
@@ -481,6 +579,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     (void)conn;
     if (!c)
         return MHD_NO; /* out of memory in on_uri */
+    if (c->state == RS_HEADERS) {
+        unsigned int st;
+        const char *bad = framing_error(conn, &st);
+        if (bad)
+            return refuse_framing(c, st, bad);
+    }
     switch (c->state) {
     case RS_HEADERS:
         c->state = RS_BODY;
@@ -518,6 +622,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 if (c->px)
                     proxy_upload_done(c->px);
             }
+        } else {
+            *upload_data_size = 0; /* the body of a request refused at headers time */
         }
         break;
     }
@@ -573,25 +679,26 @@ struct MHD_Response *httpd_stream_response(struct reqctx *c, uint64_t size)
     return r;
 }
 
-static struct reqctx *req_ctx(lua_State *L, int idx)
+/* The context behind a `req` table, or NULL when the request is over. */
+static struct reqctx *req_ctx_opt(lua_State *L, int idx)
 {
     luaL_checktype(L, idx, LUA_TTABLE);
-    lua_getfield(L, idx, "_ctx");
-    struct reqctx **box = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    if (!box || !*box)
-        luaL_argerror(L, idx, "not a request");
-    return *box;
+    lua_getfield(L, idx, "_h");
+    lua_getfield(L, idx, "_g");
+    struct reqhandle *h = lua_touserdata(L, -2);
+    lua_Integer gen = lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    if (!h || h->gen != gen)
+        return NULL;
+    return h->c;
 }
 
-static int box_gc(lua_State *L)
+static struct reqctx *req_ctx(lua_State *L, int idx)
 {
-    struct reqctx **box = luaL_checkudata(L, 1, BOX_MT);
-    if (*box) {
-        httpd_ctx_unref(*box);
-        *box = NULL;
-    }
-    return 0;
+    struct reqctx *c = req_ctx_opt(L, idx);
+    if (!c)
+        luaL_argerror(L, idx, "not a live request");
+    return c;
 }
 
 static int l_stream(lua_State *L)
@@ -708,38 +815,76 @@ static int l_proxy(lua_State *L)
 
 /* ---- request methods ---- */
 
+struct hdr_find {
+    lua_State *L;
+    const char *name;
+    int found;
+    luaL_Buffer *b;
+};
+
+static enum MHD_Result hdr_find_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    struct hdr_find *f = cls;
+    (void)kind;
+    if (strcasecmp(key, f->name) != 0)
+        return MHD_YES;
+    if (f->found++)
+        luaL_addstring(f->b, ", ");
+    luaL_addstring(f->b, value ? value : "");
+    return MHD_YES;
+}
+
+/* req:header(name): the value (repeated headers joined with ", "), or nil. Looked up in libmicrohttpd's
+ * parsed headers on demand: most requests read two or three headers, so no table is built up front. */
 static int r_header(lua_State *L)
 {
-    size_t n;
-    char lower[128];
-    luaL_checktype(L, 1, LUA_TTABLE);
-    const char *name = luaL_checklstring(L, 2, &n);
-    if (n >= sizeof(lower)) {
+    struct reqctx *c = req_ctx_opt(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    if (!c || c->completed) {
         lua_pushnil(L);
         return 1;
     }
-    for (size_t i = 0; i < n; i++)
-        lower[i] = (char)tolower((unsigned char)name[i]);
-    lower[n] = '\0';
-    lua_getfield(L, 1, "_hmap");
-    lua_getfield(L, -1, lower);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    struct hdr_find f = {.L = L, .name = name, .found = 0, .b = &b};
+    MHD_get_connection_values(c->conn, MHD_HEADER_KIND, hdr_find_cb, &f);
+    luaL_pushresult(&b);
+    if (!f.found) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+    }
     return 1;
 }
 
+struct hdr_list {
+    lua_State *L;
+    lua_Integer n;
+};
+
+static enum MHD_Result hdr_list_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    struct hdr_list *hl = cls;
+    lua_State *L = hl->L;
+    (void)kind;
+    lua_createtable(L, 2, 0);
+    lua_pushstring(L, key);
+    lua_rawseti(L, -2, 1);
+    lua_pushstring(L, value ? value : "");
+    lua_rawseti(L, -2, 2);
+    lua_rawseti(L, -2, ++hl->n);
+    return MHD_YES;
+}
+
+/* req:headers(): array of {name, value} in the order received (empty once the request is over). */
 static int r_headers(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_getfield(L, 1, "_hlist");
-    int list = lua_gettop(L);
-    lua_Integer n = (lua_Integer)lua_rawlen(L, list);
-    lua_createtable(L, (int)(n / 2), 0);
-    for (lua_Integer i = 1; i + 1 <= n; i += 2) {
-        lua_createtable(L, 2, 0);
-        lua_rawgeti(L, list, i);
-        lua_rawseti(L, -2, 1);
-        lua_rawgeti(L, list, i + 1);
-        lua_rawseti(L, -2, 2);
-        lua_rawseti(L, -2, (i + 1) / 2);
+    struct reqctx *c = req_ctx_opt(L, 1);
+    lua_newtable(L);
+    if (c && !c->completed) {
+        struct hdr_list hl = {.L = L, .n = 0};
+        MHD_get_connection_values(c->conn, MHD_HEADER_KIND, hdr_list_cb, &hl);
     }
     return 1;
 }
@@ -994,10 +1139,6 @@ int luaopen_core_http(lua_State *L)
     luaL_setfuncs(L, stream_methods, 0);
     lua_pushvalue(L, -1);
     lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-    luaL_newmetatable(L, BOX_MT);
-    lua_pushcfunction(L, box_gc);
-    lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
     luaL_newmetatable(L, REQ_MT);
     lua_newtable(L);

@@ -16,6 +16,7 @@
 enum rstate { RS_HEADERS, RS_BODY, RS_RUNNING, RS_QUEUED };
 
 struct proxy;
+struct reqhandle;
 
 struct reqctx {
     struct MHD_Connection *conn;
@@ -38,6 +39,7 @@ struct reqctx {
     task *t;                   /* the handler task while it runs */
     task *writer;              /* a task parked in s:write() */
     struct proxy *px;          /* the forwarding state when the request is proxied */
+    struct reqhandle *handle;  /* what Lua's `req` table points at */
     struct MHD_Response *resp; /* ready to queue */
     unsigned int status;
     buf_t sbuf;                 /* streamed bytes waiting for the client */
@@ -45,6 +47,7 @@ struct reqctx {
 };
 
 void httpd_ctx_ref(struct reqctx *c);
+void httpd_handle_release(struct reqhandle *h);
 void httpd_ctx_unref(struct reqctx *c);
 /* Resumes the connection when we suspended it, and makes MHD run on the next loop turn. */
 void httpd_ctx_resume(struct reqctx *c);

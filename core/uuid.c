@@ -3,6 +3,7 @@
  * getrandom(2).
  */
 #include <lauxlib.h>
+#include <string.h>
 #include <sys/random.h>
 #include <uuid/uuid.h>
 
@@ -18,11 +19,36 @@ static int l_v4(lua_State *L)
     return 1;
 }
 
+static unsigned char pool[4096];
+static size_t pool_left;
+
+/* 16 random bytes from the pool; returns -1 when the kernel gives none. */
+static int pool_take(unsigned char out[16])
+{
+    if (pool_left < 16) {
+        size_t got = 0;
+        while (got < sizeof(pool)) {
+            ssize_t r = getrandom(pool + got, sizeof(pool) - got, 0);
+            if (r < 0)
+                return -1;
+            got += (size_t)r;
+        }
+        pool_left = sizeof(pool);
+    }
+    pool_left -= 16;
+    memcpy(out, pool + pool_left, 16);
+    memset(pool + pool_left, 0, 16); /* handed out once */
+    return 0;
+}
+
 static int l_hex(lua_State *L)
 {
-    uuid_t u;
+    unsigned char u[16];
     char out[32];
-    uuid_generate_random(u);
+    if (pool_take(u) < 0)
+        return luaL_error(L, "getrandom failed");
+    u[6] = (unsigned char)((u[6] & 0x0f) | 0x40); /* the bits of a v4 UUID, as before */
+    u[8] = (unsigned char)((u[8] & 0x3f) | 0x80);
     for (int i = 0; i < 16; i++) {
         out[2 * i] = hexdigits[u[i] >> 4];
         out[2 * i + 1] = hexdigits[u[i] & 15];

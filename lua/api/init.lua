@@ -11,7 +11,8 @@
 --
 -- Nothing here requires core.*: everything that touches the engine comes in through `deps`, so the whole
 -- surface runs under busted with fakes. Optional deps: `validate` (default require "sandbox.validate"),
--- `ncpu`, `keys` (a list of {key=, principal=}; default from config), `openapi_path`, `docs_dir`, `root`.
+-- `ncpu`, `keys` (a list of {key=, principal=}; default from config), `auth_limiter` (default from
+-- server.auth_failure_limit), `openapi_path`, `docs_dir`, `root`.
 local docs = require("api.docs")
 local errors = require("common.errors")
 local middleware = require("api.middleware")
@@ -44,6 +45,30 @@ local function bind_routes(groups)
     return bound
 end
 
+-- The parts of a handler's ctx that most requests never read are built on first use: `query` (the parsed
+-- query string) and `svc` (the context handed to the service).
+local lazy_ctx = {
+    __index = function(ctx, k)
+        local v
+        if k == "query" then
+            v = parse.query(ctx.req.query)
+        elseif k == "svc" then
+            local req = ctx.req
+            v = {
+                request_id = ctx.request_id,
+                principal = ctx.principal,
+                admin = ctx.admin,
+                host = req:header("Host"),
+                remote_addr = req.remote_addr,
+            }
+        else
+            return nil
+        end
+        rawset(ctx, k, v)
+        return v
+    end,
+}
+
 --- Returns handler(req) -> status, headers, body. See the top of this file for `deps`.
 function M.new(deps)
     assert(type(deps) == "table", "api.new: deps table required")
@@ -56,7 +81,8 @@ function M.new(deps)
         docs = docs.new(deps),
         proxy = proxy.new(deps),
     })
-    local authenticate = middleware.authenticator(deps.keys or middleware.keys_from_config(deps.config))
+    local authenticate = middleware.authenticator(deps.keys or middleware.keys_from_config(deps.config),
+        deps.auth_limiter or middleware.limiter_from_config(deps.config, deps.now))
 
     local function handle(req, request_id)
         if middleware.is_preflight(req) then
@@ -100,21 +126,14 @@ function M.new(deps)
             return respond.error(parse.too_large())
         end
 
-        local ctx = {
+        local ctx = setmetatable({
             req = req,
             route = route,
             params = params,
-            query = parse.query(req.query),
             principal = principal,
+            admin = admin,
             request_id = request_id,
-            svc = {
-                request_id = request_id,
-                principal = principal,
-                admin = admin,
-                host = req:header("Host"),
-                remote_addr = req.remote_addr,
-            },
-        }
+        }, lazy_ctx)
         local res
         res, err = bound[route.handler](ctx)
         if not res then

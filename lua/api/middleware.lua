@@ -72,12 +72,93 @@ function M.constant_time_equal(given, expected)
     return diff == 0
 end
 
+-- Failed-key rate limit (server.auth_failure_limit) ----------------------------------------------------
+
+M.TOO_MANY_FAILURES = "Too many failed authentication attempts from this address. Retry after %d seconds."
+M.FAILURE_WINDOW = 60
+-- at most this many client addresses are tracked; when full, expired windows are swept first and an
+-- address that still finds no room is not tracked (the table cannot grow without bound)
+M.MAX_TRACKED = 65536
+
+--- A limiter of failed API key attempts per client address: at most `max` failures in a fixed window of
+--- `window` seconds (default 60). Once an address has used them up, every request from it that needs a
+--- key is refused with 429 GENERAL::TOO_MANY_REQUESTS and Retry-After (the seconds left in its window),
+--- before the key is compared, so a right guess cannot be told from a wrong one while it lasts. `now` is a
+--- clock in seconds (default os.time). Returns nil when `max` is nil or false (the limit is off).
+function M.failure_limiter(max, now, window)
+    if not max then
+        return nil
+    end
+    now = now or os.time
+    window = window or M.FAILURE_WINDOW
+    local entries, tracked = {}, 0
+    local L = {}
+
+    local function current(addr, t)
+        local e = entries[addr]
+        if e and t - e.start >= window then
+            entries[addr] = nil
+            tracked = tracked - 1
+            e = nil
+        end
+        return e
+    end
+
+    --- nil when `addr` may try a key, else the 429 error object.
+    function L.check(addr)
+        local t = now()
+        local e = current(addr or "", t)
+        if e and e.count >= max then
+            local retry = math.max(1, math.ceil(e.start + window - t))
+            return errors.new(429, "GENERAL::TOO_MANY_REQUESTS", string.format(M.TOO_MANY_FAILURES, retry),
+                { ["Retry-After"] = tostring(retry) })
+        end
+        return nil
+    end
+
+    --- Counts one failed attempt from `addr`.
+    function L.fail(addr)
+        addr = addr or ""
+        local t = now()
+        local e = current(addr, t)
+        if not e then
+            if tracked >= M.MAX_TRACKED then
+                for a in pairs(entries) do
+                    current(a, t)
+                end
+                if tracked >= M.MAX_TRACKED then
+                    return
+                end
+            end
+            e = { start = t, count = 0 }
+            entries[addr] = e
+            tracked = tracked + 1
+        end
+        e.count = e.count + 1
+    end
+
+    --- How many addresses are tracked (for the specs).
+    function L.tracked()
+        return tracked
+    end
+
+    return L
+end
+
+--- The limiter for a validated config (server.auth_failure_limit), or nil when it is off.
+function M.limiter_from_config(config, now)
+    local server = config and config.server or {}
+    return M.failure_limiter(server.auth_failure_limit, now)
+end
+
 --- An authenticator over a list of { key = "...", principal = "...", admin = bool }. An empty list means
 --- "no key configured": every request is let through as principal "default", an admin.
 --- Returns a function(req) -> principal, admin (a boolean) or nil, err (a common.errors object). The second
 --- value is never an error when the first is set, so `local p, err = authenticate(req); if not p ...`
 --- callers keep working; those that restrict tenants read it as the admin flag.
-function M.authenticator(keys)
+--- `limiter` (optional, M.failure_limiter) counts wrong keys per req.remote_addr and refuses an address
+--- that has too many (a missing key is not counted: it is not a guess).
+function M.authenticator(keys, limiter)
     keys = keys or {}
     return function(req)
         if #keys == 0 then
@@ -87,6 +168,12 @@ function M.authenticator(keys)
         if given == nil or given == "" then
             return nil, errors.new(401, "MISSING_API_KEY", M.MISSING_API_KEY)
         end
+        if limiter then
+            local limited = limiter.check(req.remote_addr)
+            if limited then
+                return nil, limited
+            end
+        end
         -- Compare with every key, without stopping at the first match.
         local found
         for _, k in ipairs(keys) do
@@ -95,6 +182,9 @@ function M.authenticator(keys)
             end
         end
         if not found then
+            if limiter then
+                limiter.fail(req.remote_addr)
+            end
             return nil, errors.new(401, "INVALID_API_KEY", M.INVALID_API_KEY)
         end
         return found.principal, found.admin == true

@@ -36,6 +36,8 @@ M.sections = {
         connection_memory = { type = "integer", default = 16384, min = 4096 },
         connection_timeout = { type = "number", default = 120, min = 0 },
         drain_timeout = { type = "number", default = 10, min = 0 },
+        -- failed API key attempts allowed per client address per minute; nil/false: no limit
+        auth_failure_limit = { type = "integer", min = 1, false_ok = true },
     },
     runtime = {
         type = { type = "enum", values = { "docker" }, default = "docker" },
