@@ -56,6 +56,13 @@ function M.new(deps)
             return nil, err
         end
         local page
+        if service.list_json then -- the service can hand out the encoded page (cached per record)
+            page, err = service:list_json(filter, ctx.svc)
+            if not page then
+                return nil, err
+            end
+            return { status = 200, body = page, content_type = respond.JSON }
+        end
         page, err = service:list(filter, ctx.svc)
         if not page then
             return nil, err
@@ -64,6 +71,13 @@ function M.new(deps)
     end
 
     function h.get(ctx)
+        if service.get_json then
+            local text, err = service:get_json(ctx.params.id, ctx.svc)
+            if not text then
+                return nil, err
+            end
+            return { status = 200, body = text, content_type = respond.JSON }
+        end
         local sandbox, err = service:get(ctx.params.id, ctx.svc)
         if not sandbox then
             return nil, err

@@ -15,6 +15,7 @@ local sync = require("common.sync")
 local model = require("sandbox.model")
 local timefmt = require("sandbox.timefmt")
 local listing = require("sandbox.listing")
+local json = require("common.json")
 
 local STATE, REASON, MESSAGE = model.STATE, model.REASON, model.MESSAGE
 
@@ -216,6 +217,47 @@ function Service:get(id, ctx)
     return model.sandbox_view(rec)
 end
 
+-- Encoded `Sandbox` objects, per record. Records are never changed in place (a mutation commits a copy),
+-- so a record's identity is its version and a weak-keyed cache never serves a stale view.
+local view_json = setmetatable({}, { __mode = "k" })
+
+local function sandbox_json(rec)
+    local s = view_json[rec]
+    if not s then
+        s = json.encode(model.sandbox_view(rec))
+        view_json[rec] = s
+    end
+    return s
+end
+
+--- get() already encoded: the API's GET /sandboxes/{id} body.
+function Service:get_json(id, ctx)
+    local rec = self.records[id]
+    if not rec or not self:visible(rec, ctx) then
+        return nil, errors.not_found(id)
+    end
+    return sandbox_json(rec)
+end
+
+--- list() already encoded: the API's GET /sandboxes body.
+function Service:list_json(filter, ctx)
+    local all = {}
+    for _, rec in pairs(self.records) do
+        if self:visible(rec, ctx) then
+            all[#all + 1] = rec
+        end
+    end
+    local res = listing.apply(all, filter)
+    local items = {}
+    for i, rec in ipairs(res.items) do
+        items[i] = sandbox_json(rec)
+    end
+    local p = res.pagination
+    return string.format('{"items":[%s],"pagination":{"page":%d,"pageSize":%d,"totalItems":%d,' ..
+        '"totalPages":%d,"hasNextPage":%s}}', table.concat(items, ","), p.page, p.pageSize, p.totalItems,
+        p.totalPages, tostring(p.hasNextPage))
+end
+
 function Service:list(filter, ctx)
     local all = {}
     for _, rec in pairs(self.records) do
@@ -224,7 +266,6 @@ function Service:list(filter, ctx)
         end
     end
     local res = listing.apply(all, filter)
-    local json = require("common.json")
     local items = json.array()
     for i, rec in ipairs(res.items) do
         items[i] = model.sandbox_view(rec)
@@ -839,7 +880,6 @@ function Service:adopt(c)
     if not info then
         return false
     end
-    local json = require("common.json")
     local md = labels["opensandbox.io/metadata"] and json.decode(labels["opensandbox.io/metadata"]) or {}
     local rec = {
         id = id,
