@@ -60,18 +60,25 @@ run_wrk() { # conns url [header]
 }
 row() { IFS='|' read -r rps p50 p99 errs <<<"$2"; printf '| %s | %.0f | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99" "${errs:-}"; }
 
+# one sandbox to read back (needs Docker and local/busybox:latest; see tests/images/build-busybox.sh)
+sid=$(curl -fs -XPOST "http://127.0.0.1:$OUR_PORT/v1/sandboxes" -H "OPEN-SANDBOX-API-KEY: $KEY" \
+    -d '{"image":{"uri":"local/busybox:latest"},"entrypoint":["sleep","600"],"timeout":600,"resourceLimits":{}}' |
+    sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+sleep 2
 nginx_h=$(run_wrk 64 "http://127.0.0.1:$NGINX_PORT/health")
 ours_h=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/health")
-ours_auth=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes?pageSize=1" "OPEN-SANDBOX-API-KEY: $KEY")
+ours_auth=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes/$sid" "OPEN-SANDBOX-API-KEY: $KEY")
+ours_list=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes?pageSize=1" "OPEN-SANDBOX-API-KEY: $KEY")
 ours_yield=$(run_wrk 256 "http://127.0.0.1:$YIELD_PORT/yield")
 node "$root/bench/idle_conns.mjs" 127.0.0.1 "$OUR_PORT" 1000 $((dur * 3 + 10)) &
 idle_pid=$!
 pids+=($idle_pid)
 sleep 3
 ours_h_idle=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/health")
-ours_auth_idle=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes?pageSize=1" "OPEN-SANDBOX-API-KEY: $KEY")
+ours_auth_idle=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes/$sid" "OPEN-SANDBOX-API-KEY: $KEY")
 rss_busy=$(ps -o rss= -p "$ourpid" | tr -d ' ')
 kill "$idle_pid" 2>/dev/null || true
+curl -fs -XDELETE "http://127.0.0.1:$OUR_PORT/v1/sandboxes/$sid" -H "OPEN-SANDBOX-API-KEY: $KEY" >/dev/null || true
 
 ratio() { awk -v a="${1%%|*}" -v b="${2%%|*}" 'BEGIN { printf "%.2f", a / b }'; }
 echo
@@ -81,11 +88,13 @@ echo "| run | req/s | p50 | p99 | errors |"
 echo "|---|---|---|---|---|"
 row "nginx 1 worker, return 200 JSON (-c64)" "$nginx_h"
 row "ours GET /health through Lua (-c64)" "$ours_h"
-row "ours GET /v1/sandboxes, key + router + handler + JSON (-c64)" "$ours_auth"
+row "ours GET /v1/sandboxes/{id}, key + router + middleware + handler + JSON (-c64)" "$ours_auth"
+row "ours GET /v1/sandboxes?pageSize=1 (list: query parsing + validation + paging) (-c64)" "$ours_list"
 row "ours route that yields on a timer and resumes (-c256)" "$ours_yield"
 row "ours GET /health with 1000 idle keep-alive connections open (-c64)" "$ours_h_idle"
-row "ours GET /v1/sandboxes with 1000 idle connections open (-c64)" "$ours_auth_idle"
+row "ours GET /v1/sandboxes/{id} with 1000 idle connections open (-c64)" "$ours_auth_idle"
 echo
-echo "- /health vs nginx: $(ratio "$ours_h" "$nginx_h")x; authenticated route vs nginx: $(ratio "$ours_auth" "$nginx_h")x"
+echo "- /health vs nginx: $(ratio "$ours_h" "$nginx_h")x; authenticated GET vs nginx: $(ratio "$ours_auth" "$nginx_h")x;" \
+    "list vs nginx: $(ratio "$ours_list" "$nginx_h")x"
 echo "- with 1000 idle connections: /health $(ratio "$ours_h_idle" "$ours_h")x of the run without them"
 echo "- server RSS: ${rss_idle} KiB idle after start; ${rss_busy} KiB with 1000 connections open after the runs"

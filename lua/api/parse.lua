@@ -38,6 +38,9 @@ end
 
 --- Decodes one query component with form rules: "+" is a space, "%XX" a byte. Decoded once only.
 function M.form_unescape(s)
+    if not s:find("[+%%]") then
+        return s
+    end
     s = s:gsub("%+", " ")
     return (s:gsub("%%(%x%x)", hexbyte))
 end
@@ -49,12 +52,15 @@ function M.query(raw)
     if type(raw) ~= "string" or raw == "" then
         return out
     end
-    for seg in (raw .. "&"):gmatch("([^&]*)&") do
-        if seg ~= "" then
-            local k, v = seg:match("^([^=]*)=(.*)$")
-            if not k then
-                k, v = seg, ""
-            end
+    for seg in raw:gmatch("[^&]+") do
+        local eq = seg:find("=", 1, true)
+        local k, v
+        if eq then
+            k, v = seg:sub(1, eq - 1), seg:sub(eq + 1)
+        else
+            k, v = seg, ""
+        end
+        do
             k, v = M.form_unescape(k), M.form_unescape(v)
             local list = out[k]
             if not list then
