@@ -62,12 +62,22 @@ for _, pattern in ipairs({ "/sandboxes/{id}/proxy/{port}", "/sandboxes/{id}/prox
     end
 end
 
+local find_plain = string.find
+local sub = string.sub
+
+-- "/a/b/" -> { "a", "b", "" } (the leading "/" starts the first segment)
 local function split(path)
-    local segs = {}
-    for seg in (path .. "/"):sub(2):gmatch("([^/]*)/") do
-        segs[#segs + 1] = seg
+    local segs, n, pos = {}, 0, 2
+    while true do
+        local slash = find_plain(path, "/", pos, true)
+        n = n + 1
+        if not slash then
+            segs[n] = sub(path, pos)
+            return segs
+        end
+        segs[n] = sub(path, pos, slash - 1)
+        pos = slash + 1
     end
-    return segs
 end
 
 -- Compiles the table once: named fields, and the pattern split into segments.
@@ -138,49 +148,71 @@ function M.strip_version(path)
 end
 
 local function match_route(r, segs)
-    local n = #r.segs
+    local rsegs = r.segs
+    local n = #rsegs
     if #segs < n or (not r.rest and #segs ~= n) then
         return nil
     end
-    local params = {}
+    -- literals first: most candidates fail there, before any table is made
     for i = 1, n do
-        local want, got = r.segs[i], segs[i]
+        local want, got = rsegs[i], segs[i]
         if want.lit then
             if want.lit ~= got then
                 return nil
             end
         elseif got == "" then
             return nil
-        else
-            params[want.param] = got
+        end
+    end
+    if r.rest and #segs == n then
+        -- "{path*}" needs the "/" after the fixed part: ".../proxy/80" is the other route, ".../proxy/80/" has "".
+        return nil
+    end
+    local params = {}
+    for i = 1, n do
+        local want = rsegs[i]
+        if want.param then
+            params[want.param] = segs[i]
         end
     end
     if r.rest then
-        -- "{path*}" needs the "/" after the fixed part: ".../proxy/80" is the other route, ".../proxy/80/" has "".
-        if #segs == n then
-            return nil
-        end
         params[r.rest] = table.concat(segs, "/", n + 1)
     end
     return params
 end
 
+-- Candidates by number of path segments (routes ending in "{path*}" are tried for every length).
+local by_len, with_rest = {}, {}
+for _, r in ipairs(compiled) do
+    if r.rest then
+        with_rest[#with_rest + 1] = r
+    else
+        local n = #r.segs
+        by_len[n] = by_len[n] or {}
+        by_len[n][#by_len[n] + 1] = r
+    end
+end
+local NONE = {}
+
 local function find(path, method, only_slash)
     local segs = split(path)
     local allowed, seen = {}, {}
-    for _, r in ipairs(compiled) do
-        if not only_slash or r.slash then
-            local params = match_route(r, segs)
-            if params then
-                if r.method == method or (method == "HEAD" and r.method == "GET") then
-                    return r, params
-                end
-                if not seen[r.method] then
-                    seen[r.method] = true
-                    allowed[#allowed + 1] = r.method
-                    if r.method == "GET" and not seen.HEAD then
-                        seen.HEAD = true
-                        allowed[#allowed + 1] = "HEAD"
+    for pass = 1, 2 do
+        local list = pass == 1 and (by_len[#segs] or NONE) or with_rest
+        for _, r in ipairs(list) do
+            if not only_slash or r.slash then
+                local params = match_route(r, segs)
+                if params then
+                    if r.method == method or (method == "HEAD" and r.method == "GET") then
+                        return r, params
+                    end
+                    if not seen[r.method] then
+                        seen[r.method] = true
+                        allowed[#allowed + 1] = r.method
+                        if r.method == "GET" and not seen.HEAD then
+                            seen.HEAD = true
+                            allowed[#allowed + 1] = "HEAD"
+                        end
                     end
                 end
             end
