@@ -51,8 +51,17 @@ async function createOurs(meta = {}) {
 const rawIds = [];
 async function createRaw(i) {
   const t0 = now();
-  const c = await docker("POST", `/containers/create?name=bench-raw-${process.pid}-${i}`, { Image: IMAGE, Cmd: ["sleep", "3600"],
-    Labels: { "opensandbox.bench": "1" } });
+  // the same container the server makes, minus our agent: published ports on 127.0.0.1, the security defaults
+  const c = await docker("POST", `/containers/create?name=bench-raw-${process.pid}-${i}`, {
+    Image: IMAGE, Cmd: ["sleep", "3600"], Labels: { "opensandbox.bench": "1" },
+    ExposedPorts: { "44772/tcp": {}, "8080/tcp": {} },
+    HostConfig: {
+      NetworkMode: "bridge",
+      PortBindings: { "44772/tcp": [{ HostIp: "127.0.0.1", HostPort: "" }], "8080/tcp": [{ HostIp: "127.0.0.1", HostPort: "" }] },
+      CapDrop: ["AUDIT_WRITE", "MKNOD", "NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_MODULE", "SYS_PTRACE", "SYS_TIME", "SYS_TTY_CONFIG"],
+      SecurityOpt: ["no-new-privileges:true"], PidsLimit: 4096, RestartPolicy: { Name: "no" },
+    },
+  });
   if (c.status !== 201) throw new Error("raw create: " + c.body);
   const id = JSON.parse(c.body).Id;
   rawIds.push(id);
