@@ -51,6 +51,10 @@ return {
         connection_memory = 16384,
         connection_timeout = 120,
         drain_timeout = 10,
+        -- Failed API key attempts (a wrong OPEN-SANDBOX-API-KEY) allowed per client address in a minute.
+        -- Beyond it, every request from that address that needs a key gets 429 GENERAL::TOO_MANY_REQUESTS
+        -- with Retry-After until its minute is over (a missing key is not counted). nil or false: no limit.
+        auth_failure_limit = nil,
     },
 
     runtime = {
@@ -95,6 +99,11 @@ return {
         -- share one Docker daemon: each then sees, adopts and removes only its own sandboxes.
         -- nil: every container labelled opensandbox.io/id belongs to this server.
         instance = nil,
+        -- How the agent gets into each sandbox: "archive" uploads the bundle into every container before it
+        -- starts (PUT /containers/{id}/archive; works with any daemon, costs an untar per sandbox, ~45 ms
+        -- here); "volume" fills one read-only Docker volume per agent version and mounts it at
+        -- /opt/opensandbox in every sandbox (no upload per sandbox).
+        agent_delivery = "archive",
     },
 
     store = {

@@ -140,6 +140,9 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
         agent_archive = function(platform)
             return agent:archive(platform)
         end,
+        agent_volume = (cfg.docker.agent_delivery == "volume" and not cfg.runtime.execd_image) and function(image)
+            return agent:volume(image)
+        end or nil,
         core = {
             now_us = function()
                 return math.floor(core.now() * 1e6)

@@ -57,6 +57,9 @@ M.sections = {
         -- a name for this server's containers (label opensandbox.io/instance): several servers can then
         -- share one daemon without adopting or removing each other's sandboxes. nil: all labelled containers.
         instance = { type = "string" },
+        -- how the agent gets into sandboxes: "archive" (uploaded into each container before it starts) or
+        -- "volume" (one read-only volume with the bundle, mounted by every sandbox)
+        agent_delivery = { type = "enum", values = { "archive", "volume" }, default = "archive" },
     },
     store = {
         path = { type = "string", default = "~/.opensandbox/opensandbox.db" },

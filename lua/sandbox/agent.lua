@@ -103,6 +103,51 @@ function Agent:binary_candidates()
     return c
 end
 
+-- FNV-1a over the bundle: names the agent volume after its content (not a security hash: the volume is
+-- only ours, the name just has to change when the bundle does).
+local function content_tag(bytes)
+    local h = 2166136261
+    for i = 1, #bytes, 7 do -- every 7th byte plus the length: the bundle differs in many places when it changes
+        h = ((h ~ bytes:byte(i)) * 16777619) & 0xffffffff
+    end
+    return string.format("%08x%x", h, #bytes)
+end
+
+--- docker.agent_delivery = "volume": the name of a Docker volume that holds the bundle, created and filled on
+--- first use (single-flight: concurrent provisionings wait for one fill). `image` is any image the daemon has
+--- (the fill container is created from it, never started). Returns the name, or nil, err.
+function Agent:volume(image)
+    local tar_bytes, err = self:archive()
+    if not tar_bytes then
+        return nil, err
+    end
+    local name = "opensandbox-agent-" .. content_tag(tar_bytes)
+    if self.volume_ready == name then
+        return name
+    end
+    if self.volume_filling then
+        local ok, werr = self.volume_filling:wait(120)
+        if ok and self.volume_ready == name then
+            return name
+        end
+        if not ok then
+            return nil, "waiting for the agent volume: " .. tostring(werr)
+        end
+    end
+    local ev = require("common.sync").event()
+    self.volume_filling = ev
+    local ok, verr = self.runtime:ensure_volume(name, tar_bytes, image, { ["opensandbox.io/agent"] = "true" })
+    self.volume_filling = nil
+    if ok then
+        self.volume_ready = name
+    end
+    ev:set(ok or false)
+    if not ok then
+        return nil, "cannot prepare the agent volume " .. name .. ": " .. tostring(verr and verr.message or verr)
+    end
+    return name
+end
+
 --- The tar bytes, or nil, err (the bootstrap script is required; the agent binary is not). With
 --- runtime.execd_image the files come from that image instead (may yield: Docker calls).
 function Agent:archive(platform)

@@ -41,6 +41,7 @@ function M.new(deps)
     self.log = deps.log
     self.config = deps.config
     self.agent_archive = deps.agent_archive
+    self.agent_volume = deps.agent_volume -- optional: function(image, platform) -> volume name | nil, err
     self.docker_host = deps.docker_host or "unix:///var/run/docker.sock"
     self.failure_ttl = deps.failure_ttl or 3600
     self.hooks = deps.hooks
@@ -375,20 +376,29 @@ function Service:provision(id, spec)
         metadata = rec.metadata,
         principal = rec.principal,
     }
+    if self.agent_volume then -- docker.agent_delivery = "volume": mount the shared bundle, upload nothing
+        local vol, verr = self.agent_volume(spec.image.uri, spec.platform)
+        if verr then
+            return self:finish_provisioning(id, nil, "DOCKER::SANDBOX_EXECD_DISTRIBUTION_FAILED", tostring(verr))
+        end
+        cspec.agent_volume = vol
+    end
     local cid
     cid, err = rt:create_container(cspec)
     if not cid then
         return self:finish_provisioning(id, nil, "DOCKER::SANDBOX_START_FAILED",
             "Failed to create container: " .. tostring(err and err.message or err))
     end
-    local tar, terr = self.agent_archive(spec.platform)
-    if not tar then
-        return self:finish_provisioning(id, cid, "DOCKER::SANDBOX_EXECD_DISTRIBUTION_FAILED", tostring(terr))
-    end
-    ok, err = rt:put_archive(cid, tar)
-    if not ok then
-        return self:finish_provisioning(id, cid, "DOCKER::SANDBOX_EXECD_DISTRIBUTION_FAILED",
-            "Failed to upload the agent: " .. tostring(err and err.message or err))
+    if not cspec.agent_volume then
+        local tar, terr = self.agent_archive(spec.platform)
+        if not tar then
+            return self:finish_provisioning(id, cid, "DOCKER::SANDBOX_EXECD_DISTRIBUTION_FAILED", tostring(terr))
+        end
+        ok, err = rt:put_archive(cid, tar)
+        if not ok then
+            return self:finish_provisioning(id, cid, "DOCKER::SANDBOX_EXECD_DISTRIBUTION_FAILED",
+                "Failed to upload the agent: " .. tostring(err and err.message or err))
+        end
     end
     ok, err = rt:start(cid)
     if not ok then

@@ -479,6 +479,51 @@ function Adapter:get_archive(cid, path)
     return res.body
 end
 
+--- Makes sure the named volume exists and holds `tar_bytes` (extracted at /, so the archive's
+--- opt/opensandbox/... lands in the volume mounted at /opt/opensandbox). A new volume is filled through a
+--- created, never started, container of `image` that mounts it; the container is removed afterwards.
+--- Returns true, or nil, err. Volumes are named after their content, so an existing one is never refilled.
+function Adapter:ensure_volume(name, tar_bytes, image, labels)
+    local res, err = self:_request("GET", "/volumes/" .. seg(name))
+    if not res then
+        return nil, err
+    end
+    if res.status == 200 then
+        return true
+    end
+    res, err = self:_expect("POST", "/volumes/create", { [201] = true, [200] = true }, {
+        headers = { ["Content-Type"] = "application/json" },
+        body = json.encode({ Name = name, Labels = labels or {} }),
+    })
+    if not res then
+        return nil, err
+    end
+    local fill = "/containers/create?name=" .. urlencode(name .. "-fill")
+    res, err = self:_expect("POST", fill, { [201] = true }, {
+        headers = { ["Content-Type"] = "application/json" },
+        body = json.encode({
+            Image = image,
+            Cmd = json.array({ "/bin/true" }),
+            Labels = labels or {},
+            HostConfig = { Mounts = json.array({ { Type = "volume", Source = name, Target = "/opt/opensandbox" } }) },
+        }),
+    })
+    if not res then
+        self:_request("DELETE", "/volumes/" .. seg(name))
+        return nil, err
+    end
+    local doc = decode_body(res)
+    local cid = doc and doc.Id
+    local ok
+    ok, err = self:put_archive(cid, tar_bytes)
+    self:remove(cid)
+    if not ok then
+        self:_request("DELETE", "/volumes/" .. seg(name))
+        return nil, err
+    end
+    return true
+end
+
 --- Creates (does not start) a throwaway container of `image` named `name`, to copy files out of it (the
 --- runtime.execd_image option). Returns the container id.
 function Adapter:create_scratch(image, name, platform)

@@ -183,6 +183,11 @@ function M.create_body(spec, config)
     if config and config.runtime then
         host.Runtime = config.runtime
     end
+    if spec.agent_volume then
+        -- the agent bundle, shared read-only by every sandbox (docker.agent_delivery = "volume")
+        host.Mounts = json.array({ { Type = "volume", Source = spec.agent_volume, Target = "/opt/opensandbox",
+            ReadOnly = true } })
+    end
     local text = json.encode(body)
     return (text:gsub(MARK_PATTERN, "%1"))
 end
