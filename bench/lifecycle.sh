@@ -25,12 +25,13 @@ nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 cat >"$work/config.lua" <<CFG
 return { server = { port = $PORT, api_key = "$KEY", log_level = "WARNING" },
-         store = { path = "$work/state/db.sqlite" }, docker = { instance = "bench-$$" } }
+         store = { path = "$work/state/db.sqlite" },
+         docker = { instance = "bench-$$", agent_delivery = "${AGENT_DELIVERY:-archive}" } }
 CFG
 "$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" &
 spid=$!
 pids+=($spid)
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
-echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest"
+echo "agent_delivery=${AGENT_DELIVERY:-archive}. Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest"
 SERVER_PID=$spid NGINX_JSON_PATH=$work/www/sandbox.json timeout 1200 node "$root/bench/lifecycle.mjs" \
     "http://127.0.0.1:$PORT" "$KEY" "http://127.0.0.1:$NGINX_PORT/sandbox.json" "$n" | grep -v '^{'
