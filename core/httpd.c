@@ -68,6 +68,7 @@ static struct {
     int handler_ref;
     size_t max_body;
     int needs_run;
+    unsigned int conn_limit; /* MHD_OPTION_CONNECTION_LIMIT */
     int draining;
     int drain_code;
     double drain_timeout;
@@ -322,9 +323,10 @@ static enum MHD_Result queue_response(struct reqctx *c)
     return ret;
 }
 
-/* Request handles: the Lua `req` table refers to its context through a pooled handle and a generation
- * number, so that no finalizer runs per request and a `req` kept beyond its request's life finds nothing
- * instead of freed memory. Handles are never freed, only reused (with the generation bumped). */
+/* Request handles: the Lua `req` table refers to its context through a pooled handle and a
+ * generation number, so that no finalizer runs per request and a `req` kept beyond its request's
+ * life finds nothing instead of freed memory. Handles are never freed, only reused (with the
+ * generation bumped). */
 struct reqhandle {
     struct reqctx *c;
     lua_Integer gen;
@@ -835,8 +837,9 @@ static enum MHD_Result hdr_find_cb(void *cls, enum MHD_ValueKind kind, const cha
     return MHD_YES;
 }
 
-/* req:header(name): the value (repeated headers joined with ", "), or nil. Looked up in libmicrohttpd's
- * parsed headers on demand: most requests read two or three headers, so no table is built up front. */
+/* req:header(name): the value (repeated headers joined with ", "), or nil. Looked up in
+ * libmicrohttpd's parsed headers on demand: most requests read two or three headers, so no table is
+ * built up front. */
 static int r_header(lua_State *L)
 {
     struct reqctx *c = req_ctx_opt(L, 1);
@@ -891,11 +894,25 @@ static int r_headers(lua_State *L)
 
 /* ---- the daemon on the loop ---- */
 
+static unsigned int httpd_connections(void)
+{
+    const union MHD_DaemonInfo *i = MHD_get_daemon_info(H.d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return i ? i->num_connections : 0;
+}
+
 static void httpd_run(void)
 {
     H.needs_run = 0;
-    if (H.d)
-        MHD_run(H.d);
+    if (!H.d)
+        return;
+    /* At the connection limit MHD takes the listen socket out of its epoll set and puts it
+     * back only at the start of a later MHD_run. When the run that closes connections is the
+     * last activity, nothing would call MHD_run again and the server would accept no
+     * connection any more: run once more. */
+    unsigned int before = httpd_connections();
+    MHD_run(H.d);
+    if (before >= H.conn_limit && httpd_connections() < before)
+        H.needs_run = 1;
 }
 
 static void on_mhd_fd(loop_watch *w, uint32_t events)
@@ -1064,6 +1081,7 @@ static int l_listen(lua_State *L)
     lua_pop(L, 1);
     lua_Integer max_body = opt_int(L, "max_body", 1048576);
     lua_Integer conn_limit = opt_int(L, "conn_limit", 4096);
+    H.conn_limit = (unsigned int)conn_limit;
     lua_Integer conn_memory = opt_int(L, "conn_memory", 16384);
     lua_Integer conn_timeout = opt_int(L, "conn_timeout", 120);
     lua_getfield(L, 1, "drain_timeout");

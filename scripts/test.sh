@@ -1,8 +1,9 @@
 #!/bin/bash
 # README command 2: the whole test suite. Installs what is missing, builds (plain and ASan/UBSan), starts
 # Docker if needed, then runs, fastest first: lint, C tests (ctest), Lua unit specs, integration specs
-# against the real binary and the real Docker daemon, the official SDK conformance scripts, and the C tests
-# and engine integration once more under AddressSanitizer/UndefinedBehaviorSanitizer.
+# against the real binary and the real Docker daemon (reliability included: RELIABILITY.md), the official SDK
+# conformance scripts, the C tests under valgrind, and the C tests and engine integration once more under
+# AddressSanitizer/UndefinedBehaviorSanitizer.
 # Every stage runs even when an earlier one failed (except when the build fails); the exit code is 0 only
 # when all passed. .ci/run calls exactly this.
 set -uo pipefail
@@ -67,6 +68,7 @@ fuzz() { # the libFuzzer targets, each for a bounded time on a copy of its seed 
 stage "lint (clang-format, luacheck)" lint
 stage "docker daemon" sh scripts/docker-up.sh
 stage "C tests (ctest)" ctest --test-dir build --output-on-failure
+stage "valgrind: C tests" sh tests/reliability/valgrind.sh
 stage "Lua unit specs" busted_run tests/lua/unit
 stage "fuzz (libFuzzer, bounded)" fuzz
 
@@ -82,6 +84,7 @@ stage "integration: lifecycle" integ tests/lua/integration/lifecycle
 stage "integration: hooks and tenants" integ tests/lua/integration/hooks
 stage "integration: server proxy" integ tests/lua/integration/proxy
 stage "integration: agent (SDK specs)" bash tests/agent/run.sh
+stage "integration: reliability (hostile input, containment, faults)" integ tests/lua/integration/reliability
 stage "SDK conformance: lifecycle" bash tests/conformance/run.sh lifecycle-smoke.mjs
 stage "SDK conformance: execd" bash tests/conformance/run.sh execd-smoke.mjs
 stage "SDK conformance: execd through the server proxy" env OPENSANDBOX_USE_SERVER_PROXY=1 \

@@ -921,6 +921,15 @@ end
 --- Reconciles the records with the runtime. At start-up (`startup`), also fails interrupted provisioning
 --- and expires what is due (§6.5); in sweeps only steps 2-4 apply.
 function Service:reconcile(startup)
+    -- The list call and the inspections below yield: records created, provisioned or deleted meanwhile must
+    -- not be judged against the list. Only records that existed, settled, before the list are checked for
+    -- a vanished container, and a listed container whose record existed then but is gone now was deleted
+    -- meanwhile (neither adopted nor removed again).
+    local had, settled = {}, {}
+    for id in pairs(self.records) do
+        had[id] = true
+        settled[id] = not self.provisioning[id]
+    end
     local list, err = self.runtime:list()
     if not list then
         if err and err.kind == "unavailable" then
@@ -966,7 +975,7 @@ function Service:reconcile(startup)
                     end
                 end
             end
-        elseif not self.provisioning[sid] then
+        elseif not self.provisioning[sid] and not had[sid] then
             if not self:adopt(c) then
                 self.log.warn("removing unadoptable labelled container", { container_id = c.id })
                 self.removing[c.id] = true
@@ -978,7 +987,7 @@ function Service:reconcile(startup)
     -- records without a container
     local now = self:now_us()
     for id, rec in pairs(self.records) do
-        if not by_sandbox[id] and not self.provisioning[id] then
+        if not by_sandbox[id] and not self.provisioning[id] and settled[id] then
             if model.is_provisioning_failure(rec) then
                 local _ = rec -- kept until failed_us + TTL (the sweep drops it)
             elseif rec.state == STATE.PENDING then

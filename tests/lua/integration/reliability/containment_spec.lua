@@ -71,8 +71,10 @@ describe("containment from inside a sandbox #integration #docker", function()
         local out = R.exec(srv, a,
             "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max")
         assert.are.equal(tostring(PIDS), out.stdout)
-        -- a fork bomb in the background; the agent's timeout kills its process group after 20 s
-        out = R.exec(srv, a, "b() { b | b & }; b", { background = true, timeout_ms = 20000 })
+        -- a fork bomb in the background, then a loop that forks without end (a classic bomb alone dies
+        -- out once forks fail); the agent's timeout kills the process group after 20 s
+        out = R.exec(srv, a, "b() { b | b & }; b; while :; do sleep 100 & done", { background = true,
+            timeout_ms = 20000 })
         assert.are.equal(0, out.exit, json.encode(out.events))
         H.sleep(3)
         local t0 = H.now()
@@ -90,13 +92,15 @@ describe("containment from inside a sandbox #integration #docker", function()
         -- the lifecycle API still works on the bombed sandbox's neighbours
         assert.are.equal(200, R.call(srv, "GET", "/v1/sandboxes/" .. b).status)
         assert.is_true(H.now() - t0 < 30)
-        -- the bomb hit the limit: pids.current never exceeds it (read from the host, the sandbox is full)
+        -- the cap holds (read from the host cgroup)
         local cid = H.inspect("sandbox-" .. a).Id
         local cur = H.run("cat /sys/fs/cgroup/pids/docker/" .. cid .. "/pids.current 2>/dev/null || "
             .. "cat /sys/fs/cgroup/system.slice/docker-" .. cid .. ".scope/pids.current 2>/dev/null")
-        if tonumber(cur) then
-            assert.is_true(tonumber(cur) <= PIDS, "pids.current " .. cur)
-        end
+        cur = tonumber(cur)
+        assert.is_number(cur, "pids.current of the sandbox's cgroup not found")
+        -- (through the agent the bomb was seen at 5-16 processes when sampled, not at the cap: it is only
+        -- checked that the cap holds; RELIABILITY.md has the figure of a bomb in a plain container)
+        assert.is_true(cur <= PIDS, "pids.current " .. cur .. " (limit " .. PIDS .. ")")
         -- the bombed sandbox can be deleted in bounded time
         local t = H.now()
         assert.are.equal(204, R.call(srv, "DELETE", "/v1/sandboxes/" .. a).status)

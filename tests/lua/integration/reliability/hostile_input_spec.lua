@@ -68,15 +68,14 @@ describe("hostile input #integration #docker", function()
             assert.is_true(health_ok())
         end)
 
-        it("at server.max_connections the server refuses more, survives and recovers", function()
+        it("at server.max_connections the server stops accepting, survives and recovers", function()
             local small = R.start(INSTANCE, { server = { max_connections = 50 } })
             local rep = R.slowloris(small, 120, 4)
-            -- MHD accepts and at once closes what is over the limit
-            assert.is_true(rep.openAtEnd <= 50, json.encode(rep))
-            assert.is_true(rep.closedByServer >= 70, json.encode(rep))
-            print(string.format("\n  slowloris 120 conns on max_connections=50: %d held, %d closed, "
-                .. "%d of %d /health probes failed", rep.openAtEnd, rep.closedByServer, rep.probeFailures,
-                rep.probes))
+            -- libmicrohttpd stops accepting at the limit: the excess (and fresh clients) wait in the kernel's
+            -- listen backlog, so this documents the limit rather than asserting a number of refusals
+            assert.are.equal(120, rep.opened, json.encode(rep))
+            print(string.format("\n  slowloris 120 conns on max_connections=50: %d of %d /health probes failed "
+                .. "while they were held", rep.probeFailures, rep.probes))
             assert.is_true(small:alive())
             local ok
             for _ = 1, 20 do
