@@ -32,6 +32,7 @@
 #define EASY_POOL_MAX 64
 
 struct creq {
+    struct creq *prev, *next; /* in-flight requests */
     CURL *easy;
     task *t;
     buf_t body;
@@ -46,6 +47,7 @@ struct creq {
 struct csock {
     loop_watch w;
     curl_socket_t fd;
+    struct csock *prev, *next; /* all watched sockets, for shutdown */
 };
 
 static struct {
@@ -55,15 +57,42 @@ static struct {
     int npool;
     long max_host;
     int inited;
+    int closing;
+    struct creq *active;
+    struct csock *socks;
+    struct csock *graveyard; /* removed sockets, freed before the next epoll wait */
 } C;
 
 static void check_done(void);
 
 /* ---- loop glue ---- */
 
-static void free_deferred(void *p)
+static void csock_unlink(struct csock *cs)
 {
-    free(p);
+    if (cs->prev)
+        cs->prev->next = cs->next;
+    else if (C.socks == cs)
+        C.socks = cs->next;
+    if (cs->next)
+        cs->next->prev = cs->prev;
+    cs->prev = cs->next = NULL;
+}
+
+/* Frees removed sockets once the epoll batch that may still name them has been dispatched. */
+static void bury_all(void)
+{
+    while (C.graveyard) {
+        struct csock *cs = C.graveyard;
+        C.graveyard = cs->next;
+        free(cs);
+    }
+}
+
+static int64_t client_prepare(void *data)
+{
+    (void)data;
+    bury_all();
+    return -1;
 }
 
 static void on_sock_event(loop_watch *w, uint32_t events)
@@ -89,7 +118,13 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socket
         if (cs) {
             loop_watch_del(&cs->w);
             curl_multi_assign(C.multi, s, NULL);
-            loop_defer(free_deferred, cs); /* an event for it may still be in this epoll batch */
+            csock_unlink(cs);
+            if (C.closing) {
+                free(cs);
+            } else { /* an event for it may still be in this epoll batch */
+                cs->next = C.graveyard;
+                C.graveyard = cs;
+            }
         }
         return 0;
     }
@@ -112,6 +147,10 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socket
             return -1;
         }
         curl_multi_assign(C.multi, s, cs);
+        cs->next = C.socks;
+        if (C.socks)
+            C.socks->prev = cs;
+        C.socks = cs;
     } else {
         loop_watch_mod(&cs->w, ev);
     }
@@ -153,6 +192,7 @@ static int client_init(void)
     curl_multi_setopt(C.multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(C.multi, CURLMOPT_MAX_HOST_CONNECTIONS, C.max_host);
     curl_multi_setopt(C.multi, CURLMOPT_MAXCONNECTS, C.max_host * 4);
+    loop_prepare_add(client_prepare, NULL);
     C.inited = 1;
     return 0;
 }
@@ -250,9 +290,21 @@ static void push_error(lua_State *L, const char *kind, const char *msg)
     luaL_setmetatable(L, ERR_MT);
 }
 
+static void creq_unlink(struct creq *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else if (C.active == r)
+        C.active = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+}
+
 static void creq_release(struct creq *r)
 {
     lua_State *L = task_main_state();
+    creq_unlink(r);
     if (r->on_data_ref != LUA_NOREF)
         luaL_unref(L, LUA_REGISTRYINDEX, r->on_data_ref);
     curl_slist_free_all(r->hdrs);
@@ -368,6 +420,15 @@ static int add_headers(lua_State *L, struct creq *r)
     return 0;
 }
 
+/* The waiting task is abandoned (shutdown): drop the transfer without resuming anybody. */
+static void creq_cancel(task *t)
+{
+    struct creq *r = t->wait;
+    curl_multi_remove_handle(C.multi, r->easy);
+    r->t = NULL;
+    creq_release(r);
+}
+
 static int l_request(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -442,7 +503,15 @@ static int l_request(lua_State *L)
     }
 
     r->t = t;
+    r->next = C.active;
+    if (C.active)
+        C.active->prev = r;
+    C.active = r;
+    t->wait = r;
+    t->cancel = creq_cancel;
     if (curl_multi_add_handle(C.multi, e) != CURLM_OK) {
+        t->wait = NULL;
+        t->cancel = NULL;
         r->t = NULL;
         creq_release(r);
         push_error(L, "error", "curl_multi_add_handle failed");
@@ -473,8 +542,20 @@ void client_free(void)
 {
     if (!C.inited)
         return;
+    C.closing = 1;
+    while (C.active) { /* transfers whose task is gone (task_shutdown ran first) */
+        struct creq *r = C.active;
+        curl_multi_remove_handle(C.multi, r->easy);
+        creq_release(r);
+    }
     loop_timer_stop(&C.timer);
     curl_multi_cleanup(C.multi);
+    bury_all();
+    while (C.socks) { /* sockets of cached connections curl closed without telling us */
+        struct csock *cs = C.socks;
+        csock_unlink(cs);
+        free(cs);
+    }
     for (int i = 0; i < C.npool; i++)
         curl_easy_cleanup(C.pool[i]);
     C.npool = 0;

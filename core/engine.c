@@ -98,8 +98,8 @@ int engine_run(const char *script)
     if (boot_status && code == 0)
         code = 1;
     httpd_free();
+    task_shutdown(); /* cancels waits (client transfers included) before the client goes */
     client_free();
-    task_shutdown();
     lua_close(L);
     loop_free();
     server_signals_free();

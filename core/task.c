@@ -22,6 +22,9 @@ static lua_State *main_L;
 static task *free_list;
 static int pool_size;
 static int live;
+static task *live_list;
+
+static void task_recycle_for_shutdown(task *t);
 
 void task_init(lua_State *L)
 {
@@ -41,6 +44,16 @@ int task_live(void)
 
 void task_shutdown(void)
 {
+    while (live_list) {
+        task *t = live_list;
+        if (t->cancel)
+            t->cancel(t);
+        t->cancel = NULL;
+        if (t->done)
+            t->done(t, LUA_ERRRUN, 0);
+        t->done = NULL;
+        task_recycle_for_shutdown(t);
+    }
     while (free_list) {
         task *t = free_list;
         free_list = t->next_free;
@@ -72,11 +85,28 @@ task *task_new(const char *name, task_done_cb done, void *data)
     t->next_free = NULL;
     *(task **)lua_getextraspace(t->L) = t;
     live++;
+    t->live_prev = NULL;
+    t->live_next = live_list;
+    if (live_list)
+        live_list->live_prev = t;
+    live_list = t;
     return t;
+}
+
+static void unlink_live(task *t)
+{
+    if (t->live_prev)
+        t->live_prev->live_next = t->live_next;
+    else
+        live_list = t->live_next;
+    if (t->live_next)
+        t->live_next->live_prev = t->live_prev;
+    t->live_prev = t->live_next = NULL;
 }
 
 static void task_recycle(task *t)
 {
+    unlink_live(t);
     live--;
     *(task **)lua_getextraspace(t->L) = NULL;
     lua_resetthread(t->L);
@@ -88,6 +118,16 @@ static void task_recycle(task *t)
     t->next_free = free_list;
     free_list = t;
     pool_size++;
+}
+
+/* At shutdown: no reset (the thread may be suspended inside a C call), just drop it. */
+static void task_recycle_for_shutdown(task *t)
+{
+    unlink_live(t);
+    live--;
+    *(task **)lua_getextraspace(t->L) = NULL;
+    luaL_unref(main_L, LUA_REGISTRYINDEX, t->ref);
+    free(t);
 }
 
 static void task_failed(task *t, int status)

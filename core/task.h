@@ -28,9 +28,13 @@ struct task {
     char request_id[260];   /* for log lines; "" when none (up to 256 chars) */
     const char *name;       /* what started it, for error logs */
     task *next_free;
+    task *live_prev,
+        *live_next; /* all live tasks, so that shutdown can release the ones still waiting */
 };
 
 void task_init(lua_State *main);
+/* Releases every task: the ones still waiting are cancelled (t->cancel frees what they wait on) and
+ * told they are done (status LUA_ERRRUN, no results); then the pool. Call before lua_close. */
 void task_shutdown(void);
 lua_State *task_main_state(void);
 

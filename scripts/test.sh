@@ -2,8 +2,8 @@
 # README command 2: the whole test suite. Installs what is missing, builds (plain and ASan/UBSan), starts
 # Docker if needed, then runs, fastest first: lint, C tests (ctest), Lua unit specs, integration specs
 # against the real binary and the real Docker daemon (reliability included: RELIABILITY.md), the official SDK
-# conformance scripts, the C tests under valgrind, and the C tests and engine integration once more under
-# AddressSanitizer/UndefinedBehaviorSanitizer.
+# conformance scripts, the C tests under valgrind, and everything but the fuzzers once more with the server
+# built with AddressSanitizer/UndefinedBehaviorSanitizer.
 # Every stage runs even when an earlier one failed (except when the build fails); the exit code is 0 only
 # when all passed. .ci/run calls exactly this.
 set -uo pipefail
@@ -92,15 +92,30 @@ stage "SDK conformance: execd through the server proxy" env OPENSANDBOX_USE_SERV
 
 # once more under AddressSanitizer + UndefinedBehaviorSanitizer
 if BUILD_DIR=build-asan CMAKE_ARGS="-DOPENSANDBOX_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug" sh scripts/build.sh; then
-    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    # reports go to files, so that a report from a server process (whose exit code no test reads) is seen
+    rm -rf build-asan/reports && mkdir -p build-asan/reports
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:log_path=$root/build-asan/reports/asan
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$root/build-asan/reports/ubsan
     stage "ASan/UBSan: C tests" ctest --test-dir build-asan --output-on-failure
     export OPENSANDBOX_BIN=build-asan/opensandbox-server
     stage "ASan/UBSan: integration engine" integ tests/lua/integration/engine
     stage "ASan/UBSan: integration server proxy" integ tests/lua/integration/proxy
+    stage "ASan/UBSan: integration lifecycle" integ tests/lua/integration/lifecycle
+    stage "ASan/UBSan: integration hooks and tenants" integ tests/lua/integration/hooks
+    stage "ASan/UBSan: integration agent (SDK specs)" bash tests/agent/run.sh
+    stage "ASan/UBSan: integration reliability" integ tests/lua/integration/reliability
     stage "ASan/UBSan: SDK conformance lifecycle" bash tests/conformance/run.sh lifecycle-smoke.mjs
     stage "ASan/UBSan: SDK conformance execd through the server proxy" env OPENSANDBOX_USE_SERVER_PROXY=1 \
         bash tests/conformance/run.sh execd-smoke.mjs
     unset ASAN_OPTIONS UBSAN_OPTIONS OPENSANDBOX_BIN
+    no_reports() {
+        if ls build-asan/reports/* >/dev/null 2>&1; then
+            head -50 build-asan/reports/*
+            return 1
+        fi
+        echo "no sanitizer reports"
+    }
+    stage "ASan/UBSan: no reports from any process" no_reports
 else
     failed=$((failed + 1))
     failures+=("ASan build")
