@@ -240,15 +240,20 @@ function Service:get_json(id, ctx)
     return sandbox_json(rec)
 end
 
---- list() already encoded: the API's GET /sandboxes body.
-function Service:list_json(filter, ctx)
+-- The page of `filter` among the sandboxes `ctx` may see: listing.apply's { items = records, pagination }.
+function Service:page(filter, ctx)
     local all = {}
     for _, rec in pairs(self.records) do
         if self:visible(rec, ctx) then
             all[#all + 1] = rec
         end
     end
-    local res = listing.apply(all, filter)
+    return listing.apply(all, filter)
+end
+
+--- list() already encoded: the API's GET /sandboxes body.
+function Service:list_json(filter, ctx)
+    local res = self:page(filter, ctx)
     local items = {}
     for i, rec in ipairs(res.items) do
         items[i] = sandbox_json(rec)
@@ -260,13 +265,7 @@ function Service:list_json(filter, ctx)
 end
 
 function Service:list(filter, ctx)
-    local all = {}
-    for _, rec in pairs(self.records) do
-        if self:visible(rec, ctx) then
-            all[#all + 1] = rec
-        end
-    end
-    local res = listing.apply(all, filter)
+    local res = self:page(filter, ctx)
     local items = json.array()
     for i, rec in ipairs(res.items) do
         items[i] = model.sandbox_view(rec)
@@ -556,12 +555,7 @@ function Service:remove_locked(cur, message)
         self:notify_transition(rec, cur.state, rec.state)
     end
     self.removing[rec.container_id] = true
-    ok, err = self.runtime:remove(rec.container_id)
-    if not ok and err and err.kind ~= "unavailable" then
-        -- a paused container may refuse: unpause and retry once
-        self.runtime:unpause(rec.container_id)
-        ok, err = self.runtime:remove(rec.container_id)
-    end
+    ok, err = self.runtime:remove(rec.container_id) -- the adapter unpauses and retries a paused one
     self.removing[rec.container_id] = nil
     if not ok then
         return nil, self:runtime_error(err, "DOCKER::SANDBOX_DELETE_FAILED", "delete")

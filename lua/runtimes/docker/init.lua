@@ -546,31 +546,28 @@ function Adapter:create_scratch(image, name, platform)
     return doc.Id
 end
 
---- POST /containers/{cid}/start (304 "already started" counts as success).
-function Adapter:start(cid)
-    local res, err = self:_expect("POST", "/containers/" .. seg(cid) .. "/start", { [204] = true, [304] = true })
+-- POST /containers/{cid}/{action}: true or nil, err.
+function Adapter:_container_action(cid, action, ok)
+    local res, err = self:_expect("POST", "/containers/" .. seg(cid) .. "/" .. action, ok)
     if not res then
         return nil, err
     end
     return true
+end
+
+--- POST /containers/{cid}/start (304 "already started" counts as success).
+function Adapter:start(cid)
+    return self:_container_action(cid, "start", { [204] = true, [304] = true })
 end
 
 --- POST /containers/{cid}/pause.
 function Adapter:pause(cid)
-    local res, err = self:_expect("POST", "/containers/" .. seg(cid) .. "/pause", OK204)
-    if not res then
-        return nil, err
-    end
-    return true
+    return self:_container_action(cid, "pause", OK204)
 end
 
 --- POST /containers/{cid}/unpause.
 function Adapter:unpause(cid)
-    local res, err = self:_expect("POST", "/containers/" .. seg(cid) .. "/unpause", OK204)
-    if not res then
-        return nil, err
-    end
-    return true
+    return self:_container_action(cid, "unpause", OK204)
 end
 
 --- DELETE /containers/{cid}?force=true&v=true. A container that does not exist counts as removed. If the
