@@ -158,12 +158,18 @@ static void writer_wake_deferred(void *data)
     httpd_ctx_unref(c);
 }
 
+/* The loop stopped before the wake's turn: only the context reference is let go. */
+static void writer_wake_drop(void *data)
+{
+    httpd_ctx_unref(data);
+}
+
 /* Wakes a task parked in s:write() on the next loop turn (never from inside an MHD callback). */
 static void writer_wake(struct reqctx *c, int ok)
 {
     c->writer_ok = ok ? 1 : 0;
     c->refs++;
-    if (loop_defer(writer_wake_deferred, c) < 0)
+    if (loop_defer_ex(writer_wake_deferred, writer_wake_drop, c) < 0)
         c->refs--;
 }
 

@@ -24,6 +24,7 @@
 struct defer_item {
     loop_defer_cb cb;
     void *data;
+    loop_defer_cb drop; /* called instead by loop_free when the loop stopped first; or NULL */
 };
 
 static struct {
@@ -70,6 +71,12 @@ int loop_init(void)
 
 void loop_free(void)
 {
+    /* Calls still queued belong to a loop that will not turn again: each gets its drop callback,
+     * which releases what it held. */
+    for (size_t i = 0; i < L.defer_len; i++)
+        if (L.defer[i].drop)
+            L.defer[i].drop(L.defer[i].data);
+    L.defer_len = 0;
     if (L.epfd >= 0)
         close(L.epfd);
     L.epfd = -1;
@@ -203,7 +210,7 @@ int loop_prepare_add(loop_prepare_cb cb, void *data)
     return 0;
 }
 
-int loop_defer(loop_defer_cb cb, void *data)
+int loop_defer_ex(loop_defer_cb cb, loop_defer_cb drop, void *data)
 {
     if (L.defer_len == L.defer_cap) {
         size_t ncap = L.defer_cap ? L.defer_cap * 2 : 64;
@@ -215,8 +222,14 @@ int loop_defer(loop_defer_cb cb, void *data)
     }
     L.defer[L.defer_len].cb = cb;
     L.defer[L.defer_len].data = data;
+    L.defer[L.defer_len].drop = drop;
     L.defer_len++;
     return 0;
+}
+
+int loop_defer(loop_defer_cb cb, void *data)
+{
+    return loop_defer_ex(cb, NULL, data);
 }
 
 /* Runs the deferred calls queued so far; calls queued while running wait for the next round. */

@@ -62,6 +62,10 @@ int loop_prepare_add(loop_prepare_cb cb, void *data);
 /* Queues cb(data) to run on the next iteration, outside any library callback. Returns 0 or -ENOMEM.
  */
 int loop_defer(loop_defer_cb cb, void *data);
+/* Like loop_defer, for a call that holds something: if the loop stops before cb's turn, loop_free
+ * calls drop(data) instead, so nothing leaks at shutdown. drop runs after the Lua state and the
+ * other modules are gone: it may only release plain memory. */
+int loop_defer_ex(loop_defer_cb cb, loop_defer_cb drop, void *data);
 
 uint64_t loop_now_ns(void); /* monotonic clock, read fresh */
 double loop_wall_time(void);

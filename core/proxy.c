@@ -137,7 +137,8 @@ static void px_finish(struct proxy *px)
         httpd_ctx_unref(c);
     }
     /* an epoll event for our fds may still be in this batch: free on the next turn */
-    loop_defer(px_free_deferred, px);
+    if (loop_defer_ex(px_free_deferred, px_free_deferred, px) < 0)
+        px_free_deferred(px); /* no memory to queue: no event can be pending for a closed fd */
 }
 
 /* Fails the proxied request: an ErrorResponse when nothing was sent yet, else a closed connection.

@@ -168,26 +168,18 @@ void task_resume(task *t, int nres)
     task_run(t, nres);
 }
 
-struct spawn_start {
-    task *t;
-    int nargs;
-};
-
+/* The first turn of a spawned task. Nothing is allocated for it: a task still waiting for its
+ * first turn at shutdown is on the live list and released by task_shutdown like any other. */
 static void spawn_deferred(void *data)
 {
-    struct spawn_start *s = data;
-    task *t = s->t;
-    int nargs = s->nargs;
-    free(s);
-    task_start(t, nargs);
+    task *t = data;
+    task_start(t, t->start_nargs);
 }
 
 task *task_spawn(lua_State *from, int nargs, const char *name, task_done_cb done, void *data)
 {
-    struct spawn_start *s = malloc(sizeof(*s));
-    task *t = s ? task_new(name, done, data) : NULL;
+    task *t = task_new(name, done, data);
     if (!t) {
-        free(s);
         luaL_error(from, "out of memory");
         return NULL;
     }
@@ -195,12 +187,9 @@ task *task_spawn(lua_State *from, int nargs, const char *name, task_done_cb done
     if (parent)
         memcpy(t->request_id, parent->request_id, sizeof(t->request_id));
     lua_xmove(from, t->L, nargs + 1);
-    s->t = t;
-    s->nargs = nargs;
-    if (loop_defer(spawn_deferred, s) < 0) {
-        free(s);
+    t->start_nargs = nargs;
+    if (loop_defer(spawn_deferred, t) < 0)
         task_start(t, nargs);
-    }
     return t;
 }
 

@@ -27,6 +27,7 @@ struct task {
     void *wait;             /* what the task waits for (owned by the waiting module) */
     char request_id[260];   /* for log lines; "" when none (up to 256 chars) */
     const char *name;       /* what started it, for error logs */
+    int start_nargs;        /* arguments waiting on t->L for a spawned task's first turn */
     task *next_free;
     task *live_prev,
         *live_next; /* all live tasks, so that shutdown can release the ones still waiting */
