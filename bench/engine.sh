@@ -1,7 +1,7 @@
 #!/bin/bash
 # Engine benchmark: our server side by side with nginx (1 worker, `return 200` of the same JSON), same wrk
 # command, same run (absolute numbers drift on a shared machine, ratios do not).
-#   bench/engine.sh [DURATION_SECONDS]       (default 10; loopback only; bounded in time)
+#   [ROUNDS=3] bench/engine.sh [DURATION_SECONDS]   (default 10 s per run; loopback only; bounded in time)
 # Prints a markdown table. Needs: build/ (scripts/build.sh), nginx-light, wrk, node.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +22,7 @@ http {
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location = /health { default_type application/json; return 200 '{"status":"healthy"}'; }
+    location = /sandbox { default_type application/json; alias $work/sandbox.json; }
   }
 }
 NGX
@@ -65,10 +66,32 @@ sid=$(curl -fs -XPOST "http://127.0.0.1:$OUR_PORT/v1/sandboxes" -H "OPEN-SANDBOX
     -d '{"image":{"uri":"local/busybox:latest"},"entrypoint":["sleep","600"],"timeout":600,"resourceLimits":{}}' |
     sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
 sleep 2
-nginx_h=$(run_wrk 64 "http://127.0.0.1:$NGINX_PORT/health")
-ours_h=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/health")
-ours_auth=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes/$sid" "OPEN-SANDBOX-API-KEY: $KEY")
-ours_list=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes?pageSize=1" "OPEN-SANDBOX-API-KEY: $KEY")
+# nginx serves the very JSON our GET returns (same bytes), as a static file
+curl -fs "http://127.0.0.1:$OUR_PORT/v1/sandboxes/$sid" -H "OPEN-SANDBOX-API-KEY: $KEY" >"$work/sandbox.json"
+chmod 755 "$work" # nginx's worker runs as nobody
+chmod 644 "$work/sandbox.json"
+curl -fs "http://127.0.0.1:$NGINX_PORT/sandbox" | cmp -s - "$work/sandbox.json" || { echo "nginx does not serve the JSON" >&2; exit 1; }
+# Rounds: each pair (nginx, ours) runs back to back in every round, and the table gives the median round
+# of each row, so a slow spell of the machine hits both sides of a ratio alike.
+rounds=${ROUNDS:-3}
+declare -A res
+for r in $(seq 1 "$rounds"); do
+    res[nginx_h.$r]=$(run_wrk 64 "http://127.0.0.1:$NGINX_PORT/health")
+    res[ours_h.$r]=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/health")
+    res[nginx_json.$r]=$(run_wrk 64 "http://127.0.0.1:$NGINX_PORT/sandbox")
+    res[ours_auth.$r]=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes/$sid" "OPEN-SANDBOX-API-KEY: $KEY")
+    res[ours_list.$r]=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes?pageSize=1" "OPEN-SANDBOX-API-KEY: $KEY")
+done
+# the median round of a row (by req/s)
+med() {
+    for r in $(seq 1 "$rounds"); do echo "${res[$1.$r]}"; done | sort -t'|' -k1,1 -g | sed -n "$(((rounds + 1) / 2))p"
+}
+all() { for r in $(seq 1 "$rounds"); do printf '%.0f ' "${res[$1.$r]%%|*}"; done; }
+nginx_h=$(med nginx_h)
+ours_h=$(med ours_h)
+nginx_json=$(med nginx_json)
+ours_auth=$(med ours_auth)
+ours_list=$(med ours_list)
 ours_yield=$(run_wrk 256 "http://127.0.0.1:$YIELD_PORT/yield")
 node "$root/bench/idle_conns.mjs" 127.0.0.1 "$OUR_PORT" 1000 $((dur * 3 + 10)) &
 idle_pid=$!
@@ -79,22 +102,26 @@ ours_auth_idle=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes/$sid" "OPEN
 rss_busy=$(ps -o rss= -p "$ourpid" | tr -d ' ')
 kill "$idle_pid" 2>/dev/null || true
 curl -fs -XDELETE "http://127.0.0.1:$OUR_PORT/v1/sandboxes/$sid" -H "OPEN-SANDBOX-API-KEY: $KEY" >/dev/null || true
-
 ratio() { awk -v a="${1%%|*}" -v b="${2%%|*}" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs ($(uname -r)), wrk -t2, ${dur}s per run, same run:"
+echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs ($(uname -r)), wrk -t2, ${dur}s per run, $rounds interleaved" \
+    "rounds (median round shown; every round's req/s in brackets):"
 echo
 echo "| run | req/s | p50 | p99 | errors |"
 echo "|---|---|---|---|---|"
-row "nginx 1 worker, return 200 JSON (-c64)" "$nginx_h"
-row "ours GET /health through Lua (-c64)" "$ours_h"
-row "ours GET /v1/sandboxes/{id}, key + router + middleware + handler + JSON (-c64)" "$ours_auth"
-row "ours GET /v1/sandboxes?pageSize=1 (list: query parsing + validation + paging) (-c64)" "$ours_list"
+row "nginx 1 worker, return 200 of /health's JSON (-c64) [$(all nginx_h)]" "$nginx_h"
+row "ours GET /health through Lua (-c64) [$(all ours_h)]" "$ours_h"
+row "nginx 1 worker, the same sandbox JSON as a static file (-c64) [$(all nginx_json)]" "$nginx_json"
+row "ours GET /v1/sandboxes/{id}, key + router + middleware + handler + JSON (-c64) [$(all ours_auth)]" "$ours_auth"
+row "ours GET /v1/sandboxes?pageSize=1 (list: query parsing + validation + paging) (-c64) [$(all ours_list)]" "$ours_list"
 row "ours route that yields on a timer and resumes (-c256)" "$ours_yield"
 row "ours GET /health with 1000 idle keep-alive connections open (-c64)" "$ours_h_idle"
 row "ours GET /v1/sandboxes/{id} with 1000 idle connections open (-c64)" "$ours_auth_idle"
 echo
-echo "- /health vs nginx: $(ratio "$ours_h" "$nginx_h")x; authenticated GET vs nginx: $(ratio "$ours_auth" "$nginx_h")x;" \
-    "list vs nginx: $(ratio "$ours_list" "$nginx_h")x"
+echo "- /health vs nginx /health: $(ratio "$ours_h" "$nginx_h")x"
+echo "- authenticated GET vs nginx serving the same JSON: $(ratio "$ours_auth" "$nginx_json")x;" \
+    "vs nginx /health: $(ratio "$ours_auth" "$nginx_h")x; per round:" \
+    "$(for r in $(seq 1 "$rounds"); do printf '%s ' "$(ratio "${res[ours_auth.$r]}" "${res[nginx_json.$r]}")"; done)"
+echo "- list vs nginx serving the same sandbox JSON: $(ratio "$ours_list" "$nginx_json")x"
 echo "- with 1000 idle connections: /health $(ratio "$ours_h_idle" "$ours_h")x of the run without them"
 echo "- server RSS: ${rss_idle} KiB idle after start; ${rss_busy} KiB with 1000 connections open after the runs"

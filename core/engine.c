@@ -68,6 +68,10 @@ int engine_run(const char *script)
         fprintf(stderr, "opensandbox-server: cannot create the Lua state\n");
         return 1;
     }
+    /* Generational collection: nearly everything a request allocates (its table, the context, the
+     * response headers) dies young, which is what this mode collects cheaply; measured ~10% more
+     * requests/s than the incremental default on an authenticated GET (bench/engine.sh). */
+    lua_gc(L, LUA_GCGEN, 0, 0);
     luaL_openlibs(L);
     set_paths(L);
     preload(L, "core", luaopen_core);

@@ -6,6 +6,8 @@ local router = require("api.router")
 
 local M = {}
 
+local find = string.find
+
 M.API_KEY_HEADER = "OPEN-SANDBOX-API-KEY"
 M.MISSING_API_KEY = "Authentication credentials are missing. Provide API key via OPEN-SANDBOX-API-KEY header."
 M.INVALID_API_KEY = "Authentication credentials are invalid. Check your API key and try again."
@@ -51,27 +53,41 @@ end
 --- Whether the raw request path needs no API key: the exact paths of §1.2, "/docs/*", and proxy paths.
 function M.is_exempt(raw_path)
     local p = router.unescape(raw_path)
-    if EXEMPT[p] or p:sub(1, 6) == "/docs/" then
+    if EXEMPT[p] or find(p, "^/docs/") then
         return true
     end
-    return M.is_exempt_proxy(p)
+    -- the full proxy check only for paths that can be one (most requests are not)
+    return find(p, "/proxy/", 1, true) ~= nil and M.is_exempt_proxy(p)
 end
 
---- Compares two strings in time that depends only on the lengths, never on where they differ: both are
---- read whole, 8 bytes at a time (the shorter one cyclically), and the differences are OR-ed together.
+--- Compares two strings in time that depends only on the lengths, never on where they differ: `given` is
+--- read whole, 8 bytes at a time and its last partial block byte by byte, against `expected` zero-padded to
+--- whole blocks and read cyclically; the differences are OR-ed together. Nothing is allocated per call: the
+--- padded form of each expected value (the configured keys) is kept.
 local ZEROS = string.rep("\0", 8)
+local padded, npadded = {}, 0
 function M.constant_time_equal(given, expected)
     local n, m = #given, #expected
     if m == 0 then
         return false
     end
-    local unpack = string.unpack
-    local diff = n ~ m
-    local g = given .. ZEROS:sub(1, (8 - n % 8) % 8)
-    local e = expected .. ZEROS:sub(1, (8 - m % 8) % 8)
+    local unpack, byte = string.unpack, string.byte
+    local e = padded[expected]
+    if not e then
+        e = expected .. ZEROS:sub(1, (8 - m % 8) % 8)
+        if npadded < 256 then -- configured keys are a handful; never grow without bound
+            padded[expected], npadded = e, npadded + 1
+        end
+    end
     local eblocks = #e // 8
-    for i = 0, #g // 8 - 1 do
-        diff = diff | (unpack("<i8", g, i * 8 + 1) ~ unpack("<i8", e, (i % eblocks) * 8 + 1))
+    local full = n // 8
+    local diff = n ~ m
+    for i = 0, full - 1 do
+        diff = diff | (unpack("<i8", given, i * 8 + 1) ~ unpack("<i8", e, (i % eblocks) * 8 + 1))
+    end
+    local eoff = (full % eblocks) * 8
+    for j = 1, n % 8 do
+        diff = diff | (byte(given, full * 8 + j) ~ byte(e, eoff + j))
     end
     return diff == 0
 end

@@ -196,7 +196,7 @@ local NONE = {}
 
 local function find(path, method, only_slash)
     local segs = split(path)
-    local allowed, seen = {}, {}
+    local allowed, seen -- made only when a path matches with another method (405)
     for pass = 1, 2 do
         local list = pass == 1 and (by_len[#segs] or NONE) or with_rest
         for _, r in ipairs(list) do
@@ -205,6 +205,9 @@ local function find(path, method, only_slash)
                 if params then
                     if r.method == method or (method == "HEAD" and r.method == "GET") then
                         return r, params
+                    end
+                    if not seen then
+                        allowed, seen = {}, {}
                     end
                     if not seen[r.method] then
                         seen[r.method] = true
@@ -218,26 +221,87 @@ local function find(path, method, only_slash)
             end
         end
     end
-    return nil, allowed
+    return nil, allowed or NONE
 end
 
---- Matches a request. `path` is the raw request path (not decoded). Returns one of:
----   route, params        a match; params are the decoded path parameters
----   nil, "not_found"
----   nil, "method_not_allowed", allow   where allow is the value of the Allow header ("GET, HEAD")
--- Fast path for routes without parameters: decoded path -> method -> route.
-local static = {}
+-- Fast path, tried first: static routes by their full decoded path (with and without "/v1"), then the
+-- parameterised routes of the request's method as anchored Lua patterns applied after any "/v1" prefix.
+-- It only answers exact matches; everything else (a trailing "/", 404, 405 and its Allow list) goes to the
+-- segment matcher above, which defines the semantics (the unit specs run both).
+local static, static_full = {}, {} -- pattern -> method -> route; the same keyed with and without "/v1"
 for _, r in ipairs(compiled) do
     if not r.pattern:find("{", 1, true) then
         static[r.pattern] = static[r.pattern] or {}
         static[r.pattern][r.method] = r
+        for _, key in ipairs({ r.pattern, "/v1" .. r.pattern }) do
+            static_full[key] = static_full[key] or {}
+            static_full[key][r.method] = r
+        end
     end
 end
 local NO_PARAMS = setmetatable({}, { __newindex = function()
     error("router: static route params are read-only", 2)
 end })
 
+local by_method = {}
+for _, r in ipairs(compiled) do
+    if r.pattern:find("{", 1, true) then
+        local names = {}
+        local escaped = r.pattern:gsub("[%%%-%.%+%*%?%[%]%^%$%(%)]", "%%%0")
+        local body = escaped:gsub("{([%w_]+)(%%?%*?)}", function(name, star)
+            names[#names + 1] = name
+            return star ~= "" and "(.*)" or "([^/]+)"
+        end)
+        local pat = "^" .. body .. "$"
+        assert(#names <= 3, "router: at most 3 parameters per route: " .. r.pattern)
+        local methods = r.method == "GET" and { "GET", "HEAD" } or { r.method }
+        for _, m in ipairs(methods) do
+            by_method[m] = by_method[m] or {}
+            local list = by_method[m]
+            list[#list + 1] = { pat = pat, route = r, names = names }
+        end
+    end
+end
+
+local match_pattern = string.match
+
+--- Matches a request. `path` is the raw request path (not decoded). Returns one of:
+---   route, params        a match; params are the decoded path parameters
+---   nil, "not_found"
+---   nil, "method_not_allowed", allow   where allow is the value of the Allow header ("GET, HEAD")
 function M.match(method, path)
+    local p = M.unescape(path)
+    local st = static_full[p]
+    if st then
+        local r = st[method] or (method == "HEAD" and st.GET)
+        if r then
+            return r, NO_PARAMS
+        end
+    end
+    local cands = by_method[method]
+    if cands then
+        local off = find_plain(p, "/v1/", 1, true) == 1 and 4 or 1
+        for i = 1, #cands do
+            local c = cands[i]
+            local a, b, d = match_pattern(p, c.pat, off)
+            if a then
+                local names = c.names
+                local params = { [names[1]] = a }
+                if b then
+                    params[names[2]] = b
+                    if d then
+                        params[names[3]] = d
+                    end
+                end
+                return c.route, params
+            end
+        end
+    end
+    return M.match_segments(method, path)
+end
+
+--- The reference matcher (no fast path): the same results as M.match, by path segments.
+function M.match_segments(method, path)
     local p = M.strip_version(M.unescape(path))
     local st = static[p]
     if st then

@@ -72,7 +72,8 @@ function M.new(deps)
 
     function h.get(ctx)
         if service.get_json then
-            local text, err = service:get_json(ctx.params.id, ctx.svc)
+            -- get_json only reads the caller's principal and admin flag, which ctx has: no ctx.svc
+            local text, err = service:get_json(ctx.params.id, ctx)
             if not text then
                 return nil, err
             end

@@ -136,6 +136,22 @@ describe("api.middleware authentication", function()
         assert.equal(first, count)
         assert.equal(4, first)
     end)
+
+    it("compares equal exactly when the strings are equal, for every length and difference position", function()
+        local base = "0123456789abcdefghijklmnopqrstuvwxyzABCD"
+        for m = 1, 24 do
+            local expected = base:sub(1, m)
+            for n = 0, 26 do
+                local given = base:sub(1, n)
+                assert.equal(given == expected, mw.constant_time_equal(given, expected), n .. "/" .. m)
+                for pos = 1, n do -- one byte changed anywhere
+                    local other = given:sub(1, pos - 1) .. "#" .. given:sub(pos + 1)
+                    assert.is_false(mw.constant_time_equal(other, expected), pos .. "@" .. n .. "/" .. m)
+                end
+            end
+        end
+        assert.is_false(mw.constant_time_equal("abc\0\0", "abc")) -- the padding is not part of the key
+    end)
 end)
 
 describe("api.middleware exemptions", function()

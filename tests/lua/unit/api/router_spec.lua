@@ -99,4 +99,35 @@ describe("api.router", function()
         assert.is_true(seen["GET /health"])
         assert.is_true(seen["PATCH /sandboxes/{id}/metadata"])
     end)
+
+    it("gives the same answer on the fast path as the segment matcher, for every route shape", function()
+        local methods = { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND" }
+        local paths = {
+            "/", "/v1", "/v1/", "/health", "/v1/health", "/health/", "/docs", "/docs/", "/docs/a/b.css",
+            "/v1/docs/x", "/openapi.json", "/redoc", "/metrics/events", "/v1/metrics/events/",
+            "/sandboxes", "/sandboxes/", "/v1/sandboxes", "/sandboxes//", "/sandboxes/abc", "/sandboxes/abc/",
+            "/v1/sandboxes/abc", "/sandboxes/a%2Fb", "/sandboxes/a%2fb/pause", "/sandboxes/abc/pause",
+            "/sandboxes/abc/pause/", "/sandboxes/abc/resume", "/sandboxes/abc/renew-expiration",
+            "/sandboxes/abc/renew-expirationX", "/sandboxes/abc/endpoints/8080", "/sandboxes/abc/endpoints/",
+            "/sandboxes/abc/endpoints/8080/x", "/sandboxes/abc/metadata", "/sandboxes/abc/proxy/80",
+            "/sandboxes/abc/proxy/80/", "/sandboxes/abc/proxy/80/a/b", "/sandboxes/abc/proxy/80//x",
+            "/sandboxes/abc/proxy/", "/sandboxes/abc/proxy", "/v1/v1/sandboxes/abc", "/V1/sandboxes/abc",
+            "/sandboxes/abc/x/y/z", "/sandboxes/%2e%2e/proxy/1/", "/sandboxes/(a)/pause", "/x%",
+        }
+        for _, m in ipairs(methods) do
+            for _, path in ipairs(paths) do
+                local r1, p1, a1 = router.match(m, path)
+                local r2, p2, a2 = router.match_segments(m, path)
+                local what = m .. " " .. path
+                assert.equal(r2 and r2.handler, r1 and r1.handler, what)
+                assert.equal(r2 and r2.method, r1 and r1.method, what)
+                if r1 then
+                    assert.same(p2, p1, what)
+                else
+                    assert.equal(p2, p1, what)
+                    assert.equal(a2, a1, what)
+                end
+            end
+        end
+    end)
 end)
