@@ -353,7 +353,15 @@ function Service:provision(id, spec)
     local rec = self.records[id]
     local log = self.log
     log.info("provisioning", { sandbox_id = id, image = rec.image_uri })
+    -- how long each step took (milliseconds), logged with the result
+    local steps, last = {}, self:now_us()
+    local function step(name)
+        local t = self:now_us()
+        steps[name .. "_ms"] = (t - last) / 1000
+        last = t
+    end
     local ok, err = rt:ensure_image(spec.image.uri, spec.image.auth, spec.platform)
+    step("image")
     if not ok then
         return self:finish_provisioning(id, nil, "DOCKER::SANDBOX_IMAGE_PULL_FAILED",
             string.format("Failed to pull image '%s': %s", spec.image.uri, tostring(err and err.message or err)))
@@ -381,9 +389,22 @@ function Service:provision(id, spec)
             return self:finish_provisioning(id, nil, "DOCKER::SANDBOX_EXECD_DISTRIBUTION_FAILED", tostring(verr))
         end
         cspec.agent_volume = vol
+        step("agent_volume")
     end
     local cid
     cid, err = rt:create_container(cspec)
+    if not cid and rt.image_missing and rt:image_missing(err) then
+        -- the image was seen present earlier (no inspection this time) and has gone since: pull, retry once
+        log.info("image gone since it was last seen; pulling", { sandbox_id = id, image = spec.image.uri })
+        rt:forget_image(spec.image.uri, spec.platform)
+        ok, err = rt:ensure_image(spec.image.uri, spec.image.auth, spec.platform)
+        if not ok then
+            return self:finish_provisioning(id, nil, "DOCKER::SANDBOX_IMAGE_PULL_FAILED",
+                string.format("Failed to pull image '%s': %s", spec.image.uri, tostring(err and err.message or err)))
+        end
+        cid, err = rt:create_container(cspec)
+    end
+    step("create")
     if not cid then
         return self:finish_provisioning(id, nil, "DOCKER::SANDBOX_START_FAILED",
             "Failed to create container: " .. tostring(err and err.message or err))
@@ -398,8 +419,10 @@ function Service:provision(id, spec)
             return self:finish_provisioning(id, cid, "DOCKER::SANDBOX_EXECD_DISTRIBUTION_FAILED",
                 "Failed to upload the agent: " .. tostring(err and err.message or err))
         end
+        step("upload")
     end
     ok, err = rt:start(cid)
+    step("start")
     if not ok then
         return self:finish_provisioning(id, cid, "DOCKER::SANDBOX_START_FAILED",
             "Failed to start container: " .. tostring(err and err.message or err))
@@ -410,11 +433,13 @@ function Service:provision(id, spec)
         return self:finish_provisioning(id, cid, "DOCKER::SANDBOX_START_FAILED",
             "Failed to inspect container: " .. tostring(err and err.message or err))
     end
-    return self:finish_provisioning(id, cid, nil, nil, info)
+    step("inspect")
+    return self:finish_provisioning(id, cid, nil, nil, info, steps)
 end
 
 --- Ends provisioning: success when `code` is nil (info = inspect result), else failure with `code`.
-function Service:finish_provisioning(id, cid, code, detail, info)
+--- `steps` (optional) holds the duration of each provisioning step, for the log.
+function Service:finish_provisioning(id, cid, code, detail, info, steps)
     local ev = self.provisioning[id]
     local lock = self:lock_of(id)
     lock:acquire()
@@ -446,7 +471,11 @@ function Service:finish_provisioning(id, cid, code, detail, info)
                 st, reason, message, at = STATE.RUNNING, REASON.CONTAINER_RUNNING, MESSAGE.RUNNING, nil
             end
             model.apply_status(rec, model.status(st, reason, message, at or self:now_us()))
-            self.log.info("sandbox running", { sandbox_id = id, container_id = cid })
+            local fields = { sandbox_id = id, container_id = cid }
+            for k, v in pairs(steps or {}) do
+                fields[k] = v
+            end
+            self.log.info("sandbox running", fields)
         end
         local ok, err = self:commit(rec)
         if not ok then

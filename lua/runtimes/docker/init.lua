@@ -131,6 +131,10 @@ function M.new(opts)
         sleep = opts.sleep,
         new_event = opts.new_event,
         pulls = {}, -- pull key -> { done = bool, ok = true|nil, err = err|nil }
+        -- images seen present (uri + platform -> true): provisioning skips the inspection for them; a create
+        -- that then finds the image gone is told by image_missing() and the caller pulls and retries
+        present = {},
+        npresent = 0,
     }, Adapter)
     return self
 end
@@ -381,16 +385,50 @@ end
 --- X-Registry-Auth only when `auth = {username, password}` is given; `platform = {os, arch}` optional).
 --- Identical concurrent pulls are shared: a second caller waits for the first one's result, on an event
 --- (common.sync.event or the injected `new_event`) or else by polling every PULL_WAIT_STEP seconds.
+local function present_key(uri, platform)
+    return uri .. "\0" .. (platform and (platform.arch or "") or "")
+end
+
+M.MAX_PRESENT = 1024
+
+function Adapter:_seen_present(uri, platform)
+    if self.npresent >= M.MAX_PRESENT then
+        self.present, self.npresent = {}, 0
+    end
+    local key = present_key(uri, platform)
+    if not self.present[key] then
+        self.present[key], self.npresent = true, self.npresent + 1
+    end
+end
+
+--- Forgets that an image was seen present (its next ensure_image inspects, and pulls when absent).
+function Adapter:forget_image(uri, platform)
+    local key = present_key(uri, platform)
+    if self.present[key] then
+        self.present[key], self.npresent = nil, self.npresent - 1
+    end
+end
+
+--- Whether an error from create_container says that the image does not exist (removed since it was seen).
+function Adapter.image_missing(_, err)
+    return type(err) == "table" and err.status == 404 and type(err.message) == "string"
+        and err.message:lower():find("no such image", 1, true) ~= nil
+end
+
 function Adapter:ensure_image(uri, auth, platform)
     local ref, perr = imageref.parse(uri)
     if not ref then
         return nil, M.error("api", nil, perr)
+    end
+    if self.present[present_key(uri, platform)] then
+        return true
     end
     local res, err = self:_request("GET", "/images/" .. uri .. "/json")
     if not res then
         return nil, err
     end
     if res.status == 200 then
+        self:_seen_present(uri, platform)
         return true
     end
     if res.status ~= 404 then
@@ -417,6 +455,9 @@ function Adapter:ensure_image(uri, auth, platform)
     end
     shared.ok, shared.err, shared.done = a, b, true
     self.pulls[key] = nil
+    if ok and a then
+        self:_seen_present(uri, platform)
+    end
     if shared.event then
         shared.event:set(a, b)
     end

@@ -268,6 +268,46 @@ describe("runtimes.docker: images", function()
         assert.are.equal("/v1.41/images/127.0.0.1:5000/a/b:1/json", fake.requests[1].path)
     end)
 
+    it("remembers an image seen present or pulled, until told to forget it", function()
+        local a, fake = make()
+        fake:on("GET", "^/v1%.41/images/.*/json$", { body = "{}" })
+        assert.is_true(a:ensure_image("busybox:1"))
+        assert.is_true(a:ensure_image("busybox:1"))
+        assert.are.equal(1, #fake.requests)
+        -- another platform is another image
+        assert.is_true(a:ensure_image("busybox:1", nil, { os = "linux", arch = "arm64" }))
+        assert.are.equal(2, #fake.requests)
+        a:forget_image("busybox:1")
+        assert.is_true(a:ensure_image("busybox:1"))
+        assert.are.equal(3, #fake.requests)
+        -- a pulled image is remembered too
+        fake:on("GET", "^/v1%.41/images/.*/json$", { status = 404, body = '{"message":"No such image"}' })
+        fake:on("POST", "^/v1%.41/images/create", { chunks = { '{"status":"ok"}\n' } })
+        assert.is_true(a:ensure_image("other:2"))
+        local n = #fake.requests
+        assert.is_true(a:ensure_image("other:2"))
+        assert.are.equal(n, #fake.requests)
+        -- a failed pull is not
+        fake:on("POST", "^/v1%.41/images/create", { chunks = { '{"error":"boom"}\n' } })
+        assert.is_nil(a:ensure_image("third:3"))
+        n = #fake.requests
+        assert.is_nil(a:ensure_image("third:3"))
+        assert.is_true(#fake.requests > n)
+    end)
+
+    it("tells a create that failed because the image is gone from other failures", function()
+        local a, fake = make()
+        fake:on("POST", "^/v1%.41/containers/create", { status = 404,
+            body = '{"message":"No such image: local/gone:latest"}' })
+        local cid, err = a:create_container({ id = "x", image_uri = "local/gone:latest", entrypoint = { "true" },
+            created_us = 0 })
+        assert.is_nil(cid)
+        assert.is_true(a:image_missing(err))
+        assert.is_false(a:image_missing({ status = 404, message = "No such container: x" }))
+        assert.is_false(a:image_missing({ status = 409, message = "No such image: x" }))
+        assert.is_false(a:image_missing(nil))
+    end)
+
     it("pulls a missing image (latest by default) without auth, following the stream", function()
         local a, fake, log = make()
         fake:on("GET", "^/v1%.41/images/.*/json$", { status = 404, body = '{"message":"No such image"}' })
