@@ -77,4 +77,33 @@ describe("openapi.json", function()
         end
         walk(doc)
     end)
+
+    it("names every error code the server sends (Lua sources, shipped hooks and the C core)", function()
+        local f = assert(io.open(docs.default_openapi_path(), "rb"))
+        local text = f:read("a")
+        f:close()
+        local files = {}
+        for _, cmd in ipairs({ "find lua hooks -name '*.lua'", "find core -name '*.c'" }) do
+            local p = assert(io.popen(cmd))
+            for line in p:lines() do
+                files[#files + 1] = line
+            end
+            p:close()
+        end
+        assert.is_true(#files > 20, "sources not found (run from the repository root)")
+        local seen = {}
+        for _, path in ipairs(files) do
+            local src = assert(io.open(path, "rb")):read("a")
+            for code in src:gmatch('"(%u+::[%u_]+)"') do
+                seen[code] = path
+            end
+        end
+        seen.MISSING_API_KEY, seen.INVALID_API_KEY = "middleware", "middleware"
+        local n = 0
+        for code, path in pairs(seen) do
+            n = n + 1
+            assert.is_truthy(text:find("`" .. code .. "`", 1, true), code .. " (from " .. path .. ") is not documented")
+        end
+        assert.is_true(n >= 25, "codes found: " .. n)
+    end)
 end)
