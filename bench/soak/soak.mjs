@@ -2,7 +2,9 @@
 // Creates, gets, lists, pauses, resumes, renews, proxy requests (to the agent's /ping through the server
 // proxy), deletes and expiries (short-lived sandboxes), with a bounded number of live sandboxes. Records
 // operations, errors, per-operation p50/p99, leaks (containers without records, records without
-// containers), the server's RSS and open file descriptors at start and end. Prints a markdown report.
+// containers), expiries (every short-lived sandbox must be gone by itself, 404, once its expiry has passed),
+// the server's RSS and open file descriptors sampled every 15 s (start, end, min, max). Prints a markdown
+// report.
 //
 //   node bench/soak.mjs <server-url> <api-key> <server-pid> <instance-label> [minutes=10] [max_live=20]
 import { execFileSync } from "node:child_process";
@@ -52,6 +54,9 @@ function procStats() {
 const live = new Map(); // id -> { state, token, endpoint }
 const start = procStats();
 const deadline = Date.now() + minutes * 60000;
+const samples = [start];
+const sampler = setInterval(() => samples.push(procStats()), 15000);
+const shortOnes = new Map(); // id -> expiry (ms since epoch) of the short-lived sandboxes
 
 async function create(short) {
   const r = await call("create", "POST", "/v1/sandboxes", {
@@ -61,9 +66,12 @@ async function create(short) {
   if (r.status === 202) {
     live.set(r.json.id, { state: "Pending", short });
     if (short) {
-      // an expiry a few seconds ahead: the server must remove it by itself
-      await call("renew", "POST", `/v1/sandboxes/${r.json.id}/renew-expiration`,
-        { expiresAt: new Date(Date.now() + 5000 + Math.random() * 10000).toISOString() }, [200]);
+      // an expiry a few seconds ahead: the server must remove it by itself. This renewal comes right after
+      // the create, so it waits for provisioning to finish (API.md): timed apart from the other renewals.
+      const at = Date.now() + 5000 + Math.random() * 10000;
+      const rr = await call("renew (right after create)", "POST", `/v1/sandboxes/${r.json.id}/renew-expiration`,
+        { expiresAt: new Date(at).toISOString() }, [200]);
+      if (rr.status === 200) shortOnes.set(r.json.id, at);
     }
   }
 }
@@ -131,14 +139,26 @@ async function worker(w) {
 }
 
 await Promise.all(Array.from({ length: 8 }, (_, i) => worker(i)));
-// wait for the short-lived ones to expire, then delete the rest
+// wait for the short-lived ones to expire, then check that every one of them is gone by itself
 await sleep(20000);
+let expiredOk = 0;
+const expiryMissed = [];
+for (const [id, at] of shortOnes) {
+  const r = await fetch(`${base}/v1/sandboxes/${id}`, { headers: H });
+  await r.text();
+  if (r.status === 404) expiredOk++;
+  else expiryMissed.push(`${id} (expiry ${new Date(at).toISOString()}) -> ${r.status}`);
+}
+if (expiryMissed.length) errors.push(...expiryMissed.slice(0, 10).map((m) => "expiry missed: " + m));
+// then delete the rest
 for (const id of [...live.keys()]) {
   await call("delete", "DELETE", `/v1/sandboxes/${id}`, null, [204, 404]);
   live.delete(id);
 }
 await sleep(2000);
+clearInterval(sampler);
 const end = procStats();
+samples.push(end);
 // leaks: containers of this server's instance vs records the server still has
 const containers = execFileSync("docker", ["ps", "-aq", "--filter", `label=opensandbox.io/instance=${instance}`],
   { encoding: "utf8" }).trim().split("\n").filter(Boolean);
@@ -154,6 +174,11 @@ for (const [op, s] of Object.entries(stats)) {
 }
 console.log(`\n- operations: ${total}, errors: ${totalErr}`);
 console.log(`- leaks after cleanup: ${containers.length} containers of this instance left, ${list.pagination.totalItems} records left`);
-console.log(`- server RSS: ${start.rss} KiB at start, ${end.rss} KiB at end; open fds: ${start.fds} at start, ${end.fds} at end`);
+console.log(`- expiries: ${shortOnes.size} short-lived sandboxes (expiry 5-15 s after create), ${expiredOk} gone by themselves (404) once it passed, ${expiryMissed.length} still there`);
+const rssAll = samples.map((x) => x.rss), fdAll = samples.map((x) => x.fds);
+console.log(`- server RSS: ${start.rss} KiB at start, ${end.rss} KiB at end (min ${Math.min(...rssAll)}, max ${Math.max(...rssAll)} over ${samples.length} samples, every 15 s)`);
+console.log(`- open fds: ${start.fds} at start, ${end.fds} at end (min ${Math.min(...fdAll)}, max ${Math.max(...fdAll)})`);
+const step = Math.max(1, Math.floor(samples.length / 10));
+console.log(`- RSS KiB over time: ${samples.filter((_, i) => i % step === 0 || i === samples.length - 1).map((x) => x.rss).join(" ")}`);
 if (errors.length) console.log("\nfirst errors:\n" + errors.map((e) => "- " + e).join("\n"));
-process.exit(totalErr === 0 && containers.length === 0 && list.pagination.totalItems === 0 ? 0 : 1);
+process.exit(totalErr === 0 && expiryMissed.length === 0 && containers.length === 0 && list.pagination.totalItems === 0 ? 0 : 1);

@@ -50,6 +50,7 @@ function M.new(deps)
     self.provisioning = {} -- id -> sync.event, while provisioning runs
     self.timers = {} -- id -> timer handle
     self.removing = {} -- container id -> true while we remove it ourselves
+    self.unsaved = {} -- id -> true: memory is ahead of the store (a fact whose store write failed)
     self.available = false -- Docker reachable and reconciled
     self.restored = false -- the start-up restoration (§6.5) has run
     self.unavailable_reason = "not checked yet"
@@ -102,7 +103,17 @@ function Service:commit(rec)
         return nil, store_error(err)
     end
     self.records[rec.id] = rec
+    self.unsaved[rec.id] = nil
     return rec
+end
+
+function Service:drop_from_memory(id)
+    self.records[id] = nil
+    local t = self.timers[id]
+    if t then
+        t:cancel()
+        self.timers[id] = nil
+    end
 end
 
 function Service:forget(id)
@@ -111,13 +122,76 @@ function Service:forget(id)
         self.log.error("store delete failed", { sandbox_id = id, error = tostring(err) })
         return nil, store_error(err)
     end
-    self.records[id] = nil
-    local t = self.timers[id]
-    if t then
-        t:cancel()
-        self.timers[id] = nil
+    self.unsaved[id] = nil
+    self:drop_from_memory(id)
+    return true
+end
+
+-- Facts: changes that have already happened in Docker (provisioning finished, a container paused, exited or
+-- removed). Refusing them because the store cannot take the write (a full disk) would leave memory saying
+-- something Docker no longer does, so memory takes them at once and the store write is retried every
+-- STORE_RETRY seconds (and at every sweep) until it goes through. A restart before that reconciles from
+-- Docker as usual (API.md §6.5). Requests that only change our own state (create, renew, metadata) still
+-- fail with 503 STORE::UNAVAILABLE, changing nothing.
+M.STORE_RETRY = 5
+
+--- commit() for a fact. Always returns the record.
+function Service:commit_fact(rec)
+    if not self:commit(rec) then
+        self.records[rec.id] = rec
+        self:store_later(rec.id)
+    end
+    return rec
+end
+
+--- forget() for a fact (the container is gone). Always returns true.
+function Service:forget_fact(id)
+    if not self:forget(id) then
+        self:drop_from_memory(id)
+        self:store_later(id)
     end
     return true
+end
+
+function Service:arm_store_retry()
+    local timer = self.core.timer
+    if not self.store_retry and timer and timer.after then
+        self.store_retry = timer.after(M.STORE_RETRY, function()
+            self.store_retry = nil
+            self:flush_unsaved()
+        end)
+    end
+end
+
+function Service:store_later(id)
+    self.unsaved[id] = true
+    self:arm_store_retry()
+end
+
+--- Writes what memory has and the store lacks (records put, dropped records deleted). Returns how many
+--- are still unsaved.
+function Service:flush_unsaved()
+    local left = 0
+    for id in pairs(self.unsaved) do
+        local rec = self.records[id]
+        local ok, err
+        if rec then
+            ok, err = self.store:put(rec)
+        else
+            ok, err = self.store:delete(id)
+        end
+        if ok then
+            self.unsaved[id] = nil
+            self.log.info("store caught up", { sandbox_id = id })
+        else
+            left = left + 1
+            self.log.warn("store write still failing", { sandbox_id = id, error = tostring(err) })
+        end
+    end
+    if left > 0 then
+        self:arm_store_retry()
+    end
+    return left
 end
 
 function Service:transition(rec, state, reason, message, at_us)
@@ -477,13 +551,9 @@ function Service:finish_provisioning(id, cid, code, detail, info, steps)
             end
             self.log.info("sandbox running", fields)
         end
-        local ok, err = self:commit(rec)
-        if not ok then
-            self.log.error("cannot record provisioning result", { sandbox_id = id, error = tostring(err) })
-        else
-            self:notify_transition(rec, from, rec.state)
-            self:arm_timer(rec)
-        end
+        self:commit_fact(rec)
+        self:notify_transition(rec, from, rec.state)
+        self:arm_timer(rec)
     elseif cid then
         -- deleted while provisioning (cannot happen through the API, which waits; be safe anyway)
         self.runtime:remove(cid)
@@ -548,10 +618,7 @@ function Service:toggle(verb, id, ctx)
         local from = (self.records[cur.id] or cur).state
         local rec = copy(cur)
         model.apply_status(rec, model.status(t.to[1], t.to[2], t.to[3], self:now_us()))
-        local c, cerr = self:commit(rec)
-        if not c then
-            return nil, cerr
-        end
+        self:commit_fact(rec) -- Docker has done it: memory says so even if the store cannot yet
         self:notify_transition(rec, from, rec.state)
         return true
     end)
@@ -577,10 +644,9 @@ function Service:remove_locked(cur, message)
     local rec = copy(cur)
     if rec.state ~= STATE.STOPPING then
         model.apply_status(rec, model.status(STATE.STOPPING, REASON.CONTAINER_REMOVING, message, self:now_us()))
-        local c, cerr = self:commit(rec)
-        if not c then
-            return nil, cerr
-        end
+        -- the removal goes ahead even when the store cannot record it (a full disk must not keep sandboxes
+        -- alive); should the server die before the store catches up, start-up reconciliation finishes it
+        self:commit_fact(rec)
         self:notify_transition(rec, cur.state, rec.state)
     end
     self.removing[rec.container_id] = true
@@ -589,10 +655,7 @@ function Service:remove_locked(cur, message)
     if not ok then
         return nil, self:runtime_error(err, "DOCKER::SANDBOX_DELETE_FAILED", "delete")
     end
-    local fok, ferr = self:forget(rec.id)
-    if not fok then
-        return nil, ferr
-    end
+    self:forget_fact(rec.id) -- the container is gone: so is the sandbox, whatever the store says
     self:notify_transition(rec, rec.state, "Deleted")
     return true
 end
@@ -853,6 +916,9 @@ end
 
 --- One sweep (§6.3): expire what is due, drop old failed-provisioning records, reconcile with Docker.
 function Service:sweep()
+    if next(self.unsaved) then
+        self:flush_unsaved()
+    end
     local now = self:now_us()
     local ids = {}
     for id, rec in pairs(self.records) do
@@ -894,9 +960,8 @@ function Service:apply_runtime_status(id, state, reason, message, at_us)
     end
     local rec = copy(cur)
     model.apply_status(rec, model.status(state, reason, message, at_us or self:now_us()))
-    if self:commit(rec) then
-        self:notify_transition(rec, cur.state, state)
-    end
+    self:commit_fact(rec)
+    self:notify_transition(rec, cur.state, state)
 end
 
 --- Adopts a labelled container that has no record (§6.5 step 3); returns true when adopted.
