@@ -114,7 +114,8 @@ async function worker(w) {
       if (s && s.state === "Running") {
         if (!s.token) {
           const e = await call("endpoint", "GET", `/v1/sandboxes/${id}/endpoints/44772`, null, [200, 404]);
-          if (e.json) s.token = e.json.headers["X-EXECD-ACCESS-TOKEN"];
+          if (e.status === 200 && e.json && e.json.headers) s.token = e.json.headers["X-EXECD-ACCESS-TOKEN"];
+          else if (e.status === 404) live.delete(id); // expired meanwhile
         }
         if (s.token) {
           const t0 = now();
