@@ -14,15 +14,28 @@ passed=0
 failed=0
 failures=()
 
+# /dev/null must stay the null device: a test that removed it (a helper once did, via `curl -o /dev/null`
+# after os.remove of its output path) turns it into a regular file that every later `>/dev/null` and
+# `</dev/null` shares, which breaks unrelated tests far away. A stage that does so fails here, by name.
+devnull_ok() {
+    if [ -c /dev/null ]; then
+        return 0
+    fi
+    echo "!!! /dev/null is no longer a character device after this stage; restoring it" >&2
+    rm -f /dev/null && mknod -m 666 /dev/null c 1 3
+    return 1
+}
+
 stage() {
     local name=$1
     shift
     local t0=$SECONDS
     echo "=== stage: $name"
-    if "$@"; then
+    if "$@" && devnull_ok; then
         passed=$((passed + 1))
         echo "=== PASS $name ($((SECONDS - t0)) s)"
     else
+        devnull_ok || true
         failed=$((failed + 1))
         failures+=("$name")
         echo "=== FAIL $name ($((SECONDS - t0)) s)"

@@ -139,7 +139,18 @@ async function worker(w) {
   }
 }
 
-await Promise.all(Array.from({ length: 8 }, (_, i) => worker(i)));
+// A bug in this script must not end the soak early: a worker that throws is counted as an error of the
+// script (it fails the run) and started again until the deadline.
+async function guarded(w) {
+  while (Date.now() < deadline) {
+    try {
+      await worker(w);
+    } catch (e) {
+      record("soak script", 0, false, e.stack || String(e));
+    }
+  }
+}
+await Promise.all(Array.from({ length: 8 }, (_, i) => guarded(i)));
 // wait for the short-lived ones to expire, then check that every one of them is gone by itself
 await sleep(20000);
 let expiredOk = 0;

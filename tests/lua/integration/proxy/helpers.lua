@@ -74,7 +74,9 @@ function P.curl(srv, method, path, o)
     args[#args + 1] = "-w '%{http_code} %{size_download} %{speed_download} %{exitcode}'"
     args[#args + 1] = P.q((o.base or srv.base) .. path)
     os.remove(hdr)
-    os.remove(out)
+    if not o.out then -- only our own scratch file: o.out may be /dev/null, which must never be removed
+        os.remove(out)
+    end
     local w = P.sh(table.concat(args, " ") .. " 2>/dev/null")
     local code, size, speed, exit = w:match("(%d+) (%d+) ([%d.]+) (%d+)")
     local status, headers, list = parse_headers(slurp(hdr))
