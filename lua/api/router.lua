@@ -265,18 +265,21 @@ end
 
 local match_pattern = string.match
 
+-- The static route of `p` for `method` in one of the tables above (HEAD served by GET), or nil.
+local function static_route(tbl, p, method)
+    local st = tbl[p]
+    return st and (st[method] or (method == "HEAD" and st.GET)) or nil
+end
+
 --- Matches a request. `path` is the raw request path (not decoded). Returns one of:
 ---   route, params        a match; params are the decoded path parameters
 ---   nil, "not_found"
 ---   nil, "method_not_allowed", allow   where allow is the value of the Allow header ("GET, HEAD")
 function M.match(method, path)
     local p = M.unescape(path)
-    local st = static_full[p]
-    if st then
-        local r = st[method] or (method == "HEAD" and st.GET)
-        if r then
-            return r, NO_PARAMS
-        end
+    local r = static_route(static_full, p, method)
+    if r then
+        return r, NO_PARAMS
     end
     local cands = by_method[method]
     if cands then
@@ -303,14 +306,12 @@ end
 --- The reference matcher (no fast path): the same results as M.match, by path segments.
 function M.match_segments(method, path)
     local p = M.strip_version(M.unescape(path))
-    local st = static[p]
-    if st then
-        local r = st[method] or (method == "HEAD" and st.GET)
-        if r then
-            return r, NO_PARAMS
-        end
+    local r = static_route(static, p, method)
+    if r then
+        return r, NO_PARAMS
     end
-    local r, res = find(p, method, false)
+    local res
+    r, res = find(p, method, false)
     if r then
         return r, res
     end

@@ -1152,15 +1152,7 @@ function Service:on_event(ev)
     elseif a == "destroy" then
         if not self.removing[ev.id] and rec.state ~= STATE.STOPPING then
             self.log.info("container destroyed behind our back; dropping record", { sandbox_id = id })
-            local ok = self.store:delete(id)
-            if ok then
-                self.records[id] = nil
-                local t = self.timers[id]
-                if t then
-                    t:cancel()
-                    self.timers[id] = nil
-                end
-            end
+            self:forget_fact(id)
         end
     end
 end
