@@ -39,6 +39,7 @@ struct creq {
     buf_t hdrs_raw;
     struct curl_slist *hdrs;
     int on_data_ref;
+    int body_ref; /* the request body (a Lua string), anchored while libcurl reads it in place */
     int aborted;
     int lua_error;
     char errbuf[CURL_ERROR_SIZE];
@@ -307,6 +308,8 @@ static void creq_release(struct creq *r)
     creq_unlink(r);
     if (r->on_data_ref != LUA_NOREF)
         luaL_unref(L, LUA_REGISTRYINDEX, r->on_data_ref);
+    if (r->body_ref != LUA_NOREF)
+        luaL_unref(L, LUA_REGISTRYINDEX, r->body_ref);
     curl_slist_free_all(r->hdrs);
     buf_free(&r->body);
     buf_free(&r->hdrs_raw);
@@ -450,6 +453,7 @@ static int l_request(lua_State *L)
     if (!r)
         return luaL_error(L, "out of memory");
     r->on_data_ref = LUA_NOREF;
+    r->body_ref = LUA_NOREF;
     r->easy = C.npool ? C.pool[--C.npool] : curl_easy_init();
     if (!r->easy || add_headers(L, r) < 0) {
         if (r->easy)
@@ -463,6 +467,14 @@ static int l_request(lua_State *L)
         r->on_data_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     else
         lua_pop(L, 1);
+    if (body) {
+        /* libcurl reads the body from the Lua string itself (no copy per request: an agent archive
+         * uploaded to many containers at once would otherwise be copied once per upload) */
+        lua_getfield(L, 1, "body");
+        /* the anchored value itself (a number in `body` became a string on the stack) */
+        body = lua_tolstring(L, -1, &blen);
+        r->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
 
     CURL *e = r->easy;
     curl_easy_setopt(e, CURLOPT_URL, url);
@@ -490,11 +502,11 @@ static int l_request(lua_State *L)
         curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     if (body) {
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
     }
     if (method && strcmp(method, "POST") == 0 && !body) {
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
-        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, "");
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
     } else if (method && strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0 &&
                strcmp(method, "POST") != 0) {
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
