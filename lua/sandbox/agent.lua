@@ -62,15 +62,12 @@ function Agent:archive_from_image(platform)
     if not ok then
         return nil, "cannot pull runtime.execd_image " .. self.execd_image .. ": " .. tostring(err and err.message)
     end
-    local cid
-    cid, err = rt:create_scratch(self.execd_image, "sandbox-execd-" .. self.uuid.v4(), platform)
-    if not cid and rt.image_missing and rt:image_missing(err) then -- gone since it was seen: pull, retry
-        rt:forget_image(self.execd_image, platform)
-        ok, err = rt:ensure_image(self.execd_image, nil, platform)
-        if not ok then
-            return nil, "cannot pull runtime.execd_image " .. self.execd_image .. ": " .. tostring(err and err.message)
-        end
-        cid, err = rt:create_scratch(self.execd_image, "sandbox-execd-" .. self.uuid.v4(), platform)
+    local cid, failed
+    cid, err, failed = rt:create_from_image(self.execd_image, nil, platform, function()
+        return rt:create_scratch(self.execd_image, "sandbox-execd-" .. self.uuid.v4(), platform)
+    end)
+    if failed == "pull" then
+        return nil, "cannot pull runtime.execd_image " .. self.execd_image .. ": " .. tostring(err and err.message)
     end
     if not cid then
         return nil, "cannot create a container of " .. self.execd_image .. ": " .. tostring(err and err.message)

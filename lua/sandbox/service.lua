@@ -434,11 +434,14 @@ function Service:provision(id, spec)
         steps[name .. "_ms"] = (t - last) / 1000
         last = t
     end
+    local function pull_failed(perr)
+        return self:finish_provisioning(id, nil, "DOCKER::SANDBOX_IMAGE_PULL_FAILED",
+            string.format("Failed to pull image '%s': %s", spec.image.uri, tostring(perr and perr.message or perr)))
+    end
     local ok, err = rt:ensure_image(spec.image.uri, spec.image.auth, spec.platform)
     step("image")
     if not ok then
-        return self:finish_provisioning(id, nil, "DOCKER::SANDBOX_IMAGE_PULL_FAILED",
-            string.format("Failed to pull image '%s': %s", spec.image.uri, tostring(err and err.message or err)))
+        return pull_failed(err)
     end
     local cspec = {
         id = id,
@@ -465,18 +468,12 @@ function Service:provision(id, spec)
         cspec.agent_volume = vol
         step("agent_volume")
     end
-    local cid
-    cid, err = rt:create_container(cspec)
-    if not cid and rt.image_missing and rt:image_missing(err) then
-        -- the image was seen present earlier (no inspection this time) and has gone since: pull, retry once
-        log.info("image gone since it was last seen; pulling", { sandbox_id = id, image = spec.image.uri })
-        rt:forget_image(spec.image.uri, spec.platform)
-        ok, err = rt:ensure_image(spec.image.uri, spec.image.auth, spec.platform)
-        if not ok then
-            return self:finish_provisioning(id, nil, "DOCKER::SANDBOX_IMAGE_PULL_FAILED",
-                string.format("Failed to pull image '%s': %s", spec.image.uri, tostring(err and err.message or err)))
-        end
-        cid, err = rt:create_container(cspec)
+    local cid, failed
+    cid, err, failed = rt:create_from_image(spec.image.uri, spec.image.auth, spec.platform, function()
+        return rt:create_container(cspec)
+    end)
+    if failed == "pull" then -- the image had gone since it was seen, and pulling it again failed
+        return pull_failed(err)
     end
     step("create")
     if not cid then

@@ -415,6 +415,23 @@ function Adapter.image_missing(_, err)
         and err.message:lower():find("no such image", 1, true) ~= nil
 end
 
+--- Runs `create()` (a create of a container of image `uri`, returning id or nil, err). When it fails
+--- because the image has gone since it was seen present, pulls the image and runs `create()` once more.
+--- Returns create's results, or nil, err, "pull" when that pull failed.
+function Adapter:create_from_image(uri, auth, platform, create)
+    local cid, err = create()
+    if cid or not self:image_missing(err) then
+        return cid, err
+    end
+    self:_debug("image gone since it was last seen; pulling", { image = uri })
+    self:forget_image(uri, platform)
+    local ok, perr = self:ensure_image(uri, auth, platform)
+    if not ok then
+        return nil, perr, "pull"
+    end
+    return create()
+end
+
 function Adapter:ensure_image(uri, auth, platform)
     local ref, perr = imageref.parse(uri)
     if not ref then

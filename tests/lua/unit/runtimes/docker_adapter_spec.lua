@@ -308,6 +308,43 @@ describe("runtimes.docker: images", function()
         assert.is_false(a:image_missing(nil))
     end)
 
+    it("create_from_image pulls and creates once more when the image has gone, and says when the pull fails", function()
+        local a, fake = make()
+        local creates = 0
+        local gone = { status = 404, message = "No such image: local/x:1" }
+        local function create()
+            creates = creates + 1
+            if creates == 1 then
+                return nil, gone
+            end
+            return "cid-" .. creates
+        end
+        fake:on("GET", "^/v1%.41/images/.*/json$", { body = "{}" }) -- present again (pulled by someone)
+        assert.is_true(a:ensure_image("local/x:1")) -- seen present: remembered
+        assert.are.equal("cid-2", a:create_from_image("local/x:1", nil, nil, create))
+        assert.are.equal(2, #fake.requests, "the image was inspected again after the failed create")
+        -- other failures are returned as they are, without a retry
+        creates = 10
+        local conflict = { status = 409, message = "name in use" }
+        local cid, err, failed = a:create_from_image("local/x:1", nil, nil, function()
+            creates = creates + 1
+            return nil, conflict
+        end)
+        assert.is_nil(cid)
+        assert.are.equal(conflict, err)
+        assert.is_nil(failed)
+        assert.are.equal(11, creates)
+        -- gone and not pullable: nil, the pull error, "pull"; no second create
+        fake:on("GET", "^/v1%.41/images/.*/json$", { status = 404, body = '{"message":"No such image"}' })
+        fake:on("POST", "^/v1%.41/images/create", { chunks = { '{"error":"pull access denied"}\n' } })
+        creates = 0
+        cid, err, failed = a:create_from_image("local/x:1", nil, nil, create)
+        assert.is_nil(cid)
+        assert.are.equal("pull access denied", err.message)
+        assert.are.equal("pull", failed)
+        assert.are.equal(1, creates)
+    end)
+
     it("pulls a missing image (latest by default) without auth, following the stream", function()
         local a, fake, log = make()
         fake:on("GET", "^/v1%.41/images/.*/json$", { status = 404, body = '{"message":"No such image"}' })
