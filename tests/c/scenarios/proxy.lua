@@ -49,13 +49,16 @@ local epid = tonumber(sh(string.format("node -e %q >/dev/null 2>&1 & echo $!", s
     .. "q.on('end', () => s.end('te=' + (q.headers['transfer-encoding'] || 'none') + ' body=' + b)); })"
     .. ".listen(%d, '127.0.0.1')", eport))))
 timer.sleep(0.3)
-for _ = 1, 50 do -- node takes a moment to start
+local eready = false
+for _ = 1, 300 do -- node takes a moment to start, several seconds on a loaded machine (ASan stage)
     local r = client.request({ url = "http://127.0.0.1:" .. eport .. "/", timeout = 1 })
     if r and r.status == 200 then
+        eready = true
         break
     end
     timer.sleep(0.1)
 end
+assert(eready, "the node body backend did not start on port " .. eport)
 
 local port = http.listen({ host = "127.0.0.1", port = 0, early_paths = { "/p/" }, handler = function(req)
     if req.path:sub(1, 3) ~= "/p/" then
