@@ -32,6 +32,96 @@ function M.json_object(body)
     return v
 end
 
+-- Key order of one member object. The decoder (lua-cjson) gives Lua tables, which have no order, and no
+-- library here decodes JSON with its key order; API.md §8.2 wants `env` in request order, so this small
+-- scanner walks the raw text, which json_object has already accepted as valid JSON.
+
+-- the position just after the JSON string that starts (with its quote) at i
+local function string_end(text, i)
+    local j = i + 1
+    while true do
+        local q = text:find('["\\]', j)
+        if not q then
+            return #text + 1
+        end
+        if text:byte(q) == 34 then -- '"'
+            return q + 1
+        end
+        j = q + 2 -- a backslash and the character it escapes
+    end
+end
+
+-- the position just after the JSON value that starts at i (whitespace before it already skipped)
+local function value_end(text, i)
+    local c = text:byte(i)
+    if c == 34 then
+        return string_end(text, i)
+    end
+    if c ~= 123 and c ~= 91 then -- not '{' or '[': a number or a literal
+        return (text:find("[%s,%]}]", i) or #text + 1)
+    end
+    local depth, j = 0, i
+    while true do
+        local k = text:find('[%[%]{}"]', j)
+        if not k then
+            return #text + 1
+        end
+        local b = text:byte(k)
+        if b == 34 then
+            j = string_end(text, k)
+        else
+            depth = depth + ((b == 123 or b == 91) and 1 or -1)
+            j = k + 1
+            if depth == 0 then
+                return j
+            end
+        end
+    end
+end
+
+local function skip_ws(text, i)
+    return (text:find("[^ \t\r\n]", i) or #text + 1)
+end
+
+-- calls fn(key, value_start) for each member of the object at i, in text order; returns nothing
+local function each_member(text, i, fn)
+    i = skip_ws(text, i + 1)
+    while text:byte(i) == 34 do
+        local kend = string_end(text, i)
+        local key = json.decode(text:sub(i, kend - 1))
+        local vstart = skip_ws(text, skip_ws(text, kend) + 1) -- past the ':'
+        fn(key, vstart)
+        i = skip_ws(text, value_end(text, vstart))
+        if text:byte(i) ~= 44 then -- ','
+            return
+        end
+        i = skip_ws(text, i + 1)
+    end
+end
+
+--- The keys of the top-level member `name` of a JSON object text, in the order they first appear, when that
+--- member is an object (the last occurrence of `name` counts, as in decoding); nil otherwise. `text` must be
+--- a body that json_object accepted.
+function M.member_key_order(text, name)
+    local at
+    each_member(text, skip_ws(text, 1), function(key, vstart)
+        if key == name then
+            at = vstart
+        end
+    end)
+    if not at or text:byte(at) ~= 123 then
+        return nil
+    end
+    local order, seen = {}, {}
+    each_member(text, at, function(key)
+        if not seen[key] then
+            seen[key] = true
+            order[#order + 1] = key
+        end
+    end)
+    return order
+end
+
 local function hexbyte(h)
     return string.char(tonumber(h, 16))
 end

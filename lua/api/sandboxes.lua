@@ -38,6 +38,7 @@ function M.new(deps)
             max_timeout = server.max_sandbox_timeout_seconds or nil,
             ncpu = ncpu(),
             now_us = math.floor(now() * 1000000),
+            env_order = parse.member_key_order(ctx.req.body, "env"), -- §8.2: Env in request order
         })
         if not spec then
             return nil, err

@@ -428,7 +428,32 @@ local function check_resources(v, opts, spec)
     return true
 end
 
-local function check_env(v)
+-- The keys of `v` in `order` (those it has), then any others sorted.
+local function keys_in_order(v, order)
+    if not order then
+        return sorted_keys(v)
+    end
+    local keys, seen = {}, {}
+    for _, k in ipairs(order) do
+        if v[k] ~= nil and not seen[k] then
+            seen[k] = true
+            keys[#keys + 1] = k
+        end
+    end
+    local rest = {}
+    for k in pairs(v) do
+        if not seen[k] then
+            rest[#rest + 1] = k
+        end
+    end
+    table.sort(rest)
+    for _, k in ipairs(rest) do
+        keys[#keys + 1] = k
+    end
+    return keys
+end
+
+local function check_env(v, order)
     if absent(v) then
         return {}
     end
@@ -436,7 +461,7 @@ local function check_env(v)
         return invalid("env must be an object of strings.")
     end
     local out = {}
-    for _, k in ipairs(sorted_keys(v)) do
+    for _, k in ipairs(keys_in_order(v, order)) do
         local val = v[k]
         if k == "" or k:find("[=%z]") then
             return invalid("env key '%s' is invalid: keys must be non-empty and contain no '=' or NUL.", k)
@@ -549,7 +574,8 @@ end
 --- (ncpu nil: no upper cpu bound). Returns the spec:
 ---   { image = {uri=, auth={username=, password=}|nil}, entrypoint = {...}, timeout = seconds|nil (nil:
 ---     manual cleanup), nano_cpus = int|nil, memory = bytes|nil, gpu = n|-1 (all)|nil,
----     env = { {k, v}, ... } sorted by key (JSON order is lost in decoding), metadata = {k=v},
+---     env = { {k, v}, ... } in `opts.env_order` (the request's key order, §8.2; parse.member_key_order),
+---       else sorted by key, metadata = {k=v},
 ---     platform = {os=, arch=}|nil, extensions = {k=v} }
 --- or nil and an error object.
 function M.create(body, opts)
@@ -577,7 +603,7 @@ function M.create(body, opts)
     if not ok then
         return nil, err
     end
-    spec.env, err = check_env(body.env)
+    spec.env, err = check_env(body.env, opts.env_order)
     if not spec.env then
         return nil, err
     end

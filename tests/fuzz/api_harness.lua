@@ -19,6 +19,12 @@ local view = {
 local service = {}
 function service.create(_, spec)
     assert(type(spec) == "table" and spec.image and spec.entrypoint, "service got an unvalidated spec")
+    -- env in request order (api.parse.member_key_order): each key once, every value a string
+    local seen = {}
+    for _, kv in ipairs(spec.env) do
+        assert(type(kv[1]) == "string" and type(kv[2]) == "string" and not seen[kv[1]], "bad or repeated env entry")
+        seen[kv[1]] = true
+    end
     return view
 end
 function service.get(_, id)

@@ -120,6 +120,24 @@ describe("container configuration #integration #docker", function()
         assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. id).status)
     end)
 
+    it("passes env to Docker in request order (§8.2), whatever the keys' sort order", function()
+        -- a raw body: encoding a Lua table would not keep any order
+        local body = string.format('{"image":{"uri":"%s"},"entrypoint":["sleep","600"],"timeout":600,'
+            .. '"resourceLimits":{},"env":{"ZED":"1","alpha":"2","Mid":null,"B_2":"3","B_1":"4",'
+            .. '"\\u00e9t\\u00e9":"5"}}', H.IMAGE)
+        local res = H.call(srv, "POST", "/v1/sandboxes", body)
+        assert.are.equal(202, res.status, res.body)
+        local id = res.json.id
+        H.wait_state(srv, id, "Running", 60)
+        local names = {}
+        for _, e in ipairs(H.inspect("sandbox-" .. id).Config.Env) do
+            names[#names + 1] = e:match("^([^=]*)=")
+        end
+        assert.are.same({ "ZED", "alpha", "B_2", "B_1", "\u{e9}t\u{e9}", "OPENSANDBOX_EXECD_PORT" },
+            { table.unpack(names, 1, 6) })
+        assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. id).status)
+    end)
+
     it("gives each sandbox its own agent port in host network mode (§7.1)", function()
         local host = H.start({ config = { docker = { network_mode = "host" } } })
         local a = H.create(host)

@@ -62,3 +62,49 @@ describe("api.parse.query", function()
         assert.same({}, parse.query(nil))
     end)
 end)
+
+describe("api.parse.member_key_order", function()
+    local order = parse.member_key_order
+
+    it("lists a member object's keys in text order", function()
+        assert.same({ "B", "A", "C" }, order('{"env":{"B":"1","A":"2","C":null}}', "env"))
+        assert.same({ "K" }, order('{"a":true,"b":false,"n":null,"x":-1.5e3,"env":{"K":"v"}}', "env"))
+        assert.same({}, order('{"env":{}}', "env"))
+        assert.same({}, order(' \t\r\n{ "env" : { } } ', "env"))
+    end)
+
+    it("is not fooled by strings, escapes and nesting elsewhere", function()
+        local text = ' { "x" : [1,{"env":{"Z":1}},"]}\\"{"] , "env" : { "Q\\u00e9" : "a\\"}" , '
+            .. '"P":{"n":[1,{"k":"}"}]}, "Q\\u00e9":"b" }, "y": 2 } '
+        assert.same({ "Q\u{e9}", "P" }, order(text, "env"))
+    end)
+
+    it("uses the last occurrence of the member, as decoding does; first position of a repeated key", function()
+        assert.same({ "D", "C" }, order('{"env":{"B":"1"},"env":{"D":"1","C":"2","D":"3"}}', "env"))
+    end)
+
+    it("gives nil when the member is absent or not an object", function()
+        assert.is_nil(order('{"env":null}', "env"))
+        assert.is_nil(order('{"env":["A=1"]}', "env"))
+        assert.is_nil(order('{"env":"x"}', "env"))
+        assert.is_nil(order('{"other":{"A":"1"}}', "env"))
+        assert.is_nil(order('{"x":{"env":{"A":"1"}}}', "env"))
+    end)
+
+    it("finds the same keys as the decoder on a small corpus", function()
+        for _, text in ipairs({
+            '{"env":{"b":"1","a":"2"}}',
+            '{"image":{"uri":"x"},"env":{"\\"q":"1","c\\\\":"2","d":"\\\\"}}',
+            '{"env":{"a":{"x":[1,2,{"y":"}]"}]},"b":[],"c":{}}}',
+        }) do
+            local decoded = assert(parse.json_object(text))
+            local keys = order(text, "env")
+            local n = 0
+            for k in pairs(decoded.env) do
+                n = n + 1
+                assert.is_true(keys[n] ~= nil and decoded.env[keys[n]] ~= nil, k)
+            end
+            assert.equal(n, #keys)
+        end
+    end)
+end)

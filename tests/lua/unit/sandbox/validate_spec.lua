@@ -296,11 +296,17 @@ describe("sandbox.validate.create", function()
     end)
 
     describe("env", function()
-        it("drops null values, keeps empty strings, sorts by key", function()
+        it("drops null values, keeps empty strings, sorts by key without an order", function()
             local spec = create('"env":{"B":"2","A":"1","DROP":null,"EMPTY":""}')
             assert.same({ { "A", "1" }, { "B", "2" }, { "EMPTY", "" } }, spec.env)
             assert.same({}, create('"env":null').env)
             assert.same({}, create('"env":{}').env)
+        end)
+
+        it("keeps the request's key order when given it (§8.2), unknown keys after it, sorted", function()
+            local opts = { now_us = NOW, ncpu = 2, env_order = { "Z", "DROP", "B", "NOT_THERE", "A", "B" } }
+            local spec = create('"env":{"B":"2","A":"1","DROP":null,"Z":"0","Y":"9","X":"8"}', opts)
+            assert.same({ { "Z", "0" }, { "B", "2" }, { "A", "1" }, { "X", "8" }, { "Y", "9" } }, spec.env)
         end)
 
         it("checks keys and values", function()
