@@ -24,7 +24,7 @@ NGX
 nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 cat >"$work/config.lua" <<CFG
-return { server = { port = $PORT, api_key = "$KEY", log_level = "WARNING" },
+return { server = { port = $PORT, api_key = "$KEY", log_level = "INFO" },
          store = { path = "$work/state/db.sqlite" },
          docker = { instance = "bench-$$", agent_delivery = "${AGENT_DELIVERY:-archive}" } }
 CFG
@@ -33,5 +33,14 @@ spid=$!
 pids+=($spid)
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
 echo "agent_delivery=${AGENT_DELIVERY:-archive}. Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest"
-SERVER_PID=$spid NGINX_JSON_PATH=$work/www/sandbox.json timeout 1200 node "$root/bench/lifecycle.mjs" \
+# in archive mode, the bundle the server uploads, for raw Docker to upload too (API.md 8.4 layout)
+bundle=
+if [ "${AGENT_DELIVERY:-archive}" = archive ] && [ -x "$root/build/execd/opensandbox-execd" ]; then
+    mkdir -p "$work/bundle/opt/opensandbox"
+    install -m 0755 "$root/build/execd/opensandbox-execd" "$work/bundle/opt/opensandbox/execd"
+    install -m 0755 "$root/execd/bootstrap.sh" "$work/bundle/opt/opensandbox/bootstrap.sh"
+    tar --owner=0 --group=0 -C "$work/bundle" -cf "$work/bundle.tar" opt/opensandbox
+    bundle=$work/bundle.tar
+fi
+BUNDLE_TAR=$bundle SERVER_LOG=$work/server.log SERVER_PID=$spid NGINX_JSON_PATH=$work/www/sandbox.json timeout 1200 node "$root/bench/lifecycle.mjs" \
     "http://127.0.0.1:$PORT" "$KEY" "http://127.0.0.1:$NGINX_PORT/sandbox.json" "$n" | grep -v '^{'
