@@ -89,6 +89,9 @@ local function each_member(text, i, fn)
     while text:byte(i) == 34 do
         local kend = string_end(text, i)
         local key = json.decode(text:sub(i, kend - 1))
+        if type(key) ~= "string" then -- cannot happen on text the decoder accepted; stop rather than guess
+            return
+        end
         local vstart = skip_ws(text, skip_ws(text, kend) + 1) -- past the ':'
         fn(key, vstart)
         i = skip_ws(text, value_end(text, vstart))
