@@ -102,7 +102,9 @@ return {
         -- How the agent gets into each sandbox: "archive" uploads the bundle into every container before it
         -- starts (PUT /containers/{id}/archive; works with any daemon, costs an untar per sandbox, ~45 ms
         -- here); "volume" fills one read-only Docker volume per agent version and mounts it at
-        -- /opt/opensandbox in every sandbox (no upload per sandbox).
+        -- /opt/opensandbox in every sandbox (no upload per sandbox). That volume is named after the agent's
+        -- files, checked on every create (made again if it was pruned or replaced), and volumes of earlier
+        -- agents that no container uses are removed.
         agent_delivery = "archive",
     },
 

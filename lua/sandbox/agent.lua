@@ -108,11 +108,15 @@ function Agent:binary_candidates()
     return c
 end
 
--- FNV-1a over the bundle: names the agent volume after its content (not a security hash: the volume is
--- only ours, the name just has to change when the bundle does).
+-- what marks an agent volume as made (and filled) by the server
+local AGENT_VOLUME_LABELS = { ["opensandbox.io/agent"] = "true" }
+
+-- FNV-1a over the bundle's files (not the tar, whose headers carry the build time): names the agent volume
+-- after what it holds, so that a restart with the same agent finds its volume, and a new agent gets a new
+-- one. Not a security hash: the volume is only ours; the name just has to change when the files do.
 local function content_tag(bytes)
     local h = 2166136261
-    for i = 1, #bytes, 7 do -- every 7th byte plus the length: the bundle differs in many places when it changes
+    for i = 1, #bytes do
         h = ((h ~ bytes:byte(i)) * 16777619) & 0xffffffff
     end
     return string.format("%08x%x", h, #bytes)
@@ -126,13 +130,25 @@ function Agent:volume(image)
     if not tar_bytes then
         return nil, err
     end
-    -- the tag is computed once per bundle (hashing it on every create cost ~1.5 ms)
-    if self.volume_bundle ~= tar_bytes then
-        self.volume_bundle, self.volume_name = tar_bytes, "opensandbox-agent-" .. content_tag(tar_bytes)
+    if not self.bundle_tag then -- hashed once, on first use (~10 ms for the whole agent)
+        self.bundle_tag = content_tag(self.bundle_files and table.concat(self.bundle_files, "\0") or tar_bytes)
+        self.bundle_files = nil
     end
-    local name = self.volume_name
+    local name = "opensandbox-agent-" .. self.bundle_tag
     if self.volume_ready == name then
-        return name
+        -- looked at on every create (one cheap call): `docker volume prune` removes it whenever no sandbox
+        -- uses it, and Docker would then create an empty one of that name for the next sandbox by itself
+        local state, serr = self.runtime:volume_state(name, AGENT_VOLUME_LABELS)
+        if state == "ours" then
+            return name
+        end
+        if not state then
+            return nil, "cannot check the agent volume " .. name .. ": " .. tostring(serr and serr.message or serr)
+        end
+        self.volume_ready = nil
+        if self.log then
+            self.log.warn("agent volume gone or replaced; making it again", { volume = name, found = state })
+        end
     end
     if self.volume_filling then
         local ok, werr = self.volume_filling:wait(120)
@@ -145,12 +161,20 @@ function Agent:volume(image)
     end
     local ev = require("common.sync").event()
     self.volume_filling = ev
-    local ok, verr = self.runtime:ensure_volume(name, tar_bytes, image, { ["opensandbox.io/agent"] = "true" })
+    local ok, verr = self.runtime:ensure_volume(name, tar_bytes, image, AGENT_VOLUME_LABELS)
     self.volume_filling = nil
     if ok then
         self.volume_ready = name
     end
     ev:set(ok or false)
+    if ok and not self.volumes_pruned then
+        -- once per run: the volumes of earlier bundles (one per agent build) that no sandbox uses any more
+        self.volumes_pruned = true
+        local n = self.runtime:remove_unused_volumes("opensandbox.io/agent=true", name)
+        if n and n > 0 and self.log then
+            self.log.info("removed unused agent volumes of earlier bundles", { count = n })
+        end
+    end
     if not ok then
         return nil, "cannot prepare the agent volume " .. name .. ": " .. tostring(verr and verr.message or verr)
     end
@@ -191,6 +215,7 @@ function Agent:archive(platform)
     end
     w:file("opt/opensandbox/bootstrap.sh", boot, { mode = tonumber("755", 8) })
     self.bundle = w:finish()
+    self.bundle_files = { boot, bin or "" } -- for the volume's name (Agent:volume)
     return self.bundle
 end
 

@@ -537,17 +537,64 @@ function Adapter:get_archive(cid, path)
     return res.body
 end
 
---- Makes sure the named volume exists and holds `tar_bytes` (extracted at /, so the archive's
---- opt/opensandbox/... lands in the volume mounted at /opt/opensandbox). A new volume is filled through a
---- created, never started, container of `image` that mounts it; the container is removed afterwards.
---- Returns true, or nil, err. Volumes are named after their content, so an existing one is never refilled.
-function Adapter:ensure_volume(name, tar_bytes, image, labels)
+--- The state of the named volume: "ours" (it carries every one of `labels`), "missing", or "foreign" (a
+--- volume of that name without them: Docker creates an empty, unlabelled one by itself when a container is
+--- created with a volume that does not exist). Returns the state, or nil, err.
+function Adapter:volume_state(name, labels)
     local res, err = self:_request("GET", "/volumes/" .. seg(name))
     if not res then
         return nil, err
     end
-    if res.status == 200 then
-        return true
+    if res.status == 404 then
+        return "missing"
+    end
+    if res.status ~= 200 then
+        return nil, http_error(res)
+    end
+    local doc = decode_body(res)
+    local have = type(doc) == "table" and type(doc.Labels) == "table" and doc.Labels or {}
+    for k, v in pairs(labels or {}) do
+        if have[k] ~= v then
+            return "foreign"
+        end
+    end
+    return "ours"
+end
+
+--- Makes sure the named volume exists and holds `tar_bytes` (extracted at /, so the archive's
+--- opt/opensandbox/... lands in the volume mounted at /opt/opensandbox). A new volume is created with
+--- `labels` and filled through a created, never started, container of `image` named `{name}-fill` that
+--- mounts it; that container is removed after the fill, so one left behind means the server stopped during
+--- a fill. Volumes are named after their content, so a complete one is never refilled. A volume of that
+--- name that is not complete (without `labels`: Docker made it, empty; or with a `{name}-fill` container
+--- left) is removed and made again. Returns true, or nil, err.
+function Adapter:ensure_volume(name, tar_bytes, image, labels)
+    local state, err = self:volume_state(name, labels)
+    if not state then
+        return nil, err
+    end
+    local fill_name = name .. "-fill"
+    local res
+    if state == "ours" then
+        res, err = self:_request("GET", "/containers/" .. seg(fill_name) .. "/json")
+        if not res then
+            return nil, err
+        end
+        if res.status == 404 then
+            return true
+        end
+    end
+    if state ~= "missing" then
+        self:remove(fill_name)
+        res, err = self:_request("DELETE", "/volumes/" .. seg(name))
+        if not res then
+            return nil, err
+        end
+        if res.status ~= 204 and res.status ~= 404 then
+            return nil, M.error(res.status == 409 and "conflict" or "api", res.status, string.format(
+                "volume %s is incomplete and cannot be replaced: %s", name, docker_message(res.body, res.status)))
+        end
+        self:_warn("agent volume was incomplete; making it again", { volume = name, found = state })
     end
     res, err = self:_expect("POST", "/volumes/create", { [201] = true, [200] = true }, {
         headers = { ["Content-Type"] = "application/json" },
@@ -556,8 +603,7 @@ function Adapter:ensure_volume(name, tar_bytes, image, labels)
     if not res then
         return nil, err
     end
-    local fill = "/containers/create?name=" .. urlencode(name .. "-fill")
-    res, err = self:_expect("POST", fill, { [201] = true }, {
+    res, err = self:_expect("POST", "/containers/create?name=" .. urlencode(fill_name), { [201] = true }, {
         headers = { ["Content-Type"] = "application/json" },
         body = json.encode({
             Image = image,
@@ -580,6 +626,31 @@ function Adapter:ensure_volume(name, tar_bytes, image, labels)
         return nil, err
     end
     return true
+end
+
+--- Removes the volumes that carry `label` ("key=value"), are used by no container, and are not named
+--- `keep`: agent volumes of earlier bundles. A volume taken meanwhile (409) stays. Returns the number
+--- removed, or nil, err.
+function Adapter:remove_unused_volumes(label, keep)
+    local filters = json.encode({ label = json.array({ label }), dangling = json.array({ "true" }) })
+    local res, err = self:_expect("GET", "/volumes?filters=" .. urlencode(filters), OK200)
+    if not res then
+        return nil, err
+    end
+    local doc, derr = decode_body(res)
+    if type(doc) ~= "table" then
+        return nil, derr
+    end
+    local n = 0
+    for _, v in ipairs(type(doc.Volumes) == "table" and doc.Volumes or {}) do
+        if type(v.Name) == "string" and v.Name ~= keep then
+            local dres = self:_request("DELETE", "/volumes/" .. seg(v.Name))
+            if dres and dres.status == 204 then
+                n = n + 1
+            end
+        end
+    end
+    return n
 end
 
 --- Creates (does not start) a throwaway container of `image` named `name`, to copy files out of it (the

@@ -11,6 +11,10 @@ describe("docker.agent_delivery = volume #integration #docker", function()
     end)
 
     it("mounts one shared agent volume read-only and the agent answers", function()
+        -- an agent volume of an earlier bundle that nothing uses: removed once the current one is ready
+        local old = "opensandbox-agent-spec-earlier-bundle"
+        local out, made = H.run("docker volume create --label opensandbox.io/agent=true " .. old)
+        assert.is_true(made, out)
         local srv = H.start({ config = { docker = { agent_delivery = "volume" } } })
         -- two concurrent creates share one fill
         local a = H.create(srv)
@@ -38,7 +42,62 @@ describe("docker.agent_delivery = volume #integration #docker", function()
             H.sleep(0.1)
         end
         assert.are.equal(200, res and res.status)
+        local _, still = H.run("docker volume inspect " .. old)
+        assert.is_false(still, "the earlier bundle's unused volume was removed")
         assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. a).status)
         assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. b).status)
+    end)
+
+    -- the agent answers /ping in sandbox `id`: its bootstrap and binary came from the volume
+    local function agent_answers(srv, id)
+        local ep = H.call(srv, "GET", "/v1/sandboxes/" .. id .. "/endpoints/44772").json
+        for _ = 1, 100 do
+            local res = H.curl({ url = "http://" .. ep.endpoint .. "/ping",
+                headers = { ["X-EXECD-ACCESS-TOKEN"] = ep.headers["X-EXECD-ACCESS-TOKEN"] }, timeout = 2 })
+            if res and res.status == 200 then
+                return true
+            end
+            H.sleep(0.1)
+        end
+        return false
+    end
+
+    it("names the volume after the agent's files: a restarted server finds it and does not refill it", function()
+        local first = H.start({ config = { docker = { agent_delivery = "volume" } } })
+        local a = H.create_running(first)
+        local vol = H.inspect("sandbox-" .. a).Mounts[1].Name
+        local created = H.run("docker volume inspect -f '{{.CreatedAt}}' " .. H.quote(vol))
+        assert.are.equal(204, H.call(first, "DELETE", "/v1/sandboxes/" .. a).status)
+        first:stop()
+        H.sleep(1.1) -- a tar built now would carry another mtime
+        local second = H.start({ config = { docker = { agent_delivery = "volume" } } })
+        local b = H.create_running(second)
+        assert.are.equal(vol, H.inspect("sandbox-" .. b).Mounts[1].Name)
+        assert.are.equal(created, H.run("docker volume inspect -f '{{.CreatedAt}}' " .. H.quote(vol)))
+        assert.are.equal(204, H.call(second, "DELETE", "/v1/sandboxes/" .. b).status)
+    end)
+
+    it("makes the volume again when it was removed, or replaced by an empty one, behind its back", function()
+        local srv = H.start({ config = { docker = { agent_delivery = "volume" } } })
+        local a = H.create_running(srv)
+        local vol = H.inspect("sandbox-" .. a).Mounts[1].Name
+        assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. a).status)
+
+        -- what `docker volume prune` does once no sandbox uses it
+        local out, ok = H.run("docker volume rm " .. H.quote(vol))
+        assert.is_true(ok, out)
+        local b = H.create_running(srv)
+        assert.is_true(agent_answers(srv, b))
+        assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. b).status)
+
+        -- an empty, unlabelled volume of that name: what Docker makes by itself for a container that names a
+        -- missing volume (a create that raced the removal)
+        out, ok = H.run("docker volume rm " .. H.quote(vol) .. " && docker volume create " .. H.quote(vol))
+        assert.is_true(ok, out)
+        local c = H.create_running(srv)
+        assert.is_true(agent_answers(srv, c))
+        out = H.run("docker volume inspect -f '{{json .Labels}}' " .. H.quote(vol))
+        assert.are.same({ ["opensandbox.io/agent"] = "true" }, H.json.decode(out))
+        assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. c).status)
     end)
 end)
