@@ -104,7 +104,7 @@ return {
         -- here); "volume" fills one read-only Docker volume per agent version and mounts it at
         -- /opt/opensandbox in every sandbox (no upload per sandbox). That volume is named after the agent's
         -- files, checked on every create (made again if it was pruned or replaced), and volumes of earlier
-        -- agents that no container uses are removed.
+        -- agents that no container uses (and over an hour old) are removed.
         agent_delivery = "archive",
     },
 

@@ -168,9 +168,10 @@ function Agent:volume(image)
     end
     ev:set(ok or false)
     if ok and not self.volumes_pruned then
-        -- once per run: the volumes of earlier bundles (one per agent build) that no sandbox uses any more
+        -- once per run: the volumes of earlier bundles (one per agent build) that no sandbox uses any more,
+        -- and that are over an hour old (one just made by another server is not in use yet)
         self.volumes_pruned = true
-        local n = self.runtime:remove_unused_volumes("opensandbox.io/agent=true", name)
+        local n = self.runtime:remove_unused_volumes("opensandbox.io/agent=true", name, (os.time() - 3600) * 1000000)
         if n and n > 0 and self.log then
             self.log.info("removed unused agent volumes of earlier bundles", { count = n })
         end

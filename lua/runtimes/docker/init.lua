@@ -15,6 +15,7 @@ local imageref = require("runtimes.docker.imageref")
 local registry_auth = require("runtimes.docker.registry_auth")
 local lines = require("runtimes.docker.lines")
 local mapping = require("runtimes.docker.mapping")
+local timefmt = require("runtimes.docker.timefmt")
 
 local M = {}
 
@@ -583,6 +584,9 @@ function Adapter:ensure_volume(name, tar_bytes, image, labels)
         if res.status == 404 then
             return true
         end
+        if res.status ~= 200 then
+            return nil, http_error(res)
+        end
     end
     if state ~= "missing" then
         self:remove(fill_name)
@@ -628,10 +632,11 @@ function Adapter:ensure_volume(name, tar_bytes, image, labels)
     return true
 end
 
---- Removes the volumes that carry `label` ("key=value"), are used by no container, and are not named
---- `keep`: agent volumes of earlier bundles. A volume taken meanwhile (409) stays. Returns the number
---- removed, or nil, err.
-function Adapter:remove_unused_volumes(label, keep)
+--- Removes the volumes that carry `label` ("key=value"), are used by no container, are not named `keep`
+--- and were created before `before_us` (microseconds since the epoch; a volume just made by another server
+--- is not yet in use): agent volumes of earlier bundles. A volume taken meanwhile (409) stays. Returns the
+--- number removed, or nil, err.
+function Adapter:remove_unused_volumes(label, keep, before_us)
     local filters = json.encode({ label = json.array({ label }), dangling = json.array({ "true" }) })
     local res, err = self:_expect("GET", "/volumes?filters=" .. urlencode(filters), OK200)
     if not res then
@@ -643,7 +648,8 @@ function Adapter:remove_unused_volumes(label, keep)
     end
     local n = 0
     for _, v in ipairs(type(doc.Volumes) == "table" and doc.Volumes or {}) do
-        if type(v.Name) == "string" and v.Name ~= keep then
+        local created = timefmt.parse_us(v.CreatedAt)
+        if type(v.Name) == "string" and v.Name ~= keep and created and created < before_us then
             local dres = self:_request("DELETE", "/volumes/" .. seg(v.Name))
             if dres and dres.status == 204 then
                 n = n + 1

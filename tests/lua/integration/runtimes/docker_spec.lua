@@ -319,6 +319,40 @@ describe("docker adapter against the real daemon #integration", function()
         assert.is_true(h:remove(cid))
     end)
 
+    it("fills an agent volume, replaces one Docker made empty, and removes unused earlier ones", function()
+        -- a label of this spec's own, so that the server's real agent volumes are never touched
+        local L = { ["opensandbox.io/agent-spec"] = "true" }
+        local name = "opensandbox-spec-vol-" .. uuid():sub(1, 8)
+        local old, used = name .. "-old", name .. "-used"
+        local function cleanup()
+            sh("docker rm -f " .. used .. "-c >/dev/null 2>&1; docker volume rm " .. name .. " " .. old .. " " .. used
+                .. " >/dev/null 2>&1")
+        end
+        cleanup()
+        assert.are.equal("missing", a:volume_state(name, L))
+        -- what Docker makes by itself when a container names a missing volume: empty, unlabelled
+        assert(sh("docker volume create " .. name .. " >/dev/null"))
+        assert.are.equal("foreign", a:volume_state(name, L))
+        assert.is_true(a:ensure_volume(name, agent_tar(), IMAGE, L))
+        assert.are.equal("ours", a:volume_state(name, L))
+        assert.are.equal(BOOTSTRAP, capture("docker run --rm -v " .. name .. ":/opt/opensandbox:ro " .. IMAGE
+            .. " cat /opt/opensandbox/bootstrap.sh"))
+        assert.is_false(sh("docker inspect " .. name .. "-fill >/dev/null 2>&1"), "the fill container is gone")
+        -- an unused earlier one goes; one a container uses stays, and so does the current one
+        assert(sh("docker volume create --label opensandbox.io/agent-spec=true " .. old .. " >/dev/null"))
+        assert(sh("docker volume create --label opensandbox.io/agent-spec=true " .. used .. " >/dev/null"))
+        assert(sh("docker create --name " .. used .. "-c --label opensandbox.test=1 -v " .. used .. ":/x " .. IMAGE
+            .. " true >/dev/null"))
+        local n = assert(a:remove_unused_volumes("opensandbox.io/agent-spec=true", name, now_us() + 3600000000))
+        assert.are.equal(1, n)
+        assert.is_false(sh("docker volume inspect " .. old .. " >/dev/null 2>&1"))
+        assert.is_true(sh("docker volume inspect " .. used .. " >/dev/null 2>&1"))
+        assert.is_true(sh("docker volume inspect " .. name .. " >/dev/null 2>&1"))
+        -- volumes made after the cutoff stay even when unused
+        assert.are.equal(0, a:remove_unused_volumes("opensandbox.io/agent-spec=true", "none", now_us() - 3600000000))
+        cleanup()
+    end)
+
     it("reports Docker's errors with their kind and message", function()
         local id = uuid()
         local cid = assert(a:create_container(spec_for(id)))

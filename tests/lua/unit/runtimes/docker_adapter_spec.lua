@@ -643,17 +643,32 @@ describe("runtimes.docker: agent volume", function()
         assert.are.equal(0, #fake:find("POST", "/volumes/create"))
     end)
 
-    it("removes unused volumes of earlier bundles, not the current one nor one taken meanwhile", function()
+    it("removes unused volumes of earlier bundles: not the current one, a recent one, one taken meanwhile", function()
         local a, fake = make()
+        local old, new = "2026-01-01T00:00:00Z", "2026-06-01T00:00:00.5Z"
         fake:on("GET", "^/v1%.41/volumes%?filters=", { body = json.encode({ Volumes = {
-            { Name = "agent-old1" }, { Name = "agent-v" }, { Name = "agent-old2" } } }) })
+            { Name = "agent-old1", CreatedAt = old }, { Name = "agent-v", CreatedAt = old },
+            { Name = "agent-old2", CreatedAt = old }, { Name = "agent-recent", CreatedAt = new },
+            { Name = "agent-nodate" } } }) })
         fake:on("DELETE", "^/v1%.41/volumes/agent%-old1$", { status = 204 })
         fake:on("DELETE", "^/v1%.41/volumes/agent%-old2$", { status = 409, body = '{"message":"volume is in use"}' })
-        assert.are.equal(1, a:remove_unused_volumes("opensandbox.io/agent=true", "agent-v"))
+        local cutoff = 1780000000 * 1000000 -- 2026-05-28
+        assert.are.equal(1, a:remove_unused_volumes("opensandbox.io/agent=true", "agent-v", cutoff))
         local q = query_of(fake.requests[1].path)
         assert.are.same({ label = { "opensandbox.io/agent=true" }, dangling = { "true" } }, json.decode(q.filters))
-        assert.are.equal(0, #fake:find("DELETE", "/volumes/agent%-v$"))
         assert.are.equal(2, #fake:find("DELETE", "/volumes/"))
+        assert.are.equal(0, #fake:find("DELETE", "/volumes/agent%-v$"))
+        assert.are.equal(0, #fake:find("DELETE", "/volumes/agent%-recent$"))
+    end)
+
+    it("does not take a failed look at the fill container for a leftover one", function()
+        local a, fake = make()
+        fake:on("GET", VOL, { body = '{"Labels":{"opensandbox.io/agent":"true"}}' })
+        fake:on("GET", FILL, { status = 500, body = '{"message":"daemon busy"}' })
+        local ok, err = a:ensure_volume("agent-v", "TAR", "img", LABELS)
+        assert.is_nil(ok)
+        assert.are.equal("daemon busy", err.message)
+        assert.are.equal(0, #fake:find("DELETE", "/volumes/"))
     end)
 
     it("removes the volume again when the fill fails", function()
