@@ -122,49 +122,49 @@ function wrk(url, conns = 64, secs = 8, header) {
 const rows = [];
 try {
   if (!process.env.BURST_ONLY) {
-  // 1. create -> Running, ours vs raw create+start (and, with the bundle, raw create+upload+start), interleaved.
-  // Ours twice: seen by a client polling every 2 ms, and per the server's log with a client polling every 50 ms.
-  const SAMPLES = +(process.env.SAMPLES || 30);
-  const ours = [], oursQuiet = [], raw = [], rawUp = [], posts = [];
-  for (let i = 0; i < SAMPLES; i++) {
-    const o = await createOurs();
-    ours.push(o.running); posts.push(o.post);
-    raw.push(await createRaw(i));
-    oursQuiet.push(await createOurs({}, 50));
-    if (BUNDLE) rawUp.push(await createRaw(500 + i, BUNDLE));
-  }
-  const at = serverRunningAt();
-  const quiet = oursQuiet.map((o) => at.get(o.id) - o.wall).filter((x) => x > 0);
-  const ratio = (a, b) => (median(a) / median(b)).toFixed(2);
-  rows.push([`create -> Running, median of ${SAMPLES} (ours, seen by a client polling every 2 ms)`, median(ours).toFixed(1) + " ms"]);
-  if (quiet.length === SAMPLES) {
-    rows.push([`create -> Running, median of ${SAMPLES} (ours, POST sent -> server logs Running; client polls every 50 ms)`,
-      median(quiet).toFixed(1) + " ms"]);
-  }
-  rows.push([`docker create + start, median of ${SAMPLES} (raw Engine API)`, median(raw).toFixed(1) + " ms"]);
-  rows.push(["ratio ours / raw (2 ms polling" + (quiet.length === SAMPLES ? "; server log" : "") + ")",
-    ratio(ours, raw) + (quiet.length === SAMPLES ? "; " + ratio(quiet, raw) : "")]);
-  if (BUNDLE) {
-    rows.push([`docker create + PUT archive (the same ${BUNDLE.length}-byte agent bundle) + start, median of ${SAMPLES} (raw)`,
-      median(rawUp).toFixed(1) + " ms"]);
-    rows.push(["ratio ours / raw with the same upload (2 ms polling" + (quiet.length === SAMPLES ? "; server log" : "") + ")",
-      ratio(ours, rawUp) + (quiet.length === SAMPLES ? "; " + ratio(quiet, rawUp) : "")]);
-  }
-  rows.push([`POST /v1/sandboxes answer time, median of ${SAMPLES}`, median(posts).toFixed(2) + " ms"]);
-  await cleanup();
+    // 1. create -> Running, ours vs raw create+start (and, with the bundle, raw create+upload+start), interleaved.
+    // Ours twice: seen by a client polling every 2 ms, and per the server's log with a client polling every 50 ms.
+    const SAMPLES = +(process.env.SAMPLES || 30);
+    const ours = [], oursQuiet = [], raw = [], rawUp = [], posts = [];
+    for (let i = 0; i < SAMPLES; i++) {
+      const o = await createOurs();
+      ours.push(o.running); posts.push(o.post);
+      raw.push(await createRaw(i));
+      oursQuiet.push(await createOurs({}, 50));
+      if (BUNDLE) rawUp.push(await createRaw(500 + i, BUNDLE));
+    }
+    const at = serverRunningAt();
+    const quiet = oursQuiet.map((o) => at.get(o.id) - o.wall).filter((x) => x > 0);
+    const ratio = (a, b) => (median(a) / median(b)).toFixed(2);
+    rows.push([`create -> Running, median of ${SAMPLES} (ours, seen by a client polling every 2 ms)`, median(ours).toFixed(1) + " ms"]);
+    if (quiet.length === SAMPLES) {
+      rows.push([`create -> Running, median of ${SAMPLES} (ours, POST sent -> server logs Running; client polls every 50 ms)`,
+        median(quiet).toFixed(1) + " ms"]);
+    }
+    rows.push([`docker create + start, median of ${SAMPLES} (raw Engine API)`, median(raw).toFixed(1) + " ms"]);
+    rows.push(["ratio ours / raw (2 ms polling" + (quiet.length === SAMPLES ? "; server log" : "") + ")",
+      ratio(ours, raw) + (quiet.length === SAMPLES ? "; " + ratio(quiet, raw) : "")]);
+    if (BUNDLE) {
+      rows.push([`docker create + PUT archive (the same ${BUNDLE.length}-byte agent bundle) + start, median of ${SAMPLES} (raw)`,
+        median(rawUp).toFixed(1) + " ms"]);
+      rows.push(["ratio ours / raw with the same upload (2 ms polling" + (quiet.length === SAMPLES ? "; server log" : "") + ")",
+        ratio(ours, rawUp) + (quiet.length === SAMPLES ? "; " + ratio(quiet, rawUp) : "")]);
+    }
+    rows.push([`POST /v1/sandboxes answer time, median of ${SAMPLES}`, median(posts).toFixed(2) + " ms"]);
+    await cleanup();
 
-  // 2. GET one sandbox from memory vs nginx serving the same JSON
-  const one = await createOurs({ team: "bench" });
-  const g = await api("GET", "/v1/sandboxes/" + one.id);
-  process.stdout.write(JSON.stringify(g.body) + "\n", () => {});
-  const fs = await import("node:fs");
-  fs.writeFileSync(process.env.NGINX_JSON_PATH, JSON.stringify(g.body));
-  const wOurs = wrk(`${base}/v1/sandboxes/${one.id}`, 64, 8, `OPEN-SANDBOX-API-KEY: ${key}`);
-  const wNginx = wrk(nginxUrl, 64, 8);
-  rows.push(["GET /v1/sandboxes/{id} req/s (wrk -t2 -c64)", wOurs.rps.toFixed(0)]);
-  rows.push(["nginx static JSON of the same size req/s (same wrk)", wNginx.rps.toFixed(0)]);
-  rows.push(["ratio", (wOurs.rps / wNginx.rps).toFixed(2)]);
-  await cleanup();
+    // 2. GET one sandbox from memory vs nginx serving the same JSON
+    const one = await createOurs({ team: "bench" });
+    const g = await api("GET", "/v1/sandboxes/" + one.id);
+    process.stdout.write(JSON.stringify(g.body) + "\n", () => {});
+    const fs = await import("node:fs");
+    fs.writeFileSync(process.env.NGINX_JSON_PATH, JSON.stringify(g.body));
+    const wOurs = wrk(`${base}/v1/sandboxes/${one.id}`, 64, 8, `OPEN-SANDBOX-API-KEY: ${key}`);
+    const wNginx = wrk(nginxUrl, 64, 8);
+    rows.push(["GET /v1/sandboxes/{id} req/s (wrk -t2 -c64)", wOurs.rps.toFixed(0)]);
+    rows.push(["nginx static JSON of the same size req/s (same wrk)", wNginx.rps.toFixed(0)]);
+    rows.push(["ratio", (wOurs.rps / wNginx.rps).toFixed(2)]);
+    await cleanup();
 
   }
   // 3. 100 creates at once vs 100 raw at once. Each of our 100 clients polls every 250 ms (100 clients polling
@@ -198,29 +198,29 @@ try {
   }
 
   if (!process.env.BURST_ONLY) {
-  // 4. list of N with a metadata filter, and RSS
-  for (let i = 0; i < NLIST; i += 25) {
-    await Promise.all(Array.from({ length: Math.min(25, NLIST - i) }, (_, j) => {
-      const k = i + j;
-      return api("POST", "/v1/sandboxes", { image: { uri: IMAGE }, entrypoint: ["sleep", "3600"], timeout: 3600, resourceLimits: {},
-        metadata: { team: k % 10 === 0 ? "infra" : "other", idx: String(k) } }).then((r) => created.push(r.body.id));
-    }));
-  }
-  for (;;) { // wait for all to run
-    const l = await api("GET", "/v1/sandboxes?state=Running&pageSize=1");
-    if (l.body.pagination.totalItems >= NLIST) break;
-    await sleep(500);
-  }
-  const lt = [];
-  for (let i = 0; i < 50; i++) {
-    const t = now();
-    const l = await api("GET", "/v1/sandboxes?metadata=team%3Dinfra&pageSize=200");
-    lt.push(now() - t);
-    if (l.body.pagination.totalItems !== NLIST / 10) throw new Error("list filter count " + l.body.pagination.totalItems);
-  }
-  rows.push([`GET /v1/sandboxes?metadata=team=infra over ${NLIST} sandboxes, median of 50`, median(lt).toFixed(2) + " ms"]);
-  const rss = execFileSync("ps", ["-o", "rss=", "-p", process.env.SERVER_PID], { encoding: "utf8" }).trim();
-  rows.push([`server RSS with ${NLIST} sandboxes`, (rss / 1024).toFixed(1) + " MiB"]);
+    // 4. list of N with a metadata filter, and RSS
+    for (let i = 0; i < NLIST; i += 25) {
+      await Promise.all(Array.from({ length: Math.min(25, NLIST - i) }, (_, j) => {
+        const k = i + j;
+        return api("POST", "/v1/sandboxes", { image: { uri: IMAGE }, entrypoint: ["sleep", "3600"], timeout: 3600, resourceLimits: {},
+          metadata: { team: k % 10 === 0 ? "infra" : "other", idx: String(k) } }).then((r) => created.push(r.body.id));
+      }));
+    }
+    for (;;) { // wait for all to run
+      const l = await api("GET", "/v1/sandboxes?state=Running&pageSize=1");
+      if (l.body.pagination.totalItems >= NLIST) break;
+      await sleep(500);
+    }
+    const lt = [];
+    for (let i = 0; i < 50; i++) {
+      const t = now();
+      const l = await api("GET", "/v1/sandboxes?metadata=team%3Dinfra&pageSize=200");
+      lt.push(now() - t);
+      if (l.body.pagination.totalItems !== NLIST / 10) throw new Error("list filter count " + l.body.pagination.totalItems);
+    }
+    rows.push([`GET /v1/sandboxes?metadata=team=infra over ${NLIST} sandboxes, median of 50`, median(lt).toFixed(2) + " ms"]);
+    const rss = execFileSync("ps", ["-o", "rss=", "-p", process.env.SERVER_PID], { encoding: "utf8" }).trim();
+    rows.push([`server RSS with ${NLIST} sandboxes`, (rss / 1024).toFixed(1) + " MiB"]);
   }
 } finally {
   await cleanup();
