@@ -10,6 +10,20 @@ describe("docker.agent_delivery = volume #integration #docker", function()
         H.stop_all()
     end)
 
+    -- the agent answers /ping in sandbox `id`: its bootstrap and binary came from the volume
+    local function agent_answers(srv, id)
+        local ep = H.call(srv, "GET", "/v1/sandboxes/" .. id .. "/endpoints/44772").json
+        for _ = 1, 100 do
+            local res = H.curl({ url = "http://" .. ep.endpoint .. "/ping",
+                headers = { ["X-EXECD-ACCESS-TOKEN"] = ep.headers["X-EXECD-ACCESS-TOKEN"] }, timeout = 2 })
+            if res and res.status == 200 then
+                return true
+            end
+            H.sleep(0.1)
+        end
+        return false
+    end
+
     it("mounts one shared agent volume read-only and the agent answers", function()
         -- an unused agent volume of another bundle, made just now (say, by another server on this daemon):
         -- kept, since only those over an hour old are removed (runtimes/docker_spec covers the removal)
@@ -31,38 +45,13 @@ describe("docker.agent_delivery = volume #integration #docker", function()
         assert.truthy(ma.Name:match("^opensandbox%-agent%-%x+$"), ma.Name)
         -- the fill container is gone
         assert.is_false(H.container_exists(ma.Name .. "-fill"))
-        -- the agent runs from the volume
-        local ep = H.call(srv, "GET", "/v1/sandboxes/" .. a .. "/endpoints/44772")
-        local res
-        for _ = 1, 50 do
-            res = H.curl({ url = "http://" .. ep.json.endpoint .. "/ping",
-                headers = { ["X-EXECD-ACCESS-TOKEN"] = ep.json.headers["X-EXECD-ACCESS-TOKEN"] }, timeout = 2 })
-            if res and res.status == 200 then
-                break
-            end
-            H.sleep(0.1)
-        end
-        assert.are.equal(200, res and res.status)
+        assert.is_true(agent_answers(srv, a))
         local _, still = H.run("docker volume inspect " .. old)
         assert.is_true(still, "a recent volume of another bundle is kept")
         H.run("docker volume rm " .. old)
         assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. a).status)
         assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. b).status)
     end)
-
-    -- the agent answers /ping in sandbox `id`: its bootstrap and binary came from the volume
-    local function agent_answers(srv, id)
-        local ep = H.call(srv, "GET", "/v1/sandboxes/" .. id .. "/endpoints/44772").json
-        for _ = 1, 100 do
-            local res = H.curl({ url = "http://" .. ep.endpoint .. "/ping",
-                headers = { ["X-EXECD-ACCESS-TOKEN"] = ep.headers["X-EXECD-ACCESS-TOKEN"] }, timeout = 2 })
-            if res and res.status == 200 then
-                return true
-            end
-            H.sleep(0.1)
-        end
-        return false
-    end
 
     it("names the volume after the agent's files: a restarted server finds it and does not refill it", function()
         local first = H.start({ config = { docker = { agent_delivery = "volume" } } })
