@@ -99,13 +99,15 @@ return {
         -- share one Docker daemon: each then sees, adopts and removes only its own sandboxes.
         -- nil: every container labelled opensandbox.io/id belongs to this server.
         instance = nil,
-        -- How the agent gets into each sandbox: "archive" uploads the bundle into every container before it
-        -- starts (PUT /containers/{id}/archive; works with any daemon, costs an untar per sandbox, ~45 ms
-        -- here); "volume" fills one read-only Docker volume per agent version and mounts it at
-        -- /opt/opensandbox in every sandbox (no upload per sandbox). That volume is named after the agent's
-        -- files, checked on every create (made again if it was pruned or replaced), and volumes of earlier
-        -- agents that no container uses (and over an hour old) are removed.
-        agent_delivery = "archive",
+        -- How the agent gets into each sandbox (API.md §8.4): "volume" (the default) fills one read-only
+        -- Docker volume per agent version, only from the server's own files (created with NoCopy, filled
+        -- through an image imported from those files, never from a user's image), and mounts it at
+        -- /opt/opensandbox in every sandbox: nothing is uploaded per sandbox. The volume is named after the
+        -- agent's files, checked on every create (made again if it was pruned or replaced), and volumes of
+        -- earlier agents that no container uses (and over an hour old) are removed. "archive" uploads the
+        -- files into every container before it starts (PUT /containers/{id}/archive; Docker < 23 re-executes
+        -- itself for each upload, ~45 ms here). runtime.execd_image always uses "archive".
+        agent_delivery = "volume",
     },
 
     store = {

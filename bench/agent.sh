@@ -8,7 +8,7 @@ work=$(mktemp -d /tmp/osb-bench-agent.XXXXXX)
 conf=$root/build/conformance
 if [ ! -d "$conf/node_modules/@alibaba-group/opensandbox" ]; then
     mkdir -p "$conf"
-    cp "${SHARED_DIR:-$root/../shared}/conformance/package.json" "$conf/"
+    cp "$root/tests/conformance/package.json" "$conf/"
     (cd "$conf" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 cp "$root/bench/agent.mjs" "$conf/bench-agent.mjs"

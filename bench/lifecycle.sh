@@ -26,16 +26,16 @@ pids+=($!)
 cat >"$work/config.lua" <<CFG
 return { server = { port = $PORT, api_key = "$KEY", log_level = "INFO" },
          store = { path = "$work/state/db.sqlite" },
-         docker = { instance = "bench-$$", agent_delivery = "${AGENT_DELIVERY:-archive}" } }
+         docker = { instance = "bench-$$", agent_delivery = "${AGENT_DELIVERY:-volume}" } }
 CFG
 "$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" &
 spid=$!
 pids+=($spid)
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
-echo "agent_delivery=${AGENT_DELIVERY:-archive}. Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest"
+echo "agent_delivery=${AGENT_DELIVERY:-volume}. Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest"
 # in archive mode, the bundle the server uploads, for raw Docker to upload too (API.md 8.4 layout)
 bundle=
-if [ "${AGENT_DELIVERY:-archive}" = archive ] && [ -x "$root/build/execd/opensandbox-execd" ]; then
+if [ "${AGENT_DELIVERY:-volume}" = archive ] && [ -x "$root/build/execd/opensandbox-execd" ]; then
     mkdir -p "$work/bundle/opt/opensandbox"
     install -m 0755 "$root/build/execd/opensandbox-execd" "$work/bundle/opt/opensandbox/execd"
     install -m 0755 "$root/execd/bootstrap.sh" "$work/bundle/opt/opensandbox/bootstrap.sh"

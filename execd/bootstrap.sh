@@ -1,8 +1,9 @@
 #!/bin/sh
 # bootstrap.sh: the sandbox container's entrypoint (API.md 8.4). POSIX sh, no bash needed.
 #
-# Starts the agent in the background with its output appended to /tmp/execd.log, then replaces
-# this shell with the user's entrypoint ("$@"), so the user's process is the container's main
+# Starts the agent in the background with its output appended to /tmp/execd.log, removes the
+# agent's token (EXECD_ACCESS_TOKEN) from this shell's environment, so that the user's process never
+# sees it, then replaces this shell with the user's entrypoint ("$@"), so the user's process is the container's main
 # process: it receives SIGTERM from `docker stop` directly, and its exit status becomes the
 # container's exit code. The agent is an orphaned child of that process and is killed with the
 # container.
@@ -13,6 +14,7 @@ if [ -x "$EXECD" ]; then
 else
     echo "bootstrap: $EXECD not found or not executable" >>/tmp/execd.log
 fi
+unset EXECD_ACCESS_TOKEN
 
 if [ "$#" -eq 0 ]; then
     # no entrypoint given: keep the container alive, and exit promptly on SIGTERM

@@ -3,8 +3,9 @@
 -- 1. Command line: --config PATH, --check-config (validate and exit 0/1), --reload (SIGHUP the running
 --    server found through its pid file), --version.
 -- 2. Configuration (lua/config), log level, auth guard (exit 2).
--- 3. Store (SQLite), Docker adapter, lifecycle service; connect to Docker and reconcile before serving
---    (if Docker is unreachable the server starts anyway and reconnects in the background).
+-- 3. Store (SQLite), the runtime adapter named by runtime.type (lua/runtimes), lifecycle service; connect
+--    to the runtime and reconcile before serving (if it is unreachable the server starts anyway and
+--    reconnects in the background).
 -- 4. HTTP: the API handler (lua/api) on server.host:server.port.
 -- 5. Signals: TERM/INT drain (in the core); HUP is handed to the hook reloader when there is one.
 local core = require("core")
@@ -93,20 +94,11 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
 
     -- runtime and service
     client.configure({ max_host_connections = 16 })
-    local runtime = require("runtimes.docker").new({
+    local runtime = require("runtimes").new(cfg, {
         client = client,
-        host = cfg.docker.host,
-        api_timeout = cfg.docker.api_timeout,
         log = log,
-        config = cfg.docker,
-    })
-    local agent = require("sandbox.agent").new({
-        root = core.paths.root,
-        exe = core.paths.exe,
-        log = log,
-        runtime = runtime,
-        execd_image = cfg.runtime.execd_image,
-        uuid = uuid,
+        agent_files = require("runtimes.agent_files").new({ root = core.paths.root, exe = core.paths.exe, log = log }),
+        core = { free_tcp_port = core.free_tcp_port, uuid = uuid, now_s = core.now },
     })
     local service, hooks_obj
     if cfg.hooks.dir ~= false then
@@ -135,14 +127,7 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
         store = store,
         log = log,
         config = cfg,
-        docker_host = cfg.docker.host,
         failure_ttl = cfg.server.pending_failure_ttl,
-        agent_archive = function(platform)
-            return agent:archive(platform)
-        end,
-        agent_volume = (cfg.docker.agent_delivery == "volume" and not cfg.runtime.execd_image) and function(image)
-            return agent:volume(image)
-        end or nil,
         core = {
             now_us = function()
                 return math.floor(core.now() * 1e6)
@@ -150,7 +135,6 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
             spawn = spawn,
             timer = timer,
             uuid = uuid,
-            free_tcp_port = core.free_tcp_port,
         },
     })
     local n, lerr = service:load()
@@ -160,8 +144,8 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
     log.info("store loaded", { path = cfg.store.path, sandboxes = n })
     local cok, cerr = service:connect(true)
     if not cok then
-        log.error("Docker is unreachable; serving anyway and retrying", {
-            docker_host = cfg.docker.host,
+        log.error("the runtime is unreachable; serving anyway and retrying", {
+            runtime = runtime.name,
             error = tostring(cerr and cerr.message or cerr),
         })
     end

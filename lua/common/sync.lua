@@ -86,10 +86,6 @@ function Event:set(...)
     end
 end
 
-function Event:is_set()
-    return self.done
-end
-
 function Event:wait(timeout)
     if self.done then
         return table.unpack(self.values, 1, self.values.n)

@@ -59,7 +59,7 @@ M.sections = {
         instance = { type = "string" },
         -- how the agent gets into sandboxes: "archive" (uploaded into each container before it starts) or
         -- "volume" (one read-only volume with the bundle, mounted by every sandbox)
-        agent_delivery = { type = "enum", values = { "archive", "volume" }, default = "archive" },
+        agent_delivery = { type = "enum", values = { "archive", "volume" }, default = "volume" },
     },
     store = {
         path = { type = "string", default = "~/.opensandbox/opensandbox.db" },

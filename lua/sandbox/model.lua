@@ -4,7 +4,10 @@
 -- memory. Times are integers of microseconds since the Unix epoch (UTC).
 --
 --   id              string   lowercase UUIDv4
---   container_id    string?  Docker container id (nil until created; nil for failed provisioning)
+--   handle          string?  the runtime's id of what it made for the sandbox (nil until provisioned; nil for
+--                   failed provisioning). Opaque to the service (Docker: the container id)
+--   place           table?   the runtime's description of where the sandbox is; only the adapter reads it
+--                   (through address()); the store keeps it as JSON
 --   created_us      integer  when the create was accepted (createdAt)
 --   expires_us      integer? current expiry (expiresAt); nil = manual cleanup
 --   image_uri       string   image.uri as requested (trimmed); image.auth is never in a record
@@ -14,9 +17,6 @@
 --   extensions      {k=v}    create extensions (stored, mostly ignored)
 --   state, reason, message   the status (§3.2)
 --   transition_us   integer  lastTransitionAt: set when state changes, and only then
---   agent_port      integer? execd port inside the sandbox (44772 in bridge mode)
---   host_ports      {["44772"]=p, ["8080"]=p}?  published host ports (bridge mode), integers
---   container_ip    string?  the sandbox's IP on its network (bridge mode)
 --   access_token    string?  X-EXECD-ACCESS-TOKEN of the sandbox's agent (never logged)
 --   failed_us       integer? failedAt of a failed-provisioning record
 --   principal       any JSON value?  who created it (for hooks); opaque here (numbers in it come back from
@@ -24,7 +24,7 @@
 --
 -- env is never part of a record (it is used once, for the container create).
 local json = require("common.json")
-local timefmt = require("sandbox.timefmt")
+local timefmt = require("common.timefmt")
 
 local M = {}
 
@@ -104,6 +104,24 @@ function M.new_record(id, spec, now_us)
     }
     M.apply_status(rec, M.status(M.STATE.PENDING, M.REASON.CONTAINER_STARTING, M.MESSAGE.STARTING, now_us))
     return rec
+end
+
+--- Whether two plain values (strings, numbers, booleans, tables of them) are equal, tables by content.
+function M.same_value(a, b)
+    if type(a) ~= "table" or type(b) ~= "table" then
+        return a == b
+    end
+    for k, v in pairs(a) do
+        if not M.same_value(v, b[k]) then
+            return false
+        end
+    end
+    for k in pairs(b) do
+        if a[k] == nil then
+            return false
+        end
+    end
+    return true
 end
 
 --- True for a failed-provisioning record (Failed/PROVISIONING_ERROR; it has no container).

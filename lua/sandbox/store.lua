@@ -25,12 +25,13 @@ local M = {}
 local Store = {}
 Store.__index = Store
 
-local SCHEMA_VERSION = 1
+local SCHEMA_VERSION = 2
 
 -- Record fields and their column kinds: "text", "int" (exact 64-bit) or "json" (any JSON value).
 local COLUMNS = {
     { "id", "text" },
-    { "container_id", "text" },
+    { "handle", "text" },
+    { "place", "json" },
     { "created_us", "int" },
     { "expires_us", "int" },
     { "image_uri", "text" },
@@ -42,9 +43,6 @@ local COLUMNS = {
     { "reason", "text" },
     { "message", "text" },
     { "transition_us", "int" },
-    { "agent_port", "int" },
-    { "host_ports", "json" },
-    { "container_ip", "text" },
     { "access_token", "text" },
     { "failed_us", "int" },
     { "principal", "json" },
@@ -75,6 +73,20 @@ local MIGRATIONS = {
             principal     TEXT              -- JSON value
         )]],
         "CREATE INDEX sandboxes_by_created ON sandboxes (created_us DESC, id)",
+    },
+    -- 2: the runtime-neutral record (lua/runtimes/README.md): the container id becomes the adapter's
+    -- `handle`, and the Docker-only columns become the adapter's `place` (Docker's shape: ip, ports,
+    -- agent_port), which the service stores without reading it.
+    {
+        "ALTER TABLE sandboxes ADD COLUMN handle TEXT",
+        "ALTER TABLE sandboxes ADD COLUMN place TEXT",
+        [[UPDATE sandboxes SET handle = container_id,
+            place = CASE WHEN container_id IS NULL THEN NULL ELSE json_object(
+                'ip', container_ip, 'agent_port', agent_port, 'ports', json(COALESCE(host_ports, '{}'))) END]],
+        "ALTER TABLE sandboxes DROP COLUMN container_id",
+        "ALTER TABLE sandboxes DROP COLUMN agent_port",
+        "ALTER TABLE sandboxes DROP COLUMN host_ports",
+        "ALTER TABLE sandboxes DROP COLUMN container_ip",
     },
 }
 
@@ -204,6 +216,23 @@ local function decode_json(s)
     return v
 end
 
+-- a decoded JSON value with every whole float made an integer and JSON nulls dropped (for `place`)
+local function integers(v)
+    if type(v) == "number" then
+        return math.tointeger(v) or v
+    end
+    if type(v) ~= "table" then
+        return v
+    end
+    local out = {}
+    for k, x in pairs(v) do
+        if x ~= json.null then
+            out[k] = integers(x)
+        end
+    end
+    return out
+end
+
 local function to_record(row)
     local rec = {}
     for _, c in ipairs(COLUMNS) do
@@ -220,10 +249,8 @@ local function to_record(row)
     rec.metadata = rec.metadata or {}
     rec.extensions = rec.extensions or {}
     rec.entrypoint = rec.entrypoint or {}
-    if rec.host_ports then -- JSON numbers decode as floats
-        for k, p in pairs(rec.host_ports) do
-            rec.host_ports[k] = math.tointeger(p) or p
-        end
+    if type(rec.place) == "table" then -- JSON numbers decode as floats; whole ones become integers again
+        rec.place = integers(rec.place)
     end
     return rec
 end

@@ -9,7 +9,7 @@
 -- object is expected (and rejected where a non-empty array is required).
 local errors = require("common.errors")
 local json = require("common.json")
-local timefmt = require("sandbox.timefmt")
+local timefmt = require("common.timefmt")
 
 local M = {}
 

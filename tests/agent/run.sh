@@ -1,25 +1,19 @@
 #!/bin/bash
 # Runs the SDK-driven agent integration specs (tests/agent/*.test.mjs, node:test) against a real server
-# started here, on the real Docker daemon, like tests/conformance/run.sh does for the shared scripts.
+# started here, on the real Docker daemon, like tests/conformance/run.sh does for the conformance scripts.
 #   tests/agent/run.sh [node --test args...]
-# Env: OPENSANDBOX_BIN (server binary), SHARED_DIR (default <repo>/../shared, for the SDK's package.json),
-# SANDBOX_IMAGE (default local/busybox:latest). The SDK is installed into build/conformance once.
+# Env: OPENSANDBOX_BIN (server binary), SANDBOX_IMAGE (default local/busybox:latest). The SDK (pinned in
+# tests/conformance/package.json) is installed into build/conformance once.
 # On exit, every sandbox the server still lists is deleted before the server is stopped.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-shared=${SHARED_DIR:-$root/../shared}
 bin=${OPENSANDBOX_BIN:-$root/build/opensandbox-server}
 work=$root/build/conformance
 sdk=$work/node_modules/@alibaba-group/opensandbox/dist/index.js
 
 if [ ! -f "$sdk" ]; then
     mkdir -p "$work"
-    if [ -f "$shared/conformance/package.json" ]; then
-        cp "$shared/conformance/package.json" "$work/"
-    elif [ ! -f "$work/package.json" ]; then
-        printf '{"private":true,"type":"module","dependencies":{"@alibaba-group/opensandbox":"0.1.11"}}\n' \
-            >"$work/package.json"
-    fi
+    cp "$root/tests/conformance/package.json" "$work/"
     (cd "$work" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 

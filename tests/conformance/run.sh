@@ -1,19 +1,15 @@
 #!/bin/bash
-# Runs the official OpenSandbox JS SDK conformance scripts (../shared/conformance, read-only: copied to
-# build/conformance first) against a real server started here, on a real Docker daemon.
+# Runs the SDK conformance scripts of this folder (the official OpenSandbox JS SDK, pinned in package.json,
+# driving the server; copied to build/conformance, where npm installs the SDK) against a real server started
+# here, on a real Docker daemon.
 #   tests/conformance/run.sh lifecycle-smoke.mjs [execd-smoke.mjs ...]
-# Env: OPENSANDBOX_BIN (server binary), SHARED_DIR (default <repo>/../shared), SANDBOX_IMAGE.
+# Env: OPENSANDBOX_BIN (server binary), SANDBOX_IMAGE.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-shared=${SHARED_DIR:-$root/../shared}
 bin=${OPENSANDBOX_BIN:-$root/build/opensandbox-server}
 work=$root/build/conformance
-if [ ! -d "$shared/conformance" ]; then
-    echo "conformance: $shared/conformance not found (set SHARED_DIR)" >&2
-    exit 1
-fi
 mkdir -p "$work"
-cp "$shared"/conformance/*.mjs "$shared"/conformance/package.json "$work"/
+cp "$root"/tests/conformance/*.mjs "$root"/tests/conformance/package.json "$work"/
 if [ ! -d "$work/node_modules/@alibaba-group/opensandbox" ]; then
     (cd "$work" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi

@@ -1,874 +1,423 @@
--- The Docker runtime adapter: the only module that speaks the Docker Engine API (API.md §6, §7.1, §8).
+-- The Docker runtime: the runtime contract of lua/runtimes/README.md on the Docker Engine API.
 --
--- It turns the lifecycle service's calls (ensure_image, create_container, put_archive, start, pause,
--- unpause, remove, inspect, list, events) into Engine API requests under the /v1.41 prefix, sent through a
--- `core.client`-like object (`client.request(opts)`, which yields the calling task). It knows nothing of
--- HTTP handlers, the store or hooks. The pure mapping (labels, create body, inspect normalisation, status)
--- lives in runtimes.docker.mapping; the contract is documented in lua/runtimes/README.md.
---
--- Every method may yield. Operational failures return `nil, err` with
---   err = { kind = "unavailable"|"not_found"|"conflict"|"api", status = <Docker HTTP status>|nil,
---           message = <Docker's message, or the transport reason> }
--- Programmer errors (a missing argument, a bad DOCKER_HOST given to new) raise.
-local json = require("common.json")
-local imageref = require("runtimes.docker.imageref")
-local registry_auth = require("runtimes.docker.registry_auth")
-local lines = require("runtimes.docker.lines")
+-- A sandbox is one container named `sandbox-{id}` (or the name a hook chose), with its identity in labels
+-- (API.md §8.3, runtimes.docker.mapping), the agent delivered by runtimes.docker.agent and the requests sent
+-- by runtimes.docker.engine. The service sees only the contract's words: a `handle` (the container id), a
+-- `place` (where the sandbox can be reached: `{ ip, ports = {["44772"]=p, ["8080"]=p}, agent_port }`, which
+-- only this file reads), statuses and changes. Docker's event vocabulary (start, die, oom, pause, destroy)
+-- and its labels never leave this module.
+local engine_mod = require("runtimes.docker.engine")
 local mapping = require("runtimes.docker.mapping")
-local timefmt = require("runtimes.docker.timefmt")
+local agent_mod = require("runtimes.docker.agent")
+local rterrors = require("runtimes.errors")
+local json = require("common.json")
+local timefmt = require("common.timefmt")
 
 local M = {}
 
-M.API_VERSION = "1.41"
-M.DEFAULT_HOST = "unix:///var/run/docker.sock"
-M.DEFAULT_API_TIMEOUT = 180
--- how often a caller waiting for another caller's identical pull checks whether it has finished
-M.PULL_WAIT_STEP = 0.1
+M.AGENT_PORT = mapping.AGENT_PORT
+M.HTTP_PORT = mapping.HTTP_PORT
 
-M.imageref = imageref
-M.registry_auth = registry_auth
-M.mapping = mapping
-M.labels_for = mapping.labels_for
-M.status_of = mapping.status_of
+local Docker = {}
+Docker.__index = Docker
 
-local Adapter = {}
-Adapter.__index = Adapter
-
-------------------------------------------------------------------------------------------------------------
--- errors
-
-local err_mt = {
-    __tostring = function(e)
-        if e.status then
-            return string.format("%s (HTTP %d): %s", e.kind, e.status, e.message)
-        end
-        return string.format("%s: %s", e.kind, e.message)
-    end,
-}
-
---- A new adapter error `{kind, status, message}`.
-function M.error(kind, status, message)
-    return setmetatable({ kind = kind, status = status, message = message }, err_mt)
-end
-
-local function transport_error(err)
-    local reason
-    if type(err) == "table" then
-        reason = err.message or err.kind
-        if err.kind == "timeout" and reason and not reason:lower():find("time") then
-            reason = "timeout: " .. reason
-        end
-    end
-    return M.error("unavailable", nil, tostring(reason or err or "request failed"))
-end
-
-local function docker_message(body, status)
-    if type(body) == "string" and body ~= "" then
-        local doc = json.decode(body)
-        if type(doc) == "table" and type(doc.message) == "string" then
-            return doc.message
-        end
-        local text = body:gsub("^%s+", ""):gsub("%s+$", "")
-        if text ~= "" then
-            return text:sub(1, 1024)
-        end
-    end
-    return "Docker answered HTTP " .. tostring(status)
-end
-
-local function http_error(res)
-    local kind = "api"
-    if res.status == 404 then
-        kind = "not_found"
-    elseif res.status == 409 then
-        kind = "conflict"
-    end
-    return M.error(kind, res.status, docker_message(res.body, res.status))
-end
-
-------------------------------------------------------------------------------------------------------------
--- construction
-
---- Parses a DOCKER_HOST value: `unix:///path` or `tcp://host:port` (TLS is not supported, §8.1).
---- Returns `{ unix_socket = path|nil, base = "http://..." }` or nil and a message.
-function M.parse_host(host)
-    if type(host) ~= "string" or host == "" then
-        return nil, "DOCKER_HOST is empty"
-    end
-    local path = host:match("^unix://(/.+)$")
-    if path then
-        return { unix_socket = path, base = "http://docker" }
-    end
-    local hostport = host:match("^tcp://([^/]+)/?$")
-    if hostport then
-        if not hostport:find(":%d+$") then
-            return nil, "DOCKER_HOST '" .. host .. "' has no port"
-        end
-        return { base = "http://" .. hostport }
-    end
-    return nil, "unsupported DOCKER_HOST '" .. host .. "' (use unix:///path or tcp://host:port)"
-end
-
---- A new adapter. `opts`: client (required), host, api_timeout, log, config (the `docker` section), and
---- for waiting on a shared pull either `new_event` (a function returning an object with `set(...)` and
---- `wait()`, like common.sync.event) or `sleep` (function(sec) that yields, for polling). With neither,
---- common.sync.event is used when it loads, else polling with core.timer.sleep.
-function M.new(opts)
-    assert(type(opts) == "table", "docker.new: options table required")
-    assert(opts.client and opts.client.request, "docker.new: opts.client with request() required")
-    local host = opts.host or M.DEFAULT_HOST
-    local target, perr = M.parse_host(host)
-    if not target then
-        error("docker.new: " .. perr, 2)
-    end
+--- A new Docker runtime. `cfg` is the whole validated configuration (this reads `docker` and `runtime`);
+--- deps = { client = core.client-like (required), log, agent_files = runtimes.agent_files object,
+---          core = { free_tcp_port = fn(host) -> port | nil, err, uuid = core.uuid-like, now_s = fn } (optional),
+---          engine = an engine to use instead of a new one (tests) }
+function M.new(cfg, deps)
+    local dcfg = cfg.docker or {}
+    local engine = deps.engine or engine_mod.new({
+        client = deps.client,
+        host = dcfg.host,
+        api_timeout = dcfg.api_timeout,
+        log = deps.log,
+        config = dcfg,
+    })
+    local core = deps.core or {}
     local self = setmetatable({
-        client = opts.client,
-        host = host,
-        unix_socket = target.unix_socket,
-        base = target.base,
-        api_timeout = opts.api_timeout or M.DEFAULT_API_TIMEOUT,
-        log = opts.log,
-        config = opts.config or {},
-        sleep = opts.sleep,
-        new_event = opts.new_event,
-        pulls = {}, -- pull key -> { done = bool, ok = true|nil, err = err|nil }
-        -- images seen present (uri + platform -> true): provisioning skips the inspection for them; a create
-        -- that then finds the image gone is told by image_missing() and the caller pulls and retries
-        present = {},
-        npresent = 0,
-    }, Adapter)
+        name = "docker",
+        engine = engine,
+        config = dcfg,
+        log = deps.log,
+        core = core,
+        host_mode = mapping.is_host_network(mapping.config_value(dcfg, "network_mode")),
+        delivery = dcfg.agent_delivery or "volume",
+        agent_ports = {}, -- agent port -> sandbox id (host mode: each sandbox has its own)
+        oom_seen = {}, -- container id -> true between an "oom" and its "die"
+        last_event_s = nil, -- the watch resumes from here
+    }, Docker)
+    self.agent = agent_mod.new({
+        files = deps.agent_files,
+        engine = engine,
+        log = deps.log,
+        execd_image = cfg.runtime and cfg.runtime.execd_image,
+        uuid = core.uuid,
+        now_s = core.now_s,
+    })
     return self
 end
 
--- the pure functions, also reachable from an adapter (a.labels_for(rec) with a dot; a:status_of(ins))
-Adapter.labels_for = mapping.labels_for
+------------------------------------------------------------------------------------------------------------
+-- connection
 
-function Adapter.status_of(_, ins)
-    return mapping.status_of(ins)
+function Docker:unavailable(reason)
+    return "DOCKER::UNAVAILABLE", string.format("Docker daemon is unreachable at %s: %s", self.engine.host,
+        tostring(reason))
 end
 
-function Adapter:_debug(msg, fields)
-    if self.log then
-        self.log.debug(msg, fields)
+--- ping, version check, info. Returns { ncpu } or nil, err.
+function Docker:connect()
+    local e = self.engine
+    local ok, err = e:ping()
+    if ok then
+        ok, err = e:version()
     end
-end
-
-function Adapter:_warn(msg, fields)
-    if self.log then
-        self.log.warn(msg, fields)
+    local info
+    if ok then
+        info, err = e:info()
     end
-end
-
--- an event for a shared pull, or nil when waiters must poll
-function Adapter:_pull_event()
-    if self.new_event == nil then
-        self.new_event = false
-        if not self.sleep then
-            local ok, sync = pcall(require, "common.sync")
-            if ok and type(sync) == "table" and sync.event then
-                self.new_event = sync.event
-            end
-        end
+    if not info then
+        return nil, err
     end
-    return self.new_event and self.new_event() or nil
-end
-
-function Adapter:_sleep(sec)
-    local sleep = self.sleep
-    if not sleep then
-        sleep = require("core.timer").sleep
-        self.sleep = sleep
+    local oci = self.config.runtime
+    if oci and info.runtimes and not info.runtimes[oci] and self.log then
+        self.log.error("configured docker.runtime is not known to the daemon", { runtime = oci })
     end
-    sleep(sec)
+    return { ncpu = info.ncpu }
 end
 
 ------------------------------------------------------------------------------------------------------------
--- requests
+-- provisioning
 
-local function urlencode(s)
-    return (tostring(s):gsub("[^A-Za-z0-9%-._~]", function(c)
-        return string.format("%%%02X", c:byte())
-    end))
-end
-M.urlencode = urlencode
-
--- a path segment (container ids and names); `/` is escaped too
-local function seg(s)
-    assert(type(s) == "string" and s ~= "", "docker: id required")
-    return urlencode(s)
-end
-
---- Sends one request. `path` starts with `/` and carries its query; `opts.unversioned` skips the /v1.41
---- prefix. Returns the response or nil and an "unavailable" error.
-function Adapter:_request(method, path, opts)
-    opts = opts or {}
-    local prefix = opts.unversioned and "" or "/v" .. M.API_VERSION
-    local req = {
-        method = method,
-        url = self.base .. prefix .. path,
-        unix_socket = self.unix_socket,
-        headers = opts.headers,
-        body = opts.body,
-        timeout = opts.timeout or self.api_timeout,
-        idle_timeout = opts.idle_timeout,
-        on_data = opts.on_data,
-    }
-    local res, err = self.client.request(req)
-    if not res then
-        return nil, transport_error(err)
-    end
-    return res
-end
-
--- a request whose success is one of the `ok` statuses (a set); anything else is an error
-function Adapter:_expect(method, path, ok, opts)
-    local res, err = self:_request(method, path, opts)
-    if not res then
-        return nil, err
-    end
-    if not ok[res.status] then
-        return nil, http_error(res)
-    end
-    return res
-end
-
-local function decode_body(res)
-    local doc, derr = json.decode(res.body)
-    if doc == nil then
-        return nil, M.error("api", res.status, "invalid JSON from Docker: " .. tostring(derr))
-    end
-    return doc
-end
-
-local OK200 = { [200] = true }
-local OK204 = { [204] = true, [200] = true }
-
-------------------------------------------------------------------------------------------------------------
--- daemon
-
---- GET /_ping -> true.
-function Adapter:ping()
-    local res, err = self:_expect("GET", "/_ping", OK200, { unversioned = true })
-    if not res then
-        return nil, err
-    end
-    return true
-end
-
-local function version_number(v)
-    local major, minor = tostring(v or ""):match("^(%d+)%.(%d+)")
-    if not major then
+local function status(state, reason, message, at_us)
+    if not state then
         return nil
     end
-    return tonumber(major) * 1000 + tonumber(minor)
+    return { state = state, reason = reason, message = message, at_us = at_us }
 end
 
---- GET /version (unversioned, so that it works on any daemon) ->
---- `{ version, api_version, min_api_version, os, arch }`; fails when the daemon cannot serve API 1.41.
-function Adapter:version()
-    local res, err = self:_expect("GET", "/version", OK200, { unversioned = true })
-    if not res then
-        return nil, err
+local function place_of(info, agent_port)
+    return { ip = info.ip ~= "" and info.ip or nil, ports = info.host_ports or {}, agent_port = agent_port }
+end
+
+-- host mode: a port for the sandbox's agent, from the kernel (bind to 0), not used by another live sandbox
+function Docker:allocate_agent_port(id)
+    if not self.host_mode then
+        return M.AGENT_PORT
     end
-    local doc, derr = decode_body(res)
-    if not doc then
-        return nil, derr
+    for _ = 1, 20 do
+        local p, err = self.core.free_tcp_port("0.0.0.0")
+        if not p then
+            return nil, err
+        end
+        if not self.agent_ports[p] and p ~= M.HTTP_PORT and p ~= M.AGENT_PORT then
+            self.agent_ports[p] = id
+            return p
+        end
     end
-    local v = {
-        version = doc.Version,
-        api_version = doc.ApiVersion,
-        min_api_version = doc.MinAPIVersion,
-        os = doc.Os,
-        arch = doc.Arch,
+    return nil, "no free port found"
+end
+
+function Docker:release_agent_port(rec)
+    local p = rec.place and rec.place.agent_port
+    if p and self.agent_ports[p] == rec.id then
+        self.agent_ports[p] = nil
+    end
+end
+
+-- the provisioning error: `err`'s kind and status (when it is an adapter error), `message`, the step
+local function failure(step, message, err)
+    return nil, rterrors.at_step(step, err, message)
+end
+
+local function msg(err)
+    return tostring(type(err) == "table" and err.message or err)
+end
+
+--- Provisions the sandbox (API.md §6.1 steps 1-5): image, agent, container create, start, inspect. On a
+--- failure the half-created container is removed before the error returns.
+function Docker:provision(sandbox, spec)
+    local e = self.engine
+    -- how long each step took (milliseconds), for the service's log
+    local clock = self.core.now_s or os.time
+    local steps, last = {}, clock()
+    local function step(name)
+        local t = clock()
+        steps[name .. "_ms"] = math.floor((t - last) * 1e6) / 1000
+        last = t
+    end
+    local uri = spec.image.uri
+    local ok, err = e:ensure_image(uri, spec.image.auth, spec.platform)
+    step("image")
+    if not ok then
+        return failure("image", string.format("Failed to pull image '%s': %s", uri, msg(err)), err)
+    end
+    local port, perr = self:allocate_agent_port(sandbox.id)
+    if not port then
+        return failure("create", "Cannot allocate an agent port: " .. tostring(perr))
+    end
+    local function fail(step_name, message, cid, cause)
+        if cid then
+            local rok, rerr = e:remove(cid)
+            if not rok and self.log then
+                self.log.error("cannot remove half-created container",
+                    { sandbox_id = sandbox.id, container_id = cid, error = msg(rerr) })
+            end
+        end
+        self:release_agent_port({ id = sandbox.id, place = { agent_port = port } })
+        return failure(step_name, message, cause)
+    end
+    local cspec = {
+        id = sandbox.id,
+        name = sandbox.name,
+        image_uri = uri,
+        entrypoint = spec.entrypoint,
+        env = spec.env,
+        nano_cpus = spec.nano_cpus,
+        memory = spec.memory,
+        gpu = spec.gpu,
+        platform = spec.platform,
+        agent_port = port,
+        access_token = sandbox.access_token,
+        created_us = sandbox.created_us,
+        expires_us = sandbox.expires_us,
+        metadata = sandbox.metadata,
+        principal = sandbox.principal,
     }
-    local have, need = version_number(v.api_version), version_number(M.API_VERSION)
-    if not have or have < need then
-        return nil, M.error("api", nil, string.format(
-            "Docker API version %s is older than the required %s (Docker Engine >= 20.10)",
-            tostring(v.api_version), M.API_VERSION))
-    end
-    local min = version_number(v.min_api_version)
-    if min and min > need then
-        return nil, M.error("api", nil, string.format(
-            "Docker no longer serves API version %s (minimum %s)", M.API_VERSION, v.min_api_version))
-    end
-    return v
-end
-
---- GET /info -> `{ ncpu, mem_total, runtimes = {name=true}, default_runtime, server_version, os, name }`.
-function Adapter:info()
-    local res, err = self:_expect("GET", "/info", OK200)
-    if not res then
-        return nil, err
-    end
-    local doc, derr = decode_body(res)
-    if not doc then
-        return nil, derr
-    end
-    local runtimes = {}
-    if type(doc.Runtimes) == "table" then
-        for name in pairs(doc.Runtimes) do
-            runtimes[name] = true
+    if self.agent:uses_volume(self.delivery) then -- mount the shared agent volume, upload nothing
+        local vol, verr = self.agent:volume()
+        if not vol then
+            return fail("agent", tostring(verr), nil, verr)
         end
+        cspec.agent_volume = vol
+        step("agent_volume")
     end
-    return {
-        ncpu = math.tointeger(doc.NCPU),
-        mem_total = math.tointeger(doc.MemTotal),
-        runtimes = runtimes,
-        default_runtime = doc.DefaultRuntime,
-        server_version = doc.ServerVersion,
-        os = doc.OperatingSystem,
-        name = doc.Name,
-    }
-end
-
-------------------------------------------------------------------------------------------------------------
--- images
-
--- Follows one pull: POST /images/create, a stream of JSON lines. Any line with error/errorDetail is a
--- failure even under HTTP 200. Returns true or nil, err.
-function Adapter:_pull(ref, auth, uri, platform)
-    local from, tag = imageref.pull_params(ref)
-    local path = "/images/create?fromImage=" .. urlencode(from) .. "&tag=" .. urlencode(tag)
-    if platform then
-        path = path .. "&platform=" .. urlencode((platform.os or "linux") .. "/" .. platform.arch)
-    end
-    local headers
-    if auth then
-        headers = { ["X-Registry-Auth"] = registry_auth.header(auth, imageref.server_address(ref)) }
-    end
-    local failure
-    local raw, rawlen = {}, 0 -- the start of the body, for a non-200 error reply
-    local splitter = lines.new(function(line)
-        local doc = json.decode(line)
-        if type(doc) ~= "table" then
-            return
-        end
-        if doc.error ~= nil or doc.errorDetail ~= nil then
-            local detail = type(doc.errorDetail) == "table" and doc.errorDetail.message
-            failure = failure or tostring(detail or doc.error)
-        elseif doc.status then
-            self:_debug("docker image pull", {
-                image = uri,
-                status = tostring(doc.status),
-                layer = doc.id and tostring(doc.id) or nil,
-                progress = doc.progress and tostring(doc.progress) or nil,
-            })
-        end
+    local cid, failed
+    cid, err, failed = e:create_from_image(uri, spec.image.auth, spec.platform, function()
+        return e:create_container(cspec)
     end)
-    local res, err = self:_request("POST", path, {
-        headers = headers,
-        timeout = 0,
-        idle_timeout = self.api_timeout,
-        on_data = function(chunk)
-            if rawlen < 65536 then
-                raw[#raw + 1] = chunk
-                rawlen = rawlen + #chunk
-            end
-            splitter:feed(chunk)
-        end,
-    })
-    splitter:finish()
-    if failure then
-        return nil, M.error("api", res and res.status or nil, failure)
+    if failed == "pull" then -- the image had gone since it was seen, and pulling it again failed
+        return fail("image", string.format("Failed to pull image '%s': %s", uri, msg(err)), nil, err)
     end
-    if not res then
-        return nil, err
+    step("create")
+    if not cid then
+        return fail("create", "Failed to create container: " .. msg(err), nil, err)
     end
-    if res.status ~= 200 then
-        res.body = (res.body ~= nil and res.body ~= "") and res.body or table.concat(raw)
-        return nil, http_error(res)
-    end
-    return true
-end
-
---- Makes sure the image `uri` is present: GET /images/{uri}/json, and on 404 a pull (with
---- X-Registry-Auth only when `auth = {username, password}` is given; `platform = {os, arch}` optional).
---- Identical concurrent pulls are shared: a second caller waits for the first one's result, on an event
---- (common.sync.event or the injected `new_event`) or else by polling every PULL_WAIT_STEP seconds.
-local function present_key(uri, platform)
-    return uri .. "\0" .. (platform and (platform.arch or "") or "")
-end
-
-M.MAX_PRESENT = 1024
-
-function Adapter:_seen_present(uri, platform)
-    if self.npresent >= M.MAX_PRESENT then
-        self.present, self.npresent = {}, 0
-    end
-    local key = present_key(uri, platform)
-    if not self.present[key] then
-        self.present[key], self.npresent = true, self.npresent + 1
-    end
-end
-
---- Forgets that an image was seen present (its next ensure_image inspects, and pulls when absent).
-function Adapter:forget_image(uri, platform)
-    local key = present_key(uri, platform)
-    if self.present[key] then
-        self.present[key], self.npresent = nil, self.npresent - 1
-    end
-end
-
---- Whether an error from create_container says that the image does not exist (removed since it was seen).
-function Adapter.image_missing(_, err)
-    return type(err) == "table" and err.status == 404 and type(err.message) == "string"
-        and err.message:lower():find("no such image", 1, true) ~= nil
-end
-
---- Runs `create()` (a create of a container of image `uri`, returning id or nil, err). When it fails
---- because the image has gone since it was seen present, pulls the image and runs `create()` once more.
---- Returns create's results, or nil, err, "pull" when that pull failed.
-function Adapter:create_from_image(uri, auth, platform, create)
-    local cid, err = create()
-    if cid or not self:image_missing(err) then
-        return cid, err
-    end
-    self:_debug("image gone since it was last seen; pulling", { image = uri })
-    self:forget_image(uri, platform)
-    local ok, perr = self:ensure_image(uri, auth, platform)
-    if not ok then
-        return nil, perr, "pull"
-    end
-    return create()
-end
-
-function Adapter:ensure_image(uri, auth, platform)
-    local ref, perr = imageref.parse(uri)
-    if not ref then
-        return nil, M.error("api", nil, perr)
-    end
-    if self.present[present_key(uri, platform)] then
-        return true
-    end
-    local res, err = self:_request("GET", "/images/" .. uri .. "/json")
-    if not res then
-        return nil, err
-    end
-    if res.status == 200 then
-        self:_seen_present(uri, platform)
-        return true
-    end
-    if res.status ~= 404 then
-        return nil, http_error(res)
-    end
-    local key = imageref.pull_key(ref) .. "\0" .. (platform and (platform.arch or "") or "")
-        .. "\0" .. (auth and (auth.username .. "\0" .. auth.password) or "")
-    local shared = self.pulls[key]
-    if shared then
-        self:_debug("docker image pull: waiting for an identical pull", { image = uri })
-        if shared.event then
-            shared.event:wait()
+    if not cspec.agent_volume then
+        local tar, terr = self.agent:archive(spec.platform)
+        if not tar then
+            return fail("agent", tostring(terr), cid, terr)
         end
-        while not shared.done do
-            self:_sleep(M.PULL_WAIT_STEP)
+        ok, err = e:put_archive(cid, tar)
+        if not ok then
+            return fail("agent", "Failed to upload the agent: " .. msg(err), cid, err)
         end
-        return shared.ok, shared.err
+        step("upload")
     end
-    shared = { done = false, event = self:_pull_event() }
-    self.pulls[key] = shared
-    local ok, a, b = pcall(self._pull, self, ref, auth, uri, platform)
+    ok, err = e:start(cid)
+    step("start")
     if not ok then
-        a, b = nil, M.error("api", nil, "image pull raised: " .. tostring(a))
+        return fail("start", "Failed to start container: " .. msg(err), cid, err)
     end
-    shared.ok, shared.err, shared.done = a, b, true
-    self.pulls[key] = nil
-    if ok and a then
-        self:_seen_present(uri, platform)
+    local info
+    info, err = e:inspect(cid)
+    if not info then
+        return fail("start", "Failed to inspect container: " .. msg(err), cid, err)
     end
-    if shared.event then
-        shared.event:set(a, b)
+    step("inspect")
+    local st = status(mapping.status_of(info))
+    if not st or st.state == "Pending" then -- started a moment ago: Docker may not say so yet
+        st = status("Running", "CONTAINER_RUNNING", mapping.MESSAGES.CONTAINER_RUNNING, nil)
     end
-    if not ok then
-        error(b.message, 0)
-    end
-    return a, b
+    return { handle = cid, place = place_of(info, port), status = st, steps = steps }
 end
 
 ------------------------------------------------------------------------------------------------------------
--- containers
+-- operations on a provisioned sandbox (rec.handle is the container id)
 
---- POST /containers/create?name=sandbox-{id}[&platform=linux/{arch}] with the §8.2 body -> container id.
-function Adapter:create_container(spec)
-    assert(type(spec) == "table" and type(spec.id) == "string", "create_container: spec.id required")
-    local body = mapping.create_body(spec, self.config)
-    local path = "/containers/create?name=" .. urlencode(spec.name or ("sandbox-" .. spec.id))
-    if spec.platform then
-        path = path .. "&platform=" .. urlencode((spec.platform.os or "linux") .. "/" .. spec.platform.arch)
-    end
-    local res, err = self:_expect("POST", path, { [201] = true, [200] = true }, {
-        headers = { ["Content-Type"] = "application/json" },
-        body = body,
-    })
-    if not res then
-        return nil, err
-    end
-    local doc, derr = decode_body(res)
-    if not doc then
-        return nil, derr
-    end
-    if type(doc.Warnings) == "table" and #doc.Warnings > 0 then
-        self:_warn("docker create warnings", { sandbox_id = spec.id, warnings = table.concat(doc.Warnings, "; ") })
-    end
-    if type(doc.Id) ~= "string" then
-        return nil, M.error("api", res.status, "Docker returned no container id")
-    end
-    return doc.Id
+function Docker:pause(rec)
+    return self.engine:pause(rec.handle)
 end
 
---- PUT /containers/{cid}/archive?path=/ with a tar archive (application/x-tar).
-function Adapter:put_archive(cid, tar_bytes)
-    local res, err = self:_expect("PUT", "/containers/" .. seg(cid) .. "/archive?path=/", OK204, {
-        headers = { ["Content-Type"] = "application/x-tar" },
-        body = tar_bytes,
-    })
-    if not res then
-        return nil, err
-    end
-    return true
+function Docker:resume(rec)
+    return self.engine:unpause(rec.handle)
 end
 
---- GET /containers/{cid}/archive?path= -> the tar bytes Docker returns for that path (a file comes back as
---- a one-entry archive named after its basename).
-function Adapter:get_archive(cid, path)
-    local res, err = self:_expect("GET", "/containers/" .. seg(cid) .. "/archive?path=" .. urlencode(path), OK200)
-    if not res then
-        return nil, err
+--- Removes the container (a paused one is unpaused and removed, §6.3); gone already counts as removed.
+function Docker:remove(rec)
+    local ok, err = self.engine:remove(rec.handle)
+    if ok then
+        self:release_agent_port(rec)
     end
-    return res.body
+    return ok, err
 end
 
---- The state of the named volume: "ours" (it carries every one of `labels`), "missing", or "foreign" (a
---- volume of that name without them: Docker creates an empty, unlabelled one by itself when a container is
---- created with a volume that does not exist). Returns the state, or nil, err.
-function Adapter:volume_state(name, labels)
-    local res, err = self:_request("GET", "/volumes/" .. seg(name))
-    if not res then
-        return nil, err
+------------------------------------------------------------------------------------------------------------
+-- what exists
+
+-- The sandbox identity written into the labels (§8.3), read back; nil when the labels are not adoptable
+-- (no valid id, created-at, and expires-at or manual-cleanup=true).
+local function identity_of(labels, info)
+    local id = labels[mapping.LABEL_ID]
+    local created = labels["opensandbox.io/created-at"] and timefmt.parse(labels["opensandbox.io/created-at"])
+    local expires = labels["opensandbox.io/expires-at"] and timefmt.parse(labels["opensandbox.io/expires-at"])
+    local manual = labels["opensandbox.io/manual-cleanup"] == "true"
+    if not id or not created or not (expires or manual) then
+        return nil
     end
-    if res.status == 404 then
-        return "missing"
+    local md = labels["opensandbox.io/metadata"] and json.decode(labels["opensandbox.io/metadata"])
+    local s = {
+        id = id,
+        created_us = created,
+        expires_us = (not manual) and expires or nil,
+        image_uri = info.image or "",
+        entrypoint = info.cmd or {},
+        metadata = type(md) == "table" and md or {},
+        principal = labels["opensandbox.io/principal"],
+        access_token = info.access_token,
+    }
+    if labels["opensandbox.io/platform-os"] then
+        s.platform = { os = labels["opensandbox.io/platform-os"], arch = labels["opensandbox.io/platform-arch"] }
     end
-    if res.status ~= 200 then
-        return nil, http_error(res)
-    end
-    local doc = decode_body(res)
-    local have = type(doc) == "table" and type(doc.Labels) == "table" and doc.Labels or {}
-    for k, v in pairs(labels or {}) do
-        if have[k] ~= v then
-            return "foreign"
-        end
-    end
-    return "ours"
+    return s
 end
 
---- Makes sure the named volume exists and holds `tar_bytes` (extracted at /, so the archive's
---- opt/opensandbox/... lands in the volume mounted at /opt/opensandbox). A new volume is created with
---- `labels` and filled through a created, never started, container of `image` named `{name}-fill` that
---- mounts it; that container is removed after the fill, so one left behind means the server stopped during
---- a fill. Volumes are named after their content, so a complete one is never refilled. A volume of that
---- name that is not complete (without `labels`: Docker made it, empty; or with a `{name}-fill` container
---- left) is removed and made again. Returns true, or nil, err.
-function Adapter:ensure_volume(name, tar_bytes, image, labels)
-    local state, err = self:volume_state(name, labels)
-    if not state then
+--- Every sandbox container (of this server's instance, when docker.instance is set), inspected:
+--- `{ id, handle, place, status, sandbox = identity | nil }`. A container removed between the list and its
+--- inspection is left out; one whose inspection failed otherwise is listed with status and place nil.
+function Docker:list()
+    local e = self.engine
+    local containers, err = e:list()
+    if not containers then
         return nil, err
-    end
-    local fill_name = name .. "-fill"
-    local res
-    if state == "ours" then
-        res, err = self:_request("GET", "/containers/" .. seg(fill_name) .. "/json")
-        if not res then
-            return nil, err
-        end
-        if res.status == 404 then
-            return true
-        end
-        if res.status ~= 200 then
-            return nil, http_error(res)
-        end
-    end
-    if state ~= "missing" then
-        self:remove(fill_name)
-        res, err = self:_request("DELETE", "/volumes/" .. seg(name))
-        if not res then
-            return nil, err
-        end
-        if res.status ~= 204 and res.status ~= 404 then
-            return nil, M.error(res.status == 409 and "conflict" or "api", res.status, string.format(
-                "volume %s is incomplete and cannot be replaced: %s", name, docker_message(res.body, res.status)))
-        end
-        self:_warn("agent volume was incomplete; making it again", { volume = name, found = state })
-    end
-    res, err = self:_expect("POST", "/volumes/create", { [201] = true, [200] = true }, {
-        headers = { ["Content-Type"] = "application/json" },
-        body = json.encode({ Name = name, Labels = labels or {} }),
-    })
-    if not res then
-        return nil, err
-    end
-    res, err = self:_expect("POST", "/containers/create?name=" .. urlencode(fill_name), { [201] = true }, {
-        headers = { ["Content-Type"] = "application/json" },
-        body = json.encode({
-            Image = image,
-            Cmd = json.array({ "/bin/true" }),
-            Labels = labels or {},
-            HostConfig = { Mounts = json.array({ { Type = "volume", Source = name, Target = "/opt/opensandbox" } }) },
-        }),
-    })
-    if not res then
-        self:_request("DELETE", "/volumes/" .. seg(name))
-        return nil, err
-    end
-    local doc = decode_body(res)
-    local cid = doc and doc.Id
-    local ok
-    ok, err = self:put_archive(cid, tar_bytes)
-    self:remove(cid)
-    if not ok then
-        self:_request("DELETE", "/volumes/" .. seg(name))
-        return nil, err
-    end
-    return true
-end
-
---- Removes the volumes that carry `label` ("key=value"), are used by no container, are not named `keep`
---- and were created before `before_us` (microseconds since the epoch; a volume just made by another server
---- is not yet in use): agent volumes of earlier bundles. A volume taken meanwhile (409) stays. Returns the
---- number removed, or nil, err.
-function Adapter:remove_unused_volumes(label, keep, before_us)
-    local filters = json.encode({ label = json.array({ label }), dangling = json.array({ "true" }) })
-    local res, err = self:_expect("GET", "/volumes?filters=" .. urlencode(filters), OK200)
-    if not res then
-        return nil, err
-    end
-    local doc, derr = decode_body(res)
-    if type(doc) ~= "table" then
-        return nil, derr
-    end
-    local n = 0
-    for _, v in ipairs(type(doc.Volumes) == "table" and doc.Volumes or {}) do
-        local created = timefmt.parse_us(v.CreatedAt)
-        if type(v.Name) == "string" and v.Name ~= keep and created and created < before_us then
-            local dres = self:_request("DELETE", "/volumes/" .. seg(v.Name))
-            if dres and dres.status == 204 then
-                n = n + 1
-            end
-        end
-    end
-    return n
-end
-
---- Creates (does not start) a throwaway container of `image` named `name`, to copy files out of it (the
---- runtime.execd_image option). Returns the container id.
-function Adapter:create_scratch(image, name, platform)
-    local path = "/containers/create?name=" .. urlencode(name)
-    if platform and platform.arch then
-        path = path .. "&platform=" .. urlencode("linux/" .. platform.arch)
-    end
-    local res, err = self:_expect("POST", path, { [201] = true, [200] = true }, {
-        headers = { ["Content-Type"] = "application/json" },
-        body = json.encode({ Image = image, Cmd = json.array({ "/execd" }),
-            Labels = { ["opensandbox.scratch"] = "1" } }),
-    })
-    if not res then
-        return nil, err
-    end
-    local doc, derr = decode_body(res)
-    if not doc then
-        return nil, derr
-    end
-    return doc.Id
-end
-
--- POST /containers/{cid}/{action}: true or nil, err.
-function Adapter:_container_action(cid, action, ok)
-    local res, err = self:_expect("POST", "/containers/" .. seg(cid) .. "/" .. action, ok)
-    if not res then
-        return nil, err
-    end
-    return true
-end
-
---- POST /containers/{cid}/start (304 "already started" counts as success).
-function Adapter:start(cid)
-    return self:_container_action(cid, "start", { [204] = true, [304] = true })
-end
-
---- POST /containers/{cid}/pause.
-function Adapter:pause(cid)
-    return self:_container_action(cid, "pause", OK204)
-end
-
---- POST /containers/{cid}/unpause.
-function Adapter:unpause(cid)
-    return self:_container_action(cid, "unpause", OK204)
-end
-
---- DELETE /containers/{cid}?force=true&v=true. A container that does not exist counts as removed. If the
---- daemon refuses because the container is paused, it is unpaused and the removal retried once (§6.3).
-function Adapter:remove(cid)
-    local path = "/containers/" .. seg(cid) .. "?force=true&v=true"
-    local res, err = self:_request("DELETE", path)
-    if not res then
-        return nil, err
-    end
-    if res.status == 409 and docker_message(res.body, res.status):lower():find("paused", 1, true) then
-        self:unpause(cid)
-        res, err = self:_request("DELETE", path)
-        if not res then
-            return nil, err
-        end
-    end
-    if res.status == 204 or res.status == 200 or res.status == 404 then
-        return true
-    end
-    return nil, http_error(res)
-end
-
---- GET /containers/{cid}/json -> the normalized inspect result (see mapping.normalize_inspect).
-function Adapter:inspect(cid)
-    local res, err = self:_expect("GET", "/containers/" .. seg(cid) .. "/json", OK200)
-    if not res then
-        return nil, err
-    end
-    local doc, derr = decode_body(res)
-    if not doc then
-        return nil, derr
-    end
-    return mapping.normalize_inspect(doc, mapping.config_value(self.config, "network_mode"))
-end
-
---- GET /containers/json?all=true&filters={"label":["opensandbox.io/id", ...extra]} -> array of
---- `{ id, name, image, labels, state = "running"|..., status = state, status_text = "Up 2 minutes",
---- created_s }`. `extra_labels` (optional) adds label filters such as "opensandbox.test=1".
-function Adapter:list(extra_labels)
-    local label_filters = json.array({ mapping.LABEL_ID })
-    if self.config.instance then
-        label_filters[#label_filters + 1] = mapping.LABEL_INSTANCE .. "=" .. self.config.instance
-    end
-    for _, l in ipairs(extra_labels or {}) do
-        label_filters[#label_filters + 1] = l
-    end
-    local filters = json.encode({ label = label_filters })
-    local res, err = self:_expect("GET", "/containers/json?all=true&filters=" .. urlencode(filters), OK200)
-    if not res then
-        return nil, err
-    end
-    local doc, derr = decode_body(res)
-    if not doc then
-        return nil, derr
     end
     local out = {}
-    for _, c in ipairs(type(doc) == "table" and doc or {}) do
-        local labels = {}
-        for k, v in pairs(type(c.Labels) == "table" and c.Labels or {}) do
-            labels[k] = v
+    for _, c in ipairs(containers) do
+        local sid = c.labels and c.labels[mapping.LABEL_ID]
+        local info, ierr = e:inspect(c.id)
+        if info then
+            local port = tonumber(info.labels["opensandbox.io/execd-port"]) or M.AGENT_PORT
+            if self.host_mode and sid then
+                self.agent_ports[port] = sid
+            end
+            out[#out + 1] = { id = sid, handle = c.id, place = place_of(info, port),
+                status = status(mapping.status_of(info)), sandbox = identity_of(info.labels, info) }
+        elseif rterrors.is(ierr, "unavailable") then
+            return nil, ierr
+        elseif not rterrors.is(ierr, "not_found") then
+            out[#out + 1] = { id = sid, handle = c.id }
         end
-        local name = type(c.Names) == "table" and c.Names[1]
-        out[#out + 1] = {
-            id = c.Id,
-            name = name and name:gsub("^/", "") or nil,
-            image = c.Image,
-            labels = labels,
-            state = c.State,
-            status = c.State,
-            status_text = c.Status,
-            created_s = math.tointeger(c.Created),
-        }
     end
     return out
 end
 
 ------------------------------------------------------------------------------------------------------------
--- events
+-- changes
 
--- One decoded event line -> the adapter's event table (nil for a line that is not a container event).
-function M.parse_event(line)
-    local doc = json.decode(line)
-    if type(doc) ~= "table" then
+-- One Docker event -> the contract's change, or nil. Keeps the "oom" seen before a "die".
+function Docker:change_of(ev)
+    local at = ev.time_nano and ev.time_nano // 1000 or nil
+    local base = { id = ev.sandbox_id, handle = ev.id }
+    local a = ev.action
+    if a == "oom" then
+        self.oom_seen[ev.id or ""] = true
+        return nil
+    elseif a == "die" then
+        local code = ev.exit_code or 0
+        local oom = self.oom_seen[ev.id or ""]
+        self.oom_seen[ev.id or ""] = nil
+        if code == 0 and not oom then
+            base.status = status("Terminated", "CONTAINER_EXITED", mapping.MESSAGES.CONTAINER_EXITED, at)
+        else
+            base.status = status("Failed", "CONTAINER_EXITED_ERROR", mapping.exit_message(code, oom), at)
+        end
+    elseif a == "start" or a == "unpause" then
+        base.status = status("Running", "CONTAINER_RUNNING", mapping.MESSAGES.CONTAINER_RUNNING, at)
+    elseif a == "pause" then
+        base.status = status("Paused", "CONTAINER_PAUSED", mapping.MESSAGES.CONTAINER_PAUSED, at)
+    elseif a == "destroy" then
+        base.gone = true
+        -- removed (perhaps behind the server's back, when remove() is never called): its agent port is free
+        for p, sid in pairs(self.agent_ports) do
+            if sid == ev.sandbox_id then
+                self.agent_ports[p] = nil
+            end
+        end
+    else
         return nil
     end
-    local action = doc.Action or doc.status
-    if type(action) ~= "string" then
-        return nil
-    end
-    if doc.Type and doc.Type ~= "container" then
-        return nil
-    end
-    local actor = type(doc.Actor) == "table" and doc.Actor or {}
-    local attrs = type(actor.Attributes) == "table" and actor.Attributes or {}
-    -- cjson decodes numbers as doubles; timeNano needs all 19 digits, so read it from the text
-    local nano = line:match('"timeNano"%s*:%s*(%d+)')
-    local time_nano = nano and math.tointeger(tonumber(nano))
-    if not time_nano and doc.time then
-        time_nano = math.tointeger(doc.time) and math.tointeger(doc.time) * 1000000000
-    end
-    return {
-        action = action:match("^([^:]+)") or action, -- "exec_start: sh" -> "exec_start"
-        raw_action = action,
-        id = actor.ID or doc.id,
-        sandbox_id = attrs[mapping.LABEL_ID],
-        exit_code = attrs.exitCode and math.tointeger(tonumber(attrs.exitCode)) or nil,
-        time_nano = time_nano,
-    }
+    return base
 end
 
---- Follows GET /events?filters={"type":["container"],"label":["opensandbox.io/id"]}[&since=][&until=]
---- with no timeout, calling `on_event(ev)` for each event (see parse_event). `on_event` runs inside the
---- client's on_data callback and must not yield; an error it raises is logged and the stream goes on.
---- Returns when the stream ends: always nil and an error (kind "unavailable" when the stream simply ended).
-function Adapter:events(since_s, on_event, until_s)
-    assert(type(on_event) == "function", "events: on_event required")
-    local labels = json.array({ mapping.LABEL_ID })
-    if self.config.instance then
-        labels[#labels + 1] = mapping.LABEL_INSTANCE .. "=" .. self.config.instance
-    end
-    local filters = json.encode({ type = json.array({ "container" }), label = labels })
-    local path = "/events?filters=" .. urlencode(filters)
-    local function ts(t)
-        if math.type(t) == "integer" then
-            return tostring(t)
+--- Follows Docker's event stream (from where the last one ended) and calls on_change(change) for each
+--- sandbox change; on_change must not yield. Returns only when the stream ends: nil, err.
+function Docker:watch(on_change)
+    local since = self.last_event_s or math.floor(self.core.now_s and self.core.now_s() or os.time())
+    return self.engine:events(since, function(ev)
+        if ev.time_nano then
+            self.last_event_s = ev.time_nano // 1000000000 -- exact: a float division may round up a second
         end
-        return string.format("%.9f", t)
-    end
-    if since_s then
-        path = path .. "&since=" .. ts(since_s)
-    end
-    if until_s then
-        path = path .. "&until=" .. ts(until_s)
-    end
-    local raw, rawlen = {}, 0
-    local splitter = lines.new(function(line)
-        local ev = M.parse_event(line)
-        if ev then
-            local ok, perr = pcall(on_event, ev)
-            if not ok then
-                if self.log then
-                    self.log.error("docker event handler failed", { error = tostring(perr), action = ev.action })
-                end
-            end
+        local change = self:change_of(ev)
+        if change and change.id then
+            on_change(change)
         end
     end)
-    local res, err = self:_request("GET", path, {
-        timeout = 0,
-        on_data = function(chunk)
-            if rawlen < 4096 then
-                raw[#raw + 1] = chunk
-                rawlen = rawlen + #chunk
-            end
-            splitter:feed(chunk)
-        end,
-    })
-    splitter:finish()
-    if not res then
-        return nil, err
+end
+
+------------------------------------------------------------------------------------------------------------
+-- addresses (§7.1, §7.3)
+
+local function bracket(host)
+    if host:find(":", 1, true) and not host:find("^%[") then
+        return "[" .. host .. "]"
     end
-    if res.status ~= 200 then
-        res.body = (res.body ~= nil and res.body ~= "") and res.body or table.concat(raw)
-        return nil, http_error(res)
+    return host
+end
+
+-- docker.host_ip as an endpoint host, unless it is empty or a wildcard
+function Docker:public_host()
+    local hip = mapping.config_value(self.config, "host_ip")
+    if hip and hip ~= "" and hip ~= "0.0.0.0" and hip ~= "::" then
+        return bracket(hip)
     end
-    return nil, M.error("unavailable", res.status, "event stream ended")
+    return nil
+end
+
+local function no_address()
+    return nil, rterrors.new("conflict", "the sandbox has no address")
+end
+
+--- Where port `port` of the sandbox is reached. from = "proxy": by the server (`{ host, port }`); from =
+--- "public": by a client (`{ host = h | nil (the server's public host), port, path = "/proxy/P" | nil,
+--- agent = true when the path goes through the sandbox's agent }`). nil, err when it has none.
+function Docker:address(rec, port, from)
+    local place = rec.place or {}
+    if from == "proxy" then
+        if self.host_mode then
+            return { host = "127.0.0.1", port = port == M.AGENT_PORT and (place.agent_port or port) or port }
+        end
+        if type(place.ip) ~= "string" or place.ip == "" then
+            return no_address()
+        end
+        return { host = place.ip, port = port }
+    end
+    local host = self:public_host()
+    if self.host_mode then
+        if port == M.AGENT_PORT then
+            return { host = host, port = place.agent_port or port, path = "/proxy/" .. M.AGENT_PORT, agent = true }
+        end
+        return { host = host, port = port }
+    end
+    local hp = type(place.ports) == "table" and place.ports or {}
+    if port == M.HTTP_PORT and math.tointeger(hp[tostring(M.HTTP_PORT)]) then
+        return { host = host, port = math.tointeger(hp[tostring(M.HTTP_PORT)]) }
+    end
+    local agent = math.tointeger(hp[tostring(M.AGENT_PORT)])
+    if not agent then
+        return no_address()
+    end
+    return { host = host, port = agent, path = "/proxy/" .. port, agent = true }
 end
 
 return M

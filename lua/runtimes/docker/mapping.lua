@@ -4,7 +4,7 @@
 --   normalize_inspect(doc, mode) GET /containers/{id}/json -> the adapter's flat inspect result
 --   status_of(ins)               the §3.2 state/reason/message/at of an inspect result
 local json = require("common.json")
-local timefmt = require("runtimes.docker.timefmt")
+local timefmt = require("common.timefmt")
 
 local M = {}
 
@@ -53,11 +53,11 @@ function M.labels_for(rec)
     assert(rec.created_us, "labels_for: rec.created_us required")
     local labels = {
         [M.LABEL_ID] = rec.id,
-        ["opensandbox.io/created-at"] = timefmt.format_us(rec.created_us),
+        ["opensandbox.io/created-at"] = timefmt.format(rec.created_us),
         ["opensandbox.io/execd-port"] = tostring(math.tointeger(rec.agent_port or M.AGENT_PORT)),
     }
     if rec.expires_us and not rec.manual_cleanup then
-        labels["opensandbox.io/expires-at"] = timefmt.format_us(rec.expires_us)
+        labels["opensandbox.io/expires-at"] = timefmt.format(rec.expires_us)
     else
         labels["opensandbox.io/manual-cleanup"] = "true"
     end
@@ -185,8 +185,9 @@ function M.create_body(spec, config)
     end
     if spec.agent_volume then
         -- the agent bundle, shared read-only by every sandbox (docker.agent_delivery = "volume")
+        -- (NoCopy: should the volume ever be missing, Docker must not fill it from the user's image)
         host.Mounts = json.array({ { Type = "volume", Source = spec.agent_volume, Target = "/opt/opensandbox",
-            ReadOnly = true } })
+            ReadOnly = true, VolumeOptions = { NoCopy = true } } })
     end
     local text = json.encode(body)
     return (text:gsub(MARK_PATTERN, "%1"))
@@ -296,8 +297,8 @@ function M.normalize_inspect(doc, network_mode)
         exit_code = int_or_nil(state.ExitCode),
         oom_killed = state.OOMKilled == true,
         error = str_or_nil(state.Error),
-        started_us = timefmt.parse_us(state.StartedAt),
-        finished_us = timefmt.parse_us(state.FinishedAt),
+        started_us = timefmt.parse_runtime(state.StartedAt),
+        finished_us = timefmt.parse_runtime(state.FinishedAt),
         ip = container_ip(doc.NetworkSettings, network_mode),
         host_ports = host_ports(doc.NetworkSettings),
         labels = labels,

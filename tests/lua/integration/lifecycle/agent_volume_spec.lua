@@ -1,5 +1,6 @@
--- Integration: docker.agent_delivery = "volume": the agent bundle lives in one read-only volume that every
--- sandbox mounts at /opt/opensandbox (no upload per sandbox); the agent answers as usual.
+-- Integration: docker.agent_delivery = "volume" (the default): the agent bundle lives in one read-only volume
+-- that every sandbox mounts at /opt/opensandbox (no upload per sandbox), filled only from the server's own
+-- files (API.md §8.4); the agent answers as usual. And "archive", which uploads it into each container.
 local H = require("lifecycle.helpers")
 
 describe("docker.agent_delivery = volume #integration #docker", function()
@@ -90,5 +91,50 @@ describe("docker.agent_delivery = volume #integration #docker", function()
         out = H.run("docker volume inspect -f '{{json .Labels}}' " .. H.quote(vol))
         assert.are.same({ ["opensandbox.io/agent"] = "true" }, H.json.decode(out))
         assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. c).status)
+    end)
+
+    it("is the default, mounted with NoCopy, and filled only from the server's files, not a user's image", function()
+        -- a user image that carries files where the agent volume goes: before API.md §8.4 was tightened the
+        -- volume was filled through a container of the first sandbox's image, whose /opt/opensandbox Docker
+        -- copied into the new volume (and so into every other tenant's sandbox)
+        local planter = "opensandbox-spec-planter"
+        H.run("docker rm -f " .. planter)
+        local out, ok = H.run("docker run --name " .. planter .. " --label opensandbox.test=1 local/busybox:latest " ..
+            "sh -c 'mkdir -p /opt/opensandbox && echo planted > /opt/opensandbox/planted && " ..
+            "printf \"#!/bin/sh\\necho owned\\n\" > /opt/opensandbox/bootstrap.sh' && " ..
+            "docker commit " .. planter .. " local/planted:latest && docker rm -f " .. planter)
+        assert.is_true(ok, out)
+        -- no agent volume yet, so the first create below fills it
+        local vols = H.run("docker volume ls -q --filter label=opensandbox.io/agent=true")
+        for v in vols:gmatch("%S+") do
+            H.run("docker volume rm " .. H.quote(v))
+        end
+        local srv = H.start({})
+        local a = H.create(srv, { image = { uri = "local/planted:latest" } })
+        H.wait_state(srv, a, "Running")
+        local m = H.inspect("sandbox-" .. a).HostConfig.Mounts[1]
+        assert.are.equal("/opt/opensandbox", m.Target)
+        assert.is_true(m.ReadOnly)
+        assert.is_true(m.VolumeOptions.NoCopy)
+        assert.is_true(agent_answers(srv, a))
+        out = H.run("docker run --rm --label opensandbox.test=1 -v " .. H.quote(m.Source) ..
+            ":/v:ro local/busybox:latest sh -c 'ls /v; grep -c owned /v/bootstrap.sh'")
+        assert.is_nil(out:find("planted", 1, true), out)
+        assert.truthy(out:find("execd", 1, true), out)
+        assert.truthy(out:find("bootstrap.sh", 1, true), out)
+        assert.truthy(out:match("\n0%s*$"), "the bootstrap is ours: " .. out)
+        -- and no image of ours is left from the fill
+        assert.are.equal("", (H.run("docker images -q opensandbox-agent-fill")))
+        assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. a).status)
+        H.run("docker rmi local/planted:latest")
+    end)
+
+    it("archive: uploads the agent into each container, which mounts nothing", function()
+        local srv = H.start({ config = { docker = { agent_delivery = "archive" } } })
+        local a = H.create_running(srv)
+        local ins = H.inspect("sandbox-" .. a)
+        assert.are.equal(0, #(ins.Mounts or {}))
+        assert.is_true(agent_answers(srv, a))
+        assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. a).status)
     end)
 end)

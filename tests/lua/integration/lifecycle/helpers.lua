@@ -14,7 +14,7 @@
 local assert = require("luassert")
 local server = require("support.server")
 local json = require("common.json")
-local timefmt = require("sandbox.timefmt")
+local timefmt = require("common.timefmt")
 
 local H = {}
 

@@ -5,7 +5,7 @@
 --   cd /work/main && lua5.4 /usr/bin/busted --lpath='lua/?.lua;lua/?/init.lua' tests/lua/integration
 package.path = "tests/lua/integration/?.lua;" .. package.path
 
-local docker = require("runtimes.docker")
+local docker = require("runtimes.docker.engine")
 local tar = require("runtimes.docker.tar")
 local json = require("common.json")
 local curl = require("support.curl_client")
@@ -325,19 +325,43 @@ describe("docker adapter against the real daemon #integration", function()
         local name = "opensandbox-spec-vol-" .. uuid():sub(1, 8)
         local old, used = name .. "-old", name .. "-used"
         local function cleanup()
-            sh("docker rm -f " .. used .. "-c >/dev/null 2>&1; docker volume rm " .. name .. " " .. old .. " " .. used
+            sh("docker rm -f " .. used .. "-c " .. name .. "-fill >/dev/null 2>&1; docker volume rm " .. name .. " "
+                .. old .. " " .. used .. " >/dev/null 2>&1; docker rmi -f opensandbox-agent-fill:" .. name
                 .. " >/dev/null 2>&1")
         end
         cleanup()
+        finally(cleanup)
         assert.are.equal("missing", a:volume_state(name, L))
         -- what Docker makes by itself when a container names a missing volume: empty, unlabelled
         assert(sh("docker volume create " .. name .. " >/dev/null"))
         assert.are.equal("foreign", a:volume_state(name, L))
-        assert.is_true(a:ensure_volume(name, agent_tar(), IMAGE, L))
+        assert.is_true(a:ensure_volume(name, agent_tar(), L))
         assert.are.equal("ours", a:volume_state(name, L))
-        assert.are.equal(BOOTSTRAP, capture("docker run --rm -v " .. name .. ":/opt/opensandbox:ro " .. IMAGE
-            .. " cat /opt/opensandbox/bootstrap.sh"))
+        local labels = json.decode(capture("docker volume inspect -f '{{json .Labels}}' " .. name))
+        assert.are.equal("true", labels["opensandbox.io/agent-spec"])
+        -- the volume holds exactly the archive's files under opt/opensandbox (opt/test/run.sh of the same
+        -- archive is outside the mount, so not in it), with their content and mode
+        local function in_volume(cmd)
+            return capture("docker run --rm --label opensandbox.test=1 -v " .. name .. ":/opt/opensandbox:ro "
+                .. IMAGE .. " sh -c '" .. cmd .. "'")
+        end
+        assert.are.equal(".\n./bootstrap.sh\n", in_volume("cd /opt/opensandbox && find . | sort"))
+        assert.are.equal(BOOTSTRAP, in_volume("cat /opt/opensandbox/bootstrap.sh"))
+        assert.are.equal("755\n", in_volume("stat -c %a /opt/opensandbox/bootstrap.sh"))
         assert.is_false(sh("docker inspect " .. name .. "-fill >/dev/null 2>&1"), "the fill container is gone")
+        -- the image imported from the archive to fill it is gone too
+        local fill_image = "opensandbox-agent-fill:" .. name
+        assert.is_false(sh("docker image inspect " .. fill_image .. " >/dev/null 2>&1"), "the fill image is gone")
+        assert.are.equal("", capture("docker images -q " .. fill_image))
+        -- a complete volume is kept as it is: two looks (the volume, a leftover fill container), nothing else
+        local seen = {}
+        local counting = docker.new({ client = { request = function(o)
+            seen[#seen + 1] = o.method .. " " .. o.url:gsub("^%a+://[^/]+", ""):gsub("%?.*$", "")
+            return curl.request(o)
+        end }, host = HOST, api_timeout = 60, log = silent_log, config = CONFIG })
+        assert.is_true(counting:ensure_volume(name, agent_tar(), L))
+        assert.are.same({ "GET /v1.41/volumes/" .. name, "GET /v1.41/containers/" .. name .. "-fill/json" }, seen)
+        assert.are.equal(".\n./bootstrap.sh\n", in_volume("cd /opt/opensandbox && find . | sort"))
         -- an unused earlier one goes; one a container uses stays, and so does the current one
         assert(sh("docker volume create --label opensandbox.io/agent-spec=true " .. old .. " >/dev/null"))
         assert(sh("docker volume create --label opensandbox.io/agent-spec=true " .. used .. " >/dev/null"))

@@ -3,7 +3,7 @@
 -- pulls and the event stream.
 package.path = "tests/lua/unit/runtimes/?.lua;" .. package.path
 
-local docker = require("runtimes.docker")
+local docker = require("runtimes.docker.engine")
 local json = require("common.json")
 local fake_client = require("support.fake_client")
 local registry_auth = require("runtimes.docker.registry_auth")
@@ -571,12 +571,27 @@ describe("runtimes.docker: agent volume", function()
     local VOL = "^/v1%.41/volumes/agent%-v$"
     local FILL = "^/v1%.41/containers/agent%-v%-fill/json$"
 
-    -- the calls that make and fill a volume
+    local IMAGE_REF = "opensandbox%-agent%-fill:agent%-v"
+
+    -- the calls that make and fill a volume: import the image from the tar, create the volume, create the
+    -- fill container, upload, remove the container, remove the image
     local function fill_rules(fake)
+        fake:on("POST", "^/v1%.41/images/create%?fromSrc=%-&", { status = 200,
+            chunks = { '{"status":"sha256:0123"}\n' } })
         fake:on("POST", "^/v1%.41/volumes/create$", { status = 201, body = "{}" })
         fake:on("POST", "^/v1%.41/containers/create%?name=agent%-v%-fill$", { status = 201, body = '{"Id":"f1"}' })
         fake:on("PUT", "^/v1%.41/containers/f1/archive", { status = 200 })
         fake:on("DELETE", "^/v1%.41/containers/f1%?", { status = 204 })
+        fake:on("DELETE", "^/v1%.41/images/" .. IMAGE_REF .. "%?force=true$", { status = 200, body = "[]" })
+    end
+
+    -- "METHOD path" (without the query) of every request, in order
+    local function sequence(fake)
+        local out = {}
+        for _, r in ipairs(fake.requests) do
+            out[#out + 1] = r.method .. " " .. r.path:gsub("%?.*$", "")
+        end
+        return out
     end
 
     it("tells our volume from a missing one and from one Docker made by itself", function()
@@ -599,16 +614,47 @@ describe("runtimes.docker: agent volume", function()
         local a, fake = make()
         fake:on("GET", VOL, { body = '{"Labels":{"opensandbox.io/agent":"true"}}' })
         fake:on("GET", FILL, { status = 404, body = '{"message":"no such container"}' })
-        assert.is_true(a:ensure_volume("agent-v", "TAR", "img", LABELS))
+        assert.is_true(a:ensure_volume("agent-v", "TAR", LABELS))
         assert.are.equal(0, #fake:find("POST", "/volumes/create"))
+        assert.are.equal(0, #fake:find("POST", "/images/create"))
 
+        fake = fake_client.new()
+        a = docker.new({ client = fake, log = new_log() })
         fake:on("GET", VOL, { status = 404, body = '{"message":"no such volume"}' })
         fill_rules(fake)
-        assert.is_true(a:ensure_volume("agent-v", "TAR", "img", LABELS))
+        assert.is_true(a:ensure_volume("agent-v", "TAR", LABELS))
+        -- image from the tar, volume, fill container, upload, then container and image removed
+        assert.are.same({
+            "GET /v1.41/volumes/agent-v",
+            "POST /v1.41/images/create",
+            "POST /v1.41/volumes/create",
+            "POST /v1.41/containers/create",
+            "PUT /v1.41/containers/f1/archive",
+            "DELETE /v1.41/containers/f1",
+            "DELETE /v1.41/images/opensandbox-agent-fill:agent-v",
+        }, sequence(fake))
+        -- the image is imported from the tar itself (docker import), carrying the labels
+        local import = fake.requests[2]
+        assert.are.same({ fromSrc = "-", repo = "opensandbox-agent-fill", tag = "agent-v",
+            changes = "LABEL opensandbox.io/agent=true" }, query_of(import.path))
+        assert.are.equal("TAR", import.body)
+        assert.are.equal("application/x-tar", import.headers["Content-Type"])
         local created = json.decode(fake:find("POST", "/volumes/create")[1].body)
         assert.are.same({ Name = "agent-v", Labels = LABELS }, created)
+        -- the fill container: of the imported image, mounting the volume with NoCopy (nothing of the image is
+        -- copied in by Docker; the volume holds only what the upload puts there)
+        local fill = fake:find("POST", "/containers/create")[1]
+        assert.are.same({ name = "agent-v-fill" }, query_of(fill.path))
+        local body = json.decode(fill.body)
+        assert.are.equal("opensandbox-agent-fill:agent-v", body.Image)
+        assert.are.same(LABELS, body.Labels)
+        assert.are.same({ { Type = "volume", Source = "agent-v", Target = "/opt/opensandbox",
+            VolumeOptions = { NoCopy = true } } }, body.HostConfig.Mounts)
+        assert.is_nil(body.HostConfig.Binds)
         assert.are.equal("TAR", fake:find("PUT", "/containers/f1/archive")[1].body)
-        assert.are.equal(1, #fake:find("DELETE", "^/v1%.41/containers/f1%?"))
+        assert.are.same({ force = "true", v = "true" },
+            query_of(fake:find("DELETE", "^/v1%.41/containers/f1%?")[1].path))
+        assert.are.same({ force = "true" }, query_of(fake:find("DELETE", "/images/")[1].path))
         assert.are.equal(0, #fake:find("DELETE", "/volumes/"))
     end)
 
@@ -623,11 +669,25 @@ describe("runtimes.docker: agent volume", function()
             fake:on("DELETE", "^/v1%.41/containers/agent%-v%-fill%?", { status = 204 })
             fake:on("DELETE", VOL, { status = 204 })
             fill_rules(fake)
-            assert.is_true(a:ensure_volume("agent-v", "TAR", "img", LABELS))
+            assert.is_true(a:ensure_volume("agent-v", "TAR", LABELS))
             assert.are.equal(1, #fake:find("DELETE", VOL))
             assert.are.equal(1, #fake:find("DELETE", "^/v1%.41/containers/agent%-v%-fill%?"))
+            assert.are.equal(1, #fake:find("POST", "/images/create%?fromSrc="))
             assert.are.equal(1, #fake:find("POST", "/volumes/create"))
             assert.are.equal(1, #fake:find("PUT", "/containers/f1/archive"))
+            assert.are.equal(1, #fake:find("DELETE", "^/v1%.41/containers/f1%?"))
+            assert.are.equal(1, #fake:find("DELETE", "^/v1%.41/images/" .. IMAGE_REF))
+            -- the old volume goes before the new one is made
+            local seq = sequence(fake)
+            local del, make_vol
+            for i, s in ipairs(seq) do
+                if s == "DELETE /v1.41/volumes/agent-v" then
+                    del = i
+                elseif s == "POST /v1.41/volumes/create" then
+                    make_vol = i
+                end
+            end
+            assert.is_true(del < make_vol)
         end
     end)
 
@@ -636,11 +696,12 @@ describe("runtimes.docker: agent volume", function()
         fake:on("GET", VOL, { body = '{"Labels":null}' })
         fake:on("DELETE", "^/v1%.41/containers/agent%-v%-fill%?", { status = 404, body = "{}" })
         fake:on("DELETE", VOL, { status = 409, body = '{"message":"volume is in use - [c9]"}' })
-        local ok, err = a:ensure_volume("agent-v", "TAR", "img", LABELS)
+        local ok, err = a:ensure_volume("agent-v", "TAR", LABELS)
         assert.is_nil(ok)
         assert.are.equal("conflict", err.kind)
         assert.are.equal("volume agent-v is incomplete and cannot be replaced: volume is in use - [c9]", err.message)
         assert.are.equal(0, #fake:find("POST", "/volumes/create"))
+        assert.are.equal(0, #fake:find("POST", "/images/create"))
     end)
 
     it("removes unused volumes of earlier bundles: not the current one, a recent one, one taken meanwhile", function()
@@ -665,22 +726,60 @@ describe("runtimes.docker: agent volume", function()
         local a, fake = make()
         fake:on("GET", VOL, { body = '{"Labels":{"opensandbox.io/agent":"true"}}' })
         fake:on("GET", FILL, { status = 500, body = '{"message":"daemon busy"}' })
-        local ok, err = a:ensure_volume("agent-v", "TAR", "img", LABELS)
+        local ok, err = a:ensure_volume("agent-v", "TAR", LABELS)
         assert.is_nil(ok)
         assert.are.equal("daemon busy", err.message)
         assert.are.equal(0, #fake:find("DELETE", "/volumes/"))
+        assert.are.equal(0, #fake:find("POST", "/images/create"))
     end)
 
-    it("removes the volume again when the fill fails", function()
+    it("removes the volume, the fill container and the image again when the fill fails", function()
         local a, fake = make()
         fake:on("GET", VOL, { status = 404, body = "{}" })
         fill_rules(fake)
         fake:on("PUT", "^/v1%.41/containers/f1/archive", { status = 500, body = '{"message":"disk full"}' })
         fake:on("DELETE", VOL, { status = 204 })
-        local ok, err = a:ensure_volume("agent-v", "TAR", "img", LABELS)
+        local ok, err = a:ensure_volume("agent-v", "TAR", LABELS)
         assert.is_nil(ok)
         assert.matches("disk full", err.message)
         assert.are.equal(1, #fake:find("DELETE", VOL))
         assert.are.equal(1, #fake:find("DELETE", "^/v1%.41/containers/f1%?"))
+        assert.are.equal(1, #fake:find("DELETE", "^/v1%.41/images/" .. IMAGE_REF))
+    end)
+
+    it("fails before making the volume when the image cannot be imported, with Docker's message", function()
+        for _, case in ipairs({
+            -- refused outright: Docker's message is in the (streamed) body
+            { reply = { status = 500, body = '{"message":"Error processing tar file(exit status 1): unexpected EOF"}' },
+              message = "Error processing tar file(exit status 1): unexpected EOF", status = 500 },
+            -- an error line under HTTP 200
+            { reply = { status = 200,
+                chunks = { '{"status":"x"}\n{"errorDetail":{"mess', 'age":"no space"},"error":"e"}\n' } },
+              message = "no space", status = 200 },
+        }) do
+            local a, fake = make()
+            fake:on("GET", VOL, { status = 404, body = "{}" })
+            fill_rules(fake)
+            fake:on("POST", "^/v1%.41/images/create%?fromSrc=%-&", case.reply)
+            local ok, err = a:ensure_volume("agent-v", "TAR", LABELS)
+            assert.is_nil(ok)
+            assert.are.same({ "api", case.status, case.message }, { err.kind, err.status, err.message })
+            assert.are.equal(0, #fake:find("POST", "/volumes/create"))
+            assert.are.equal(0, #fake:find("POST", "/containers/create"))
+        end
+    end)
+
+    it("removes the image and the volume when the fill container cannot be created", function()
+        local a, fake = make()
+        fake:on("GET", VOL, { status = 404, body = "{}" })
+        fill_rules(fake)
+        fake:on("POST", "^/v1%.41/containers/create%?name=agent%-v%-fill$", { status = 500, body = '{"message":"no"}' })
+        fake:on("DELETE", VOL, { status = 204 })
+        local ok, err = a:ensure_volume("agent-v", "TAR", LABELS)
+        assert.is_nil(ok)
+        assert.are.equal("no", err.message)
+        assert.are.equal(0, #fake:find("PUT", "/archive"))
+        assert.are.equal(1, #fake:find("DELETE", VOL))
+        assert.are.equal(1, #fake:find("DELETE", "^/v1%.41/images/" .. IMAGE_REF))
     end)
 end)

@@ -1,107 +1,73 @@
--- Unit spec of the sweep's reconciliation (lua/sandbox/service.lua, Service:reconcile) against changes made
--- while its Docker calls yield. Found by the soak (RELIABILITY.md): a sandbox that finished provisioning
--- after the sweep had listed the containers was dropped as "container vanished" (GET 404 for a live
--- sandbox) and adopted again from its labels by the next sweep; a sandbox deleted meanwhile was "removed"
--- once more as an unadoptable container. Here the fake runtime's list() makes those changes the way the
--- other coroutines would while the real call waits.
-package.loaded["core.sync"] = package.loaded["core.sync"] or {}
-local service = require("sandbox.service")
+-- Unit spec of the sweep's reconciliation (lua/sandbox/reconcile.lua, reconcile) against changes made while
+-- its runtime call yields. Found by the soak (RELIABILITY.md): a sandbox that finished provisioning after
+-- the sweep had listed the runtime's objects was dropped as "vanished" (GET 404 for a live sandbox) and
+-- adopted again by the next sweep; a sandbox deleted meanwhile was "removed" once more as an unadoptable
+-- object. Here the fake runtime's list() answers with what it held when asked, and the other tasks (the
+-- provisioning, a delete request) run before the answer arrives, as they would while the real call waits.
+local S = dofile("tests/lua/unit/sandbox/support.lua")
 local model = require("sandbox.model")
 
-local function running(id, cid)
-    local rec = { id = id, container_id = cid, created_us = 1, expires_us = nil, image_uri = "x", entrypoint = {},
-        metadata = {}, extensions = {} }
-    model.apply_status(rec, model.status(model.STATE.RUNNING, model.REASON.CONTAINER_RUNNING, "", 1))
-    return rec
-end
+local STATE = model.STATE
 
-local function new_service(runtime)
-    local deleted, logged = {}, {}
-    local log = {}
-    for _, level in ipairs({ "debug", "info", "warn", "error" }) do
-        log[level] = function(msg)
-            logged[#logged + 1] = msg
+-- makes env.rt:list() take its answer, then run `meanwhile` (once) before returning it
+local function list_then(env, meanwhile)
+    local list = env.rt.list
+    env.rt.list = function(rt)
+        local out, err = list(rt)
+        if meanwhile then
+            local f = meanwhile
+            meanwhile = nil
+            f()
         end
+        return out, err
     end
-    local svc = service.new({
-        runtime = runtime,
-        store = {
-            put = function()
-                return true
-            end,
-            delete = function(_, id)
-                deleted[#deleted + 1] = id
-                return true
-            end,
-        },
-        core = { now_us = function()
-            return 2
-        end },
-        log = log,
-        config = { docker = { network_mode = "bridge" } },
-    })
-    return svc, deleted, logged
 end
 
 describe("sandbox.service reconcile during concurrent changes", function()
-    it("keeps a record provisioned after the list, and does not touch a container deleted meanwhile", function()
-        local svc
-        local removed, adopted = {}, {}
-        local runtime = {
-            list = function()
-                -- while the list call waits: "new" finishes provisioning, "old" is deleted by a request
-                svc.records.new = running("new", "c-new")
-                svc.provisioning.new = nil
-                svc.records.old = nil
-                return { { id = "c-old", labels = { ["opensandbox.io/id"] = "old",
-                    ["opensandbox.io/created-at"] = "2026-01-01T00:00:00Z",
-                    ["opensandbox.io/manual-cleanup"] = "true" } } }
-            end,
-            inspect = function(_, cid)
-                adopted[#adopted + 1] = cid
-                return nil
-            end,
-            remove = function(_, cid)
-                removed[#removed + 1] = cid
-                return true
-            end,
-        }
-        local deleted, logged
-        svc, deleted, logged = new_service(runtime)
-        svc.records.old = running("old", "c-old")
-        svc.records.new = { id = "new", state = model.STATE.PENDING }
-        svc.provisioning.new = true
-        assert(svc:reconcile(false))
-        assert.is_table(svc.records.new, "the live record was dropped: " .. table.concat(logged, "; "))
-        assert.are.same({}, deleted)
-        assert.are.same({}, removed)
-        assert.are.same({}, adopted)
+    it("keeps a record provisioned after the list, and does not touch an object deleted meanwhile", function()
+        local env = S.env()
+        local old = env:running()
+        local old_handle = env.svc.records[old].handle
+        local new = assert(env:create(S.spec())).id -- its provisioning is queued, not run
+        assert.are.equal(STATE.PENDING, env.svc.records[new].state)
+        list_then(env, function()
+            -- while the list call waits: "new" finishes provisioning, "old" is deleted by a request
+            env:run()
+            assert.is_true(env.svc:delete(old))
+        end)
+        assert(env:op("reconcile", false))
+
+        local rec = env.svc.records[new]
+        assert.is_table(rec, "the live record was dropped: " .. table.concat(env.log.lines, "; "))
+        assert.are.equal(STATE.RUNNING, rec.state)
+        assert.is_table(env.rt.objects[rec.handle])
+        assert.is_table(env.store.rows[new])
+        assert.are.same({ old }, env.store.deletes, "only the deleted sandbox left the store")
+        assert.is_nil(env.svc.records[old], "the deleted sandbox was adopted again")
+        assert.is_nil(env.store.rows[old])
+        assert.are.same({ "remove " .. old_handle }, env:calls("remove"), "removed once, by the delete")
+        -- and the next sweep, with a list taken after all that, agrees
+        env:op("sweep")
+        assert.are.equal(STATE.RUNNING, env.svc.records[new].state)
+        assert.is_nil(env.svc.records[old])
+        assert.are.equal(1, #env:calls("remove"))
     end)
 
-    it("still drops a settled record whose container is gone, and adopts an unknown container", function()
-        local svc
-        local runtime = {
-            list = function()
-                return { { id = "c-x", labels = { ["opensandbox.io/id"] = "x",
-                    ["opensandbox.io/created-at"] = "2026-01-01T00:00:00Z",
-                    ["opensandbox.io/manual-cleanup"] = "true" } } }
-            end,
-            inspect = function()
-                return { image = "x", cmd = {}, host_ports = {} }
-            end,
-            status_of = function()
-                return model.STATE.RUNNING, model.REASON.CONTAINER_RUNNING, "", 1
-            end,
-            remove = function()
-                return true
-            end,
-        }
-        local deleted
-        svc, deleted = new_service(runtime)
-        svc.records.gone = running("gone", "c-gone")
-        assert(svc:reconcile(false))
-        assert.are.same({ "gone" }, deleted)
-        assert.is_nil(svc.records.gone)
-        assert.is_table(svc.records.x)
+    it("still drops a settled record whose object is gone, and adopts an unknown object", function()
+        local env = S.env()
+        local gone = env:running()
+        env.rt.objects[env.svc.records[gone].handle] = nil
+        local handle = env.rt:inject({ id = "x", sandbox = { id = "x", created_us = S.T0 - 1000000,
+            image_uri = "example.com/x:1", entrypoint = { "x" }, metadata = {}, access_token = "tok-x" } })
+        assert(env:op("reconcile", false))
+        assert.are.same({ gone }, env.store.deletes)
+        assert.is_nil(env.svc.records[gone])
+        local x = env.svc.records.x
+        assert.is_table(x)
+        assert.are.equal(handle, x.handle)
+        assert.are.equal(STATE.RUNNING, x.state)
+        assert.is_nil(x.expires_us, "no expiry in its identity: manual cleanup")
+        assert.is_table(env.store.rows.x)
+        assert.are.equal(0, #env:calls("remove"))
     end)
 end)

@@ -1,139 +1,103 @@
--- Unit spec of the service when the store cannot take writes (a full disk) for changes that Docker has already
--- made (lua/sandbox/service.lua, commit_fact/forget_fact): memory follows Docker at once, the store catches
--- up when it can; requests that only change our own state still fail with 503 STORE::UNAVAILABLE. The
--- integration counterpart (a real full tmpfs under the store) is in tests/lua/integration/reliability.
-package.loaded["core.sync"] = package.loaded["core.sync"] or {}
+-- Unit spec of the service when the store cannot take writes (a full disk) for changes that the runtime has
+-- already made (lua/sandbox/state.lua, commit_fact/forget_fact): memory follows the runtime at once, the
+-- store catches up when it can; requests that only change our own state still fail with 503
+-- STORE::UNAVAILABLE. The integration counterpart (a real full tmpfs under the store) is in
+-- tests/lua/integration/reliability.
+local S = dofile("tests/lua/unit/sandbox/support.lua")
 local service = require("sandbox.service")
 local model = require("sandbox.model")
 
 local STATE = model.STATE
 
-local function new_service()
-    local store = { full = false, rows = {}, puts = 0 }
-    function store.put(_, rec)
-        store.puts = store.puts + 1
-        if store.full then
-            return nil, "database or disk is full"
-        end
-        store.rows[rec.id] = rec
-        return true
-    end
-    function store.delete(_, id)
-        if store.full then
-            return nil, "database or disk is full"
-        end
-        store.rows[id] = nil
-        return true
-    end
-    local docker = { calls = {} }
-    local runtime = {
-        status_of = function()
-            return STATE.RUNNING, model.REASON.CONTAINER_RUNNING, model.MESSAGE.RUNNING, nil
-        end,
-        pause = function(_, cid)
-            docker.calls[#docker.calls + 1] = "pause " .. cid
-            return true
-        end,
-        remove = function(_, cid)
-            docker.calls[#docker.calls + 1] = "remove " .. cid
-            return true
-        end,
-    }
-    local log = {}
-    for _, level in ipairs({ "debug", "info", "warn", "error" }) do
-        log[level] = function() end
-    end
-    -- timers are recorded, not run: the spec fires the store retry by hand
-    local timers = {}
-    local timer = {
-        after = function(delay, fn)
-            local t = { delay = delay, fn = fn, cancelled = false }
-            function t.cancel()
-                t.cancelled = true
-            end
-            timers[#timers + 1] = t
-            return t
-        end,
-    }
-    docker.timers = timers
-    local svc = service.new({
-        runtime = runtime,
-        store = store,
-        core = { now_us = function()
-            return 5000000
-        end, timer = timer },
-        log = log,
-        config = { docker = { network_mode = "bridge" } },
-    })
-    svc.available = true
-    return svc, store, docker
-end
-
-local function pending(id)
-    local rec = { id = id, created_us = 1, expires_us = 3600000000, image_uri = "x", entrypoint = { "sleep" },
-        metadata = {}, extensions = {} }
-    model.apply_status(rec, model.status(STATE.PENDING, "PROVISIONING", "", 1))
-    return rec
-end
-
 describe("sandbox.service with a store that rejects writes", function()
     it("records the end of provisioning in memory and writes it once the store has room", function()
-        local svc, store = new_service()
-        svc.records.a = pending("a")
-        store.rows.a = svc.records.a
-        local told = 0
-        svc.provisioning.a = { set = function()
-            told = told + 1
-        end }
+        local env = S.env()
+        local svc, store = env.svc, env.store
+        local a = assert(env:create(S.spec())).id
+        assert.are.equal(STATE.PENDING, store.rows[a].state)
+        -- an operation waits for the provisioning
+        local waited
+        env:spawn(function()
+            waited = assert(svc:wait_provisioned(a))
+        end)
         store.full = true
-        svc:finish_provisioning("a", "cid-a", nil, nil, { ip = "172.17.0.9", host_ports = {} })
-        assert.are.equal(STATE.RUNNING, svc.records.a.state)
-        assert.are.equal("cid-a", svc.records.a.container_id)
-        assert.are.equal(STATE.PENDING, store.rows.a.state, "the store cannot have it yet")
-        assert.is_true(svc.unsaved.a)
-        assert.is_nil(svc.provisioning.a)
-        assert.are.equal(1, told, "waiters on provisioning are released")
+        env:run()
+        assert.are.equal(STATE.RUNNING, svc.records[a].state)
+        assert.are.equal("fake-1", svc.records[a].handle)
+        assert.are.equal(STATE.PENDING, store.rows[a].state, "the store cannot have it yet")
+        assert.is_nil(store.rows[a].handle)
+        assert.is_true(svc.unsaved[a])
+        assert.is_nil(svc.provisioning[a])
+        assert.are.equal(svc.records[a], waited, "waiters on provisioning are released")
         -- a retry is armed; while still full it keeps the record unsaved and arms another
-        assert.is_table(svc.store_retry, "a store retry is armed")
-        assert.are.equal(service.STORE_RETRY, svc.store_retry.delay)
         local first = svc.store_retry
-        first.fn()
-        assert.is_true(svc.unsaved.a)
+        assert.is_table(first, "a store retry is armed")
+        assert.are.equal(service.STORE_RETRY, first.delay)
+        env:fire(first)
+        assert.is_true(svc.unsaved[a])
         assert.is_table(svc.store_retry, "armed again while the store is still full")
         assert.are_not.equal(first, svc.store_retry)
         store.full = false
-        svc.store_retry.fn()
+        env:advance(service.STORE_RETRY) -- the retry fires on its own
         assert.is_nil(svc.store_retry, "nothing left to retry")
-        assert.are.equal(STATE.RUNNING, store.rows.a.state)
-        assert.are.equal("cid-a", store.rows.a.container_id)
+        assert.are.equal(STATE.RUNNING, store.rows[a].state)
+        assert.are.equal("fake-1", store.rows[a].handle)
+        assert.are.same(svc.records[a].place, store.rows[a].place)
         assert.is_nil(next(svc.unsaved))
     end)
 
-    it("pauses and deletes (Docker did it) but refuses a renewal (only our state) while full", function()
-        local svc, store, docker = new_service()
-        local rec = pending("b")
-        rec.container_id = "cid-b"
-        model.apply_status(rec, model.status(STATE.RUNNING, model.REASON.CONTAINER_RUNNING, "", 2))
-        svc.records.b, store.rows.b = rec, rec
+    it("pauses and deletes (the runtime did it) but refuses a renewal (only our state) while full", function()
+        local env = S.env()
+        local svc, store = env.svc, env.store
+        local b = env:running()
+        local expires = svc.records[b].expires_us
         store.full = true
 
-        local ok, err = svc:renew("b", 7200000000)
+        local ok, err = env:op("renew", b, expires + 3600 * 1000000)
         assert.is_nil(ok)
         assert.are.equal(503, err.status)
         assert.are.equal("STORE::UNAVAILABLE", err.code)
-        assert.are.equal(3600000000, svc.records.b.expires_us, "a refused renewal changes nothing")
+        assert.are.equal("5", err.headers["Retry-After"])
+        assert.are.equal(expires, svc.records[b].expires_us, "a refused renewal changes nothing")
 
-        assert.is_true(svc:pause("b"))
-        assert.are.same({ "pause cid-b" }, docker.calls)
-        assert.are.equal(STATE.PAUSED, svc.records.b.state)
+        assert.is_true(env:op("pause", b))
+        assert.are.same({ "pause fake-1" }, env:calls("pause"))
+        assert.are.equal(STATE.PAUSED, svc.records[b].state)
+        assert.are.equal(STATE.RUNNING, store.rows[b].state)
 
-        assert.is_true(svc:delete("b"))
-        assert.are.same({ "pause cid-b", "remove cid-b" }, docker.calls)
-        assert.is_nil(svc.records.b, "the container is gone, so is the sandbox")
-        assert.is_table(store.rows.b, "the store still has it")
+        assert.is_true(env:op("delete", b))
+        assert.are.same({ "remove fake-1" }, env:calls("remove"))
+        assert.is_nil(svc.records[b], "the runtime's sandbox is gone, so is ours")
+        assert.is_table(store.rows[b], "the store still has it")
         store.full = false
-        -- the sweep catches the store up first (nothing else of the sweep can run here: Docker is a fake)
         assert.are.equal(0, svc:flush_unsaved())
-        assert.is_nil(store.rows.b)
+        assert.is_nil(store.rows[b])
+    end)
+
+    it("follows the runtime's own changes while full, and the sweep catches the store up", function()
+        local env = S.env()
+        local svc, store = env.svc, env.store
+        local c = env:running()
+        local d = env:running()
+        store.full = true
+        env.rt:set_status(svc.records[c].handle, STATE.TERMINATED, model.REASON.CONTAINER_EXITED, model.MESSAGE.EXITED)
+        env.rt:vanish(svc.records[d].handle)
+        env:watch()
+        assert.are.equal(STATE.TERMINATED, svc.records[c].state)
+        assert.is_nil(svc.records[d])
+        assert.are.equal(STATE.RUNNING, store.rows[c].state)
+        assert.is_table(store.rows[d])
+        -- a new sandbox is only our state: refused, nothing made
+        local view, err = env:create(S.spec())
+        assert.is_nil(view)
+        assert.are.equal("STORE::UNAVAILABLE", err.code)
+        env:run()
+        assert.are.equal(2, #env:calls("provision"), "only c and d were provisioned")
+        assert.are.equal(2, #store.all(), "and the store got no new row")
+        store.full = false
+        env:op("sweep")
+        assert.are.equal(STATE.TERMINATED, store.rows[c].state)
+        assert.is_nil(store.rows[d])
+        assert.is_nil(next(svc.unsaved))
     end)
 end)

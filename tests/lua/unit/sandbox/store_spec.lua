@@ -19,7 +19,9 @@ end
 local function full_record(id, created)
     return {
         id = id,
-        container_id = "c0ffee" .. id,
+        handle = "c0ffee" .. id,
+        -- the adapter's own description of where the sandbox is (opaque to the store)
+        place = { ip = "172.17.0.2", agent_port = 44772, ports = { ["44772"] = 32768, ["8080"] = 32769 } },
         created_us = created,
         expires_us = 253402300799000000, -- 9999-12-31T23:59:59Z: above 2^53 and 2^32
         image_uri = "localhost:5000/foo/bar:v1",
@@ -31,9 +33,6 @@ local function full_record(id, created)
         reason = "CONTAINER_RUNNING",
         message = "Sandbox container is running.",
         transition_us = created + 1,
-        agent_port = 44772,
-        host_ports = { ["44772"] = 32768, ["8080"] = 32769 },
-        container_ip = "172.17.0.2",
         access_token = string.rep("ab", 32),
         failed_us = nil,
         principal = "team-a",
@@ -107,15 +106,15 @@ describe("sandbox.store", function()
         local got = assert(s:get("id-1"))
         assert.same(rec, got)
         assert.equal("integer", math.type(got.expires_us))
-        assert.equal("integer", math.type(got.host_ports["8080"]))
-        assert.equal("integer", math.type(got.agent_port))
+        assert.equal("integer", math.type(got.place.ports["8080"]))
+        assert.equal("integer", math.type(got.place.agent_port))
 
         assert.is_true(s:put(minimal_record("id-2", 5)))
         local min = assert(s:get("id-2"))
         assert.same(minimal_record("id-2", 5), min)
         assert.is_nil(min.expires_us)
         assert.is_nil(min.platform)
-        assert.is_nil(min.host_ports)
+        assert.is_nil(min.place)
     end)
 
     it("never stores image auth or env even when present on the table", function()
@@ -243,5 +242,54 @@ describe("sandbox.store", function()
         assert.is_nil(ok)
         assert.is_string(err)
         s = nil
+    end)
+
+    it("migrates a version 1 store (Docker columns) to the runtime-neutral handle and place", function()
+        -- a store written by the server before the runtime contract: schema version 1
+        assert(lfs.mkdir(dir) and lfs.mkdir(dir .. "/state") and lfs.mkdir(dir .. "/state/sub"))
+        local db = assert(DBI.Connect("SQLite3", path))
+        db:autocommit(true)
+        for _, sql in ipairs({
+            "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+            "INSERT INTO schema_version (version) VALUES (1)",
+            [[CREATE TABLE sandboxes (id TEXT PRIMARY KEY, container_id TEXT, created_us INTEGER NOT NULL,
+                expires_us INTEGER, image_uri TEXT NOT NULL, entrypoint TEXT NOT NULL, metadata TEXT NOT NULL,
+                platform TEXT, extensions TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL,
+                message TEXT NOT NULL, transition_us INTEGER NOT NULL, agent_port INTEGER, host_ports TEXT,
+                container_ip TEXT, access_token TEXT, failed_us INTEGER, principal TEXT)]],
+            [[INSERT INTO sandboxes VALUES ('a', 'cid-a', 1767225600123456, 1767225660123456, 'busybox', '["sh"]',
+                '{}', NULL, '{}', 'Running', 'CONTAINER_RUNNING', 'm', 1767225600123457, 44772,
+                '{"44772":32768,"8080":32769}', '172.17.0.2', 'tok', NULL, '"team-a"')]],
+            [[INSERT INTO sandboxes VALUES ('b', NULL, 5, NULL, 'busybox', '["sh"]', '{}', NULL, '{}', 'Failed',
+                'PROVISIONING_ERROR', 'x', 6, NULL, NULL, NULL, NULL, 7, NULL)]],
+        }) do
+            local st = assert(db:prepare(sql))
+            assert(st:execute())
+            st:close()
+        end
+        db:close()
+        s = assert(store.open(path))
+        local a = assert(s:get("a"))
+        assert.equal("cid-a", a.handle)
+        assert.same({ ip = "172.17.0.2", agent_port = 44772, ports = { ["44772"] = 32768, ["8080"] = 32769 } }, a.place)
+        assert.equal("integer", math.type(a.place.ports["8080"]))
+        assert.equal(1767225660123456, a.expires_us)
+        assert.is_nil(a.container_id)
+        local b = assert(s:get("b"))
+        assert.is_nil(b.handle)
+        assert.is_nil(b.place)
+        assert.equal(7, b.failed_us)
+        -- the Docker columns are gone, and the version is 2
+        local rows = {}
+        local st = assert(s.db:prepare("SELECT name FROM pragma_table_info('sandboxes')"))
+        assert(st:execute())
+        for row in st:rows(true) do
+            rows[row.name] = true
+        end
+        st:close()
+        assert.is_nil(rows.container_id)
+        assert.is_nil(rows.host_ports)
+        assert.is_true(rows.handle and rows.place)
+        assert.equal(2, store.SCHEMA_VERSION)
     end)
 end)

@@ -1,7 +1,7 @@
 local json = require("common.json")
 local errors = require("common.errors")
 local validate = require("sandbox.validate")
-local timefmt = require("sandbox.timefmt")
+local timefmt = require("common.timefmt")
 
 local NOW = 1767225600 * 1000000 -- 2026-01-01T00:00:00Z
 local OPTS = { now_us = NOW, ncpu = 2 }

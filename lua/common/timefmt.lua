@@ -1,5 +1,6 @@
--- Datetimes for the wire (API.md §1.4). Inside the server a time is an integer count of microseconds since
--- the Unix epoch, always UTC. This module turns such integers into RFC 3339 text and back.
+-- The one calendar module of the server: datetimes for the wire (API.md §1.4), for labels and annotations,
+-- and the runtimes' own timestamps. Inside the server a time is an integer count of microseconds since the
+-- Unix epoch, always UTC. This module turns such integers into RFC 3339 text and back.
 --
 -- Calendar arithmetic is done here on the proleptic Gregorian calendar (days from civil and back), so the
 -- local time zone of the process never matters (os.time/os.date would use it).
@@ -52,8 +53,6 @@ local function days_in_month(y, m)
     return MONTH_DAYS[m]
 end
 
-M.days_from_civil = days_from_civil
-M.civil_from_days = civil_from_days
 
 --- The latest expiry the server accepts: 9999-12-31T23:59:59Z.
 M.MAX_US = (days_from_civil(9999, 12, 31) * SEC_PER_DAY + 23 * 3600 + 59 * 60 + 59) * US_PER_SEC
@@ -71,12 +70,6 @@ end
 function M.format(us)
     local y, m, d, hh, mi, ss, frac = split(math.tointeger(us) or error("timefmt.format: integer expected", 2))
     return string.format("%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", y, m, d, hh, mi, ss, frac)
-end
-
---- Like format, with 9 fractional digits (the last three are always 0): for RFC 3339 "with nanoseconds".
-function M.format_nanos(us)
-    local y, m, d, hh, mi, ss, frac = split(math.tointeger(us) or error("timefmt.format_nanos: integer expected", 2))
-    return string.format("%04d-%02d-%02dT%02d:%02d:%02d.%06d000Z", y, m, d, hh, mi, ss, frac)
 end
 
 -- The smallest and largest instants parse() returns: years 0001..9999 in UTC.
@@ -127,6 +120,17 @@ function M.parse(s)
     local secs = days_from_civil(y, mo, d) * SEC_PER_DAY + hh * 3600 + mi * 60 + ss - offset
     local us = secs * US_PER_SEC + frac_us
     if us < MIN_PARSE_US or us > MAX_PARSE_US then
+        return nil
+    end
+    return us
+end
+
+--- A runtime's timestamp (Docker's `State.StartedAt`, a Kubernetes `startTime`): parse(), except that
+--- instants before year 2 are nil, since Go writes its zero time ("0001-01-01T00:00:00Z") for "never".
+M.RUNTIME_ZERO_BEFORE_US = days_from_civil(2, 1, 1) * SEC_PER_DAY * US_PER_SEC
+function M.parse_runtime(s)
+    local us = M.parse(s)
+    if not us or us < M.RUNTIME_ZERO_BEFORE_US then
         return nil
     end
     return us

@@ -1,0 +1,926 @@
+-- The Docker Engine API client of the Docker runtime (API.md §6, §7.1, §8): the only module that sends
+-- requests to dockerd. runtimes.docker (docker/init.lua) implements the runtime contract on top of it.
+--
+-- It turns Docker operations (ensure_image, create_container, put_archive, start, pause, unpause, remove,
+-- inspect, list, events, volumes) into Engine API requests under the /v1.41 prefix, sent through a
+-- `core.client`-like object (`client.request(opts)`, which yields the calling task). It knows nothing of
+-- sandboxes' records, HTTP handlers, the store or hooks. The pure mapping (labels, create body, inspect
+-- normalisation, status) lives in runtimes.docker.mapping; its calls are listed in lua/runtimes/docker/README.md.
+--
+-- Every method may yield. Operational failures return `nil, err` with
+--   err = { kind = "unavailable"|"not_found"|"conflict"|"api", status = <Docker HTTP status>|nil,
+--           message = <Docker's message, or the transport reason> }
+-- Programmer errors (a missing argument, a bad DOCKER_HOST given to new) raise.
+local json = require("common.json")
+local rterrors = require("runtimes.errors")
+local imageref = require("runtimes.docker.imageref")
+local registry_auth = require("runtimes.docker.registry_auth")
+local lines = require("runtimes.docker.lines")
+local mapping = require("runtimes.docker.mapping")
+local timefmt = require("common.timefmt")
+
+local M = {}
+
+M.API_VERSION = "1.41"
+M.DEFAULT_HOST = "unix:///var/run/docker.sock"
+M.DEFAULT_API_TIMEOUT = 180
+-- how often a caller waiting for another caller's identical pull checks whether it has finished
+M.PULL_WAIT_STEP = 0.1
+
+M.imageref = imageref
+M.registry_auth = registry_auth
+M.mapping = mapping
+M.labels_for = mapping.labels_for
+M.status_of = mapping.status_of
+
+local Adapter = {}
+Adapter.__index = Adapter
+
+------------------------------------------------------------------------------------------------------------
+-- errors
+
+--- A new adapter error `{kind, status, message}` (the shape of runtimes.errors).
+function M.error(kind, status, message)
+    return rterrors.new(kind, message, { status = status })
+end
+
+local function transport_error(err)
+    local reason
+    if type(err) == "table" then
+        reason = err.message or err.kind
+        if err.kind == "timeout" and reason and not reason:lower():find("time") then
+            reason = "timeout: " .. reason
+        end
+    end
+    return M.error("unavailable", nil, tostring(reason or err or "request failed"))
+end
+
+local function docker_message(body, status)
+    if type(body) == "string" and body ~= "" then
+        local doc = json.decode(body)
+        if type(doc) == "table" and type(doc.message) == "string" then
+            return doc.message
+        end
+        local text = body:gsub("^%s+", ""):gsub("%s+$", "")
+        if text ~= "" then
+            return text:sub(1, 1024)
+        end
+    end
+    return "Docker answered HTTP " .. tostring(status)
+end
+
+local function http_error(res)
+    local kind = "api"
+    if res.status == 404 then
+        kind = "not_found"
+    elseif res.status == 409 then
+        kind = "conflict"
+    end
+    return M.error(kind, res.status, docker_message(res.body, res.status))
+end
+
+------------------------------------------------------------------------------------------------------------
+-- construction
+
+--- Parses a DOCKER_HOST value: `unix:///path` or `tcp://host:port` (TLS is not supported, §8.1).
+--- Returns `{ unix_socket = path|nil, base = "http://..." }` or nil and a message.
+function M.parse_host(host)
+    if type(host) ~= "string" or host == "" then
+        return nil, "DOCKER_HOST is empty"
+    end
+    local path = host:match("^unix://(/.+)$")
+    if path then
+        return { unix_socket = path, base = "http://docker" }
+    end
+    local hostport = host:match("^tcp://([^/]+)/?$")
+    if hostport then
+        if not hostport:find(":%d+$") then
+            return nil, "DOCKER_HOST '" .. host .. "' has no port"
+        end
+        return { base = "http://" .. hostport }
+    end
+    return nil, "unsupported DOCKER_HOST '" .. host .. "' (use unix:///path or tcp://host:port)"
+end
+
+--- A new adapter. `opts`: client (required), host, api_timeout, log, config (the `docker` section), and
+--- for waiting on a shared pull either `new_event` (a function returning an object with `set(...)` and
+--- `wait()`, like common.sync.event) or `sleep` (function(sec) that yields, for polling). With neither,
+--- common.sync.event is used when it loads, else polling with core.timer.sleep.
+function M.new(opts)
+    assert(type(opts) == "table", "docker.new: options table required")
+    assert(opts.client and opts.client.request, "docker.new: opts.client with request() required")
+    local host = opts.host or M.DEFAULT_HOST
+    local target, perr = M.parse_host(host)
+    if not target then
+        error("docker.new: " .. perr, 2)
+    end
+    local self = setmetatable({
+        client = opts.client,
+        host = host,
+        unix_socket = target.unix_socket,
+        base = target.base,
+        api_timeout = opts.api_timeout or M.DEFAULT_API_TIMEOUT,
+        log = opts.log,
+        config = opts.config or {},
+        sleep = opts.sleep,
+        new_event = opts.new_event,
+        pulls = {}, -- pull key -> { done = bool, ok = true|nil, err = err|nil }
+        -- images seen present (uri + platform -> true): provisioning skips the inspection for them; a create
+        -- that then finds the image gone is told by image_missing() and the caller pulls and retries
+        present = {},
+        npresent = 0,
+    }, Adapter)
+    return self
+end
+
+-- the pure functions, also reachable from an adapter (a.labels_for(rec) with a dot; a:status_of(ins))
+Adapter.labels_for = mapping.labels_for
+
+function Adapter.status_of(_, ins)
+    return mapping.status_of(ins)
+end
+
+function Adapter:_debug(msg, fields)
+    if self.log then
+        self.log.debug(msg, fields)
+    end
+end
+
+function Adapter:_warn(msg, fields)
+    if self.log then
+        self.log.warn(msg, fields)
+    end
+end
+
+-- an event for a shared pull, or nil when waiters must poll
+function Adapter:_pull_event()
+    if self.new_event == nil then
+        self.new_event = false
+        if not self.sleep then
+            local ok, sync = pcall(require, "common.sync")
+            if ok and type(sync) == "table" and sync.event then
+                self.new_event = sync.event
+            end
+        end
+    end
+    return self.new_event and self.new_event() or nil
+end
+
+function Adapter:_sleep(sec)
+    local sleep = self.sleep
+    if not sleep then
+        sleep = require("core.timer").sleep
+        self.sleep = sleep
+    end
+    sleep(sec)
+end
+
+------------------------------------------------------------------------------------------------------------
+-- requests
+
+local function urlencode(s)
+    return (tostring(s):gsub("[^A-Za-z0-9%-._~]", function(c)
+        return string.format("%%%02X", c:byte())
+    end))
+end
+
+-- a path segment (container ids and names); `/` is escaped too
+local function seg(s)
+    assert(type(s) == "string" and s ~= "", "docker: id required")
+    return urlencode(s)
+end
+
+--- Sends one request. `path` starts with `/` and carries its query; `opts.unversioned` skips the /v1.41
+--- prefix. Returns the response or nil and an "unavailable" error.
+function Adapter:_request(method, path, opts)
+    opts = opts or {}
+    local prefix = opts.unversioned and "" or "/v" .. M.API_VERSION
+    local req = {
+        method = method,
+        url = self.base .. prefix .. path,
+        unix_socket = self.unix_socket,
+        headers = opts.headers,
+        body = opts.body,
+        timeout = opts.timeout or self.api_timeout,
+        idle_timeout = opts.idle_timeout,
+        on_data = opts.on_data,
+    }
+    local res, err = self.client.request(req)
+    if not res then
+        return nil, transport_error(err)
+    end
+    return res
+end
+
+-- a request whose success is one of the `ok` statuses (a set); anything else is an error
+function Adapter:_expect(method, path, ok, opts)
+    local res, err = self:_request(method, path, opts)
+    if not res then
+        return nil, err
+    end
+    if not ok[res.status] then
+        return nil, http_error(res)
+    end
+    return res
+end
+
+local function decode_body(res)
+    local doc, derr = json.decode(res.body)
+    if doc == nil then
+        return nil, M.error("api", res.status, "invalid JSON from Docker: " .. tostring(derr))
+    end
+    return doc
+end
+
+local OK200 = { [200] = true }
+local OK204 = { [204] = true, [200] = true }
+
+------------------------------------------------------------------------------------------------------------
+-- daemon
+
+--- GET /_ping -> true.
+function Adapter:ping()
+    local res, err = self:_expect("GET", "/_ping", OK200, { unversioned = true })
+    if not res then
+        return nil, err
+    end
+    return true
+end
+
+local function version_number(v)
+    local major, minor = tostring(v or ""):match("^(%d+)%.(%d+)")
+    if not major then
+        return nil
+    end
+    return tonumber(major) * 1000 + tonumber(minor)
+end
+
+--- GET /version (unversioned, so that it works on any daemon) ->
+--- `{ version, api_version, min_api_version, os, arch }`; fails when the daemon cannot serve API 1.41.
+function Adapter:version()
+    local res, err = self:_expect("GET", "/version", OK200, { unversioned = true })
+    if not res then
+        return nil, err
+    end
+    local doc, derr = decode_body(res)
+    if not doc then
+        return nil, derr
+    end
+    local v = {
+        version = doc.Version,
+        api_version = doc.ApiVersion,
+        min_api_version = doc.MinAPIVersion,
+        os = doc.Os,
+        arch = doc.Arch,
+    }
+    local have, need = version_number(v.api_version), version_number(M.API_VERSION)
+    if not have or have < need then
+        return nil, M.error("api", nil, string.format(
+            "Docker API version %s is older than the required %s (Docker Engine >= 20.10)",
+            tostring(v.api_version), M.API_VERSION))
+    end
+    local min = version_number(v.min_api_version)
+    if min and min > need then
+        return nil, M.error("api", nil, string.format(
+            "Docker no longer serves API version %s (minimum %s)", M.API_VERSION, v.min_api_version))
+    end
+    return v
+end
+
+--- GET /info -> `{ ncpu, mem_total, runtimes = {name=true}, default_runtime, server_version, os, name }`.
+function Adapter:info()
+    local res, err = self:_expect("GET", "/info", OK200)
+    if not res then
+        return nil, err
+    end
+    local doc, derr = decode_body(res)
+    if not doc then
+        return nil, derr
+    end
+    local runtimes = {}
+    if type(doc.Runtimes) == "table" then
+        for name in pairs(doc.Runtimes) do
+            runtimes[name] = true
+        end
+    end
+    return {
+        ncpu = math.tointeger(doc.NCPU),
+        mem_total = math.tointeger(doc.MemTotal),
+        runtimes = runtimes,
+        default_runtime = doc.DefaultRuntime,
+        server_version = doc.ServerVersion,
+        os = doc.OperatingSystem,
+        name = doc.Name,
+    }
+end
+
+------------------------------------------------------------------------------------------------------------
+-- images
+
+-- Follows one pull: POST /images/create, a stream of JSON lines. Any line with error/errorDetail is a
+-- failure even under HTTP 200. Returns true or nil, err.
+function Adapter:_pull(ref, auth, uri, platform)
+    local from, tag = imageref.pull_params(ref)
+    local path = "/images/create?fromImage=" .. urlencode(from) .. "&tag=" .. urlencode(tag)
+    if platform then
+        path = path .. "&platform=" .. urlencode((platform.os or "linux") .. "/" .. platform.arch)
+    end
+    local headers
+    if auth then
+        headers = { ["X-Registry-Auth"] = registry_auth.header(auth, imageref.server_address(ref)) }
+    end
+    local failure
+    local raw, rawlen = {}, 0 -- the start of the body, for a non-200 error reply
+    local splitter = lines.new(function(line)
+        local doc = json.decode(line)
+        if type(doc) ~= "table" then
+            return
+        end
+        if doc.error ~= nil or doc.errorDetail ~= nil then
+            local detail = type(doc.errorDetail) == "table" and doc.errorDetail.message
+            failure = failure or tostring(detail or doc.error)
+        elseif doc.status then
+            self:_debug("docker image pull", {
+                image = uri,
+                status = tostring(doc.status),
+                layer = doc.id and tostring(doc.id) or nil,
+                progress = doc.progress and tostring(doc.progress) or nil,
+            })
+        end
+    end)
+    local res, err = self:_request("POST", path, {
+        headers = headers,
+        timeout = 0,
+        idle_timeout = self.api_timeout,
+        on_data = function(chunk)
+            if rawlen < 65536 then
+                raw[#raw + 1] = chunk
+                rawlen = rawlen + #chunk
+            end
+            splitter:feed(chunk)
+        end,
+    })
+    splitter:finish()
+    if failure then
+        return nil, M.error("api", res and res.status or nil, failure)
+    end
+    if not res then
+        return nil, err
+    end
+    if res.status ~= 200 then
+        res.body = (res.body ~= nil and res.body ~= "") and res.body or table.concat(raw)
+        return nil, http_error(res)
+    end
+    return true
+end
+
+--- Makes sure the image `uri` is present: GET /images/{uri}/json, and on 404 a pull (with
+--- X-Registry-Auth only when `auth = {username, password}` is given; `platform = {os, arch}` optional).
+--- Identical concurrent pulls are shared: a second caller waits for the first one's result, on an event
+--- (common.sync.event or the injected `new_event`) or else by polling every PULL_WAIT_STEP seconds.
+local function present_key(uri, platform)
+    return uri .. "\0" .. (platform and (platform.arch or "") or "")
+end
+
+M.MAX_PRESENT = 1024
+
+function Adapter:_seen_present(uri, platform)
+    if self.npresent >= M.MAX_PRESENT then
+        self.present, self.npresent = {}, 0
+    end
+    local key = present_key(uri, platform)
+    if not self.present[key] then
+        self.present[key], self.npresent = true, self.npresent + 1
+    end
+end
+
+--- Forgets that an image was seen present (its next ensure_image inspects, and pulls when absent).
+function Adapter:forget_image(uri, platform)
+    local key = present_key(uri, platform)
+    if self.present[key] then
+        self.present[key], self.npresent = nil, self.npresent - 1
+    end
+end
+
+--- Whether an error from create_container says that the image does not exist (removed since it was seen).
+function Adapter.image_missing(_, err)
+    return type(err) == "table" and err.status == 404 and type(err.message) == "string"
+        and err.message:lower():find("no such image", 1, true) ~= nil
+end
+
+--- Runs `create()` (a create of a container of image `uri`, returning id or nil, err). When it fails
+--- because the image has gone since it was seen present, pulls the image and runs `create()` once more.
+--- Returns create's results, or nil, err, "pull" when that pull failed.
+function Adapter:create_from_image(uri, auth, platform, create)
+    local cid, err = create()
+    if cid or not self:image_missing(err) then
+        return cid, err
+    end
+    self:_debug("image gone since it was last seen; pulling", { image = uri })
+    self:forget_image(uri, platform)
+    local ok, perr = self:ensure_image(uri, auth, platform)
+    if not ok then
+        return nil, perr, "pull"
+    end
+    return create()
+end
+
+function Adapter:ensure_image(uri, auth, platform)
+    local ref, perr = imageref.parse(uri)
+    if not ref then
+        return nil, M.error("api", nil, perr)
+    end
+    if self.present[present_key(uri, platform)] then
+        return true
+    end
+    local res, err = self:_request("GET", "/images/" .. uri .. "/json")
+    if not res then
+        return nil, err
+    end
+    if res.status == 200 then
+        self:_seen_present(uri, platform)
+        return true
+    end
+    if res.status ~= 404 then
+        return nil, http_error(res)
+    end
+    local key = imageref.pull_key(ref) .. "\0" .. (platform and (platform.arch or "") or "")
+        .. "\0" .. (auth and (auth.username .. "\0" .. auth.password) or "")
+    local shared = self.pulls[key]
+    if shared then
+        self:_debug("docker image pull: waiting for an identical pull", { image = uri })
+        if shared.event then
+            shared.event:wait()
+        end
+        while not shared.done do
+            self:_sleep(M.PULL_WAIT_STEP)
+        end
+        return shared.ok, shared.err
+    end
+    shared = { done = false, event = self:_pull_event() }
+    self.pulls[key] = shared
+    local ok, a, b = pcall(self._pull, self, ref, auth, uri, platform)
+    if not ok then
+        a, b = nil, M.error("api", nil, "image pull raised: " .. tostring(a))
+    end
+    shared.ok, shared.err, shared.done = a, b, true
+    self.pulls[key] = nil
+    if ok and a then
+        self:_seen_present(uri, platform)
+    end
+    if shared.event then
+        shared.event:set(a, b)
+    end
+    if not ok then
+        error(b.message, 0)
+    end
+    return a, b
+end
+
+------------------------------------------------------------------------------------------------------------
+-- containers
+
+--- POST /containers/create?name=sandbox-{id}[&platform=linux/{arch}] with the §8.2 body -> container id.
+function Adapter:create_container(spec)
+    assert(type(spec) == "table" and type(spec.id) == "string", "create_container: spec.id required")
+    local body = mapping.create_body(spec, self.config)
+    local path = "/containers/create?name=" .. urlencode(spec.name or ("sandbox-" .. spec.id))
+    if spec.platform then
+        path = path .. "&platform=" .. urlencode((spec.platform.os or "linux") .. "/" .. spec.platform.arch)
+    end
+    local res, err = self:_expect("POST", path, { [201] = true, [200] = true }, {
+        headers = { ["Content-Type"] = "application/json" },
+        body = body,
+    })
+    if not res then
+        return nil, err
+    end
+    local doc, derr = decode_body(res)
+    if not doc then
+        return nil, derr
+    end
+    if type(doc.Warnings) == "table" and #doc.Warnings > 0 then
+        self:_warn("docker create warnings", { sandbox_id = spec.id, warnings = table.concat(doc.Warnings, "; ") })
+    end
+    if type(doc.Id) ~= "string" then
+        return nil, M.error("api", res.status, "Docker returned no container id")
+    end
+    return doc.Id
+end
+
+--- PUT /containers/{cid}/archive?path=/ with a tar archive (application/x-tar).
+function Adapter:put_archive(cid, tar_bytes)
+    local res, err = self:_expect("PUT", "/containers/" .. seg(cid) .. "/archive?path=/", OK204, {
+        headers = { ["Content-Type"] = "application/x-tar" },
+        body = tar_bytes,
+    })
+    if not res then
+        return nil, err
+    end
+    return true
+end
+
+--- GET /containers/{cid}/archive?path= -> the tar bytes Docker returns for that path (a file comes back as
+--- a one-entry archive named after its basename).
+function Adapter:get_archive(cid, path)
+    local res, err = self:_expect("GET", "/containers/" .. seg(cid) .. "/archive?path=" .. urlencode(path), OK200)
+    if not res then
+        return nil, err
+    end
+    return res.body
+end
+
+--- The state of the named volume: "ours" (it carries every one of `labels`), "missing", or "foreign" (a
+--- volume of that name without them: Docker creates an empty, unlabelled one by itself when a container is
+--- created with a volume that does not exist). Returns the state, or nil, err.
+function Adapter:volume_state(name, labels)
+    local res, err = self:_request("GET", "/volumes/" .. seg(name))
+    if not res then
+        return nil, err
+    end
+    if res.status == 404 then
+        return "missing"
+    end
+    if res.status ~= 200 then
+        return nil, http_error(res)
+    end
+    local doc = decode_body(res)
+    local have = type(doc) == "table" and type(doc.Labels) == "table" and doc.Labels or {}
+    for k, v in pairs(labels or {}) do
+        if have[k] ~= v then
+            return "foreign"
+        end
+    end
+    return "ours"
+end
+
+--- POST /images/create?fromSrc=-&repo=&tag= with `tar_bytes` as the image's only layer (docker import): an
+--- image made from the server's own files, with nothing of any user's image in it. Returns true or nil, err.
+function Adapter:import_image(repo, tag, tar_bytes, labels)
+    local path = "/images/create?fromSrc=-&repo=" .. urlencode(repo) .. "&tag=" .. urlencode(tag)
+    for k, v in pairs(labels or {}) do
+        path = path .. "&changes=" .. urlencode("LABEL " .. k .. "=" .. v)
+    end
+    local failure
+    local raw, rawlen = {}, 0 -- the start of the body, for a non-200 error reply (streamed: res.body is "")
+    local splitter = lines.new(function(line)
+        local doc = json.decode(line)
+        if type(doc) == "table" and (doc.error ~= nil or doc.errorDetail ~= nil) then
+            local detail = type(doc.errorDetail) == "table" and doc.errorDetail.message
+            failure = failure or tostring(detail or doc.error)
+        end
+    end)
+    local res, err = self:_request("POST", path, {
+        headers = { ["Content-Type"] = "application/x-tar" },
+        body = tar_bytes,
+        on_data = function(chunk)
+            if rawlen < 65536 then
+                raw[#raw + 1] = chunk
+                rawlen = rawlen + #chunk
+            end
+            splitter:feed(chunk)
+        end,
+    })
+    splitter:finish()
+    if not res then
+        return nil, err
+    end
+    if failure then
+        return nil, M.error("api", res.status, failure)
+    end
+    if res.status ~= 200 then
+        res.body = (res.body ~= nil and res.body ~= "") and res.body or table.concat(raw)
+        return nil, http_error(res)
+    end
+    return true
+end
+
+--- DELETE /images/{ref}?force=true: true, also when the image is already gone.
+function Adapter:remove_image(ref)
+    local res, err = self:_request("DELETE", "/images/" .. ref .. "?force=true")
+    if not res then
+        return nil, err
+    end
+    if res.status == 200 or res.status == 404 then
+        return true
+    end
+    return nil, http_error(res)
+end
+
+--- Makes sure the named volume exists and holds `tar_bytes` (extracted at /, so the archive's
+--- opt/opensandbox/... lands in the volume mounted at /opt/opensandbox). API.md §8.4: the volume is filled
+--- only from the server's own files. A new volume is created with `labels`, and filled through a created,
+--- never started, container named `{name}-fill` of an image imported from `tar_bytes` itself, which mounts
+--- the volume with NoCopy (so not even that image's files are copied in by Docker); the archive is then
+--- uploaded into it, and the container and the image are removed. A `{name}-fill` container left behind
+--- means the server stopped during a fill. Volumes are named after their content, so a complete one is
+--- never refilled. A volume of that name that is not complete (without `labels`: Docker made it, empty; or
+--- with a fill container left) is removed and made again. Returns true, or nil, err.
+function Adapter:ensure_volume(name, tar_bytes, labels)
+    local state, err = self:volume_state(name, labels)
+    if not state then
+        return nil, err
+    end
+    local fill_name = name .. "-fill"
+    local res
+    if state == "ours" then
+        res, err = self:_request("GET", "/containers/" .. seg(fill_name) .. "/json")
+        if not res then
+            return nil, err
+        end
+        if res.status == 404 then
+            return true
+        end
+        if res.status ~= 200 then
+            return nil, http_error(res)
+        end
+    end
+    if state ~= "missing" then
+        self:remove(fill_name)
+        res, err = self:_request("DELETE", "/volumes/" .. seg(name))
+        if not res then
+            return nil, err
+        end
+        if res.status ~= 204 and res.status ~= 404 then
+            return nil, M.error(res.status == 409 and "conflict" or "api", res.status, string.format(
+                "volume %s is incomplete and cannot be replaced: %s", name, docker_message(res.body, res.status)))
+        end
+        self:_warn("agent volume was incomplete; making it again", { volume = name, found = state })
+    end
+    local image = "opensandbox-agent-fill:" .. name:gsub("[^%w_.-]", "-")
+    local ok
+    ok, err = self:import_image("opensandbox-agent-fill", image:match(":(.*)$"), tar_bytes, labels)
+    if not ok then
+        return nil, err
+    end
+    res, err = self:_expect("POST", "/volumes/create", { [201] = true, [200] = true }, {
+        headers = { ["Content-Type"] = "application/json" },
+        body = json.encode({ Name = name, Labels = labels or {} }),
+    })
+    if res then
+        res, err = self:_expect("POST", "/containers/create?name=" .. urlencode(fill_name), { [201] = true }, {
+            headers = { ["Content-Type"] = "application/json" },
+            body = json.encode({
+                Image = image,
+                Cmd = json.array({ "/opt/opensandbox/execd" }),
+                Labels = labels or {},
+                HostConfig = { Mounts = json.array({ { Type = "volume", Source = name, Target = "/opt/opensandbox",
+                    VolumeOptions = { NoCopy = true } } }) },
+            }),
+        })
+    end
+    if res then
+        local doc = decode_body(res)
+        local cid = doc and doc.Id or fill_name
+        ok, err = self:put_archive(cid, tar_bytes)
+        self:remove(cid)
+        res = ok
+    end
+    self:remove_image(image)
+    if not res then
+        self:_request("DELETE", "/volumes/" .. seg(name))
+        return nil, err
+    end
+    return true
+end
+
+--- Removes the volumes that carry `label` ("key=value"), are used by no container, are not named `keep`
+--- and were created before `before_us` (microseconds since the epoch; a volume just made by another server
+--- is not yet in use): agent volumes of earlier bundles. A volume taken meanwhile (409) stays. Returns the
+--- number removed, or nil, err.
+function Adapter:remove_unused_volumes(label, keep, before_us)
+    local filters = json.encode({ label = json.array({ label }), dangling = json.array({ "true" }) })
+    local res, err = self:_expect("GET", "/volumes?filters=" .. urlencode(filters), OK200)
+    if not res then
+        return nil, err
+    end
+    local doc, derr = decode_body(res)
+    if type(doc) ~= "table" then
+        return nil, derr
+    end
+    local n = 0
+    for _, v in ipairs(type(doc.Volumes) == "table" and doc.Volumes or {}) do
+        local created = timefmt.parse_runtime(v.CreatedAt)
+        if type(v.Name) == "string" and v.Name ~= keep and created and created < before_us then
+            local dres = self:_request("DELETE", "/volumes/" .. seg(v.Name))
+            if dres and dres.status == 204 then
+                n = n + 1
+            end
+        end
+    end
+    return n
+end
+
+--- Creates (does not start) a throwaway container of `image` named `name`, to copy files out of it (the
+--- runtime.execd_image option). Returns the container id.
+function Adapter:create_scratch(image, name, platform)
+    local path = "/containers/create?name=" .. urlencode(name)
+    if platform and platform.arch then
+        path = path .. "&platform=" .. urlencode("linux/" .. platform.arch)
+    end
+    local res, err = self:_expect("POST", path, { [201] = true, [200] = true }, {
+        headers = { ["Content-Type"] = "application/json" },
+        body = json.encode({ Image = image, Cmd = json.array({ "/execd" }),
+            Labels = { ["opensandbox.scratch"] = "1" } }),
+    })
+    if not res then
+        return nil, err
+    end
+    local doc, derr = decode_body(res)
+    if not doc then
+        return nil, derr
+    end
+    return doc.Id
+end
+
+-- POST /containers/{cid}/{action}: true or nil, err.
+function Adapter:_container_action(cid, action, ok)
+    local res, err = self:_expect("POST", "/containers/" .. seg(cid) .. "/" .. action, ok)
+    if not res then
+        return nil, err
+    end
+    return true
+end
+
+--- POST /containers/{cid}/start (304 "already started" counts as success).
+function Adapter:start(cid)
+    return self:_container_action(cid, "start", { [204] = true, [304] = true })
+end
+
+--- POST /containers/{cid}/pause.
+function Adapter:pause(cid)
+    return self:_container_action(cid, "pause", OK204)
+end
+
+--- POST /containers/{cid}/unpause.
+function Adapter:unpause(cid)
+    return self:_container_action(cid, "unpause", OK204)
+end
+
+--- DELETE /containers/{cid}?force=true&v=true. A container that does not exist counts as removed. If the
+--- daemon refuses because the container is paused, it is unpaused and the removal retried once (§6.3).
+function Adapter:remove(cid)
+    local path = "/containers/" .. seg(cid) .. "?force=true&v=true"
+    local res, err = self:_request("DELETE", path)
+    if not res then
+        return nil, err
+    end
+    if res.status == 409 and docker_message(res.body, res.status):lower():find("paused", 1, true) then
+        self:unpause(cid)
+        res, err = self:_request("DELETE", path)
+        if not res then
+            return nil, err
+        end
+    end
+    if res.status == 204 or res.status == 200 or res.status == 404 then
+        return true
+    end
+    return nil, http_error(res)
+end
+
+--- GET /containers/{cid}/json -> the normalized inspect result (see mapping.normalize_inspect).
+function Adapter:inspect(cid)
+    local res, err = self:_expect("GET", "/containers/" .. seg(cid) .. "/json", OK200)
+    if not res then
+        return nil, err
+    end
+    local doc, derr = decode_body(res)
+    if not doc then
+        return nil, derr
+    end
+    return mapping.normalize_inspect(doc, mapping.config_value(self.config, "network_mode"))
+end
+
+--- GET /containers/json?all=true&filters={"label":["opensandbox.io/id", ...extra]} -> array of
+--- `{ id, name, image, labels, state = "running"|..., status = state, status_text = "Up 2 minutes",
+--- created_s }`. `extra_labels` (optional) adds label filters such as "opensandbox.test=1".
+function Adapter:list(extra_labels)
+    local label_filters = json.array({ mapping.LABEL_ID })
+    if self.config.instance then
+        label_filters[#label_filters + 1] = mapping.LABEL_INSTANCE .. "=" .. self.config.instance
+    end
+    for _, l in ipairs(extra_labels or {}) do
+        label_filters[#label_filters + 1] = l
+    end
+    local filters = json.encode({ label = label_filters })
+    local res, err = self:_expect("GET", "/containers/json?all=true&filters=" .. urlencode(filters), OK200)
+    if not res then
+        return nil, err
+    end
+    local doc, derr = decode_body(res)
+    if not doc then
+        return nil, derr
+    end
+    local out = {}
+    for _, c in ipairs(type(doc) == "table" and doc or {}) do
+        local labels = {}
+        for k, v in pairs(type(c.Labels) == "table" and c.Labels or {}) do
+            labels[k] = v
+        end
+        local name = type(c.Names) == "table" and c.Names[1]
+        out[#out + 1] = {
+            id = c.Id,
+            name = name and name:gsub("^/", "") or nil,
+            image = c.Image,
+            labels = labels,
+            state = c.State,
+            status = c.State,
+            status_text = c.Status,
+            created_s = math.tointeger(c.Created),
+        }
+    end
+    return out
+end
+
+------------------------------------------------------------------------------------------------------------
+-- events
+
+-- One decoded event line -> the adapter's event table (nil for a line that is not a container event).
+function M.parse_event(line)
+    local doc = json.decode(line)
+    if type(doc) ~= "table" then
+        return nil
+    end
+    local action = doc.Action or doc.status
+    if type(action) ~= "string" then
+        return nil
+    end
+    if doc.Type and doc.Type ~= "container" then
+        return nil
+    end
+    local actor = type(doc.Actor) == "table" and doc.Actor or {}
+    local attrs = type(actor.Attributes) == "table" and actor.Attributes or {}
+    -- cjson decodes numbers as doubles; timeNano needs all 19 digits, so read it from the text
+    local nano = line:match('"timeNano"%s*:%s*(%d+)')
+    local time_nano = nano and math.tointeger(tonumber(nano))
+    if not time_nano and doc.time then
+        time_nano = math.tointeger(doc.time) and math.tointeger(doc.time) * 1000000000
+    end
+    return {
+        action = action:match("^([^:]+)") or action, -- "exec_start: sh" -> "exec_start"
+        raw_action = action,
+        id = actor.ID or doc.id,
+        sandbox_id = attrs[mapping.LABEL_ID],
+        exit_code = attrs.exitCode and math.tointeger(tonumber(attrs.exitCode)) or nil,
+        time_nano = time_nano,
+    }
+end
+
+--- Follows GET /events?filters={"type":["container"],"label":["opensandbox.io/id"]}[&since=][&until=]
+--- with no timeout, calling `on_event(ev)` for each event (see parse_event). `on_event` runs inside the
+--- client's on_data callback and must not yield; an error it raises is logged and the stream goes on.
+--- Returns when the stream ends: always nil and an error (kind "unavailable" when the stream simply ended).
+function Adapter:events(since_s, on_event, until_s)
+    assert(type(on_event) == "function", "events: on_event required")
+    local labels = json.array({ mapping.LABEL_ID })
+    if self.config.instance then
+        labels[#labels + 1] = mapping.LABEL_INSTANCE .. "=" .. self.config.instance
+    end
+    local filters = json.encode({ type = json.array({ "container" }), label = labels })
+    local path = "/events?filters=" .. urlencode(filters)
+    local function ts(t)
+        if math.type(t) == "integer" then
+            return tostring(t)
+        end
+        return string.format("%.9f", t)
+    end
+    if since_s then
+        path = path .. "&since=" .. ts(since_s)
+    end
+    if until_s then
+        path = path .. "&until=" .. ts(until_s)
+    end
+    local raw, rawlen = {}, 0
+    local splitter = lines.new(function(line)
+        local ev = M.parse_event(line)
+        if ev then
+            local ok, perr = pcall(on_event, ev)
+            if not ok then
+                if self.log then
+                    self.log.error("docker event handler failed", { error = tostring(perr), action = ev.action })
+                end
+            end
+        end
+    end)
+    local res, err = self:_request("GET", path, {
+        timeout = 0,
+        on_data = function(chunk)
+            if rawlen < 4096 then
+                raw[#raw + 1] = chunk
+                rawlen = rawlen + #chunk
+            end
+            splitter:feed(chunk)
+        end,
+    })
+    splitter:finish()
+    if not res then
+        return nil, err
+    end
+    if res.status ~= 200 then
+        res.body = (res.body ~= nil and res.body ~= "") and res.body or table.concat(raw)
+        return nil, http_error(res)
+    end
+    return nil, M.error("unavailable", res.status, "event stream ended")
+end
+
+return M

@@ -1,0 +1,250 @@
+-- The fake runtime: the runtime contract (lua/runtimes/README.md) in memory, with no daemon. It backs the
+-- lifecycle service's unit specs (as Kong's `strategies/fake` backs its DAO's), and is the smallest
+-- complete example of an adapter.
+--
+-- A sandbox is an entry of `self.objects` (handle -> { id, sandbox, spec, status, place }). Specs drive it
+-- from outside, the way the real world would:
+--   rt:fail_next(method, err)        the next call of `method` fails with `err` (a runtimes.errors object)
+--   rt:set_status(handle, state...)  changes an object's status and reports it to the watch
+--   rt:vanish(handle)                removes an object behind the service's back (reported as gone)
+--   rt:inject(obs)                   an object the service has no record of (adoption)
+--   rt.down = true                   every call fails with `unavailable` until it is false again
+--   rt.before[method] = fn(...)      runs inside `method` before it answers, where the real call would
+--                                    yield (so specs can change the service meanwhile)
+--   rt.calls                         every call, as "method id-or-handle" strings
+-- watch() returns at once with "unavailable" unless `rt.wait` (a function that yields until more changes
+-- come, e.g. coroutine.yield) is set; changes made while nobody watches are kept and delivered first.
+local rterrors = require("runtimes.errors")
+
+local M = {}
+
+local Fake = {}
+Fake.__index = Fake
+
+M.AGENT_PORT = 44772
+
+--- cfg is ignored but for `fake` (optional: { ncpu = n }); deps are ignored.
+function M.new(cfg)
+    local fcfg = cfg and cfg.fake or {}
+    return setmetatable({
+        name = "fake",
+        ncpu = fcfg.ncpu or 2,
+        objects = {}, -- handle -> object
+        calls = {},
+        failures = {}, -- method -> error for its next call
+        before = {},
+        changes = {}, -- changes not yet delivered to a watch
+        next_handle = 0,
+        down = false,
+        no_pause = fcfg.no_pause, -- answer pause with "unsupported", like a runtime that has none
+    }, Fake)
+end
+
+local function unavailable()
+    return rterrors.new("unavailable", "fake runtime is down")
+end
+
+-- the common head of every call: record it, run the spec's hook, fail when told to
+function Fake:_call(method, key, ...)
+    self.calls[#self.calls + 1] = method .. (key and (" " .. tostring(key)) or "")
+    if self.before[method] then
+        self.before[method](...)
+    end
+    if self.down then
+        return unavailable()
+    end
+    local err = self.failures[method]
+    if err then
+        self.failures[method] = nil
+        return err
+    end
+    return nil
+end
+
+function Fake:fail_next(method, err)
+    self.failures[method] = err
+end
+
+function Fake:_emit(change)
+    self.changes[#self.changes + 1] = change
+end
+
+local function status(state, reason, message)
+    return { state = state, reason = reason, message = message }
+end
+
+---------------------------------------------------------------------------------------------------------
+-- the contract
+
+function Fake:connect()
+    local err = self:_call("connect")
+    if err then
+        return nil, err
+    end
+    return { ncpu = self.ncpu }
+end
+
+function Fake.unavailable(_, reason)
+    return "DOCKER::UNAVAILABLE", "Fake runtime is unreachable: " .. tostring(reason)
+end
+
+function Fake:provision(sandbox, spec)
+    local err = self:_call("provision", sandbox.id, sandbox, spec)
+    if err then
+        if not err.step then
+            err = rterrors.at_step("create", err)
+        end
+        return nil, err
+    end
+    self.next_handle = self.next_handle + 1
+    local handle = string.format("fake-%d", self.next_handle)
+    local obj = {
+        id = sandbox.id,
+        handle = handle,
+        sandbox = sandbox,
+        spec = spec,
+        status = status("Running", "CONTAINER_RUNNING", "Sandbox container is running."),
+        place = { ip = "10.0.0." .. self.next_handle, agent_port = M.AGENT_PORT },
+    }
+    self.objects[handle] = obj
+    return { handle = handle, place = obj.place, status = obj.status, steps = { fake_ms = 0 } }
+end
+
+-- pause/resume: fail on an object that is gone; pause is `unsupported` with cfg.fake.no_pause
+function Fake:_toggle(method, rec, to)
+    local err = self:_call(method, rec.handle, rec)
+    if err then
+        return nil, err
+    end
+    local obj = self.objects[rec.handle]
+    if not obj then
+        return nil, rterrors.new("not_found", "no such sandbox object " .. tostring(rec.handle))
+    end
+    obj.status = to
+    self:_emit({ id = obj.id, handle = obj.handle, status = to })
+    return true
+end
+
+function Fake:pause(rec)
+    if self.no_pause then
+        self:_call("pause", rec.handle, rec)
+        return nil, rterrors.new("unsupported", "The fake runtime cannot pause sandboxes.")
+    end
+    return self:_toggle("pause", rec, status("Paused", "CONTAINER_PAUSED", "Sandbox container is paused."))
+end
+
+function Fake:resume(rec)
+    return self:_toggle("resume", rec, status("Running", "CONTAINER_RUNNING", "Sandbox container is running."))
+end
+
+function Fake:remove(rec)
+    local err = self:_call("remove", rec.handle, rec)
+    if err then
+        return nil, err
+    end
+    local obj = self.objects[rec.handle]
+    if obj then
+        self.objects[rec.handle] = nil
+        self:_emit({ id = obj.id, handle = obj.handle, gone = true })
+    end
+    return true
+end
+
+function Fake:list()
+    local err = self:_call("list")
+    if err then
+        return nil, err
+    end
+    local out = {}
+    for handle, obj in pairs(self.objects) do
+        local s = obj.sandbox
+        local identity
+        if s and s.created_us and s.id then
+            identity = { id = s.id, created_us = s.created_us, expires_us = s.expires_us,
+                image_uri = obj.spec and obj.spec.image and obj.spec.image.uri or "",
+                entrypoint = obj.spec and obj.spec.entrypoint or {}, metadata = s.metadata or {},
+                platform = s.platform, principal = s.principal, access_token = s.access_token }
+        end
+        out[#out + 1] = { id = obj.id, handle = handle, place = obj.place, status = obj.status or nil,
+            sandbox = identity }
+    end
+    table.sort(out, function(a, b)
+        return a.handle < b.handle
+    end)
+    return out
+end
+
+function Fake:watch(on_change)
+    local err = self:_call("watch")
+    if err then
+        return nil, err
+    end
+    repeat
+        while #self.changes > 0 and not self.down do
+            on_change(table.remove(self.changes, 1))
+        end
+    until not self.wait or self.down or self.wait() == false
+    return nil, unavailable()
+end
+
+function Fake.address(_, rec, port, from)
+    local place = rec.place
+    if type(place) ~= "table" or not place.ip then
+        return nil, rterrors.new("conflict", "the sandbox has no address")
+    end
+    if from == "proxy" then
+        return { host = place.ip, port = port }
+    end
+    -- public: the agent port through the agent's own proxy path, like Docker's bridge mode
+    if port == M.AGENT_PORT then
+        return { host = place.ip, port = port, path = "/proxy/" .. port, agent = true }
+    end
+    return { host = place.ip, port = port }
+end
+
+---------------------------------------------------------------------------------------------------------
+-- what specs drive from outside
+
+--- Changes an object's status (as if the sandbox exited, was paused by someone else, ...) and reports it.
+function Fake:set_status(handle, state, reason, message)
+    local obj = assert(self.objects[handle], "fake: no object " .. tostring(handle))
+    obj.status = status(state, reason, message)
+    self:_emit({ id = obj.id, handle = handle, status = obj.status })
+end
+
+--- Removes an object behind the service's back, and reports it gone.
+function Fake:vanish(handle)
+    local obj = assert(self.objects[handle], "fake: no object " .. tostring(handle))
+    self.objects[handle] = nil
+    self:_emit({ id = obj.id, handle = handle, gone = true })
+end
+
+--- Adds an object the service has no record of: obs = { id, sandbox = identity | nil, status?, place? }.
+--- Returns its handle.
+function Fake:inject(obs)
+    self.next_handle = self.next_handle + 1
+    local handle = obs.handle or string.format("fake-%d", self.next_handle)
+    self.objects[handle] = {
+        id = obs.id,
+        handle = handle,
+        sandbox = obs.sandbox,
+        spec = { image = { uri = obs.sandbox and obs.sandbox.image_uri or "" },
+            entrypoint = obs.sandbox and obs.sandbox.entrypoint or {} },
+        -- status = false: an object whose details cannot be read (listed with status nil)
+        status = obs.status == nil and status("Running", "CONTAINER_RUNNING", "Sandbox container is running.")
+            or obs.status,
+        place = obs.place or { ip = "10.0.1." .. self.next_handle },
+    }
+    return handle
+end
+
+--- How many objects exist.
+function Fake:count()
+    local n = 0
+    for _ in pairs(self.objects) do
+        n = n + 1
+    end
+    return n
+end
+
+return M

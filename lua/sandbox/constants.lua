@@ -1,0 +1,8 @@
+-- Fixed numbers of the lifecycle service (API.md §6), shared by its parts (lua/sandbox/service.lua).
+return {
+    PROVISION_WAIT = 120, -- seconds an operation waits for provisioning (§6.2)
+    SWEEP_INTERVAL = 30, -- seconds between sweeps (§6.3)
+    MAX_TIMER = 86400, -- a timer further out is re-checked after a day
+    STORE_RETRY = 5, -- seconds between retries of facts the store refused (sandbox/state.lua)
+    AGENT_PORT = 44772, -- the agent's port, as clients name it in endpoints (§7.1)
+}

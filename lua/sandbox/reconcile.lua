@@ -1,0 +1,152 @@
+-- Part of the lifecycle service (sandbox/service.lua): keeping the records true to the runtime.
+--   reconcile(startup)  the runtime's list against the records (§6.3 sweep; §6.5 start-up restoration)
+--   adopt(obs)          a record rebuilt from what the runtime holds of a sandbox we have no record of
+--   on_change(change)   one change from the runtime's watch: a new status, or the sandbox gone
+-- The adapter decodes its labels or annotations into the contract's `sandbox` identity and interprets its
+-- own events; here only the contract's words are read (lua/runtimes/README.md).
+local model = require("sandbox.model")
+
+local STATE, MESSAGE = model.STATE, model.MESSAGE
+
+local P = {}
+
+--- Adopts a sandbox the runtime has and we have no record of (§6.5 step 3); returns true when adopted.
+function P:adopt(obs)
+    local s = obs.sandbox
+    if not s then
+        return false
+    end
+    local rec = {
+        id = s.id,
+        handle = obs.handle,
+        place = obs.place,
+        created_us = s.created_us,
+        expires_us = s.expires_us,
+        image_uri = s.image_uri or "",
+        entrypoint = s.entrypoint or {},
+        metadata = s.metadata or {},
+        platform = s.platform,
+        extensions = {},
+        access_token = s.access_token,
+        principal = s.principal,
+    }
+    local st = obs.status
+    model.apply_status(rec, model.status(st.state, st.reason, st.message, st.at_us or s.created_us))
+    if self:commit(rec) then
+        self.log.info("adopted sandbox", { sandbox_id = s.id, handle = obs.handle })
+        return true
+    end
+    return false
+end
+
+-- removes a runtime object we have no use for (a leftover of provisioning, or unadoptable)
+function P:remove_leftover(obs)
+    self.removing[obs.handle] = true
+    self.runtime:remove({ id = obs.id, handle = obs.handle, place = obs.place })
+    self.removing[obs.handle] = nil
+end
+
+-- a record whose runtime object is listed: take its handle, place and status
+function P:refresh(rec, obs)
+    if rec.handle ~= obs.handle or (obs.place and not model.same_value(rec.place, obs.place)) then
+        local upd = self:copy(rec)
+        upd.handle = obs.handle
+        upd.place = obs.place or rec.place
+        self:commit(upd)
+    end
+    self:apply_runtime_status(rec.id, obs.status)
+end
+
+--- Reconciles the records with the runtime. At start-up (`startup`), also fails interrupted provisioning
+--- and returns what is due to expire (§6.5); in sweeps only steps 2-4 apply. Returns true[, due] or nil, err.
+function P:reconcile(startup)
+    -- The list call yields: records created, provisioned or deleted meanwhile must not be judged against
+    -- it. Only records that existed, settled, before the list are checked for a vanished sandbox, and a
+    -- listed sandbox whose record existed then but is gone now was deleted meanwhile (neither adopted nor
+    -- removed again).
+    local had, settled = {}, {}
+    for id in pairs(self.records) do
+        had[id] = true
+        settled[id] = not self.provisioning[id]
+    end
+    local list, err = self.runtime:list()
+    if not list then
+        if type(err) == "table" and err.kind == "unavailable" then
+            self:mark_unavailable(err.message)
+        end
+        return nil, err
+    end
+    local listed = {}
+    for _, obs in ipairs(list) do
+        if obs.id then
+            listed[obs.id] = obs
+        end
+    end
+    for sid, obs in pairs(listed) do
+        local rec = self.records[sid]
+        if rec then
+            if not self.provisioning[sid] then
+                if model.is_provisioning_failure(rec) or (startup and rec.state == STATE.PENDING) then
+                    self:remove_leftover(obs) -- of failed or interrupted provisioning
+                elseif rec.handle == nil or rec.handle == obs.handle then
+                    self:refresh(rec, obs)
+                end
+            end
+        elseif not self.provisioning[sid] and not had[sid] and obs.status then
+            -- (an object whose details could not be read is judged by a later sweep, not removed blind)
+            if not self:adopt(obs) then
+                self.log.warn("removing an unadoptable sandbox", { handle = obs.handle })
+                self:remove_leftover(obs)
+            end
+        end
+    end
+    -- records without a runtime object
+    local now = self:now_us()
+    for id, rec in pairs(self.records) do
+        if not self.provisioning[id] and settled[id] and not model.is_provisioning_failure(rec) then
+            if rec.state == STATE.PENDING and (startup or not listed[id]) then
+                -- interrupted provisioning: its runtime object, if any, was removed above
+                self:commit_provisioning_failure(rec, MESSAGE.INTERRUPTED)
+            elseif not listed[id] then
+                self.log.info("sandbox vanished from the runtime; dropping record", { sandbox_id = id })
+                self:forget(id)
+            end
+        end
+    end
+    if not startup then
+        return true
+    end
+    local due = {}
+    for id, rec in pairs(self.records) do
+        if rec.expires_us and rec.expires_us <= now and not model.is_provisioning_failure(rec) then
+            due[#due + 1] = id
+        else
+            self:arm_timer(rec)
+        end
+    end
+    return true, due
+end
+
+--- Applies one change from the runtime's watch (called from the watch; must not yield).
+function P:on_change(change)
+    local id = change.id
+    local rec = id and self.records[id]
+    if not rec or self.provisioning[id] then
+        return
+    end
+    -- a record without a runtime object (failed or interrupted provisioning) is not affected: a removal seen
+    -- now is that of its half-created object, done by us
+    if not rec.handle or (change.handle and rec.handle ~= change.handle) then
+        return
+    end
+    if change.gone then
+        if not self.removing[rec.handle] and rec.state ~= STATE.STOPPING then
+            self.log.info("sandbox removed behind our back; dropping record", { sandbox_id = id })
+            self:forget_fact(id)
+        end
+        return
+    end
+    self:apply_runtime_status(id, change.status)
+end
+
+return P

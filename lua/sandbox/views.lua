@@ -1,0 +1,179 @@
+-- Part of the lifecycle service (sandbox/service.lua): what clients read, all from memory (no runtime call):
+-- get and list (§2.2, §2.3; encoded objects cached per record), endpoints (§7.1, §7.2) and the target of the
+-- server proxy (§7.3). Where a port is reached is the runtime's answer (`address`); the public host
+-- (server.eip, the request's Host) and the agent's token are the service's.
+local errors = require("common.errors")
+local json = require("common.json")
+local model = require("sandbox.model")
+local listing = require("sandbox.listing")
+local C = require("sandbox.constants")
+
+local P = {}
+
+--- Tenancy: a non-admin principal sees only the sandboxes it created (API keys with principals, see
+--- config server.api_keys); admins and single-key setups see everything.
+function P.visible(_, rec, ctx)
+    if ctx and ctx.admin == false then
+        return rec.principal == ctx.principal
+    end
+    return true
+end
+
+function P:get(id, ctx)
+    local rec = self.records[id]
+    if not rec or not self:visible(rec, ctx) then
+        return nil, errors.not_found(id)
+    end
+    return model.sandbox_view(rec)
+end
+
+-- Encoded `Sandbox` objects, per record. Records are never changed in place (a mutation commits a copy),
+-- so a record's identity is its version and a weak-keyed cache never serves a stale view.
+local view_json = setmetatable({}, { __mode = "k" })
+
+local function sandbox_json(rec)
+    local s = view_json[rec]
+    if not s then
+        s = json.encode(model.sandbox_view(rec))
+        view_json[rec] = s
+    end
+    return s
+end
+
+--- get() already encoded: the API's GET /sandboxes/{id} body.
+function P:get_json(id, ctx)
+    local rec = self.records[id]
+    if not rec or not self:visible(rec, ctx) then
+        return nil, errors.not_found(id)
+    end
+    return sandbox_json(rec)
+end
+
+-- The page of `filter` among the sandboxes `ctx` may see: listing.apply's { items = records, pagination }.
+function P:page(filter, ctx)
+    local all = {}
+    for _, rec in pairs(self.records) do
+        if self:visible(rec, ctx) then
+            all[#all + 1] = rec
+        end
+    end
+    return listing.apply(all, filter)
+end
+
+--- list() already encoded: the API's GET /sandboxes body.
+function P:list_json(filter, ctx)
+    local res = self:page(filter, ctx)
+    local items = {}
+    for i, rec in ipairs(res.items) do
+        items[i] = sandbox_json(rec)
+    end
+    local p = res.pagination
+    return string.format('{"items":[%s],"pagination":{"page":%d,"pageSize":%d,"totalItems":%d,' ..
+        '"totalPages":%d,"hasNextPage":%s}}', table.concat(items, ","), p.page, p.pageSize, p.totalItems,
+        p.totalPages, tostring(p.hasNextPage))
+end
+
+function P:list(filter, ctx)
+    local res = self:page(filter, ctx)
+    local items = json.array()
+    for i, rec in ipairs(res.items) do
+        items[i] = model.sandbox_view(rec)
+    end
+    return { items = items, pagination = res.pagination }
+end
+
+---------------------------------------------------------------------------------------------------------
+-- endpoints (§7)
+---------------------------------------------------------------------------------------------------------
+
+local function strip_scheme(s)
+    s = s:gsub("^%a[%w+.-]*://", "")
+    s = s:gsub("/+$", "")
+    return s
+end
+
+local function host_of_header(h)
+    if not h or h == "" then
+        return nil
+    end
+    if h:sub(1, 1) == "[" then
+        return h:match("^(%[[^%]]*%])")
+    end
+    return h:match("^([^:]+)")
+end
+
+local function eip(cfg)
+    local e = cfg.server and cfg.server.eip
+    if e and e ~= "" then
+        return strip_scheme(e)
+    end
+    return nil
+end
+
+function P:endpoint(id, port, use_server_proxy, ctx)
+    local _, verr = self:check_visible(id, ctx)
+    if verr then
+        return nil, verr
+    end
+    local rec, err = self:wait_provisioned(id)
+    if not rec then
+        return nil, err
+    end
+    if model.is_provisioning_failure(rec) then
+        return nil, self.not_running_error()
+    end
+    local agent_headers = { ["X-EXECD-ACCESS-TOKEN"] = rec.access_token }
+    if use_server_proxy then
+        local base = eip(self.config) or (ctx and ctx.host) or "127.0.0.1:8080"
+        return {
+            endpoint = string.format("%s/sandboxes/%s/proxy/%d", base, id, port),
+            headers = port == C.AGENT_PORT and agent_headers or nil,
+        }
+    end
+    local addr = self.runtime:address(rec, port, "public")
+    if not addr then
+        return nil, self.not_running_error()
+    end
+    -- {host}: server.eip, else the runtime's own (docker.host_ip), else the request's Host, else loopback
+    local host = eip(self.config) or addr.host or host_of_header(ctx and ctx.host) or "127.0.0.1"
+    return {
+        endpoint = string.format("%s:%d%s", host, addr.port, addr.path or ""),
+        headers = addr.agent and agent_headers or nil,
+    }
+end
+
+--- The target of the server proxy (§7.3): { host, port, record } or nil, err. Served from memory (no runtime
+--- call). `ctx` (tenancy) and `req` ({ port, method, path }) go to the on_proxy_request hooks, which may refuse
+--- or ask for renew-on-access ({ renew_seconds = n }: the expiry moves to now + n when less than half of n
+--- is left, so that a busy sandbox costs one durable write per n/2 seconds, not one per request).
+function P:proxy_target(id, port, ctx, req)
+    local rec = self.records[id]
+    if not rec or not self:visible(rec, ctx) then
+        return nil, errors.not_found(id)
+    end
+    if rec.state ~= model.STATE.RUNNING then
+        return nil, self.not_running_error()
+    end
+    local addr = self.runtime:address(rec, port, "proxy")
+    if not addr then
+        return nil, self.not_running_error()
+    end
+    local target = { host = addr.host, port = addr.port, record = rec }
+    if self.hooks then
+        local decision, herr = self.hooks:on_proxy_request(ctx, model.sandbox_view(rec), req or { port = port })
+        if herr then
+            return nil, herr
+        end
+        local renew = type(decision) == "table" and tonumber(decision.renew_seconds)
+        if renew and renew > 0 and rec.expires_us then
+            local now = self:now_us()
+            local want = now + math.floor(renew * 1e6)
+            if rec.expires_us - now < renew * 1e6 / 2 and want > rec.expires_us then
+                self:extend_expiry(id, want)
+            end
+        end
+    end
+    return target
+end
+
+return P
