@@ -423,6 +423,58 @@ static int add_headers(lua_State *L, struct creq *r)
     return 0;
 }
 
+/* opts.tls = { ca = PEM, cert = PEM, key = PEM } (each optional): the CA bundle that verifies the
+ * server (instead of the system's), and a client certificate and key, all given as PEM text (a
+ * kubeconfig carries them inline). libcurl copies each blob, so nothing here outlives the call.
+ * Peer and host verification stay on (libcurl's defaults): there is no option to turn them off.
+ * Returns 0, or -1 when libcurl refuses an option (a libcurl built without blob support). */
+static int set_blob(CURL *e, CURLoption opt, lua_State *L, const char *k)
+{
+    size_t len = 0;
+    lua_getfield(L, -1, k);
+    const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+    int rc = 0;
+    if (v) {
+        struct curl_blob b = {(void *)v, len, CURL_BLOB_COPY};
+        rc = curl_easy_setopt(e, opt, &b) == CURLE_OK ? 0 : -1;
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
+/* Raises on a malformed opts.tls; called before anything is allocated, so set_tls cannot raise. */
+static void check_tls(lua_State *L)
+{
+    static const char *const keys[] = {"ca", "cert", "key"};
+    lua_getfield(L, 1, "tls");
+    if (!lua_isnil(L, -1)) {
+        luaL_argcheck(L, lua_istable(L, -1), 1, "tls must be a table");
+        for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+            int ty = lua_getfield(L, -1, keys[i]);
+            if (ty != LUA_TNIL && ty != LUA_TSTRING)
+                luaL_error(L, "core.client: tls.%s must be a PEM string", keys[i]);
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
+static int set_tls(lua_State *L, CURL *e)
+{
+    int rc = 0;
+    lua_getfield(L, 1, "tls");
+    if (lua_istable(L, -1)) {
+        curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
+        curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
+        if (set_blob(e, CURLOPT_CAINFO_BLOB, L, "ca") < 0 ||
+            set_blob(e, CURLOPT_SSLCERT_BLOB, L, "cert") < 0 ||
+            set_blob(e, CURLOPT_SSLKEY_BLOB, L, "key") < 0)
+            rc = -1;
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
 /* The waiting task is abandoned (shutdown): drop the transfer without resuming anybody. */
 static void creq_cancel(task *t)
 {
@@ -448,6 +500,7 @@ static int l_request(lua_State *L)
     double timeout = opt_num(L, "timeout", 60);
     double idle = opt_num(L, "idle_timeout", 0);
     double connect_timeout = opt_num(L, "connect_timeout", 10);
+    check_tls(L);
 
     struct creq *r = calloc(1, sizeof(*r));
     if (!r)
@@ -490,6 +543,10 @@ static int l_request(lua_State *L)
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (sock)
         curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, sock);
+    if (set_tls(L, e) < 0) {
+        creq_release(r);
+        return luaL_error(L, "core.client: libcurl refused the tls options");
+    }
     if (timeout > 0)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
     if (connect_timeout > 0)
