@@ -58,7 +58,8 @@ return {
     },
 
     runtime = {
-        -- The only runtime so far.
+        -- Where sandboxes run: "docker" (the docker section below) or "kubernetes" (one Pod per sandbox,
+        -- the kubernetes section below; pause and resume are not supported there).
         type = "docker",
         -- An upstream-style agent image to take execd from instead of the built-in agent. Cannot be
         -- combined with docker.network_mode = "host".
@@ -108,6 +109,40 @@ return {
         -- files into every container before it starts (PUT /containers/{id}/archive; Docker < 23 re-executes
         -- itself for each upload, ~45 ms here). runtime.execd_image always uses "archive".
         agent_delivery = "volume",
+    },
+
+    kubernetes = {
+        -- Used with runtime.type = "kubernetes" (lua/runtimes/kubernetes/README.md).
+        -- The cluster's credentials: a kubeconfig file ("~" is the user's home), read at connect and again
+        -- after a failure; nil: in-cluster (the server runs in a pod: its service account's token and CA,
+        -- KUBERNETES_SERVICE_HOST/PORT). TLS is always verified (insecure-skip-tls-verify is refused).
+        -- Client certificates and bearer tokens (token, tokenFile) are supported; exec plugins are not.
+        kubeconfig_path = nil,
+        -- The kubeconfig context to use. nil: its current-context.
+        context = nil,
+        -- The namespace of the sandbox pods (it must exist). nil: the kubeconfig context's namespace (in
+        -- cluster: the service account's), else "default".
+        namespace = nil,
+        -- serviceAccountName of the sandbox pods (its token is never mounted into them). nil: the
+        -- namespace's default.
+        service_account = nil,
+        -- imagePullPolicy of the sandbox container: "Always", "IfNotPresent" or "Never".
+        image_pull_policy = "IfNotPresent",
+        -- A YAML Pod (or PodTemplate) laid under every sandbox pod: nodeSelector, tolerations,
+        -- runtimeClassName, extra labels and annotations... On conflicts the server's fields win; labels
+        -- and annotations under opensandbox.io/ are ignored. nil: none.
+        pod_template_file = nil,
+        -- Seconds a create waits for the sandbox's container to run (scheduling and the image pull
+        -- included) before it fails and the pod is deleted.
+        create_timeout = 120,
+        -- Client-side rate limit of Kubernetes API requests: requests per second and burst, applied to
+        -- reads (get, list, watch) and to writes (create, patch, delete) separately.
+        api_qps = 50,
+        api_burst = 100,
+        -- A name for this server's pods (label opensandbox.io/instance): several servers can then share a
+        -- namespace without adopting or removing each other's sandboxes. nil: every pod labelled
+        -- opensandbox.io/managed-by=opensandbox-server in the namespace belongs to this server.
+        instance = nil,
     },
 
     store = {

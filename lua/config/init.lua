@@ -245,6 +245,10 @@ function M.validate(tbl, opts)
     if out.runtime.execd_image and out.docker.network_mode == "host" then
         errs[#errs + 1] = 'runtime.execd_image: cannot be combined with docker.network_mode = "host"'
     end
+    if out.runtime.execd_image and out.runtime.type == "kubernetes" then
+        errs[#errs + 1] = 'runtime.execd_image: not supported with runtime.type = "kubernetes" (the agent comes '
+            .. "from a ConfigMap of the server's own files)"
+    end
     if #errs > 0 then
         table.sort(errs)
         return nil, table.concat(errs, "\n")
@@ -418,7 +422,8 @@ function M.finish(cfg, getenv, warn)
     end
 
     local home = getenv("HOME")
-    for _, k in ipairs({ { "store", "path" }, { "hooks", "dir" }, { "server", "docs_assets_dir" } }) do
+    for _, k in ipairs({ { "store", "path" }, { "hooks", "dir" }, { "server", "docs_assets_dir" },
+        { "kubernetes", "kubeconfig_path" }, { "kubernetes", "pod_template_file" } }) do
         local v = cfg[k[1]][k[2]]
         if v then
             local expanded = expand_home(v, home)

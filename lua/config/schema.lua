@@ -40,7 +40,7 @@ M.sections = {
         auth_failure_limit = { type = "integer", min = 1, false_ok = true },
     },
     runtime = {
-        type = { type = "enum", values = { "docker" }, default = "docker" },
+        type = { type = "enum", values = { "docker", "kubernetes" }, default = "docker" },
         execd_image = { type = "string" },
     },
     docker = {
@@ -60,6 +60,25 @@ M.sections = {
         -- how the agent gets into sandboxes: "archive" (uploaded into each container before it starts) or
         -- "volume" (one read-only volume with the bundle, mounted by every sandbox)
         agent_delivery = { type = "enum", values = { "archive", "volume" }, default = "volume" },
+    },
+    kubernetes = {
+        -- nil: in-cluster (the pod's service account); else a kubeconfig file ("~" expands to $HOME)
+        kubeconfig_path = { type = "string" },
+        -- the kubeconfig context to use; nil: its current-context
+        context = { type = "string" },
+        -- nil: the kubeconfig context's namespace (in cluster: the service account's), else "default"
+        namespace = { type = "string" },
+        service_account = { type = "string" },
+        image_pull_policy = { type = "enum", values = { "Always", "IfNotPresent", "Never" }, default = "IfNotPresent" },
+        -- a YAML Pod whose labels, annotations and spec lie under every sandbox pod ("~" expands)
+        pod_template_file = { type = "string" },
+        -- seconds a create waits for the pod's container to run
+        create_timeout = { type = "integer", default = 120, min = 1 },
+        -- client-side rate limit: requests per second and burst, for reads and for writes each
+        api_qps = { type = "number", default = 50, min = 0.1 },
+        api_burst = { type = "integer", default = 100, min = 1 },
+        -- label opensandbox.io/instance on this server's pods (several servers in one namespace)
+        instance = { type = "string" },
     },
     store = {
         path = { type = "string", default = "~/.opensandbox/opensandbox.db" },

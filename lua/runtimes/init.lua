@@ -8,6 +8,7 @@ local M = {}
 M.ADAPTERS = {
     docker = "runtimes.docker",
     fake = "runtimes.fake",
+    kubernetes = "runtimes.kubernetes",
 }
 
 -- the contract: every adapter has these (lua/runtimes/README.md says what each does)

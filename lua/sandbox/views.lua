@@ -134,8 +134,10 @@ function P:endpoint(id, port, use_server_proxy, ctx)
     if not addr then
         return nil, self.not_running_error()
     end
-    -- {host}: server.eip, else the runtime's own (docker.host_ip), else the request's Host, else loopback
-    local host = eip(self.config) or addr.host or host_of_header(ctx and ctx.host) or "127.0.0.1"
+    -- {host}: the sandbox's own address when the runtime gives one (a Pod IP); else server.eip, else the
+    -- runtime's host for the server (docker.host_ip), else the request's Host, else loopback
+    local host = addr.own_host and addr.host
+        or eip(self.config) or addr.host or host_of_header(ctx and ctx.host) or "127.0.0.1"
     return {
         endpoint = string.format("%s:%d%s", host, addr.port, addr.path or ""),
         headers = addr.agent and agent_headers or nil,

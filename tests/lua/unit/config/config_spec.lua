@@ -63,8 +63,8 @@ describe("config.validate", function()
         assert.equal("WARNING", assert(config.validate({ server = { log_level = "warning" } })).server.log_level)
         assert.equal('server.log_level: expected one of DEBUG, INFO, WARNING, ERROR, got "x"',
             select(2, config.validate({ server = { log_level = "x" } })))
-        assert.equal('runtime.type: expected one of docker, got "kubernetes"',
-            select(2, config.validate({ runtime = { type = "kubernetes" } })))
+        assert.equal('runtime.type: expected one of docker, kubernetes, got "podman"',
+            select(2, config.validate({ runtime = { type = "podman" } })))
     end)
 
     it("checks ranges", function()
@@ -100,8 +100,43 @@ describe("config.validate", function()
         assert.is_table(config.validate({ runtime = { execd_image = "img" } }))
     end)
 
+    it("has a kubernetes section with its defaults, and runtime.type = kubernetes", function()
+        local c = assert(config.validate({}))
+        assert.is_nil(c.kubernetes.kubeconfig_path)
+        assert.is_nil(c.kubernetes.context)
+        assert.is_nil(c.kubernetes.namespace) -- the context's, else "default" (runtimes.kubernetes)
+        assert.is_nil(c.kubernetes.service_account)
+        assert.equal("IfNotPresent", c.kubernetes.image_pull_policy)
+        assert.is_nil(c.kubernetes.pod_template_file)
+        assert.equal(120, c.kubernetes.create_timeout)
+        assert.equal(50, c.kubernetes.api_qps)
+        assert.equal(100, c.kubernetes.api_burst)
+        assert.is_nil(c.kubernetes.instance)
+        c = assert(config.validate({ runtime = { type = "Kubernetes" },
+            kubernetes = { namespace = "sandboxes", image_pull_policy = "never", api_qps = 2.5 } }))
+        assert.equal("kubernetes", c.runtime.type)
+        assert.equal("sandboxes", c.kubernetes.namespace)
+        assert.equal("Never", c.kubernetes.image_pull_policy)
+        assert.equal(2.5, c.kubernetes.api_qps)
+    end)
+
+    it("names the kubernetes key of a wrong value", function()
+        assert.equal("kubernetes.create_timeout: expected integer, got string",
+            select(2, config.validate({ kubernetes = { create_timeout = "60" } })))
+        assert.equal("kubernetes.namespace: expected string, got integer",
+            select(2, config.validate({ kubernetes = { namespace = 5 } })))
+        assert.equal("kubernetes.image_pull_policy: expected one of Always, IfNotPresent, Never, got \"Sometimes\"",
+            select(2, config.validate({ kubernetes = { image_pull_policy = "Sometimes" } })))
+        assert.equal("kubernetes.api_burst: must be >= 1, got 0",
+            select(2, config.validate({ kubernetes = { api_burst = 0 } })))
+        assert.equal("kubernetes.nope: unknown key", select(2, config.validate({ kubernetes = { nope = 1 } })))
+        assert.equal('runtime.execd_image: not supported with runtime.type = "kubernetes" (the agent comes from '
+            .. "a ConfigMap of the server's own files)",
+            select(2, config.validate({ runtime = { type = "kubernetes", execd_image = "img" } })))
+    end)
+
     it("rejects unknown sections and keys, naming them", function()
-        assert.equal("kubernetes: unknown section", select(2, config.validate({ kubernetes = {} })))
+        assert.equal("podman: unknown section", select(2, config.validate({ podman = {} })))
         assert.equal("server.hots: unknown key", select(2, config.validate({ server = { hots = "x" } })))
     end)
 
@@ -140,6 +175,16 @@ describe("config.load", function()
         assert.equal("/home/u", c.hooks.dir)
         assert.equal(p, c.source)
         assert.same({}, w)
+    end)
+
+    it("expands ~ in kubernetes.kubeconfig_path and kubernetes.pod_template_file", function()
+        local p = tmpfile('return { kubernetes = { kubeconfig_path = "~/.kube/config", '
+            .. 'pod_template_file = "~/t.yaml" } }')
+        local c, err = config.load(p, ENV, { warn = warn })
+        os.remove(p)
+        assert.is_table(c, err)
+        assert.equal("/home/u/.kube/config", c.kubernetes.kubeconfig_path)
+        assert.equal("/home/u/t.yaml", c.kubernetes.pod_template_file)
     end)
 
     it("fails with exit code 1 when an explicit path is missing", function()

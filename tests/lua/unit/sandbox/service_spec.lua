@@ -701,6 +701,15 @@ describe("sandbox.service endpoints and proxy target", function()
         assert.are.equal("sandboxes.example.com/sandboxes/" .. id .. "/proxy/44772", ep.endpoint)
     end)
 
+    it("keeps the sandbox's own address (own_host) even when server.eip is set", function()
+        local env = S.env({ config = { server = { eip = "sandboxes.example.com" }, docker = {} } })
+        local id = env:running()
+        env.rt.address = function(_, _, port)
+            return { host = "10.244.0.7", port = port, own_host = true }
+        end
+        assert.are.equal("10.244.0.7:8080", env:op("endpoint", id, 8080, false, { host = "api:1" }).endpoint)
+    end)
+
     it("uses the request's host, then loopback, when the runtime leaves the host to the server", function()
         local env = S.env()
         local id = env:running()

@@ -1,0 +1,378 @@
+-- The Kubernetes runtime: the runtime contract of lua/runtimes/README.md on the Kubernetes API.
+--
+-- A sandbox is one Pod named `sandbox-{id}` (or the name a hook chose) in `kubernetes.namespace`, with its
+-- identity in labels and annotations (runtimes.kubernetes.mapping), the agent mounted from a ConfigMap
+-- named after the agent's files, and, for `image.auth`, a pull Secret owned by the pod. The `handle` is
+-- the pod's name and the `place` is `{ ip = <pod IP> }`. Requests go through runtimes.kubernetes.api
+-- (rate limited); credentials come from runtimes.kubernetes.kubeconfig (a file, or in-cluster). Pod phases,
+-- container states, watch events and resourceVersions never leave this module. The request budget of each
+-- operation is in README.md beside this file.
+local api_mod = require("runtimes.kubernetes.api")
+local kubeconfig = require("runtimes.kubernetes.kubeconfig")
+local mapping = require("runtimes.kubernetes.mapping")
+local template_mod = require("runtimes.kubernetes.template")
+local rterrors = require("runtimes.errors")
+
+local M = {}
+
+M.AGENT_PORT = mapping.AGENT_PORT
+M.HTTP_PORT = mapping.HTTP_PORT
+M.DEFAULT_NAMESPACE = "default"
+M.DEFAULT_CREATE_TIMEOUT = 120
+M.DELETE_GRACE_SECONDS = 1 -- a sandbox's process gets SIGTERM, then SIGKILL a second later
+M.LIST_PAGE = 500
+M.UNAVAILABLE_CODE = "KUBERNETES::UNAVAILABLE"
+
+local Kube = {}
+Kube.__index = Kube
+
+local function default_read_file(path)
+    local f, err = io.open(path, "rb")
+    if not f then
+        return nil, err
+    end
+    local data = f:read("a")
+    f:close()
+    return data
+end
+
+--- A new Kubernetes runtime. `cfg` is the whole validated configuration (this reads `kubernetes`);
+--- deps = { client = core.client-like (required unless `api`), log, agent_files = runtimes.agent_files
+---          object, core = { now_s = fn } (optional), and for tests: sleep = fn(sec), getenv, read_file,
+---          credentials = a kubeconfig result (skips reading one), api = an api object to use }.
+--- Nothing is read or sent here: connect() loads the credentials and the pod template (again after a
+--- failure, so a fixed file is picked up without a restart).
+function M.new(cfg, deps)
+    local kcfg = cfg.kubernetes or {}
+    local core = deps.core or {}
+    return setmetatable({
+        name = "kubernetes",
+        config = kcfg,
+        log = deps.log,
+        client = deps.client,
+        agent_files = deps.agent_files,
+        now_s = core.now_s or os.time,
+        sleep = deps.sleep,
+        getenv = deps.getenv or os.getenv,
+        read_file = deps.read_file or default_read_file,
+        credentials = deps.credentials,
+        api = deps.api,
+        instance = kcfg.instance,
+        create_timeout = kcfg.create_timeout or M.DEFAULT_CREATE_TIMEOUT,
+        template = nil, -- the loaded pod template, false when none is configured
+        agent_ready = {}, -- agent ConfigMap name -> true once it is known to exist
+        known = {}, -- pod name -> { id, status }: what the last list and the watch saw
+        resource_version = nil, -- where the next watch starts (from the last list, event or bookmark)
+    }, Kube)
+end
+
+------------------------------------------------------------------------------------------------------------
+-- setup and connection
+
+function Kube:_warn(msg, fields)
+    if self.log then
+        self.log.warn(msg, fields)
+    end
+end
+
+function Kube:_sleep(sec)
+    if not self.sleep then
+        self.sleep = require("core.timer").sleep
+    end
+    self.sleep(sec)
+end
+
+-- credentials, namespace, pod template and API client: once, retried by every connect() until it works
+function Kube:_setup()
+    if self.api and self.template ~= nil and self.namespace then
+        return true
+    end
+    local creds = self.credentials
+    if not creds then
+        local err
+        if self.config.kubeconfig_path then
+            creds, err = kubeconfig.load(self.config.kubeconfig_path, { read_file = self.read_file,
+                context = self.config.context })
+        else
+            creds, err = kubeconfig.in_cluster(self.getenv, self.read_file)
+        end
+        if not creds then
+            return nil, rterrors.new("api", err)
+        end
+        self.credentials = creds
+    end
+    if self.template == nil then
+        if self.config.pod_template_file then
+            local t, terr = template_mod.load(self.config.pod_template_file, self.read_file)
+            if not t then
+                return nil, rterrors.new("api", terr)
+            end
+            self.template = t
+        else
+            self.template = false
+        end
+    end
+    self.namespace = self.config.namespace or creds.namespace or M.DEFAULT_NAMESPACE
+    if not self.api then
+        self.api = api_mod.new({
+            client = self.client,
+            server = creds.server,
+            ca = creds.ca,
+            cert = creds.cert,
+            key = creds.key,
+            token = creds.token,
+            token_file = creds.token_file,
+            read_file = self.read_file,
+            now = self.now_s,
+            sleep = function(sec)
+                self:_sleep(sec)
+            end,
+            qps = self.config.api_qps,
+            burst = self.config.api_burst,
+            log = self.log,
+        })
+    end
+    return true
+end
+
+-- where the API server is, for messages (before the credentials are read: where they come from)
+function Kube:_server()
+    if self.api then
+        return self.api.server
+    end
+    if self.credentials then
+        return self.credentials.server
+    end
+    return self.config.kubeconfig_path and ("the server of " .. self.config.kubeconfig_path) or "the in-cluster address"
+end
+
+function Kube:unavailable(reason)
+    return M.UNAVAILABLE_CODE, string.format("Kubernetes API server is unreachable at %s: %s", self:_server(),
+        tostring(reason))
+end
+
+local function seg(s)
+    assert(type(s) == "string" and s ~= "", "kubernetes: a name is required")
+    return api_mod.urlencode(s)
+end
+
+-- /api/v1/namespaces/{ns}/{resource}[/{name}]
+function Kube:_path(resource, name)
+    local p = "/api/v1/namespaces/" .. seg(self.namespace) .. "/" .. resource
+    if name then
+        p = p .. "/" .. seg(name)
+    end
+    return p
+end
+
+--- GET /version, then GET the namespace: a namespace that does not exist is an error naming it (one the
+--- server may not read, 403, is only warned about: a namespaced Role cannot grant it). Returns {}.
+function Kube:connect()
+    local ok, err = self:_setup()
+    if not ok then
+        return nil, err
+    end
+    local version, verr = self.api:get("/version")
+    if not version then
+        return nil, verr
+    end
+    self.version = version.gitVersion
+    local ns, nerr = self.api:get("/api/v1/namespaces/" .. seg(self.namespace))
+    if not ns then
+        if nerr.kind == "not_found" then
+            return nil, rterrors.new("api", string.format('the namespace "%s" does not exist (kubernetes.namespace)',
+                self.namespace), { status = 404 })
+        elseif nerr.status == 403 then
+            self:_warn("cannot check that the Kubernetes namespace exists", { namespace = self.namespace,
+                error = nerr.message })
+        else
+            return nil, nerr
+        end
+    end
+    return {}
+end
+
+local function status(state, reason, message, at_us)
+    if not state then
+        return nil
+    end
+    return { state = state, reason = reason, message = message, at_us = at_us }
+end
+
+-- provisioning (provision.lua): the agent ConfigMap, the pull Secret, the pod, the wait until it runs
+require("runtimes.kubernetes.provision")(Kube, M, { status = status })
+
+------------------------------------------------------------------------------------------------------------
+-- operations on a provisioned sandbox (rec.handle is the pod's name)
+
+local NO_PAUSE = 'Kubernetes has no pause: pause and resume are not supported with runtime.type = "kubernetes".'
+
+function Kube.pause()
+    return nil, rterrors.new("unsupported", NO_PAUSE)
+end
+
+function Kube.resume()
+    return nil, rterrors.new("unsupported", NO_PAUSE)
+end
+
+--- Deletes the pod (its pull Secret goes with it); gone already counts as removed.
+function Kube:remove(rec)
+    return self:_delete_pod(rec.handle)
+end
+
+------------------------------------------------------------------------------------------------------------
+-- what exists
+
+local function same_status(a, b)
+    return a ~= nil and b ~= nil and a.state == b.state and a.reason == b.reason and a.message == b.message
+end
+
+local function id_of(pod)
+    local labels = type(pod.metadata) == "table" and type(pod.metadata.labels) == "table" and pod.metadata.labels
+    return labels and labels[mapping.LABEL_ID] or nil
+end
+
+--- Every pod of this server (of this instance, with kubernetes.instance): one LIST (more pages past
+--- M.LIST_PAGE pods). Remembers its resourceVersion, where the next watch starts. A pod being deleted is
+--- listed as Stopping and without identity (never adopted).
+function Kube:list()
+    local selector = mapping.selector(self.instance)
+    local items, rv, cont = {}, nil, nil
+    repeat
+        local path = self:_path("pods") .. api_mod.query({ { "labelSelector", selector },
+            { "limit", tostring(M.LIST_PAGE) }, { "continue", cont } })
+        local doc, err = self.api:get(path)
+        if not doc then
+            if api_mod.is_gone(err) and cont then -- the continue token expired: list again from the start
+                items, cont = {}, nil
+            else
+                return nil, err
+            end
+        else
+            for _, p in ipairs(type(doc.items) == "table" and doc.items or {}) do
+                items[#items + 1] = p
+            end
+            local meta = type(doc.metadata) == "table" and doc.metadata or {}
+            rv = meta.resourceVersion or rv
+            cont = type(meta.continue) == "string" and meta.continue ~= "" and meta.continue or nil
+        end
+    until not cont and doc
+    local out, known = {}, {}
+    for _, pod in ipairs(items) do
+        local meta = type(pod.metadata) == "table" and pod.metadata or {}
+        local id = id_of(pod)
+        local st = status(mapping.status_of(pod))
+        local identity = nil
+        if not meta.deletionTimestamp then
+            identity = mapping.identity_of(pod)
+        end
+        out[#out + 1] = { id = id, handle = meta.name, place = { ip = mapping.ip_of(pod) }, status = st,
+            sandbox = identity }
+        if meta.name then
+            known[meta.name] = { id = id, status = st }
+        end
+    end
+    self.known = known
+    self.resource_version = rv
+    return out
+end
+
+-- one watch event: updates what is known and the resourceVersion, reports a change
+function Kube:_on_event(ev, on_change)
+    local obj = ev.object
+    local meta = type(obj.metadata) == "table" and obj.metadata or {}
+    if meta.resourceVersion then
+        self.resource_version = meta.resourceVersion
+    end
+    local name = meta.name
+    if ev.type == "BOOKMARK" or not name then
+        return
+    end
+    local id = id_of(obj)
+    if ev.type == "DELETED" then
+        self.known[name] = nil
+        if id then
+            on_change({ id = id, handle = name, gone = true })
+        end
+        return
+    end
+    local st = status(mapping.status_of(obj))
+    local prev = self.known[name]
+    if st then
+        self.known[name] = { id = id, status = st }
+    end
+    if id and st and not same_status(prev and prev.status, st) then
+        on_change({ id = id, handle = name, status = st })
+    end
+end
+
+-- after a 410: list again and report what differs from what was known
+function Kube:_relist(on_change)
+    local before = self.known
+    local entries, err = self:list()
+    if not entries then
+        return nil, err
+    end
+    local seen = {}
+    for _, e in ipairs(entries) do
+        seen[e.handle] = true
+        local prev = before[e.handle]
+        if e.id and e.status and not same_status(prev and prev.status, e.status) then
+            on_change({ id = e.id, handle = e.handle, status = e.status })
+        end
+    end
+    for name, k in pairs(before) do
+        if not seen[name] and k.id then
+            on_change({ id = k.id, handle = name, gone = true })
+        end
+    end
+    return true
+end
+
+--- Follows this server's pods from the last list's (or event's, or bookmark's) resourceVersion and calls
+--- on_change(change) for each status change or removal; on_change must not yield. When the
+--- resourceVersion has expired (410 Gone), lists again, reports every difference, and watches on.
+--- Returns only when the stream ends: nil, err.
+function Kube:watch(on_change)
+    if not self.resource_version then
+        local entries, err = self:list()
+        if not entries then
+            return nil, err
+        end
+    end
+    local path = self:_path("pods") .. api_mod.query({ { "labelSelector", mapping.selector(self.instance) } })
+    while true do
+        local _, err = self.api:watch(path, self.resource_version, function(ev)
+            self:_on_event(ev, on_change)
+        end)
+        if not api_mod.is_gone(err) then
+            return nil, err or rterrors.new("unavailable", "the Kubernetes watch stopped")
+        end
+        if self.log then
+            self.log.info("Kubernetes watch expired; listing again", { resource_version = self.resource_version })
+        end
+        local ok, lerr = self:_relist(on_change)
+        if not ok then
+            return nil, lerr
+        end
+    end
+end
+
+------------------------------------------------------------------------------------------------------------
+-- addresses
+
+--- The pod's IP and the port, for the server's proxy and for clients alike (clients must reach pod IPs:
+--- from outside the cluster, use_server_proxy=true goes through the server instead).
+function Kube.address(_, rec, port, from)
+    local ip = type(rec.place) == "table" and rec.place.ip
+    if type(ip) ~= "string" or ip == "" then
+        return nil, rterrors.new("conflict", "the sandbox has no address")
+    end
+    if from == "public" then
+        -- the pod's own address: server.eip (the server's public host) does not replace it
+        return { host = ip:find(":", 1, true) and ("[" .. ip .. "]") or ip, port = port, own_host = true }
+    end
+    return { host = ip, port = port }
+end
+
+return M

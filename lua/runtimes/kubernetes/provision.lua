@@ -1,0 +1,211 @@
+-- Provisioning for the Kubernetes runtime (runtimes.kubernetes): the agent ConfigMap (once per agent version
+-- and process), the image-pull Secret of `image.auth` and its ownerReference to the pod, the pod, and the
+-- wait until the pod's container runs or cannot start. A part of the adapter, installed into its class by
+-- init.lua (so `self` is the adapter); `u` has init.lua's helpers (status).
+local api_mod = require("runtimes.kubernetes.api")
+local mapping = require("runtimes.kubernetes.mapping")
+local rterrors = require("runtimes.errors")
+
+return function(Kube, M, u)
+    local status = u.status
+
+    local function msg(err)
+        return tostring(type(err) == "table" and err.message or err)
+    end
+
+    local function failure(step, message, err)
+        return nil, rterrors.at_step(step, err, message)
+    end
+
+    -- The agent's ConfigMap, created when missing; checked once per agent version and process. Returns its
+    -- name and whether it holds the agent binary, or nil, err.
+    function Kube:_ensure_agent()
+        local files, ferr = self.agent_files:get()
+        if not files then
+            return nil, ferr
+        end
+        local tag = assert(self.agent_files:tag())
+        local name = mapping.agent_configmap_name(tag)
+        if not self.agent_ready[name] then
+            local _, err = self.api:get(self:_path("configmaps", name))
+            if err and err.kind == "not_found" then
+                local _, cerr = self.api:create(self:_path("configmaps"),
+                    mapping.agent_configmap(name, files, tag, self.instance))
+                if cerr and cerr.kind ~= "conflict" then -- conflict: another server made it meanwhile
+                    return nil, cerr
+                end
+            elseif err then
+                return nil, err
+            end
+            self.agent_ready[name] = true
+        end
+        return name, files.execd ~= nil
+    end
+
+    -- Deletes a pod (and so what it owns); gone already counts as deleted.
+    function Kube:_delete_pod(name)
+        local _, err = self.api:delete(self:_path("pods", name) .. "?gracePeriodSeconds=" .. M.DELETE_GRACE_SECONDS)
+        if err and err.kind ~= "not_found" then
+            return nil, err
+        end
+        return true
+    end
+
+    -- Waits until the created pod runs or cannot start: one watch of that pod from the create's
+    -- resourceVersion (again only if the stream ends early). Returns the last Pod object, or nil and
+    -- { step, message, err }.
+    function Kube:_wait_started(pod, deadline)
+        local name = pod.metadata.name
+        local rv = pod.metadata.resourceVersion
+        local last, failed, done = pod, nil, false
+        local function judge(p)
+            last = p
+            local step, reason, message = mapping.waiting_failure(p)
+            if step then
+                failed = { step = step, message = reason .. ": " .. message, waiting = true }
+                return true
+            end
+            local state = mapping.status_of(p)
+            if state == "Stopping" then
+                failed = { step = "start", message = "the pod is being deleted" }
+                return true
+            end
+            done = state == "Running" or state == "Terminated" or state == "Failed"
+            return done
+        end
+        if judge(pod) then
+            return (not failed) and last or nil, failed
+        end
+        local path = self:_path("pods") .. api_mod.query({ { "fieldSelector", "metadata.name=" .. name } })
+        while not done and not failed do
+            local left = deadline - self.now_s()
+            if left <= 0 then
+                local detail = mapping.pending_detail(last)
+                return nil, { step = "start", message = string.format("the pod did not start within %d s%s",
+                    self.create_timeout, detail and (": " .. detail) or "") }
+            end
+            local _, err = self.api:watch(path, rv, function(ev)
+                local meta = type(ev.object.metadata) == "table" and ev.object.metadata or {}
+                rv = meta.resourceVersion or rv
+                if ev.type == "DELETED" then
+                    failed = { step = "start", message = "the pod was deleted before it started" }
+                    return false
+                elseif ev.type ~= "BOOKMARK" and meta.name == name and judge(ev.object) then
+                    return false
+                end
+            end, { timeout_s = left })
+            if not done and not failed then
+                if api_mod.is_gone(err) then -- the create's resourceVersion is already too old: read the pod
+                    local p, gerr = self.api:get(self:_path("pods", name))
+                    if not p then
+                        return nil, { step = "start", message = "Failed to read the pod: " .. msg(gerr), err = gerr }
+                    end
+                    rv = p.metadata and p.metadata.resourceVersion
+                    judge(p)
+                elseif err and err.ended then -- the server closed the stream early: watch again, a little later
+                    self:_sleep(math.min(1, math.max(0, deadline - self.now_s())))
+                else
+                    return nil, { step = "start", message = "Failed to watch the pod: " .. msg(err), err = err }
+                end
+            end
+        end
+        if failed then
+            return nil, failed
+        end
+        return last
+    end
+
+    --- Provisions the sandbox: the agent ConfigMap (once), the pull Secret (with image.auth), the pod, the
+    --- Secret's ownerReference to the pod, then a wait (kubernetes.create_timeout) until the pod's container
+    --- runs or cannot start. On a failure the pod (and with it the Secret) is deleted before the error returns.
+    function Kube:provision(sandbox, spec)
+        local clock = self.now_s
+        local started = clock()
+        local steps, last = {}, started
+        local function step(name)
+            local t = clock()
+            steps[name .. "_ms"] = math.floor((t - last) * 1e6) / 1000
+            last = t
+        end
+        local cm, has_execd = self:_ensure_agent()
+        step("agent")
+        if not cm then
+            return failure("agent", "Failed to deliver the agent: " .. msg(has_execd), has_execd)
+        end
+        local pod_name = mapping.pod_name(sandbox)
+        local uri = spec.image.uri
+        local secret
+        if spec.image.auth then
+            secret = mapping.pull_secret_name(pod_name)
+        end
+        local manifest, merr = mapping.pod(sandbox, spec, {
+            agent_configmap = cm,
+            agent_has_execd = has_execd,
+            pull_secret = secret,
+            image_pull_policy = self.config.image_pull_policy,
+            service_account = self.config.service_account,
+            instance = self.instance,
+            template = self.template or nil,
+        })
+        if not manifest then
+            return failure("create", merr, rterrors.new("unsupported", merr))
+        end
+        local api = self.api
+        -- The Secret exists before the pod, so that the kubelet's first pull has it; it is owned by the pod
+        -- once the pod exists (a PATCH), so that the garbage collector deletes it with the pod.
+        if secret then
+            local _, serr = api:create(self:_path("secrets"),
+                mapping.pull_secret(secret, sandbox.id, uri, spec.image.auth, self.instance))
+            if serr then
+                return failure("image", "Failed to create the image pull secret: " .. msg(serr), serr)
+            end
+        end
+        local function drop_secret()
+            if secret then
+                local _, derr = api:delete(self:_path("secrets", secret))
+                if derr and derr.kind ~= "not_found" then
+                    self:_warn("cannot delete the image pull secret", { secret = secret, error = msg(derr) })
+                end
+            end
+        end
+        local pod, err = api:create(self:_path("pods"), manifest)
+        step("create")
+        if not pod then
+            drop_secret()
+            return failure("create", "Failed to create pod: " .. msg(err), err)
+        end
+        local function fail(step_name, message, cause, owned)
+            local ok, derr = self:_delete_pod(pod_name)
+            if not ok then
+                self:_warn("cannot delete the pod of a failed sandbox", { sandbox_id = sandbox.id, pod = pod_name,
+                    error = msg(derr) })
+            end
+            if not owned then
+                drop_secret()
+            end
+            return failure(step_name, message, cause)
+        end
+        if secret then
+            local _, perr = api:merge_patch(self:_path("secrets", secret), mapping.owner_patch(pod))
+            if perr then
+                return fail("create", "Failed to make the pod own its image pull secret: " .. msg(perr), perr)
+            end
+        end
+        local final, why = self:_wait_started(pod, started + self.create_timeout)
+        step("start")
+        if not final then
+            local message = why.message
+            if why.step == "image" then
+                message = string.format("Failed to pull image '%s': %s", uri, why.message)
+            elseif why.step == "create" then
+                message = "Failed to create container: " .. why.message
+            elseif why.waiting then
+                message = "Failed to start container: " .. why.message
+            end
+            return fail(why.step, message, why.err, secret ~= nil)
+        end
+        local st = status(mapping.status_of(final))
+        self.known[pod_name] = { id = sandbox.id, status = st }
+        return { handle = pod_name, place = { ip = mapping.ip_of(final) }, status = st, steps = steps }
+    end
+end

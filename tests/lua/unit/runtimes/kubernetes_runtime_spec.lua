@@ -1,0 +1,604 @@
+-- Unit specs of the Kubernetes runtime (runtimes.kubernetes, lua/runtimes/kubernetes/init.lua): the runtime
+-- contract of lua/runtimes/README.md on the fake Kubernetes API transport (support/fake_kube.lua), with the
+-- number of requests each operation makes.
+package.path = "tests/lua/unit/runtimes/?.lua;" .. package.path
+
+local kube = require("runtimes.kubernetes")
+local runtimes = require("runtimes")
+local mapping = require("runtimes.kubernetes.mapping")
+local base64 = require("common.base64")
+local json = require("common.json")
+local fake_kube = require("support.fake_kube")
+
+local ID = "5d41402a-bc4b-4a76-b971-9d911017c592"
+local POD = "sandbox-" .. ID
+local CREATED_US = 1767225600123456
+local NS = "/api/v1/namespaces/sbx"
+local SELECTOR = "labelSelector=opensandbox.io%2Fmanaged-by%3Dopensandbox-server"
+
+-- a Lua pattern matching `s` literally
+local function lit(s)
+    return (s:gsub("%p", "%%%0"))
+end
+
+local CREDS = { server = "https://10.0.0.1:6443", ca = "CA", token = "tok" }
+
+-- an agent_files stand-in
+local function agent_files(has_execd)
+    return {
+        get = function()
+            return { bootstrap = "#!/bin/sh\n", execd = has_execd ~= false and "ELF" or nil }
+        end,
+        tag = function()
+            return "abc"
+        end,
+    }
+end
+
+local function new_rt(k, kcfg, deps)
+    local d = { client = k, credentials = CREDS, agent_files = agent_files(), sleep = k.sleep,
+        core = { now_s = k.now } }
+    for key, v in pairs(deps or {}) do
+        d[key] = v
+    end
+    local cfg = { kubernetes = { namespace = "sbx", create_timeout = 120, api_qps = 1000, api_burst = 1000 } }
+    for key, v in pairs(kcfg or {}) do
+        cfg.kubernetes[key] = v
+    end
+    return kube.new(cfg, d)
+end
+
+local function sandbox(over)
+    local s = { id = ID, created_us = CREATED_US, expires_us = CREATED_US + 3600000000, metadata = { a = "b" },
+        principal = "p1", access_token = "tok123" }
+    for key, v in pairs(over or {}) do
+        s[key] = v
+    end
+    return s
+end
+
+local function spec(over)
+    local s = { image = { uri = "python:3.12" }, entrypoint = { "sleep", "infinity" }, env = { { "K", "V" } } }
+    for key, v in pairs(over or {}) do
+        s[key] = v
+    end
+    return s
+end
+
+-- a Pod object as the API server returns it: the manifest plus uid, resourceVersion and a status
+local function pod_object(rv, status, name)
+    local p = json.decode(json.encode(assert(mapping.pod(sandbox({ name = name }), spec(),
+        { agent_configmap = "opensandbox-agent-abc", agent_has_execd = true }))))
+    p.metadata.uid = "uid-" .. (name or "1")
+    p.metadata.resourceVersion = rv
+    p.status = status
+    return p
+end
+
+-- a watch reply with one event
+local function one(type_, rv, status)
+    return { chunks = fake_kube.chunks({ { type = type_, object = pod_object(rv, status) } }) }
+end
+
+local RUNNING = { phase = "Running", podIP = "10.244.0.7", containerStatuses = { { name = "sandbox",
+    state = { running = { startedAt = "2026-01-01T00:00:05Z" } } } } }
+local PENDING = { phase = "Pending" }
+local function waiting(reason, message)
+    return { phase = "Pending", containerStatuses = { { name = "sandbox",
+        state = { waiting = { reason = reason, message = message } } } } }
+end
+
+-- a connected runtime whose agent ConfigMap is already known (created by an earlier provision)
+local function connected(k, kcfg, deps)
+    local rt = new_rt(k, kcfg, deps)
+    k:on("GET", "^/version$", { json = { gitVersion = "v1.30.2" } })
+    k:on("GET", "^" .. NS .. "$", { json = { metadata = { name = "sbx" } } })
+    assert(rt:connect())
+    rt.agent_ready["opensandbox-agent-abc"] = true
+    k.requests = {}
+    return rt
+end
+
+local function paths(k)
+    local out = {}
+    for _, r in ipairs(k.requests) do
+        out[#out + 1] = r.method .. " " .. r.path
+    end
+    return out
+end
+
+describe("kubernetes runtime: connection", function()
+    it("is a complete adapter, selected by runtime.type = kubernetes", function()
+        local rt = runtimes.new({ runtime = { type = "kubernetes" }, kubernetes = {} }, { client = fake_kube.new() })
+        assert.equal("kubernetes", rt.name)
+    end)
+
+    it("connects with GET /version and a check of the namespace", function()
+        local k = fake_kube.new()
+        local rt = new_rt(k)
+        k:on("GET", "^/version$", { json = { gitVersion = "v1.30.2" } })
+        k:on("GET", "^" .. NS .. "$", { json = { metadata = { name = "sbx" } } })
+        assert.same({}, rt:connect())
+        assert.same({ "GET /version", "GET " .. NS }, paths(k))
+        assert.equal("v1.30.2", rt.version)
+    end)
+
+    it("names a namespace that does not exist; tolerates one it may not read", function()
+        local k = fake_kube.new()
+        local rt = new_rt(k)
+        k:on("GET", "^/version$", { json = {} })
+        k:on("GET", "^" .. NS .. "$", { status = 404, json = fake_kube.status(404, "NotFound", "not found") })
+        local ok, err = rt:connect()
+        assert.is_nil(ok)
+        assert.equal('the namespace "sbx" does not exist (kubernetes.namespace)', err.message)
+        local warned = {}
+        rt.log = { warn = function(m)
+            warned[#warned + 1] = m
+        end }
+        k:on("GET", "^" .. NS .. "$", { status = 403, json = fake_kube.status(403, "Forbidden", "no") })
+        assert.same({}, rt:connect())
+        assert.same({ "cannot check that the Kubernetes namespace exists" }, warned)
+    end)
+
+    it("reports an unreachable server as unavailable, with the server in the 503 message", function()
+        local k = fake_kube.new()
+        local rt = new_rt(k)
+        k:on("GET", "^/version$", { err = { kind = "connect", message = "Connection refused" } })
+        local ok, err = rt:connect()
+        assert.is_nil(ok)
+        assert.equal("unavailable", err.kind)
+        local code, message = rt:unavailable(err.message)
+        assert.equal("KUBERNETES::UNAVAILABLE", code)
+        assert.equal("Kubernetes API server is unreachable at https://10.0.0.1:6443: Connection refused", message)
+    end)
+
+    it("reads the kubeconfig at connect, names its problem, and picks up a fixed file", function()
+        local k = fake_kube.new()
+        local content = "current-context: nope\n"
+        local rt = new_rt(k, { kubeconfig_path = "/k/config", namespace = false }, { credentials = false,
+            read_file = function()
+                return content
+            end })
+        local ok, err = rt:connect()
+        assert.is_nil(ok)
+        assert.equal('kubeconfig /k/config: context "nope" is not defined', err.message)
+        assert.equal("Kubernetes API server is unreachable at the server of /k/config: x",
+            select(2, rt:unavailable("x")))
+        content = table.concat({ "current-context: c", "contexts:", "- name: c", "  context: {cluster: k, user: u,",
+            "    namespace: team}", "clusters:", "- name: k", "  cluster: {server: 'https://k:6443'}", "users:",
+            "- name: u", "  user: {token: t0}" }, "\n")
+        k:on("GET", "^/version$", { json = {} })
+        k:on("GET", "^/api/v1/namespaces/team$", { json = {} })
+        assert(rt:connect())
+        assert.equal("team", rt.namespace) -- the context's namespace when kubernetes.namespace is nil
+        assert.equal("https://k:6443/version", k.requests[1].url)
+        assert.equal("Bearer t0", k.requests[1].headers.Authorization)
+    end)
+
+    it("uses the in-cluster service account without a kubeconfig", function()
+        local k = fake_kube.new()
+        local env = { KUBERNETES_SERVICE_HOST = "10.96.0.1", KUBERNETES_SERVICE_PORT = "443" }
+        local fs = { ["/var/run/secrets/kubernetes.io/serviceaccount/token"] = "sa",
+            ["/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"] = "-----BEGIN CERTIFICATE-----\n" }
+        local rt = new_rt(k, { namespace = false }, { credentials = false, getenv = function(n)
+            return env[n]
+        end, read_file = function(p)
+            return fs[p]
+        end })
+        k:on("GET", "^/version$", { json = {} })
+        k:on("GET", "^/api/v1/namespaces/default$", { json = {} })
+        assert(rt:connect())
+        assert.equal("https://10.96.0.1:443/version", k.requests[1].url)
+        assert.equal("Bearer sa", k.requests[1].headers.Authorization)
+        assert.equal("default", rt.namespace) -- no namespace file, none configured
+    end)
+end)
+
+describe("kubernetes runtime: provision", function()
+    local k, rt
+    before_each(function()
+        k = fake_kube.new()
+        rt = connected(k)
+    end)
+
+    local function created(status)
+        k:on("POST", "^" .. NS .. "/pods$", { status = 201, json = pod_object("100", status or PENDING) })
+    end
+
+    it("makes at most 3 requests: POST the pod, then one watch of it from the create's resourceVersion", function()
+        created()
+        k:on("GET", "watch=1", { chunks = fake_kube.chunks({
+            { type = "ADDED", object = pod_object("100", PENDING) },
+            { type = "MODIFIED", object = pod_object("101", RUNNING) },
+        }) })
+        local placed = assert(rt:provision(sandbox(), spec()))
+        assert.equal(POD, placed.handle)
+        assert.same({ ip = "10.244.0.7" }, placed.place)
+        assert.same({ state = "Running", reason = "CONTAINER_RUNNING", message = "Sandbox container is running.",
+            at_us = CREATED_US - 123456 + 5000000 }, placed.status)
+        assert.is_number(placed.steps.start_ms)
+        assert.is_true(#k.requests <= 3)
+        assert.same({ "POST " .. NS .. "/pods",
+            "GET " .. NS .. "/pods?fieldSelector=metadata.name%3D" .. POD .. "&watch=1&allowWatchBookmarks=true"
+                .. "&resourceVersion=100&timeoutSeconds=120" }, paths(k))
+        local body = k.requests[1].json
+        assert.equal(POD, body.metadata.name)
+        assert.equal("opensandbox-agent-abc", body.spec.volumes[1].configMap.name)
+    end)
+
+    it("creates the agent ConfigMap once per process when it is missing", function()
+        rt.agent_ready = {}
+        k:on("GET", "/configmaps/opensandbox%-agent%-abc$",
+            { status = 404, json = fake_kube.status(404, "NotFound", "x") })
+        k:on("POST", "/configmaps$", { status = 201, json = {} })
+        created(RUNNING)
+        assert(rt:provision(sandbox(), spec()))
+        assert(rt:provision(sandbox(), spec()))
+        assert.equal(1, #k:find("GET", "/configmaps/"))
+        local posts = k:find("POST", "/configmaps$")
+        assert.equal(1, #posts)
+        assert.equal("opensandbox-agent-abc", posts[1].json.metadata.name)
+        assert.equal("ELF", base64.decode(posts[1].json.binaryData.execd))
+        assert.equal(0, #k:find("GET", "watch=1")) -- the create's reply already said Running
+    end)
+
+    it("an agent ConfigMap another server made meanwhile is fine; a refusal fails at the agent step", function()
+        rt.agent_ready = {}
+        k:on("GET", "/configmaps/", { status = 404, json = fake_kube.status(404, "NotFound", "x") })
+        k:on("POST", "/configmaps$", { status = 409, json = fake_kube.status(409, "AlreadyExists", "exists") })
+        created(RUNNING)
+        assert(rt:provision(sandbox(), spec()))
+        rt.agent_ready = {}
+        k:on("POST", "/configmaps$", { status = 403, json = fake_kube.status(403, "Forbidden", "no") })
+        local placed, err = rt:provision(sandbox(), spec())
+        assert.is_nil(placed)
+        assert.equal("agent", err.step)
+        assert.equal("Failed to deliver the agent: forbidden: cannot create configmaps in namespace sbx: no",
+            err.message)
+    end)
+
+    it("an image that cannot be pulled fails at the image step and the pod is deleted", function()
+        created()
+        k:on("GET", "watch=1", { chunks = fake_kube.chunks({ { type = "MODIFIED",
+            object = pod_object("101", waiting("ErrImagePull", 'failed to pull "python:3.12": not found')) } }) })
+        k:on("DELETE", "/pods/", { json = {} })
+        local placed, err = rt:provision(sandbox(), spec())
+        assert.is_nil(placed)
+        assert.equal("image", err.step)
+        assert.equal("Failed to pull image 'python:3.12': ErrImagePull: failed to pull \"python:3.12\": not found",
+            err.message)
+        assert.same({ "DELETE " .. NS .. "/pods/" .. POD .. "?gracePeriodSeconds=1" }, { paths(k)[3] })
+    end)
+
+    it("a container config error fails at the create step", function()
+        created()
+        k:on("GET", "watch=1", { chunks = fake_kube.chunks({ { type = "MODIFIED",
+            object = pod_object("101", waiting("CreateContainerConfigError", 'secret "x" not found')) } }) })
+        k:on("DELETE", "/pods/", { json = {} })
+        local _, err = rt:provision(sandbox(), spec())
+        assert.equal("create", err.step)
+        assert.equal("Failed to create container: CreateContainerConfigError: secret \"x\" not found", err.message)
+        assert.equal(1, #k:find("DELETE", "/pods/"))
+    end)
+
+    it("a container that cannot be run fails at the start step", function()
+        created()
+        k:on("GET", "watch=1", one("MODIFIED", "101", waiting("RunContainerError", "exec: no such file")))
+        k:on("DELETE", "/pods/", { json = {} })
+        local _, err = rt:provision(sandbox(), spec())
+        assert.equal("start", err.step)
+        assert.equal("Failed to start container: RunContainerError: exec: no such file", err.message)
+    end)
+
+    it("gives up after kubernetes.create_timeout, saying why the pod is pending, and deletes it", function()
+        rt = connected(k, { create_timeout = 30 })
+        created()
+        local unschedulable = { phase = "Pending", conditions = { { type = "PodScheduled", status = "False",
+            reason = "Unschedulable", message = "0/1 nodes are available: 1 Insufficient memory." } } }
+        k:on("GET", "watch=1", { run = function()
+            k.t = k.t + 31 -- the server ends the watch at timeoutSeconds
+        end, chunks = fake_kube.chunks({ { type = "MODIFIED", object = pod_object("101", unschedulable) } }) })
+        k:on("DELETE", "/pods/", { json = {} })
+        local _, err = rt:provision(sandbox(), spec())
+        assert.equal("start", err.step)
+        assert.equal("the pod did not start within 30 s: Unschedulable: 0/1 nodes are available: 1 Insufficient "
+            .. "memory.", err.message)
+        assert.equal(1, #k:find("GET", "watch=1"))
+        assert.equal("30", k:find("GET", "watch=1")[1].path:match("timeoutSeconds=(%d+)"))
+        assert.equal(1, #k:find("DELETE", "/pods/"))
+    end)
+
+    it("watches again from the last resourceVersion when the stream ends early", function()
+        created()
+        k:on("GET", "watch=1", one("MODIFIED", "101", RUNNING))
+        k:on("GET", "watch=1", { times = 1, chunks = fake_kube.chunks({
+            { type = "BOOKMARK", object = { metadata = { resourceVersion = "105" } } } }) })
+        assert(rt:provision(sandbox(), spec()))
+        local w = k:find("GET", "watch=1")
+        assert.equal(2, #w)
+        assert.equal("105", w[2].path:match("resourceVersion=(%d+)"))
+    end)
+
+    it("reads the pod when its resourceVersion is already too old (410), then watches from there", function()
+        created()
+        k:on("GET", "watch=1", one("MODIFIED", "201", RUNNING))
+        k:on("GET", "watch=1", { times = 1, chunks = fake_kube.chunks({
+            { type = "ERROR", object = fake_kube.status(410, "Expired", "too old resource version") } }) })
+        k:on("GET", lit("/pods/" .. POD) .. "$", { json = pod_object("200", PENDING) })
+        assert(rt:provision(sandbox(), spec()))
+        assert.same("200", k:find("GET", "watch=1")[2].path:match("resourceVersion=(%d+)"))
+    end)
+
+    it("a container that already exited is provisioned, with its exit status", function()
+        created()
+        local done = { phase = "Succeeded", podIP = "10.244.0.8", containerStatuses = { { name = "sandbox",
+            state = { terminated = { exitCode = 0, finishedAt = "2026-01-01T00:00:06Z" } } } } }
+        k:on("GET", "watch=1", one("MODIFIED", "101", done))
+        local placed = assert(rt:provision(sandbox(), spec()))
+        assert.equal("Terminated", placed.status.state)
+    end)
+
+    it("a pod deleted while it starts fails at the start step", function()
+        created()
+        k:on("GET", "watch=1", one("DELETED", "101", PENDING))
+        k:on("DELETE", "/pods/", { status = 404, json = fake_kube.status(404, "NotFound", "gone") })
+        local _, err = rt:provision(sandbox(), spec())
+        assert.equal("start", err.step)
+        assert.equal("the pod was deleted before it started", err.message)
+    end)
+
+    it("a refused pod create fails at the create step, naming verb and resource; nothing to delete", function()
+        k:on("POST", "/pods$", { status = 403, json = fake_kube.status(403, "Forbidden", "quota") })
+        local _, err = rt:provision(sandbox(), spec())
+        assert.equal("create", err.step)
+        assert.equal(403, err.status)
+        assert.equal("Failed to create pod: forbidden: cannot create pods in namespace sbx: quota", err.message)
+        assert.equal(1, #k.requests)
+    end)
+
+    it("a transport failure at create is unavailable", function()
+        k:on("POST", "/pods$", { err = { kind = "connect", message = "refused" } })
+        local _, err = rt:provision(sandbox(), spec())
+        assert.equal("unavailable", err.kind)
+        assert.equal("create", err.step)
+    end)
+
+    it("gpu = all cannot be asked of Kubernetes: unsupported, before any request", function()
+        local _, err = rt:provision(sandbox(), spec({ gpu = -1 }))
+        assert.equal("unsupported", err.kind)
+        assert.equal("create", err.step)
+        assert.equal(0, #k.requests)
+    end)
+
+    describe("with image.auth", function()
+        local auth_spec = spec({ image = { uri = "registry.example.com/app:1",
+            auth = { username = "u", password = "pw" } } })
+
+        it("creates the pull Secret before the pod and makes the pod own it", function()
+            k:on("POST", "/secrets$", { status = 201, json = {} })
+            created()
+            k:on("PATCH", "/secrets/", { json = {} })
+            k:on("GET", "watch=1", one("MODIFIED", "101", RUNNING))
+            assert(rt:provision(sandbox(), auth_spec))
+            assert.same({ "POST " .. NS .. "/secrets", "POST " .. NS .. "/pods", "PATCH " .. NS .. "/secrets/" .. POD
+                .. "-pull" }, { paths(k)[1], paths(k)[2], paths(k)[3] })
+            local secret = k.requests[1].json
+            assert.equal(POD .. "-pull", secret.metadata.name)
+            assert.equal("kubernetes.io/dockerconfigjson", secret.type)
+            local dcj = json.decode(base64.decode(secret.data[".dockerconfigjson"]))
+            assert.equal("pw", dcj.auths["registry.example.com"].password)
+            assert.same({ { name = POD .. "-pull" } }, k.requests[2].json.spec.imagePullSecrets)
+            local patch = k.requests[3]
+            assert.equal("application/merge-patch+json", patch.headers["Content-Type"])
+            assert.same({ { apiVersion = "v1", kind = "Pod", name = POD, uid = "uid-1" } },
+                patch.json.metadata.ownerReferences)
+            assert.equal(4, #k.requests)
+        end)
+
+        it("a failed start deletes the pod, which takes its owned Secret with it", function()
+            k:on("POST", "/secrets$", { status = 201, json = {} })
+            created()
+            k:on("PATCH", "/secrets/", { json = {} })
+            k:on("GET", "watch=1", { chunks = fake_kube.chunks({ { type = "MODIFIED",
+                object = pod_object("101", waiting("ImagePullBackOff", "unauthorized")) } }) })
+            k:on("DELETE", "/pods/", { json = {} })
+            local _, err = rt:provision(sandbox(), auth_spec)
+            assert.equal("image", err.step)
+            assert.equal(1, #k:find("DELETE", "/pods/"))
+            assert.equal(0, #k:find("DELETE", "/secrets/"))
+        end)
+
+        it("a refused pod deletes the Secret, which no pod owns", function()
+            k:on("POST", "/secrets$", { status = 201, json = {} })
+            k:on("POST", "/pods$", { status = 422, json = fake_kube.status(422, "Invalid", "bad name") })
+            k:on("DELETE", "/secrets/", { json = {} })
+            local _, err = rt:provision(sandbox(), auth_spec)
+            assert.equal("create", err.step)
+            assert.same({ "DELETE " .. NS .. "/secrets/" .. POD .. "-pull" }, { paths(k)[3] })
+        end)
+
+        it("a failed ownerReference patch deletes both", function()
+            k:on("POST", "/secrets$", { status = 201, json = {} })
+            created()
+            k:on("PATCH", "/secrets/", { status = 403, json = fake_kube.status(403, "Forbidden", "no") })
+            k:on("DELETE", "/", { json = {} })
+            local _, err = rt:provision(sandbox(), auth_spec)
+            assert.equal("create", err.step)
+            assert.equal(1, #k:find("DELETE", "/pods/"))
+            assert.equal(1, #k:find("DELETE", "/secrets/"))
+        end)
+    end)
+end)
+
+describe("kubernetes runtime: operations", function()
+    local k, rt
+    before_each(function()
+        k = fake_kube.new()
+        rt = connected(k)
+    end)
+
+    it("has no pause or resume", function()
+        for _, m in ipairs({ "pause", "resume" }) do
+            local ok, err = rt[m](rt, { id = ID, handle = POD })
+            assert.is_nil(ok)
+            assert.equal("unsupported", err.kind)
+            assert.equal('Kubernetes has no pause: pause and resume are not supported with runtime.type = '
+                .. '"kubernetes".', err.message)
+        end
+        assert.equal(0, #k.requests)
+    end)
+
+    it("removes with one DELETE and a short grace period; gone already counts as removed", function()
+        k:on("DELETE", "/pods/", { json = {} })
+        assert.is_true(rt:remove({ id = ID, handle = POD }))
+        assert.same({ "DELETE " .. NS .. "/pods/" .. POD .. "?gracePeriodSeconds=1" }, paths(k))
+        k:on("DELETE", "/pods/", { status = 404, json = fake_kube.status(404, "NotFound", "x") })
+        assert.is_true(rt:remove({ id = ID, handle = POD }))
+        k:on("DELETE", "/pods/", { status = 500, json = fake_kube.status(500, "InternalError", "etcd") })
+        local ok, err = rt:remove({ id = ID, handle = POD })
+        assert.is_nil(ok)
+        assert.equal("etcd", err.message)
+    end)
+
+    it("addresses the pod IP, for the proxy and for clients", function()
+        local rec = { id = ID, handle = POD, place = { ip = "10.244.0.7" } }
+        assert.same({ host = "10.244.0.7", port = 44772 }, rt:address(rec, 44772, "proxy"))
+        assert.same({ host = "10.244.0.7", port = 8080, own_host = true }, rt:address(rec, 8080, "public"))
+        local v6 = { place = { ip = "fd00::7" } }
+        assert.same({ host = "fd00::7", port = 80 }, rt:address(v6, 80, "proxy"))
+        assert.same({ host = "[fd00::7]", port = 80, own_host = true }, rt:address(v6, 80, "public"))
+        local none, err = rt:address({ place = {} }, 80, "proxy")
+        assert.is_nil(none)
+        assert.equal("conflict", err.kind)
+    end)
+end)
+
+describe("kubernetes runtime: list and watch", function()
+    local k, rt
+    before_each(function()
+        k = fake_kube.new()
+        rt = connected(k)
+    end)
+
+    local function list_reply(rv, pods, cont)
+        return { json = { kind = "PodList", metadata = { resourceVersion = rv, continue = cont }, items = pods } }
+    end
+
+    it("lists with one request and decodes the identity, token included", function()
+        local other = pod_object("7", PENDING, "other")
+        other.metadata.labels["opensandbox.io/id"] = nil
+        local dying = pod_object("8", RUNNING, "dying")
+        dying.metadata.deletionTimestamp = "2026-01-01T00:10:00Z"
+        k:on("GET", "/pods%?labelSelector", list_reply("500", { pod_object("9", RUNNING), other, dying }))
+        local entries = assert(rt:list())
+        assert.equal(1, #k.requests)
+        assert.matches(lit(SELECTOR .. "&limit=500") .. "$", k.requests[1].path)
+        assert.equal(3, #entries)
+        local e = entries[1]
+        assert.equal(ID, e.id)
+        assert.equal(POD, e.handle)
+        assert.same({ ip = "10.244.0.7" }, e.place)
+        assert.equal("Running", e.status.state)
+        assert.same({ id = ID, created_us = CREATED_US, expires_us = CREATED_US + 3600000000, image_uri = "python:3.12",
+            entrypoint = { "sleep", "infinity" }, metadata = { a = "b" }, principal = "p1", access_token = "tok123" },
+            e.sandbox)
+        assert.is_nil(entries[2].id)
+        assert.is_nil(entries[2].sandbox)
+        assert.equal("Stopping", entries[3].status.state)
+        assert.is_nil(entries[3].sandbox) -- a pod being deleted is never adopted
+        assert.equal("500", rt.resource_version)
+    end)
+
+    it("selects this instance's pods only when kubernetes.instance is set, and follows pages", function()
+        rt = connected(k, { instance = "blue" })
+        k:on("GET", "/pods%?labelSelector", list_reply("600", { pod_object("9", RUNNING) }, "page2"))
+        k:on("GET", "continue=page2", list_reply("600", { pod_object("10", RUNNING, "second") }))
+        local entries = assert(rt:list())
+        assert.equal(2, #entries)
+        assert.equal(2, #k.requests)
+        assert.matches(lit(SELECTOR .. "%2Copensandbox.io%2Finstance%3Dblue&limit=500") .. "$", k.requests[1].path)
+    end)
+
+    it("fails the whole list when the transport fails", function()
+        k:on("GET", "/pods%?labelSelector", { err = { kind = "connect", message = "refused" } })
+        local entries, err = rt:list()
+        assert.is_nil(entries)
+        assert.equal("unavailable", err.kind)
+    end)
+
+    it("watches from the list's resourceVersion and reports status changes and removals", function()
+        k:on("GET", "/pods%?labelSelector=[^&]*&limit", list_reply("500", { pod_object("9", PENDING) }))
+        assert(rt:list())
+        local exited = { phase = "Failed", containerStatuses = { { name = "sandbox",
+            state = { terminated = { exitCode = 2, finishedAt = "2026-01-01T00:00:09Z" } } } } }
+        k:on("GET", "watch=1", { chunks = fake_kube.chunks({
+            { type = "MODIFIED", object = pod_object("501", RUNNING) },
+            { type = "MODIFIED", object = pod_object("502", RUNNING) }, -- nothing new: not reported
+            { type = "BOOKMARK", object = { kind = "Pod", metadata = { resourceVersion = "503" } } },
+            { type = "MODIFIED", object = pod_object("504", exited) },
+            { type = "DELETED", object = pod_object("505", exited) },
+        }, 11) })
+        local changes = {}
+        local ok, err = rt:watch(function(c)
+            changes[#changes + 1] = c
+        end)
+        assert.is_nil(ok)
+        assert.equal("unavailable", err.kind)
+        assert.matches("&watch=1&allowWatchBookmarks=true&resourceVersion=500&timeoutSeconds=300$",
+            k:find("GET", "watch=1")[1].path)
+        assert.equal(3, #changes)
+        assert.same({ ID, POD, "Running" }, { changes[1].id, changes[1].handle, changes[1].status.state })
+        assert.same({ "Failed", "Sandbox container exited with code 2." },
+            { changes[2].status.state, changes[2].status.message })
+        assert.same({ id = ID, handle = POD, gone = true }, changes[3])
+        assert.equal("505", rt.resource_version)
+        -- the next watch resumes where this one ended; a bookmark alone moves it too
+        k:on("GET", "watch=1", { chunks = fake_kube.chunks({
+            { type = "BOOKMARK", object = { metadata = { resourceVersion = "777" } } } }) })
+        rt:watch(function() end)
+        assert.equal("505", k:find("GET", "watch=1")[2].path:match("resourceVersion=(%d+)"))
+        assert.equal("777", rt.resource_version)
+    end)
+
+    it("on 410 Gone lists again, reports every difference, and watches on from the new list", function()
+        local a = pod_object("9", RUNNING)
+        local b = pod_object("9", RUNNING, "b-pod")
+        b.metadata.labels["opensandbox.io/id"] = "bbbb"
+        k:on("GET", "/pods%?labelSelector=[^&]*&limit", list_reply("500", { a, b }))
+        assert(rt:list())
+        -- meanwhile: a exited, b was deleted, c appeared
+        local exited = { phase = "Succeeded", containerStatuses = { { name = "sandbox",
+            state = { terminated = { exitCode = 0 } } } } }
+        local c = pod_object("880", RUNNING, "c-pod")
+        c.metadata.labels["opensandbox.io/id"] = "cccc"
+        k:on("GET", "/pods%?labelSelector=[^&]*&limit", list_reply("900", { pod_object("870", exited), c }))
+        k:on("GET", "watch=1", { chunks = fake_kube.chunks({
+            { type = "MODIFIED", object = c } }) }) -- c unchanged since the relist: not reported again
+        k:on("GET", "watch=1", { times = 1, chunks = fake_kube.chunks({
+            { type = "ERROR", object = fake_kube.status(410, "Expired", "too old resource version: 500 (850)") } }) })
+        local changes = {}
+        local _, err = rt:watch(function(ch)
+            changes[#changes + 1] = ch
+        end)
+        assert.equal("unavailable", err.kind)
+        table.sort(changes, function(x, y)
+            return x.id < y.id
+        end)
+        assert.equal(3, #changes)
+        assert.same({ ID, "Terminated" }, { changes[1].id, changes[1].status.state })
+        assert.same({ id = "bbbb", handle = "b-pod", gone = true }, changes[2])
+        assert.same({ "cccc", "Running" }, { changes[3].id, changes[3].status.state })
+        local watches = k:find("GET", "watch=1")
+        assert.equal(2, #watches)
+        assert.equal("500", watches[1].path:match("resourceVersion=(%d+)"))
+        assert.equal("900", watches[2].path:match("resourceVersion=(%d+)"))
+        assert.equal(2, #k:find("GET", "&limit="))
+    end)
+
+    it("lists first when no list gave a resourceVersion yet", function()
+        k:on("GET", "/pods%?labelSelector=[^&]*&limit", list_reply("42", {}))
+        k:on("GET", "watch=1", { chunks = {} })
+        rt:watch(function() end)
+        assert.same({ "GET", "42" }, { k.requests[1].method, k.requests[2].path:match("resourceVersion=(%d+)") })
+    end)
+end)
