@@ -58,7 +58,14 @@ CNI_BIN_DIR=/usr/lib/cni
 
 COMPONENTS="containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet"
 
+# created, when missing, by containerd (netns), libcni (result cache) and the kubelet (device-plugins
+# socket, pod log symlinks) whatever their configured roots
+FOREIGN_DIRS="/var/run/netns /var/lib/cni /var/lib/kubelet /var/log/containers"
+
 KERNEL_TUNABLES="vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys kernel/keys/root_maxbytes"
+
+# Extra flags (word-split), e.g. OSB_K8S_APISERVER_ARGS="--feature-gates=Foo=true":
+#   OSB_K8S_APISERVER_ARGS, OSB_K8S_KUBELET_ARGS
 
 # ------------------------------------------------------------------------------------------------ helpers
 log() { printf '[k8s %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -104,10 +111,13 @@ build_binaries() {
     local want="etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl crictl" b missing=""
     for b in $want; do [ -x "$BIN/$b" ] || missing="$missing $b"; done
     [ -z "$missing" ] && return 0
-    command -v go >/dev/null || die "go is needed to build:$missing"
+    command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
+    command -v go >/dev/null || die "go (>= 1.24, or any go with GOTOOLCHAIN=auto) is needed to build:$missing"
     mkdir -p "$BIN"
     local t0=$SECONDS
-    export GOFLAGS="-trimpath -buildvcs=false" CGO_ENABLED=0
+    # a private build cache (3+ GB for Kubernetes), dropped once the binaries are in place unless
+    # OSB_K8S_KEEP_GOCACHE=1; the module download cache is Go's usual one
+    export GOFLAGS="-trimpath -buildvcs=false" CGO_ENABLED=0 GOCACHE=$CACHE/gocache
     if [ ! -x "$BIN/crictl" ]; then
         log "building crictl $CRICTL_VERSION"
         GOBIN=$BIN go install -ldflags="-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
@@ -163,6 +173,7 @@ build_binaries() {
         done
         (cd "$dir" && go list -m go.etcd.io/etcd/server/v3) >"$BIN/etcd.version"
     fi
+    [ "${OSB_K8S_KEEP_GOCACHE:-0}" = 1 ] || rm -rf "$CACHE/gocache"
     log "built:$missing in $((SECONDS - t0))s"
 }
 
@@ -322,6 +333,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   enable_selinux = false
+  # This machine denies lowering oom_score_adj (no CAP_SYS_RESOURCE): clamp the kubelet's negative
+  # values (-998 for sandboxes, -997 for Guaranteed pods) to containerd's own score.
+  restrict_oom_score_adj = true
   max_container_log_line_size = 16384
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -358,6 +372,8 @@ EOF
   ]
 }
 EOF
+    printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 20\n' "$CTRD_SOCK" "$CTRD_SOCK" \
+        >"$CONF/crictl.yaml"
     # Pods get no DNS server (there is none): their resolver would only ask their own loopback.
     printf '# opensandbox-k8s: no cluster DNS\nnameserver 127.0.0.1\noptions ndots:1\n' >"$CONF/resolv.conf"
     cat >"$CONF/kubelet.yaml" <<EOF
@@ -414,8 +430,8 @@ comp_pid() {
     [ -s "$f" ] || return 1
     read -r pid exe <"$f" || true
     [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
-    local argv0
-    argv0=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1) || return 1
+    local argv0=""
+    IFS= read -r -d '' argv0 <"/proc/$pid/cmdline" 2>/dev/null || true
     [ "$argv0" = "$exe" ] || return 1
     # a zombie (not yet reaped) is as good as gone
     [ "$(awk '/^State:/{print $2}' "/proc/$pid/status" 2>/dev/null)" != Z ] || return 1
@@ -487,7 +503,7 @@ port_free() { # addr port
 
 kctl() { "$BIN/kubectl" --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
 ctr_() { ctr --address "$CTRD_SOCK" "$@"; }
-crictl_() { "$BIN/crictl" --runtime-endpoint "unix://$CTRD_SOCK" --image-endpoint "unix://$CTRD_SOCK" --timeout 20s "$@"; }
+crictl_() { "$BIN/crictl" --config "$CONF/crictl.yaml" --timeout 20s "$@"; }
 
 node_ready() {
     [ "$(kctl get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
@@ -525,11 +541,17 @@ save_host_state() {
             iptables -w -t "$t" -S 2>/dev/null | awk -v t="$t" '$1 == "-N" {print t, $2}'
         done | grep -E " ($CHAIN_PREFIXES)" >"$SAVED/iptables-chains" || true
     fi
+    # directories outside our own that containerd/libcni/the kubelet create (hard-coded paths): the ones
+    # that do not exist yet are removed again at down
+    local d
+    for d in $FOREIGN_DIRS; do
+        [ -e "$d" ] || grep -qx "$d" "$SAVED/created-dirs" 2>/dev/null || echo "$d" >>"$SAVED/created-dirs"
+    done
     # kernel tunables the kubelet rewrites (vm.overcommit_memory, kernel.panic, ...): restored at down
     if [ ! -f "$SAVED/sysctl" ]; then
         local k
         for k in $KERNEL_TUNABLES; do
-            [ -r "/proc/sys/$k" ] && echo "$k $(cat "/proc/sys/$k")"
+            if [ -r "/proc/sys/$k" ]; then echo "$k $(cat "/proc/sys/$k")"; fi
         done >"$SAVED/sysctl"
     fi
 }
@@ -539,7 +561,7 @@ setup_network() {
         ip link add "$BRIDGE" type bridge
         date >"$SAVED/bridge-created"
     fi
-    ip addr show dev "$BRIDGE" | grep -q "inet $NODE_IP/" || ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
+    ip addr show dev "$BRIDGE" | grep "inet $NODE_IP/" >/dev/null || ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
     ip link set "$BRIDGE" up
     # Docker sets FORWARD's policy to DROP and br_netfilter is loaded: let pods on our bridge talk to
     # each other (our own rule, tagged with a comment and removed at down).
@@ -587,7 +609,7 @@ do_up() {
     # containerd
     start_comp containerd "$(command -v containerd)" --config "$CONF/containerd.toml" --log-level info
     wait_for containerd 30 "containerd's socket" ctr_ version
-    if ! ctr_ -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE"; then
+    if ! ctr_ -n k8s.io images ls -q | grep -x "$PAUSE_IMAGE" >/dev/null; then
         ctr_ -n k8s.io images import "$CACHE_ROOT/images/$PAUSE_TAG.tar" >&2 ||
             fail_up containerd "could not import the pause image"
     fi
@@ -599,10 +621,11 @@ do_up() {
         --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
         --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
         --initial-cluster "osbk8s=http://127.0.0.1:$ETCD_PEER_PORT" \
-        --initial-cluster-state new --unsafe-no-fsync --snapshot-count 10000 --log-level warn
+        --initial-cluster-state new --unsafe-no-fsync --log-level warn
     wait_for etcd 60 "etcd's health" curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_CLIENT_PORT/health"
 
-    # kube-apiserver
+    # kube-apiserver (OSB_K8S_APISERVER_ARGS is split into words on purpose)
+    # shellcheck disable=SC2086
     start_comp kube-apiserver "$BIN/kube-apiserver" \
         --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address "$NODE_IP" \
         --etcd-servers "http://127.0.0.1:$ETCD_CLIENT_PORT" \
@@ -619,7 +642,7 @@ do_up() {
         --service-account-issuer https://kubernetes.default.svc.cluster.local \
         --service-account-key-file "$PKI/sa.pub" \
         --service-account-signing-key-file "$PKI/sa.key" \
-        --profiling=false --v=1
+        --profiling=false --v=1 ${OSB_K8S_APISERVER_ARGS:-}
     wait_for kube-apiserver 120 "kube-apiserver /readyz" apiserver_ready
 
     start_comp kube-controller-manager "$BIN/kube-controller-manager" \
@@ -640,10 +663,11 @@ do_up() {
         --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" \
         --leader-elect=false --profiling=false --v=1
 
+    # shellcheck disable=SC2086
     start_comp kubelet "$BIN/kubelet" \
         --config "$CONF/kubelet.yaml" --kubeconfig "$CONF/kubelet.kubeconfig" \
         --root-dir "$STATE/kubelet" --cert-dir "$STATE/kubelet/pki" \
-        --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1
+        --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1 ${OSB_K8S_KUBELET_ARGS:-}
     wait_for kubelet 60 "the kubelet's /healthz" \
         curl -fsS --max-time 2 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
     wait_for kubelet 120 "node $NODE_NAME to be Ready" node_ready
@@ -678,7 +702,7 @@ unmount_under() {
 kubepods_pids() {
     local d
     for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods /sys/fs/cgroup/unified/kubepods; do
-        [ -d "$d" ] && find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null
+        if [ -d "$d" ]; then find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null || true; fi
     done | sort -un
 }
 
@@ -686,8 +710,10 @@ kubepods_pids() {
 our_shim_pids() {
     local p
     for p in /proc/[0-9]*; do
-        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "-address $CTRD_SOCK " && echo "${p#/proc/}"
+        case $(readlink "$p/exe" 2>/dev/null) in */containerd-shim*) ;; *) continue ;; esac
+        if grep -aF -- "$CTRD_SOCK" "$p/cmdline" >/dev/null 2>&1; then echo "${p#/proc/}"; fi
     done
+    return 0
 }
 
 remove_iptables_additions() {
@@ -702,10 +728,10 @@ remove_iptables_additions() {
         new=$(iptables -w -t "$t" -S 2>/dev/null | awk '$1 == "-N" {print $2}' | grep -E "^($CHAIN_PREFIXES)" |
             while read -r c; do grep -qx "$t $c" "$SAVED/iptables-chains" || echo "$c"; done) || true
         [ -n "$new" ] || continue
-        log "removing iptables chains (table $t): $(echo $new)"
+        log "removing iptables chains (table $t): ${new//$'\n'/ }"
         for c in $new; do
             # rules that jump to it, anywhere in the table
-            iptables -w -t "$t" -S | grep -E -- "-j $c( |\$)" | while read -r line; do
+            { iptables -w -t "$t" -S | grep -E -- "-j $c( |\$)" || true; } | while read -r line; do
                 # shellcheck disable=SC2086
                 eval "iptables -w -t $t ${line/-A /-D }" 2>/dev/null || true
             done
@@ -727,9 +753,24 @@ do_down() {
     # 2. pods: through CRI while our containerd runs (CNI DEL releases IPs, veths, netns)
     local netns_file=$SAVED/netns
     mkdir -p "$SAVED"
+    if ! comp_pid containerd >/dev/null && [ -d "$STATE/containerd/io.containerd.grpc.v1.cri/sandboxes" ] &&
+        [ -n "$(ls -A "$STATE/containerd/io.containerd.grpc.v1.cri/sandboxes" 2>/dev/null)" ] &&
+        [ -f "$CONF/containerd.toml" ]; then
+        # containerd died with pods: start it again so that CRI can tear them down properly
+        log "containerd is not running but pod sandboxes are left: starting it to remove them"
+        start_comp containerd "$(command -v containerd)" --config "$CONF/containerd.toml" --log-level info
+        local i
+        for ((i = 0; i < 60; i++)); do
+            ctr_ version >/dev/null 2>&1 && break
+            comp_pid containerd >/dev/null || break
+            sleep 0.5
+        done
+    fi
     if comp_pid containerd >/dev/null; then
-        # remember every sandbox's netns in case CRI cannot remove it
+        # remember every sandbox's netns in case CRI cannot remove it, and every container id (their
+        # shims' sockets, in containerd's shared /run/containerd/s, outlive shims that were killed)
         local id
+        ctr_ -n k8s.io containers ls -q >>"$SAVED/container-ids" 2>/dev/null || true
         for id in $(ctr_ -n k8s.io containers ls -q 2>/dev/null); do
             ctr_ -n k8s.io containers info "$id" 2>/dev/null |
                 grep -o '"path": *"/[^"]*netns/[^"]*"' | sed 's/.*"\(\/[^"]*\)"$/\1/'
@@ -753,18 +794,27 @@ do_down() {
     local pids
     pids=$(kubepods_pids)
     if [ -n "$pids" ]; then
-        log "killing leftover pod processes: $(echo $pids)"
+        log "killing leftover pod processes: ${pids//$'\n'/ }"
         # shellcheck disable=SC2086
         kill -KILL $pids 2>/dev/null || true
         sleep 0.5
     fi
     pids=$(our_shim_pids)
     if [ -n "$pids" ]; then
-        log "killing leftover shims of our containerd: $(echo $pids)"
+        log "killing leftover shims of our containerd: ${pids//$'\n'/ }"
         # shellcheck disable=SC2086
         kill -KILL $pids 2>/dev/null || true
         sleep 0.5
     fi
+    if [ -s "$SAVED/container-ids" ]; then
+        local cid sock
+        sort -u "$SAVED/container-ids" | while read -r cid; do
+            # containerd 1.6: /run/containerd/s/sha256(<grpc address>/<namespace>/<id>)
+            sock=/run/containerd/s/$(printf '%s' "$CTRD_SOCK/k8s.io/$cid" | sha256sum | cut -c1-64)
+            if [ -S "$sock" ]; then rm -f "$sock"; fi
+        done
+    fi
+    rm -f "$SAVED/container-ids"
     local d
     for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods /sys/fs/cgroup/unified/kubepods; do
         [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
@@ -778,8 +828,8 @@ do_down() {
             umount "$ns" 2>/dev/null || umount -l "$ns" 2>/dev/null || true
             rm -f "$ns"
         done
-        rm -f "$netns_file"
     fi
+    rm -f "$netns_file"
     if ip link show "$BRIDGE" >/dev/null 2>&1; then
         local v
         for v in $(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
@@ -795,14 +845,32 @@ do_down() {
     unmount_under "$STATE"
     rm -rf --one-file-system "$RUNDIR" "$STATE/etcd" "$STATE/kubelet" "$STATE/containerd" "$STATE/cni" \
         "$STATE/pod-logs" "$PIDS"
-    # the kubelet's symlinks to our pod logs
+    # the kubelet's symlinks to our pod logs, libcni's cache entries of our network
     find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
+    rm -f /var/lib/cni/results/osbk8s-*
+    # directories that did not exist before our first up: our files in them, then the directories
+    if [ -f "$SAVED/created-dirs" ]; then
+        local cd_
+        while read -r cd_; do
+            [ -d "$cd_" ] || continue
+            case $cd_ in
+            /var/lib/kubelet) rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+                rmdir /var/lib/kubelet/device-plugins 2>/dev/null || true ;;
+            /var/lib/cni) rm -f /var/lib/cni/results/cni-loopback-*
+                rmdir /var/lib/cni/results 2>/dev/null || true ;;
+            esac
+            rmdir "$cd_" 2>/dev/null || log "warning: $cd_ not empty, left in place"
+        done <"$SAVED/created-dirs"
+        rm -f "$SAVED/created-dirs"
+    fi
 
     # 6. kernel tunables the kubelet changed
     if [ -f "$SAVED/sysctl" ]; then
         local k v
         while read -r k v; do
-            [ -w "/proc/sys/$k" ] && [ "$(cat "/proc/sys/$k")" != "$v" ] && echo "$v" >"/proc/sys/$k" 2>/dev/null
+            if [ -w "/proc/sys/$k" ] && [ "$(cat "/proc/sys/$k")" != "$v" ]; then
+                echo "$v" >"/proc/sys/$k" 2>/dev/null || log "warning: could not restore $k=$v"
+            fi
         done <"$SAVED/sysctl"
         rm -f "$SAVED/sysctl"
     fi
@@ -857,7 +925,7 @@ kubectl)
     exec "$BIN/kubectl" --kubeconfig "$ADMIN_KUBECONFIG" "$@" >&3 3>&-
     ;;
 crictl)
-    exec "$BIN/crictl" --runtime-endpoint "unix://$CTRD_SOCK" --image-endpoint "unix://$CTRD_SOCK" "$@" >&3 3>&-
+    exec "$BIN/crictl" --config "$CONF/crictl.yaml" "$@" >&3 3>&-
     ;;
 *)
     echo "usage: $0 up|down|status|load-image IMAGE...|build|kubectl ARGS...|crictl ARGS..." >&2
