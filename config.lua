@@ -104,8 +104,9 @@ return {
         -- Docker volume per agent version, only from the server's own files (created with NoCopy, filled
         -- through an image imported from those files, never from a user's image), and mounts it at
         -- /opt/opensandbox in every sandbox: nothing is uploaded per sandbox. The volume is named after the
-        -- agent's files, checked on every create (made again if it was pruned or replaced), and volumes of
-        -- earlier agents that no container uses (and over an hour old) are removed. "archive" uploads the
+        -- agent's files and made again when a sandbox fails to start because it was pruned or replaced (the
+        -- start is then retried once); volumes of earlier agents that no container uses (and over an hour
+        -- old) are removed. "archive" uploads the
         -- files into every container before it starts (PUT /containers/{id}/archive; Docker < 23 re-executes
         -- itself for each upload, ~45 ms here). runtime.execd_image always uses "archive".
         agent_delivery = "volume",

@@ -110,8 +110,12 @@ function Agent:uses_volume(delivery)
 end
 
 --- The name of the Docker volume that holds the agent, created and filled on first use (single-flight:
---- concurrent provisionings wait for one fill), and checked on every later use. Returns the name, or nil, err.
-function Agent:volume()
+--- concurrent provisionings wait for one fill). Once made, it is trusted without a Docker call per create;
+--- `recheck` looks at it again (the adapter does when a sandbox fails to start: `docker volume prune`
+--- removes it whenever no sandbox uses it, and Docker then creates an empty one of that name for the next
+--- sandbox by itself, whose bootstrap is then missing) and makes it again when it is gone or not ours.
+--- Returns the name and whether it was (re)made now, or nil, err.
+function Agent:volume(recheck)
     local tar_bytes, err = self:archive()
     if not tar_bytes then
         return nil, err
@@ -124,11 +128,12 @@ function Agent:volume()
     local name = "opensandbox-agent-" .. tag
     local engine = self.engine
     if self.volume_ready == name then
-        -- looked at on every create (one cheap call): `docker volume prune` removes it whenever no sandbox
-        -- uses it, and Docker would then create an empty one of that name for the next sandbox by itself
+        if not recheck then
+            return name, false
+        end
         local state, serr = engine:volume_state(name, M.VOLUME_LABELS)
         if state == "ours" then
-            return name
+            return name, false
         end
         if not state then
             return nil, "cannot check the agent volume " .. name .. ": " .. tostring(serr and serr.message or serr)
@@ -141,7 +146,7 @@ function Agent:volume()
     if self.volume_filling then
         local ok, werr = self.volume_filling:wait(120)
         if ok and self.volume_ready == name then
-            return name
+            return name, true
         end
         if not ok then
             return nil, "waiting for the agent volume: " .. tostring(werr)
@@ -167,7 +172,7 @@ function Agent:volume()
     if not ok then
         return nil, "cannot prepare the agent volume " .. name .. ": " .. tostring(verr and verr.message or verr)
     end
-    return name
+    return name, true
 end
 
 return M

@@ -157,13 +157,16 @@ function Docker:provision(sandbox, spec)
     if not port then
         return failure("create", "Cannot allocate an agent port: " .. tostring(perr))
     end
+    local function remove_half_created(cid)
+        local rok, rerr = e:remove(cid)
+        if not rok and self.log then
+            self.log.error("cannot remove half-created container",
+                { sandbox_id = sandbox.id, container_id = cid, error = msg(rerr) })
+        end
+    end
     local function fail(step_name, message, cid, cause)
         if cid then
-            local rok, rerr = e:remove(cid)
-            if not rok and self.log then
-                self.log.error("cannot remove half-created container",
-                    { sandbox_id = sandbox.id, container_id = cid, error = msg(rerr) })
-            end
+            remove_half_created(cid)
         end
         self:release_agent_port({ id = sandbox.id, place = { agent_port = port } })
         return failure(step_name, message, cause)
@@ -217,6 +220,27 @@ function Docker:provision(sandbox, spec)
     end
     ok, err = e:start(cid)
     step("start")
+    if not ok and cspec.agent_volume then
+        -- the agent volume is trusted without a look per create; a start that fails may be its doing (pruned,
+        -- or replaced by the empty one Docker makes by itself: the bootstrap is missing). Look, and when it had
+        -- to be made again, create and start once more.
+        remove_half_created(cid) -- first: a volume in use by it could not be replaced
+        local failed_err = err
+        local vol, remade = self.agent:volume(true)
+        if not (vol and remade) then
+            return fail("start", "Failed to start container: " .. msg(failed_err), nil, failed_err)
+        end
+        if self.log then
+            self.log.warn("sandbox start failed on a missing agent volume; made it again and retrying",
+                { sandbox_id = sandbox.id, volume = vol })
+        end
+        cid, err = e:create_container(cspec)
+        if not cid then
+            return fail("create", "Failed to create container: " .. msg(err), nil, err)
+        end
+        ok, err = e:start(cid)
+        step("restart")
+    end
     if not ok then
         return fail("start", "Failed to start container: " .. msg(err), cid, err)
     end

@@ -158,7 +158,9 @@ function FakeEngine:events(since_s, on_event, until_s)
 end
 
 function FakeEngine:volume_state(name)
-    return answer(self:_call("volume_state", name), "ours")
+    -- `volume_states`: answers to give in turn (then "ours")
+    return answer(self:_call("volume_state", name), self.volume_states and table.remove(self.volume_states, 1)
+        or "ours")
 end
 
 function FakeEngine:ensure_volume(name, bytes, labels)
@@ -348,14 +350,42 @@ describe("runtimes.docker (runtime): provision", function()
         assert.are.equal(0, engine:count("put_archive"))
     end)
 
-    it("fills the agent volume once, then only checks it is still there", function()
+    it("fills the agent volume once, then trusts it without a Docker call per create", function()
         local rt, engine = make()
         assert(rt:provision(sandbox(), spec()))
         assert(rt:provision(sandbox({ id = "second" }), spec()))
         assert.are.equal(1, engine:count("ensure_volume"))
         assert.are.equal(1, engine:count("remove_unused_volumes"))
-        assert.are.equal(1, engine:count("volume_state"))
+        assert.are.equal(0, engine:count("volume_state"))
         assert.are.equal("opensandbox-agent-t1", engine.specs[2].agent_volume)
+    end)
+
+    it("makes the agent volume again when a start fails because it was pruned, and starts once more", function()
+        local rt, engine, log = make()
+        assert(rt:provision(sandbox(), spec()))
+        -- `docker volume prune`: Docker made an empty volume of that name for the next container, whose
+        -- bootstrap is then missing
+        engine.fail.start = api_error("OCI runtime create failed: exec: \"/opt/opensandbox/bootstrap.sh\": " ..
+            "stat /opt/opensandbox/bootstrap.sh: no such file or directory", 400)
+        engine.volume_states = { "foreign" }
+        local placed = assert(rt:provision(sandbox({ id = "second" }), spec()))
+        assert.are.equal("c3", placed.handle)
+        assert.are.equal(1, engine:count("volume_state"))
+        assert.are.equal(2, engine:count("ensure_volume"))
+        assert.are.equal(1, engine:count("remove c2"))
+        assert.are.equal(2, engine:count("start c3") + engine:count("start c2"))
+        assert.truthy(log.lines[#log.lines].msg:find("missing agent volume", 1, true))
+    end)
+
+    it("reports a start failure as it is when the agent volume is fine", function()
+        local rt, engine = make()
+        assert(rt:provision(sandbox(), spec()))
+        engine.fail.start = api_error("boom", 500)
+        local _, err = rt:provision(sandbox({ id = "second" }), spec())
+        assert.are.equal("start", err.step)
+        assert.are.equal(1, engine:count("volume_state"))
+        assert.are.equal(1, engine:count("ensure_volume"))
+        assert.are.equal(1, engine:count("create_container second"))
     end)
 
     it("says Running for a container Docker still calls created, with no time", function()
@@ -460,8 +490,9 @@ describe("runtimes.docker (runtime): provision", function()
         local _, err = rt:provision(sandbox(), spec())
         assert.are.equal("start", err.step)
         assert.are.equal("Failed to start container: OCI runtime create failed: exec format error", err.message)
-        assert.are.equal("start c1", engine.calls[#engine.calls - 1])
-        assert.are.equal("remove c1", engine.calls[#engine.calls])
+        assert.are.equal("start c1", engine.calls[#engine.calls - 2])
+        assert.are.equal("remove c1", engine.calls[#engine.calls - 1])
+        assert.are.equal("volume_state opensandbox-agent-t1", engine.calls[#engine.calls], "the volume is fine")
         assert.are.equal(0, #log.lines)
     end)
 
@@ -860,7 +891,7 @@ describe("runtimes.docker (runtime): through the real engine on a fake Engine AP
         assert.are.equal("tenant-a", body.Labels["opensandbox.io/principal"])
         assert.are.equal(0, #fake:find("PUT", "/containers/c1/archive"))
 
-        -- a second sandbox: one look at the volume, no fill
+        -- a second sandbox: no look at the volume, no fill
         fake:on("GET", "^/v1%.41/volumes/opensandbox%-agent%-t1$",
             { body = '{"Labels":{"opensandbox.io/agent":"true"}}' })
         fake:on("GET", "^/v1%.41/containers/c1/json$", { body = json.encode({ Id = "c1",
@@ -868,6 +899,6 @@ describe("runtimes.docker (runtime): through the real engine on a fake Engine AP
         assert(rt:provision(sandbox({ id = "second" }), spec()))
         assert.are.equal(1, #fake:find("POST", "fromSrc="))
         assert.are.equal(1, #fake:find("POST", "/volumes/create"))
-        assert.are.equal(2, #fake:find("GET", "/volumes/opensandbox%-agent%-t1$"))
+        assert.are.equal(1, #fake:find("GET", "/volumes/opensandbox%-agent%-t1$"))
     end)
 end)

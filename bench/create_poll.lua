@@ -1,0 +1,141 @@
+-- create -> Running as a lean 2 ms polling client sees it, against raw Docker create + start, interleaved
+-- (run by bench/create_poll.sh through the tests' core_scenario binary, on our own engine: libcurl with
+-- kept-alive connections, one small request per poll).
+--
+-- Why a second client beside bench/lifecycle.mjs: on 2 vCPUs a client that polls every 2 ms takes CPU
+-- that dockerd needs while it starts the container, so the client's own cost shows up in the figure. Node's
+-- HTTP client spends several times what this one does per poll; this one shows what is left of the
+-- server's own overhead. Both are reported (the README's lifecycle section).
+--
+-- Env: BENCH_URL (server, required), BENCH_KEY (API key), SAMPLES (default 30), SANDBOX_IMAGE,
+--      POLL_MS (default 2), SERVER_LOG (optional: also the time to the server's "sandbox running" line).
+local core = require("core")
+local client = require("core.client")
+local timer = require("core.timer")
+local json = require("common.json")
+
+local base = assert(os.getenv("BENCH_URL"), "BENCH_URL is required")
+local key = os.getenv("BENCH_KEY") or ""
+local samples = tonumber(os.getenv("SAMPLES") or "30")
+local image = os.getenv("SANDBOX_IMAGE") or "local/busybox:latest"
+local poll_s = tonumber(os.getenv("POLL_MS") or "2") / 1000
+local H = { ["OPEN-SANDBOX-API-KEY"] = key, ["Content-Type"] = "application/json" }
+local DOCKER = "/var/run/docker.sock"
+
+local function docker(method, path, body)
+    local res, err = client.request({ method = method, url = "http://docker/v1.41" .. path,
+        unix_socket = DOCKER, body = body and json.encode(body) or nil,
+        headers = body and { ["Content-Type"] = "application/json" } or nil, timeout = 60 })
+    return assert(res, tostring(err))
+end
+
+local created, raw_ids = {}, {}
+
+-- ours: POST, then GET every poll_s until Running; milliseconds from the POST
+local function ours()
+    local t0 = core.monotonic()
+    local res = assert(client.request({ method = "POST", url = base .. "/v1/sandboxes", headers = H, timeout = 60,
+        body = json.encode({ image = { uri = image }, entrypoint = { "sleep", "3600" }, timeout = 3600,
+            resourceLimits = {} }) }))
+    assert(res.status == 202, res.body)
+    local id = json.decode(res.body).id
+    created[#created + 1] = id
+    while true do
+        local g = assert(client.request({ url = base .. "/v1/sandboxes/" .. id, headers = H, timeout = 10 }))
+        local state = g.body:match('"state":"(%a+)"')
+        if state == "Running" then
+            return (core.monotonic() - t0) * 1000, id, core.now()
+        end
+        assert(state ~= "Failed", g.body)
+        timer.sleep(poll_s)
+    end
+end
+
+-- raw: the container the server makes, minus our agent (bench/lifecycle.mjs makes the same)
+local function raw(i)
+    local t0 = core.monotonic()
+    local c = docker("POST", "/containers/create?name=bench-poll-" .. core.getpid() .. "-" .. i, {
+        Image = image, Cmd = json.array({ "sleep", "3600" }), Labels = { ["opensandbox.bench"] = "1" },
+        ExposedPorts = { ["44772/tcp"] = {}, ["8080/tcp"] = {} },
+        HostConfig = {
+            NetworkMode = "bridge",
+            PortBindings = { ["44772/tcp"] = json.array({ { HostIp = "127.0.0.1", HostPort = "" } }),
+                ["8080/tcp"] = json.array({ { HostIp = "127.0.0.1", HostPort = "" } }) },
+            CapDrop = json.array({ "AUDIT_WRITE", "MKNOD", "NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_MODULE",
+                "SYS_PTRACE", "SYS_TIME", "SYS_TTY_CONFIG" }),
+            SecurityOpt = json.array({ "no-new-privileges:true" }), PidsLimit = 4096,
+            RestartPolicy = { Name = "no" },
+        },
+    })
+    assert(c.status == 201, c.body)
+    local id = json.decode(c.body).Id
+    raw_ids[#raw_ids + 1] = id
+    local s = docker("POST", "/containers/" .. id .. "/start")
+    assert(s.status == 204, s.body)
+    return (core.monotonic() - t0) * 1000
+end
+
+local function median(t)
+    local s = {}
+    for i, v in ipairs(t) do
+        s[i] = v
+    end
+    table.sort(s)
+    return s[#s // 2 + 1]
+end
+
+-- the server's "sandbox running" log time of each sandbox (epoch seconds)
+local function log_times()
+    local at = {}
+    local path = os.getenv("SERVER_LOG")
+    local f = path and io.open(path, "r")
+    if not f then
+        return at
+    end
+    for line in f:lines() do
+        if line:find('"sandbox running"', 1, true) then
+            local ts, id = line:match('"ts":"([^"]+)"'), line:match('"sandbox_id":"([^"]+)"')
+            local us = ts and require("common.timefmt").parse(ts)
+            if us and id then
+                at[id] = us / 1e6
+            end
+        end
+    end
+    f:close()
+    return at
+end
+
+local ok, err = pcall(function()
+    local o, r, seen_after_log, posts = {}, {}, {}, {}
+    for i = 1, samples do
+        local ms, id, seen_at = ours()
+        o[#o + 1] = ms
+        posts[id] = seen_at
+        r[#r + 1] = raw(i)
+    end
+    local at = log_times()
+    for id, seen_at in pairs(posts) do
+        if at[id] then
+            seen_after_log[#seen_after_log + 1] = (seen_at - at[id]) * 1000
+        end
+    end
+    print(string.format("| create -> Running, median of %d (ours, seen by a libcurl client polling every %g ms) "
+        .. "| %.1f ms |", samples, poll_s * 1000, median(o)))
+    print(string.format("| docker create + start, median of %d (raw Engine API, same client) | %.1f ms |", samples,
+        median(r)))
+    print(string.format("| ratio ours / raw | %.2f |", median(o) / median(r)))
+    if #seen_after_log > 0 then
+        print(string.format("| the client saw Running after the server logged it (median) | %.1f ms |",
+            median(seen_after_log)))
+    end
+end)
+for _, id in ipairs(created) do
+    client.request({ method = "DELETE", url = base .. "/v1/sandboxes/" .. id, headers = H, timeout = 60 })
+end
+for _, id in ipairs(raw_ids) do
+    docker("DELETE", "/containers/" .. id .. "?force=true")
+end
+if not ok then
+    io.stderr:write("create_poll: ", tostring(err), "\n")
+end
+core.stop(ok and 0 or 1)
