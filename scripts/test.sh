@@ -2,8 +2,9 @@
 # README command 2: the whole test suite. Installs what is missing, builds (plain and ASan/UBSan), starts
 # Docker if needed, then runs, fastest first: lint, C tests (ctest), Lua unit specs, integration specs
 # against the real binary and the real Docker daemon (reliability included: RELIABILITY.md), the official SDK
-# conformance scripts, the C tests under valgrind, and everything but the fuzzers once more with the server
-# built with AddressSanitizer/UndefinedBehaviorSanitizer.
+# conformance scripts, the C tests under valgrind, the Kubernetes runtime on a real one-node cluster
+# (tests/k8s/cluster.sh), and everything but the fuzzers once more with the server built with
+# AddressSanitizer/UndefinedBehaviorSanitizer.
 # Every stage runs even when an earlier one failed (except when the build fails); the exit code is 0 only
 # when all passed. .ci/run calls exactly this.
 set -uo pipefail
@@ -103,6 +104,23 @@ stage "SDK conformance: execd" bash tests/conformance/run.sh execd-smoke.mjs
 stage "SDK conformance: execd through the server proxy" env OPENSANDBOX_USE_SERVER_PROXY=1 \
     bash tests/conformance/run.sh execd-smoke.mjs
 
+# Kubernetes: a real one-node cluster (tests/k8s/cluster.sh: built from the Go module proxy the first time,
+# ~6 minutes here, then cached under /var/cache/opensandbox-k8s), the runtime's integration specs and the
+# SDK conformance scripts with runtime.type = "kubernetes" (there pause and resume must be refused through
+# the SDK: SMOKE_NO_PAUSE). The cluster is stopped at the end of the run.
+k8s_up() {
+    local line
+    line=$(bash tests/k8s/cluster.sh up) || return 1
+    export KUBECONFIG=${line#KUBECONFIG=}
+    bash tests/k8s/cluster.sh load-image local/busybox:latest >/dev/null
+}
+stage "Kubernetes cluster up (tests/k8s/cluster.sh)" k8s_up
+stage "integration: kubernetes runtime" integ tests/lua/integration/kubernetes
+stage "SDK conformance on Kubernetes: lifecycle (pause/resume refused)" env OPENSANDBOX_RUNTIME=kubernetes \
+    SMOKE_NO_PAUSE=1 bash tests/conformance/run.sh lifecycle-smoke.mjs
+stage "SDK conformance on Kubernetes: execd through the server proxy" env OPENSANDBOX_RUNTIME=kubernetes \
+    OPENSANDBOX_USE_SERVER_PROXY=1 bash tests/conformance/run.sh execd-smoke.mjs
+
 # once more under AddressSanitizer + UndefinedBehaviorSanitizer
 if BUILD_DIR=build-asan CMAKE_ARGS="-DOPENSANDBOX_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug" sh scripts/build.sh; then
     # reports go to files, so that a report from a server process (whose exit code no test reads) is seen
@@ -120,6 +138,7 @@ if BUILD_DIR=build-asan CMAKE_ARGS="-DOPENSANDBOX_SANITIZE=ON -DCMAKE_BUILD_TYPE
     stage "ASan/UBSan: SDK conformance lifecycle" bash tests/conformance/run.sh lifecycle-smoke.mjs
     stage "ASan/UBSan: SDK conformance execd through the server proxy" env OPENSANDBOX_USE_SERVER_PROXY=1 \
         bash tests/conformance/run.sh execd-smoke.mjs
+    stage "ASan/UBSan: integration kubernetes runtime" integ tests/lua/integration/kubernetes
     unset ASAN_OPTIONS UBSAN_OPTIONS OPENSANDBOX_BIN
     no_reports() {
         if ls build-asan/reports/* >/dev/null 2>&1; then
@@ -133,6 +152,8 @@ else
     failed=$((failed + 1))
     failures+=("ASan build")
 fi
+
+bash tests/k8s/cluster.sh down >/dev/null 2>&1 || echo "tests/k8s/cluster.sh down failed" >&2
 
 echo
 for f in "${failures[@]}"; do

@@ -41,9 +41,15 @@ local TOGGLES = {
 
 function P:toggle(verb, id, ctx)
     local t = TOGGLES[verb]
-    local _, verr = self:check_visible(id, ctx)
+    local visible, verr = self:check_visible(id, ctx)
     if verr then
         return nil, verr
+    end
+    local caps = self.runtime.capabilities
+    if caps and caps.pause == false then
+        -- a runtime without pause (Kubernetes): its own refusal, whatever the sandbox's state
+        local _, err = self.runtime[verb](self.runtime, visible)
+        return nil, self:runtime_error(err, t.failed, verb)
     end
     return self:with_sandbox(id, true, function(cur)
         if cur.state ~= t.from then

@@ -140,7 +140,8 @@ function P:endpoint(id, port, use_server_proxy, ctx)
         or eip(self.config) or addr.host or host_of_header(ctx and ctx.host) or "127.0.0.1"
     return {
         endpoint = string.format("%s:%d%s", host, addr.port, addr.path or ""),
-        headers = addr.agent and agent_headers or nil,
+        -- the agent's token for whatever reaches the agent: its own port, or a path through it
+        headers = (addr.agent or port == C.AGENT_PORT) and agent_headers or nil,
     }
 end
 

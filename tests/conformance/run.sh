@@ -3,7 +3,9 @@
 # driving the server; copied to build/conformance, where npm installs the SDK) against a real server started
 # here, on a real Docker daemon.
 #   tests/conformance/run.sh lifecycle-smoke.mjs [execd-smoke.mjs ...]
-# Env: OPENSANDBOX_BIN (server binary), SANDBOX_IMAGE.
+# Env: OPENSANDBOX_BIN (server binary), SANDBOX_IMAGE. OPENSANDBOX_RUNTIME=kubernetes runs the server on the
+# test cluster of tests/k8s/cluster.sh (which must be up, with the image loaded: KUBECONFIG names it) in a
+# namespace of its own, removed afterwards.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${OPENSANDBOX_BIN:-$root/build/opensandbox-server}
@@ -17,11 +19,21 @@ fi
 state=$(mktemp -d /tmp/osb-conformance.XXXXXX)
 port=$((20000 + RANDOM % 20000))
 key=conformance-$RANDOM$RANDOM
+runtime_cfg="docker = { instance = \"conformance-$$\" },"
+ns=
+if [ "${OPENSANDBOX_RUNTIME:-docker}" = kubernetes ]; then
+    : "${KUBECONFIG:?OPENSANDBOX_RUNTIME=kubernetes needs KUBECONFIG (tests/k8s/cluster.sh up prints it)}"
+    ns=osb-conformance-$$
+    bash "$root/tests/k8s/cluster.sh" kubectl create ns "$ns" >/dev/null
+    bash "$root/tests/k8s/cluster.sh" kubectl label ns "$ns" opensandbox.test=1 >/dev/null
+    runtime_cfg="runtime = { type = \"kubernetes\" },
+  kubernetes = { kubeconfig_path = \"$KUBECONFIG\", namespace = \"$ns\", image_pull_policy = \"Never\" },"
+fi
 cat >"$state/config.lua" <<CFG
 return {
   server = { host = "127.0.0.1", port = $port, api_key = "$key", log_level = "DEBUG" },
   store = { path = "$state/opensandbox.db" },
-  docker = { instance = "conformance-$$" },
+  $runtime_cfg
 }
 CFG
 "$bin" --config "$state/config.lua" >"$state/server.log" 2>&1 &
@@ -30,6 +42,9 @@ cleanup() {
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     rm -rf "$state"
+    if [ -n "$ns" ]; then
+        bash "$root/tests/k8s/cluster.sh" kubectl delete ns "$ns" --wait=false >/dev/null 2>&1 || true
+    fi
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do

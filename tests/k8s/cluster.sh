@@ -448,7 +448,16 @@ start_comp() { # name binary args...
     } >>"$LOGS/$name.log"
     # own session (no signals from the caller's terminal), no inherited stdout/lock fd
     setsid "$exe" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 3>&- 9>&- &
-    echo "$! $exe" >"$(pidfile "$name")"
+    local pid=$! i argv0
+    echo "$pid $exe" >"$(pidfile "$name")"
+    # until setsid has exec'd the component, /proc/$pid/cmdline still says setsid (and comp_pid would take
+    # the component for gone): wait for the exec, at most 2 s
+    for ((i = 0; i < 200; i++)); do
+        argv0=""
+        IFS= read -r -d '' argv0 <"/proc/$pid/cmdline" 2>/dev/null || true
+        [ "$argv0" = "$exe" ] || [ ! -d "/proc/$pid" ] && break
+        sleep 0.01
+    done
 }
 
 stop_comp() { # name [timeout]

@@ -36,7 +36,8 @@ function M.new(cfg)
         changes = {}, -- changes not yet delivered to a watch
         next_handle = 0,
         down = false,
-        no_pause = fcfg.no_pause, -- answer pause with "unsupported", like a runtime that has none
+        no_pause = fcfg.no_pause, -- answer pause and resume with "unsupported", like a runtime that has none
+        capabilities = { pause = not fcfg.no_pause },
     }, Fake)
 end
 
@@ -134,6 +135,10 @@ function Fake:pause(rec)
 end
 
 function Fake:resume(rec)
+    if self.no_pause then
+        self:_call("resume", rec.handle, rec)
+        return nil, rterrors.new("unsupported", "The fake runtime cannot pause sandboxes.")
+    end
     return self:_toggle("resume", rec, status("Running", "CONTAINER_RUNNING", "Sandbox container is running."))
 end
 

@@ -47,6 +47,7 @@ function M.new(cfg, deps)
     local core = deps.core or {}
     return setmetatable({
         name = "kubernetes",
+        capabilities = { pause = false }, -- pause/resume answer `unsupported` (see pause below)
         config = kcfg,
         log = deps.log,
         client = deps.client,

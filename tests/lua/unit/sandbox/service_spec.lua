@@ -211,6 +211,11 @@ describe("sandbox.service pause and resume", function()
         assert.are.equal(before, env.svc.records[id], "the record is untouched")
         assert.are.equal(STATE.RUNNING, env.store.rows[id].state)
         assert.is_true(env.svc.available, "an unsupported call says nothing of availability")
+        -- resume too, although the sandbox is not Paused (the runtime's refusal comes before the state's)
+        ok, err = env:op("resume", id)
+        assert.is_nil(ok)
+        assert.are.equal(400, err.status)
+        assert.are.equal("SANDBOX::API_NOT_SUPPORTED", err.code)
     end)
 
     it("answers 503 with the runtime's unavailable code when the runtime is unreachable, marking it so", function()
@@ -708,6 +713,11 @@ describe("sandbox.service endpoints and proxy target", function()
             return { host = "10.244.0.7", port = port, own_host = true }
         end
         assert.are.equal("10.244.0.7:8080", env:op("endpoint", id, 8080, false, { host = "api:1" }).endpoint)
+        assert.is_nil(env:op("endpoint", id, 8080, false, {}).headers)
+        -- the agent's own port gets the token even when the runtime's address does not go through it
+        local ep = env:op("endpoint", id, AGENT_PORT, false, {})
+        assert.are.equal("10.244.0.7:44772", ep.endpoint)
+        assert.are.same({ ["X-EXECD-ACCESS-TOKEN"] = env.svc.records[id].access_token }, ep.headers)
     end)
 
     it("uses the request's host, then loopback, when the runtime leaves the host to the server", function()

@@ -1,0 +1,239 @@
+-- Integration: runtime.type = "kubernetes" against the real one-node cluster of tests/k8s/cluster.sh
+-- (kube-apiserver, scheduler, controller-manager, kubelet, containerd), through the real server binary:
+-- create to Running, the Pod we make, the agent through the server proxy, exits, image failures, pause
+-- refused, renew, delete, a pod deleted behind the server's back, adoption after a restart without the
+-- store, and an unreachable apiserver.
+local K = require("kubernetes.helpers")
+local json = K.json
+
+local function path(id, rest)
+    return "/v1/sandboxes/" .. id .. (rest or "")
+end
+
+-- the agent answers /ping through the server proxy, with the token the endpoint reply hands out
+local function agent_answers(srv, id)
+    local ep = K.call(srv, "GET", path(id, "/endpoints/44772?use_server_proxy=true"))
+    assert.are.equal(200, ep.status, ep.body)
+    local token = ep.json.headers and ep.json.headers["X-EXECD-ACCESS-TOKEN"]
+    assert.is_string(token, ep.body)
+    for _ = 1, 100 do
+        local res = K.curl({ url = "http://" .. ep.json.endpoint .. "/ping",
+            headers = { ["X-EXECD-ACCESS-TOKEN"] = token }, timeout = 2 })
+        if res and res.status == 200 then
+            return true, token, ep.json.endpoint
+        end
+        K.sleep(0.1)
+    end
+    return false
+end
+
+describe("kubernetes runtime #integration #kubernetes", function()
+    setup(function()
+        K.cluster()
+        K.namespace()
+    end)
+    teardown(function()
+        K.stop_all()
+        K.cleanup()
+    end)
+
+    it("creates a Pod that reaches Running, with our identity, security context and agent", function()
+        local srv = K.start()
+        local id, created = K.create(srv, { metadata = { team = "infra" }, env = { GREETING = "hi" },
+            resourceLimits = { cpu = "250m", memory = "128Mi" } })
+        assert.are.equal("Pending", created.json.status.state)
+        local sb = K.wait_state(srv, id, "Running", 90)
+        assert.are.same({ team = "infra" }, sb.metadata)
+        local pod = assert(K.pod(id))
+        assert.are.equal(id, pod.metadata.labels["opensandbox.io/id"])
+        assert.are.equal("opensandbox-server", pod.metadata.labels["opensandbox.io/managed-by"])
+        assert.is_string(pod.metadata.annotations["opensandbox.io/expires-at"])
+        assert.are.equal('{"team":"infra"}', pod.metadata.annotations["opensandbox.io/metadata"])
+        local c = pod.spec.containers[1]
+        assert.are.equal("250m", c.resources.limits.cpu)
+        assert.are.equal(false, c.securityContext.allowPrivilegeEscalation)
+        assert.are.equal("RuntimeDefault", c.securityContext.seccompProfile.type)
+        assert.are.equal(false, pod.spec.automountServiceAccountToken)
+        assert.are.same({ "sleep", "600" }, c.args)
+        -- the agent, from the read-only ConfigMap volume, through the server proxy to the Pod IP
+        local ok, token, endpoint = agent_answers(srv, id)
+        assert.is_true(ok, "the agent did not answer through the server proxy")
+        local res = K.curl({ method = "POST", url = "http://" .. endpoint .. "/command",
+            headers = { ["X-EXECD-ACCESS-TOKEN"] = token, ["Content-Type"] = "application/json" },
+            body = json.encode({
+                command = "echo $GREETING; env | grep -c EXECD_ACCESS_TOKEN; touch /opt/opensandbox/x",
+            }),
+            timeout = 20 })
+        assert.are.equal(200, res.status, res.body)
+        local out = {}
+        for line in res.body:gmatch("[^\n]+") do
+            local ev = json.decode(line)
+            if type(ev) == "table" and (ev.type == "stdout" or ev.type == "stderr") then
+                out[#out + 1] = ev.type .. ":" .. tostring(ev.text)
+            end
+        end
+        local text = table.concat(out, "\n")
+        assert.truthy(text:find("stdout:hi", 1, true), text)
+        assert.truthy(text:find("stdout:0", 1, true), "the user's commands do not see the agent token: " .. text)
+        assert.truthy(text:find("Read-only", 1, true), "the agent volume is read-only: " .. text)
+        -- the direct endpoints are the Pod IP; the agent's carries its token, and answers there too
+        local ep = K.call(srv, "GET", path(id, "/endpoints/8080"))
+        assert.are.equal(pod.status.podIP .. ":8080", ep.json.endpoint)
+        ep = K.call(srv, "GET", path(id, "/endpoints/44772"))
+        assert.are.equal(pod.status.podIP .. ":44772", ep.json.endpoint)
+        assert.are.equal(token, ep.json.headers["X-EXECD-ACCESS-TOKEN"])
+        res = K.curl({ url = "http://" .. ep.json.endpoint .. "/ping", headers = ep.json.headers, timeout = 5 })
+        assert.are.equal(200, res and res.status)
+        -- delete: the pod goes away
+        assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
+        K.assert_error(K.call(srv, "GET", path(id)), 404, "DOCKER::SANDBOX_NOT_FOUND")
+        assert.is_true(K.wait_pod_gone(id, 30), "pod still there after delete")
+    end)
+
+    it("refuses pause and resume clearly, and renews", function()
+        local srv = K.start()
+        local id = K.create_running(srv)
+        local res = K.call(srv, "POST", path(id, "/pause"))
+        K.assert_error(res, 400, "SANDBOX::API_NOT_SUPPORTED", function(m)
+            return m:find("pause", 1, true) ~= nil
+        end)
+        assert.are.equal("Running", K.call(srv, "GET", path(id)).json.status.state)
+        local want = K.iso(3600)
+        res = K.call(srv, "POST", path(id, "/renew-expiration"), { expiresAt = want })
+        assert.are.equal(200, res.status, res.body)
+        assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
+    end)
+
+    it("reports exits: Terminated on 0, Failed with the code otherwise", function()
+        local srv = K.start()
+        local ok_id = K.create(srv, { entrypoint = { "sh", "-c", "sleep 1; exit 0" } })
+        local bad_id = K.create(srv, { entrypoint = { "sh", "-c", "sleep 1; exit 3" } })
+        local sb = K.wait_state(srv, ok_id, "Terminated", 90)
+        assert.are.equal("CONTAINER_EXITED", sb.status.reason)
+        sb = K.wait_state(srv, bad_id, "Failed", 90)
+        assert.are.equal("Sandbox container exited with code 3.", sb.status.message)
+        assert.are.equal(204, K.call(srv, "DELETE", path(ok_id)).status)
+        assert.are.equal(204, K.call(srv, "DELETE", path(bad_id)).status)
+    end)
+
+    it("fails provisioning of an image the node does not have, and leaves no pod", function()
+        local srv = K.start()
+        local id = K.create(srv, { image = { uri = "local/not-there:1" } })
+        local sb = K.wait_state(srv, id, "Failed", 90)
+        assert.are.equal("PROVISIONING_ERROR", sb.status.reason)
+        assert.truthy(sb.status.message:find("^DOCKER::SANDBOX_IMAGE_PULL_FAILED: "), sb.status.message)
+        assert.is_true(K.wait_pod_gone(id, 30), "the failed pod was left behind")
+        assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
+    end)
+
+    it("drops a sandbox whose pod was deleted behind its back (watch)", function()
+        local srv = K.start()
+        local id = K.create_running(srv)
+        local out, ok = K.kubectl("-n " .. K.namespace() .. " delete pod sandbox-" .. id .. " --wait=false")
+        assert.is_true(ok, out)
+        K.wait_gone(srv, id, 30)
+    end)
+
+    it("adopts its pods after a restart without its store, token and metadata kept", function()
+        local first = K.start()
+        local id = K.create_running(first, { metadata = { app = "kept" } })
+        local _, token = agent_answers(first, id)
+        first:stop()
+        K.run("rm -rf " .. K.quote(first.dir .. "/state"))
+        local second = K.start()
+        local sb = K.wait_state(second, id, "Running", 30)
+        assert.are.same({ app = "kept" }, sb.metadata)
+        local ok, token2 = agent_answers(second, id)
+        assert.is_true(ok)
+        assert.are.equal(token, token2)
+        assert.are.equal(204, K.call(second, "DELETE", path(id)).status)
+    end)
+
+    it("answers 503 KUBERNETES::UNAVAILABLE while the apiserver is unreachable, and serves /health", function()
+        -- a kubeconfig like the cluster's, pointing at a port where nothing listens
+        local src = assert(io.open(K.cluster(), "r")):read("a")
+        local dir = K.run("mktemp -d /tmp/osb-test.XXXXXX"):gsub("%s+$", "")
+        local bad = src:gsub("https://127%.0%.0%.1:%d+", "https://127.0.0.1:1")
+        local f = assert(io.open(dir .. "/kubeconfig", "w"))
+        f:write(bad)
+        f:close()
+        local srv = K.start({ kubeconfig_path = dir .. "/kubeconfig" })
+        assert.are.equal(200, K.call(srv, "GET", "/health").status)
+        local res = K.create_raw(srv)
+        K.assert_error(res, 503, "KUBERNETES::UNAVAILABLE", function(m)
+            return m:find("https://127.0.0.1:1", 1, true) ~= nil
+        end)
+        K.run("rm -rf " .. K.quote(dir))
+    end)
+
+    -- deploy/kubernetes/rbac.yaml in this run's namespace, and a kubeconfig with a token of its ServiceAccount
+    local function rbac_kubeconfig(drop_verb)
+        local ns = K.namespace()
+        local f = assert(io.open("deploy/kubernetes/rbac.yaml", "r"))
+        local yaml = f:read("a"):gsub("namespace: opensandbox\n", "namespace: " .. ns .. "\n")
+        f:close()
+        -- the test namespace exists already: apply everything but the Namespace object
+        yaml = yaml:gsub("^.-\n%-%-%-\n", "", 1)
+        if drop_verb then
+            yaml = yaml:gsub('verbs: %["create", "get", "list", "watch", "delete"%]',
+                'verbs: ["get", "list", "watch", "delete"]')
+        end
+        local dir = K.run("mktemp -d /tmp/osb-test.XXXXXX"):gsub("%s+$", "")
+        f = assert(io.open(dir .. "/rbac.yaml", "w"))
+        f:write(yaml)
+        f:close()
+        local out, ok = K.kubectl("apply -f " .. dir .. "/rbac.yaml")
+        assert(ok, out)
+        local token
+        token, ok = K.kubectl("-n " .. ns .. " create token opensandbox-server")
+        assert(ok, token)
+        token = token:gsub("%s+$", "")
+        -- the admin kubeconfig's cluster (server and CA), with the ServiceAccount's token as the user
+        local admin = assert(io.open(K.cluster(), "r")):read("a")
+        local server = assert(admin:match("server:%s*(%S+)"))
+        local ca = assert(admin:match("certificate%-authority%-data:%s*(%S+)"))
+        f = assert(io.open(dir .. "/kubeconfig", "w"))
+        f:write(string.format([[
+apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster:
+    server: %s
+    certificate-authority-data: %s
+users:
+- name: sa
+  user:
+    token: %s
+contexts:
+- name: sa
+  context:
+    cluster: c
+    user: sa
+    namespace: %s
+current-context: sa
+]], server, ca, token, ns))
+        f:close()
+        return dir .. "/kubeconfig", dir
+    end
+
+    it("works with exactly the verbs of deploy/kubernetes/rbac.yaml, and names a verb RBAC forbids", function()
+        local kc, dir = rbac_kubeconfig(false)
+        local srv = K.start({ kubeconfig_path = kc })
+        local id = K.create_running(srv)
+        assert.is_true((agent_answers(srv, id)))
+        assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
+        assert.is_true(K.wait_pod_gone(id, 30))
+        srv:stop()
+        K.run("rm -rf " .. K.quote(dir))
+        -- the same Role without `create` on pods: the create fails and says why
+        kc, dir = rbac_kubeconfig(true)
+        srv = K.start({ kubeconfig_path = kc })
+        id = K.create(srv)
+        local sb = K.wait_state(srv, id, "Failed", 60)
+        assert.truthy(sb.status.message:find("forbidden", 1, true), sb.status.message)
+        assert.truthy(sb.status.message:find("create", 1, true), sb.status.message)
+        assert.truthy(sb.status.message:find("pods", 1, true), sb.status.message)
+        K.run("rm -rf " .. K.quote(dir))
+    end)
+end)
