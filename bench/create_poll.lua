@@ -1,6 +1,11 @@
--- create -> Running as a lean 2 ms polling client sees it, against raw Docker create + start, interleaved
--- (run by bench/create_poll.sh through the tests' core_scenario binary, on our own engine: libcurl with
--- kept-alive connections, one small request per poll).
+-- create -> Running as a lean 2 ms polling client sees it, against the runtime's own create and start by the
+-- same client, interleaved (run by bench/create_poll.sh and bench/kubernetes.sh through the tests'
+-- core_scenario binary, on our own engine: libcurl with kept-alive connections, one small request per poll).
+--   RAW=docker (default): raw Docker create + start of the same container configuration, minus our agent.
+--   RAW=kubernetes: a raw Pod of the same image (POST, then GET every poll until its container runs), on the
+--   cluster of $KUBECONFIG in $NAMESPACE.
+-- BURST=n (optional): then n creates at once through the server, and n raw ones at once, each polled every
+-- 250 ms: wall time until all run, and errors.
 --
 -- Why a second client beside bench/lifecycle.mjs: on 2 vCPUs a client that polls every 2 ms takes CPU
 -- that dockerd needs while it starts the container, so the client's own cost shows up in the figure. Node's
@@ -8,10 +13,12 @@
 -- server's own overhead. Both are reported (the README's lifecycle section).
 --
 -- Env: BENCH_URL (server, required), BENCH_KEY (API key), SAMPLES (default 30), SANDBOX_IMAGE,
---      POLL_MS (default 2), SERVER_LOG (optional: also the time to the server's "sandbox running" line).
+--      POLL_MS (default 2), SERVER_LOG (optional: also the time to the server's "sandbox running" line),
+--      RAW, KUBECONFIG, NAMESPACE, BURST.
 local core = require("core")
 local client = require("core.client")
 local timer = require("core.timer")
+local spawn = require("core.spawn")
 local json = require("common.json")
 
 local base = assert(os.getenv("BENCH_URL"), "BENCH_URL is required")
@@ -32,7 +39,8 @@ end
 local created, raw_ids = {}, {}
 
 -- ours: POST, then GET every poll_s until Running; milliseconds from the POST
-local function ours()
+local function ours(every)
+    every = every or poll_s
     local t0 = core.monotonic()
     local res = assert(client.request({ method = "POST", url = base .. "/v1/sandboxes", headers = H, timeout = 60,
         body = json.encode({ image = { uri = image }, entrypoint = { "sleep", "3600" }, timeout = 3600,
@@ -47,12 +55,12 @@ local function ours()
             return (core.monotonic() - t0) * 1000, id, core.now()
         end
         assert(state ~= "Failed", g.body)
-        timer.sleep(poll_s)
+        timer.sleep(every)
     end
 end
 
--- raw: the container the server makes, minus our agent (bench/lifecycle.mjs makes the same)
-local function raw(i)
+-- raw Docker: the container the server makes, minus our agent (bench/lifecycle.mjs makes the same)
+local function raw_docker(i)
     local t0 = core.monotonic()
     local c = docker("POST", "/containers/create?name=bench-poll-" .. core.getpid() .. "-" .. i, {
         Image = image, Cmd = json.array({ "sleep", "3600" }), Labels = { ["opensandbox.bench"] = "1" },
@@ -74,6 +82,49 @@ local function raw(i)
     assert(s.status == 204, s.body)
     return (core.monotonic() - t0) * 1000
 end
+
+-- raw Kubernetes: a Pod of the same image, as plain as the cluster allows, polled until its container runs
+local kube
+local function kube_request(method, path, body)
+    if not kube then
+        local kc = assert(require("runtimes.kubernetes.kubeconfig").load(assert(os.getenv("KUBECONFIG"))))
+        kube = { server = kc.server, tls = { ca = kc.ca, cert = kc.cert, key = kc.key }, token = kc.token,
+            ns = assert(os.getenv("NAMESPACE"), "NAMESPACE is required with RAW=kubernetes") }
+    end
+    local headers = { ["Content-Type"] = "application/json" }
+    if kube.token then
+        headers.Authorization = "Bearer " .. kube.token
+    end
+    local res, err = client.request({ method = method, url = kube.server .. path:gsub("{ns}", kube.ns),
+        tls = kube.tls, headers = headers, body = body and json.encode(body) or nil, timeout = 60 })
+    return assert(res, tostring(err))
+end
+
+local raw_pods = {}
+local function raw_kubernetes(i, every)
+    every = every or poll_s
+    local name = string.format("bench-raw-%d-%d", core.getpid(), i)
+    local t0 = core.monotonic()
+    local res = kube_request("POST", "/api/v1/namespaces/{ns}/pods", {
+        apiVersion = "v1", kind = "Pod",
+        metadata = { name = name, labels = { ["opensandbox.bench"] = "1" } },
+        spec = { restartPolicy = "Never", automountServiceAccountToken = false, enableServiceLinks = false,
+            containers = json.array({ { name = "sandbox", image = image, imagePullPolicy = "Never",
+                command = json.array({ "sleep", "3600" }) } }) },
+    })
+    assert(res.status == 201, res.body)
+    raw_pods[#raw_pods + 1] = name
+    while true do
+        local g = kube_request("GET", "/api/v1/namespaces/{ns}/pods/" .. name)
+        if g.body:find('"running":{', 1, true) then
+            return (core.monotonic() - t0) * 1000
+        end
+        timer.sleep(every)
+    end
+end
+
+local RAW = os.getenv("RAW") or "docker"
+local raw = RAW == "kubernetes" and raw_kubernetes or raw_docker
 
 local function median(t)
     local s = {}
@@ -121,12 +172,37 @@ local ok, err = pcall(function()
     end
     print(string.format("| create -> Running, median of %d (ours, seen by a libcurl client polling every %g ms) "
         .. "| %.1f ms |", samples, poll_s * 1000, median(o)))
-    print(string.format("| docker create + start, median of %d (raw Engine API, same client) | %.1f ms |", samples,
-        median(r)))
+    print(string.format("| %s, median of %d (raw, same client) | %.1f ms |", RAW == "kubernetes" and
+        "Pod create -> container running" or "docker create + start", samples, median(r)))
     print(string.format("| ratio ours / raw | %.2f |", median(o) / median(r)))
     if #seen_after_log > 0 then
         print(string.format("| the client saw Running after the server logged it (median) | %.1f ms |",
             median(seen_after_log)))
+    end
+    local burst = tonumber(os.getenv("BURST") or "0")
+    if burst > 0 then
+        -- n at once, each polled every 250 ms; wall time until the last one runs, and failures
+        local function all_at_once(fn)
+            local done, errs, t0 = 0, 0, core.monotonic()
+            for i = 1, burst do
+                spawn(function()
+                    local ok = pcall(fn, i)
+                    done, errs = done + 1, errs + (ok and 0 or 1)
+                end)
+            end
+            while done < burst and core.monotonic() - t0 < 600 do
+                timer.sleep(0.05)
+            end
+            return core.monotonic() - t0, errs + (burst - done)
+        end
+        local t, e = all_at_once(function()
+            ours(0.25)
+        end)
+        print(string.format("| %d creates at once through the server: all Running | %.2f s, %d errors |", burst, t, e))
+        t, e = all_at_once(function(i)
+            raw(1000 + i, 0.25)
+        end)
+        print(string.format("| %d raw creates at once (%s): all running | %.2f s, %d errors |", burst, RAW, t, e))
     end
 end)
 for _, id in ipairs(created) do
@@ -134,6 +210,9 @@ for _, id in ipairs(created) do
 end
 for _, id in ipairs(raw_ids) do
     docker("DELETE", "/containers/" .. id .. "?force=true")
+end
+for _, name in ipairs(raw_pods) do
+    kube_request("DELETE", "/api/v1/namespaces/{ns}/pods/" .. name .. "?gracePeriodSeconds=0")
 end
 if not ok then
     io.stderr:write("create_poll: ", tostring(err), "\n")

@@ -5,4 +5,5 @@ return {
     MAX_TIMER = 86400, -- a timer further out is re-checked after a day
     STORE_RETRY = 5, -- seconds between retries of facts the store refused (sandbox/state.lua)
     AGENT_PORT = 44772, -- the agent's port, as clients name it in endpoints (§7.1)
+    LEAD_INTERVAL = 5, -- seconds between leadership checks, with a runtime that elects one (rt:lead)
 }

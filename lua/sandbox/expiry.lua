@@ -30,6 +30,18 @@ function P:arm_timer(rec)
     end)
 end
 
+-- a replica that does not lead: the expiry is looked at again after LEAD_INTERVAL
+function P:arm_retry(id)
+    local old = self.timers[id]
+    if old then
+        old:cancel()
+    end
+    self.timers[id] = self.core.timer.after(C.LEAD_INTERVAL, function()
+        self.timers[id] = nil
+        self:expire(id)
+    end)
+end
+
 --- Expires the sandbox if its (re-read) expiry has passed; re-arms the timer otherwise.
 function P:expire(id)
     if not self.records[id] then
@@ -41,6 +53,10 @@ function P:expire(id)
         end
         if cur.expires_us > self:now_us() then
             self:arm_timer(cur)
+            return true
+        end
+        if not self.leader then -- another replica removes it; look again (it may be gone, or we may lead)
+            self:arm_retry(cur.id)
             return true
         end
         self.log.info("sandbox expired", { sandbox_id = id })
@@ -71,7 +87,7 @@ function P:sweep()
             end
         elseif rec.expires_us and rec.expires_us <= now and not self.provisioning[id] then
             self:expire(id)
-        elseif rec.state == model.STATE.STOPPING and not self.provisioning[id] and self.available then
+        elseif rec.state == model.STATE.STOPPING and not self.provisioning[id] and self.available and self.leader then
             self:with_sandbox(id, false, function(cur)
                 return self:remove_locked(cur, cur.message)
             end)

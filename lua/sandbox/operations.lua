@@ -106,6 +106,7 @@ function P:remove_locked(cur, message)
         return nil, self:runtime_error(err, "DOCKER::SANDBOX_DELETE_FAILED", "delete")
     end
     self:forget_fact(rec.id) -- the runtime's sandbox is gone: so is ours, whatever the store says
+    self:note_removed(rec.id)
     self:notify_transition(rec, rec.state, "Deleted")
     return true
 end
@@ -142,6 +143,10 @@ function P:renew(id, expires_us, ctx)
             return nil, errors.new(409, "DOCKER::INVALID_EXPIRATION",
                 string.format("Sandbox %s does not have automatic expiration enabled.", id))
         end
+        local ok, err = self:runtime_expiry(cur, expires_us)
+        if not ok then
+            return nil, err
+        end
         local rec = self:copy(cur)
         rec.expires_us = expires_us
         local c, cerr = self:commit(rec)
@@ -153,11 +158,30 @@ function P:renew(id, expires_us, ctx)
     end)
 end
 
+--- Writes a new expiry where the runtime keeps it, when it does (Kubernetes: the Pod's annotation, so that
+--- another replica, or this one restarted without its store, sees the renewal). A runtime that keeps none
+--- (Docker: labels cannot change; the store is the record) has no set_expiry. Returns true or nil, err.
+function P:runtime_expiry(cur, expires_us)
+    if not self.runtime.set_expiry or not cur.handle then
+        return true
+    end
+    local ok, err = self:require_runtime()
+    if ok then
+        ok, err = self.runtime:set_expiry(cur, expires_us)
+    end
+    if not ok then
+        -- (an ErrorResponse already, from require_runtime; else the adapter's error)
+        return nil, type(err) == "table" and err.code and err or self:runtime_error(err, "GENERAL::UNKNOWN_ERROR",
+            "renew")
+    end
+    return true
+end
+
 --- Moves the expiry to `want` when it is later than the current one (renew on access); a background task.
 function P:extend_expiry(id, want)
     self.core.spawn(function()
         self:with_sandbox(id, false, function(cur)
-            if cur.expires_us and want > cur.expires_us then
+            if cur.expires_us and want > cur.expires_us and self:runtime_expiry(cur, want) then
                 local upd = self:copy(cur)
                 upd.expires_us = want
                 if self:commit(upd) then

@@ -39,6 +39,13 @@ function P:adopt(obs)
     return false
 end
 
+-- With replicas (a runtime that elects a leader), a Pending sandbox we have no record of is being provisioned
+-- by another replica: adopted once it runs, never as Pending (which a restart here would take for this
+-- replica's own interrupted provisioning, and remove).
+function P:adoptable_now(st)
+    return not (self.runtime.lead and st.state == STATE.PENDING)
+end
+
 -- removes a runtime object we have no use for (a leftover of provisioning, or unadoptable)
 function P:remove_leftover(obs)
     self.removing[obs.handle] = true
@@ -46,13 +53,20 @@ function P:remove_leftover(obs)
     self.removing[obs.handle] = nil
 end
 
--- a record whose runtime object is listed: take its handle, place and status
+-- a record whose runtime object is listed: take its handle, place and status, and a later expiry when the
+-- runtime keeps expiries (another replica, or this one before a restart, renewed it there)
 function P:refresh(rec, obs)
-    if rec.handle ~= obs.handle or (obs.place and not model.same_value(rec.place, obs.place)) then
+    local later = obs.sandbox and obs.sandbox.expires_us
+    later = later and rec.expires_us and later > rec.expires_us and later or nil
+    if later or rec.handle ~= obs.handle or (obs.place and not model.same_value(rec.place, obs.place)) then
         local upd = self:copy(rec)
         upd.handle = obs.handle
         upd.place = obs.place or rec.place
+        upd.expires_us = later or rec.expires_us
         self:commit(upd)
+        if later then
+            self:arm_timer(upd)
+        end
     end
     self:apply_runtime_status(rec.id, obs.status)
 end
@@ -92,9 +106,12 @@ function P:reconcile(startup)
                     self:refresh(rec, obs)
                 end
             end
-        elseif not self.provisioning[sid] and not had[sid] and obs.status then
+        elseif not self.provisioning[sid] and not had[sid] and obs.status and self:adoptable_now(obs.status) then
             -- (an object whose details could not be read is judged by a later sweep, not removed blind)
-            if not self:adopt(obs) then
+            local adopted = self:adopt(obs)
+            if adopted and not startup then -- (at start-up every record's timer is armed below)
+                self:arm_timer(self.records[sid])
+            elseif not adopted and self.leader then -- (with replicas, the leader removes it)
                 self.log.warn("removing an unadoptable sandbox", { handle = obs.handle })
                 self:remove_leftover(obs)
             end
@@ -127,10 +144,21 @@ function P:reconcile(startup)
     return true, due
 end
 
---- Applies one change from the runtime's watch (called from the watch; must not yield).
+--- Applies one change from the runtime's watch (called from the watch; must not yield; commit writes the
+--- store synchronously).
 function P:on_change(change)
     local id = change.id
     local rec = id and self.records[id]
+    if not rec and id and change.sandbox and change.status and not change.gone and not self.provisioning[id]
+        and not self:removed_lately(id) and self:adoptable_now(change.status) then
+        -- a sandbox another replica made (a runtime whose changes carry identity: Kubernetes): adopted at
+        -- once, so that any replica serves it (the sweep would adopt it within SWEEP_INTERVAL)
+        if self:adopt({ id = id, handle = change.handle, place = change.place, status = change.status,
+            sandbox = change.sandbox }) then
+            self:arm_timer(self.records[id])
+        end
+        return
+    end
     if not rec or self.provisioning[id] then
         return
     end
@@ -146,7 +174,41 @@ function P:on_change(change)
         end
         return
     end
+    local later = change.sandbox and change.sandbox.expires_us
+    local moved = change.place and change.place.ip and not model.same_value(rec.place, change.place)
+    if (later and rec.expires_us and later > rec.expires_us) or moved then
+        -- a renewal written by another replica, or a new address
+        local upd = self:copy(rec)
+        if later and rec.expires_us and later > rec.expires_us then
+            upd.expires_us = later
+        end
+        if moved then
+            upd.place = change.place
+        end
+        self:commit_fact(upd)
+        self:arm_timer(upd)
+    end
     self:apply_runtime_status(id, change.status)
+end
+
+-- Sandboxes this server removed in the last minute: a change of one that the watch delivers late is not a
+-- new sandbox to adopt.
+P.REMOVED_MEMORY_S = 60
+
+function P:note_removed(id)
+    local now = self:now_us()
+    self.removed_at = self.removed_at or {}
+    self.removed_at[id] = now
+    for k, at in pairs(self.removed_at) do -- keep the table small
+        if now - at > P.REMOVED_MEMORY_S * 1000000 then
+            self.removed_at[k] = nil
+        end
+    end
+end
+
+function P:removed_lately(id)
+    local at = self.removed_at and self.removed_at[id]
+    return at ~= nil and self:now_us() - at <= P.REMOVED_MEMORY_S * 1000000
 end
 
 return P

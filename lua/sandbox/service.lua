@@ -65,6 +65,9 @@ function M.new(deps)
     self.restored = false -- the start-up restoration (§6.5) has run
     self.unavailable_reason = "not checked yet"
     self.ncpu = nil
+    -- several replicas on one runtime (rt:lead): only the leader removes expired sandboxes and sweeps
+    self.identity = deps.identity or (deps.core.uuid and deps.core.uuid.v4 and deps.core.uuid.v4()) or "server"
+    self.leader = not self.runtime.lead
     return self
 end
 
@@ -187,6 +190,7 @@ function Service:connect(startup)
         return nil, err
     end
     self.ncpu = info.ncpu
+    self:check_lead()
     local ok, due = self:reconcile(startup or not self.restored)
     if not ok then
         self:mark_unavailable(type(due) == "table" and due.message or due)
@@ -201,6 +205,23 @@ function Service:connect(startup)
         self:expire(id)
     end
     return true
+end
+
+--- With a runtime that elects a leader among replicas (rt:lead, Kubernetes' Lease): asks it, and notes
+--- changes. A failure to ask counts as not leading (another replica may hold it).
+function Service:check_lead()
+    if not self.runtime.lead then
+        return true
+    end
+    local lead, err = self.runtime:lead(self.identity)
+    lead = lead == true
+    if lead ~= self.leader then
+        self.log.info(lead and "leading: this replica removes expired sandboxes and sweeps" or
+            "not leading: another replica removes expired sandboxes", { identity = self.identity,
+            error = err and tostring(err.message or err) or nil })
+    end
+    self.leader = lead
+    return lead
 end
 
 --- Loads the records from the store into memory (before connecting).
@@ -248,6 +269,16 @@ function Service:start_background()
     self.sweeper = timer.every(C.SWEEP_INTERVAL, function()
         self:sweep()
     end)
+    if self.runtime.lead then
+        self.core.spawn(function()
+            while not self.stopped do
+                timer.sleep(C.LEAD_INTERVAL)
+                if self.available then
+                    self:check_lead()
+                end
+            end
+        end)
+    end
 end
 
 return M

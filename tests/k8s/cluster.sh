@@ -6,6 +6,8 @@
 #   tests/k8s/cluster.sh load-image IMAGE.. import local Docker images into the node's containerd (k8s.io)
 #   tests/k8s/cluster.sh down               stop everything this script started and remove pod leftovers
 #   tests/k8s/cluster.sh status             print "up", "down" or "degraded: ..." (exit 0 only when up)
+#   tests/k8s/cluster.sh apiserver-stop     stop kube-apiserver only (fault tests; the node and pods keep running)
+#   tests/k8s/cluster.sh apiserver-start    start it again
 #   tests/k8s/cluster.sh build              only build/cache the binaries and the pause image
 #   tests/k8s/cluster.sh kubectl ARGS..     run the cached kubectl against the cluster
 #   tests/k8s/cluster.sh crictl ARGS..      run the cached crictl against the cluster's containerd
@@ -405,7 +407,7 @@ clusterDomain: cluster.local
 podCIDR: $POD_CIDR
 podLogsDir: $STATE/pod-logs
 registerNode: true
-maxPods: 32
+maxPods: 110
 makeIPTablesUtilChains: false
 rotateCertificates: false
 serverTLSBootstrap: false
@@ -579,6 +581,30 @@ setup_network() {
     fi
 }
 
+# kube-apiserver alone (also for fault tests: `apiserver-stop` / `apiserver-start` leave the node and its pods
+# running). OSB_K8S_APISERVER_ARGS is split into words on purpose.
+start_apiserver() {
+    # shellcheck disable=SC2086
+    start_comp kube-apiserver "$BIN/kube-apiserver" \
+        --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address "$NODE_IP" \
+        --etcd-servers "http://127.0.0.1:$ETCD_CLIENT_PORT" \
+        --service-cluster-ip-range "$SERVICE_CIDR" \
+        --authorization-mode Node,RBAC \
+        --enable-admission-plugins NodeRestriction \
+        --allow-privileged=true \
+        --client-ca-file "$PKI/ca.crt" \
+        --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+        --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+        --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+        --kubelet-certificate-authority "$PKI/ca.crt" \
+        --kubelet-preferred-address-types InternalIP \
+        --service-account-issuer https://kubernetes.default.svc.cluster.local \
+        --service-account-key-file "$PKI/sa.pub" \
+        --service-account-signing-key-file "$PKI/sa.key" \
+        --profiling=false --v=1 ${OSB_K8S_APISERVER_ARGS:-}
+    wait_for kube-apiserver 120 "kube-apiserver /readyz" apiserver_ready
+}
+
 do_up() {
     local t0=$SECONDS st
     st=$(cluster_state)
@@ -633,26 +659,7 @@ do_up() {
         --initial-cluster-state new --unsafe-no-fsync --log-level warn
     wait_for etcd 60 "etcd's health" curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_CLIENT_PORT/health"
 
-    # kube-apiserver (OSB_K8S_APISERVER_ARGS is split into words on purpose)
-    # shellcheck disable=SC2086
-    start_comp kube-apiserver "$BIN/kube-apiserver" \
-        --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address "$NODE_IP" \
-        --etcd-servers "http://127.0.0.1:$ETCD_CLIENT_PORT" \
-        --service-cluster-ip-range "$SERVICE_CIDR" \
-        --authorization-mode Node,RBAC \
-        --enable-admission-plugins NodeRestriction \
-        --allow-privileged=true \
-        --client-ca-file "$PKI/ca.crt" \
-        --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
-        --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
-        --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
-        --kubelet-certificate-authority "$PKI/ca.crt" \
-        --kubelet-preferred-address-types InternalIP \
-        --service-account-issuer https://kubernetes.default.svc.cluster.local \
-        --service-account-key-file "$PKI/sa.pub" \
-        --service-account-signing-key-file "$PKI/sa.key" \
-        --profiling=false --v=1 ${OSB_K8S_APISERVER_ARGS:-}
-    wait_for kube-apiserver 120 "kube-apiserver /readyz" apiserver_ready
+    start_apiserver
 
     start_comp kube-controller-manager "$BIN/kube-controller-manager" \
         --kubeconfig "$CONF/controller-manager.kubeconfig" \
@@ -913,6 +920,16 @@ down)
     lock
     do_down
     ;;
+apiserver-stop)
+    need_root
+    lock
+    stop_comp kube-apiserver
+    ;;
+apiserver-start)
+    need_root
+    lock
+    comp_pid kube-apiserver >/dev/null || start_apiserver
+    ;;
 status)
     st=$(cluster_state)
     echo "$st" >&3
@@ -937,7 +954,7 @@ crictl)
     exec "$BIN/crictl" --config "$CONF/crictl.yaml" "$@" >&3 3>&-
     ;;
 *)
-    echo "usage: $0 up|down|status|load-image IMAGE...|build|kubectl ARGS...|crictl ARGS..." >&2
+    echo "usage: $0 up|down|status|load-image IMAGE...|apiserver-stop|apiserver-start|build|kubectl ARGS...|crictl ARGS..." >&2
     exit 2
     ;;
 esac

@@ -26,7 +26,7 @@ M.AGENT_PORT = 44772
 --- cfg is ignored but for `fake` (optional: { ncpu = n }); deps are ignored.
 function M.new(cfg)
     local fcfg = cfg and cfg.fake or {}
-    return setmetatable({
+    local self = setmetatable({
         name = "fake",
         ncpu = fcfg.ncpu or 2,
         objects = {}, -- handle -> object
@@ -39,6 +39,38 @@ function M.new(cfg)
         no_pause = fcfg.no_pause, -- answer pause and resume with "unsupported", like a runtime that has none
         capabilities = { pause = not fcfg.no_pause },
     }, Fake)
+    if fcfg.keeps_expiry then -- like Kubernetes: renewals written where the sandbox is (set_expiry)
+        self.set_expiry = M.set_expiry
+    end
+    if fcfg.replicas then -- like Kubernetes: replicas elect a leader (lead); `rt.leading` is the answer
+        self.leading = true
+        self.lead = M.lead
+    end
+    return self
+end
+
+--- lead (only with cfg.fake.replicas): answers `rt.leading` (or fails as told by fail_next("lead", err)).
+function M.lead(self, identity)
+    local err = self:_call("lead", identity)
+    if err then
+        return nil, err
+    end
+    return self.leading
+end
+
+--- set_expiry (only with cfg.fake.keeps_expiry): the new expiry is kept with the object, and list() shows it.
+function M.set_expiry(self, rec, expires_us)
+    local err = self:_call("set_expiry", rec.handle, rec, expires_us)
+    if err then
+        return nil, err
+    end
+    local obj = self.objects[rec.handle]
+    if not obj then
+        return nil, rterrors.new("not_found", "no such sandbox object " .. tostring(rec.handle))
+    end
+    obj.sandbox = obj.sandbox or {}
+    obj.sandbox.expires_us = expires_us
+    return true
 end
 
 local function unavailable()

@@ -215,6 +215,10 @@ function Api:request(method, path, opts)
     if body then
         headers["Content-Type"] = opts.content_type or "application/json"
     end
+    self.sent = (self.sent or 0) + 1
+    if self.log then -- one line per request, so that a run's request count per operation can be read back
+        self.log.debug("kubernetes request", { method = method, path = path })
+    end
     local res, err = self.client.request({
         method = method,
         url = self.server .. path,
@@ -268,6 +272,12 @@ end
 --- PATCH path with a JSON merge patch (RFC 7386) -> the patched object.
 function Api:merge_patch(path, patch)
     return self:_call("PATCH", path, OK_GET, { body = patch, content_type = "application/merge-patch+json" })
+end
+
+--- PUT path with the whole object `obj` (its metadata.resourceVersion makes it conditional: a 409
+--- "conflict" when someone changed it meanwhile) -> the replaced object.
+function Api:replace(path, obj)
+    return self:_call("PUT", path, OK_GET, { body = obj })
 end
 
 --- DELETE path -> the reply (the object, or a Status). A 404 is a "not_found" error.

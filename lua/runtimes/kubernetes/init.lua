@@ -12,6 +12,7 @@ local kubeconfig = require("runtimes.kubernetes.kubeconfig")
 local mapping = require("runtimes.kubernetes.mapping")
 local template_mod = require("runtimes.kubernetes.template")
 local rterrors = require("runtimes.errors")
+local timefmt = require("common.timefmt")
 
 local M = {}
 
@@ -206,6 +207,75 @@ require("runtimes.kubernetes.provision")(Kube, M, { status = status })
 ------------------------------------------------------------------------------------------------------------
 -- operations on a provisioned sandbox (rec.handle is the pod's name)
 
+--- Writes a renewed expiry into the Pod's `opensandbox.io/expires-at` annotation (one merge patch), so that
+--- another replica, or this one restarted without its store, sees the renewal (list() reads it back).
+function Kube:set_expiry(rec, expires_us)
+    local _, err = self.api:merge_patch(self:_path("pods", rec.handle),
+        { metadata = { annotations = { [mapping.ANN.expires] = timefmt.format(expires_us) } } })
+    if err then
+        return nil, err
+    end
+    return true
+end
+
+------------------------------------------------------------------------------------------------------------
+-- leadership: several server replicas on one namespace; only the holder of a coordination.k8s.io Lease
+-- removes expired sandboxes and sweeps (every replica serves every sandbox)
+
+M.LEASE_SECONDS = 15 -- a holder that has not renewed for this long has lost it
+
+function Kube:_lease_path()
+    local name = "opensandbox-server" .. (self.instance and ("-" .. self.instance) or "")
+    return "/apis/coordination.k8s.io/v1/namespaces/" .. seg(self.namespace) .. "/leases", name
+end
+
+local function micro_time(s)
+    return timefmt.format(math.floor(s * 1e6))
+end
+
+--- Takes or keeps the Lease for `identity`: true when this replica holds it now, false when another live
+--- replica does (or won a race for it), nil, err when the apiserver cannot be asked. 1-2 requests.
+function Kube:lead(identity)
+    local base, name = self:_lease_path()
+    local now = self.now_s()
+    local lease, err = self.api:get(base .. "/" .. name)
+    if not lease then
+        if not (err and err.kind == "not_found") then
+            return nil, err
+        end
+        local _, cerr = self.api:create(base, { apiVersion = "coordination.k8s.io/v1", kind = "Lease",
+            metadata = { name = name, labels = { [mapping.LABEL_MANAGED_BY] = mapping.MANAGED_BY } },
+            spec = { holderIdentity = identity, leaseDurationSeconds = M.LEASE_SECONDS,
+                acquireTime = micro_time(now), renewTime = micro_time(now), leaseTransitions = 0 } })
+        if cerr and cerr.kind == "conflict" then
+            return false -- another replica created it first
+        elseif cerr then
+            return nil, cerr
+        end
+        return true
+    end
+    local spec = type(lease.spec) == "table" and lease.spec or {}
+    local renewed = timefmt.parse(spec.renewTime or "")
+    local duration = tonumber(spec.leaseDurationSeconds) or M.LEASE_SECONDS
+    local mine = spec.holderIdentity == identity
+    if not mine and renewed and renewed / 1e6 + duration > now then
+        return false -- another replica holds it and is alive
+    end
+    spec.holderIdentity, spec.renewTime, spec.leaseDurationSeconds = identity, micro_time(now), M.LEASE_SECONDS
+    if not mine then
+        spec.acquireTime = micro_time(now)
+        spec.leaseTransitions = (tonumber(spec.leaseTransitions) or 0) + 1
+    end
+    lease.spec = spec
+    local _, uerr = self.api:replace(base .. "/" .. name, lease) -- conditional on its resourceVersion
+    if uerr and uerr.kind == "conflict" then
+        return false -- another replica renewed or took it meanwhile
+    elseif uerr then
+        return nil, uerr
+    end
+    return true
+end
+
 local NO_PAUSE = 'Kubernetes has no pause: pause and resume are not supported with runtime.type = "kubernetes".'
 
 function Kube.pause()
@@ -270,7 +340,8 @@ function Kube:list()
         out[#out + 1] = { id = id, handle = meta.name, place = { ip = mapping.ip_of(pod) }, status = st,
             sandbox = identity }
         if meta.name then
-            known[meta.name] = { id = id, status = st }
+            known[meta.name] = { id = id, status = st, expires_us = identity and identity.expires_us,
+                ip = mapping.ip_of(pod) }
         end
     end
     self.known = known
@@ -299,11 +370,18 @@ function Kube:_on_event(ev, on_change)
     end
     local st = status(mapping.status_of(obj))
     local prev = self.known[name]
+    -- the identity too (never of a pod being deleted): another replica's new sandbox is adopted from it at
+    -- once, and a renewal another replica wrote (the expiry annotation) is taken
+    local identity = not meta.deletionTimestamp and mapping.identity_of(obj) or nil
+    local expires = identity and identity.expires_us
+    local ip = mapping.ip_of(obj)
     if st then
-        self.known[name] = { id = id, status = st }
+        self.known[name] = { id = id, status = st, expires_us = expires, ip = ip }
     end
-    if id and st and not same_status(prev and prev.status, st) then
-        on_change({ id = id, handle = name, status = st })
+    local changed = not same_status(prev and prev.status, st) or (prev and (prev.expires_us ~= expires or
+        prev.ip ~= ip))
+    if id and st and changed then
+        on_change({ id = id, handle = name, status = st, sandbox = identity, place = { ip = ip } })
     end
 end
 
@@ -318,8 +396,9 @@ function Kube:_relist(on_change)
     for _, e in ipairs(entries) do
         seen[e.handle] = true
         local prev = before[e.handle]
-        if e.id and e.status and not same_status(prev and prev.status, e.status) then
-            on_change({ id = e.id, handle = e.handle, status = e.status })
+        local moved = prev and (prev.expires_us ~= (e.sandbox and e.sandbox.expires_us) or prev.ip ~= e.place.ip)
+        if e.id and e.status and (not same_status(prev and prev.status, e.status) or moved) then
+            on_change({ id = e.id, handle = e.handle, status = e.status, sandbox = e.sandbox, place = e.place })
         end
     end
     for name, k in pairs(before) do

@@ -90,6 +90,25 @@ describe("kubernetes runtime #integration #kubernetes", function()
         assert.is_true(K.wait_pod_gone(id, 30), "pod still there after delete")
     end)
 
+    it("creates with at most 3 Kubernetes API requests (counted in the server's log)", function()
+        local srv = K.start()
+        local first = K.create_running(srv) -- the first also makes sure the agent's ConfigMap exists
+        local id, res = K.create(srv)
+        K.wait_state(srv, id, "Running", 90)
+        local rid = assert(res.headers["x-request-id"])
+        local n, seen = 0, {}
+        for line in srv:log():gmatch("[^\n]+") do
+            local mine = line:find('"request_id":"' .. rid .. '"', 1, true)
+            if mine and line:find('"msg":"kubernetes request"', 1, true) then
+                n = n + 1
+                seen[#seen + 1] = line:match('"method":"(%u+)"') .. " " .. (line:match('"path":"([^"?]+)') or "?")
+            end
+        end
+        assert.is_true(n >= 1 and n <= 3, n .. " requests: " .. table.concat(seen, ", "))
+        assert.are.equal(204, K.call(srv, "DELETE", path(first)).status)
+        assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
+    end)
+
     it("refuses pause and resume clearly, and renews", function()
         local srv = K.start()
         local id = K.create_running(srv)
@@ -101,6 +120,9 @@ describe("kubernetes runtime #integration #kubernetes", function()
         local want = K.iso(3600)
         res = K.call(srv, "POST", path(id, "/renew-expiration"), { expiresAt = want })
         assert.are.equal(200, res.status, res.body)
+        -- durable in the Pod too, for another replica or a restart without the store
+        local ann = assert(K.pod(id)).metadata.annotations["opensandbox.io/expires-at"]
+        assert.are.equal(K.parse_time(want), K.parse_time(ann))
         assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
     end)
 
@@ -134,15 +156,18 @@ describe("kubernetes runtime #integration #kubernetes", function()
         K.wait_gone(srv, id, 30)
     end)
 
-    it("adopts its pods after a restart without its store, token and metadata kept", function()
+    it("adopts its pods after a restart without its store, token, metadata and renewal kept", function()
         local first = K.start()
         local id = K.create_running(first, { metadata = { app = "kept" } })
         local _, token = agent_answers(first, id)
+        local renewed = K.iso(5400)
+        assert.are.equal(200, K.call(first, "POST", path(id, "/renew-expiration"), { expiresAt = renewed }).status)
         first:stop()
         K.run("rm -rf " .. K.quote(first.dir .. "/state"))
         local second = K.start()
         local sb = K.wait_state(second, id, "Running", 30)
         assert.are.same({ app = "kept" }, sb.metadata)
+        assert.are.equal(K.parse_time(renewed), K.parse_time(sb.expiresAt), "the renewal survived without the store")
         local ok, token2 = agent_answers(second, id)
         assert.is_true(ok)
         assert.are.equal(token, token2)
@@ -175,8 +200,8 @@ describe("kubernetes runtime #integration #kubernetes", function()
         -- the test namespace exists already: apply everything but the Namespace object
         yaml = yaml:gsub("^.-\n%-%-%-\n", "", 1)
         if drop_verb then
-            yaml = yaml:gsub('verbs: %["create", "get", "list", "watch", "delete"%]',
-                'verbs: ["get", "list", "watch", "delete"]')
+            yaml = yaml:gsub('verbs: %["create", "get", "list", "watch", "delete", "patch"%]',
+                'verbs: ["get", "list", "watch", "delete", "patch"]')
         end
         local dir = K.run("mktemp -d /tmp/osb-test.XXXXXX"):gsub("%s+$", "")
         f = assert(io.open(dir .. "/rbac.yaml", "w"))

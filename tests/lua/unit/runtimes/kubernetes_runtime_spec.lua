@@ -460,6 +460,20 @@ describe("kubernetes runtime: operations", function()
         assert.equal("etcd", err.message)
     end)
 
+    it("writes a renewed expiry into the pod's annotation with one merge patch", function()
+        k:on("PATCH", "/pods/", { json = {} })
+        assert.is_true(rt:set_expiry({ id = ID, handle = POD }, CREATED_US + 7200000000))
+        assert.same({ "PATCH " .. NS .. "/pods/" .. POD }, paths(k))
+        assert.equal("application/merge-patch+json", k.requests[1].headers["Content-Type"])
+        assert.same({ metadata = { annotations = {
+            ["opensandbox.io/expires-at"] = require("common.timefmt").format(CREATED_US + 7200000000) } } },
+            k.requests[1].json)
+        k:on("PATCH", "/pods/", { status = 404, json = fake_kube.status(404, "NotFound", "gone") })
+        local ok, err = rt:set_expiry({ id = ID, handle = POD }, CREATED_US)
+        assert.is_nil(ok)
+        assert.equal("not_found", err.kind)
+    end)
+
     it("addresses the pod IP, for the proxy and for clients", function()
         local rec = { id = ID, handle = POD, place = { ip = "10.244.0.7" } }
         assert.same({ host = "10.244.0.7", port = 44772 }, rt:address(rec, 44772, "proxy"))
@@ -600,5 +614,65 @@ describe("kubernetes runtime: list and watch", function()
         k:on("GET", "watch=1", { chunks = {} })
         rt:watch(function() end)
         assert.same({ "GET", "42" }, { k.requests[1].method, k.requests[2].path:match("resourceVersion=(%d+)") })
+    end)
+end)
+
+describe("kubernetes runtime: leadership (a coordination.k8s.io Lease)", function()
+    local timefmt = require("common.timefmt")
+    local LEASES = "/apis/coordination.k8s.io/v1/namespaces/sbx/leases"
+    local k, rt
+    before_each(function()
+        k = fake_kube.new()
+        rt = connected(k)
+    end)
+
+    local function lease(holder, renewed_s)
+        return { metadata = { name = "opensandbox-server", resourceVersion = "7" },
+            spec = { holderIdentity = holder, leaseDurationSeconds = 15, leaseTransitions = 2,
+                renewTime = timefmt.format(math.floor(renewed_s * 1e6)) } }
+    end
+
+    it("creates the Lease when there is none, and then holds it", function()
+        k:on("GET", "/leases/opensandbox%-server$", { status = 404, json = fake_kube.status(404, "NotFound", "x") })
+        k:on("POST", "/leases$", { status = 201, json = {} })
+        assert.is_true(rt:lead("me"))
+        local body = k.requests[2].json
+        assert.equal(LEASES, k.requests[2].path)
+        assert.equal("me", body.spec.holderIdentity)
+        assert.equal(15, body.spec.leaseDurationSeconds)
+    end)
+
+    it("renews its own Lease, conditionally on the resourceVersion it read", function()
+        k:on("GET", "/leases/opensandbox%-server$", { json = lease("me", k.t - 3) })
+        k:on("PUT", "/leases/opensandbox%-server$", { json = {} })
+        assert.is_true(rt:lead("me"))
+        local put = k.requests[2].json
+        assert.equal("7", put.metadata.resourceVersion)
+        assert.equal(timefmt.format(math.floor(k.t * 1e6)), put.spec.renewTime)
+        assert.equal(2, put.spec.leaseTransitions, "no transition: it was ours")
+    end)
+
+    it("leaves a live holder's Lease alone, and takes over one that lapsed", function()
+        k:on("GET", "/leases/opensandbox%-server$", { json = lease("other", k.t - 5) })
+        assert.is_false(rt:lead("me"))
+        assert.equal(1, #k.requests, "no write while another replica holds it")
+        k:on("GET", "/leases/opensandbox%-server$", { json = lease("other", k.t - 16) })
+        k:on("PUT", "/leases/opensandbox%-server$", { json = {} })
+        assert.is_true(rt:lead("me"))
+        local put = k.requests[3].json
+        assert.equal("me", put.spec.holderIdentity)
+        assert.equal(3, put.spec.leaseTransitions)
+    end)
+
+    it("loses a race for it (409) without an error, and reports a transport failure", function()
+        k:on("GET", "/leases/opensandbox%-server$", { json = lease("other", k.t - 60) })
+        k:on("PUT", "/leases/opensandbox%-server$", { status = 409, json = fake_kube.status(409, "Conflict", "x") })
+        local ok, err = rt:lead("me")
+        assert.is_false(ok)
+        assert.is_nil(err)
+        k:on("GET", "/leases/opensandbox%-server$", { err = { kind = "connect", message = "refused" } })
+        ok, err = rt:lead("me")
+        assert.is_nil(ok)
+        assert.equal("unavailable", err.kind)
     end)
 end)

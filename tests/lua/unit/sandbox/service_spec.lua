@@ -356,6 +356,39 @@ describe("sandbox.service renew", function()
         assert.is_nil(env.svc.records[id])
     end)
 
+    it("writes the renewal where the runtime keeps expiries, and refuses it (changing nothing) when that fails",
+        function()
+            local env = S.env({ runtime = require("runtimes.fake").new({ fake = { keeps_expiry = true } }) })
+            local id = env:running()
+            local handle = env.svc.records[id].handle
+            local want = S.T0 + 3600 * 1000000
+            assert(env:op("renew", id, want))
+            assert.are.equal(want, env.rt.objects[handle].sandbox.expires_us)
+            assert.are.equal(1, #env:calls("set_expiry"))
+            env.rt:fail_next("set_expiry", rterrors.new("unavailable", "connection refused"))
+            local ok, err = env:op("renew", id, want + 1000000)
+            assert.is_nil(ok)
+            assert.are.equal(503, err.status)
+            assert.are.equal(want, env.svc.records[id].expires_us, "the record keeps the last written expiry")
+        end)
+
+    it("takes a later expiry the runtime holds (another replica renewed), and re-arms the timer", function()
+        local env = S.env({ runtime = require("runtimes.fake").new({ fake = { keeps_expiry = true } }) })
+        local id = env:running()
+        local handle = env.svc.records[id].handle
+        local later = env.svc.records[id].expires_us + 3600 * 1000000
+        env.rt.objects[handle].sandbox.expires_us = later -- written by someone else
+        env:op("sweep")
+        assert.are.equal(later, env.svc.records[id].expires_us)
+        assert.are.equal(later, env.store.rows[id].expires_us)
+        env:advance(601) -- the old expiry passes without effect
+        assert.are.equal(STATE.RUNNING, env.svc.records[id].state)
+        -- an earlier one is not taken (this server's own renewal wins)
+        env.rt.objects[handle].sandbox.expires_us = later - 1000
+        env:op("sweep")
+        assert.are.equal(later, env.svc.records[id].expires_us)
+    end)
+
     it("refuses a time that is not in the future", function()
         local env = S.env()
         local id = env:running()
@@ -493,6 +526,18 @@ describe("sandbox.service reconciliation", function()
         -- an adopted sandbox is served like any other
         local ep = assert(env:op("endpoint", "adopted-1", AGENT_PORT, false, {}))
         assert.are.equal("tok-adopted", ep.headers["X-EXECD-ACCESS-TOKEN"])
+    end)
+
+    it("arms the expiry timer of a sandbox a sweep adopts (not only at start-up)", function()
+        local env = S.env()
+        local ident = identity("adopted-2")
+        ident.expires_us = S.T0 + 10 * 1000000
+        env.rt:inject({ id = "adopted-2", sandbox = ident })
+        env:op("sweep")
+        assert.is_table(env.svc.records["adopted-2"])
+        assert.is_table(env.svc.timers["adopted-2"])
+        env:advance(11) -- no sweep in between: the timer removes it
+        assert.is_nil(env.svc.records["adopted-2"])
     end)
 
     it("neither adopts nor removes an object whose details could not be read, until they can", function()
@@ -875,5 +920,74 @@ describe("sandbox.service hooks", function()
         assert.are.equal(b, res.items[1].id)
         assert.are.equal(2, count(env.svc.records))
         assert.are.equal(calls, #env.rt.calls)
+    end)
+end)
+
+describe("sandbox.service with replicas (a runtime that elects a leader)", function()
+    local function replica_env()
+        return S.env({ runtime = require("runtimes.fake").new({ fake = { replicas = true, keeps_expiry = true } }) })
+    end
+
+    it("removes expired sandboxes only while it leads, and as soon as it does", function()
+        local env = replica_env()
+        local id = env:running()
+        assert.is_true(env.svc.leader)
+        env.rt.leading = false
+        env:op("check_lead")
+        assert.is_false(env.svc.leader)
+        env:advance(601) -- past the expiry: another replica would remove it
+        assert.are.equal(STATE.RUNNING, env.svc.records[id].state)
+        assert.are.equal(0, #env:calls("remove"))
+        env:op("sweep")
+        assert.are.equal(0, #env:calls("remove"), "the sweep leaves it to the leader too")
+        -- the leader is gone: this replica takes over and the next look removes it
+        env.rt.leading = true
+        env:op("check_lead")
+        env:advance(6)
+        assert.is_nil(env.svc.records[id])
+        assert.are.equal(1, #env:calls("remove"))
+    end)
+
+    it("counts a failed election as not leading", function()
+        local env = replica_env()
+        env.rt:fail_next("lead", rterrors.new("unavailable", "apiserver down"))
+        env:op("check_lead")
+        assert.is_false(env.svc.leader)
+    end)
+
+    it("adopts another replica's running sandbox from the watch at once, but not a Pending one", function()
+        local env = replica_env()
+        local identity = { id = "other", created_us = S.T0, expires_us = S.T0 + 600 * 1000000, metadata = { k = "v" },
+            access_token = "tok", image_uri = "img", entrypoint = { "sleep" } }
+        env.svc:on_change({ id = "other", handle = "h-other", sandbox = identity, place = { ip = "10.1.1.1" },
+            status = { state = STATE.PENDING, reason = REASON.CONTAINER_STARTING, message = MESSAGE.STARTING } })
+        assert.is_nil(env.svc.records.other, "Pending: another replica is provisioning it")
+        env.svc:on_change({ id = "other", handle = "h-other", sandbox = identity, place = { ip = "10.1.1.1" },
+            status = { state = STATE.RUNNING, reason = REASON.CONTAINER_RUNNING, message = MESSAGE.RUNNING } })
+        local rec = assert(env.svc.records.other)
+        assert.are.equal("h-other", rec.handle)
+        assert.are.equal("tok", rec.access_token)
+        assert.is_table(env.svc.timers.other, "its expiry is armed here too")
+        -- a later expiry written by the other replica is taken
+        local later = S.T0 + 3600 * 1000000
+        local renewed = {}
+        for k, v in pairs(identity) do
+            renewed[k] = v
+        end
+        renewed.expires_us = later
+        env.svc:on_change({ id = "other", handle = "h-other", sandbox = renewed, place = { ip = "10.1.1.1" },
+            status = { state = STATE.RUNNING, reason = REASON.CONTAINER_RUNNING, message = MESSAGE.RUNNING } })
+        assert.are.equal(later, env.svc.records.other.expires_us)
+        assert.are.equal(later, env.store.rows.other.expires_us)
+    end)
+
+    it("does not adopt again a sandbox it removed a moment ago when a late change arrives", function()
+        local env = replica_env()
+        local id = env:running()
+        local handle = env.svc.records[id].handle
+        assert(env:op("delete", id))
+        env.svc:on_change({ id = id, handle = handle, sandbox = { id = id, created_us = S.T0 },
+            status = { state = STATE.RUNNING, reason = REASON.CONTAINER_RUNNING, message = MESSAGE.RUNNING } })
+        assert.is_nil(env.svc.records[id])
     end)
 end)
