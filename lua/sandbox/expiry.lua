@@ -30,6 +30,24 @@ function P:arm_timer(rec)
     end)
 end
 
+-- With a runtime that keeps expiries (several replicas renew there): one read of the current expiry before
+-- a removal, so that a renewal made elsewhere, or a change the watch delivered out of date, never lets a
+-- renewed sandbox be removed. Returns the newer record when it was renewed, else nil.
+function P:confirm_expiry(cur)
+    if not self.runtime.expiry_of or not cur.handle then
+        return nil
+    end
+    local at = self.runtime:expiry_of(cur)
+    if not at or at <= self:now_us() then
+        return nil -- due (or gone, or not readable: the removal decides)
+    end
+    local upd = self:copy(cur)
+    upd.expires_us = at
+    self:commit_fact(upd)
+    self:arm_timer(upd)
+    return upd
+end
+
 -- a replica that does not lead: the expiry is looked at again after LEAD_INTERVAL
 function P:arm_retry(id)
     local old = self.timers[id]
@@ -57,6 +75,10 @@ function P:expire(id)
         end
         if not self.leader then -- another replica removes it; look again (it may be gone, or we may lead)
             self:arm_retry(cur.id)
+            return true
+        end
+        local fresh = self:confirm_expiry(cur)
+        if fresh then -- renewed where the runtime keeps it, and the news had not reached us
             return true
         end
         self.log.info("sandbox expired", { sandbox_id = id })

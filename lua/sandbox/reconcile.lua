@@ -53,11 +53,11 @@ function P:remove_leftover(obs)
     self.removing[obs.handle] = nil
 end
 
--- a record whose runtime object is listed: take its handle, place and status, and a later expiry when the
--- runtime keeps expiries (another replica, or this one before a restart, renewed it there)
+-- a record whose runtime object is listed: take its handle, place and status, and the expiry when the runtime
+-- keeps expiries (another replica, or this one before a restart, renewed it there)
 function P:refresh(rec, obs)
-    local later = obs.sandbox and obs.sandbox.expires_us
-    later = later and rec.expires_us and later > rec.expires_us and later or nil
+    local later = self.runtime.set_expiry and obs.sandbox and obs.sandbox.expires_us
+    later = later and rec.expires_us and later ~= rec.expires_us and later or nil
     if later or rec.handle ~= obs.handle or (obs.place and not model.same_value(rec.place, obs.place)) then
         local upd = self:copy(rec)
         upd.handle = obs.handle
@@ -168,19 +168,22 @@ function P:on_change(change)
         return
     end
     if change.gone then
-        if not self.removing[rec.handle] and rec.state ~= STATE.STOPPING then
+        -- (a removal we are doing ourselves ends in remove_locked; one in Stopping because someone else
+        -- deletes it, or because our removal failed earlier, ends here)
+        if not self.removing[rec.handle] then
             self.log.info("sandbox removed behind our back; dropping record", { sandbox_id = id })
             self:forget_fact(id)
         end
         return
     end
-    local later = change.sandbox and change.sandbox.expires_us
+    local expiry = self.runtime.set_expiry and change.sandbox and change.sandbox.expires_us
+    local renewed = expiry and rec.expires_us and expiry ~= rec.expires_us
     local moved = change.place and change.place.ip and not model.same_value(rec.place, change.place)
-    if (later and rec.expires_us and later > rec.expires_us) or moved then
-        -- a renewal written by another replica, or a new address
+    if renewed or moved then
+        -- a renewal written by another replica (the runtime keeps the expiry), or a new address
         local upd = self:copy(rec)
-        if later and rec.expires_us and later > rec.expires_us then
-            upd.expires_us = later
+        if renewed then
+            upd.expires_us = expiry
         end
         if moved then
             upd.place = change.place

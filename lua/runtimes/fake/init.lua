@@ -39,8 +39,9 @@ function M.new(cfg)
         no_pause = fcfg.no_pause, -- answer pause and resume with "unsupported", like a runtime that has none
         capabilities = { pause = not fcfg.no_pause },
     }, Fake)
-    if fcfg.keeps_expiry then -- like Kubernetes: renewals written where the sandbox is (set_expiry)
+    if fcfg.keeps_expiry then -- like Kubernetes: renewals written where the sandbox is (set_expiry, expiry_of)
         self.set_expiry = M.set_expiry
+        self.expiry_of = M.expiry_of
     end
     if fcfg.replicas then -- like Kubernetes: replicas elect a leader (lead); `rt.leading` is the answer
         self.leading = true
@@ -56,6 +57,16 @@ function M.lead(self, identity)
         return nil, err
     end
     return self.leading
+end
+
+--- expiry_of (only with cfg.fake.keeps_expiry): the expiry the object holds now.
+function M.expiry_of(self, rec)
+    local err = self:_call("expiry_of", rec.handle, rec)
+    if err then
+        return nil, err
+    end
+    local obj = self.objects[rec.handle]
+    return obj and obj.sandbox and obj.sandbox.expires_us or nil
 end
 
 --- set_expiry (only with cfg.fake.keeps_expiry): the new expiry is kept with the object, and list() shows it.

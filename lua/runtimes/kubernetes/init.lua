@@ -276,6 +276,16 @@ function Kube:lead(identity)
     return true
 end
 
+--- The expiry the Pod's annotation holds now (one GET), or nil (manual cleanup, gone), or nil, err.
+function Kube:expiry_of(rec)
+    local pod, err = self.api:get(self:_path("pods", rec.handle))
+    if not pod then
+        return nil, err
+    end
+    local identity = mapping.identity_of(pod)
+    return identity and identity.expires_us or nil
+end
+
 local NO_PAUSE = 'Kubernetes has no pause: pause and resume are not supported with runtime.type = "kubernetes".'
 
 function Kube.pause()

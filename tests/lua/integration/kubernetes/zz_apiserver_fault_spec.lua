@@ -1,6 +1,7 @@
 -- Integration (fault): the kube-apiserver stops while the server runs (tests/k8s/cluster.sh apiserver-stop;
 -- the node and its pods keep running), then comes back. While it is gone: reads are served, calls that need
--- it answer 503 KUBERNETES::UNAVAILABLE; when it returns, the server recovers by itself and nothing is lost.
+-- it (create, renew) answer 503 KUBERNETES::UNAVAILABLE and change nothing; when it returns, the server
+-- recovers by itself and nothing is lost.
 -- Named zz_ so that it runs after the other Kubernetes specs.
 local K = require("kubernetes.helpers")
 
@@ -48,9 +49,12 @@ describe("kubernetes runtime: apiserver down and back #integration #kubernetes #
         assert.are.equal(200, got.status)
         assert.are.equal("Running", got.json.status.state)
         assert.are.equal(200, K.call(srv, "GET", "/health").status)
-        -- a renewal is durable in the server's store meanwhile
+        -- a renewal is written into the Pod: refused while it cannot be, changing nothing
+        local before = got.json.expiresAt
         local want = K.iso(7200)
-        assert.are.equal(200, K.call(srv, "POST", path(id, "/renew-expiration"), { expiresAt = want }).status)
+        K.assert_error(K.call(srv, "POST", path(id, "/renew-expiration"), { expiresAt = want }), 503,
+            "KUBERNETES::UNAVAILABLE")
+        assert.are.equal(before, K.call(srv, "GET", path(id)).json.expiresAt)
 
         out, ok = K.run("bash " .. K.CLUSTER .. " apiserver-start")
         assert.is_true(ok, out)
@@ -70,7 +74,8 @@ describe("kubernetes runtime: apiserver down and back #integration #kubernetes #
         got = K.call(srv, "GET", path(id))
         assert.are.equal("Running", got.json.status.state)
         assert.are.same({ kept = "yes" }, got.json.metadata)
-        assert.are.equal(K.parse_time(want), K.parse_time(got.json.expiresAt))
+        assert.are.equal(200, K.call(srv, "POST", path(id, "/renew-expiration"), { expiresAt = want }).status)
+        assert.are.equal(K.parse_time(want), K.parse_time(K.call(srv, "GET", path(id)).json.expiresAt))
         -- and the watch follows again: a pod deleted behind its back is noticed
         out, ok = K.kubectl("-n " .. K.namespace() .. " delete pod sandbox-" .. again .. " --wait=false")
         assert.is_true(ok, out)

@@ -372,7 +372,7 @@ describe("sandbox.service renew", function()
             assert.are.equal(want, env.svc.records[id].expires_us, "the record keeps the last written expiry")
         end)
 
-    it("takes a later expiry the runtime holds (another replica renewed), and re-arms the timer", function()
+    it("takes the expiry the runtime holds (another replica renewed), and re-arms the timer", function()
         local env = S.env({ runtime = require("runtimes.fake").new({ fake = { keeps_expiry = true } }) })
         local id = env:running()
         local handle = env.svc.records[id].handle
@@ -383,10 +383,24 @@ describe("sandbox.service renew", function()
         assert.are.equal(later, env.store.rows[id].expires_us)
         env:advance(601) -- the old expiry passes without effect
         assert.are.equal(STATE.RUNNING, env.svc.records[id].state)
-        -- an earlier one is not taken (this server's own renewal wins)
+        -- an earlier one too (a renewal may shorten): the runtime holds the expiry
         env.rt.objects[handle].sandbox.expires_us = later - 1000
         env:op("sweep")
+        assert.are.equal(later - 1000, env.svc.records[id].expires_us)
+    end)
+
+    it("reads the expiry the runtime holds before removing, and keeps a sandbox renewed elsewhere", function()
+        local env = S.env({ runtime = require("runtimes.fake").new({ fake = { keeps_expiry = true } }) })
+        local id = env:running()
+        local handle = env.svc.records[id].handle
+        local later = env.svc.records[id].expires_us + 600 * 1000000
+        env.rt.objects[handle].sandbox.expires_us = later -- renewed elsewhere; no news of it here yet
+        env:advance(601)
+        assert.are.equal(STATE.RUNNING, env.svc.records[id].state, "not removed")
         assert.are.equal(later, env.svc.records[id].expires_us)
+        assert.are.equal(1, #env:calls("expiry_of"))
+        env:advance(600)
+        assert.is_nil(env.svc.records[id], "removed at the renewed expiry")
     end)
 
     it("refuses a time that is not in the future", function()
@@ -695,21 +709,23 @@ describe("sandbox.service runtime changes", function()
         assert.is_true(t.cancelled)
     end)
 
-    it("ignores the removal it is doing itself, and that of a sandbox being stopped", function()
+    it("ignores the removal it is doing itself; a Stopping sandbox whose object goes is dropped", function()
         local env = S.env()
         local id = env:running()
         env.svc.removing["fake-1"] = true
         env.svc:on_change({ id = id, handle = "fake-1", gone = true })
         assert.is_table(env.svc.records[id])
         env.svc.removing["fake-1"] = nil
-        -- Stopping: the service's own removal, retried by the sweep
+        -- Stopping: the service's own removal failed and waits for the sweep; status changes do not undo it
         env.rt:fail_next("remove", rterrors.new("api", "busy"))
         env:op("delete", id)
         assert.are.equal(STATE.STOPPING, env.svc.records[id].state)
-        env.svc:on_change({ id = id, handle = "fake-1", gone = true })
         env.svc:on_change({ id = id, handle = "fake-1", status = { state = STATE.RUNNING,
             reason = REASON.CONTAINER_RUNNING, message = MESSAGE.RUNNING } })
         assert.are.equal(STATE.STOPPING, env.svc.records[id].state)
+        -- then the object goes (someone removed it, or a deletion already under way ended): so does the record
+        env.svc:on_change({ id = id, handle = "fake-1", gone = true })
+        assert.is_nil(env.svc.records[id])
     end)
 
     it("ignores changes of another handle, of unknown sandboxes and of sandboxes still provisioning", function()
