@@ -68,15 +68,7 @@ local function here()
     return dir or "."
 end
 
-local function read_file(path)
-    local f, err = io.open(path, "rb")
-    if not f then
-        return nil, err
-    end
-    local data = f:read("a")
-    f:close()
-    return data
-end
+local read_file = require("common.files").read
 
 local function not_found()
     return errors.new(404, "GENERAL::NOT_FOUND", "Not Found")

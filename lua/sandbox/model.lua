@@ -49,25 +49,22 @@ M.REASON = {
 }
 
 -- Fixed messages of §3.2; the ones that take a value are the functions below.
+-- (the runtimes' words come from the contract's vocabulary, runtimes.status)
+local RT = require("runtimes.status").MESSAGES
 M.MESSAGE = {
-    STARTING = "Sandbox container is starting.",
-    RUNNING = "Sandbox container is running.",
-    RESTARTING = "Sandbox container is restarting.",
-    PAUSED = "Sandbox container is paused.",
-    DELETING = "Sandbox is being deleted.",
+    STARTING = RT.CONTAINER_STARTING,
+    RUNNING = RT.CONTAINER_RUNNING,
+    RESTARTING = RT.CONTAINER_RESTARTING,
+    PAUSED = RT.CONTAINER_PAUSED,
+    DELETING = RT.CONTAINER_REMOVING,
     EXPIRING = "Sandbox expired and is being removed.",
-    EXITED = "Sandbox container exited successfully.",
+    EXITED = RT.CONTAINER_EXITED,
     -- §6.5 quotes this one bare, without the "{CODE}: " prefix of other PROVISIONING_ERROR messages.
     INTERRUPTED = "Provisioning was interrupted by a server restart.",
 }
 
 --- "Sandbox container exited with code {n}." (with " (out of memory)" before the dot when oom).
-function M.exited_error_message(code, oom)
-    if oom then
-        return string.format("Sandbox container exited with code %d (out of memory).", code)
-    end
-    return string.format("Sandbox container exited with code %d.", code)
-end
+M.exited_error_message = require("runtimes.status").exit_message
 
 --- "{CODE}: {detail}" for PROVISIONING_ERROR, e.g. code "DOCKER::SANDBOX_IMAGE_PULL_FAILED".
 function M.provisioning_error_message(code, detail)

@@ -310,22 +310,9 @@ end
 ------------------------------------------------------------------------------------------------------------
 -- status (§3.2)
 
-M.MESSAGES = {
-    CONTAINER_STARTING = "Sandbox container is starting.",
-    CONTAINER_RUNNING = "Sandbox container is running.",
-    CONTAINER_RESTARTING = "Sandbox container is restarting.",
-    CONTAINER_PAUSED = "Sandbox container is paused.",
-    CONTAINER_REMOVING = "Sandbox is being deleted.",
-    CONTAINER_EXITED = "Sandbox container exited successfully.",
-}
-
---- The exit message of a container that ended with `code` (§3.2).
-function M.exit_message(code, oom)
-    if oom then
-        return string.format("Sandbox container exited with code %d (out of memory).", code)
-    end
-    return string.format("Sandbox container exited with code %d.", code)
-end
+-- the §3.2 messages, the same on every runtime
+M.MESSAGES = require("runtimes.status").MESSAGES
+M.exit_message = require("runtimes.status").exit_message
 
 --- state, reason, message, at_us of an inspect result. `at_us` is the Docker time of the transition when
 --- inspect knows it (StartedAt for running, FinishedAt for exited), else nil (the caller uses now).

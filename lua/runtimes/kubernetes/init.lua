@@ -27,15 +27,7 @@ M.UNAVAILABLE_CODE = "KUBERNETES::UNAVAILABLE"
 local Kube = {}
 Kube.__index = Kube
 
-local function default_read_file(path)
-    local f, err = io.open(path, "rb")
-    if not f then
-        return nil, err
-    end
-    local data = f:read("a")
-    f:close()
-    return data
-end
+local default_read_file = require("common.files").read
 
 --- A new Kubernetes runtime. `cfg` is the whole validated configuration (this reads `kubernetes`);
 --- deps = { client = core.client-like (required unless `api`), log, agent_files = runtimes.agent_files

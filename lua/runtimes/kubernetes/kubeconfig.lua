@@ -19,15 +19,7 @@ local M = {}
 
 M.SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
-local function default_read_file(path)
-    local f, err = io.open(path, "rb")
-    if not f then
-        return nil, err
-    end
-    local data = f:read("a")
-    f:close()
-    return data
-end
+local default_read_file = require("common.files").read
 
 local function is_null(v)
     return v == nil or v == lyaml.null

@@ -40,21 +40,9 @@ M.ANN = {
 M.DEFAULT_PULL_POLICY = "IfNotPresent"
 M.GPU_RESOURCE = "nvidia.com/gpu"
 
--- the §3.2 messages (the same words as runtimes.docker.mapping)
-M.MESSAGES = {
-    CONTAINER_STARTING = "Sandbox container is starting.",
-    CONTAINER_RUNNING = "Sandbox container is running.",
-    CONTAINER_REMOVING = "Sandbox is being deleted.",
-    CONTAINER_EXITED = "Sandbox container exited successfully.",
-}
-
---- The exit message of a container that ended with `code` (§3.2).
-function M.exit_message(code, oom)
-    if oom then
-        return string.format("Sandbox container exited with code %d (out of memory).", code)
-    end
-    return string.format("Sandbox container exited with code %d.", code)
-end
+-- the §3.2 messages, the same on every runtime
+M.MESSAGES = require("runtimes.status").MESSAGES
+M.exit_message = require("runtimes.status").exit_message
 
 local function str(v)
     if type(v) == "string" and v ~= "" then
