@@ -231,6 +231,38 @@ local function decode_body(res)
     return doc
 end
 
+--- A request whose reply is a stream of JSON lines (pulls, imports, events): `on_line(line)` runs for each
+--- complete line, inside the transfer (it must not yield). The first `keep` bytes (default 64 KiB) are
+--- kept, so that a refusal, whose body was streamed too, still has Docker's words in `res.body`. Returns
+--- the response or nil and an "unavailable" error.
+function Adapter:_lines_request(method, path, opts, on_line, keep)
+    keep = keep or 65536
+    local raw, rawlen = {}, 0
+    local splitter = lines.new(on_line)
+    opts.on_data = function(chunk)
+        if rawlen < keep then
+            raw[#raw + 1] = chunk
+            rawlen = rawlen + #chunk
+        end
+        splitter:feed(chunk)
+    end
+    local res, err = self:_request(method, path, opts)
+    splitter:finish()
+    if res and res.status ~= 200 and (res.body == nil or res.body == "") then
+        res.body = table.concat(raw)
+    end
+    return res, err
+end
+
+--- The failure a progress line of a pull or import reports (Docker sends those even under HTTP 200), or nil.
+local function line_failure(doc)
+    if type(doc) == "table" and (doc.error ~= nil or doc.errorDetail ~= nil) then
+        local detail = type(doc.errorDetail) == "table" and doc.errorDetail.message
+        return tostring(detail or doc.error)
+    end
+    return nil
+end
+
 local OK200 = { [200] = true }
 local OK204 = { [204] = true, [200] = true }
 
@@ -545,34 +577,19 @@ function Adapter:events(since_s, on_event, until_s)
     if until_s then
         path = path .. "&until=" .. ts(until_s)
     end
-    local raw, rawlen = {}, 0
-    local splitter = lines.new(function(line)
+    local res, err = self:_lines_request("GET", path, { timeout = 0 }, function(line)
         local ev = M.parse_event(line)
         if ev then
             local ok, perr = pcall(on_event, ev)
-            if not ok then
-                if self.log then
-                    self.log.error("docker event handler failed", { error = tostring(perr), action = ev.action })
-                end
+            if not ok and self.log then
+                self.log.error("docker event handler failed", { error = tostring(perr), action = ev.action })
             end
         end
-    end)
-    local res, err = self:_request("GET", path, {
-        timeout = 0,
-        on_data = function(chunk)
-            if rawlen < 4096 then
-                raw[#raw + 1] = chunk
-                rawlen = rawlen + #chunk
-            end
-            splitter:feed(chunk)
-        end,
-    })
-    splitter:finish()
+    end, 4096)
     if not res then
         return nil, err
     end
     if res.status ~= 200 then
-        res.body = (res.body ~= nil and res.body ~= "") and res.body or table.concat(raw)
         return nil, http_error(res)
     end
     return nil, M.error("unavailable", res.status, "event stream ended")
@@ -582,7 +599,7 @@ end
 -- the parts in files of their own
 
 local util = { urlencode = urlencode, seg = seg, decode_body = decode_body, http_error = http_error,
-    docker_message = docker_message, OK200 = OK200 }
+    docker_message = docker_message, OK200 = OK200, line_failure = line_failure }
 require("runtimes.docker.images")(Adapter, M, util)
 require("runtimes.docker.volumes")(Adapter, M, util)
 

@@ -5,10 +5,9 @@
 local json = require("common.json")
 local imageref = require("runtimes.docker.imageref")
 local registry_auth = require("runtimes.docker.registry_auth")
-local lines = require("runtimes.docker.lines")
 
 return function(Adapter, M, u)
-    local urlencode, http_error = u.urlencode, u.http_error
+    local urlencode, http_error, line_failure = u.urlencode, u.http_error, u.line_failure
 
     -- Follows one pull: POST /images/create, a stream of JSON lines. Any line with error/errorDetail is a
     -- failure even under HTTP 200. Returns true or nil, err.
@@ -23,37 +22,21 @@ return function(Adapter, M, u)
             headers = { ["X-Registry-Auth"] = registry_auth.header(auth, imageref.server_address(ref)) }
         end
         local failure
-        local raw, rawlen = {}, 0 -- the start of the body, for a non-200 error reply
-        local splitter = lines.new(function(line)
-            local doc = json.decode(line)
-            if type(doc) ~= "table" then
-                return
-            end
-            if doc.error ~= nil or doc.errorDetail ~= nil then
-                local detail = type(doc.errorDetail) == "table" and doc.errorDetail.message
-                failure = failure or tostring(detail or doc.error)
-            elseif doc.status then
-                self:_debug("docker image pull", {
-                    image = uri,
-                    status = tostring(doc.status),
-                    layer = doc.id and tostring(doc.id) or nil,
-                    progress = doc.progress and tostring(doc.progress) or nil,
-                })
-            end
-        end)
-        local res, err = self:_request("POST", path, {
-            headers = headers,
-            timeout = 0,
-            idle_timeout = self.api_timeout,
-            on_data = function(chunk)
-                if rawlen < 65536 then
-                    raw[#raw + 1] = chunk
-                    rawlen = rawlen + #chunk
+        local res, err = self:_lines_request("POST", path,
+            { headers = headers, timeout = 0, idle_timeout = self.api_timeout }, function(line)
+                local doc = json.decode(line)
+                local f = line_failure(doc)
+                if f then
+                    failure = failure or f
+                elseif type(doc) == "table" and doc.status then
+                    self:_debug("docker image pull", {
+                        image = uri,
+                        status = tostring(doc.status),
+                        layer = doc.id and tostring(doc.id) or nil,
+                        progress = doc.progress and tostring(doc.progress) or nil,
+                    })
                 end
-                splitter:feed(chunk)
-            end,
-        })
-        splitter:finish()
+            end)
         if failure then
             return nil, M.error("api", res and res.status or nil, failure)
         end
@@ -61,7 +44,6 @@ return function(Adapter, M, u)
             return nil, err
         end
         if res.status ~= 200 then
-            res.body = (res.body ~= nil and res.body ~= "") and res.body or table.concat(raw)
             return nil, http_error(res)
         end
         return true

@@ -3,12 +3,11 @@
 -- A part of the engine, installed into its class by engine.lua (so `self` is the engine); it uses the
 -- engine's request helpers `u`.
 local json = require("common.json")
-local lines = require("runtimes.docker.lines")
 local timefmt = require("common.timefmt")
 
 return function(Adapter, M, u)
-    local urlencode, seg, decode_body, http_error, docker_message, OK200 =
-        u.urlencode, u.seg, u.decode_body, u.http_error, u.docker_message, u.OK200
+    local urlencode, seg, decode_body, http_error, docker_message, OK200, line_failure =
+        u.urlencode, u.seg, u.decode_body, u.http_error, u.docker_message, u.OK200, u.line_failure
 
     --- The state of the named volume: "ours" (it carries every one of `labels`), "missing", or "foreign" (a
     --- volume of that name without them: Docker creates an empty, unlabelled one by itself when a container is
@@ -42,34 +41,17 @@ return function(Adapter, M, u)
             path = path .. "&changes=" .. urlencode("LABEL " .. k .. "=" .. v)
         end
         local failure
-        local raw, rawlen = {}, 0 -- the start of the body, for a non-200 error reply (streamed: res.body is "")
-        local splitter = lines.new(function(line)
-            local doc = json.decode(line)
-            if type(doc) == "table" and (doc.error ~= nil or doc.errorDetail ~= nil) then
-                local detail = type(doc.errorDetail) == "table" and doc.errorDetail.message
-                failure = failure or tostring(detail or doc.error)
-            end
-        end)
-        local res, err = self:_request("POST", path, {
-            headers = { ["Content-Type"] = "application/x-tar" },
-            body = tar_bytes,
-            on_data = function(chunk)
-                if rawlen < 65536 then
-                    raw[#raw + 1] = chunk
-                    rawlen = rawlen + #chunk
-                end
-                splitter:feed(chunk)
-            end,
-        })
-        splitter:finish()
+        local res, err = self:_lines_request("POST", path,
+            { headers = { ["Content-Type"] = "application/x-tar" }, body = tar_bytes }, function(line)
+                failure = failure or line_failure(json.decode(line))
+            end)
+        if failure then
+            return nil, M.error("api", res and res.status or nil, failure)
+        end
         if not res then
             return nil, err
         end
-        if failure then
-            return nil, M.error("api", res.status, failure)
-        end
         if res.status ~= 200 then
-            res.body = (res.body ~= nil and res.body ~= "") and res.body or table.concat(raw)
             return nil, http_error(res)
         end
         return true
