@@ -17,7 +17,6 @@ if [ ! -d "$work/node_modules/@alibaba-group/opensandbox" ]; then
 fi
 
 state=$(mktemp -d /tmp/osb-conformance.XXXXXX)
-port=$((20000 + RANDOM % 20000))
 key=conformance-$RANDOM$RANDOM
 runtime_cfg="docker = { instance = \"conformance-$$\" },"
 ns=
@@ -29,27 +28,37 @@ if [ "${OPENSANDBOX_RUNTIME:-docker}" = kubernetes ]; then
     runtime_cfg="runtime = { type = \"kubernetes\" },
   kubernetes = { kubeconfig_path = \"$KUBECONFIG\", namespace = \"$ns\", image_pull_policy = \"Never\" },"
 fi
-cat >"$state/config.lua" <<CFG
-return {
-  server = { host = "127.0.0.1", port = $port, api_key = "$key", log_level = "DEBUG" },
-  store = { path = "$state/opensandbox.db" },
-  $runtime_cfg
-}
-CFG
-"$bin" --config "$state/config.lua" >"$state/server.log" 2>&1 &
-pid=$!
+pid=
 cleanup() {
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
+    [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
     rm -rf "$state"
     if [ -n "$ns" ]; then
         bash "$root/tests/k8s/cluster.sh" kubectl delete ns "$ns" --wait=false >/dev/null 2>&1 || true
     fi
 }
 trap cleanup EXIT
-for _ in $(seq 1 100); do
-    curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-    sleep 0.1
+# a random port, and another one when it turns out to be taken (up to 5 tries)
+for _try in 1 2 3 4 5; do
+    port=$((20000 + RANDOM % 20000))
+    cat >"$state/config.lua" <<CFG
+return {
+  server = { host = "127.0.0.1", port = $port, api_key = "$key", log_level = "DEBUG" },
+  store = { path = "$state/opensandbox.db" },
+  $runtime_cfg
+}
+CFG
+    "$bin" --config "$state/config.lua" >"$state/server.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 100); do
+        curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null || ! grep -q "Address already in use" "$state/server.log"; then
+        break
+    fi
+    wait "$pid" 2>/dev/null || true
 done
 
 rc=0
