@@ -405,6 +405,14 @@ local function mounted_configmaps(pods)
     return used
 end
 
+-- whether an object carries exactly this server's instance label (none when it has no instance): orphans
+-- are collected only by servers of their own instance, never by a server that owns every instance's pods
+local function same_instance(obj, instance)
+    local labels = type(obj.metadata) == "table" and type(obj.metadata.labels) == "table" and obj.metadata.labels
+        or {}
+    return labels[mapping.LABEL_INSTANCE] == instance
+end
+
 local function created_s(obj)
     local t = type(obj.metadata) == "table" and timefmt.parse(obj.metadata.creationTimestamp or "")
     return t and t / 1e6 or nil
@@ -417,6 +425,25 @@ end
 --- between the Secret and its pod); makes a live pod the owner of its Secret when a crash came between the
 --- two. Notices when the current agent ConfigMap was deleted behind our back, and makes it again.
 --- 2 requests (two LISTs), plus one per orphan. Failures are logged, never returned.
+-- an unowned pull Secret past its grace: its pod (if any) becomes the owner, else it is deleted
+function Kube:_orphaned_secret(name, id, live)
+    local pod = id and live[id]
+    if pod and type(pod.metadata) == "table" and pod.metadata.uid then
+        -- the pod exists but the ownerReference was never written (a crash in between): write it now
+        local _, perr = self.api:merge_patch(self:_path("secrets", name), mapping.owner_patch(pod))
+        if perr then
+            self:_warn("cannot make a pod own its image pull Secret", { secret = name, error = perr.message })
+        end
+        return
+    end
+    local _, derr = self.api:delete(self:_path("secrets", name))
+    if derr and derr.kind ~= "not_found" then
+        self:_warn("cannot delete an orphaned image pull Secret", { secret = name, error = derr.message })
+    elseif self.log then
+        self.log.info("deleted an orphaned image pull Secret", { secret = name, sandbox_id = id })
+    end
+end
+
 function Kube:_collect_orphans(pods)
     local now = self.now_s()
     if self.leading ~= true or (self.last_gc and now - self.last_gc < M.GC_INTERVAL) or not self.agent_files then
@@ -436,7 +463,7 @@ function Kube:_collect_orphans(pods)
         local name = type(cm.metadata) == "table" and cm.metadata.name
         if name == current then
             seen_current = true
-        elseif name and not used[name] then
+        elseif name and not used[name] and same_instance(cm, self.instance) then
             local _, derr = self.api:delete(self:_path("configmaps", name))
             if derr and derr.kind ~= "not_found" then
                 self:_warn("cannot delete an unused agent ConfigMap", { configmap = name, error = derr.message })
@@ -464,23 +491,10 @@ function Kube:_collect_orphans(pods)
     for _, sec in ipairs(type(secrets.items) == "table" and secrets.items or {}) do
         local meta = type(sec.metadata) == "table" and sec.metadata or {}
         local owned = type(meta.ownerReferences) == "table" and next(meta.ownerReferences) ~= nil
-        local id = id_of(sec)
         local born = created_s(sec)
-        local pod = id and live[id]
-        if meta.name and not owned and pod and born and now - born >= self.orphan_grace
-            and type(pod.metadata) == "table" and pod.metadata.uid then
-            -- its pod exists but the ownerReference was never written (a crash in between): write it now
-            local _, perr = self.api:merge_patch(self:_path("secrets", meta.name), mapping.owner_patch(pod))
-            if perr then
-                self:_warn("cannot make a pod own its image pull Secret", { secret = meta.name, error = perr.message })
-            end
-        elseif meta.name and not owned and not pod and born and now - born >= self.orphan_grace then
-            local _, derr = self.api:delete(self:_path("secrets", meta.name))
-            if derr and derr.kind ~= "not_found" then
-                self:_warn("cannot delete an orphaned image pull Secret", { secret = meta.name, error = derr.message })
-            elseif self.log then
-                self.log.info("deleted an orphaned image pull Secret", { secret = meta.name, sandbox_id = id })
-            end
+        local due = born and now - born >= self.orphan_grace
+        if meta.name and not owned and due and same_instance(sec, self.instance) then
+            self:_orphaned_secret(meta.name, id_of(sec), live)
         end
     end
 end

@@ -166,8 +166,8 @@ describe("kubernetes runtime #integration #kubernetes", function()
         end
         assert.is_true(gone("configmap", "opensandbox-agent-0ld"), "the old agent ConfigMap is still there")
         assert.is_true(gone("secret", "crashed-create-pull"), "the orphaned pull Secret is still there")
-        -- the current agent ConfigMap of this instance stays, and works
-        local current = K.kubectl("-n " .. ns .. " get configmap -l opensandbox.io/instance=gc -o name")
+        -- the current agent ConfigMap stays, and works
+        local current = K.kubectl("-n " .. ns .. " get configmap -l opensandbox.io/agent-tag -o name")
         assert.truthy(current:find("configmap/opensandbox%-agent%-"), current)
         local id = K.create_running(srv)
         assert.is_true((agent_answers(srv, id)))
