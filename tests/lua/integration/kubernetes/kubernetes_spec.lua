@@ -204,6 +204,29 @@ describe("kubernetes runtime #integration #kubernetes", function()
         assert.are.equal(204, K.call(srv, "DELETE", path(bad_id)).status)
     end)
 
+    it("reports an OOM kill and an eviction by the kubelet as Failed, with the reason", function()
+        -- the operator's pod template adds an ephemeral-storage limit to the sandbox container
+        local dir = K.run("mktemp -d /tmp/osb-test.XXXXXX"):gsub("%s+$", "")
+        local f = assert(io.open(dir .. "/template.yaml", "w"))
+        f:write("spec:\n  containers:\n  - name: sandbox\n    resources:\n      limits:\n"
+            .. "        ephemeral-storage: 10Mi\n")
+        f:close()
+        local srv = K.start({ pod_template_file = dir .. "/template.yaml" })
+        local hog = K.create(srv, { entrypoint = { "sh", "-c", "sleep 2; dd if=/dev/zero of=/big bs=1M count=40; "
+            .. "sleep 600" } })
+        local oom = K.create(srv, { entrypoint = { "sh", "-c", "sleep 2; x=a; while true; do x=$x$x; done" },
+            resourceLimits = { memory = "16Mi" } })
+        local sb = K.wait_state(srv, oom, "Failed", 90)
+        assert.truthy(sb.status.message:find("OOM", 1, true) or sb.status.message:find("137", 1, true),
+            sb.status.message)
+        sb = K.wait_state(srv, hog, "Failed", 120)
+        assert.truthy(sb.status.message:find("evicted", 1, true), sb.status.message)
+        assert.truthy(sb.status.message:find("ephemeral", 1, true), sb.status.message)
+        assert.are.equal(204, K.call(srv, "DELETE", path(hog)).status)
+        assert.are.equal(204, K.call(srv, "DELETE", path(oom)).status)
+        K.run("rm -rf " .. K.quote(dir))
+    end)
+
     it("fails provisioning of an image the node does not have, and leaves no pod", function()
         local srv = K.start()
         local id = K.create(srv, { image = { uri = "local/not-there:1" } })
