@@ -144,6 +144,9 @@ return {
         -- namespace without adopting or removing each other's sandboxes. nil: every pod labelled
         -- opensandbox.io/managed-by=opensandbox-server in the namespace belongs to this server.
         instance = nil,
+        -- Seconds an image-pull Secret of ours that no pod owns must be old before the replica holding the
+        -- Lease deletes it (a create that crashed between the Secret and its pod leaves one).
+        orphan_grace_seconds = 300,
     },
 
     store = {
