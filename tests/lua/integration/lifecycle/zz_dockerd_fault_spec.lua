@@ -51,7 +51,8 @@ local function ensure_dockerd()
             os.remove("/var/run/docker.pid")
             -- without our descriptors 3-9: a lock this run is held under (`flock LOCK busted ...`) must not
             -- pass to the daemon, which would hold it long after the run
-            H.run("exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; setsid nohup dockerd >> /tmp/dockerd.log 2>&1 < /dev/null &")
+            H.run("exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; "
+                .. "setsid nohup dockerd >> /tmp/dockerd.log 2>&1 < /dev/null &")
             started = true
         end
         H.sleep(0.3)
