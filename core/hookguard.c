@@ -126,11 +126,11 @@ static size_t class_end(const char *p, size_t i, size_t lp)
  * back-reference (%1..%9) scan up to n bytes per attempt. A quantified item with nothing after it
  * expands once and never backtracks, so it adds no factor.
  */
-static double pattern_cost(const char *p, size_t lp, size_t n)
+static double pattern_cost(const char *p, size_t lp, size_t n, int can_anchor)
 {
     double N = (double)n + 1, cost = 1;
     size_t i = 0;
-    int anchored = lp > 0 && p[0] == '^';
+    int anchored = can_anchor && lp > 0 && p[0] == '^'; /* gmatch takes '^' as a plain character */
     if (anchored)
         i = 1;
     while (i < lp) {
@@ -201,7 +201,7 @@ static void check_pattern(lua_State *L, int kind)
         return; /* plain search: linear */
     if (!has_specials(p, lp))
         return;
-    double cost = pattern_cost(p, lp, n);
+    double cost = pattern_cost(p, lp, n, kind != K_GMATCH);
     if (cost > HG_MAX_PATTERN_STEPS) {
         char msg[256]; /* lua_pushfstring has no precision or %g */
         snprintf(
@@ -435,7 +435,9 @@ static int l_pattern_cost(lua_State *L)
     size_t lp;
     const char *p = luaL_checklstring(L, 1, &lp);
     lua_Integer n = luaL_checkinteger(L, 2);
-    lua_pushnumber(L, has_specials(p, lp) ? pattern_cost(p, lp, n < 0 ? 0 : (size_t)n) : (double)n);
+    int can_anchor = !lua_toboolean(L, 3); /* true: as gmatch does */
+    lua_pushnumber(L, has_specials(p, lp) ? pattern_cost(p, lp, n < 0 ? 0 : (size_t)n, can_anchor)
+                                          : (double)n);
     return 1;
 }
 

@@ -31,6 +31,7 @@ M.DEFAULT_INSTRUCTIONS = 10000000
 M.DEFAULT_MEMORY_KB = 64 * 1024
 M.DEFAULT_SECONDS = 0.5 -- running time of one call (waits in opensandbox.http excluded)
 M.MAX_DEPTH = 32 -- nesting of a value a hook returns
+M.MAX_ERROR = 1024 -- bytes of a hook's error text kept in the HOOK::FAILED message
 
 local budget_mt = {
     __tostring = function(e)
@@ -57,6 +58,18 @@ function M.rebase()
     if st then
         st.base_kb = collectgarbage("count")
     end
+end
+
+--- Counts one more `what` (a log line, say) for the call running on the current thread; returns the count
+--- (0 outside a budgeted call).
+function M.tick(what)
+    local st = running[coroutine.running()]
+    if not st then
+        return 0
+    end
+    local n = (st.ticks[what] or 0) + 1
+    st.ticks[what] = n
+    return n
 end
 
 local function restore(fn, mask, count)
@@ -99,16 +112,17 @@ end
 --- The text of an error object, read raw: a string, a table's own `message` string field, else a fixed
 --- text. Never calls __tostring or __index (they would run hook code outside its budget).
 function M.error_text(e)
-    if type(e) == "string" then
-        return e
-    end
+    local m = e
     if type(e) == "table" then
-        local m = rawget(e, "message")
-        if type(m) == "string" then
-            return m
-        end
+        m = rawget(e, "message")
     end
-    return string.format("the hook raised an error value of type %s", type(e))
+    if type(m) ~= "string" then
+        return string.format("the hook raised an error value of type %s", type(e))
+    end
+    if #m > M.MAX_ERROR then -- the reason goes into a response and a log line
+        return m:sub(1, M.MAX_ERROR) .. "...(cut)"
+    end
+    return m
 end
 
 -- Ends a call: puts the previous debug hook and budget state back, and shapes the results. `tripped` is
@@ -153,6 +167,7 @@ function M.call(limits, fn, ...)
         max_instr = max_instr,
         max_kb = max_kb,
         tripped = nil,
+        ticks = {},
         -- made before the call: raising them must not allocate once the memory budget is spent
         instr_err = budget_error(string.format("instruction budget exceeded (%d instructions)", max_instr)),
         mem_err = budget_error(string.format("memory budget exceeded (%d KB)", max_kb)),

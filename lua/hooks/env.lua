@@ -56,6 +56,8 @@ M.ALLOWED = {
 M.MAX_REP = 16 * 1024 * 1024 -- bytes: the largest string.rep result a hook may build (also its count)
 M.MAX_JSON = 16 * 1024 * 1024 -- bytes: the largest JSON text opensandbox.json.encode may produce
 M.MAX_HTTP_BODY = 4 * 1024 * 1024 -- bytes: the largest response body opensandbox.http returns
+M.MAX_LOG = 4096 -- bytes: log messages and field values of hooks are cut there
+M.MAX_LOG_LINES = 200 -- log lines (print included) one hook call may write
 M.HTTP_TIMEOUT = 5 -- seconds, default for opensandbox.http
 M.HTTP_MAX_TIMEOUT = 30
 
@@ -171,6 +173,22 @@ local function hook_setmetatable(t, mt)
     return setmetatable(t, mt)
 end
 
+-- Raises once the running hook is past a budget (core.hookguard): the opensandbox functions check it on
+-- entry, as the guarded library functions do, so a loop of cheap-looking calls (log lines) ends too.
+local function check_deadline()
+    if guard and guard.check() then
+        error("hook budget exceeded", 2)
+    end
+end
+
+-- Log messages and field values of hooks are cut at MAX_LOG bytes: a hook must not write gigabytes.
+local function clip(s)
+    if #s > M.MAX_LOG then
+        return s:sub(1, M.MAX_LOG) .. "...(cut)"
+    end
+    return s
+end
+
 -- A copy of library table `lib` whose C functions check the hook's deadline (and the sizes given in
 -- `kinds`) before they run, when core.hookguard is there.
 local function guarded_copy(lib, kinds)
@@ -207,6 +225,7 @@ local function json_size(v, depth, acc)
 end
 
 local function bounded_encode(v)
+    check_deadline()
     json_size(v, 0, 0)
     return json.encode(v)
 end
@@ -225,6 +244,7 @@ end
 
 local function make_http(api)
     return function(req)
+        check_deadline()
         check_phase("http")
         if type(req) ~= "table" or type(req.url) ~= "string" or not req.url:find("^https?://") then
             error("opensandbox.http: url must be an http:// or https:// URL", 2)
@@ -295,16 +315,32 @@ end
 function M.new(file, api)
     local info = { name = nil }
     local function fields_of(f)
-        local out = type(f) == "table" and copy(f) or {}
+        local out = {}
+        if type(f) == "table" then
+            for k, v in pairs(f) do
+                if type(v) ~= "number" and type(v) ~= "boolean" then
+                    v = clip(tostring(v))
+                end
+                out[clip(tostring(k))] = v
+            end
+        end
         out.hook = info.name or file
         return out
     end
     local log = {}
     for _, level in ipairs({ "debug", "info", "warn", "error" }) do
         log[level] = function(msg, f)
+            check_deadline()
             local fn = api.log and api.log[level]
+            local n = budget.tick("log")
+            if n > M.MAX_LOG_LINES then
+                return -- dropped: MAX_LOG_LINES per call is plenty for a policy hook
+            end
+            if n == M.MAX_LOG_LINES then
+                msg, f = "hook log lines beyond this one are dropped in this call", { max = M.MAX_LOG_LINES }
+            end
             if fn then
-                fn(tostring(msg), fields_of(f))
+                fn(clip(tostring(msg)), fields_of(f))
             end
         end
     end

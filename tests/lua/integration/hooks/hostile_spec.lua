@@ -84,6 +84,11 @@ local ATTACKS = {
         expect = "time budget exceeded %(500 ms%)" },
     { name = "json_bomb", body = "local s = ('x'):rep(2^20) local t = {} for i = 1, 2048 do t[i] = s end\n"
         .. "return nil, #opensandbox.json.encode(t)", expect = "json.encode: the result could exceed" },
+    { name = "error_huge", body = "error(('x'):rep(16 * 2^20 - 1))", expect = "^Hook [^:]*: x+%.%.%.%(cut%)$" },
+    { name = "log_flood", body = "local s = ('x'):rep(2^23) for i = 1, 1e7 do opensandbox.log.info(s, { s = s }) end",
+        expect = "budget exceeded" },
+    { name = "stack_overflow", body = "local function f(n) return 1 + f(n + 1) end return nil, f(1)",
+        expect = "stack overflow" },
     { name = "swallow", body = "for i = 1, 100 do pcall(function() local s = ('x'):rep(16 * 2^20 - 1) "
         .. "local t = {} for j = 1, 8 do t[j] = s .. j end end) end", expect = "memory budget exceeded" },
 }
@@ -254,10 +259,13 @@ describe("hostile hooks #integration #docker", function()
 
     for _, a in ipairs(ATTACKS) do
         it("before_create: " .. a.name .. " gives HOOK::FAILED and holds the server", function()
+            local log0 = #srv:log()
             local res = under_watch(srv, a.name, function()
                 return attack_create(srv, a.name)
             end)
             assert.are.equal(500, res.status, res.body)
+            assert.is_true(#res.body < 4096, "the ErrorResponse has " .. #res.body .. " bytes")
+            assert.is_true(#srv:log() - log0 < 2 * 1024 * 1024, "the log grew by " .. (#srv:log() - log0) .. " bytes")
             assert.are.equal("HOOK::FAILED", res.json.code)
             local prefix = "Hook 'atk_" .. a.name .. "' failed in before_create: "
             assert.are.equal(prefix, res.json.message:sub(1, #prefix))

@@ -68,6 +68,8 @@ describe("budget.error_text", function()
             budget.error_text(setmetatable({}, { __index = mark, __tostring = mark })))
         assert.are.equal("the hook raised an error value of type nil", budget.error_text(nil))
         assert.is_false(ran)
+        local long = budget.error_text(("x"):rep(100000))
+        assert.are.equal(budget.MAX_ERROR + #"...(cut)", #long)
     end)
 end)
 
@@ -142,6 +144,25 @@ return M
         assert(h:reload())
         local out = assert(h:before_create(CTX, S.spec()))
         assert.are.equal("team-a.w", out.metadata.seen)
+    end)
+
+    it("cuts hook log lines at MAX_LOG bytes and MAX_LOG_LINES per call", function()
+        local log = S.log()
+        local h = assert(hooks.new({ log = log, dir = S.dir({ ["l.lua"] = S.hook("l", 1, [[before_create = function()
+            for i = 1, 1000 do opensandbox.log.info(("y"):rep(10000), { big = ("z"):rep(10000) }) end
+        end,]]) }) }))
+        dir = h.dir
+        assert(h:before_create(CTX, S.spec()))
+        local n, last = 0, nil
+        for _, l in ipairs(log.lines) do
+            if l.fields and l.fields.hook == "l" then
+                n = n + 1
+                last = l
+                assert.is_true(#l.msg <= 4096 + 8 and #(l.fields.big or "") <= 4096 + 8)
+            end
+        end
+        assert.are.equal(200, n)
+        assert.are.equal("hook log lines beyond this one are dropped in this call", last.msg)
     end)
 
     it("refuses a hook file whose table has a metatable", function()
