@@ -187,13 +187,19 @@ local function call_and_copy(fn, keep, ...)
     return budget.raw_copy(r1), budget.raw_copy(r2)
 end
 
--- Runs one hook function for `point` under the budgets. Returns true, r1, r2 (raw copies of a hook's
--- first two results; r1 = `keep` when it returned nothing) or false, reason (a string).
-function Hooks:run(entry, point, keep, ...)
+-- Runs one hook function for `point` under the budgets, with `keep` as what a hook that returns nothing
+-- hands back. Returns true, r1, r2 (raw copies of a hook's first two results) or false, reason (a string).
+function Hooks:run_keep(entry, point, keep, ...)
     local old = env.set_phase(point)
     local ok, r1, r2 = budget.call(self.limits, call_and_copy, entry.fn, keep, ...)
     env.set_phase(old)
     return ok, r1, r2
+end
+
+-- Runs one hook function for `point` under the budgets. Returns true, r1, r2 (raw copies of a hook's
+-- first two results) or false, reason (a string).
+function Hooks:run(entry, point, ...)
+    return self:run_keep(entry, point, nil, ...)
 end
 
 -- Whether the results of a hook mean "reject": `return nil, err` or `return false[, err]`.
@@ -417,7 +423,7 @@ function Hooks:before_create(ctx, spec)
     work.extensions = work.extensions or {}
     for _, entry in ipairs(list) do
         -- a hook that returns nothing gives back `work` (maybe changed): copied raw like a result
-        local ok, r1, r2 = self:run(entry, "before_create", work, ctx_copy(ctx), work)
+        local ok, r1, r2 = self:run_keep(entry, "before_create", work, ctx_copy(ctx), work)
         if not ok then
             return nil, self:failed(entry, "before_create", r1, ctx)
         end
@@ -474,7 +480,7 @@ function Hooks:sandbox_name(ctx, spec, rec)
     local view = { id = rec.id, principal = rec.principal, metadata = copy(rec.metadata or {}),
         created_us = rec.created_us, expires_us = rec.expires_us }
     for _, entry in ipairs(list) do
-        local ok, name = self:run(entry, "sandbox_name", nil, ctx_copy(ctx), deep_copy(sspec), deep_copy(view))
+        local ok, name = self:run(entry, "sandbox_name", ctx_copy(ctx), deep_copy(sspec), deep_copy(view))
         if not ok then
             self:failed(entry, "sandbox_name", name, ctx)
             return default
@@ -500,7 +506,7 @@ end
 
 function Hooks:run_transition(list, view, from, to)
     for _, entry in ipairs(list) do
-        local ok, err = self:run(entry, "after_transition", nil, { principal = view.principal }, deep_copy(view),
+        local ok, err = self:run(entry, "after_transition", { principal = view.principal }, deep_copy(view),
             from, to)
         if not ok then
             self:failed(entry, "after_transition", err)
@@ -541,7 +547,7 @@ function Hooks:before_delete(ctx, view)
         return true
     end
     for _, entry in ipairs(list) do
-        local ok, r1, r2 = self:run(entry, "before_delete", nil, ctx_copy(ctx), deep_copy(view))
+        local ok, r1, r2 = self:run(entry, "before_delete", ctx_copy(ctx), deep_copy(view))
         if not ok then
             return nil, self:failed(entry, "before_delete", r1, ctx)
         end
@@ -563,7 +569,7 @@ function Hooks:on_proxy_request(ctx, view, req_info)
         return decision
     end
     for _, entry in ipairs(list) do
-        local ok, r1, r2 = self:run(entry, "on_proxy_request", nil, ctx_copy(ctx), deep_copy(view),
+        local ok, r1, r2 = self:run(entry, "on_proxy_request", ctx_copy(ctx), deep_copy(view),
             copy(req_info or {}))
         if not ok then
             return nil, self:failed(entry, "on_proxy_request", r1, ctx)
