@@ -152,6 +152,22 @@ local function finish_plain(co, outer, st, prev_fn, prev_mask, prev_count, ok, .
     return finish(co, outer, st, prev_fn, prev_mask, prev_count, ok, nil, ...)
 end
 
+-- The three budget errors of a set of limits, made once and before any call: raising them must not
+-- allocate once the memory budget is spent. Cached per limits table (a hooks object's limits do not change).
+local errors_cache = setmetatable({}, { __mode = "k" }) -- limits table -> its errors
+local function errors_for(limits, max_instr, max_kb, seconds)
+    local errs = errors_cache[limits]
+    if not errs then
+        errs = {
+            budget_error(string.format("instruction budget exceeded (%d instructions)", max_instr)),
+            budget_error(string.format("memory budget exceeded (%d KB)", max_kb)),
+            budget_error(string.format("time budget exceeded (%d ms)", math.floor(seconds * 1000))),
+        }
+        errors_cache[limits] = errs
+    end
+    return errs
+end
+
 --- Calls fn(...) on the current thread with limits = { instructions = n, memory_kb = n, seconds = s }.
 --- Returns true, results... or false, message (a string; "instruction budget exceeded", "memory budget
 --- exceeded" and "time budget exceeded" for the budgets, the error text otherwise).
@@ -161,6 +177,7 @@ function M.call(limits, fn, ...)
     local max_instr = limits.instructions or M.DEFAULT_INSTRUCTIONS
     local max_kb = limits.memory_kb or M.DEFAULT_MEMORY_KB
     local seconds = limits.seconds or M.DEFAULT_SECONDS
+    local errs = errors_for(limits, max_instr, max_kb, seconds)
     local st = {
         used = 0,
         base_kb = guard and 0 or collectgarbage("count"),
@@ -168,10 +185,9 @@ function M.call(limits, fn, ...)
         max_kb = max_kb,
         tripped = nil,
         ticks = {},
-        -- made before the call: raising them must not allocate once the memory budget is spent
-        instr_err = budget_error(string.format("instruction budget exceeded (%d instructions)", max_instr)),
-        mem_err = budget_error(string.format("memory budget exceeded (%d KB)", max_kb)),
-        time_err = budget_error(string.format("time budget exceeded (%d ms)", math.floor(seconds * 1000))),
+        instr_err = errs[1],
+        mem_err = errs[2],
+        time_err = errs[3],
     }
     local prev_fn, prev_mask, prev_count = debug.gethook()
     running[co] = st
@@ -230,6 +246,9 @@ end
 --- `opts.functions` allows functions as the values of the top-level table (a hook file's table). Call it
 --- inside the budget.
 function M.raw_copy(v, opts)
+    if guard then -- the same rules in C (core/hookguard.c copy_at), several times faster
+        return guard.copy(v, array_mt, null, opts and opts.functions and 1 or -1)
+    end
     return copy_value(v, 0, opts and opts.functions and 1 or nil)
 end
 

@@ -140,5 +140,29 @@ assert(ok == true and tripped == false and a == "resumed", tostring(a))
 assert(other_done, "the other task ran while this one waited")
 assert(not hg.armed())
 
+-- raw copies: plain data only, the json.array tag kept, nothing of a metamethod run
+local array_mt, null = { __name = "json.array" }, require("cjson").null
+local src = { a = "x", n = 1, t = setmetatable({}, array_mt), z = null, deep = { { { 1 } } } }
+local copy = hg.copy(src, array_mt, null)
+assert(copy ~= src and copy.a == "x" and copy.deep[1][1][1] == 1 and copy.z == null)
+assert(getmetatable(copy.t) == array_mt)
+local ran = false
+local evil = setmetatable({}, { __index = function()
+    ran = true
+end, __pairs = function()
+    ran = true
+end, __metatable = false })
+local cok, cerr = pcall(hg.copy, { e = evil }, array_mt, null)
+assert(not cok and cerr:find("has a metatable") and not ran, tostring(cerr))
+cok, cerr = pcall(hg.copy, { f = print }, array_mt, null)
+assert(not cok and cerr == "a hook may return only nil, booleans, numbers, strings and tables (got a function)")
+assert(hg.copy({ f = print }, array_mt, null, 1).f == print)
+local cyc = {}
+cyc.c = cyc
+cok, cerr = pcall(hg.copy, cyc, array_mt, null)
+assert(not cok and cerr == "a value returned by a hook is nested more than 32 levels deep", tostring(cerr))
+cok, cerr = pcall(hg.copy, { [{}] = 1 }, array_mt, null)
+assert(not cok and cerr == "a table returned by a hook has a key of type table", tostring(cerr))
+
 require("core.log").info("hookguard scenario passed")
 core.stop(0)
