@@ -32,6 +32,7 @@
 #include "server.h"
 
 #include <lauxlib.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -434,6 +435,17 @@ static int l_used(lua_State *L)
 
 #define HG_COPY_MAX_DEPTH 32
 
+/* Raises a message without the position luaL_error would prepend (that of budget.lua, not the
+ * hook's). */
+static int copy_fail(lua_State *L, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    return lua_error(L);
+}
+
 /* Pushes a raw copy of the value at idx. Stack slots 2 and 3 of the hg.copy call hold the
  * json.array metatable and json.null. Only lua_next, lua_rawset and lua_getmetatable: no metamethod
  * runs. */
@@ -461,15 +473,15 @@ static void copy_at(lua_State *L, int idx, int depth, int fdepth)
         break;
     case LUA_TTABLE: {
         if (depth > HG_COPY_MAX_DEPTH)
-            luaL_error(L, "a value returned by a hook is nested more than %d levels deep",
-                       HG_COPY_MAX_DEPTH);
+            copy_fail(L, "a value returned by a hook is nested more than %d levels deep",
+                      HG_COPY_MAX_DEPTH);
         luaL_checkstack(L, 8, "a value returned by a hook");
         int tagged = 0;
         if (lua_getmetatable(L, idx)) { /* the real one: __metatable does not hide it here */
             tagged = lua_rawequal(L, -1, 2);
             lua_pop(L, 1);
             if (!tagged)
-                luaL_error(
+                copy_fail(
                     L,
                     "a table returned by a hook has a metatable (its metamethods would run outside "
                     "the hook's budget)");
@@ -480,8 +492,8 @@ static void copy_at(lua_State *L, int idx, int depth, int fdepth)
         while (lua_next(L, idx)) {
             int kt = lua_type(L, -2);
             if (kt != LUA_TSTRING && kt != LUA_TNUMBER && kt != LUA_TBOOLEAN)
-                luaL_error(L, "a table returned by a hook has a key of type %s",
-                           lua_typename(L, kt));
+                copy_fail(L, "a table returned by a hook has a key of type %s",
+                          lua_typename(L, kt));
             lua_pushvalue(L, -2);
             copy_at(L, lua_gettop(L) - 1, depth + 1, fdepth);
             lua_rawset(L, dst);
@@ -496,8 +508,8 @@ static void copy_at(lua_State *L, int idx, int depth, int fdepth)
     default:
         break;
     }
-    luaL_error(L, "a hook may return only nil, booleans, numbers, strings and tables (got a %s)",
-               luaL_typename(L, idx));
+    copy_fail(L, "a hook may return only nil, booleans, numbers, strings and tables (got a %s)",
+              luaL_typename(L, idx));
 }
 
 /* hg.copy(v, array_mt, null, functions_depth): the raw copy of v (a C version of budget.raw_copy,
