@@ -50,12 +50,37 @@ for _, a in ipairs(ATTACKS) do
     local grew = status("VmHWM") - rss0
     S.rmdir(dir)
     assert(out == nil and err and err.code == "HOOK::FAILED", a.name .. ": not a HOOK::FAILED")
-    -- under valgrind the time budget may end a loop before the instruction or memory budget does
-    local slow_ok = a.expect:find("budget exceeded", 1, true) and err.message:find("time budget exceeded", 1, true)
+    -- on a slow run (valgrind: 20-50 times slower) the time budget may end an attack before what the
+    -- attack aims at is reached; that is a bounded outcome too (the live spec checks the exact reasons)
+    local slow_ok = err.message:find("time budget exceeded", 1, true)
     assert(err.message:find(a.expect) or slow_ok, a.name .. ": " .. err.message:sub(1, 300))
     assert(took < MAX_SECONDS, string.format("%s: took %.3f s", a.name, took))
     assert(grew < BUDGET_KB + MARGIN_KB, string.format("%s: peak RSS grew by %d KB", a.name, grew))
 end
+
+-- the points with no spec (the spec's POINTS_HOOK): on_proxy_request's looping __index, before_delete's and
+-- after_transition's error objects with looping metamethods
+local points = assert(src:match("\nlocal POINTS_HOOK = %[%[\n(.-)%]%]"))
+local dir = S.dir({ ["points.lua"] = points })
+local log = S.log()
+local h = assert(hooks.new({ dir = dir, log = log, limits = { memory_kb = BUDGET_KB } }))
+S.rmdir(dir)
+local view = { id = "sb-1", metadata = { attack = "points" }, principal = "team-a" }
+local out, err = h:on_proxy_request(CTX, view, { port = 9999, method = "GET", path = "/atk" })
+assert(out == nil and err.message:find("^Hook 'atk_points' failed in on_proxy_request: a table returned by a hook "
+    .. "has a metatable"), tostring(err and err.message))
+out, err = h:before_delete(CTX, view)
+assert(out == nil and err.message == "Hook 'atk_points' failed in before_delete: the hook raised an error value of "
+    .. "type table", tostring(err and err.message))
+h:after_transition({ id = "sb-1", metadata = { attack = "points" }, principal = "team-a", state = "Running",
+    image = { uri = "x" }, entrypoint = { "sleep" }, created_us = 1000000, expires_us = 2000000,
+    transition_us = 1500000 }, "Pending", "Running")
+local logged = false
+for _, l in ipairs(log.lines) do
+    logged = logged or (l.msg == "hook failed" and l.fields.point == "after_transition"
+        and l.fields.error == "the hook raised an error value of type table")
+end
+assert(logged, "the after_transition failure was logged")
 
 require("core.log").info("hooks_hostile scenario passed", { attacks = tostring(#ATTACKS) })
 core.stop(0)
