@@ -171,8 +171,9 @@ return {
         --       },
         --   },
         config = {},
-        -- Budgets of one hook call: VM instructions, and growth of the Lua heap in MB. A hook that exceeds
-        -- one fails (500 HOOK::FAILED naming the hook); the server keeps serving.
+        -- Budgets of one hook call: VM instructions, and growth of the Lua heap in MB (the allocator refuses
+        -- past it, also inside one C call). A call also ends after 0.5 s of its own running time. A hook that
+        -- exceeds one fails (500 HOOK::FAILED naming the hook); the server keeps serving.
         instruction_budget = 10000000,
         memory_budget_mb = 64,
     },
