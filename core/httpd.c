@@ -182,6 +182,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     if (!c)
         return NULL;
     c->uri = strdup(uri);
+    c->uri_at = uri;
     if (!c->uri) {
         free(c);
         return NULL;
@@ -542,6 +543,20 @@ static int bad_target(const char *uri)
     return 0;
 }
 
+/* Whether the request line had a NUL inside its target. libmicrohttpd hands the target over as a C
+ * string, so a NUL cuts it short (`GET /a\0rest HTTP/1.1` arrives as "/a"). It keeps the request
+ * line in place, with the space before the version turned into the string's end: the version then
+ * starts right after the target, unless the target held a NUL. Only a version a little further on
+ * in the same line counts (any other layout is not judged). */
+static int nul_in_target(const struct reqctx *c, const char *version)
+{
+    size_t len = strlen(c->uri);
+    if (!version || !c->uri_at || version <= c->uri_at)
+        return 0;
+    size_t gap = (size_t)(version - c->uri_at);
+    return gap > len + 1 && gap <= len + 1 + 65536;
+}
+
 /* NULL when the request's body framing is unambiguous, else why not (and the status in *status). */
 static const char *framing_error(struct MHD_Connection *conn, unsigned int *status)
 {
@@ -596,13 +611,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     struct reqctx *c = *con_cls;
     (void)cls;
     (void)url;
-    (void)version;
     (void)conn;
     if (!c)
         return MHD_NO; /* out of memory in on_uri */
     if (c->state == RS_HEADERS) {
         unsigned int st;
-        if (bad_target(c->uri))
+        if (bad_target(c->uri) || nul_in_target(c, version))
             return refuse_framing(c, MHD_HTTP_BAD_REQUEST,
                                   "Request target contains a space or a control character.");
         const char *bad = framing_error(conn, &st);

@@ -123,20 +123,20 @@ function M.new(deps)
         local proxy_token
         if exempt and route.raw_body and auth_on then
             local token = req:header(proxy.TOKEN_HEADER)
+            local has_token = token ~= nil and token ~= ""
             local key = req:header(middleware.API_KEY_HEADER)
             if key and key ~= "" then
                 principal, err = authenticate(req)
                 if principal then
                     admin = err
-                elseif not (token and token ~= "") then
+                elseif not has_token then
                     return respond.error(err)
                 end
             end
-            if not principal then
-                if not (token and token ~= "") then
-                    return respond.error(errors.new(401, "MISSING_API_KEY", proxy.MISSING_CREDENTIALS))
-                end
+            if has_token then
                 proxy_token = token
+            elseif not principal then
+                return respond.error(errors.new(401, "MISSING_API_KEY", proxy.MISSING_CREDENTIALS))
             end
         end
         if req.body_too_large and not route.raw_body then

@@ -109,10 +109,12 @@ function M.new(deps)
         end
         local svc = deps.service
         if ctx.proxy_token then
-            -- the capability is the whole credential: checked in constant time against this sandbox's;
-            -- an unknown sandbox gets the same answer as a wrong token
+            -- the capability opens its one sandbox, whatever tenant a key sent with it names; checked in
+            -- constant time. A wrong one (an unknown sandbox answers the same) with no valid key: 401
             local want = svc:proxy_token(ctx.params.id)
-            if not want or not middleware.constant_time_equal(ctx.proxy_token, want) then
+            if want and middleware.constant_time_equal(ctx.proxy_token, want) then
+                ctx.admin = nil -- no tenant restriction for this sandbox (ctx.svc is built after this)
+            elseif not ctx.principal then
                 return nil, errors.new(401, "INVALID_API_KEY", M.INVALID_TOKEN)
             end
         end

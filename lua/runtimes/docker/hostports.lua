@@ -89,9 +89,9 @@ local function listeners(path, family, inodes, out)
             "^%s*%d+:%s+(%x+):(%x+)%s+%x+:%x+%s+(%x+)%s+%S+%s+%S+%s+%S+%s+%d+%s+%d+%s+(%d+)")
         if st == "0A" and inodes[inode] then
             local port = tonumber(lport, 16)
-            local host, fam = nil, family
+            local host, fam
             if family == 4 then
-                host = v4(laddr)
+                host, fam = v4(laddr), 4
             else
                 local mapped
                 host, mapped = v6(laddr)

@@ -164,7 +164,8 @@ describe("api handler", function()
                 assert.are_not.equal("proxy_target", c.name)
             end
             -- the right token: the request reaches the target lookup (the fake knows no sandbox: 404)
-            s = call(deps, { path = "/v1/sandboxes/x/proxy/8080/", headers = { ["x-opensandbox-proxy-token"] = "cap-of-x" } })
+            s = call(deps, { path = "/v1/sandboxes/x/proxy/8080/",
+                headers = { ["x-opensandbox-proxy-token"] = "cap-of-x" } })
             assert.equal(404, s)
             assert.equal("proxy_target", deps.service.calls[#deps.service.calls].name)
         end)
