@@ -4,9 +4,14 @@
 -- address (the service's in-memory view, no Docker call), whether it is allowed, and which headers go
 -- upstream. The C core then streams both bodies and tunnels upgrades; this handler never sees the body.
 --
+-- Access: with no key configured the route is open; with keys, lua/api/init.lua lets through a request
+-- with a valid key (the sandbox must then be visible to it) or with X-OpenSandbox-Proxy-Token, which
+-- forward() checks against the sandbox's capability (views.lua P:proxy_token).
+--
 -- Header rules: hop-by-hop headers and every header named in Connection are dropped, and so are
--- Authorization, Cookie and OPEN-SANDBOX-API-KEY; Host is set to the target; X-Forwarded-For/Proto/Host are
--- added when the client did not send them. For an upgrade request (Connection: upgrade + Upgrade), Upgrade
+-- Authorization, Cookie, OPEN-SANDBOX-API-KEY and X-OpenSandbox-Proxy-Token; Host is set to the target;
+-- X-Forwarded-Proto/Host are added when the client did not send them; X-Forwarded-For is the client's
+-- value with the peer address appended (or the peer address alone). For an upgrade request (Connection: upgrade + Upgrade), Upgrade
 -- and Connection: Upgrade are kept. The path after {port} and the raw query go upstream byte for byte.
 local C = require("sandbox.constants")
 local errors = require("common.errors")
