@@ -48,6 +48,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -551,10 +552,11 @@ static int bad_target(const char *uri)
 static int nul_in_target(const struct reqctx *c, const char *version)
 {
     size_t len = strlen(c->uri);
-    if (!version || !c->uri_at || version <= c->uri_at)
+    /* integer addresses: the two pointers need not point into one object */
+    uintptr_t v = (uintptr_t)version, u = (uintptr_t)c->uri_at;
+    if (!version || !c->uri_at || v <= u)
         return 0;
-    size_t gap = (size_t)(version - c->uri_at);
-    return gap > len + 1 && gap <= len + 1 + 65536;
+    return v - u > len + 1 && v - u <= len + 1 + 65536;
 }
 
 /* NULL when the request's body framing is unambiguous, else why not (and the status in *status). */
