@@ -93,6 +93,7 @@ describe("server proxy access #integration #docker", function()
             local ep = P.api(srv, KEY_A, "GET", "/v1/sandboxes/" .. id .. "/endpoints/44772?use_server_proxy=true")
             local cap = ep.json.headers["X-OpenSandbox-Proxy-Token"]
             local exec_token = ep.json.headers["X-EXECD-ACCESS-TOKEN"]
+            assert.matches("^%x+$", cap)
             local dir, port = srv.dir, srv.port
             srv:stop()
             srv = server.start({ dir = dir, port = port, config = tenants_config(instance) })
