@@ -12,7 +12,8 @@ fi
 echo "docker-up: starting dockerd"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
-$SUDO sh -c 'nohup dockerd >>/var/log/opensandbox-dockerd.log 2>&1 &'
+# descriptors 3-9 closed: a caller's lock (flock /tmp/osb-docker.lock) must not be held by dockerd for its life
+$SUDO sh -c 'exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; nohup dockerd >>/var/log/opensandbox-dockerd.log 2>&1 &'
 i=0
 while ! docker info >/dev/null 2>&1; do
     i=$((i + 1))

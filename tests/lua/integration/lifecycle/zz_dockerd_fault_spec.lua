@@ -49,7 +49,10 @@ local function ensure_dockerd()
         if not started and not (pid and alive(pid)) then
             -- a pid file left by a dead dockerd makes the new one refuse to start
             os.remove("/var/run/docker.pid")
-            H.run("setsid nohup dockerd >> /tmp/dockerd.log 2>&1 < /dev/null &")
+            -- descriptors 3-9 closed: the caller's flock on /tmp/osb-docker.lock must not pass to dockerd,
+            -- which would hold the shared lock for its whole life (every other test run then waits forever)
+            H.run("setsid sh -c 'exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; exec nohup dockerd' "
+                .. ">> /tmp/dockerd.log 2>&1 < /dev/null &")
             started = true
         end
         H.sleep(0.3)
