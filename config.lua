@@ -48,6 +48,11 @@ return {
         -- header size), idle connection timeout (seconds), and how long a shutdown waits for requests
         -- in flight (seconds).
         max_connections = 4096,
+        -- Concurrent connections one client address may hold (TCP). A connection over it is closed at
+        -- accept, before any byte is read; the client's other connections and every other client are
+        -- served as usual. Behind a reverse proxy every client has the proxy's address: raise it, or set
+        -- false for no per-address limit.
+        max_connections_per_ip = 256,
         connection_memory = 16384,
         connection_timeout = 120,
         drain_timeout = 10,

@@ -55,6 +55,11 @@ function M.new(deps)
     self.config = deps.config
     self.failure_ttl = deps.failure_ttl or 3600
     self.hooks = deps.hooks
+    -- authentication is on (a key or tenants configured): the server proxy then needs a key or the
+    -- sandbox's capability, which endpoint replies hand out (views.lua)
+    local server = deps.config and deps.config.server or {}
+    self.proxy_auth = (type(server.api_key) == "string" and server.api_key:find("%S") ~= nil)
+        or (type(server.api_keys) == "table" and #server.api_keys > 0)
     self.records = {} -- id -> record (committed state)
     self.locks = {} -- id -> sync.lock
     self.provisioning = {} -- id -> sync.event, while provisioning runs
