@@ -12,7 +12,8 @@
 -- Authorization, Cookie, OPEN-SANDBOX-API-KEY and X-OpenSandbox-Proxy-Token; Host is set to the target;
 -- X-Forwarded-Proto/Host are added when the client did not send them; X-Forwarded-For is the client's
 -- value with the peer address appended (or the peer address alone). For an upgrade request (Connection:
--- upgrade + Upgrade), Upgrade and Connection: Upgrade are kept. The path after {port} and the raw query go upstream byte for byte.
+-- upgrade + Upgrade), Upgrade and Connection: Upgrade are kept. The path after {port} and the raw query
+-- go upstream byte for byte.
 local C = require("sandbox.constants")
 local errors = require("common.errors")
 local middleware = require("api.middleware")
