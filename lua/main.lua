@@ -100,6 +100,8 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
         agent_files = require("runtimes.agent_files").new({ root = core.paths.root, exe = core.paths.exe, log = log }),
         core = { free_tcp_port = core.free_tcp_port, uuid = uuid, now_s = core.now },
     })
+    require("api.respond").set_codes(runtime.codes) -- the runtime's names for the service's error codes
+
     local service, hooks_obj
     if cfg.hooks.dir ~= false then
         local herr

@@ -13,6 +13,16 @@ local M = {}
 
 M.JSON = "application/json"
 
+-- The runtime's names for the service's codes (e.g. KUBERNETES::SANDBOX_NOT_FOUND for
+-- DOCKER::SANDBOX_NOT_FOUND, as upstream's Kubernetes provider answers): the service speaks one vocabulary,
+-- and the runtime in use renames what differs. Set once at start-up (set_codes); empty for Docker.
+local renamed = {}
+
+--- Uses `codes` (a table code -> code, or nil) for every error rendered from now on.
+function M.set_codes(codes)
+    renamed = codes or {}
+end
+
 local function copy_headers(src, dst)
     if src then
         for k, v in pairs(src) do
@@ -40,7 +50,8 @@ function M.error(err)
     local headers = copy_headers(err.headers, {})
     headers["Content-Type"] = M.JSON
     -- messages may quote what the client sent (an id, a query segment): keep the JSON valid UTF-8
-    local body = json.encode({ code = err.code, message = json.valid_utf8(tostring(err.message or "")) })
+    local code = renamed[err.code] or err.code
+    local body = json.encode({ code = code, message = json.valid_utf8(tostring(err.message or "")) })
     return math.tointeger(err.status) or 500, headers, body
 end
 

@@ -24,6 +24,18 @@ M.DELETE_GRACE_SECONDS = 1 -- a sandbox's process gets SIGTERM, then SIGKILL a s
 M.LIST_PAGE = 100 -- pods per LIST request (one page of full Pod objects is held at a time)
 M.UNAVAILABLE_CODE = "KUBERNETES::UNAVAILABLE"
 M.INIT_ERROR_CODE = "KUBERNETES::INITIALIZATION_ERROR" -- upstream's code for a runtime that cannot start
+-- What this runtime calls the service's codes (runtimes contract: `codes`), as upstream's Kubernetes provider
+-- names them: a sandbox that is not there, a state that does not allow the operation, a failed API call,
+-- and a pod that could not be provisioned (the message says at which step).
+M.CODES = {
+    ["DOCKER::SANDBOX_NOT_FOUND"] = "KUBERNETES::SANDBOX_NOT_FOUND",
+    ["DOCKER::SANDBOX_NOT_RUNNING"] = "KUBERNETES::INVALID_STATE",
+    ["DOCKER::SANDBOX_NOT_PAUSED"] = "KUBERNETES::INVALID_STATE",
+    ["DOCKER::SANDBOX_DELETE_FAILED"] = "KUBERNETES::API_ERROR",
+    ["DOCKER::SANDBOX_IMAGE_PULL_FAILED"] = "KUBERNETES::POD_FAILED",
+    ["DOCKER::SANDBOX_START_FAILED"] = "KUBERNETES::POD_FAILED",
+    ["DOCKER::SANDBOX_EXECD_DISTRIBUTION_FAILED"] = "KUBERNETES::POD_FAILED",
+}
 M.GC_INTERVAL = 600 -- seconds between two collections of orphaned ConfigMaps and Secrets (leader only)
 M.DEFAULT_ORPHAN_GRACE = 300
 
@@ -43,6 +55,7 @@ function M.new(cfg, deps)
     local core = deps.core or {}
     return setmetatable({
         name = "kubernetes",
+        codes = M.CODES,
         capabilities = { pause = false }, -- pause/resume answer `unsupported` (see pause below)
         config = kcfg,
         log = deps.log,

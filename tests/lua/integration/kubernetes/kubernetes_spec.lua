@@ -86,7 +86,7 @@ describe("kubernetes runtime #integration #kubernetes", function()
         assert.are.equal(200, res and res.status)
         -- delete: the pod goes away
         assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
-        K.assert_error(K.call(srv, "GET", path(id)), 404, "DOCKER::SANDBOX_NOT_FOUND")
+        K.assert_error(K.call(srv, "GET", path(id)), 404, "KUBERNETES::SANDBOX_NOT_FOUND")
         assert.is_true(K.wait_pod_gone(id, 30), "pod still there after delete")
     end)
 
