@@ -250,12 +250,13 @@ describe("runtimes.docker: containers", function()
             json.decode(query_of(fake.requests[2].path).filters))
     end)
 
-    it("sees only its own instance's containers when docker.instance is set", function()
+    it("lists every server's containers, with their labels (the runtime picks its own)", function()
         local a, fake = make({ config = { instance = "blue" } })
-        fake:on("GET", "^/v1%.41/containers/json%?", { body = "[]" })
-        assert(a:list())
-        assert.are.same({ label = { "opensandbox.io/id", "opensandbox.io/instance=blue" } },
-            json.decode(query_of(fake.requests[1].path).filters))
+        fake:on("GET", "^/v1%.41/containers/json%?", { body = json.encode({
+            { Id = "c1", Labels = { ["opensandbox.io/id"] = "a", ["opensandbox.io/instance"] = "green" } } }) })
+        local list = assert(a:list())
+        assert.are.same({ label = { "opensandbox.io/id" } }, json.decode(query_of(fake.requests[1].path).filters))
+        assert.are.equal("green", list[1].labels["opensandbox.io/instance"])
     end)
 end)
 

@@ -223,7 +223,7 @@ local function make(opts)
         end,
     }
     local rt = docker_runtime.new({ docker = opts.docker or {}, runtime = opts.runtime or {} },
-        { engine = engine, log = log, agent_files = opts.files or FILES, core = core })
+        { engine = engine, log = log, agent_files = opts.files or FILES, core = core, identity = opts.identity })
     return rt, engine, log
 end
 
@@ -338,6 +338,7 @@ describe("runtimes.docker (runtime): provision", function()
             env = { { "FOO", "bar" } }, nano_cpus = 500000000, memory = 67108864, agent_port = 44772,
             access_token = "tok123", created_us = 1767225600000001, expires_us = 1767229200000001,
             metadata = { team = "infra" }, principal = "tenant-a", agent_volume = "opensandbox-agent-t1",
+            instance = "i1",
         }, cs)
         -- the volume is filled from the agent's files only, and labelled as the server's
         local entries = assert(tar.entries(engine.volume_tar))
@@ -693,6 +694,62 @@ describe("runtimes.docker (runtime): list", function()
         list, err = rt:list()
         assert.is_nil(list)
         assert.are.equal(down, err)
+    end)
+end)
+
+describe("runtimes.docker (runtime): ownership (servers sharing a daemon)", function()
+    local function c(id, instance)
+        return { id = "c-" .. id, labels = { ["opensandbox.io/id"] = id, ["opensandbox.io/instance"] = instance } }
+    end
+
+    local function listed(rt, engine)
+        for _, x in ipairs(engine.containers) do
+            engine.inspects[x.id] = { id = x.id, status = "running", labels = x.labels, host_ports = {} }
+        end
+        local out = {}
+        for _, e in ipairs(assert(rt:list())) do
+            out[#out + 1] = e.id .. (e.foreign and " foreign" or "")
+        end
+        return out
+    end
+
+    it("labels its containers with the store's identity, lists only those and unlabelled ones (foreign)", function()
+        local rt, engine = make({ identity = { server = "me-uuid", adopted = {} } })
+        assert(rt:provision(sandbox(), spec()))
+        assert.are.equal("me-uuid", engine.specs[1].instance)
+        engine.containers = { c("mine", "me-uuid"), c("theirs", "other-uuid"), c("old", nil) }
+        engine.calls = {}
+        assert.are.same({ "mine", "old foreign" }, listed(rt, engine))
+        -- another server's container is not even inspected
+        assert.are.equal(0, engine:count("inspect c-theirs"))
+    end)
+
+    it("docker.instance, when set, is the identity (an explicit shared name)", function()
+        local rt, engine = make({ docker = { instance = "blue" }, identity = { server = "me-uuid", adopted = {} } })
+        assert(rt:provision(sandbox(), spec()))
+        assert.are.equal("blue", engine.specs[1].instance)
+        engine.containers = { c("b", "blue"), c("mine", "me-uuid") }
+        assert.are.same({ "b" }, listed(rt, engine))
+    end)
+
+    it("takes over the identities named to adopt, and unlabelled containers only when told", function()
+        local rt, engine = make({ identity = { server = "me", adopted = { "gone-uuid", "unlabelled" } } })
+        engine.containers = { c("mine", "me"), c("taken", "gone-uuid"), c("theirs", "other"), c("old", nil) }
+        assert.are.same({ "mine", "taken", "old" }, listed(rt, engine))
+    end)
+
+    it("watches only its own containers' events", function()
+        local rt, engine = make({ identity = { server = "me", adopted = {} } })
+        engine.events_list = {
+            { action = "die", id = "c1", sandbox_id = "s1", instance = "other", exit_code = 0, time_nano = 1 },
+            { action = "die", id = "c2", sandbox_id = "s2", instance = "me", exit_code = 0, time_nano = 2 },
+            { action = "die", id = "c3", sandbox_id = "s3", exit_code = 0, time_nano = 3 },
+        }
+        local seen = {}
+        rt:watch(function(ch)
+            seen[#seen + 1] = ch.id
+        end)
+        assert.are.same({ "s2", "s3" }, seen)
     end)
 end)
 

@@ -279,7 +279,7 @@ describe("sandbox.store", function()
         assert.is_nil(b.handle)
         assert.is_nil(b.place)
         assert.equal(7, b.failed_us)
-        -- the Docker columns are gone, and the version is 2
+        -- the Docker columns are gone, and the version is the current one
         local rows = {}
         local st = assert(s.db:prepare("SELECT name FROM pragma_table_info('sandboxes')"))
         assert(st:execute())
@@ -290,6 +290,39 @@ describe("sandbox.store", function()
         assert.is_nil(rows.container_id)
         assert.is_nil(rows.host_ports)
         assert.is_true(rows.handle and rows.place)
-        assert.equal(2, store.SCHEMA_VERSION)
+        assert.equal(3, store.SCHEMA_VERSION)
+        -- version 3: a migrated store gets an identity at its first use, like a new one
+        assert.is_nil(s:meta("server_identity"))
+        assert.equal("id-1", s:identity(function() return "id-1" end))
+    end)
+
+    it("keeps the server's identity: made once, the same after a reopen", function()
+        s = assert(store.open(path))
+        local n = 0
+        local function new_id()
+            n = n + 1
+            return "uuid-" .. n
+        end
+        assert.equal("uuid-1", s:identity(new_id))
+        assert.equal("uuid-1", s:identity(new_id))
+        assert(s:set_meta("adopted", '["x"]'))
+        s:close()
+        s = assert(store.open(path))
+        assert.equal("uuid-1", s:identity(new_id))
+        assert.equal(1, n)
+        assert.equal('["x"]', s:meta("adopted"))
+        assert.is_nil(s:meta("missing"))
+    end)
+
+    it("remembers which principals proved access to an image repository", function()
+        s = assert(store.open(path))
+        assert.same({}, s:image_access("127.0.0.1:5055/osb/busybox"))
+        assert(s:grant_image_access("127.0.0.1:5055/osb/busybox", "team-a"))
+        assert(s:grant_image_access("127.0.0.1:5055/osb/busybox", "team-a"))
+        assert(s:grant_image_access("127.0.0.1:5055/osb/busybox", ""))
+        s:close()
+        s = assert(store.open(path))
+        assert.same({ ["team-a"] = true, [""] = true }, s:image_access("127.0.0.1:5055/osb/busybox"))
+        assert.same({}, s:image_access("127.0.0.1:5055/osb/other"))
     end)
 end)
