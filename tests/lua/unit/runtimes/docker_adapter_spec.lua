@@ -5,6 +5,7 @@ package.path = "tests/lua/unit/runtimes/?.lua;" .. package.path
 
 local docker = require("runtimes.docker.engine")
 local json = require("common.json")
+local timefmt = require("common.timefmt")
 local fake_client = require("support.fake_client")
 local registry_auth = require("runtimes.docker.registry_auth")
 
@@ -768,6 +769,33 @@ describe("runtimes.docker: agent volume", function()
             assert.are.equal(0, #fake:find("POST", "/volumes/create"))
             assert.are.equal(0, #fake:find("POST", "/containers/create"))
         end
+    end)
+
+    it("waits for another server's fill in progress (a young fill container) and takes its volume", function()
+        local a, fake = make({ sleep = function() end })
+        local young = timefmt.format(os.time() * 1000000 - 2000000)
+        fake:on("GET", VOL, { body = '{"Labels":{"opensandbox.io/agent":"true"}}' })
+        fake:on("GET", FILL, { status = 404, body = "{}" })
+        fake:on("GET", FILL, { body = json.encode({ Id = "theirs", Created = young }), times = 3 })
+        assert.is_true(a:ensure_volume("agent-v", "TAR", LABELS))
+        assert.are.equal(0, #fake:find("DELETE", "/containers/"))
+        assert.are.equal(0, #fake:find("DELETE", VOL))
+        assert.are.equal(0, #fake:find("POST", "/images/create"))
+    end)
+
+    it("waits for another server's fill when the fill container's name is taken under it", function()
+        local a, fake = make({ sleep = function() end })
+        fake:on("GET", VOL, { status = 404, body = "{}" })
+        fill_rules(fake)
+        fake:on("POST", "^/v1%.41/containers/create%?name=agent%-v%-fill$", { status = 409,
+            body = '{"message":"Conflict. The container name \\"/agent-v-fill\\" is already in use"}' })
+        fake:on("GET", FILL, { status = 404, body = "{}" })
+        fake:on("GET", FILL, { body = '{"Id":"theirs"}', times = 2 })
+        fake:on("GET", VOL, { body = '{"Labels":{"opensandbox.io/agent":"true"}}' })
+        fake:on("GET", VOL, { status = 404, body = "{}", times = 1 })
+        assert.is_true(a:ensure_volume("agent-v", "TAR", LABELS))
+        assert.are.equal(0, #fake:find("PUT", "/archive"))
+        assert.are.equal(0, #fake:find("DELETE", VOL), "the other server's volume is kept")
     end)
 
     it("removes the image and the volume when the fill container cannot be created", function()
