@@ -167,7 +167,7 @@ function Docker:provision(sandbox, spec)
         last = t
     end
     local uri = spec.image.uri
-    local ok, err = e:ensure_image(uri, spec.image.auth, spec.platform)
+    local ok, err = e:ensure_image(uri, spec.image.auth, spec.platform, spec.image.verify)
     step("image")
     if not ok then
         return failure("image", string.format("Failed to pull image '%s': %s", uri, msg(err)), err)

@@ -79,8 +79,8 @@ function FakeEngine:info()
     return answer(self:_call("info"), self.info_result)
 end
 
-function FakeEngine:ensure_image(uri)
-    return answer(self:_call("ensure_image", uri), true)
+function FakeEngine:ensure_image(uri, _, _, verify)
+    return answer(self:_call("ensure_image", uri .. (verify and " (verify)" or "")), true)
 end
 
 function FakeEngine:create_from_image(uri, _, _, create)
@@ -697,6 +697,16 @@ describe("runtimes.docker (runtime): list", function()
     end)
 end)
 
+describe("runtimes.docker (runtime): private images", function()
+    it("passes image.verify to the image step (a pull even when present)", function()
+        local rt, engine = make()
+        local sp = spec()
+        sp.image.verify = true
+        assert(rt:provision(sandbox(), sp))
+        assert.are.equal("ensure_image busybox:1 (verify)", engine.calls[1])
+    end)
+end)
+
 describe("runtimes.docker (runtime): ownership (servers sharing a daemon)", function()
     local function c(id, instance)
         return { id = "c-" .. id, labels = { ["opensandbox.io/id"] = id, ["opensandbox.io/instance"] = instance } }
@@ -902,7 +912,7 @@ describe("runtimes.docker (runtime): through the real engine on a fake Engine AP
         local rt = docker_runtime.new({ docker = { instance = "i1", agent_delivery = "volume" }, runtime = {} },
             { client = fake, log = new_log(), agent_files = FILES,
               core = { now_s = stepping_clock(), uuid = { v4 = function() return "u" end } } })
-        fake:on("GET", "^/v1%.41/images/busybox:1/json$", { body = "{}" })
+        fake:on("GET", "^/v1%.41/images/busybox:1/json$", { body = '{"RepoTags":["busybox:1"]}' })
         fake:on("GET", "^/v1%.41/volumes/opensandbox%-agent%-t1$", { status = 404,
             body = '{"message":"no such volume"}' })
         fake:on("POST", "^/v1%.41/images/create%?fromSrc=%-", { chunks = { '{"status":"sha256:1"}\n' } })
