@@ -60,13 +60,6 @@ describe("server identity on a shared daemon #integration #docker", function()
             local res = H.call(x[1], "POST", path(x[2], "/renew-expiration"), { expiresAt = H.iso(600) })
             assert.are.equal(200, res.status, res.body)
         end
-        -- each server's containers carry its own identity (a UUID, different per store)
-        local ida, idb = identity_of(a1), identity_of(b1)
-        assert.is_truthy(ida and ida:match("^%x+%-%x+%-%x+%-%x+%-%x+$"), tostring(ida))
-        assert.is_truthy(idb and idb:match("^%x+%-%x+%-%x+%-%x+%-%x+$"), tostring(idb))
-        assert.are_not.equal(ida, idb)
-        assert.are.equal(ida, identity_of(a2))
-
         -- a container of an older version (no identity label), complete enough to adopt
         local legacy = "legacy-" .. tostring(os.time())
         local out, ok = H.run(string.format("docker run -d --name osb-%s --label opensandbox.io/id=%s "
@@ -82,6 +75,12 @@ describe("server identity on a shared daemon #integration #docker", function()
         H.assert_error(H.call(b, "POST", path(a1, "/renew-expiration"), { expiresAt = H.iso(30) }), 404,
             "DOCKER::SANDBOX_NOT_FOUND")
         assert.are.same({ [a1] = "Running", [a2] = "Running" }, ids(a))
+        -- each server's containers carry its own identity (a UUID, different per store)
+        local ida, idb = identity_of(a1), identity_of(b1)
+        assert.is_truthy(ida and ida:match("^%x+%-%x+%-%x+%-%x+%-%x+$"), tostring(ida))
+        assert.is_truthy(idb and idb:match("^%x+%-%x+%-%x+%-%x+%-%x+$"), tostring(idb))
+        assert.are_not.equal(ida, idb)
+        assert.are.equal(ida, identity_of(a2))
 
         -- past the creation-time expiry of the labels: nobody removed a renewed sandbox
         while H.now() < created_at + 65 do
