@@ -101,10 +101,20 @@ return {
         pids_limit = 4096,
         -- OCI runtime for sandboxes, for example "runsc". nil: Docker's default.
         runtime = nil,
-        -- A name for this server's containers (label opensandbox.io/instance). Set it when several servers
-        -- share one Docker daemon: each then sees, adopts and removes only its own sandboxes.
-        -- nil: every container labelled opensandbox.io/id belongs to this server.
+        -- This server's name on the daemon: every container it makes carries it in the label
+        -- opensandbox.io/instance, and it lists, watches, adopts, expires and removes only containers that
+        -- carry it, so several servers can share one daemon. nil: the server's own identity, a UUID made
+        -- when its store is created and kept in it (logged at startup as "server identity"). Set a name to
+        -- give several stores one explicit shared identity, or to keep a name across a lost store.
         instance = nil,
+        -- Taking over another server's containers (its store was lost, or it is retired for good): the
+        -- identities to adopt, for example { "3f0c...-uuid" } (read it from a container: docker inspect
+        -- --format '{{index .Config.Labels "opensandbox.io/instance"}}' sandbox-ID). "unlabelled" adopts the
+        -- containers made before servers had identities (no opensandbox.io/instance label; without it a
+        -- server keeps only those it has records of). The same as `--adopt-instance ID` (repeatable). A
+        -- takeover is kept in the store: the containers stay this server's when the option is removed.
+        -- Never take over a server that still runs: both would then expire and remove the same sandboxes.
+        adopt_instances = {},
         -- How the agent gets into each sandbox (API.md §8.4): "volume" (the default) fills one read-only
         -- Docker volume per agent version, only from the server's own files (created with NoCopy, filled
         -- through an image imported from those files, never from a user's image), and mounts it at

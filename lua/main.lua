@@ -38,8 +38,10 @@ local function main()
     end
     if has_flag("--help") or has_flag("-h") then
         io.stdout:write([[
-usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version]
+usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-config] [--reload] [--version]
   --config PATH    configuration file (default: $SANDBOX_CONFIG_PATH, else ./config.lua)
+  --adopt-instance ID  take over the Docker containers of server identity ID (another server's, gone for
+                   good; "unlabelled": those made before identities); kept in the store (docker.adopt_instances)
   --check-config   validate the configuration and exit 0 (valid) or 1 (invalid)
   --reload         tell the running server (found through its pid file) to reload its hooks
 ]])
@@ -92,9 +94,27 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
         return die(serr, 1)
     end
 
+    -- this server's identity (made with the store, kept in it), and the identities it took over: a Docker
+    -- server touches only containers labelled with one of them
+    local identity, ierr = store:identity(uuid.v4)
+    if not identity then
+        return die("cannot read the server identity from the store: " .. tostring(ierr), 1)
+    end
+    local takeover = table.move(cfg.docker.adopt_instances or {}, 1, #(cfg.docker.adopt_instances or {}), 1, {})
+    for _, v in ipairs(config.values_from_args(core.argv, "adopt-instance")) do
+        takeover[#takeover + 1] = v
+    end
+    local adopted, aerr = store:adopt_instances(takeover)
+    if not adopted then
+        return die("cannot record the instances to adopt: " .. tostring(aerr), 1)
+    end
+    log.info("server identity", { identity = identity, docker_instance = cfg.docker.instance,
+        adopted_instances = #adopted > 0 and table.concat(adopted, ",") or nil })
+
     -- runtime and service
     client.configure({ max_host_connections = 16 })
     local runtime = require("runtimes").new(cfg, {
+        identity = { server = identity, adopted = adopted },
         client = client,
         log = log,
         agent_files = require("runtimes.agent_files").new({ root = core.paths.root, exe = core.paths.exe, log = log }),

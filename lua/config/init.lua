@@ -332,6 +332,19 @@ function M.path_from_args(argv)
     return nil
 end
 
+--- Every value of a repeatable option (`--name V` or `--name=V`) in an argument list, in order.
+function M.values_from_args(argv, name)
+    local out, flag = {}, "--" .. name
+    for i, a in ipairs(argv or {}) do
+        if a == flag and argv[i + 1] then
+            out[#out + 1] = argv[i + 1]
+        elseif a:sub(1, #flag + 1) == flag .. "=" then
+            out[#out + 1] = a:sub(#flag + 2)
+        end
+    end
+    return out
+end
+
 local function blank(s)
     return s == nil or not tostring(s):find("%S")
 end

@@ -55,9 +55,12 @@ M.sections = {
         seccomp_profile = { type = "string" },
         pids_limit = { type = "integer", default = 4096, min = 0, false_ok = true },
         runtime = { type = "string" },
-        -- a name for this server's containers (label opensandbox.io/instance): several servers can then
-        -- share one daemon without adopting or removing each other's sandboxes. nil: all labelled containers.
+        -- this server's name on the daemon (label opensandbox.io/instance on every container it makes);
+        -- nil: the identity kept in its store (a UUID made with the store). Servers see only their own.
         instance = { type = "string" },
+        -- identities whose containers this server takes over (another server's, gone for good; "unlabelled":
+        -- those made before servers had identities); kept in the store once taken. Also --adopt-instance.
+        adopt_instances = { type = "string_list", default = {} },
         -- how the agent gets into sandboxes: "archive" (uploaded into each container before it starts) or
         -- "volume" (one read-only volume with the bundle, mounted by every sandbox)
         agent_delivery = { type = "enum", values = { "archive", "volume" }, default = "volume" },

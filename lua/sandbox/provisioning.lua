@@ -3,6 +3,7 @@
 -- the hooks, the wait of other operations and what a failure becomes.
 local sync = require("common.sync")
 local model = require("sandbox.model")
+local image_access = require("sandbox.image_access")
 
 local P = {}
 
@@ -64,7 +65,19 @@ function P:provision(id, spec, name)
         platform = rec.platform,
         access_token = rec.access_token,
     }
+    -- a private image needs proof of access from this principal (sandbox.image_access)
+    local verify, repo, aerr = image_access.must_verify(self.store, rec.principal, spec)
+    if aerr then
+        self.log.error("cannot read image access from the store; asking the registry", { error = tostring(aerr) })
+    end
+    spec.image.verify = verify or nil
     local placed, err = self.runtime:provision(sandbox, spec)
+    if placed and verify then
+        local ok, gerr = image_access.granted(self.store, repo, rec.principal, true)
+        if not ok then
+            self.log.error("cannot record image access", { sandbox_id = id, error = tostring(gerr) })
+        end
+    end
     if not placed then
         local code = STEP_CODES[type(err) == "table" and err.step or ""] or INTERNAL
         return self:finish_provisioning(id, nil, model.provisioning_error_message(code,

@@ -106,7 +106,8 @@ function P:reconcile(startup)
                     self:refresh(rec, obs)
                 end
             end
-        elseif not self.provisioning[sid] and not had[sid] and obs.status and self:adoptable_now(obs.status) then
+        elseif not self.provisioning[sid] and not had[sid] and obs.status and self:adoptable_now(obs.status)
+            and not obs.foreign then -- (foreign: perhaps another server's, kept only for a record we have)
             -- (an object whose details could not be read is judged by a later sweep, not removed blind)
             local adopted = self:adopt(obs)
             if adopted and not startup then -- (at start-up every record's timer is armed below)

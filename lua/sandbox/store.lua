@@ -25,7 +25,7 @@ local M = {}
 local Store = {}
 Store.__index = Store
 
-local SCHEMA_VERSION = 2
+local SCHEMA_VERSION = 3
 
 -- Record fields and their column kinds: "text", "int" (exact 64-bit) or "json" (any JSON value).
 local COLUMNS = {
@@ -88,6 +88,16 @@ local MIGRATIONS = {
         "ALTER TABLE sandboxes DROP COLUMN host_ports",
         "ALTER TABLE sandboxes DROP COLUMN container_ip",
     },
+    -- 3: facts of the server rather than of one sandbox: `meta` (its identity, the identities it took over)
+    -- and which principals proved access to which image repositories (pulled with credentials).
+    {
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        [[CREATE TABLE image_access (
+            repository TEXT NOT NULL,         -- registry/path of an image pulled with credentials
+            principal  TEXT NOT NULL,         -- a principal that proved it may pull it ('' : none)
+            PRIMARY KEY (repository, principal)
+        )]],
+    },
 }
 
 local SQL_PUT, SQL_SELECT
@@ -104,6 +114,10 @@ end
 local SQL_GET = SQL_SELECT .. " WHERE id = ?"
 local SQL_ALL = SQL_SELECT .. " ORDER BY created_us DESC, id ASC"
 local SQL_DELETE = "DELETE FROM sandboxes WHERE id = ?"
+local SQL_META_GET = "SELECT value FROM meta WHERE key = ?"
+local SQL_META_PUT = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+local SQL_ACCESS_GET = "SELECT principal FROM image_access WHERE repository = ?"
+local SQL_ACCESS_PUT = "INSERT OR IGNORE INTO image_access (repository, principal) VALUES (?, ?)"
 
 ---------------------------------------------------------------------------------------------------------
 -- Statements
@@ -441,6 +455,102 @@ function Store:all()
         rows[i] = to_record(row)
     end
     return rows
+end
+
+--- The value kept under `key` in the server's own facts (a string); nil when there is none; nil, err.
+function Store:meta(key)
+    local st, err = run(self, SQL_META_GET, 1, key)
+    if not st then
+        return nil, err
+    end
+    local rows
+    rows, err = fetch_all(self, SQL_META_GET, st)
+    if not rows then
+        return nil, err
+    end
+    return rows[1] and rows[1].value or nil
+end
+
+--- Keeps `value` (a string) under `key`. Returns true or nil, err.
+function Store:set_meta(key, value)
+    local st, err = run(self, SQL_META_PUT, 2, key, value)
+    if not st then
+        return nil, err
+    end
+    return true
+end
+
+--- This server's identity: the one kept in the store, or `new_id()` kept now (the first start with this
+--- store). Returns the identity or nil, err.
+function Store:identity(new_id)
+    local id, err = self:meta("server_identity")
+    if id or err then
+        return id, err
+    end
+    id = new_id()
+    local ok, perr = self:set_meta("server_identity", id)
+    if not ok then
+        return nil, perr
+    end
+    return id
+end
+
+--- Adds `names` (identities of other servers whose containers this one takes over) to those kept in the
+--- store; returns every identity taken over so far (a sorted array), or nil, err.
+function Store:adopt_instances(names)
+    local text, err = self:meta("adopted_instances")
+    if err then
+        return nil, err
+    end
+    local set, list = {}, {}
+    for _, n in ipairs(text and json.decode(text) or {}) do
+        set[n] = true
+    end
+    local changed = false
+    for _, n in ipairs(names or {}) do
+        if not set[n] then
+            set[n], changed = true, true
+        end
+    end
+    for n in pairs(set) do
+        list[#list + 1] = n
+    end
+    table.sort(list)
+    if changed then
+        local ok, perr = self:set_meta("adopted_instances", json.encode(json.array(list)))
+        if not ok then
+            return nil, perr
+        end
+    end
+    return list
+end
+
+--- The principals that proved access to image repository `repo` (a set, principal -> true; empty when no
+--- image of it was pulled with credentials), or nil, err.
+function Store:image_access(repo)
+    local st, err = run(self, SQL_ACCESS_GET, 1, repo)
+    if not st then
+        return nil, err
+    end
+    local rows
+    rows, err = fetch_all(self, SQL_ACCESS_GET, st)
+    if not rows then
+        return nil, err
+    end
+    local set = {}
+    for _, row in ipairs(rows) do
+        set[row.principal] = true
+    end
+    return set
+end
+
+--- Records that `principal` proved access to image repository `repo`. Returns true or nil, err.
+function Store:grant_image_access(repo, principal)
+    local st, err = run(self, SQL_ACCESS_PUT, 2, repo, principal)
+    if not st then
+        return nil, err
+    end
+    return true
 end
 
 --- Closes the database. The store cannot be used afterwards.

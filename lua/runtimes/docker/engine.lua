@@ -505,14 +505,13 @@ function Adapter:inspect(cid)
     return mapping.normalize_inspect(doc, mapping.config_value(self.config, "network_mode"))
 end
 
+--- Every sandbox container on the daemon, whichever server made it (the runtime keeps its own, by the
+--- label opensandbox.io/instance):
 --- GET /containers/json?all=true&filters={"label":["opensandbox.io/id", ...extra]} -> array of
 --- `{ id, name, image, labels, state = "running"|..., status = state, status_text = "Up 2 minutes",
 --- created_s }`. `extra_labels` (optional) adds label filters such as "opensandbox.test=1".
 function Adapter:list(extra_labels)
     local label_filters = json.array({ mapping.LABEL_ID })
-    if self.config.instance then
-        label_filters[#label_filters + 1] = mapping.LABEL_INSTANCE .. "=" .. self.config.instance
-    end
     for _, l in ipairs(extra_labels or {}) do
         label_filters[#label_filters + 1] = l
     end
@@ -575,6 +574,7 @@ function M.parse_event(line)
         raw_action = action,
         id = actor.ID or doc.id,
         sandbox_id = attrs[mapping.LABEL_ID],
+        instance = attrs[mapping.LABEL_INSTANCE],
         exit_code = attrs.exitCode and math.tointeger(tonumber(attrs.exitCode)) or nil,
         time_nano = time_nano,
     }
@@ -587,9 +587,6 @@ end
 function Adapter:events(since_s, on_event, until_s)
     assert(type(on_event) == "function", "events: on_event required")
     local labels = json.array({ mapping.LABEL_ID })
-    if self.config.instance then
-        labels[#labels + 1] = mapping.LABEL_INSTANCE .. "=" .. self.config.instance
-    end
     local filters = json.encode({ type = json.array({ "container" }), label = labels })
     local path = "/events?filters=" .. urlencode(filters)
     local function ts(t)

@@ -66,4 +66,57 @@ function M.pull_key(ref)
     return from .. ":" .. tag
 end
 
+local HUB = { ["docker.io"] = true, ["index.docker.io"] = true, ["registry-1.docker.io"] = true }
+
+--- The repository `ref` names, in one spelling for every way of writing it: the registry host (lowercase;
+--- Docker Hub's aliases as "docker.io"), "/", the path (Docker Hub's one-word names under "library/").
+--- "busybox", "library/busybox" and "docker.io/library/busybox" are all "docker.io/library/busybox".
+function M.repository(ref)
+    local registry = ref.registry and ref.registry:lower() or "docker.io"
+    local path = ref.repository
+    if HUB[registry] then
+        registry = "docker.io"
+        if not path:find("/", 1, true) then
+            path = "library/" .. path
+        end
+    end
+    return registry .. "/" .. path
+end
+
+--- The names under which an image can be found, as Docker reports them in RepoTags ("name:tag") and
+--- RepoDigests ("name@sha256:..."), normalized with M.repository so that both spellings compare: the
+--- repository:tag (":latest" when there is neither a tag nor a digest) and the repository@digest of `ref`.
+function M.names(ref)
+    local out, repo = {}, M.repository(ref)
+    if ref.tag or not ref.digest then
+        out[#out + 1] = repo .. ":" .. (ref.tag or "latest")
+    end
+    if ref.digest then
+        out[#out + 1] = repo .. "@" .. ref.digest
+    end
+    return out
+end
+
+--- Whether an image whose RepoTags and RepoDigests are `tags` and `digests` (arrays of strings) carries a
+--- name of `ref`: false when Docker found it by something else, such as its ID ("sha256:…", or a prefix).
+function M.named_by(ref, tags, digests)
+    local have = {}
+    for _, list in ipairs({ tags or {}, digests or {} }) do
+        for _, n in ipairs(type(list) == "table" and list or {}) do
+            local r = type(n) == "string" and M.parse(n)
+            if r then
+                for _, name in ipairs(M.names(r)) do
+                    have[name] = true
+                end
+            end
+        end
+    end
+    for _, name in ipairs(M.names(ref)) do
+        if have[name] then
+            return true
+        end
+    end
+    return false
+end
+
 return M

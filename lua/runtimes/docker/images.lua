@@ -49,7 +49,7 @@ return function(Adapter, M, u)
         return true
     end
 
-    --- Makes sure the image `uri` is present: GET /images/{uri}/json, and on 404 a pull (with
+    --- Makes sure the image `uri` is present: GET /images/{uri}/json, and on 404 (or with `verify`) a pull (with
     --- X-Registry-Auth only when `auth = {username, password}` is given; `platform = {os, arch}` optional).
     --- Identical concurrent pulls are shared: a second caller waits for the first one's result, on an event
     --- (common.sync.event or the injected `new_event`) or else by polling every PULL_WAIT_STEP seconds.
@@ -100,24 +100,32 @@ return function(Adapter, M, u)
         return create()
     end
 
-    function Adapter:ensure_image(uri, auth, platform)
+    -- `verify`: pull even when the image is present, so that the registry checks `auth` (or the lack of it):
+    -- the caller has not proved yet that it may pull this image (API.md §8.5, private images).
+    -- An image found only by something that is not one of its names (its ID, "sha256:…" or a prefix of it,
+    -- which Docker also resolves) counts as absent and is pulled by that reference, which a registry refuses:
+    -- a reference must name what it runs, so that the check of private images by repository holds.
+    function Adapter:ensure_image(uri, auth, platform, verify)
         local ref, perr = imageref.parse(uri)
         if not ref then
             return nil, M.error("api", nil, perr)
         end
-        if self.present[present_key(uri, platform)] then
-            return true
-        end
-        local res, err = self:_request("GET", "/images/" .. uri .. "/json")
-        if not res then
-            return nil, err
-        end
-        if res.status == 200 then
-            self:_seen_present(uri, platform)
-            return true
-        end
-        if res.status ~= 404 then
-            return nil, http_error(res)
+        if not verify then
+            if self.present[present_key(uri, platform)] then
+                return true
+            end
+            local res, err = self:_request("GET", "/images/" .. uri .. "/json")
+            if not res then
+                return nil, err
+            end
+            local doc = res.status == 200 and json.decode(res.body or "")
+            if type(doc) == "table" and imageref.named_by(ref, doc.RepoTags, doc.RepoDigests) then
+                self:_seen_present(uri, platform)
+                return true
+            end
+            if res.status ~= 404 and res.status ~= 200 then
+                return nil, http_error(res)
+            end
         end
         local key = imageref.pull_key(ref) .. "\0" .. (platform and (platform.arch or "") or "")
             .. "\0" .. (auth and (auth.username .. "\0" .. auth.password) or "")

@@ -22,10 +22,18 @@ M.HTTP_PORT = mapping.HTTP_PORT
 local Docker = {}
 Docker.__index = Docker
 
+-- The value of docker.adopt_instances (and --adopt-instance) that takes over the containers made before
+-- servers had identities (no opensandbox.io/instance label).
+M.UNLABELLED = "unlabelled"
+
 --- A new Docker runtime. `cfg` is the whole validated configuration (this reads `docker` and `runtime`);
 --- deps = { client = core.client-like (required), log, agent_files = runtimes.agent_files object,
 ---          core = { free_tcp_port = fn(host) -> port | nil, err, uuid = core.uuid-like, now_s = fn } (optional),
+---          identity = { server = the store's identity, adopted = { identities taken over } } (optional),
 ---          engine = an engine to use instead of a new one (tests) }
+--- The server's containers are those labelled with its instance: docker.instance, else identity.server, or
+--- one of identity.adopted. With neither docker.instance nor identity.server (specs and tools only), every
+--- labelled container is taken for its own.
 function M.new(cfg, deps)
     local dcfg = cfg.docker or {}
     local engine = deps.engine or engine_mod.new({
@@ -36,7 +44,18 @@ function M.new(cfg, deps)
         config = dcfg,
     })
     local core = deps.core or {}
+    local ident = deps.identity or {}
+    local instance = (dcfg.instance ~= "" and dcfg.instance) or ident.server
+    local owned = {}
+    if instance then
+        owned[instance] = true
+    end
+    for _, name in ipairs(ident.adopted or {}) do
+        owned[name] = true
+    end
     local self = setmetatable({
+        instance = instance, -- written into the label of every container this server makes
+        owned = owned, -- instances whose containers are this server's (its own and those taken over)
         name = "docker",
         engine = engine,
         config = dcfg,
@@ -151,7 +170,7 @@ function Docker:provision(sandbox, spec)
         last = t
     end
     local uri = spec.image.uri
-    local ok, err = e:ensure_image(uri, spec.image.auth, spec.platform)
+    local ok, err = e:ensure_image(uri, spec.image.auth, spec.platform, spec.image.verify)
     step("image")
     if not ok then
         return failure("image", string.format("Failed to pull image '%s': %s", uri, msg(err)), err)
@@ -190,6 +209,7 @@ function Docker:provision(sandbox, spec)
         expires_us = sandbox.expires_us,
         metadata = sandbox.metadata,
         principal = sandbox.principal,
+        instance = self.instance,
     }
     if self.agent:uses_volume(self.delivery) then -- mount the shared agent volume, upload nothing
         local vol, verr = self.agent:volume()
@@ -310,9 +330,24 @@ local function identity_of(labels, info)
     return s
 end
 
---- Every sandbox container (of this server's instance, when docker.instance is set), inspected:
---- `{ id, handle, place, status, sandbox = identity | nil }`. A container removed between the list and its
---- inspection is left out; one whose inspection failed otherwise is listed with status and place nil.
+--- Whose container this is, by its labels: "own" (this server's instance, or one it took over), "foreign"
+--- (no instance label: made before servers had identities, by this server or another; the service keeps
+--- it only for a record it has, and never adopts or removes it otherwise), or nil (another server's).
+function Docker:ownership(labels)
+    local inst = labels and labels[mapping.LABEL_INSTANCE]
+    if not self.instance then
+        return "own"
+    end
+    if inst == nil or inst == "" then
+        return self.owned[M.UNLABELLED] and "own" or "foreign"
+    end
+    return self.owned[inst] and "own" or nil
+end
+
+--- Every sandbox container of this server (see ownership; another server's are left out before they are
+--- inspected), inspected: `{ id, handle, place, status, sandbox = identity | nil, foreign = true | nil }`.
+--- A container removed between the list and its inspection is left out; one whose inspection failed
+--- otherwise is listed with status and place nil.
 function Docker:list()
     local e = self.engine
     local containers, err = e:list()
@@ -322,18 +357,23 @@ function Docker:list()
     local out = {}
     for _, c in ipairs(containers) do
         local sid = c.labels and c.labels[mapping.LABEL_ID]
-        local info, ierr = e:inspect(c.id)
+        local whose = self:ownership(c.labels) -- nil: another server's, not ours to see
+        local foreign = whose == "foreign" or nil
+        local info, ierr
+        if whose then
+            info, ierr = e:inspect(c.id)
+        end
         if info then
             local port = tonumber(info.labels["opensandbox.io/execd-port"]) or M.AGENT_PORT
             if self.host_mode and sid then
                 self.agent_ports[port] = sid
             end
             out[#out + 1] = { id = sid, handle = c.id, place = place_of(info, port),
-                status = status(mapping.status_of(info)), sandbox = identity_of(info.labels, info) }
+                status = status(mapping.status_of(info)), sandbox = identity_of(info.labels, info), foreign = foreign }
         elseif rterrors.is(ierr, "unavailable") then
             return nil, ierr
-        elseif not rterrors.is(ierr, "not_found") then
-            out[#out + 1] = { id = sid, handle = c.id }
+        elseif whose and not rterrors.is(ierr, "not_found") then
+            out[#out + 1] = { id = sid, handle = c.id, foreign = foreign }
         end
     end
     return out
@@ -384,6 +424,9 @@ function Docker:watch(on_change)
     return self.engine:events(since, function(ev)
         if ev.time_nano then
             self.last_event_s = ev.time_nano // 1000000000 -- exact: a float division may round up a second
+        end
+        if not self:ownership({ [mapping.LABEL_INSTANCE] = ev.instance }) then
+            return -- another server's container
         end
         local change = self:change_of(ev)
         if change and change.id then

@@ -13,7 +13,8 @@ M.HTTP_PORT = 8080
 M.BOOTSTRAP = "/opt/opensandbox/bootstrap.sh"
 M.LABEL_PREFIX = "opensandbox.io/"
 M.LABEL_ID = "opensandbox.io/id"
--- Set when docker.instance is configured: servers sharing one daemon then see only their own containers.
+-- The identity of the server that made the container (docker.instance, else the UUID kept in its store):
+-- servers sharing one daemon see only their own containers.
 M.LABEL_INSTANCE = "opensandbox.io/instance"
 
 -- §8.5 and §9 defaults, used for keys the (already validated) config leaves nil.
@@ -121,7 +122,7 @@ function M.create_body(spec, config)
     end
 
     local labels = M.labels_for(spec)
-    local instance = cfg(config, "instance")
+    local instance = spec.instance or cfg(config, "instance")
     if instance then
         labels[M.LABEL_INSTANCE] = instance
     end

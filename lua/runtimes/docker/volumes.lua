@@ -69,6 +69,28 @@ return function(Adapter, M, u)
         return nil, http_error(res)
     end
 
+    -- Another server on the daemon may be filling the same volume at this moment (servers of one build share
+    -- the volume's name): its `{name}-fill` container then exists and is young. A fill takes about a second.
+    M.FILL_STALE_S = 120 -- a fill container older than this was left by a server that stopped mid-fill
+    M.FILL_WAIT_S = 60 -- how long to wait for another server's fill to end
+    M.FILL_POLL_S = 0.2
+
+    -- Waits for another server's fill of `name` to end; true when it did and left the volume complete.
+    function Adapter:_await_other_fill(name, fill_name, labels)
+        local deadline = os.time() + M.FILL_WAIT_S
+        repeat
+            local res = self:_request("GET", "/containers/" .. seg(fill_name) .. "/json")
+            if not res then
+                return false
+            end
+            if res.status == 404 then
+                return self:volume_state(name, labels) == "ours"
+            end
+            self:_sleep(M.FILL_POLL_S)
+        until os.time() > deadline
+        return false
+    end
+
     --- Makes sure the named volume exists and holds `tar_bytes` (extracted at /, so the archive's
     --- opt/opensandbox/... lands in the volume mounted at /opt/opensandbox). API.md §8.4: the volume is filled
     --- only from the server's own files. A new volume is created with `labels`, and filled through a created,
@@ -77,7 +99,9 @@ return function(Adapter, M, u)
     --- uploaded into it, and the container and the image are removed. A `{name}-fill` container left behind
     --- means the server stopped during a fill. Volumes are named after their content, so a complete one is
     --- never refilled. A volume of that name that is not complete (without `labels`: Docker made it, empty; or
-    --- with a fill container left) is removed and made again. Returns true, or nil, err.
+    --- with a fill container left) is removed and made again. A fill container younger than FILL_STALE_S, or
+    --- one whose name is taken while this fill creates it, is another server's fill in progress: this one
+    --- waits for it to end and takes its volume. Returns true, or nil, err.
     function Adapter:ensure_volume(name, tar_bytes, labels)
         local state, err = self:volume_state(name, labels)
         if not state then
@@ -95,6 +119,12 @@ return function(Adapter, M, u)
             end
             if res.status ~= 200 then
                 return nil, http_error(res)
+            end
+            local doc = decode_body(res)
+            local created = type(doc) == "table" and timefmt.parse_runtime(doc.Created)
+            if created and os.time() - created / 1e6 < M.FILL_STALE_S
+                and self:_await_other_fill(name, fill_name, labels) then
+                return true
             end
         end
         if state ~= "missing" then
@@ -131,7 +161,9 @@ return function(Adapter, M, u)
                 }),
             })
         end
+        local filled = false -- whether this fill got as far as its own container (else the volume may be another's)
         if res then
+            filled = true
             local doc = decode_body(res)
             local cid = doc and doc.Id or fill_name
             ok, err = self:put_archive(cid, tar_bytes)
@@ -140,6 +172,12 @@ return function(Adapter, M, u)
         end
         self:remove_image(image)
         if not res then
+            -- the fill container's name taken (409), or the shared fill image removed under it (404): another
+            -- server is filling the same volume now; its volume is as good as ours
+            local st = type(err) == "table" and err.status
+            if (st == 409 or st == 404) and not filled and self:_await_other_fill(name, fill_name, labels) then
+                return true
+            end
             self:_request("DELETE", "/volumes/" .. seg(name))
             return nil, err
         end

@@ -214,7 +214,7 @@ function Fake:list()
                 platform = s.platform, principal = s.principal, access_token = s.access_token }
         end
         out[#out + 1] = { id = obj.id, handle = handle, place = obj.place, status = obj.status or nil,
-            sandbox = identity }
+            sandbox = identity, foreign = obj.foreign }
     end
     table.sort(out, function(a, b)
         return a.handle < b.handle
@@ -282,6 +282,7 @@ function Fake:inject(obs)
         status = obs.status == nil and status("Running", "CONTAINER_RUNNING", "Sandbox container is running.")
             or obs.status,
         place = obs.place or { ip = "10.0.1." .. self.next_handle },
+        foreign = obs.foreign, -- listed as perhaps another server's (never adopted or removed)
     }
     return handle
 end

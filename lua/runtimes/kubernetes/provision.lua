@@ -142,7 +142,10 @@ return function(Kube, M, u)
             agent_configmap = cm,
             agent_has_execd = has_execd,
             pull_secret = secret,
-            image_pull_policy = self.config.image_pull_policy,
+            -- a caller that has not proved access to a private image (spec.image.verify, sandbox.image_access):
+            -- the kubelet asks the registry, with this pod's pull secret or none, even when the node has it
+            image_pull_policy = (spec.image.verify and self.config.image_pull_policy ~= "Never") and "Always"
+                or self.config.image_pull_policy,
             service_account = self.config.service_account,
             instance = self.instance,
             template = self.template or nil,

@@ -1,7 +1,7 @@
 -- Integration spec: durability and start-up restoration (API.md §6.4, §6.5) with real restarts of the
 -- server on the same state directory: renewed expiry and patched metadata survive, a sandbox that expired
 -- while the server was down is removed at start, a kill -9 during provisioning leaves nothing orphaned,
--- and a lost store is rebuilt from the container labels.
+-- and a lost store is rebuilt from the container labels (taking over the old identity explicitly).
 local H = require("lifecycle.helpers")
 
 describe("restarts #integration #docker", function()
@@ -105,9 +105,12 @@ describe("restarts #integration #docker", function()
         H.run("docker rm -f sandbox-" .. vanished)
         H.run("docker kill sandbox-" .. exited)
         H.run("docker pause sandbox-" .. paused)
-        -- a labelled container that cannot be adopted (no created-at, no expiry) is removed
+        -- a container of this server's (its identity label) that cannot be adopted (no created-at, no
+        -- expiry) is removed
+        local identity = H.inspect("sandbox-" .. paused).Config.Labels["opensandbox.io/instance"]
+        assert.is_string(identity)
         local out, ok = H.run("docker run -d --name osb-junk --label opensandbox.io/id=junk --label "
-            .. "opensandbox.test=1 " .. H.IMAGE .. " sleep 600")
+            .. "opensandbox.io/instance=" .. identity .. " --label opensandbox.test=1 " .. H.IMAGE .. " sleep 600")
         assert.is_true(ok, out)
 
         local srv2 = H.start({ dir = srv.dir })
@@ -178,8 +181,9 @@ describe("restarts #integration #docker", function()
         assert.are.equal(200, H.call(srv, "PATCH", path(id, "/metadata"), { later = "x" }).status)
         srv:stop()
         H.run("rm -rf " .. srv.dir .. "/state")
-
-        local srv2 = H.start({ dir = srv.dir })
+        -- the new store has a new identity: taking over the old one's containers is the operator's explicit act
+        local old_identity = H.inspect("sandbox-" .. id).Config.Labels["opensandbox.io/instance"]
+        local srv2 = H.start({ dir = srv.dir, config = { docker = { adopt_instances = { old_identity } } } })
         local sb = H.call(srv2, "GET", path(id)).json
         assert.is_table(sb, "adopted")
         assert.are.equal(res.json.createdAt, sb.createdAt)

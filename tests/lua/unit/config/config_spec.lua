@@ -380,3 +380,12 @@ describe("config.path_from_args", function()
         assert.is_nil(config.path_from_args({}))
     end)
 end)
+
+describe("config.values_from_args", function()
+    it("reads a repeatable option in both spellings, in order (--adopt-instance)", function()
+        assert.same({ "u1", "unlabelled", "u3" }, config.values_from_args({ "--config", "c.lua", "--adopt-instance",
+            "u1", "--adopt-instance=unlabelled", "--adopt-instance", "u3" }, "adopt-instance"))
+        assert.same({}, config.values_from_args({ "--config", "c.lua", "--adopt-instance" }, "adopt-instance"))
+        assert.same({}, config.values_from_args({ "--adopt-instancex=1" }, "adopt-instance"))
+    end)
+end)

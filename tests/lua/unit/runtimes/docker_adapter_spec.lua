@@ -5,6 +5,7 @@ package.path = "tests/lua/unit/runtimes/?.lua;" .. package.path
 
 local docker = require("runtimes.docker.engine")
 local json = require("common.json")
+local timefmt = require("common.timefmt")
 local fake_client = require("support.fake_client")
 local registry_auth = require("runtimes.docker.registry_auth")
 
@@ -250,19 +251,20 @@ describe("runtimes.docker: containers", function()
             json.decode(query_of(fake.requests[2].path).filters))
     end)
 
-    it("sees only its own instance's containers when docker.instance is set", function()
+    it("lists every server's containers, with their labels (the runtime picks its own)", function()
         local a, fake = make({ config = { instance = "blue" } })
-        fake:on("GET", "^/v1%.41/containers/json%?", { body = "[]" })
-        assert(a:list())
-        assert.are.same({ label = { "opensandbox.io/id", "opensandbox.io/instance=blue" } },
-            json.decode(query_of(fake.requests[1].path).filters))
+        fake:on("GET", "^/v1%.41/containers/json%?", { body = json.encode({
+            { Id = "c1", Labels = { ["opensandbox.io/id"] = "a", ["opensandbox.io/instance"] = "green" } } }) })
+        local list = assert(a:list())
+        assert.are.same({ label = { "opensandbox.io/id" } }, json.decode(query_of(fake.requests[1].path).filters))
+        assert.are.equal("green", list[1].labels["opensandbox.io/instance"])
     end)
 end)
 
 describe("runtimes.docker: images", function()
     it("does not pull an image that is present", function()
         local a, fake = make()
-        fake:on("GET", "^/v1%.41/images/.*/json$", { body = "{}" })
+        fake:on("GET", "^/v1%.41/images/.*/json$", { body = '{"RepoTags":["127.0.0.1:5000/a/b:1"]}' })
         assert.is_true(a:ensure_image("127.0.0.1:5000/a/b:1"))
         assert.are.equal(1, #fake.requests)
         assert.are.equal("/v1.41/images/127.0.0.1:5000/a/b:1/json", fake.requests[1].path)
@@ -270,7 +272,7 @@ describe("runtimes.docker: images", function()
 
     it("remembers an image seen present or pulled, until told to forget it", function()
         local a, fake = make()
-        fake:on("GET", "^/v1%.41/images/.*/json$", { body = "{}" })
+        fake:on("GET", "^/v1%.41/images/.*/json$", { body = '{"RepoTags":["busybox:1"]}' })
         assert.is_true(a:ensure_image("busybox:1"))
         assert.is_true(a:ensure_image("busybox:1"))
         assert.are.equal(1, #fake.requests)
@@ -293,6 +295,34 @@ describe("runtimes.docker: images", function()
         n = #fake.requests
         assert.is_nil(a:ensure_image("third:3"))
         assert.is_true(#fake.requests > n)
+    end)
+
+    it("pulls an image found only by its ID (not by one of its names), and any image when told to verify", function()
+        local a, fake = make()
+        fake:on("GET", "^/v1%.41/images/.*/json$", { body = json.encode({ Id = "sha256:" .. string.rep("a", 64),
+            RepoTags = { "127.0.0.1:5055/private/img:1" },
+            RepoDigests = { "127.0.0.1:5055/private/img@sha256:bb" } }) })
+        fake:on("POST", "^/v1%.41/images/create", { chunks = { '{"error":"pull access denied for sha256"}\n' } })
+        -- by ID, or by a prefix of it: Docker finds the image, but the reference does not name it
+        local ok, err = a:ensure_image("sha256:" .. string.rep("a", 64))
+        assert.is_nil(ok)
+        assert.matches("pull access denied", err.message)
+        assert.is_nil(a:ensure_image("aaaaaaaaaaaa"))
+        assert.are.equal(2, #fake:find("POST", "/images/create"))
+        -- by one of its names (a tag, or a digest): present
+        assert.is_true(a:ensure_image("127.0.0.1:5055/private/img:1"))
+        assert.is_true(a:ensure_image("127.0.0.1:5055/private/img@sha256:bb"))
+        assert.are.equal(2, #fake:find("POST", "/images/create"))
+        -- verify: pulled although present and remembered, with the caller's credentials only
+        local n = #fake.requests
+        ok = a:ensure_image("127.0.0.1:5055/private/img:1", nil, nil, true)
+        assert.is_nil(ok)
+        assert.are.equal(n + 1, #fake.requests, "no inspection: straight to the pull")
+        local pull = fake.requests[#fake.requests]
+        assert.is_nil(pull.headers["X-Registry-Auth"])
+        fake:on("POST", "^/v1%.41/images/create", { chunks = { '{"status":"Image is up to date"}\n' } })
+        assert.is_true(a:ensure_image("127.0.0.1:5055/private/img:1", { username = "u", password = "p" }, nil, true))
+        assert.is_string(fake.requests[#fake.requests].headers["X-Registry-Auth"])
     end)
 
     it("tells a create that failed because the image is gone from other failures", function()
@@ -319,7 +349,7 @@ describe("runtimes.docker: images", function()
             end
             return "cid-" .. creates
         end
-        fake:on("GET", "^/v1%.41/images/.*/json$", { body = "{}" }) -- present again (pulled by someone)
+        fake:on("GET", "^/v1%.41/images/.*/json$", { body = '{"RepoTags":["local/x:1"]}' }) -- present again
         assert.is_true(a:ensure_image("local/x:1")) -- seen present: remembered
         assert.are.equal("cid-2", a:create_from_image("local/x:1", nil, nil, create))
         assert.are.equal(2, #fake.requests, "the image was inspected again after the failed create")
@@ -767,6 +797,33 @@ describe("runtimes.docker: agent volume", function()
             assert.are.equal(0, #fake:find("POST", "/volumes/create"))
             assert.are.equal(0, #fake:find("POST", "/containers/create"))
         end
+    end)
+
+    it("waits for another server's fill in progress (a young fill container) and takes its volume", function()
+        local a, fake = make({ sleep = function() end })
+        local young = timefmt.format(os.time() * 1000000 - 2000000)
+        fake:on("GET", VOL, { body = '{"Labels":{"opensandbox.io/agent":"true"}}' })
+        fake:on("GET", FILL, { status = 404, body = "{}" })
+        fake:on("GET", FILL, { body = json.encode({ Id = "theirs", Created = young }), times = 3 })
+        assert.is_true(a:ensure_volume("agent-v", "TAR", LABELS))
+        assert.are.equal(0, #fake:find("DELETE", "/containers/"))
+        assert.are.equal(0, #fake:find("DELETE", VOL))
+        assert.are.equal(0, #fake:find("POST", "/images/create"))
+    end)
+
+    it("waits for another server's fill when the fill container's name is taken under it", function()
+        local a, fake = make({ sleep = function() end })
+        fake:on("GET", VOL, { status = 404, body = "{}" })
+        fill_rules(fake)
+        fake:on("POST", "^/v1%.41/containers/create%?name=agent%-v%-fill$", { status = 409,
+            body = '{"message":"Conflict. The container name \\"/agent-v-fill\\" is already in use"}' })
+        fake:on("GET", FILL, { status = 404, body = "{}" })
+        fake:on("GET", FILL, { body = '{"Id":"theirs"}', times = 2 })
+        fake:on("GET", VOL, { body = '{"Labels":{"opensandbox.io/agent":"true"}}' })
+        fake:on("GET", VOL, { status = 404, body = "{}", times = 1 })
+        assert.is_true(a:ensure_volume("agent-v", "TAR", LABELS))
+        assert.are.equal(0, #fake:find("PUT", "/archive"))
+        assert.are.equal(0, #fake:find("DELETE", VOL), "the other server's volume is kept")
     end)
 
     it("removes the image and the volume when the fill container cannot be created", function()

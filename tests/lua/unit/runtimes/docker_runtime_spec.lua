@@ -79,8 +79,8 @@ function FakeEngine:info()
     return answer(self:_call("info"), self.info_result)
 end
 
-function FakeEngine:ensure_image(uri)
-    return answer(self:_call("ensure_image", uri), true)
+function FakeEngine:ensure_image(uri, _, _, verify)
+    return answer(self:_call("ensure_image", uri .. (verify and " (verify)" or "")), true)
 end
 
 function FakeEngine:create_from_image(uri, _, _, create)
@@ -223,7 +223,7 @@ local function make(opts)
         end,
     }
     local rt = docker_runtime.new({ docker = opts.docker or {}, runtime = opts.runtime or {} },
-        { engine = engine, log = log, agent_files = opts.files or FILES, core = core })
+        { engine = engine, log = log, agent_files = opts.files or FILES, core = core, identity = opts.identity })
     return rt, engine, log
 end
 
@@ -338,6 +338,7 @@ describe("runtimes.docker (runtime): provision", function()
             env = { { "FOO", "bar" } }, nano_cpus = 500000000, memory = 67108864, agent_port = 44772,
             access_token = "tok123", created_us = 1767225600000001, expires_us = 1767229200000001,
             metadata = { team = "infra" }, principal = "tenant-a", agent_volume = "opensandbox-agent-t1",
+            instance = "i1",
         }, cs)
         -- the volume is filled from the agent's files only, and labelled as the server's
         local entries = assert(tar.entries(engine.volume_tar))
@@ -696,6 +697,72 @@ describe("runtimes.docker (runtime): list", function()
     end)
 end)
 
+describe("runtimes.docker (runtime): private images", function()
+    it("passes image.verify to the image step (a pull even when present)", function()
+        local rt, engine = make()
+        local sp = spec()
+        sp.image.verify = true
+        assert(rt:provision(sandbox(), sp))
+        assert.are.equal("ensure_image busybox:1 (verify)", engine.calls[1])
+    end)
+end)
+
+describe("runtimes.docker (runtime): ownership (servers sharing a daemon)", function()
+    local function c(id, instance)
+        return { id = "c-" .. id, labels = { ["opensandbox.io/id"] = id, ["opensandbox.io/instance"] = instance } }
+    end
+
+    local function listed(rt, engine)
+        for _, x in ipairs(engine.containers) do
+            engine.inspects[x.id] = { id = x.id, status = "running", labels = x.labels, host_ports = {} }
+        end
+        local out = {}
+        for _, e in ipairs(assert(rt:list())) do
+            out[#out + 1] = e.id .. (e.foreign and " foreign" or "")
+        end
+        return out
+    end
+
+    it("labels its containers with the store's identity, lists only those and unlabelled ones (foreign)", function()
+        local rt, engine = make({ identity = { server = "me-uuid", adopted = {} } })
+        assert(rt:provision(sandbox(), spec()))
+        assert.are.equal("me-uuid", engine.specs[1].instance)
+        engine.containers = { c("mine", "me-uuid"), c("theirs", "other-uuid"), c("old", nil) }
+        engine.calls = {}
+        assert.are.same({ "mine", "old foreign" }, listed(rt, engine))
+        -- another server's container is not even inspected
+        assert.are.equal(0, engine:count("inspect c-theirs"))
+    end)
+
+    it("docker.instance, when set, is the identity (an explicit shared name)", function()
+        local rt, engine = make({ docker = { instance = "blue" }, identity = { server = "me-uuid", adopted = {} } })
+        assert(rt:provision(sandbox(), spec()))
+        assert.are.equal("blue", engine.specs[1].instance)
+        engine.containers = { c("b", "blue"), c("mine", "me-uuid") }
+        assert.are.same({ "b" }, listed(rt, engine))
+    end)
+
+    it("takes over the identities named to adopt, and unlabelled containers only when told", function()
+        local rt, engine = make({ identity = { server = "me", adopted = { "gone-uuid", "unlabelled" } } })
+        engine.containers = { c("mine", "me"), c("taken", "gone-uuid"), c("theirs", "other"), c("old", nil) }
+        assert.are.same({ "mine", "taken", "old" }, listed(rt, engine))
+    end)
+
+    it("watches only its own containers' events", function()
+        local rt, engine = make({ identity = { server = "me", adopted = {} } })
+        engine.events_list = {
+            { action = "die", id = "c1", sandbox_id = "s1", instance = "other", exit_code = 0, time_nano = 1 },
+            { action = "die", id = "c2", sandbox_id = "s2", instance = "me", exit_code = 0, time_nano = 2 },
+            { action = "die", id = "c3", sandbox_id = "s3", exit_code = 0, time_nano = 3 },
+        }
+        local seen = {}
+        rt:watch(function(ch)
+            seen[#seen + 1] = ch.id
+        end)
+        assert.are.same({ "s2", "s3" }, seen)
+    end)
+end)
+
 describe("runtimes.docker (runtime): changes", function()
     local T = 1767225600123456789 -- ns
 
@@ -845,7 +912,7 @@ describe("runtimes.docker (runtime): through the real engine on a fake Engine AP
         local rt = docker_runtime.new({ docker = { instance = "i1", agent_delivery = "volume" }, runtime = {} },
             { client = fake, log = new_log(), agent_files = FILES,
               core = { now_s = stepping_clock(), uuid = { v4 = function() return "u" end } } })
-        fake:on("GET", "^/v1%.41/images/busybox:1/json$", { body = "{}" })
+        fake:on("GET", "^/v1%.41/images/busybox:1/json$", { body = '{"RepoTags":["busybox:1"]}' })
         fake:on("GET", "^/v1%.41/volumes/opensandbox%-agent%-t1$", { status = 404,
             body = '{"message":"no such volume"}' })
         fake:on("POST", "^/v1%.41/images/create%?fromSrc=%-", { chunks = { '{"status":"sha256:1"}\n' } })

@@ -255,6 +255,29 @@ describe("kubernetes runtime: provision", function()
         assert.equal("opensandbox-agent-abc", body.spec.volumes[1].configMap.name)
     end)
 
+    it("has the kubelet ask the registry (imagePullPolicy Always) for a caller that must prove access", function()
+        local function policy_of(rt_, verify, auth)
+            k.requests = {}
+            k:on("POST", "/secrets$", { status = 201, json = {} })
+            k:on("PATCH", "/secrets/", { json = {} })
+            created()
+            k:on("GET", "watch=1", one("MODIFIED", "101", RUNNING))
+            assert(rt_:provision(sandbox(), spec({ image = { uri = "registry.example.com/private/app:1",
+                auth = auth, verify = verify } })))
+            for _, r in ipairs(k.requests) do
+                if r.method == "POST" and r.path:find("/pods$") then
+                    return r.json.spec.containers[1].imagePullPolicy
+                end
+            end
+        end
+        assert.equal("IfNotPresent", policy_of(rt, nil, nil))
+        assert.equal("Always", policy_of(rt, true, nil))
+        assert.equal("Always", policy_of(rt, true, { username = "u", password = "pw" }))
+        -- an operator's Never (images preloaded, never pulled) stays Never
+        local never = connected(k, { image_pull_policy = "Never" })
+        assert.equal("Never", policy_of(never, true, nil))
+    end)
+
     it("creates the agent ConfigMap once per process when it is missing", function()
         rt.agent_ready = {}
         k:on("GET", "/configmaps/opensandbox%-agent%-abc$",

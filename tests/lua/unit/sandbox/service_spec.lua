@@ -566,6 +566,25 @@ describe("sandbox.service reconciliation", function()
         assert.are.equal(STATE.RUNNING, env.svc.records.unread.state)
     end)
 
+    it("neither adopts nor removes a foreign object (perhaps another server's), but keeps a record of it", function()
+        local env = S.env()
+        env.rt:inject({ id = "theirs", sandbox = identity("theirs"), foreign = true })
+        env.rt:inject({ id = "junk", foreign = true })
+        env:op("sweep")
+        assert.is_nil(env.svc.records.theirs)
+        assert.is_nil(env.svc.records.junk)
+        assert.are.equal(0, #env:calls("remove"))
+        assert.are.equal(2, env.rt:count())
+        -- a record of ours whose object is foreign (made before identities) is kept and refreshed
+        local id = env:running()
+        local handle = env.svc.records[id].handle
+        env.rt.objects[handle].foreign = true
+        env.rt.objects[handle].status = { state = STATE.PAUSED, reason = REASON.CONTAINER_PAUSED,
+            message = MESSAGE.PAUSED }
+        env:op("sweep")
+        assert.are.equal(STATE.PAUSED, env.svc.records[id].state)
+    end)
+
     it("removes a runtime object of ours without an identity to adopt", function()
         local env = S.env()
         local handle = env.rt:inject({ id = "orphan" })
