@@ -5,5 +5,6 @@ return {
     MAX_TIMER = 86400, -- a timer further out is re-checked after a day
     STORE_RETRY = 5, -- seconds between retries of facts the store refused (sandbox/state.lua)
     AGENT_PORT = 44772, -- the agent's port, as clients name it in endpoints (§7.1)
+    UNAVAILABLE_RETRY = 2, -- seconds between looks at an unreachable runtime while a provisioning waits for it
     LEAD_INTERVAL = 5, -- seconds between leadership checks, with a runtime that elects one (rt:lead)
 }
