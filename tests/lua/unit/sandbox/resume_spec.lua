@@ -109,13 +109,16 @@ describe("sandbox.service resumes provisioning after a crash", function()
         env.rt.crash_after = "image"
         local id = assert(env:create(spec())).id
         env:run()
-        local env2 = restart(env)
+        local env2 = restart(env, { hooks = true })
         local done
         env2:spawn(function()
             done = table.pack(env2.svc:delete(id))
         end)
         env2:run()
         assert.is_true(done[1])
+        assert.are.equal(2, #env2:calls("provision " .. id), "the delete waited for the resumed provisioning")
+        assert.are.same({ id .. " Pending->Running", id .. " Running->Stopping", id .. " Stopping->Deleted" },
+            env2.hooks.transitions)
         assert.is_nil(env2.svc.records[id])
         assert.are.equal(0, env2.rt:count(), "the object the resumption made is removed, not left behind")
     end)
