@@ -48,6 +48,11 @@ return {
         -- header size), idle connection timeout (seconds), and how long a shutdown waits for requests
         -- in flight (seconds).
         max_connections = 4096,
+        -- Concurrent connections one client address may hold (TCP). A connection over it is closed at
+        -- accept, before any byte is read; the client's other connections and every other client are
+        -- served as usual. Behind a reverse proxy every client has the proxy's address: raise it, or set
+        -- false for no per-address limit.
+        max_connections_per_ip = 256,
         connection_memory = 16384,
         connection_timeout = 120,
         drain_timeout = 10,
@@ -144,6 +149,9 @@ return {
         -- namespace without adopting or removing each other's sandboxes. nil: every pod labelled
         -- opensandbox.io/managed-by=opensandbox-server in the namespace belongs to this server.
         instance = nil,
+        -- Seconds an image-pull Secret of ours that no pod owns must be old before the replica holding the
+        -- Lease deletes it (a create that crashed between the Secret and its pod leaves one).
+        orphan_grace_seconds = 300,
     },
 
     store = {
@@ -168,8 +176,9 @@ return {
         --       },
         --   },
         config = {},
-        -- Budgets of one hook call: VM instructions, and growth of the Lua heap in MB. A hook that exceeds
-        -- one fails (500 HOOK::FAILED naming the hook); the server keeps serving.
+        -- Budgets of one hook call: VM instructions, and growth of the Lua heap in MB (the allocator refuses
+        -- past it, also inside one C call). A call also ends after 0.5 s of its own running time. A hook that
+        -- exceeds one fails (500 HOOK::FAILED naming the hook); the server keeps serving.
         instruction_budget = 10000000,
         memory_budget_mb = 64,
     },

@@ -48,6 +48,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -182,6 +183,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
     if (!c)
         return NULL;
     c->uri = strdup(uri);
+    c->uri_at = uri;
     if (!c->uri) {
         free(c);
         return NULL;
@@ -529,6 +531,34 @@ static enum MHD_Result framing_cb(void *cls, enum MHD_ValueKind kind, const char
     return MHD_YES;
 }
 
+/* Whether a request target (as the client sent it, before any decoding) holds a byte that no valid
+ * target has: a space, a control character (CR, LF, NUL, ...) or DEL. libmicrohttpd splits the
+ * request line at the first and last space and passes such bytes through, and the proxy forwards
+ * the target byte for byte, so `GET /a\rInjected: 1\r HTTP/1.1` would otherwise reach a backend as
+ * two lines. */
+static int bad_target(const char *uri)
+{
+    for (const unsigned char *p = (const unsigned char *)uri; *p; p++)
+        if (*p <= 0x20 || *p == 0x7f)
+            return 1;
+    return 0;
+}
+
+/* Whether the request line had a NUL inside its target. libmicrohttpd hands the target over as a C
+ * string, so a NUL cuts it short (`GET /a\0rest HTTP/1.1` arrives as "/a"). It keeps the request
+ * line in place, with the space before the version turned into the string's end: the version then
+ * starts right after the target, unless the target held a NUL. Only a version a little further on
+ * in the same line counts (any other layout is not judged). */
+static int nul_in_target(const struct reqctx *c, const char *version)
+{
+    size_t len = strlen(c->uri);
+    /* integer addresses: the two pointers need not point into one object */
+    uintptr_t v = (uintptr_t)version, u = (uintptr_t)c->uri_at;
+    if (!version || !c->uri_at || v <= u)
+        return 0;
+    return v - u > len + 1 && v - u <= len + 1 + 65536;
+}
+
 /* NULL when the request's body framing is unambiguous, else why not (and the status in *status). */
 static const char *framing_error(struct MHD_Connection *conn, unsigned int *status)
 {
@@ -563,7 +593,7 @@ static enum MHD_Result refuse_framing(struct reqctx *c, unsigned int status, con
         rid[2 * i + 1] = hexdigits[u[i] & 15];
     }
     rid[32] = '\0';
-    log_write(LOG_WARNING, rid, "request refused: ambiguous body framing", "reason", why, NULL);
+    log_write(LOG_WARNING, rid, "request refused at headers time", "reason", why, NULL);
     c->state = RS_QUEUED;
     struct MHD_Response *r = httpd_error_response(
         status == MHD_HTTP_BAD_REQUEST ? "GENERAL::BAD_REQUEST" : "GENERAL::NOT_IMPLEMENTED", why,
@@ -583,12 +613,14 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     struct reqctx *c = *con_cls;
     (void)cls;
     (void)url;
-    (void)version;
     (void)conn;
     if (!c)
         return MHD_NO; /* out of memory in on_uri */
     if (c->state == RS_HEADERS) {
         unsigned int st;
+        if (bad_target(c->uri) || nul_in_target(c, version))
+            return refuse_framing(c, MHD_HTTP_BAD_REQUEST,
+                                  "Request target contains a space or a control character.");
         const char *bad = framing_error(conn, &st);
         if (bad)
             return refuse_framing(c, st, bad);
@@ -1090,6 +1122,10 @@ static int l_listen(lua_State *L)
     H.conn_limit = (unsigned int)conn_limit;
     lua_Integer conn_memory = opt_int(L, "conn_memory", 16384);
     lua_Integer conn_timeout = opt_int(L, "conn_timeout", 120);
+    /* 0: no per-address limit. libmicrohttpd counts the connections of each client address (TCP
+     * only) and closes one over the limit at accept, before reading a byte, so one client cannot
+     * hold every connection of conn_limit. */
+    lua_Integer per_ip = opt_int(L, "conn_limit_per_ip", 0);
     lua_getfield(L, 1, "drain_timeout");
     H.drain_timeout = luaL_optnumber(L, -1, 10);
     lua_pop(L, 1);
@@ -1125,8 +1161,9 @@ static int l_listen(lua_State *L)
         0, NULL, NULL, on_access, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_URI_LOG_CALLBACK,
         on_uri, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)conn_limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)conn_memory,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)conn_timeout, MHD_OPTION_EXTERNAL_LOGGER,
-        mhd_logger, NULL, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)conn_timeout,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)(per_ip > 0 ? per_ip : 0),
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_END);
     if (!H.d) {
         close(fd);
         H.listen_fd = -1;

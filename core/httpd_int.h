@@ -35,6 +35,7 @@ struct reqctx {
     unsigned upload_done : 1;      /* the whole request body has been received (early requests) */
     unsigned proxied : 1;          /* http.proxy took over the response */
     char *uri;
+    const char *uri_at; /* where libmicrohttpd holds the raw target (to find a NUL in it) */
     buf_t body;
     task *t;                   /* the handler task while it runs */
     task *writer;              /* a task parked in s:write() */

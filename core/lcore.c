@@ -15,6 +15,9 @@
 
 #include <errno.h>
 #include <lauxlib.h>
+#include <malloc.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <signal.h>
 #include <string.h>
 #include <arpa/inet.h>
@@ -179,6 +182,17 @@ static int l_getpid(lua_State *L)
     return 1;
 }
 
+/* core.trim_memory(): hands freed heap memory back to the system (glibc's malloc_trim). A burst
+ * (hundreds of sandboxes provisioning at once, each with its own transfer and decoded objects)
+ * frees its memory afterwards, but glibc keeps most of it mapped, so the process's RSS stayed at
+ * the burst's peak; the service calls this after each sweep. Returns true when memory was released.
+ */
+static int l_trim_memory(lua_State *L)
+{
+    lua_pushboolean(L, malloc_trim(0));
+    return 1;
+}
+
 /* core.kill(pid, "HUP"|"TERM"|"INT"|0): sends a signal; returns true or nil, err. */
 static int l_kill(lua_State *L)
 {
@@ -231,12 +245,40 @@ static int l_on_signal(lua_State *L)
     return 0;
 }
 
+/* core.hmac_sha256(key, msg) -> 64 lowercase hex characters. OpenSSL's libcrypto (Debian
+ * libssl-dev), not a hand-written hash: the server proxy derives its per-sandbox capability with
+ * it. */
+static int l_hmac_sha256(lua_State *L)
+{
+    size_t klen, mlen;
+    const char *key = luaL_checklstring(L, 1, &klen);
+    const char *msg = luaL_checklstring(L, 2, &mlen);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    static const char hexd[] = "0123456789abcdef";
+    char out[2 * EVP_MAX_MD_SIZE];
+    if (!HMAC(EVP_sha256(), key, (int)klen, (const unsigned char *)msg, mlen, md, &mdlen))
+        return luaL_error(L, "hmac_sha256: libcrypto failed");
+    for (unsigned int i = 0; i < mdlen; i++) {
+        out[2 * i] = hexd[md[i] >> 4];
+        out[2 * i + 1] = hexd[md[i] & 15];
+    }
+    lua_pushlstring(L, out, 2 * (size_t)mdlen);
+    return 1;
+}
+
 int luaopen_core(lua_State *L)
 {
-    static const luaL_Reg fns[] = {{"now", l_now},       {"monotonic", l_monotonic},
-                                   {"stop", l_stop},     {"free_tcp_port", l_free_tcp_port},
-                                   {"getpid", l_getpid}, {"mkdirs", l_mkdirs},
-                                   {"kill", l_kill},     {"on_signal", l_on_signal},
+    static const luaL_Reg fns[] = {{"now", l_now},
+                                   {"monotonic", l_monotonic},
+                                   {"stop", l_stop},
+                                   {"free_tcp_port", l_free_tcp_port},
+                                   {"getpid", l_getpid},
+                                   {"mkdirs", l_mkdirs},
+                                   {"kill", l_kill},
+                                   {"trim_memory", l_trim_memory},
+                                   {"on_signal", l_on_signal},
+                                   {"hmac_sha256", l_hmac_sha256},
                                    {NULL, NULL}};
     luaL_newlib(L, fns);
     lua_pushstring(L, OSB_VERSION);

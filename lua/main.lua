@@ -135,6 +135,8 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
             spawn = spawn,
             timer = timer,
             uuid = uuid,
+            trim_memory = core.trim_memory,
+            hmac_sha256 = core.hmac_sha256,
         },
     })
     local n, lerr = service:load()
@@ -170,6 +172,7 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
         handler = handler,
         max_body = 1048576,
         conn_limit = cfg.server.max_connections,
+        conn_limit_per_ip = cfg.server.max_connections_per_ip or 0,
         conn_memory = cfg.server.connection_memory,
         conn_timeout = cfg.server.connection_timeout,
         drain_timeout = cfg.server.drain_timeout,

@@ -24,6 +24,14 @@
 #define EXECD_DEFAULT_PORT 44772
 #define EXECD_BODY_LIMIT (1024 * 1024)
 #define EXECD_OUT_HIGH (1024 * 1024) /* stop producing into a socket buffer above this */
+/* Connection limits (env overrides: EXECD_MAX_CONNS, EXECD_HEAD_TIMEOUT_MS, EXECD_IDLE_TIMEOUT_MS):
+ * at most this many client connections (one more is answered 503 and closed); a connection waiting
+ * for a request head (a new one, or kept alive between requests) is closed after HEAD_TIMEOUT; one
+ * that sends no body byte for IDLE_TIMEOUT while a request body is due is closed. Streams,
+ * downloads and proxy tunnels are not timed. */
+#define EXECD_MAX_CONNS 512
+#define EXECD_HEAD_TIMEOUT_MS 30000
+#define EXECD_IDLE_TIMEOUT_MS 60000
 
 enum ev_kind {
     EV_LISTEN,
@@ -60,6 +68,9 @@ struct conn {
     enum conn_state state;
     struct buf in, out;
     int peer_eof;
+    size_t head_scan; /* bytes of `in` already searched for the end of a head (no re-parse) */
+    int64_t
+        wait_since; /* monotonic ms: since when C_HEAD waits for a head, or C_BODY's last byte */
 
     /* the current request */
     struct http_req req;

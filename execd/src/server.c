@@ -49,6 +49,10 @@ static struct conn *g_conns;
 static struct ev g_listen_ev = {EV_LISTEN, NULL};
 static struct ev g_sig_ev = {EV_SIGNAL, NULL};
 static int g_stop;
+static int g_nconns; /* client connections open (not yet closed) */
+static long g_max_conns = EXECD_MAX_CONNS;
+static long g_head_timeout_ms = EXECD_HEAD_TIMEOUT_MS;
+static long g_idle_timeout_ms = EXECD_IDLE_TIMEOUT_MS;
 
 /* ---- time ---------------------------------------------------------------------------------- */
 
@@ -184,6 +188,8 @@ static void conn_request_done(struct conn *c)
     c->end_at = 0;
     c->watch_at = 0;
     c->state = c->keep_alive ? C_HEAD : C_CLOSING;
+    c->head_scan = 0;
+    c->wait_since = now_ms();
 }
 
 void conn_reply(struct conn *c, int status, const char *ctype, const char *body, size_t len,
@@ -355,6 +361,7 @@ void conn_close(struct conn *c)
     if (c->dead)
         return;
     c->dead = 1;
+    g_nconns--;
     cmd_conn_gone(c);
     proxy_free(c);
     files_upload_free(c);
@@ -655,18 +662,36 @@ static int body_step(struct conn *c)
     }
 }
 
+/* Whether `in` holds the end of a request head (CRLF CRLF). Only the bytes that arrived since the
+ * last call are searched (from 3 bytes back, for a terminator split across reads), so a client that
+ * trickles a large head costs each byte once, not a re-parse of the whole head per loop turn; the
+ * full parse runs once the end is there (or the head is too large to ever fit). */
+static int head_complete(struct conn *c)
+{
+    size_t i = c->head_scan > 3 ? c->head_scan - 3 : 0;
+    const char *p = c->in.data;
+
+    for (; i + 3 < c->in.len; i++)
+        if (p[i] == '\r' && p[i + 1] == '\n' && p[i + 2] == '\r' && p[i + 3] == '\n')
+            return 1;
+    c->head_scan = c->in.len;
+    return c->in.len >= HTTP_MAX_HEAD;
+}
+
 static void conn_process(struct conn *c)
 {
     while (!c->dead) {
         if (c->state == C_HEAD) {
             int rc;
-            if (!c->in.len) {
+            if (!c->in.len || c->head_scan == c->in.len || !head_complete(c)) {
                 if (c->peer_eof)
                     conn_close(c);
                 break;
             }
             rc = http_parse_head(c->in.data, c->in.len, &c->req);
             if (rc == 0) {
+                /* only empty lines so far (they are skipped before the request line) */
+                c->head_scan = c->in.len;
                 if (c->peer_eof)
                     conn_close(c);
                 break;
@@ -685,6 +710,8 @@ static void conn_process(struct conn *c)
                 break;
             }
             buf_consume(&c->in, (size_t)rc);
+            c->head_scan = 0;
+            c->wait_since = now_ms(); /* C_BODY: since the last byte */
             c->have_req = 1;
             request_begin(c);
             if (c->body_mode == BODY_UPLOAD && !c->err_status)
@@ -729,6 +756,8 @@ static void conn_read(struct conn *c)
         if (n > 0) {
             c->in.len += (size_t)n;
             c->in.data[c->in.len] = '\0';
+            if (c->state == C_BODY)
+                c->wait_since = now_ms();
             continue;
         }
         if (n == 0) {
@@ -770,6 +799,18 @@ static void accept_all(int lfd)
                 log_msg("accept: %s", strerror(errno));
             return;
         }
+        if (g_nconns >= g_max_conns) {
+            /* over the cap: a short answer the socket buffer takes at once, then close */
+            static const char busy[] =
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                "Connection: close\r\nContent-Length: 70\r\n\r\n"
+                "{\"code\":\"RUNTIME_ERROR\",\"message\":\"too many connections to the agent\"}";
+            ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)w;
+            shutdown(fd, SHUT_WR);
+            close(fd);
+            continue;
+        }
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         c = calloc(1, sizeof(*c));
         if (!c) {
@@ -782,11 +823,13 @@ static void accept_all(int lfd)
         c->ev.obj = c;
         c->events = EPOLLIN;
         c->keep_alive = 1;
+        c->wait_since = now_ms();
         if (loop_add(fd, EPOLLIN, &c->ev) < 0) {
             close(fd);
             free(c);
             continue;
         }
+        g_nconns++;
         c->next = g_conns;
         if (g_conns)
             g_conns->prev = c;
@@ -840,6 +883,18 @@ static int64_t conns_tick(int64_t now)
         }
         if (!c->dead && c->state == C_HEAD && c->in.len)
             conn_process(c);
+        /* a head that does not come (slowloris, an idle keep-alive) or a body that stalls */
+        if (!c->dead && (c->state == C_HEAD || c->state == C_BODY)) {
+            int64_t limit = c->state == C_HEAD ? g_head_timeout_ms : g_idle_timeout_ms;
+            if (c->out.len || c->file_fd >= 0) {
+                c->wait_since = now; /* still answering the previous request */
+            } else if (now - c->wait_since >= limit) {
+                conn_close(c);
+                continue;
+            }
+            if (c->wait_since + limit < next)
+                next = c->wait_since + limit;
+        }
     }
     return next;
 }
@@ -890,6 +945,19 @@ static int listen_on(int port)
     return fd;
 }
 
+/* A positive integer from the environment, or `def` when unset or invalid. */
+static long env_long(const char *name, long def)
+{
+    const char *v = getenv(name);
+    char *end;
+    long n;
+
+    if (!v || !*v)
+        return def;
+    n = strtol(v, &end, 10);
+    return *end || n < 1 ? def : n;
+}
+
 int main(int argc, char **argv)
 {
     const char *p = getenv("OPENSANDBOX_EXECD_PORT");
@@ -908,6 +976,9 @@ int main(int argc, char **argv)
         }
         g_port = (int)v;
     }
+    g_max_conns = env_long("EXECD_MAX_CONNS", g_max_conns);
+    g_head_timeout_ms = env_long("EXECD_HEAD_TIMEOUT_MS", g_head_timeout_ms);
+    g_idle_timeout_ms = env_long("EXECD_IDLE_TIMEOUT_MS", g_idle_timeout_ms);
     g_token = getenv("EXECD_ACCESS_TOKEN");
     if (g_token && !*g_token)
         g_token = NULL;

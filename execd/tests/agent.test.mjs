@@ -571,6 +571,107 @@ describe("local process", () => {
   });
 });
 
+// Connection limits (EXECD_MAX_CONNS, EXECD_HEAD_TIMEOUT_MS, EXECD_IDLE_TIMEOUT_MS) and the incremental
+// head parse, on a local agent started with small limits.
+describe("connection limits", () => {
+  const HEAD_MS = 1500;
+  let child, port, base, plain, plainPort;
+  const spawnAgent = async (p, env) => {
+    const c = spawn(BIN, [], { env: { ...process.env, OPENSANDBOX_EXECD_PORT: String(p), EXECD_ACCESS_TOKEN: TOKEN, ...env }, stdio: ["ignore", "inherit", "inherit"] });
+    await waitPing(`http://127.0.0.1:${p}`, { "X-EXECD-ACCESS-TOKEN": TOKEN });
+    return c;
+  };
+  // resolves with { data, closedAfterMs } when the server closes the connection (or after `ms`)
+  const watchClose = (sock, ms) => new Promise((resolve) => {
+    const t0 = Date.now();
+    let data = "";
+    const t = setTimeout(() => resolve({ data, closedAfterMs: null }), ms);
+    sock.on("data", (d) => (data += d.toString("latin1")));
+    sock.on("close", () => { clearTimeout(t); resolve({ data, closedAfterMs: Date.now() - t0 }); });
+    sock.on("error", () => {});
+  });
+  const connect = (p) => new Promise((resolve) => { const s = net.connect(p, "127.0.0.1", () => resolve(s)); });
+
+  before(async () => {
+    port = await freePort();
+    base = `http://127.0.0.1:${port}`;
+    child = await spawnAgent(port, { EXECD_MAX_CONNS: "8", EXECD_HEAD_TIMEOUT_MS: String(HEAD_MS), EXECD_IDLE_TIMEOUT_MS: String(HEAD_MS) });
+    plainPort = await freePort();
+    plain = await spawnAgent(plainPort, {});
+  });
+  after(() => {
+    child?.kill("SIGTERM");
+    plain?.kill("SIGTERM");
+  });
+
+  test("limits: a connection over EXECD_MAX_CONNS is answered 503 and closed; capacity comes back", async () => {
+    const held = [];
+    for (let i = 0; i < 8; i++) held.push(await connect(port));
+    await sleep(100);
+    const extra = await connect(port);
+    const r = await watchClose(extra, 1000);
+    assert.ok(r.closedAfterMs !== null, "the connection over the cap was left open");
+    assert.match(r.data, /^HTTP\/1\.1 503 /);
+    assert.deepEqual(JSON.parse(r.data.split("\r\n\r\n")[1]), { code: "RUNTIME_ERROR", message: "too many connections to the agent" });
+    for (const s of held) s.destroy();
+    await sleep(100);
+    const ok = await fetch(`${base}/ping`, { headers: { "X-EXECD-ACCESS-TOKEN": TOKEN } });
+    assert.equal(ok.status, 200);
+  });
+
+  test("limits: a head trickled byte by byte is cut at EXECD_HEAD_TIMEOUT_MS, and so is an idle keep-alive", async () => {
+    const slow = await connect(port);
+    slow.write("GET /ping HTTP/1.1\r\nHost: x\r\n");
+    const iv = setInterval(() => slow.writable && slow.write("X"), 100);
+    const r = await watchClose(slow, HEAD_MS + 3000);
+    clearInterval(iv);
+    assert.ok(r.closedAfterMs !== null, "a slowloris head was never cut");
+    assert.ok(r.closedAfterMs >= HEAD_MS - 200 && r.closedAfterMs < HEAD_MS + 1500, `closed after ${r.closedAfterMs} ms`);
+    // keep-alive: a request is answered, then the idle connection is closed after the same time
+    const ka = await connect(port);
+    const w = watchClose(ka, HEAD_MS + 3000);
+    ka.write(`GET /ping HTTP/1.1\r\nHost: x\r\nX-EXECD-ACCESS-TOKEN: ${TOKEN}\r\n\r\n`);
+    const k = await w;
+    assert.match(k.data, /^HTTP\/1\.1 200 /);
+    assert.ok(k.closedAfterMs !== null && k.closedAfterMs >= HEAD_MS - 200, `idle keep-alive closed after ${k.closedAfterMs} ms`);
+  });
+
+  test("limits: a request body that stalls is cut at EXECD_IDLE_TIMEOUT_MS", async () => {
+    const s = await connect(port);
+    s.write(`POST /command HTTP/1.1\r\nHost: x\r\nX-EXECD-ACCESS-TOKEN: ${TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"command":`);
+    const r = await watchClose(s, HEAD_MS + 3000);
+    assert.ok(r.closedAfterMs !== null && r.closedAfterMs >= HEAD_MS - 200 && r.closedAfterMs < HEAD_MS + 1500, `closed after ${r.closedAfterMs} ms`);
+  });
+
+  test("limits: partial heads held open cost no CPU per loop turn (each byte is searched once)", async () => {
+    // 40 connections each hold 60 KB of an unfinished head; 300 pings then drive the loop. Re-parsing
+    // every partial head on each loop turn costs seconds of CPU here; searching new bytes only, ~nothing.
+    const cpu = () => {
+      const f = fs.readFileSync(`/proc/${plain.pid}/stat`, "utf8").split(") ")[1].split(" ");
+      return (Number(f[11]) + Number(f[12])) * 10; // utime + stime, in ms (100 Hz ticks)
+    };
+    const held = [];
+    const filler = "GET /ping HTTP/1.1\r\n" + "X-Pad: " + "a".repeat(60 * 1024) + "\r\n";
+    for (let i = 0; i < 40; i++) {
+      const s = await connect(plainPort);
+      s.on("error", () => {});
+      s.write(filler);
+      held.push(s);
+    }
+    await sleep(300);
+    const c0 = cpu();
+    const t0 = Date.now();
+    for (let i = 0; i < 300; i++) {
+      const r = await fetch(`http://127.0.0.1:${plainPort}/ping`, { headers: { "X-EXECD-ACCESS-TOKEN": TOKEN } });
+      assert.equal(r.status, 200);
+    }
+    const used = cpu() - c0;
+    console.log(`  300 pings with 40 x 60 KB partial heads held: agent CPU ${used} ms, wall ${Date.now() - t0} ms`);
+    for (const s of held) s.destroy();
+    assert.ok(used < 400, `agent CPU ${used} ms for 300 pings`);
+  });
+});
+
 function dockerOk() {
   try {
     execFileSync("docker", ["version", "--format", "{{.Server.Version}}"], { stdio: "pipe" });

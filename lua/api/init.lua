@@ -81,8 +81,10 @@ function M.new(deps)
         docs = docs.new(deps),
         proxy = proxy.new(deps),
     })
-    local authenticate = middleware.authenticator(deps.keys or middleware.keys_from_config(deps.config),
+    local keys = deps.keys or middleware.keys_from_config(deps.config)
+    local authenticate = middleware.authenticator(keys,
         deps.auth_limiter or middleware.limiter_from_config(deps.config, deps.now))
+    local auth_on = #keys > 0
 
     local function handle(req, request_id)
         if middleware.is_preflight(req) then
@@ -114,12 +116,27 @@ function M.new(deps)
             end
             admin = err -- on success the authenticator's second value is the admin flag
         end
-        -- The proxy route needs no key, but a valid key still names its tenant: the proxy then only reaches
-        -- that tenant's sandboxes (an invalid or missing key proxies anonymously, as API.md allows).
-        if exempt and route.raw_body and req:header("OPEN-SANDBOX-API-KEY") then
-            local p, a = authenticate(req)
-            if p then
-                principal, admin = p, a
+        -- The proxy route (API.md §7.3). With no key configured it is open, as before. With keys (or
+        -- tenants), it needs a key that can see the sandbox (the proxy then only reaches that tenant's
+        -- sandboxes) or the sandbox's capability from an endpoint reply (checked by the proxy handler
+        -- against the sandbox named in the path).
+        local proxy_token
+        if exempt and route.raw_body and auth_on then
+            local token = req:header(proxy.TOKEN_HEADER)
+            local has_token = token ~= nil and token ~= ""
+            local key = req:header(middleware.API_KEY_HEADER)
+            if key and key ~= "" then
+                principal, err = authenticate(req)
+                if principal then
+                    admin = err
+                elseif not has_token then
+                    return respond.error(err)
+                end
+            end
+            if has_token then
+                proxy_token = token
+            elseif not principal then
+                return respond.error(errors.new(401, "MISSING_API_KEY", proxy.MISSING_CREDENTIALS))
             end
         end
         if req.body_too_large and not route.raw_body then
@@ -133,6 +150,7 @@ function M.new(deps)
             principal = principal,
             admin = admin,
             request_id = request_id,
+            proxy_token = proxy_token,
         }, lazy_ctx)
         local res
         res, err = bound[route.handler](ctx)

@@ -4,13 +4,26 @@
 -- address (the service's in-memory view, no Docker call), whether it is allowed, and which headers go
 -- upstream. The C core then streams both bodies and tunnels upgrades; this handler never sees the body.
 --
+-- Access: with no key configured the route is open; with keys, lua/api/init.lua lets through a request
+-- with a valid key (the sandbox must then be visible to it) or with X-OpenSandbox-Proxy-Token, which
+-- forward() checks against the sandbox's capability (views.lua P:proxy_token).
+--
 -- Header rules: hop-by-hop headers and every header named in Connection are dropped, and so are
--- Authorization, Cookie and OPEN-SANDBOX-API-KEY; Host is set to the target; X-Forwarded-For/Proto/Host are
--- added when the client did not send them. For an upgrade request (Connection: upgrade + Upgrade), Upgrade
+-- Authorization, Cookie, OPEN-SANDBOX-API-KEY and X-OpenSandbox-Proxy-Token; Host is set to the target;
+-- X-Forwarded-Proto/Host are added when the client did not send them; X-Forwarded-For is the client's
+-- value with the peer address appended (or the peer address alone). For an upgrade request (Connection: upgrade + Upgrade), Upgrade
 -- and Connection: Upgrade are kept. The path after {port} and the raw query go upstream byte for byte.
+local C = require("sandbox.constants")
 local errors = require("common.errors")
+local middleware = require("api.middleware")
 
 local M = {}
+
+M.TOKEN_HEADER = C.PROXY_TOKEN_HEADER
+M.MISSING_CREDENTIALS = "The server proxy needs an OPEN-SANDBOX-API-KEY that can see the sandbox, or the "
+    .. C.PROXY_TOKEN_HEADER .. " header of the sandbox's endpoint reply (GET /sandboxes/{id}/endpoints/{port}"
+    .. "?use_server_proxy=true)."
+M.INVALID_TOKEN = "The " .. C.PROXY_TOKEN_HEADER .. " header is not valid for this sandbox."
 
 local DROP = {
     connection = true,
@@ -24,6 +37,7 @@ local DROP = {
     authorization = true,
     cookie = true,
     ["open-sandbox-api-key"] = true,
+    [C.PROXY_TOKEN_HEADER:lower()] = true, -- the proxy's capability never reaches the sandbox
     ["content-length"] = true, -- the core writes the framing itself
     host = true,
 }
@@ -60,8 +74,19 @@ function M.upstream_headers(req, target_host)
         end
     end
     out[#out + 1] = { "Host", target_host }
-    if not seen["x-forwarded-for"] then
-        out[#out + 1] = { "X-Forwarded-For", req.remote_addr or "" }
+    -- X-Forwarded-For: the client's own value (a proxy chain in front of us) with the address the
+    -- connection really comes from appended, never only what the client claims
+    local xff = req:header("x-forwarded-for")
+    local peer = req.remote_addr or ""
+    if xff and xff:find("%S") then
+        for i = #out, 1, -1 do
+            if out[i][1]:lower() == "x-forwarded-for" then
+                table.remove(out, i)
+            end
+        end
+        out[#out + 1] = { "X-Forwarded-For", xff .. ", " .. peer }
+    else
+        out[#out + 1] = { "X-Forwarded-For", peer }
     end
     if not seen["x-forwarded-proto"] then
         out[#out + 1] = { "X-Forwarded-Proto", "http" }
@@ -88,6 +113,16 @@ function M.new(deps)
             return nil, errors.new(400, "DOCKER::INVALID_PORT", "Port must be between 1 and 65535.")
         end
         local svc = deps.service
+        if ctx.proxy_token then
+            -- the capability opens its one sandbox, whatever tenant a key sent with it names; checked in
+            -- constant time. A wrong one (an unknown sandbox answers the same) with no valid key: 401
+            local want = svc:proxy_token(ctx.params.id)
+            if want and middleware.constant_time_equal(ctx.proxy_token, want) then
+                ctx.admin = nil -- no tenant restriction for this sandbox (ctx.svc is built after this)
+            elseif not ctx.principal then
+                return nil, errors.new(401, "INVALID_API_KEY", M.INVALID_TOKEN)
+            end
+        end
         local target, err = svc:proxy_target(ctx.params.id, port, ctx.svc,
             { port = port, method = req.method, path = M.raw_tail(req.path) })
         if not target then

@@ -33,6 +33,7 @@ M.sections = {
         pending_failure_ttl = { type = "integer", default = 3600, min = 0 },
         docs_assets_dir = { type = "string" },
         max_connections = { type = "integer", default = 4096, min = 1 },
+        max_connections_per_ip = { type = "integer", default = 256, min = 1, false_ok = true },
         connection_memory = { type = "integer", default = 16384, min = 4096 },
         connection_timeout = { type = "number", default = 120, min = 0 },
         drain_timeout = { type = "number", default = 10, min = 0 },

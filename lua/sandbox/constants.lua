@@ -4,6 +4,8 @@ return {
     SWEEP_INTERVAL = 30, -- seconds between sweeps (§6.3)
     MAX_TIMER = 86400, -- a timer further out is re-checked after a day
     STORE_RETRY = 5, -- seconds between retries of facts the store refused (sandbox/state.lua)
+    -- the server proxy's per-sandbox capability header (§7.3), handed out in endpoint replies
+    PROXY_TOKEN_HEADER = "X-OpenSandbox-Proxy-Token",
     AGENT_PORT = 44772, -- the agent's port, as clients name it in endpoints (§7.1)
     UNAVAILABLE_RETRY = 2, -- seconds between looks at an unreachable runtime while a provisioning waits for it
     LEAD_INTERVAL = 5, -- seconds between leadership checks, with a runtime that elects one (rt:lead)

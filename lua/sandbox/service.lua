@@ -56,6 +56,11 @@ function M.new(deps)
     self.config = deps.config
     self.failure_ttl = deps.failure_ttl or 3600
     self.hooks = deps.hooks
+    -- authentication is on (a key or tenants configured): the server proxy then needs a key or the
+    -- sandbox's capability, which endpoint replies hand out (views.lua)
+    local server = deps.config and deps.config.server or {}
+    self.proxy_auth = (type(server.api_key) == "string" and server.api_key:find("%S") ~= nil)
+        or (type(server.api_keys) == "table" and #server.api_keys > 0)
     self.records = {} -- id -> record (committed state)
     self.locks = {} -- id -> sync.lock
     self.provisioning = {} -- id -> sync.event, while provisioning runs (or waits to resume)
@@ -285,6 +290,13 @@ function Service:start_background()
     end)
     self.sweeper = timer.every(C.SWEEP_INTERVAL, function()
         self:sweep()
+        local before_kb = collectgarbage("count")
+        if self.core.trim_memory then
+            -- what a burst freed goes back to the system (glibc keeps it mapped otherwise)
+            collectgarbage("collect")
+            self.core.trim_memory()
+        end
+        self.log.debug("swept", { lua_kb = math.floor(before_kb), lua_live_kb = math.floor(collectgarbage("count")) })
     end)
     if self.runtime.lead then
         self.core.spawn(function()

@@ -125,9 +125,17 @@ function P:endpoint(id, port, use_server_proxy, ctx)
     local agent_headers = { ["X-EXECD-ACCESS-TOKEN"] = rec.access_token }
     if use_server_proxy then
         local base = eip(self.config) or (ctx and ctx.host) or "127.0.0.1:8080"
+        local headers = port == C.AGENT_PORT and agent_headers or nil
+        -- with authentication on, the proxy wants a key that sees the sandbox or this capability; the
+        -- official SDKs send the reply's headers with every request to the endpoint
+        local cap = self.proxy_auth and self:proxy_token(id)
+        if cap then
+            headers = headers or {}
+            headers[C.PROXY_TOKEN_HEADER] = cap
+        end
         return {
             endpoint = string.format("%s/sandboxes/%s/proxy/%d", base, id, port),
-            headers = port == C.AGENT_PORT and agent_headers or nil,
+            headers = headers,
         }
     end
     local addr = self.runtime:address(rec, port, "public")
@@ -145,6 +153,19 @@ function P:endpoint(id, port, use_server_proxy, ctx)
     }
 end
 
+--- The server proxy's capability for sandbox `id` (API.md §7.3): HMAC-SHA256 of the id keyed with the
+--- sandbox's agent token. The token is random per sandbox and durable (store, runtime labels), so the
+--- capability survives restarts and adoption without a secret of its own, is worthless for any other
+--- sandbox, and ends with the sandbox. nil when the record is unknown or has no token.
+function P:proxy_token(id)
+    local rec = self.records[id]
+    local hmac = self.core and self.core.hmac_sha256
+    if not rec or type(rec.access_token) ~= "string" or rec.access_token == "" or not hmac then
+        return nil
+    end
+    return hmac(rec.access_token, "opensandbox-server-proxy:" .. id)
+end
+
 --- The target of the server proxy (§7.3): { host, port, record } or nil, err. Served from memory (no runtime
 --- call). `ctx` (tenancy) and `req` ({ port, method, path }) go to the on_proxy_request hooks, which may refuse
 --- or ask for renew-on-access ({ renew_seconds = n }: the expiry moves to now + n when less than half of n
@@ -160,6 +181,15 @@ function P:proxy_target(id, port, ctx, req)
     local addr = self.runtime:address(rec, port, "proxy")
     if not addr then
         return nil, self.not_running_error()
+    end
+    if self.runtime.proxy_check then
+        local checked, why = self.runtime:proxy_check(rec, port, addr)
+        if not checked then
+            return nil, errors.new(403, "SANDBOX::PROXY_PORT_FORBIDDEN", string.format(
+                "Port %d is not served by sandbox %s: the proxy reaches only the sandbox's agent and the ports "
+                .. "its own processes listen on%s.", port, id, why and ("; " .. why) or ""))
+        end
+        addr = checked
     end
     local target = { host = addr.host, port = addr.port, record = rec }
     if self.hooks then

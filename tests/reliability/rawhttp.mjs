@@ -5,11 +5,12 @@
 //       sends the bytes of FILE on one connection, reads until the server closes it or nothing arrives
 //       for IDLE_MS (default 1500). Prints {closed, data, statuses}: statuses are the status codes of the
 //       response heads found in data, in order.
-//   node rawhttp.mjs slowloris PORT CONNS SECONDS
+//   node rawhttp.mjs slowloris PORT CONNS SECONDS [SOURCE_ADDRESS]
 //       opens CONNS connections that each send a request line and then one header line per second,
 //       never finishing the head; meanwhile a fresh client asks GET /health every 250 ms. After SECONDS
 //       everything is closed. Prints {opened, openAtEnd, closedByServer, probes, probeFailures,
-//       probeMaxMs, probeP50Ms}.
+//       probeMaxMs, probeP50Ms}. With SOURCE_ADDRESS (e.g. 127.0.0.2) the slow connections come from that
+//       address while the probes keep coming from 127.0.0.1: two clients, for per-address limits.
 import net from "node:net";
 import fs from "node:fs";
 
@@ -74,7 +75,7 @@ function probe() {
     });
 }
 
-async function slowloris(conns, seconds) {
+async function slowloris(conns, seconds, source) {
     const socks = [];
     let opened = 0;
     let closedByServer = 0;
@@ -83,7 +84,7 @@ async function slowloris(conns, seconds) {
     const deadline = Date.now() + seconds * 1000;
     // open in batches of 100, so that the listen backlog is not what is being measured
     for (let i = 0; i < conns; i++) {
-        const s = net.connect(port, HOST, () => {
+        const s = net.connect({ port, host: HOST, ...(source ? { localAddress: source } : {}) }, () => {
             opened++;
             s.write("GET /health HTTP/1.1\r\nHost: slow\r\n");
         });
@@ -121,9 +122,9 @@ let out;
 if (mode === "exchange") {
     out = await exchange(rest[0], Number(rest[1] || 1500));
 } else if (mode === "slowloris") {
-    out = await slowloris(Number(rest[0]), Number(rest[1]));
+    out = await slowloris(Number(rest[0]), Number(rest[1]), rest[2]);
 } else {
-    console.error("usage: rawhttp.mjs exchange PORT FILE [IDLE_MS] | slowloris PORT CONNS SECONDS");
+    console.error("usage: rawhttp.mjs exchange PORT FILE [IDLE_MS] | slowloris PORT CONNS SECONDS [SOURCE]");
     process.exit(2);
 }
 process.stdout.write(JSON.stringify(out) + "\n");

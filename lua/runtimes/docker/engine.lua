@@ -465,6 +465,33 @@ function Adapter:remove(cid)
     return nil, http_error(res)
 end
 
+--- GET /containers/{cid}/top -> the host PIDs of the container's processes (an array of integers). Docker
+--- runs `ps -ef` on its host and keeps the container's lines; the PID column is found by its title.
+function Adapter:top_pids(cid)
+    local res, err = self:_expect("GET", "/containers/" .. seg(cid) .. "/top", OK200)
+    if not res then
+        return nil, err
+    end
+    local doc, derr = decode_body(res)
+    if not doc then
+        return nil, derr
+    end
+    local col
+    for i, t in ipairs(type(doc.Titles) == "table" and doc.Titles or {}) do
+        if t == "PID" then
+            col = i
+        end
+    end
+    local pids = {}
+    for _, row in ipairs(col and type(doc.Processes) == "table" and doc.Processes or {}) do
+        local pid = type(row) == "table" and math.tointeger(tonumber(row[col]))
+        if pid and pid > 0 then
+            pids[#pids + 1] = pid
+        end
+    end
+    return pids
+end
+
 --- GET /containers/{cid}/json -> the normalized inspect result (see mapping.normalize_inspect).
 function Adapter:inspect(cid)
     local res, err = self:_expect("GET", "/containers/" .. seg(cid) .. "/json", OK200)

@@ -9,6 +9,7 @@
 local engine_mod = require("runtimes.docker.engine")
 local mapping = require("runtimes.docker.mapping")
 local agent_mod = require("runtimes.docker.agent")
+local hostports = require("runtimes.docker.hostports")
 local rterrors = require("runtimes.errors")
 local json = require("common.json")
 local timefmt = require("common.timefmt")
@@ -44,6 +45,8 @@ function M.new(cfg, deps)
         host_mode = mapping.is_host_network(mapping.config_value(dcfg, "network_mode")),
         delivery = dcfg.agent_delivery or "volume",
         agent_ports = {}, -- agent port -> sandbox id (host mode: each sandbox has its own)
+        listen_cache = {}, -- host mode: container id -> { at = s, ports = { [port] = host } } (proxy_check)
+        listen_cached = 0,
         oom_seen = {}, -- container id -> true between an "oom" and its "die"
         last_event_s = nil, -- the watch resumes from here
     }, Docker)
@@ -489,6 +492,57 @@ function Docker:address(rec, port, from)
         return no_address()
     end
     return { host = host, port = agent, path = "/proxy/" .. port, agent = true }
+end
+
+-- host mode: how long a container's listening ports are reused, and how old they must be before a port
+-- not among them makes us look again (a service that just started listening is found at once)
+M.LISTEN_TTL = 2
+M.LISTEN_RECHECK = 0.2
+M.LISTEN_CACHE_MAX = 4096
+
+--- The server proxy's check of a target (`addr`, from address(rec, port, "proxy")): in host network mode
+--- the target is the host's loopback, so only the sandbox's agent and the ports a process of its container
+--- listens on may be reached (hostports.lua); the host returned is that listener's address. Bridge mode
+--- targets the container's own IP: nothing to check. Returns addr, or nil and a message. May yield.
+function Docker:proxy_check(rec, port, addr)
+    if not self.host_mode then
+        return addr
+    end
+    local place = rec.place or {}
+    if port == M.AGENT_PORT or (place.agent_port and port == place.agent_port) then
+        return addr
+    end
+    local now = self.core.now_s and self.core.now_s() or os.time()
+    local c = self.listen_cache[rec.handle]
+    if c and (c.ports[port] or now - c.at < M.LISTEN_RECHECK) and now - c.at < M.LISTEN_TTL then
+        return c.ports[port] and { host = c.ports[port], port = port } or nil, c.why
+    end
+    local pids, err = self.engine:top_pids(rec.handle)
+    local ports, why = {}, nil
+    if pids then
+        local readable
+        ports, readable = hostports.listening(pids)
+        if readable == 0 then
+            why = "the server cannot read the sandbox's processes in /proc (it needs the host's PID "
+                .. "namespace and the right to read their file descriptors)"
+            if self.log and self.log.warn then
+                self.log.warn("host-mode proxy: cannot see the container's sockets", { container = rec.handle })
+            end
+        end
+    else
+        why = "the sandbox's processes could not be listed: " .. tostring(err and err.message or err)
+    end
+    if self.listen_cached >= M.LISTEN_CACHE_MAX then
+        self.listen_cache, self.listen_cached = {}, 0
+    end
+    if not self.listen_cache[rec.handle] then
+        self.listen_cached = self.listen_cached + 1
+    end
+    self.listen_cache[rec.handle] = { at = now, ports = ports, why = why }
+    if ports[port] then
+        return { host = ports[port], port = port }
+    end
+    return nil, why
 end
 
 return M

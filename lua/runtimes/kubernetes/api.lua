@@ -247,6 +247,10 @@ function Api:_send(method, path, opts)
         timeout = opts.timeout or self.timeout,
         on_data = opts.on_data,
         tls = self.tls,
+        -- HTTP/2, multiplexed: every create's watch of its pod and the long namespace watch are streams on
+        -- a few shared connections (over HTTP/1.1 each held one of the host's capped connections, and a
+        -- burst of creates starved the other requests until they timed out)
+        http2 = self.server:find("^https://") ~= nil,
     })
     if not res then
         return nil, transport_error(err)

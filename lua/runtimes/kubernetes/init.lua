@@ -21,7 +21,7 @@ M.HTTP_PORT = mapping.HTTP_PORT
 M.DEFAULT_NAMESPACE = "default"
 M.DEFAULT_CREATE_TIMEOUT = 120
 M.DELETE_GRACE_SECONDS = 1 -- a sandbox's process gets SIGTERM, then SIGKILL a second later
-M.LIST_PAGE = 500
+M.LIST_PAGE = 100 -- pods per LIST request (one page of full Pod objects is held at a time)
 M.UNAVAILABLE_CODE = "KUBERNETES::UNAVAILABLE"
 M.INIT_ERROR_CODE = "KUBERNETES::INITIALIZATION_ERROR" -- upstream's code for a runtime that cannot start
 M.GC_INTERVAL = 600 -- seconds between two collections of orphaned ConfigMaps and Secrets (leader only)
@@ -344,50 +344,63 @@ local function id_of(pod)
     return labels and labels[mapping.LABEL_ID] or nil
 end
 
---- Every pod of this server (of this instance, with kubernetes.instance): one LIST (more pages past
---- M.LIST_PAGE pods). Remembers its resourceVersion, where the next watch starts. A pod being deleted is
---- listed as Stopping and without identity (never adopted).
+-- one listed pod: its entry, what is known of it, and the little the collection of orphans needs
+local function list_entry(pod, out, known, lite)
+    local meta = type(pod.metadata) == "table" and pod.metadata or {}
+    local id = id_of(pod)
+    local st = status(mapping.status_of(pod))
+    local identity = nil
+    if not meta.deletionTimestamp then
+        identity = mapping.identity_of(pod)
+    end
+    local ip = mapping.ip_of(pod)
+    out[#out + 1] = { id = id, handle = meta.name, place = { ip = ip }, status = st, sandbox = identity }
+    if meta.name then
+        known[meta.name] = { id = id, status = st, expires_us = identity and identity.expires_us, ip = ip }
+    end
+    local volumes = {}
+    local spec = type(pod.spec) == "table" and pod.spec or {}
+    for _, v in ipairs(type(spec.volumes) == "table" and spec.volumes or {}) do
+        if type(v) == "table" and type(v.configMap) == "table" and v.configMap.name then
+            volumes[#volumes + 1] = { configMap = { name = v.configMap.name } }
+        end
+    end
+    lite[#lite + 1] = { metadata = { name = meta.name, uid = meta.uid, labels = { [mapping.LABEL_ID] = id } },
+        spec = { volumes = volumes } }
+end
+
+--- Every pod of this server (of this instance, with kubernetes.instance): one LIST per M.LIST_PAGE pods.
+--- Each page is turned into entries before the next is asked for, so only one page of full Pod objects
+--- is held at a time (a Pod is kilobytes of JSON: 500 at once made the server's memory peak at twice its
+--- size). Remembers its resourceVersion, where the next watch starts. A pod being deleted is listed as
+--- Stopping and without identity (never adopted).
 function Kube:list()
     local selector = mapping.selector(self.instance)
-    local items, rv, cont = {}, nil, nil
+    local out, known, lite = {}, {}, {}
+    local rv, cont, done = nil, nil, false
     repeat
         local path = self:_path("pods") .. api_mod.query({ { "labelSelector", selector },
             { "limit", tostring(M.LIST_PAGE) }, { "continue", cont } })
         local doc, err = self.api:get(path)
         if not doc then
             if api_mod.is_gone(err) and cont then -- the continue token expired: list again from the start
-                items, cont = {}, nil
+                out, known, lite, cont = {}, {}, {}, nil
             else
                 return nil, err
             end
         else
-            for _, p in ipairs(type(doc.items) == "table" and doc.items or {}) do
-                items[#items + 1] = p
+            for _, pod in ipairs(type(doc.items) == "table" and doc.items or {}) do
+                list_entry(pod, out, known, lite)
             end
             local meta = type(doc.metadata) == "table" and doc.metadata or {}
             rv = meta.resourceVersion or rv
             cont = type(meta.continue) == "string" and meta.continue ~= "" and meta.continue or nil
+            done = cont == nil
         end
-    until not cont and doc
-    local out, known = {}, {}
-    for _, pod in ipairs(items) do
-        local meta = type(pod.metadata) == "table" and pod.metadata or {}
-        local id = id_of(pod)
-        local st = status(mapping.status_of(pod))
-        local identity = nil
-        if not meta.deletionTimestamp then
-            identity = mapping.identity_of(pod)
-        end
-        out[#out + 1] = { id = id, handle = meta.name, place = { ip = mapping.ip_of(pod) }, status = st,
-            sandbox = identity }
-        if meta.name then
-            known[meta.name] = { id = id, status = st, expires_us = identity and identity.expires_us,
-                ip = mapping.ip_of(pod) }
-        end
-    end
+    until done
     self.known = known
     self.resource_version = rv
-    self:_collect_orphans(items)
+    self:_collect_orphans(lite)
     return out
 end
 

@@ -65,11 +65,14 @@ describe("engine #integration", function()
             local res = assert(srv:request("GET", p))
             assert.are_not.equal(401, res.status, p)
         end
-        -- a proxy-shaped path is exempt, one with '..' (even encoded) is not
+        -- a proxy-shaped path takes the key or the sandbox's capability (its own 401 message names both);
+        -- one with '..' (even encoded) needs the key
         local res = assert(srv:request("GET", "/v1/sandboxes/abc/proxy/8080/x"))
-        assert.are_not.equal(401, res.status)
+        assert.are.equal(401, res.status)
+        assert.truthy(res.body:find("X-OpenSandbox-Proxy-Token", 1, true), res.body)
         res = assert(srv:request("GET", "/v1/sandboxes/abc/proxy/8080/%2e%2e/x"))
         assert.are.equal(401, res.status)
+        assert.is_nil(res.body:find("X-OpenSandbox-Proxy-Token", 1, true), res.body)
     end)
 
     it("sets X-Request-ID on every response, echoing a valid one", function()

@@ -123,22 +123,25 @@ describe("tenants #integration #docker", function()
         assert.are.equal(204, F.call(srv, "admin", "DELETE", path(id)).status)
     end)
 
-    describe("the server proxy (auth-exempt by path shape)", function()
+    describe("the server proxy (a key that sees the sandbox, or its capability)", function()
         local function proxy(id, headers)
             local res, err = srv:request("GET", "/v1/sandboxes/" .. id .. "/proxy/44772/ping", { headers = headers })
             assert(res, err)
             return res
         end
 
-        it("404 for an unknown id, with or without a key", function()
+        it("404 for an unknown id with a key, 401 without one", function()
             local unknown = "00000000-0000-4000-8000-000000000001"
             local res = proxy(unknown)
+            assert.are.equal(401, res.status, res.body)
+            assert.truthy(res.body:find("MISSING_API_KEY", 1, true), res.body)
+            res = proxy(unknown, { ["OPEN-SANDBOX-API-KEY"] = F.KEYS.a })
             assert.are.equal(404, res.status, res.body)
             assert.are.same({ code = "DOCKER::SANDBOX_NOT_FOUND", message = "Sandbox " .. unknown .. " not found." },
                 F.json.decode(res.body))
         end)
 
-        it("a tenant's key limits the proxy to its own sandboxes; without a key it proxies anonymously",
+        it("a tenant's key limits the proxy to its own sandboxes; without a key it needs the capability",
             function()
                 local ep = F.call(srv, "a", "GET", path(a_id, "/endpoints/44772"))
                 local token = ep.json.headers["X-EXECD-ACCESS-TOKEN"]
@@ -152,11 +155,16 @@ describe("tenants #integration #docker", function()
                 -- the admin key reaches every sandbox
                 res = proxy(a_id, { ["OPEN-SANDBOX-API-KEY"] = F.KEYS.admin, ["X-EXECD-ACCESS-TOKEN"] = token })
                 assert.are.equal(200, res.status, res.body)
-                -- no key at all: the route is auth-exempt (API.md §1.2), so the request is forwarded and only
-                -- the agent's token guards it
+                -- no key: the server refuses (401 MISSING_API_KEY), even with the agent's token
                 res = proxy(a_id, {})
                 assert.are.equal(401, res.status, res.body)
+                assert.truthy(res.body:find("MISSING_API_KEY", 1, true), res.body)
                 res = proxy(a_id, { ["X-EXECD-ACCESS-TOKEN"] = token })
+                assert.are.equal(401, res.status, res.body)
+                assert.truthy(res.body:find("MISSING_API_KEY", 1, true), res.body)
+                -- the capability of the owner's endpoint reply (use_server_proxy=true) opens it without a key
+                ep = F.call(srv, "a", "GET", path(a_id, "/endpoints/44772?use_server_proxy=true"))
+                res = proxy(a_id, ep.json.headers)
                 assert.are.equal(200, res.status, res.body)
             end)
     end)

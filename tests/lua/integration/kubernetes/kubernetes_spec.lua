@@ -121,6 +121,42 @@ describe("kubernetes runtime #integration #kubernetes", function()
         assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
     end)
 
+    it("multiplexes its requests: 20 creates at once share a few HTTP/2 connections to the apiserver", function()
+        local srv = K.start({ instance = "mux" }) -- its own pods only
+        local api_port = assert(assert(io.open(K.cluster(), "r")):read("a"):match("server:%s*https://[^:]+:(%d+)"))
+        local script = K.run("mktemp /tmp/osb-test.XXXXXX"):gsub("%s+$", "")
+        local body = K.json.encode(K.body())
+        local f = assert(io.open(script, "w"))
+        -- 20 POSTs at once from the shell, then count the server's connections to the apiserver while their
+        -- pods start (each create holds a watch of its pod until it runs)
+        f:write(string.format([[
+for i in $(seq 1 20); do
+  curl -s -o /dev/null -H 'Content-Type: application/json' -d '%s' http://127.0.0.1:%d/v1/sandboxes &
+done
+wait
+max=0
+for i in $(seq 1 20); do
+  n=$(ss -tnpH state established "( dport = :%s )" | grep -c "pid=%d,")
+  [ "$n" -gt "$max" ] && max=$n
+  sleep 0.1
+done
+echo $max
+]], body, srv.port, api_port, srv.pid))
+        f:close()
+        local out = K.run("bash " .. script)
+        os.remove(script)
+        local max = assert(tonumber(out), out)
+        assert.is_true(max >= 1 and max <= 4, max .. " connections to the apiserver during 20 creates")
+        local list = K.call(srv, "GET", "/v1/sandboxes?pageSize=50")
+        assert.are.equal(20, #list.json.items)
+        for _, sb in ipairs(list.json.items) do
+            K.wait_state(srv, sb.id, "Running", 120)
+        end
+        for _, sb in ipairs(list.json.items) do
+            assert.are.equal(204, K.call(srv, "DELETE", path(sb.id)).status)
+        end
+    end)
+
     it("makes a pull Secret for image.auth that the pod owns, and the garbage collector deletes it", function()
         local srv = K.start()
         local id = K.create_running(srv, { image = { uri = K.IMAGE, auth = { username = "u", password = "p" } } })
@@ -202,6 +238,29 @@ describe("kubernetes runtime #integration #kubernetes", function()
         assert.are.equal("Sandbox container exited with code 3.", sb.status.message)
         assert.are.equal(204, K.call(srv, "DELETE", path(ok_id)).status)
         assert.are.equal(204, K.call(srv, "DELETE", path(bad_id)).status)
+    end)
+
+    it("reports an OOM kill and an eviction by the kubelet as Failed, with the reason", function()
+        -- the operator's pod template adds an ephemeral-storage limit to the sandbox container
+        local dir = K.run("mktemp -d /tmp/osb-test.XXXXXX"):gsub("%s+$", "")
+        local f = assert(io.open(dir .. "/template.yaml", "w"))
+        f:write("spec:\n  containers:\n  - name: sandbox\n    resources:\n      limits:\n"
+            .. "        ephemeral-storage: 10Mi\n")
+        f:close()
+        local srv = K.start({ pod_template_file = dir .. "/template.yaml" })
+        local hog = K.create(srv, { entrypoint = { "sh", "-c", "sleep 2; dd if=/dev/zero of=/big bs=1M count=40; "
+            .. "sleep 600" } })
+        local oom = K.create(srv, { entrypoint = { "sh", "-c", "sleep 2; x=a; while true; do x=$x$x; done" },
+            resourceLimits = { memory = "16Mi" } })
+        local sb = K.wait_state(srv, oom, "Failed", 90)
+        assert.truthy(sb.status.message:find("OOM", 1, true) or sb.status.message:find("137", 1, true),
+            sb.status.message)
+        sb = K.wait_state(srv, hog, "Failed", 120)
+        assert.truthy(sb.status.message:find("evicted", 1, true), sb.status.message)
+        assert.truthy(sb.status.message:find("ephemeral", 1, true), sb.status.message)
+        assert.are.equal(204, K.call(srv, "DELETE", path(hog)).status)
+        assert.are.equal(204, K.call(srv, "DELETE", path(oom)).status)
+        K.run("rm -rf " .. K.quote(dir))
     end)
 
     it("fails provisioning of an image the node does not have, and leaves no pod", function()

@@ -46,14 +46,25 @@ end
 
 --- curl(srv, method, path, o): o.headers (table name -> value), o.body (string), o.body_file (path),
 --- o.chunked (send the body with Transfer-Encoding: chunked), o.args (extra curl arguments string),
---- o.timeout (seconds, default 30), o.out (write the body to this file instead of reading it).
+--- o.timeout (seconds, default 30), o.out (write the body to this file instead of reading it). The headers
+--- of P.defaults (a spec sets it, e.g. its API key) are sent too, unless o.anon or o.headers names them.
+P.defaults = nil
 function P.curl(srv, method, path, o)
     o = o or {}
     local dir = srv.dir
     local hdr, out = dir .. "/h.txt", o.out or (dir .. "/b.bin")
     local args = { "curl", "-sS", "--path-as-is", "-D", P.q(hdr), "-o", P.q(out), "-X", P.q(method), "-H",
         P.q("Expect:") }
+    local send = {}
+    if not o.anon then
+        for name, value in pairs(P.defaults or {}) do
+            send[name] = value
+        end
+    end
     for name, value in pairs(o.headers or {}) do
+        send[name] = value
+    end
+    for name, value in pairs(send) do
         args[#args + 1] = "-H " .. P.q(name .. ": " .. value)
     end
     local body_file = o.body_file
@@ -151,7 +162,8 @@ function P.wait_ready(srv, key, id, timeout)
         local res = P.api(srv, key, "GET", "/v1/sandboxes/" .. id)
         last = res.body
         if res.status == 200 and res.json.status.state == "Running" then
-            local r = P.curl(srv, "GET", "/sandboxes/" .. id .. "/proxy/8080/", { timeout = 5 })
+            local r = P.curl(srv, "GET", "/sandboxes/" .. id .. "/proxy/8080/", { timeout = 5,
+                headers = { ["OPEN-SANDBOX-API-KEY"] = key } })
             if r.status == 200 and r.body == "ws-echo ok" then
                 return true
             end

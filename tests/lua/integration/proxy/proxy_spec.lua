@@ -34,6 +34,9 @@ describe("server proxy #integration #docker", function()
         assert(P.wait_docker(180), "Docker daemon not reachable")
         P.ensure_image()
         -- its own instance name: servers of other specs on the same daemon leave these sandboxes alone
+        -- proxy requests carry the key unless a test says otherwise (with a key configured the proxy
+        -- needs it, or the sandbox's capability: see "auth and paths")
+        P.defaults = { ["OPEN-SANDBOX-API-KEY"] = KEY }
         srv = server.start({ config = { server = { api_key = KEY },
             docker = { instance = "proxy-spec-" .. os.time() .. "-" .. math.random(1e6) } } })
         id = P.create_echo(srv, KEY)
@@ -47,6 +50,7 @@ describe("server proxy #integration #docker", function()
     end)
 
     teardown(function()
+        P.defaults = nil
         if srv then
             P.delete_created()
             srv:stop()
@@ -87,7 +91,8 @@ describe("server proxy #integration #docker", function()
         end)
 
         it("serves 64 concurrent requests", function()
-            local out = P.sh(string.format("seq 1 64 | xargs -P 32 -I{} curl -s --max-time 20 -o /dev/null " ..
+            local out = P.sh(string.format("seq 1 64 | xargs -P 32 -I{} curl -s -H 'OPEN-SANDBOX-API-KEY: "
+                .. KEY .. "' --max-time 20 -o /dev/null " ..
                 "-w '%%{http_code}\\n' %s", P.q(srv.base .. px("/bytes?n=100000&i={}"))))
             local n = 0
             for code in out:gmatch("%d+") do
@@ -138,7 +143,8 @@ describe("server proxy #integration #docker", function()
             local base = P.rss(srv.pid)
             local n = 200 * 1024 * 1024
             local cmd = string.format(
-                "curl -sS --limit-rate 50M --max-time 20 -o /dev/null -w '%%{size_download} %%{exitcode}' %s" ..
+                "curl -sS -H 'OPEN-SANDBOX-API-KEY: " .. KEY .. "' --limit-rate 50M --max-time 20 -o /dev/null "
+                .. "-w '%%{size_download} %%{exitcode}' %s" ..
                 " > %s 2>&1 & c=$!; while kill -0 $c 2>/dev/null; do ps -o rss= -p %d; sleep 0.2; done; wait $c",
                 P.q(srv.base .. px("/bytes?n=" .. n)), P.q(srv.dir .. "/dl.txt"), srv.pid)
             local samples = P.sh(cmd)
@@ -160,7 +166,8 @@ describe("server proxy #integration #docker", function()
 
         it("delivers SSE events one by one", function()
             local out = P.sh(string.format(
-                "curl -sS -N --max-time 10 %s | while IFS= read -r l; do echo \"$(date +%%s.%%N) $l\"; done",
+                "curl -sS -N -H 'OPEN-SANDBOX-API-KEY: " .. KEY .. "' --max-time 10 %s | while IFS= read -r l; "
+                .. "do echo \"$(date +%%s.%%N) $l\"; done",
                 P.q(srv.base .. px("/sse"))))
             local times = {}
             for t, data in out:gmatch("([%d.]+) data: ([^\n]*)") do
@@ -177,7 +184,8 @@ describe("server proxy #integration #docker", function()
         it("tunnels a WebSocket: text, binary, 200 KiB, ping, close", function()
             for _, v1 in ipairs({ false, true }) do
                 local url = "ws://127.0.0.1:" .. srv.port .. px("/ws?room=1", v1)
-                local r = P.ws(url, { "Authorization: Bearer secret", "Cookie: a=b" })
+                local r = P.ws(url, { "Authorization: Bearer secret", "Cookie: a=b",
+                    "OPEN-SANDBOX-API-KEY: " .. KEY })
                 assert.is_true(r.ok, json.encode(r))
                 assert.are.equal(101, r.status)
                 assert.is_true(r.accept_ok)
@@ -194,7 +202,7 @@ describe("server proxy #integration #docker", function()
         end)
 
         it("a WebSocket request the backend does not upgrade is relayed as a normal response", function()
-            local r = P.ws("ws://127.0.0.1:" .. srv.port .. px("/not-ws"))
+            local r = P.ws("ws://127.0.0.1:" .. srv.port .. px("/not-ws"), { "OPEN-SANDBOX-API-KEY: " .. KEY })
             assert.is_false(r.ok)
             assert.are.equal(404, r.status)
         end)
@@ -258,7 +266,8 @@ describe("server proxy #integration #docker", function()
         end)
 
         it("drops headers named in any of several Connection lines of the client", function()
-            local out = srv:raw("GET " .. px("/headers") .. " HTTP/1.1\r\nHost: x\r\nConnection: X-A\r\n" ..
+            local out = srv:raw("GET " .. px("/headers") .. " HTTP/1.1\r\nHost: x\r\nOPEN-SANDBOX-API-KEY: " .. KEY
+                .. "\r\nConnection: X-A\r\n" ..
                 "Connection: X-B, close\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\n", 3)
             assert.truthy(out:find("^HTTP/1.1 200"), out)
             assert.truthy(out:find("\nX-C: 3\n", 1, true), out)
@@ -266,15 +275,46 @@ describe("server proxy #integration #docker", function()
             assert.is_nil(out:find("X-B:", 1, true), out)
         end)
 
-        it("keeps X-Forwarded-* the client sent", function()
-            local r = P.curl(srv, "GET", px("/headers"), { headers = { ["X-Forwarded-For"] = "10.1.2.3",
-                ["X-Forwarded-Proto"] = "https", ["X-Forwarded-Host"] = "example.com" } })
-            local n = select(2, r.body:gsub("X%-Forwarded%-For:", ""))
-            assert.are.equal(1, n, r.body)
-            assert.truthy(r.body:find("X-Forwarded-For: 10.1.2.3\n", 1, true), r.body)
-            assert.truthy(r.body:find("X-Forwarded-Proto: https\n", 1, true), r.body)
-            assert.truthy(r.body:find("X-Forwarded-Host: example.com\n", 1, true), r.body)
-        end)
+        it("keeps X-Forwarded-Proto/Host the client sent and appends the real peer to its X-Forwarded-For",
+            function()
+                local r = P.curl(srv, "GET", px("/headers"), { headers = { ["X-Forwarded-For"] = "10.1.2.3",
+                    ["X-Forwarded-Proto"] = "https", ["X-Forwarded-Host"] = "example.com" } })
+                local n = select(2, r.body:gsub("X%-Forwarded%-For:", ""))
+                assert.are.equal(1, n, r.body)
+                -- a client cannot pass itself off as 10.1.2.3: the address it connects from comes last
+                assert.truthy(r.body:find("X-Forwarded-For: 10.1.2.3, 127.0.0.1\n", 1, true), r.body)
+                assert.truthy(r.body:find("X-Forwarded-Proto: https\n", 1, true), r.body)
+                assert.truthy(r.body:find("X-Forwarded-Host: example.com\n", 1, true), r.body)
+            end)
+
+        it("refuses a request target with a bare CR, LF, space, NUL or control byte (400), on every route",
+            function()
+                local auth = "Host: x\r\nOPEN-SANDBOX-API-KEY: " .. KEY .. "\r\nConnection: close\r\n\r\n"
+                local bad = {
+                    "GET " .. px("/echo\rInjected: 1\r") .. " HTTP/1.1\r\n",
+                    "GET " .. px("/echo") .. " HTTP/1.0 x HTTP/1.1\r\n",
+                    "GET " .. px("/echo\0x") .. " HTTP/1.1\r\n",
+                    "GET " .. px("/echo?a=\1\31") .. " HTTP/1.1\r\n",
+                    "GET " .. px("/echo\127") .. " HTTP/1.1\r\n",
+                    "GET " .. px("/echo\tx") .. " HTTP/1.1\r\n",
+                    "GET /health\rInjected: 1\r HTTP/1.1\r\n",
+                    "GET /v1/sandboxes/" .. id .. " x HTTP/1.1\r\n",
+                }
+                for _, line in ipairs(bad) do
+                    local out = srv:raw(line .. auth, 5)
+                    local desc = string.format("%q -> %s", line, out)
+                    assert.truthy(out:find("^HTTP/1%.1 400"), desc)
+                    -- never the backend's answer (it echoes the target it got)
+                    assert.is_nil(out:lower():find("x-echo-target", 1, true), desc)
+                    local body = json.decode(out:match("\r\n\r\n(.*)$"))
+                    assert.are.equal("GENERAL::BAD_REQUEST", body.code, desc)
+                    assert.is_string(body.message, desc)
+                end
+                -- a percent-encoded CR is a normal byte of the path: forwarded as it is
+                local out = srv:raw("GET " .. px("/echo?x=%0d%0aX:%201") .. " HTTP/1.1\r\n" .. auth, 5)
+                assert.truthy(out:find("^HTTP/1%.1 200"), out)
+                assert.truthy(out:find("X-Echo-Target: /echo?x=%0d%0aX:%201\r\n", 1, true), out)
+            end)
 
         it("filters the backend's hop-by-hop response headers and sets X-Request-ID", function()
             local r = P.curl(srv, "GET", px("/resp-headers"), { headers = { ["X-Request-ID"] = "rid-77" } })
@@ -301,18 +341,52 @@ describe("server proxy #integration #docker", function()
     end)
 
     describe("auth and paths", function()
-        it("needs no key on proxy paths, and the key on any path with '..'", function()
-            local r = P.curl(srv, "GET", px("/"))
-            assert.are.equal(200, r.status)
+        it("with a key configured, needs the key or the sandbox's capability on proxy paths", function()
+            -- neither: 401 before anything is looked up (an unknown id answers the same)
+            for _, p in ipairs({ px("/"), px("/", true),
+                "/sandboxes/00000000-0000-4000-8000-000000000000/proxy/8080/" }) do
+                local r = P.curl(srv, "GET", p, { anon = true })
+                assert_error(r, 401, "MISSING_API_KEY", function(m)
+                    return m:find("X-OpenSandbox-Proxy-Token", 1, true) ~= nil
+                end)
+            end
+            local r = P.curl(srv, "GET", px("/"), { anon = true, headers = { ["OPEN-SANDBOX-API-KEY"] = "wrong" } })
+            assert_error(r, 401, "INVALID_API_KEY")
+            -- the key: through
             r = P.curl(srv, "GET", px("/", true))
             assert.are.equal(200, r.status)
+            -- the capability from an endpoint reply, for any port of that sandbox, and nothing else
+            local ep = P.api(srv, KEY, "GET", "/v1/sandboxes/" .. id .. "/endpoints/8080?use_server_proxy=true")
+            assert.are.equal(200, ep.status, ep.body)
+            local cap = ep.json.headers and ep.json.headers["X-OpenSandbox-Proxy-Token"]
+            assert.matches("^%x+$", cap)
+            assert.are.equal(64, #cap)
+            local agent_ep = P.api(srv, KEY, "GET", "/v1/sandboxes/" .. id .. "/endpoints/44772?use_server_proxy=true")
+            assert.are.equal(cap, agent_ep.json.headers["X-OpenSandbox-Proxy-Token"])
+            assert.is_string(agent_ep.json.headers["X-EXECD-ACCESS-TOKEN"])
+            r = P.curl(srv, "GET", px("/headers"), { anon = true, headers = { ["X-OpenSandbox-Proxy-Token"] = cap } })
+            assert.are.equal(200, r.status, r.body)
+            -- the capability never reaches the sandbox
+            assert.is_nil(r.body:lower():find("x-opensandbox-proxy-token", 1, true), r.body)
+            -- it opens only its own sandbox: the paused one answers 401, not 409
+            r = P.curl(srv, "GET", "/sandboxes/" .. paused_id .. "/proxy/8080/", { anon = true,
+                headers = { ["X-OpenSandbox-Proxy-Token"] = cap } })
+            assert_error(r, 401, "INVALID_API_KEY")
+            -- a near miss is refused too
+            local wrong = cap:sub(1, 63) .. (cap:sub(64) == "0" and "1" or "0")
+            r = P.curl(srv, "GET", px("/"), { anon = true, headers = { ["X-OpenSandbox-Proxy-Token"] = wrong } })
+            assert_error(r, 401, "INVALID_API_KEY")
+        end)
+
+        it("needs the key on any path with '..'", function()
+            local r
             for _, p in ipairs({ px("/../x"), px("/%2e%2e/x"), px("/%2E%2e/x"), px("/a/..%2f..%2fhealth"),
                 px("/..", true), "/sandboxes/" .. id .. "/../" .. id .. "/proxy/8080/" }) do
-                r = P.curl(srv, "GET", p)
+                r = P.curl(srv, "GET", p, { anon = true })
                 assert_error(r, 401, "MISSING_API_KEY")
             end
             -- non-proxy routes still need it
-            r = P.curl(srv, "GET", "/v1/sandboxes/" .. id)
+            r = P.curl(srv, "GET", "/v1/sandboxes/" .. id, { anon = true })
             assert_error(r, 401, "MISSING_API_KEY")
         end)
 

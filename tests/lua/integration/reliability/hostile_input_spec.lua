@@ -1,7 +1,8 @@
 -- Integration: hostile HTTP input against the real server (RELIABILITY.md, "Hostile input").
 --   * slowloris: 2000 half-open connections trickling header bytes; /health from a fresh client still
 --     answers within a second; with server.max_connections reached the server survives and recovers;
---     connection_timeout closes a connection that sends nothing
+--     connection_timeout closes a connection that sends nothing; one client address holds at most
+--     server.max_connections_per_ip connections while other addresses are still served
 --   * request smuggling on a keep-alive connection: Content-Length with Transfer-Encoding, two different
 --     Content-Length values, two Transfer-Encoding headers, an unknown coding, a folded framing header
 --     (obs-fold). Each is refused (400/501) and the connection closed, and the request hidden in the body
@@ -45,8 +46,10 @@ describe("hostile input #integration #docker", function()
 
     describe("slowloris", function()
         it("2000 half-open connections trickling headers do not keep /health from answering in 1 s", function()
-            local fds0 = R.fd_count(srv.pid)
-            local rep = R.slowloris(srv, 2000, 10)
+            -- without the per-address limit: what the engine holds when every connection is let in
+            local big = R.start(INSTANCE, { server = { max_connections_per_ip = false } })
+            local fds0 = R.fd_count(big.pid)
+            local rep = R.slowloris(big, 2000, 10)
             assert.are.equal(2000, rep.opened, json.encode(rep))
             -- below server.max_connections (4096) every connection is held, none is dropped
             assert.are.equal(2000, rep.openAtEnd, json.encode(rep))
@@ -58,14 +61,32 @@ describe("hostile input #integration #docker", function()
             -- the server lets go of the connections once the clients are gone
             local fds
             for _ = 1, 50 do
-                fds = R.fd_count(srv.pid)
+                fds = R.fd_count(big.pid)
                 if fds <= fds0 + 10 then
                     break
                 end
                 H.sleep(0.1)
             end
             assert.is_true(fds <= fds0 + 10, "fds " .. fds0 .. " -> " .. fds)
-            assert.is_true(health_ok())
+            assert.is_true(health_ok(big))
+            big:stop()
+        end)
+
+        it("one client address holds at most server.max_connections_per_ip; other clients are served", function()
+            -- the default configuration (256 per address); the slow client is 127.0.0.2, the probes 127.0.0.1
+            local rep = R.slowloris(srv, 600, 4, "127.0.0.2")
+            assert.are.equal(600, rep.opened, json.encode(rep))
+            assert.is_true(rep.openAtEnd <= 256, json.encode(rep))
+            assert.is_true(rep.openAtEnd >= 200, json.encode(rep))
+            assert.is_true(rep.closedByServer >= 600 - 256, json.encode(rep))
+            assert.are.equal(0, rep.probeFailures, json.encode(rep))
+            print(string.format("\n  600 slow conns from one address, limit 256: %d held, %d closed at accept; "
+                .. "%d probes from another address, 0 failed, max %d ms", rep.openAtEnd, rep.closedByServer,
+                rep.probes, rep.probeMaxMs))
+            -- the address gets its connections back once its old ones are gone
+            local v = R.exchange(srv, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert.are.same({ 200 }, v.statuses, v.data)
+            assert.is_true(srv:alive())
         end)
 
         it("at server.max_connections the server stops accepting, survives and recovers", function()

@@ -147,11 +147,12 @@ function R.exchange(srv, bytes, idle_ms)
     return v
 end
 
---- The slowloris client (see rawhttp.mjs); returns its report table.
-function R.slowloris(srv, conns, seconds)
+--- The slowloris client (see rawhttp.mjs); returns its report table. `source`: the local address the slow
+--- connections come from (the probes always come from 127.0.0.1).
+function R.slowloris(srv, conns, seconds, source)
     local out = server.sh(string.format("ulimit -n 8192 2>/dev/null; timeout %d node %s/tests/reliability/rawhttp.mjs "
-        .. "slowloris %d %d %d",
-        seconds + 60, H.quote(H.root()), srv.port, conns, seconds))
+        .. "slowloris %d %d %d %s",
+        seconds + 60, H.quote(H.root()), srv.port, conns, seconds, source and H.quote(source) or ""))
     local v = json.decode(out)
     assert(type(v) == "table", "rawhttp slowloris: " .. tostring(out))
     return v

@@ -96,7 +96,8 @@ describe("api handler", function()
         end
         assert.equal(0, #deps.service.calls)
         -- The proxy has no body limit: the request reaches the proxy handler (unknown sandbox: 404).
-        local s, _, b = call(deps, { method = "POST", path = "/v1/sandboxes/x/proxy/80/up", too_large = true })
+        local s, _, b = call(deps, { method = "POST", path = "/v1/sandboxes/x/proxy/80/up", too_large = true,
+            headers = KEY })
         assert.equal(404, s)
         assert.truthy(b:find("DOCKER::SANDBOX_NOT_FOUND", 1, true))
     end)
@@ -110,10 +111,14 @@ describe("api handler", function()
         end
     end)
 
-    it("lets exempt proxy paths through without a key and guards the others", function()
-        local s, h, b = call(deps, { path = "/v1/sandboxes/x/proxy/8080/index.html" })
+    it("lets exempt proxy paths through without a key when none is configured and guards the others", function()
+        local open = F.deps()
+        open.keys = {}
+        local s, h, b = call(open, { path = "/v1/sandboxes/x/proxy/8080/index.html" })
         assert_error(404, "DOCKER::SANDBOX_NOT_FOUND", "Sandbox x not found.", s, h, b)
-        s, h, b = call(deps, { path = "/v1/sandboxes/x/proxy/0/index.html" })
+        s, h, b = call(deps, { path = "/v1/sandboxes/x/proxy/8080/index.html", headers = KEY })
+        assert_error(404, "DOCKER::SANDBOX_NOT_FOUND", "Sandbox x not found.", s, h, b)
+        s, h, b = call(deps, { path = "/v1/sandboxes/x/proxy/0/index.html", headers = KEY })
         assert_error(400, "DOCKER::INVALID_PORT", "Port must be between 1 and 65535.", s, h, b)
         s = call(deps, { path = "/v1/sandboxes/x/proxy/8080/%2e%2e/%2e%2e" })
         assert.equal(401, s)
@@ -133,9 +138,37 @@ describe("api handler", function()
         assert.equal(401, s)
         assert.equal("http://ui.example", h["Access-Control-Allow-Origin"])
         -- On the proxy route a preflight is a request like any other.
-        s = call(deps, { method = "OPTIONS", path = "/v1/sandboxes/x/proxy/80/", headers = origin })
+        s = call(deps, { method = "OPTIONS", path = "/v1/sandboxes/x/proxy/80/", headers = with_key(origin) })
         assert.equal(404, s)
     end)
+
+    it("with a key configured, the proxy needs a key or the sandbox's capability (X-OpenSandbox-Proxy-Token)",
+        function()
+            local proxy = require("api.proxy")
+            deps.service = F.service({ proxy_token = function(id)
+                return id == "x" and "cap-of-x" or nil
+            end })
+            -- neither: 401, before the sandbox is looked up
+            local s, h, b = call(deps, { path = "/v1/sandboxes/x/proxy/8080/" })
+            assert_error(401, "MISSING_API_KEY", proxy.MISSING_CREDENTIALS, s, h, b)
+            -- a wrong key and no token: 401 INVALID_API_KEY
+            s = call(deps, { path = "/v1/sandboxes/x/proxy/8080/", headers = { ["OPEN-SANDBOX-API-KEY"] = "nope" } })
+            assert.equal(401, s)
+            -- a wrong token, or the token of another sandbox: 401, the target is never asked for
+            for _, t in ipairs({ { "x", "cap-of-y" }, { "y", "cap-of-x" }, { "x", "" .. ("c"):rep(8) } }) do
+                s, h, b = call(deps, { path = "/v1/sandboxes/" .. t[1] .. "/proxy/8080/",
+                    headers = { ["X-OpenSandbox-Proxy-Token"] = t[2] } })
+                assert_error(401, "INVALID_API_KEY", proxy.INVALID_TOKEN, s, h, b)
+            end
+            for _, c in ipairs(deps.service.calls) do
+                assert.are_not.equal("proxy_target", c.name)
+            end
+            -- the right token: the request reaches the target lookup (the fake knows no sandbox: 404)
+            s = call(deps, { path = "/v1/sandboxes/x/proxy/8080/",
+                headers = { ["x-opensandbox-proxy-token"] = "cap-of-x" } })
+            assert.equal(404, s)
+            assert.equal("proxy_target", deps.service.calls[#deps.service.calls].name)
+        end)
 
     it("answers 500 and logs the traceback when a handler raises", function()
         deps.service = F.service({ get = function() error("kaboom") end })

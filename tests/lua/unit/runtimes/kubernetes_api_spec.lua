@@ -28,6 +28,7 @@ describe("kubernetes api requests", function()
         local r = k.requests[1]
         assert.equal("https://10.0.0.1:6443/api/v1/namespaces/ns/pods", r.url)
         assert.same(TLS, r.tls)
+        assert.is_true(r.http2) -- multiplexed: watches must not hold a connection each
         assert.equal("Bearer tok", r.headers.Authorization)
         assert.equal("application/json", r.headers["Content-Type"])
         assert.equal("p", r.json.metadata.name)
