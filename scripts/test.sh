@@ -98,7 +98,7 @@ stage "integration: lifecycle" integ tests/lua/integration/lifecycle
 stage "integration: hooks and tenants" integ tests/lua/integration/hooks
 stage "integration: server proxy" integ tests/lua/integration/proxy
 stage "integration: agent (SDK specs)" bash tests/agent/run.sh
-stage "integration: reliability (hostile input, containment, faults)" integ tests/lua/integration/reliability
+stage "integration: reliability (hostile input, containment, faults, chaos)" integ tests/lua/integration/reliability
 stage "SDK conformance: lifecycle" bash tests/conformance/run.sh lifecycle-smoke.mjs
 stage "SDK conformance: execd" bash tests/conformance/run.sh execd-smoke.mjs
 stage "SDK conformance: execd through the server proxy" env OPENSANDBOX_USE_SERVER_PROXY=1 \

@@ -7,5 +7,6 @@ return {
     -- the server proxy's per-sandbox capability header (§7.3), handed out in endpoint replies
     PROXY_TOKEN_HEADER = "X-OpenSandbox-Proxy-Token",
     AGENT_PORT = 44772, -- the agent's port, as clients name it in endpoints (§7.1)
+    UNAVAILABLE_RETRY = 2, -- seconds between looks at an unreachable runtime while a provisioning waits for it
     LEAD_INTERVAL = 5, -- seconds between leadership checks, with a runtime that elects one (rt:lead)
 }

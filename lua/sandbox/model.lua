@@ -22,7 +22,11 @@
 --   principal       any JSON value?  who created it (for hooks); opaque here (numbers in it come back from
 --                   the store as floats)
 --
--- env is never part of a record (it is used once, for the container create).
+--   provision       table?   while Pending: what provisioning needs beyond the fields above, to resume after a
+--                   crash (resume_spec: the runtime object's name, resources); nil once provisioning ended
+--
+-- env and image.auth are never part of a record: the store seals them apart while provisioning runs
+-- (sandbox/store.lua).
 local json = require("common.json")
 local timefmt = require("common.timefmt")
 
@@ -101,6 +105,12 @@ function M.new_record(id, spec, now_us)
     }
     M.apply_status(rec, M.status(M.STATE.PENDING, M.REASON.CONTAINER_STARTING, M.MESSAGE.STARTING, now_us))
     return rec
+end
+
+--- The part of a validated create spec a Pending record keeps so that its provisioning can resume after a
+--- crash (the rest is in the record; env and image.auth are sealed apart): { name, nano_cpus, memory, gpu }.
+function M.resume_spec(spec, name)
+    return { name = name, nano_cpus = spec.nano_cpus, memory = spec.memory, gpu = spec.gpu }
 end
 
 --- Whether two plain values (strings, numbers, booleans, tables of them) are equal, tables by content.

@@ -4,6 +4,7 @@
 local sync = require("common.sync")
 local model = require("sandbox.model")
 local image_access = require("sandbox.image_access")
+local C = require("sandbox.constants")
 
 local P = {}
 
@@ -32,13 +33,30 @@ function P:create(spec, ctx)
     local rec = model.new_record(id, spec, self:now_us())
     rec.principal = ctx and ctx.principal or nil
     rec.access_token = self.core.uuid.random_hex(32)
-    -- the name a hook chose for the runtime object (not stored: it is used once, to provision)
+    -- the name a hook chose for the runtime object
     local name = self.hooks and self.hooks:sandbox_name(ctx, spec, rec) or nil
+    -- A 202 is a promise (§6.5 step 4): what provisioning needs is durable before the reply, so that a
+    -- restart, even after kill -9, resumes it. The secrets first: a crash between the two writes leaves
+    -- sealed secrets without a record, which load() deletes; never a record that cannot be resumed.
+    rec.provision = model.resume_spec(spec, name)
+    local sealed, serr = self.store:seal(id, { env = spec.env or {}, auth = spec.image.auth })
+    if not sealed then
+        self.log.error("store write failed", { sandbox_id = id, error = tostring(serr) })
+        return nil, self:store_error(serr)
+    end
     local committed, cerr = self:commit(rec)
     if not committed then
+        self.store:drop_sealed(id)
         return nil, cerr
     end
-    self.provisioning[id] = sync.event()
+    self:start_provisioning(id, spec, name)
+    self:notify_transition(rec, nil, model.STATE.PENDING)
+    return model.create_view(rec)
+end
+
+--- Runs provisioning of the committed Pending record `id` in a background task.
+function P:start_provisioning(id, spec, name)
+    self.provisioning[id] = self.provisioning[id] or sync.event()
     self.core.spawn(function()
         local pok, perr = pcall(self.provision, self, id, spec, name)
         if not pok then
@@ -46,8 +64,57 @@ function P:create(spec, ctx)
             self:finish_provisioning(id, nil, INTERNAL .. ": internal error: " .. tostring(perr))
         end
     end)
-    self:notify_transition(rec, nil, model.STATE.PENDING)
-    return model.create_view(rec)
+end
+
+--- Marks the Pending records loaded from the store for resumption (called by load(), before anything can
+--- wait on them): each is "provisioning" from now on, so operations wait for it and reconciliation leaves
+--- its runtime object alone. A record written before resumption existed (no `provision`), or whose sealed
+--- secrets are missing, is left to reconcile(), which fails it as interrupted. Sealed secrets of records
+--- that are not Pending (a crash after provisioning ended, or before the record was written) are deleted.
+function P:mark_resumable()
+    local keep = {}
+    for id, rec in pairs(self.records) do
+        if rec.state == model.STATE.PENDING and rec.provision and not model.is_provisioning_failure(rec) then
+            local secrets, err = self.store:unseal(id)
+            if secrets then
+                keep[id] = true
+                self.resuming[id] = secrets
+                self.provisioning[id] = sync.event()
+            elseif err then
+                self.log.error("cannot read the sealed secrets of a pending sandbox", { sandbox_id = id,
+                    error = tostring(err) })
+            end
+        end
+    end
+    local ids = self.store:sealed_ids() or {}
+    for _, id in ipairs(ids) do
+        if not keep[id] then
+            self.store:drop_sealed(id)
+        end
+    end
+end
+
+--- Resumes the provisioning of the sandboxes mark_resumable found (once the runtime is reachable): from
+--- wherever it stopped, since the adapter's provision takes what it had already made.
+function P:resume_provisioning()
+    for id, secrets in pairs(self.resuming) do
+        self.resuming[id] = nil
+        local rec = self.records[id]
+        if rec then
+            local p = rec.provision
+            local spec = {
+                image = { uri = rec.image_uri, auth = secrets.auth },
+                entrypoint = rec.entrypoint,
+                env = secrets.env or {},
+                nano_cpus = p.nano_cpus,
+                memory = p.memory,
+                gpu = p.gpu,
+                platform = rec.platform,
+            }
+            self.log.info("resuming interrupted provisioning", { sandbox_id = id })
+            self:start_provisioning(id, spec, p.name)
+        end
+    end
 end
 
 --- Background provisioning (§6.1): hands the sandbox to the runtime and records the outcome. Never raises
@@ -72,6 +139,19 @@ function P:provision(id, spec, name)
     end
     spec.image.verify = verify or nil
     local placed, err = self.runtime:provision(sandbox, spec)
+    while not placed and type(err) == "table" and err.kind == "unavailable" and not self.stopped do
+        -- the runtime went away: not a provisioning error. Wait for it, then provision again (the adapter
+        -- takes what it had made); operations waiting meanwhile get their 409 after PROVISION_WAIT.
+        self:mark_unavailable(err.message)
+        self.log.warn("runtime unreachable while provisioning; retrying when it is back", { sandbox_id = id })
+        repeat
+            self.core.timer.sleep(C.UNAVAILABLE_RETRY)
+        until self.available or self.stopped or not self.records[id]
+        if not self.records[id] then
+            return self:finish_provisioning(id, nil, nil)
+        end
+        placed, err = self.runtime:provision(sandbox, spec)
+    end
     if placed and verify then
         local ok, gerr = image_access.granted(self.store, repo, rec.principal, true)
         if not ok then
@@ -80,6 +160,7 @@ function P:provision(id, spec, name)
     end
     if not placed then
         local code = STEP_CODES[type(err) == "table" and err.step or ""] or INTERNAL
+        code = self.runtime.codes and self.runtime.codes[code] or code -- the runtime's name for it
         return self:finish_provisioning(id, nil, model.provisioning_error_message(code,
             tostring(type(err) == "table" and err.message or err)))
     end
@@ -96,6 +177,7 @@ function P:finish_provisioning(id, placed, failure)
     if cur and placed then
         local rec = self:copy(cur)
         rec.handle, rec.place = placed.handle, placed.place
+        rec.provision = nil
         local st = placed.status
         model.apply_status(rec, model.status(st.state, st.reason, st.message, st.at_us or self:now_us()))
         local fields = { sandbox_id = id, handle = placed.handle }
@@ -106,7 +188,7 @@ function P:finish_provisioning(id, placed, failure)
         self:commit_fact(rec)
         self:notify_transition(rec, cur.state, rec.state)
         self:arm_timer(rec)
-    elseif cur then
+    elseif cur and failure then
         self.log.warn("provisioning failed", { sandbox_id = id, error = failure })
         self:commit_provisioning_failure(cur, failure)
     elseif placed then
@@ -114,6 +196,8 @@ function P:finish_provisioning(id, placed, failure)
         self.runtime:remove({ id = id, handle = placed.handle, place = placed.place })
     end
     self.provisioning[id] = nil
+    -- provisioning has ended: the secrets it kept for a resumption go (a failure here is cleaned at load)
+    self.store:drop_sealed(id)
     lock:release()
     if ev then
         ev:set(true)

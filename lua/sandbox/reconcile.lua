@@ -71,8 +71,11 @@ function P:refresh(rec, obs)
     self:apply_runtime_status(rec.id, obs.status)
 end
 
---- Reconciles the records with the runtime. At start-up (`startup`), also fails interrupted provisioning
---- and returns what is due to expire (§6.5); in sweeps only steps 2-4 apply. Returns true[, due] or nil, err.
+--- Reconciles the records with the runtime. At start-up (`startup`), also returns what is due to expire
+--- (§6.5); in sweeps only steps 2-4 apply. Pending records that can resume (load() marked them; they count
+--- as provisioning) are left alone here, objects included: connect() resumes them. Only a Pending record
+--- that cannot resume (written by an older server, or its sealed secrets lost) fails as interrupted, and
+--- its half-made object is removed. Returns true[, due] or nil, err.
 function P:reconcile(startup)
     -- The list call yields: records created, provisioned or deleted meanwhile must not be judged against
     -- it. Only records that existed, settled, before the list are checked for a vanished sandbox, and a

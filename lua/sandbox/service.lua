@@ -25,6 +25,7 @@
 local errors = require("common.errors")
 local sync = require("common.sync")
 local C = require("sandbox.constants")
+local model = require("sandbox.model")
 
 local M = {}
 for k, v in pairs(C) do
@@ -62,7 +63,8 @@ function M.new(deps)
         or (type(server.api_keys) == "table" and #server.api_keys > 0)
     self.records = {} -- id -> record (committed state)
     self.locks = {} -- id -> sync.lock
-    self.provisioning = {} -- id -> sync.event, while provisioning runs
+    self.provisioning = {} -- id -> sync.event, while provisioning runs (or waits to resume)
+    self.resuming = {} -- id -> sealed secrets: a Pending record loaded from the store, to resume
     self.timers = {} -- id -> timer handle
     self.removing = {} -- handle -> true while we remove it ourselves
     self.unsaved = {} -- id -> true: memory is ahead of the store (a fact whose store write failed)
@@ -206,6 +208,20 @@ function Service:connect(startup)
         self.log.info("runtime is reachable", { runtime = self.runtime.name })
     end
     self.available = true
+    -- interrupted provisioning resumes (§6.5 step 4), and removals a crash interrupted (records left in
+    -- Stopping: the delete or expiry had begun) finish now rather than at the next sweep
+    self:resume_provisioning()
+    if self.leader then
+        for id, rec in pairs(self.records) do
+            if rec.state == model.STATE.STOPPING and not self.provisioning[id] then
+                self.core.spawn(function()
+                    self:with_sandbox(id, false, function(cur)
+                        return self:remove_locked(cur, cur.message)
+                    end)
+                end)
+            end
+        end
+    end
     for _, id in ipairs(due or {}) do -- what was due at start-up; removal needs the runtime available
         self:expire(id)
     end
@@ -238,6 +254,7 @@ function Service:load()
     for _, rec in ipairs(all) do
         self.records[rec.id] = rec
     end
+    self:mark_resumable()
     return #all
 end
 

@@ -13,9 +13,13 @@ local C = require("sandbox.constants")
 
 local P = {}
 
-local function store_error(err)
+function P.store_error(_, err)
     return errors.new(503, "STORE::UNAVAILABLE", "The state store rejected the write: " .. tostring(err),
         { ["Retry-After"] = "5" })
+end
+
+local function store_error(err)
+    return P.store_error(nil, err)
 end
 
 --- A shallow copy (records are never changed in place: views are cached per record table).
@@ -56,6 +60,7 @@ function P:forget(id)
         return nil, store_error(err)
     end
     self.unsaved[id] = nil
+    self.store:drop_sealed(id) -- (secrets of a provisioning that never ended; a failure is cleaned at load)
     self:drop_from_memory(id)
     return true
 end
@@ -151,7 +156,7 @@ end
 --- Marks a record as failed provisioning ("{CODE}: {detail}", failedAt now) and commits it as a fact.
 function P:commit_provisioning_failure(cur, message)
     local rec = self:copy(cur)
-    rec.handle, rec.place = nil, nil
+    rec.handle, rec.place, rec.provision = nil, nil, nil
     rec.failed_us = self:now_us()
     model.apply_status(rec, model.status(model.STATE.FAILED, model.REASON.PROVISIONING_ERROR, message, rec.failed_us))
     self:commit_fact(rec)

@@ -4,7 +4,13 @@
 -- Durability: the database runs in WAL mode with synchronous=FULL, and every write is its own autocommit
 -- transaction, so a write that returned true is on disk (a renewal survives a crash right after the HTTP
 -- reply). Writes return true or nil, err; failures such as a full disk or a read-only file come back as
--- errors, never as raises. image.auth and env are not part of a record, so they are never stored.
+-- errors, never as raises.
+--
+-- image.auth and env are not part of a record. So that a create answered 202 can be resumed after a crash
+-- (API.md §6.5 step 4), they are kept apart in the `sealed` table from just before the record is first
+-- written until provisioning ends (a few seconds; a pull at most), and deleted then; `secure_delete` makes
+-- SQLite overwrite what it deletes, so they do not linger in free pages. RELIABILITY.md says why they are
+-- not encrypted.
 --
 -- Two quirks of lua-dbi 0.7 shape the SQL below:
 --   * it binds every Lua number as a double and reads every INTEGER column with sqlite3_column_int (32 bits),
@@ -25,7 +31,7 @@ local M = {}
 local Store = {}
 Store.__index = Store
 
-local SCHEMA_VERSION = 3
+local SCHEMA_VERSION = 4
 
 -- Record fields and their column kinds: "text", "int" (exact 64-bit) or "json" (any JSON value).
 local COLUMNS = {
@@ -46,6 +52,7 @@ local COLUMNS = {
     { "access_token", "text" },
     { "failed_us", "int" },
     { "principal", "json" },
+    { "provision", "json" },
 }
 
 -- Each migration brings the schema from version i-1 to version i.
@@ -98,6 +105,13 @@ local MIGRATIONS = {
             PRIMARY KEY (repository, principal)
         )]],
     },
+    -- 4: what a Pending record needs to resume its provisioning after a crash: `provision` (the create
+    -- spec's non-secret rest: the runtime object's name, resources) and the `sealed` secrets (env,
+    -- image.auth) of sandboxes still provisioning.
+    {
+        "ALTER TABLE sandboxes ADD COLUMN provision TEXT",
+        "CREATE TABLE sealed (id TEXT PRIMARY KEY, body TEXT NOT NULL)",
+    },
 }
 
 local SQL_PUT, SQL_SELECT
@@ -114,6 +128,10 @@ end
 local SQL_GET = SQL_SELECT .. " WHERE id = ?"
 local SQL_ALL = SQL_SELECT .. " ORDER BY created_us DESC, id ASC"
 local SQL_DELETE = "DELETE FROM sandboxes WHERE id = ?"
+local SQL_SEAL = "INSERT OR REPLACE INTO sealed (id, body) VALUES (?, ?)"
+local SQL_UNSEAL = "SELECT body FROM sealed WHERE id = ?"
+local SQL_SEALED_IDS = "SELECT id FROM sealed"
+local SQL_DROP_SEALED = "DELETE FROM sealed WHERE id = ?"
 local SQL_META_GET = "SELECT value FROM meta WHERE key = ?"
 local SQL_META_PUT = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 local SQL_ACCESS_GET = "SELECT principal FROM image_access WHERE repository = ?"
@@ -397,6 +415,10 @@ function M.open(path, opts)
     if not rows then
         return fail(err)
     end
+    rows, err = exec_once(db, "PRAGMA secure_delete = ON")
+    if not rows then
+        return fail(err)
+    end
     rows, err = migrate(db)
     if not rows then
         return fail(err)
@@ -551,6 +573,56 @@ function Store:grant_image_access(repo, principal)
         return nil, err
     end
     return true
+end
+
+--- Keeps `secrets` (a JSON-able table: { env, auth }) of sandbox `id` apart from its record until
+--- drop_sealed. Returns true or nil, err.
+function Store:seal(id, secrets)
+    local st, err = run(self, SQL_SEAL, 2, id, json.encode(secrets))
+    if not st then
+        return nil, err
+    end
+    return true
+end
+
+--- The secrets sealed for `id`; nil when there are none; nil, err on failure.
+function Store:unseal(id)
+    local st, err = run(self, SQL_UNSEAL, 1, id)
+    if not st then
+        return nil, err
+    end
+    local rows
+    rows, err = fetch_all(self, SQL_UNSEAL, st)
+    if not rows then
+        return nil, err
+    end
+    return rows[1] and decode_json(rows[1].body) or nil
+end
+
+--- Deletes the secrets sealed for `id` (none is not an error). Returns true or nil, err.
+function Store:drop_sealed(id)
+    local st, err = run(self, SQL_DROP_SEALED, 1, id)
+    if not st then
+        return nil, err
+    end
+    return true
+end
+
+--- The ids that have sealed secrets. Returns the array or nil, err.
+function Store:sealed_ids()
+    local st, err = run(self, SQL_SEALED_IDS, 0)
+    if not st then
+        return nil, err
+    end
+    local rows
+    rows, err = fetch_all(self, SQL_SEALED_IDS, st)
+    if not rows then
+        return nil, err
+    end
+    for i, row in ipairs(rows) do
+        rows[i] = row.id
+    end
+    return rows
 end
 
 --- Closes the database. The store cannot be used afterwards.

@@ -226,11 +226,36 @@ function Docker:provision(sandbox, spec)
     if failed == "pull" then -- the image had gone since it was seen, and pulling it again failed
         return fail("image", string.format("Failed to pull image '%s': %s", uri, msg(err)), nil, err)
     end
+    local existing
+    if not cid and rterrors.is(err, "conflict") then
+        -- the name is taken: by this sandbox's own container when a provisioning that a crash interrupted
+        -- had made it (API.md §6.5 step 4). Taken after checking it is that sandbox's; never a duplicate.
+        local oerr
+        existing, oerr = self:_own_container(cspec.name or ("sandbox-" .. sandbox.id), sandbox.id)
+        if not existing and not rterrors.is(oerr, "not_found") then -- (not_found: gone since; say the conflict)
+            err = oerr
+        end
+        if existing then
+            cid = existing.id
+            local had = tonumber(existing.labels["opensandbox.io/execd-port"])
+            if had and had ~= port then -- (host mode: the agent listens where it was told at the first create)
+                self:release_agent_port({ id = sandbox.id, place = { agent_port = port } })
+                port = had
+                if self.host_mode then
+                    self.agent_ports[port] = sandbox.id
+                end
+            end
+        end
+    end
     step("create")
     if not cid then
         return fail("create", "Failed to create container: " .. msg(err), nil, err)
     end
-    if not cspec.agent_volume then
+    -- a container taken that had started already (or ran and ended) is not given the agent or started again
+    local started = existing and existing.status ~= "created"
+    if started then
+        ok = true
+    elseif not cspec.agent_volume then
         local tar, terr = self.agent:archive(spec.platform)
         if not tar then
             return fail("agent", tostring(terr), cid, terr)
@@ -241,8 +266,10 @@ function Docker:provision(sandbox, spec)
         end
         step("upload")
     end
-    ok, err = e:start(cid)
-    step("start")
+    if not started then
+        ok, err = e:start(cid)
+        step("start")
+    end
     if not ok and cspec.agent_volume then
         -- the agent volume is trusted without a look per create; a start that fails may be its doing (pruned,
         -- or replaced by the empty one Docker makes by itself: the bootstrap is missing). Look, and when it had
@@ -278,6 +305,26 @@ function Docker:provision(sandbox, spec)
         st = status("Running", "CONTAINER_RUNNING", mapping.MESSAGES.CONTAINER_RUNNING, nil)
     end
     return { handle = cid, place = place_of(info, port), status = st, steps = steps }
+end
+
+-- The container named `name`, inspected, when it is sandbox `id`'s (its id label, and this server's
+-- instance label when docker.instance is set); else nil, err (a conflict naming who holds the name).
+function Docker:_own_container(name, id)
+    local info, err = self.engine:inspect(name)
+    if not info then
+        return nil, err
+    end
+    local labels = info.labels or {}
+    local instance = self.config.instance
+    if labels[mapping.LABEL_ID] ~= id or (instance and labels[mapping.LABEL_INSTANCE] ~= instance) then
+        return nil, rterrors.new("conflict", string.format(
+            "the container name %s is taken by a container that is not this sandbox's", name), { status = 409 })
+    end
+    if self.log then
+        self.log.info("took the container an interrupted provisioning had made",
+            { sandbox_id = id, container_id = info.id, state = info.status })
+    end
+    return info
 end
 
 ------------------------------------------------------------------------------------------------------------

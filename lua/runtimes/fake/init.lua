@@ -11,7 +11,10 @@
 --   rt.down = true                   every call fails with `unavailable` until it is false again
 --   rt.before[method] = fn(...)      runs inside `method` before it answers, where the real call would
 --                                    yield (so specs can change the service meanwhile)
---   rt.calls                         every call, as "method id-or-handle" strings
+--   rt.calls                         every call, as "method id-or-handle" strings ("take handle" when a
+--                                    provision took an object an interrupted one had made)
+--   rt.crash_after = step            the next provisionings stop for good after "image", "create" or
+--                                    "start" (a server killed there); rt.pulls, rt.starts count steps done
 -- watch() returns at once with "unavailable" unless `rt.wait` (a function that yields until more changes
 -- come, e.g. coroutine.yield) is set; changes made while nobody watches are kept and delivered first.
 local rterrors = require("runtimes.errors")
@@ -132,6 +135,18 @@ function Fake.unavailable(_, reason)
     return "DOCKER::UNAVAILABLE", "Fake runtime is unreachable: " .. tostring(reason)
 end
 
+-- Provisioning goes in steps, like a real runtime's (image, create, start), each leaving its trace, so that a
+-- crash between two of them can be simulated: with `rt.crash_after = step` the provisioning task stops for
+-- good after that step (it yields and is never resumed: the server died there). Like the contract asks,
+-- provision is idempotent: an object already made for the sandbox (by a provisioning a crash interrupted)
+-- is taken, and started when it was not.
+function Fake:_crash_point(step)
+    if self.crash_after == step then
+        self.crashed = (self.crashed or 0) + 1
+        coroutine.yield() -- parked for good: nobody resumes a task of a dead server
+    end
+end
+
 function Fake:provision(sandbox, spec)
     local err = self:_call("provision", sandbox.id, sandbox, spec)
     if err then
@@ -140,18 +155,40 @@ function Fake:provision(sandbox, spec)
         end
         return nil, err
     end
-    self.next_handle = self.next_handle + 1
-    local handle = string.format("fake-%d", self.next_handle)
-    local obj = {
-        id = sandbox.id,
-        handle = handle,
-        sandbox = sandbox,
-        spec = spec,
-        status = status("Running", "CONTAINER_RUNNING", "Sandbox container is running."),
-        place = { ip = "10.0.0." .. self.next_handle, agent_port = M.AGENT_PORT },
-    }
-    self.objects[handle] = obj
-    return { handle = handle, place = obj.place, status = obj.status, steps = { fake_ms = 0 } }
+    self.images = self.images or {}
+    if not self.images[spec.image.uri] then
+        self.images[spec.image.uri] = true
+        self.pulls = (self.pulls or 0) + 1
+    end
+    self:_crash_point("image")
+    local obj
+    for _, o in pairs(self.objects) do
+        if o.id == sandbox.id then
+            obj = o
+        end
+    end
+    if obj then
+        self.calls[#self.calls + 1] = "take " .. obj.handle
+    else
+        self.next_handle = self.next_handle + 1
+        local handle = string.format("fake-%d", self.next_handle)
+        obj = {
+            id = sandbox.id,
+            handle = handle,
+            sandbox = sandbox,
+            spec = spec,
+            status = status("Pending", "CONTAINER_STARTING", "Sandbox container is starting."),
+            place = { ip = "10.0.0." .. self.next_handle, agent_port = M.AGENT_PORT },
+        }
+        self.objects[handle] = obj
+    end
+    self:_crash_point("create")
+    if obj.status.state == "Pending" then
+        obj.status = status("Running", "CONTAINER_RUNNING", "Sandbox container is running.")
+        self.starts = (self.starts or 0) + 1
+    end
+    self:_crash_point("start")
+    return { handle = obj.handle, place = obj.place, status = obj.status, steps = { fake_ms = 0 } }
 end
 
 -- pause/resume: fail on an object that is gone; pause is `unsupported` with cfg.fake.no_pause

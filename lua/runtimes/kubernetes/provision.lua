@@ -42,6 +42,22 @@ return function(Kube, M, u)
         return name, files.execd ~= nil
     end
 
+    -- The object `name` of `kind` ("pods", "secrets") when it is sandbox `id`'s (its id label, and this server's
+    -- instance label when kubernetes.instance is set); else nil, err (a conflict when another's).
+    function Kube:_own_object(kind, name, id)
+        local obj, err = self.api:get(self:_path(kind, name))
+        if not obj then
+            return nil, err
+        end
+        local labels = type(obj.metadata) == "table" and type(obj.metadata.labels) == "table" and obj.metadata.labels
+            or {}
+        if labels[mapping.LABEL_ID] ~= id or (self.instance and labels[mapping.LABEL_INSTANCE] ~= self.instance) then
+            return nil, rterrors.new("conflict", string.format("%s %s exists and is not this sandbox's", kind, name),
+                { status = 409 })
+        end
+        return obj
+    end
+
     -- Deletes a pod (and so what it owns); gone already counts as deleted.
     function Kube:_delete_pod(name)
         local _, err = self.api:delete(self:_path("pods", name) .. "?gracePeriodSeconds=" .. M.DELETE_GRACE_SECONDS)
@@ -156,9 +172,20 @@ return function(Kube, M, u)
         local api = self.api
         -- The Secret exists before the pod, so that the kubelet's first pull has it; it is owned by the pod
         -- once the pod exists (a PATCH), so that the garbage collector deletes it with the pod.
+        -- A provisioning a crash interrupted (API.md §6.5 step 4) may have made the Secret or the pod already:
+        -- an AlreadyExists of this sandbox's own object (its id label says so) is taken, never duplicated.
         if secret then
-            local _, serr = api:create(self:_path("secrets"),
-                mapping.pull_secret(secret, sandbox.id, uri, spec.image.auth, self.instance))
+            local secret_obj = mapping.pull_secret(secret, sandbox.id, uri, spec.image.auth, self.instance)
+            local _, serr = api:create(self:_path("secrets"), secret_obj)
+            if serr and serr.kind == "conflict" then
+                local _, oerr = self:_own_object("secrets", secret, sandbox.id)
+                if not oerr then -- ours: written again, in case the registry credentials differ
+                    local _, rerr = api:merge_patch(self:_path("secrets", secret), { data = secret_obj.data })
+                    serr = rerr
+                else
+                    serr = oerr
+                end
+            end
             if serr then
                 return failure("image", "Failed to create the image pull secret: " .. msg(serr), serr)
             end
@@ -172,6 +199,18 @@ return function(Kube, M, u)
             end
         end
         local pod, err = api:create(self:_path("pods"), manifest)
+        if not pod and err and err.kind == "conflict" then
+            local taken, oerr = self:_own_object("pods", pod_name, sandbox.id)
+            if taken then
+                if self.log then
+                    self.log.info("took the pod an interrupted provisioning had made", { sandbox_id = sandbox.id,
+                        pod = pod_name })
+                end
+                pod, err = taken, nil
+            elseif oerr and oerr.kind ~= "not_found" then -- (not_found: gone since; say the conflict)
+                err = oerr
+            end
+        end
         step("create")
         if not pod then
             drop_secret()

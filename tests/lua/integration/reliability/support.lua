@@ -158,6 +158,56 @@ function R.slowloris(srv, conns, seconds, source)
     return v
 end
 
+--- Starts every op ({ method, path, body = string | nil }) as its own curl in the background, all at once;
+--- returns the pid of the shell that waits for them. Op i leaves its status code in dir/op<i>.code ("000"
+--- when no answer came: the server was killed) and its body in dir/op<i>; R.storm_result reads them.
+function R.storm(srv, dir, ops)
+    local parts = {}
+    for i, op in ipairs(ops) do
+        local out = dir .. "/op" .. i
+        parts[#parts + 1] = string.format("(curl -s -m 90 -X %s -H %s -H 'Content-Type: application/json' %s -o %s "
+            .. "-w '%%{http_code}' %s >%s.code 2>/dev/null) &", op.method, H.quote("OPEN-SANDBOX-API-KEY: " .. R.KEY),
+            op.body and ("--data-binary " .. H.quote(op.body)) or "", H.quote(out), H.quote(srv.base .. op.path),
+            H.quote(out))
+    end
+    local script = dir .. "/storm.sh"
+    local f = assert(io.open(script, "w"))
+    f:write(table.concat(parts, "\n"), "\nwait\n")
+    f:close()
+    return tonumber((H.sh("sh " .. H.quote(script) .. " >/dev/null 2>&1 & echo $!")))
+end
+
+local function read(p)
+    local f = io.open(p, "r")
+    if not f then
+        return nil
+    end
+    local s = f:read("a")
+    f:close()
+    return s
+end
+
+--- The answer to op i of a storm: status code (0: none) and decoded body (nil when none or not JSON).
+function R.storm_result(dir, i)
+    local code = tonumber(read(dir .. "/op" .. i .. ".code") or "") or 0
+    local body = read(dir .. "/op" .. i)
+    local doc = body and body ~= "" and json.decode(body) or nil
+    return code, type(doc) == "table" and doc or nil
+end
+
+--- Waits up to `seconds` for process `pid` to end; true when it did.
+function R.wait_pid(pid, seconds)
+    local deadline = os.time() + seconds
+    while os.time() <= deadline do
+        local _, ok = H.sh("kill -0 " .. pid .. " 2>/dev/null")
+        if ok ~= true then
+            return true
+        end
+        H.sleep(0.1)
+    end
+    return false
+end
+
 --- Count of open file descriptors of a process.
 function R.fd_count(pid)
     local out = H.run("ls /proc/" .. pid .. "/fd | wc -l")

@@ -315,6 +315,47 @@ describe("docker runtime against the real daemon #integration", function()
         assert.is_true(sh("docker volume inspect " .. q("opensandbox-agent-" .. assert(files:tag())) .. " >/dev/null"))
     end)
 
+    -- API.md §6.5 step 4: the service provisions again a sandbox whose provisioning a crash cut short
+    it("provisions again a sandbox a crash cut between create and start: takes its container, never a second",
+        function()
+            local id = uuid()
+            -- the server dies right after the create (the start never comes): the engine's start raises
+            local real_start = rt.engine.start
+            rt.engine.start = function()
+                error("killed")
+            end
+            local ok = pcall(rt.provision, rt, sandbox_for(id), SPEC)
+            rt.engine.start = real_start
+            assert.is_false(ok)
+            assert.are.equal("created", capture("docker inspect -f '{{.State.Status}}' sandbox-" .. id):match("%S+"))
+            local cid = capture("docker inspect -f '{{.Id}}' sandbox-" .. id):match("%S+")
+
+            local placed = assert(rt:provision(sandbox_for(id), SPEC))
+            assert.are.equal(cid, placed.handle)
+            assert.are.equal("Running", placed.status.state)
+            assert.are.equal("running", capture("docker inspect -f '{{.State.Status}}' " .. cid):match("%S+"))
+            -- and once more, now that it runs: taken as it is
+            local again = assert(rt:provision(sandbox_for(id), SPEC))
+            assert.are.equal(cid, again.handle)
+            assert.are.equal(cid:sub(1, 12), capture("docker ps -aq --filter label=opensandbox.io/id=" .. id)
+                :match("%S+"))
+            assert.are.equal(1, select(2, capture("docker ps -aq --filter label=opensandbox.io/id=" .. id)
+                :gsub("%S+", "")))
+            assert.is_true(rt:remove(record_of(id, placed)))
+        end)
+
+    it("refuses to take a container of the sandbox's name that is another sandbox's, and leaves it", function()
+        local id, other = uuid(), uuid()
+        local placed = assert(rt:provision(sandbox_for(other), SPEC))
+        local sb = sandbox_for(id)
+        sb.name = "sandbox-" .. other
+        local got, err = rt:provision(sb, SPEC)
+        assert.is_nil(got)
+        assert.are.equal("create", err.step)
+        assert.are.equal("running", capture("docker inspect -f '{{.State.Status}}' " .. placed.handle):match("%S+"))
+        assert.is_true(rt:remove(record_of(other, placed)))
+    end)
+
     it("fails a provisioning of a missing image at step image and leaves no container", function()
         local id = uuid()
         local uri = "local/opensandbox-missing-" .. RUN .. ":1"

@@ -96,9 +96,17 @@ function FakeEngine:create_container(spec)
     if err then
         return nil, err
     end
+    -- names are unique, as in Docker (a crash may leave a container of the name behind)
+    local name = spec.name or ("sandbox-" .. spec.id)
+    self.names = self.names or {}
+    if self.names[name] then
+        return nil, rterrors.new("conflict", "Conflict. The container name \"/" .. name .. "\" is already in use",
+            { status = 409 })
+    end
     self.specs[#self.specs + 1] = spec
     self.next_id = self.next_id + 1
     local cid = "c" .. self.next_id
+    self.names[name] = cid
     local labels = mapping.labels_for(spec)
     self.inspects[cid] = self.inspects[cid] or {
         id = cid, status = "running", running = true, paused = false, exit_code = 0, started_us = STARTED_US,
@@ -122,7 +130,7 @@ function FakeEngine:inspect(cid)
     if err then
         return nil, err
     end
-    local ins = self.inspects[cid]
+    local ins = self.inspects[cid] or (self.names and self.names[cid] and self.inspects[self.names[cid]])
     if getmetatable(ins) then -- an error
         return nil, ins
     end
@@ -133,7 +141,13 @@ function FakeEngine:inspect(cid)
 end
 
 function FakeEngine:remove(cid)
-    return answer(self:_call("remove", cid), true)
+    local err = self:_call("remove", cid)
+    for name, c in pairs(self.names or {}) do
+        if c == cid and not err then
+            self.names[name] = nil
+        end
+    end
+    return answer(err, true)
 end
 
 function FakeEngine:pause(cid)
@@ -513,6 +527,70 @@ describe("runtimes.docker (runtime): provision", function()
         local _, err = rt:provision(sandbox(), spec())
         assert.are.same({ "start", "Failed to inspect container: daemon busy" }, { err.step, err.message })
         assert.are.equal("remove c1", engine.calls[#engine.calls])
+    end)
+end)
+
+describe("runtimes.docker (runtime): provision resumed after a crash (API.md §6.5 step 4)", function()
+    -- a container an interrupted provisioning made: created (not started) or running, with the labels it got
+    local function leftover(engine, state, sb, port)
+        local cs = { id = sb.id, name = sb.name, agent_port = port or 44772, created_us = sb.created_us,
+            expires_us = sb.expires_us, metadata = sb.metadata, principal = sb.principal, access_token = "tok123" }
+        local labels = mapping.labels_for(cs)
+        labels["opensandbox.io/execd-port"] = tostring(port or 44772)
+        engine.names = { [sb.name or ("sandbox-" .. sb.id)] = "old" }
+        engine.inspects.old = { id = "old", status = state, running = state == "running", paused = false,
+            exit_code = 0, started_us = state == "running" and STARTED_US or nil, ip = "172.17.0.9",
+            labels = labels, host_ports = { ["44772"] = 32100, ["8080"] = 33100 } }
+    end
+
+    it("takes the container a crash left created, and starts it: no second container", function()
+        local rt, engine = make()
+        leftover(engine, "created", sandbox())
+        local placed = assert(rt:provision(sandbox(), spec()))
+        assert.are.equal("old", placed.handle)
+        assert.are.same({ "ensure_image busybox:1", "ensure_volume opensandbox-agent-t1",
+            "remove_unused_volumes opensandbox.io/agent=true opensandbox-agent-t1", "create_from_image busybox:1",
+            "create_container " .. ID, "inspect sandbox-" .. ID, "start old", "inspect old" }, engine.calls)
+        assert.are.equal(0, #engine.specs, "nothing new was created")
+        assert.are.equal(0, engine:count("remove"))
+    end)
+
+    it("takes a container a crash left running as it is: neither the agent nor a start again", function()
+        local rt, engine = make({ docker = { agent_delivery = "archive" } })
+        leftover(engine, "running", sandbox({ name = "custom" }))
+        local placed = assert(rt:provision(sandbox({ name = "custom" }), spec()))
+        assert.are.equal("old", placed.handle)
+        assert.are.equal("Running", placed.status.state)
+        assert.are.equal(0, engine:count("start"))
+        assert.are.equal(0, engine:count("put_archive"))
+        assert.are.same({ ip = "172.17.0.9", ports = { ["44772"] = 32100, ["8080"] = 33100 }, agent_port = 44772 },
+            placed.place)
+    end)
+
+    it("host mode: keeps the agent port the container was made with, and frees the one it had just taken",
+        function()
+            local rt, engine = make({ docker = { network_mode = "host" }, ports = { 40001, 40002 } })
+            leftover(engine, "created", sandbox(), 40500)
+            local placed = assert(rt:provision(sandbox(), spec()))
+            assert.are.equal(40500, placed.place.agent_port)
+            assert.are.equal(ID, rt.agent_ports[40500])
+            assert.is_nil(rt.agent_ports[40001])
+        end)
+
+    it("refuses a container of that name that is not this sandbox's (another id, or another instance)", function()
+        local rt, engine = make()
+        leftover(engine, "running", sandbox({ id = "someone-else", name = "shared" }))
+        local _, err = rt:provision(sandbox({ name = "shared" }), spec())
+        assert.are.equal("create", err.step)
+        assert.are.equal("conflict", err.kind)
+        assert.are.equal(0, engine:count("start"))
+        assert.are.equal(0, engine:count("remove"), "what is not ours is never removed")
+
+        rt, engine = make({ docker = { instance = "mine" } })
+        leftover(engine, "running", sandbox()) -- (no instance label: another server's)
+        _, err = rt:provision(sandbox(), spec())
+        assert.are.equal("create", err.step)
+        assert.are.equal(0, engine:count("remove"))
     end)
 end)
 

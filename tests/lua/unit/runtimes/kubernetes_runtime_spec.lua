@@ -422,6 +422,53 @@ describe("kubernetes runtime: provision", function()
         assert.equal(0, #k.requests)
     end)
 
+    describe("resumed after a crash (API.md §6.5 step 4)", function()
+        local auth_spec = spec({ image = { uri = "registry.example.com/app:1",
+            auth = { username = "u", password = "pw" } } })
+
+        it("takes the pod and Secret an interrupted provisioning made (AlreadyExists): no duplicate", function()
+            k:on("POST", "/secrets$", { status = 409, json = fake_kube.status(409, "AlreadyExists", "exists") })
+            k:on("GET", "/secrets/", { json = { metadata = { name = POD .. "-pull",
+                labels = { ["opensandbox.io/id"] = ID } } } })
+            k:on("PATCH", "/secrets/", { json = {} })
+            k:on("POST", "^" .. NS .. "/pods$", { status = 409, json = fake_kube.status(409, "AlreadyExists",
+                "pods \"" .. POD .. "\" already exists") })
+            k:on("GET", "/pods/" .. lit(POD) .. "$", { json = pod_object("200", PENDING) })
+            k:on("GET", "watch=1", one("MODIFIED", "201", RUNNING))
+            local placed = assert(rt:provision(sandbox(), auth_spec))
+            assert.equal(POD, placed.handle)
+            assert.equal("Running", placed.status.state)
+            assert.same({ ip = "10.244.0.7" }, placed.place)
+            -- the Secret's credentials written again, then the ownerReference; the watch from the pod read
+            local patches = k:find("PATCH", "/secrets/")
+            assert.equal(2, #patches)
+            assert.is_string(patches[1].json.data[".dockerconfigjson"])
+            assert.equal("uid-1", patches[2].json.metadata.ownerReferences[1].uid)
+            assert.truthy(k:find("GET", "resourceVersion=200")[1])
+            assert.equal(0, #k:find("DELETE", "/"))
+        end)
+
+        it("takes a pod that already runs without waiting", function()
+            k:on("POST", "^" .. NS .. "/pods$", { status = 409, json = fake_kube.status(409, "AlreadyExists", "x") })
+            k:on("GET", "/pods/" .. lit(POD) .. "$", { json = pod_object("300", RUNNING) })
+            local placed = assert(rt:provision(sandbox(), spec()))
+            assert.equal("Running", placed.status.state)
+            assert.equal(0, #k:find("GET", "watch=1"))
+        end)
+
+        it("refuses a pod of that name that is not this sandbox's, and deletes nothing", function()
+            k:on("POST", "^" .. NS .. "/pods$", { status = 409, json = fake_kube.status(409, "AlreadyExists", "x") })
+            local other = pod_object("300", RUNNING)
+            other.metadata.labels["opensandbox.io/id"] = "someone-else"
+            k:on("GET", "/pods/" .. lit(POD) .. "$", { json = other })
+            local placed, err = rt:provision(sandbox(), spec())
+            assert.is_nil(placed)
+            assert.equal("create", err.step)
+            assert.equal("conflict", err.kind)
+            assert.equal(0, #k:find("DELETE", "/"))
+        end)
+    end)
+
     describe("with image.auth", function()
         local auth_spec = spec({ image = { uri = "registry.example.com/app:1",
             auth = { username = "u", password = "pw" } } })

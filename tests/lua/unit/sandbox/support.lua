@@ -242,6 +242,29 @@ function S.store()
         store.rows[id] = nil
         return true
     end
+    store.sealed = {}
+    function store.seal(_, id, secrets)
+        if store.full then
+            return nil, "database or disk is full"
+        end
+        store.sealed[id] = deep_copy(secrets)
+        return true
+    end
+    function store.unseal(_, id)
+        return deep_copy(store.sealed[id])
+    end
+    function store.drop_sealed(_, id)
+        store.sealed[id] = nil
+        return true
+    end
+    function store.sealed_ids()
+        local out = {}
+        for id in pairs(store.sealed) do
+            out[#out + 1] = id
+        end
+        table.sort(out)
+        return out
+    end
     function store.all()
         local out = {}
         for _, rec in pairs(store.rows) do
