@@ -315,7 +315,7 @@ function Docker:_own_container(name, id)
         return nil, err
     end
     local labels = info.labels or {}
-    local instance = self.config.instance
+    local instance = self.instance -- this server's identity (or docker.instance)
     if labels[mapping.LABEL_ID] ~= id or (instance and labels[mapping.LABEL_INSTANCE] ~= instance) then
         return nil, rterrors.new("conflict", string.format(
             "the container name %s is taken by a container that is not this sandbox's", name), { status = 409 })
