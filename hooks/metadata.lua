@@ -11,6 +11,11 @@
 -- letters, digits, '-', '_' and '.' become '-', the value is cut to 63 characters and must begin and end
 -- with a letter or digit (what is not is trimmed). Metadata keys are checked at load.
 -- With nothing configured the hook changes nothing.
+--
+-- Metadata patches (before_patch_metadata): a key of `metadata` (forced) keeps its value: a patch that
+-- changes or removes it is refused with 403 METADATA::FORCED. A key of `metadata_defaults` that a patch
+-- removes gets its default value again (templates see the sandbox's owner as {principal} and the patched
+-- metadata), so a sandbox cannot lose a value that a quota or a name depends on.
 -- luacheck: read globals opensandbox
 local M = {
     name = "metadata",
@@ -102,6 +107,32 @@ function M.before_create(ctx, spec)
     end
     for k, v in pairs(forced_env) do
         set_env(spec.env, k, opensandbox.template(v, values), true)
+    end
+end
+
+function M.before_patch_metadata(_, sandbox, patch)
+    local current = sandbox.metadata
+    for k in pairs(forced_md) do
+        local v = patch[k]
+        if v ~= nil and (v or nil) ~= current[k] then
+            return opensandbox.reject(403, "METADATA::FORCED",
+                string.format("Metadata key '%s' is set by the server and cannot be changed.", k))
+        end
+    end
+    local values
+    for k, v in pairs(default_md) do
+        if patch[k] == false then
+            if not values then
+                values = { principal = sandbox.principal }
+                for mk, mv in pairs(current) do
+                    values["metadata." .. mk] = mv
+                end
+                for pk, pv in pairs(patch) do
+                    values["metadata." .. pk] = pv or nil
+                end
+            end
+            patch[k] = label_value(opensandbox.template(v, values))
+        end
     end
 end
 

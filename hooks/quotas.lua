@@ -18,8 +18,14 @@
 --   max_timeout    seconds; a request without a timeout (manual cleanup) is refused while this applies
 -- Exceeding one: 429 QUOTA::EXCEEDED "Quota exceeded for principal 'team-a': max_sandboxes 2 reached."
 --
--- This hook runs last among the before_create hooks (priority 100), so it sees the injected metadata, and
--- nothing that could yield runs between its count and the commit of the new sandbox.
+-- A metadata patch (before_patch_metadata) that moves a live sandbox into another bucket of a metadata
+-- quota is checked as a create into that bucket would be: the sandbox itself, its cpu and memory limits,
+-- and its remaining lifetime against max_timeout (no expiry counts as no timeout). Moving into a full bucket:
+-- 429 QUOTA::EXCEEDED "Quota exceeded for metadata team=infra: max_sandboxes 20 reached."
+--
+-- This hook runs last among the before_create and before_patch_metadata hooks (priority 100), so it sees the
+-- injected metadata, and nothing that could yield runs between its count and the commit.
+-- Usage comes from totals the server keeps per principal and per metadata value, not from a scan.
 -- luacheck: read globals opensandbox
 local M = {
     name = "quotas",
@@ -31,6 +37,8 @@ local MEMORY_UNITS = { Ki = 1024, Mi = 1024 ^ 2, Gi = 1024 ^ 3, Ti = 1024 ^ 4, k
     T = 1000 ^ 4 }
 
 local principals, by_metadata, admin_exempt = {}, {}, false
+
+local LIVE = { Pending = true, Running = true, Paused = true, Stopping = true }
 
 local function parse_cpus(v)
     if type(v) == "number" and v > 0 then
@@ -181,6 +189,36 @@ function M.before_create(ctx, spec)
             local ok, err = check(string.format("metadata %s=%s", key, v), ml, spec, { metadata = { [key] = v } })
             if not ok then
                 return nil, err
+            end
+        end
+    end
+end
+
+-- What a sandbox brings into a bucket it is moved to: a spec as a create would have it.
+local function spec_of(sandbox)
+    local timeout
+    if sandbox.expires_us then
+        timeout = math.max(0, (sandbox.expires_us - opensandbox.now() * 1e6) // 1e6)
+        timeout = math.tointeger(timeout) or timeout
+    end
+    return { timeout = timeout, nano_cpus = sandbox.nano_cpus, memory = sandbox.memory }
+end
+
+function M.before_patch_metadata(ctx, sandbox, patch)
+    if (admin_exempt and ctx.admin) or not LIVE[sandbox.state] then
+        return
+    end
+    local spec
+    for key, values in pairs(by_metadata) do
+        local v = patch[key]
+        if v and v ~= sandbox.metadata[key] then
+            local ml = values[v] or values["*"]
+            if ml then
+                spec = spec or spec_of(sandbox)
+                local ok, err = check(string.format("metadata %s=%s", key, v), ml, spec, { metadata = { [key] = v } })
+                if not ok then
+                    return nil, err
+                end
             end
         end
     end

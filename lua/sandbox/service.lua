@@ -25,6 +25,7 @@
 local errors = require("common.errors")
 local sync = require("common.sync")
 local C = require("sandbox.constants")
+local counters = require("sandbox.counters")
 
 local M = {}
 for k, v in pairs(C) do
@@ -55,7 +56,8 @@ function M.new(deps)
     self.config = deps.config
     self.failure_ttl = deps.failure_ttl or 3600
     self.hooks = deps.hooks
-    self.records = {} -- id -> record (committed state)
+    self.records = {} -- id -> record (committed state); changed only through set_record
+    self.counters = counters.new() -- usage of the live records (sandbox/counters.lua), kept by set_record
     self.locks = {} -- id -> sync.lock
     self.provisioning = {} -- id -> sync.event, while provisioning runs
     self.timers = {} -- id -> timer handle
@@ -231,7 +233,7 @@ function Service:load()
         return nil, err
     end
     for _, rec in ipairs(all) do
-        self.records[rec.id] = rec
+        self:set_record(rec.id, rec)
     end
     return #all
 end

@@ -25,7 +25,7 @@ local M = {}
 local Store = {}
 Store.__index = Store
 
-local SCHEMA_VERSION = 2
+local SCHEMA_VERSION = 3
 
 -- Record fields and their column kinds: "text", "int" (exact 64-bit) or "json" (any JSON value).
 local COLUMNS = {
@@ -46,6 +46,8 @@ local COLUMNS = {
     { "access_token", "text" },
     { "failed_us", "int" },
     { "principal", "json" },
+    { "nano_cpus", "int" },
+    { "memory", "int" },
 }
 
 -- Each migration brings the schema from version i-1 to version i.
@@ -87,6 +89,13 @@ local MIGRATIONS = {
         "ALTER TABLE sandboxes DROP COLUMN agent_port",
         "ALTER TABLE sandboxes DROP COLUMN host_ports",
         "ALTER TABLE sandboxes DROP COLUMN container_ip",
+    },
+    -- 3: the resource limits join the record, so that quotas count live sandboxes' cpu and memory after a
+    -- restart. Rows of version 2 have none (NULL): the start-up reconciliation fills them in from what the
+    -- runtime holds (sandbox/reconcile.lua, refresh).
+    {
+        "ALTER TABLE sandboxes ADD COLUMN nano_cpus INTEGER",
+        "ALTER TABLE sandboxes ADD COLUMN memory INTEGER",
     },
 }
 
