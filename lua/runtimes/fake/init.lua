@@ -212,7 +212,9 @@ function Fake:list()
                 image_uri = obj.spec and obj.spec.image and obj.spec.image.uri or "",
                 entrypoint = obj.spec and obj.spec.entrypoint or {}, metadata = s.metadata or {},
                 platform = s.platform, principal = s.principal, access_token = s.access_token,
-                nano_cpus = obj.spec and obj.spec.nano_cpus, memory = obj.spec and obj.spec.memory }
+                -- the limits: from the spec it was made with (an injected object may carry them in `sandbox`)
+                nano_cpus = s.nano_cpus or obj.spec and obj.spec.nano_cpus,
+                memory = s.memory or obj.spec and obj.spec.memory }
         end
         out[#out + 1] = { id = obj.id, handle = handle, place = obj.place, status = obj.status or nil,
             sandbox = identity }
