@@ -130,25 +130,28 @@ function M.init(config)
     return true
 end
 
-local function exceeded(scope, what)
-    return opensandbox.reject(429, "QUOTA::EXCEEDED", string.format("Quota exceeded for %s: %s.", scope, what))
+-- The scope is (fmt, a, b), formatted only when a limit is exceeded: a create that passes builds no
+-- message strings.
+local function exceeded(fmt, a, b, what)
+    return opensandbox.reject(429, "QUOTA::EXCEEDED", string.format("Quota exceeded for %s: %s.",
+        string.format(fmt, tostring(a), tostring(b)), what))
 end
 
 -- Checks one scope: `limits` against the usage of the live sandboxes that `filter` selects.
-local function check(scope, limits, spec, filter)
+local function check(fmt, a, b, limits, spec, filter)
     local t = limits.max_timeout
     if t then
         if spec.timeout == nil then
-            return exceeded(scope, string.format("max_timeout %ds (requested no timeout)", t))
+            return exceeded(fmt, a, b, string.format("max_timeout %ds (requested no timeout)", t))
         elseif spec.timeout > t then
-            return exceeded(scope, string.format("max_timeout %ds (requested %ds)", t, spec.timeout))
+            return exceeded(fmt, a, b, string.format("max_timeout %ds (requested %ds)", t, spec.timeout))
         end
     end
     if limits.nano and not spec.nano_cpus then
-        return exceeded(scope, string.format("max_cpus %s needs a cpu limit in resourceLimits", limits.cpus_text))
+        return exceeded(fmt, a, b, string.format("max_cpus %s needs a cpu limit in resourceLimits", limits.cpus_text))
     end
     if limits.memory and not spec.memory then
-        return exceeded(scope, string.format("max_memory %s needs a memory limit in resourceLimits",
+        return exceeded(fmt, a, b, string.format("max_memory %s needs a memory limit in resourceLimits",
             limits.memory_text))
     end
     if not (limits.max_sandboxes or limits.nano or limits.memory) then
@@ -156,14 +159,14 @@ local function check(scope, limits, spec, filter)
     end
     local used = opensandbox.usage(filter)
     if limits.max_sandboxes and used.sandboxes + 1 > limits.max_sandboxes then
-        return exceeded(scope, string.format("max_sandboxes %d reached", limits.max_sandboxes))
+        return exceeded(fmt, a, b, string.format("max_sandboxes %d reached", limits.max_sandboxes))
     end
     if limits.nano and used.nano_cpus + spec.nano_cpus > limits.nano then
-        return exceeded(scope, string.format("max_cpus %s (in use %g, requested %g)", limits.cpus_text,
+        return exceeded(fmt, a, b, string.format("max_cpus %s (in use %g, requested %g)", limits.cpus_text,
             used.nano_cpus / 1e9, spec.nano_cpus / 1e9))
     end
     if limits.memory and used.memory + spec.memory > limits.memory then
-        return exceeded(scope, string.format("max_memory %s (in use %d bytes, requested %d bytes)",
+        return exceeded(fmt, a, b, string.format("max_memory %s (in use %d bytes, requested %d bytes)",
             limits.memory_text, used.memory, spec.memory))
     end
     return true
@@ -176,8 +179,7 @@ function M.before_create(ctx, spec)
     local principal = ctx.principal
     local pl = principal ~= nil and (principals[principal] or principals["*"])
     if pl then
-        local ok, err = check(string.format("principal '%s'", tostring(principal)), pl, spec,
-            { principal = principal })
+        local ok, err = check("principal '%s'", principal, nil, pl, spec, { principal = principal })
         if not ok then
             return nil, err
         end
@@ -186,7 +188,7 @@ function M.before_create(ctx, spec)
         local v = spec.metadata[key]
         local ml = v ~= nil and (values[v] or values["*"])
         if ml then
-            local ok, err = check(string.format("metadata %s=%s", key, v), ml, spec, { metadata = { [key] = v } })
+            local ok, err = check("metadata %s=%s", key, v, ml, spec, { metadata = { [key] = v } })
             if not ok then
                 return nil, err
             end
@@ -215,7 +217,7 @@ function M.before_patch_metadata(ctx, sandbox, patch)
             local ml = values[v] or values["*"]
             if ml then
                 spec = spec or spec_of(sandbox)
-                local ok, err = check(string.format("metadata %s=%s", key, v), ml, spec, { metadata = { [key] = v } })
+                local ok, err = check("metadata %s=%s", key, v, ml, spec, { metadata = { [key] = v } })
                 if not ok then
                     return nil, err
                 end

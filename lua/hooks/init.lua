@@ -216,8 +216,8 @@ local function read_only(t)
 end
 
 --- An array of read-only summaries of every current sandbox: { id, state, principal, metadata, nano_cpus,
---- memory, created_us, expires_us }. Resources come from the record when it has them, else from what
---- sandbox_name saw at create (lost on restart). A committed record is never changed in place (the service
+--- memory, created_us, expires_us }. Resources come from the record (stored with it), else from what
+--- sandbox_name saw at create. A committed record is never changed in place (the service
 --- commits a new table), so the summary of a record table is built once and cached (weak keys).
 function Hooks:summaries()
     local out = {}
@@ -252,7 +252,8 @@ M.LIVE_STATES = LIVE
 
 --- What the live sandboxes (Pending, Running, Paused, Stopping) matching `filter` use:
 --- { sandboxes = n, nano_cpus = total, memory = total } (a sandbox without a limit adds 0). filter =
---- { principal = p, metadata = { k = v, ... } }, both optional (all given must match).
+--- { principal = p, metadata = { k = v, ... } }, both optional (all given must match). With opts.usage (the
+--- service's running totals, sandbox/counters.lua) it is answered from there; else by a scan of the records.
 function Hooks:usage(filter)
     filter = filter or {}
     local p, md = filter.principal, filter.metadata

@@ -164,12 +164,14 @@ describe("sandbox usage across a restart", function()
         local ctx = { principal = "team-a", admin = false }
         env:running(S.spec({ nano_cpus = 1500000000, memory = 268435456 }), ctx)
         env:running(S.spec({ nano_cpus = 500000000 }), ctx)
-        assert.same({ sandboxes = 2, nano_cpus = 2000000000, memory = 268435456 }, env.svc:usage({ principal = "team-a" }))
+        assert.same({ sandboxes = 2, nano_cpus = 2000000000, memory = 268435456 },
+            env.svc:usage({ principal = "team-a" }))
         for _, row in pairs(store.rows) do
             assert.equal("integer", math.type(row.nano_cpus))
         end
         env = S.env({ runtime = rt, store = store, load = true })
-        assert.same({ sandboxes = 2, nano_cpus = 2000000000, memory = 268435456 }, env.svc:usage({ principal = "team-a" }))
+        assert.same({ sandboxes = 2, nano_cpus = 2000000000, memory = 268435456 },
+            env.svc:usage({ principal = "team-a" }))
     end)
 
     it("fills in the limits of records stored without them from the runtime at start-up", function()
@@ -193,7 +195,8 @@ describe("sandbox usage across a restart", function()
             status = { state = "Running", reason = "CONTAINER_RUNNING", message = "running" } })
         local env = S.env({ runtime = rt })
         assert.equal(750000000, env.svc.records[id].nano_cpus)
-        assert.same({ sandboxes = 1, nano_cpus = 750000000, memory = 67108864 }, env.svc:usage({ principal = "team-b" }))
+        assert.same({ sandboxes = 1, nano_cpus = 750000000, memory = 67108864 },
+            env.svc:usage({ principal = "team-b" }))
     end)
 end)
 
