@@ -261,7 +261,7 @@ function Hooks:usage(filter)
         error("usage: filter.metadata must be a table", 2)
     end
     if self.usage_of then
-        return self.usage_of({ principal = p, metadata = md })
+        return self.usage_of(filter)
     end
     local records = self.records and self.records() or {}
     local resources = self.resources
