@@ -24,6 +24,7 @@ local M = {
 }
 
 local forced_md, default_md, forced_env, default_env = {}, {}, {}, {}
+local needs_md = false -- whether a template uses {metadata.KEY} (else the values table leaves them out)
 
 local function string_map(t, what)
     if t == nil then
@@ -65,12 +66,29 @@ function M.init(config)
     end
     forced_md, default_md = config.metadata, config.metadata_defaults
     forced_env, default_env = config.env, config.env_defaults
+    needs_md = false
+    for _, t in ipairs({ forced_md, default_md, forced_env, default_env }) do
+        for _, v in pairs(t) do
+            needs_md = needs_md or v:find("{metadata.", 1, true) ~= nil
+        end
+    end
     return true
 end
 
+-- (a value that is valid already, the usual case, is returned as it is: no string is built per create)
 local function label_value(s)
+    if #s <= 63 and (s:find("^%w$") or s:find("^%w[%w_.%-]*%w$")) then
+        return s
+    end
     s = s:gsub("[^%w_.%-]", "-"):sub(1, 63)
     return (s:gsub("^[^%w]+", ""):gsub("[^%w]+$", ""))
+end
+
+local function expand(v, values)
+    if not v:find("{", 1, true) then
+        return v
+    end
+    return opensandbox.template(v, values)
 end
 
 local function set_env(env, name, value, force)
@@ -90,23 +108,25 @@ function M.before_create(ctx, spec)
         return
     end
     local values = { principal = ctx.principal, request_id = ctx.request_id }
-    for k, v in pairs(spec.metadata) do
-        values["metadata." .. k] = v
+    if needs_md then
+        for k, v in pairs(spec.metadata) do
+            values["metadata." .. k] = v
+        end
     end
     local md = spec.metadata
     for k, v in pairs(default_md) do
         if md[k] == nil then
-            md[k] = label_value(opensandbox.template(v, values))
+            md[k] = label_value(expand(v, values))
         end
     end
     for k, v in pairs(forced_md) do
-        md[k] = label_value(opensandbox.template(v, values))
+        md[k] = label_value(expand(v, values))
     end
     for k, v in pairs(default_env) do
-        set_env(spec.env, k, opensandbox.template(v, values), false)
+        set_env(spec.env, k, expand(v, values), false)
     end
     for k, v in pairs(forced_env) do
-        set_env(spec.env, k, opensandbox.template(v, values), true)
+        set_env(spec.env, k, expand(v, values), true)
     end
 end
 

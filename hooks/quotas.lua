@@ -40,6 +40,20 @@ local principals, by_metadata, admin_exempt = {}, {}, false
 
 local LIVE = { Pending = true, Running = true, Paused = true, Stopping = true }
 
+-- The usage filters, reused from call to call (usage() keeps nothing of them, and nothing between filling one
+-- and the usage() call yields): a create that passes allocates no filter tables.
+local by_principal_filter = { principal = false }
+local by_value = {}
+local by_value_filter = { metadata = by_value }
+
+local function value_usage_filter(key, v)
+    for k in pairs(by_value) do
+        by_value[k] = nil
+    end
+    by_value[key] = v
+    return by_value_filter
+end
+
 local function parse_cpus(v)
     if type(v) == "number" and v > 0 then
         return math.floor(v * 1e9 + 0.5)
@@ -179,7 +193,8 @@ function M.before_create(ctx, spec)
     local principal = ctx.principal
     local pl = principal ~= nil and (principals[principal] or principals["*"])
     if pl then
-        local ok, err = check("principal '%s'", principal, nil, pl, spec, { principal = principal })
+        by_principal_filter.principal = principal
+        local ok, err = check("principal '%s'", principal, nil, pl, spec, by_principal_filter)
         if not ok then
             return nil, err
         end
@@ -188,7 +203,7 @@ function M.before_create(ctx, spec)
         local v = spec.metadata[key]
         local ml = v ~= nil and (values[v] or values["*"])
         if ml then
-            local ok, err = check("metadata %s=%s", key, v, ml, spec, { metadata = { [key] = v } })
+            local ok, err = check("metadata %s=%s", key, v, ml, spec, value_usage_filter(key, v))
             if not ok then
                 return nil, err
             end
@@ -217,7 +232,7 @@ function M.before_patch_metadata(ctx, sandbox, patch)
             local ml = values[v] or values["*"]
             if ml then
                 spec = spec or spec_of(sandbox)
-                local ok, err = check("metadata %s=%s", key, v, ml, spec, { metadata = { [key] = v } })
+                local ok, err = check("metadata %s=%s", key, v, ml, spec, value_usage_filter(key, v))
                 if not ok then
                     return nil, err
                 end
