@@ -144,6 +144,9 @@ return {
         -- namespace without adopting or removing each other's sandboxes. nil: every pod labelled
         -- opensandbox.io/managed-by=opensandbox-server in the namespace belongs to this server.
         instance = nil,
+        -- Seconds an image-pull Secret of ours that no pod owns must be old before the replica holding the
+        -- Lease deletes it (a create that crashed between the Secret and its pod leaves one).
+        orphan_grace_seconds = 300,
     },
 
     store = {
@@ -168,8 +171,9 @@ return {
         --       },
         --   },
         config = {},
-        -- Budgets of one hook call: VM instructions, and growth of the Lua heap in MB. A hook that exceeds
-        -- one fails (500 HOOK::FAILED naming the hook); the server keeps serving.
+        -- Budgets of one hook call: VM instructions, and growth of the Lua heap in MB (the allocator refuses
+        -- past it, also inside one C call). A call also ends after 0.5 s of its own running time. A hook that
+        -- exceeds one fails (500 HOOK::FAILED naming the hook); the server keeps serving.
         instruction_budget = 10000000,
         memory_budget_mb = 64,
     },

@@ -12,6 +12,10 @@
  * reused; CURLMOPT_MAX_HOST_CONNECTIONS caps the connections per host so that a burst of requests
  * queues instead of opening one Docker socket connection per request.
  *
+ * opts.http2 = true asks for HTTP/2 over TLS and multiplexing (the Kubernetes API: every watch is a
+ * long-lived transfer, and with HTTP/1.1 each would hold one of the host's capped connections, so a
+ * burst of creates waiting for their pods starved every other request to the apiserver).
+ *
  * Streaming (opts.on_data): the write callback calls the Lua function with each chunk on the main
  * state, which cannot yield; returning false aborts the transfer.
  */
@@ -193,6 +197,7 @@ static int client_init(void)
     curl_multi_setopt(C.multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(C.multi, CURLMOPT_MAX_HOST_CONNECTIONS, C.max_host);
     curl_multi_setopt(C.multi, CURLMOPT_MAXCONNECTS, C.max_host * 4);
+    curl_multi_setopt(C.multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
     loop_prepare_add(client_prepare, NULL);
     C.inited = 1;
     return 0;
@@ -387,6 +392,14 @@ static double opt_num(lua_State *L, const char *k, double def)
     return v;
 }
 
+static int opt_bool(lua_State *L, const char *k)
+{
+    lua_getfield(L, 1, k);
+    int v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
 static const char *opt_str(lua_State *L, const char *k, size_t *len)
 {
     lua_getfield(L, 1, k);
@@ -500,6 +513,7 @@ static int l_request(lua_State *L)
     double timeout = opt_num(L, "timeout", 60);
     double idle = opt_num(L, "idle_timeout", 0);
     double connect_timeout = opt_num(L, "connect_timeout", 10);
+    int http2 = opt_bool(L, "http2");
     check_tls(L);
 
     struct creq *r = calloc(1, sizeof(*r));
@@ -539,7 +553,15 @@ static int l_request(lua_State *L)
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
+    if (http2) {
+        /* HTTP/2 over TLS when the server offers it (ALPN), and this transfer waits for an existing
+         * connection to that host to become a multiplexed one rather than opening its own:
+         * long-lived streams (watches) then share a few connections instead of holding one each */
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    } else {
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
+    }
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (sock)
         curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, sock);

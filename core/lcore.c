@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <lauxlib.h>
+#include <malloc.h>
 #include <signal.h>
 #include <string.h>
 #include <arpa/inet.h>
@@ -179,6 +180,17 @@ static int l_getpid(lua_State *L)
     return 1;
 }
 
+/* core.trim_memory(): hands freed heap memory back to the system (glibc's malloc_trim). A burst
+ * (hundreds of sandboxes provisioning at once, each with its own transfer and decoded objects)
+ * frees its memory afterwards, but glibc keeps most of it mapped, so the process's RSS stayed at
+ * the burst's peak; the service calls this after each sweep. Returns true when memory was released.
+ */
+static int l_trim_memory(lua_State *L)
+{
+    lua_pushboolean(L, malloc_trim(0));
+    return 1;
+}
+
 /* core.kill(pid, "HUP"|"TERM"|"INT"|0): sends a signal; returns true or nil, err. */
 static int l_kill(lua_State *L)
 {
@@ -233,10 +245,15 @@ static int l_on_signal(lua_State *L)
 
 int luaopen_core(lua_State *L)
 {
-    static const luaL_Reg fns[] = {{"now", l_now},       {"monotonic", l_monotonic},
-                                   {"stop", l_stop},     {"free_tcp_port", l_free_tcp_port},
-                                   {"getpid", l_getpid}, {"mkdirs", l_mkdirs},
-                                   {"kill", l_kill},     {"on_signal", l_on_signal},
+    static const luaL_Reg fns[] = {{"now", l_now},
+                                   {"monotonic", l_monotonic},
+                                   {"stop", l_stop},
+                                   {"free_tcp_port", l_free_tcp_port},
+                                   {"getpid", l_getpid},
+                                   {"mkdirs", l_mkdirs},
+                                   {"kill", l_kill},
+                                   {"trim_memory", l_trim_memory},
+                                   {"on_signal", l_on_signal},
                                    {NULL, NULL}};
     luaL_newlib(L, fns);
     lua_pushstring(L, OSB_VERSION);

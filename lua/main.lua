@@ -141,6 +141,7 @@ usage: opensandbox-server [--config PATH] [--check-config] [--reload] [--version
             spawn = spawn,
             timer = timer,
             uuid = uuid,
+            trim_memory = core.trim_memory,
         },
     })
     local n, lerr = service:load()

@@ -12,7 +12,10 @@ fi
 echo "docker-up: starting dockerd"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
-$SUDO sh -c 'nohup dockerd >>/var/log/opensandbox-dockerd.log 2>&1 &'
+# The daemon must not inherit the caller's other descriptors: a test run under `flock LOCK cmd` that
+# (re)starts dockerd would otherwise hand it the lock, which then outlives the run and blocks every later
+# run forever (it happened). Descriptors 3-9 (where flock and shells put theirs) are closed for it.
+$SUDO sh -c 'exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; nohup dockerd >>/var/log/opensandbox-dockerd.log 2>&1 &'
 i=0
 while ! docker info >/dev/null 2>&1; do
     i=$((i + 1))

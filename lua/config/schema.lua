@@ -79,6 +79,9 @@ M.sections = {
         api_burst = { type = "integer", default = 100, min = 1 },
         -- label opensandbox.io/instance on this server's pods (several servers in one namespace)
         instance = { type = "string" },
+        -- seconds an unowned image-pull Secret of ours must be old before the sweep deletes it (a create
+        -- that crashed between the Secret and its pod leaves one)
+        orphan_grace_seconds = { type = "integer", default = 300, min = 0 },
     },
     store = {
         path = { type = "string", default = "~/.opensandbox/opensandbox.db" },

@@ -18,8 +18,10 @@
 -- ctx is { request_id, principal, admin, host, remote_addr }; hooks get a copy.
 --
 -- Errors: a hook rejects with `return nil, {status=, code=, message=}` (a common.errors object is made of
--- it). A hook that raises, exceeds its instruction or memory budget, or breaks the spec gives 500
--- HOOK::FAILED "Hook '<name>' failed in <point>: <reason>", logged at ERROR; the server keeps serving.
+-- it). A hook that raises, exceeds its instruction, memory or time budget, returns something that cannot
+-- cross the boundary (a function, a table nested too deeply), or breaks the spec gives 500 HOOK::FAILED
+-- "Hook '<name>' failed in <point>: <reason>", logged at ERROR; the server keeps serving. What a hook
+-- returns is copied raw inside its budget and every table it gets is a copy (lua/hooks/README.md).
 local errors = require("common.errors")
 local json = require("common.json")
 local budget = require("hooks.budget")
@@ -178,13 +180,30 @@ local function rejection(entry, e)
     return errors.new(status, code, message, headers)
 end
 
--- Runs one hook function for `point` under the budgets. Returns true, r1, r2 (a hook's first two results)
--- or false, reason.
-function Hooks:run(entry, point, ...)
+-- Calls the hook and copies its first two results raw, still inside the budget (lua/hooks/README.md):
+-- nothing the hook controls (a metamethod on what it returns) runs once the budget has ended. `keep` is
+-- what a hook that returns nothing hands back (before_create: the spec it was given, maybe changed).
+local function call_and_copy(fn, keep, ...)
+    local r1, r2 = fn(...)
+    if r1 == nil and r2 == nil then
+        r1 = keep
+    end
+    return budget.raw_copy(r1), budget.raw_copy(r2)
+end
+
+-- Runs one hook function for `point` under the budgets, with `keep` as what a hook that returns nothing
+-- hands back. Returns true, r1, r2 (raw copies of a hook's first two results) or false, reason (a string).
+function Hooks:run_keep(entry, point, keep, ...)
     local old = env.set_phase(point)
-    local ok, r1, r2 = budget.call(self.limits, entry.fn, ...)
+    local ok, r1, r2 = budget.call(self.limits, call_and_copy, entry.fn, keep, ...)
     env.set_phase(old)
     return ok, r1, r2
+end
+
+-- Runs one hook function for `point` under the budgets. Returns true, r1, r2 (raw copies of a hook's
+-- first two results) or false, reason (a string).
+function Hooks:run(entry, point, ...)
+    return self:run_keep(entry, point, nil, ...)
 end
 
 -- Whether the results of a hook mean "reject": `return nil, err` or `return false[, err]`.
@@ -405,16 +424,14 @@ function Hooks:before_create(ctx, spec)
         return spec
     end
     local image = spec.image
-    local work = copy(spec)
+    local work = deep_copy(spec) -- every table a hook gets is a copy of its own
     work.image = { uri = image.uri } -- hooks never see the registry credentials
-    work.entrypoint = deep_copy(spec.entrypoint)
-    work.env = deep_copy(spec.env or {})
-    work.metadata = copy(spec.metadata or {})
-    work.extensions = copy(spec.extensions or {})
-    work.platform = spec.platform and copy(spec.platform) or nil
-    local hctx = ctx_copy(ctx)
+    work.env = work.env or {}
+    work.metadata = work.metadata or {}
+    work.extensions = work.extensions or {}
     for _, entry in ipairs(list) do
-        local ok, r1, r2 = self:run(entry, "before_create", hctx, work)
+        -- a hook that returns nothing gives back `work` (maybe changed): copied raw like a result
+        local ok, r1, r2 = self:run_keep(entry, "before_create", work, ctx_copy(ctx), work)
         if not ok then
             return nil, self:failed(entry, "before_create", r1, ctx)
         end
@@ -459,7 +476,6 @@ function Hooks:sandbox_name(ctx, spec, rec)
     if #list == 0 then
         return default
     end
-    local hctx = ctx_copy(ctx)
     local sspec = {
         image = { uri = spec.image and spec.image.uri },
         timeout = spec.timeout,
@@ -472,7 +488,7 @@ function Hooks:sandbox_name(ctx, spec, rec)
     local view = { id = rec.id, principal = rec.principal, metadata = copy(rec.metadata or {}),
         created_us = rec.created_us, expires_us = rec.expires_us }
     for _, entry in ipairs(list) do
-        local ok, name = self:run(entry, "sandbox_name", hctx, sspec, view)
+        local ok, name = self:run(entry, "sandbox_name", ctx_copy(ctx), deep_copy(sspec), deep_copy(view))
         if not ok then
             self:failed(entry, "sandbox_name", name, ctx)
             return default
@@ -497,9 +513,9 @@ end
 ---------------------------------------------------------------------------------------------------------
 
 function Hooks:run_transition(list, view, from, to)
-    local hctx = { principal = view.principal }
     for _, entry in ipairs(list) do
-        local ok, err = self:run(entry, "after_transition", hctx, view, from, to)
+        local ok, err = self:run(entry, "after_transition", { principal = view.principal }, deep_copy(view),
+            from, to)
         if not ok then
             self:failed(entry, "after_transition", err)
         end
@@ -538,9 +554,8 @@ function Hooks:before_delete(ctx, view)
     if #list == 0 then
         return true
     end
-    local hctx = ctx_copy(ctx)
     for _, entry in ipairs(list) do
-        local ok, r1, r2 = self:run(entry, "before_delete", hctx, deep_copy(view))
+        local ok, r1, r2 = self:run(entry, "before_delete", ctx_copy(ctx), deep_copy(view))
         if not ok then
             return nil, self:failed(entry, "before_delete", r1, ctx)
         end
@@ -561,9 +576,9 @@ function Hooks:on_proxy_request(ctx, view, req_info)
     if #list == 0 then
         return decision
     end
-    local hctx = ctx_copy(ctx)
     for _, entry in ipairs(list) do
-        local ok, r1, r2 = self:run(entry, "on_proxy_request", hctx, deep_copy(view), copy(req_info or {}))
+        local ok, r1, r2 = self:run(entry, "on_proxy_request", ctx_copy(ctx), deep_copy(view),
+            copy(req_info or {}))
         if not ok then
             return nil, self:failed(entry, "on_proxy_request", r1, ctx)
         end
@@ -632,9 +647,10 @@ function Hooks:before_patch_metadata(ctx, rec, patch)
         expires_us = rec.expires_us,
     }
     local work = copy(patch)
-    local hctx = ctx_copy(ctx)
     for _, entry in ipairs(list) do
-        local ok, r1, r2 = self:run(entry, "before_patch_metadata", hctx, deep_copy(summary), work)
+        -- a hook that returns nothing gives back `work` (maybe changed in place): copied raw like a result
+        local ok, r1, r2 = self:run_keep(entry, "before_patch_metadata", work, ctx_copy(ctx), deep_copy(summary),
+            work)
         if not ok then
             return nil, self:failed(entry, "before_patch_metadata", r1, ctx)
         end

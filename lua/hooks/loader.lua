@@ -107,7 +107,12 @@ local function load_file(dir, file, opts)
         return nil, lerr
     end
     local old = env.set_phase(nil)
-    local ok, h = budget.call(opts.limits, chunk)
+    -- The file's table is copied raw inside the budget (its functions kept): reading it afterwards runs no
+    -- metamethod of the hook's. The original is kept to give it its `config` (rawset, for `M.config`).
+    local ok, h, orig = budget.call(opts.limits, function()
+        local t = chunk()
+        return budget.raw_copy(t, { functions = true }), t
+    end)
     env.set_phase(old)
     if not ok then
         return nil, string.format("%s: %s", file, tostring(h))
@@ -122,8 +127,13 @@ local function load_file(dir, file, opts)
         return nil, string.format("%s: hooks.config.%s must be a table", file, h.name)
     end
     h.config = deep_copy(cfg or {})
+    rawset(orig, "config", h.config)
     if h.init then
-        local iok, res, why = budget.call(opts.limits, h.init, h.config)
+        local init = h.init
+        local iok, res, why = budget.call(opts.limits, function(c)
+            local r, w = init(c)
+            return budget.raw_copy(r), budget.raw_copy(w)
+        end, h.config)
         if not iok then
             return nil, string.format("%s: hook '%s' init failed: %s", file, h.name, tostring(res))
         end

@@ -270,6 +270,13 @@ function Service:start_background()
     end)
     self.sweeper = timer.every(C.SWEEP_INTERVAL, function()
         self:sweep()
+        local before_kb = collectgarbage("count")
+        if self.core.trim_memory then
+            -- what a burst freed goes back to the system (glibc keeps it mapped otherwise)
+            collectgarbage("collect")
+            self.core.trim_memory()
+        end
+        self.log.debug("swept", { lua_kb = math.floor(before_kb), lua_live_kb = math.floor(collectgarbage("count")) })
     end)
     if self.runtime.lead then
         self.core.spawn(function()

@@ -34,7 +34,7 @@ RUNDIR=/run/opensandbox-k8s
 
 NODE_NAME=osbk8s-node
 BRIDGE=osbk8s0
-POD_CIDR=10.244.0.0/24
+POD_CIDR=10.244.0.0/22     # room for OSB_K8S_MAX_PODS pods (bench/kubernetes_rss.sh runs 500)
 NODE_IP=10.244.0.1          # the bridge's address: the node's InternalIP and the kubelet's listen address
 SERVICE_CIDR=10.96.0.0/24
 SERVICE_IP=10.96.0.1
@@ -68,6 +68,7 @@ KERNEL_TUNABLES="vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_
 
 # Extra flags (word-split), e.g. OSB_K8S_APISERVER_ARGS="--feature-gates=Foo=true":
 #   OSB_K8S_APISERVER_ARGS, OSB_K8S_KUBELET_ARGS
+# OSB_K8S_MAX_PODS: the node's pod capacity (default 110, as kubeadm's; up to ~1000 fit the pod network)
 
 # ------------------------------------------------------------------------------------------------ helpers
 log() { printf '[k8s %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -407,7 +408,7 @@ clusterDomain: cluster.local
 podCIDR: $POD_CIDR
 podLogsDir: $STATE/pod-logs
 registerNode: true
-maxPods: 110
+maxPods: ${OSB_K8S_MAX_PODS:-110}
 makeIPTablesUtilChains: false
 rotateCertificates: false
 serverTLSBootstrap: false
@@ -572,7 +573,10 @@ setup_network() {
         ip link add "$BRIDGE" type bridge
         date >"$SAVED/bridge-created"
     fi
-    ip addr show dev "$BRIDGE" | grep "inet $NODE_IP/" >/dev/null || ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
+    ip addr show dev "$BRIDGE" | grep "inet $NODE_IP/${POD_CIDR#*/} " >/dev/null || {
+        ip addr flush dev "$BRIDGE"
+        ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
+    }
     ip link set "$BRIDGE" up
     # Docker sets FORWARD's policy to DROP and br_netfilter is loaded: let pods on our bridge talk to
     # each other (our own rule, tagged with a comment and removed at down).

@@ -178,9 +178,11 @@ end
 ------------------------------------------------------------------------------------------------------------
 -- requests
 
--- the bearer token, read again from its file now and then (the kubelet rotates service-account tokens)
+-- the bearer token, read again from its file now and then (the kubelet rotates service-account tokens), and
+-- at once after a 401 (`token_read_at` is then cleared)
 function Api:_token()
-    if self.token_file and self.read_file and self.now() - self.token_read_at >= M.TOKEN_REREAD_S then
+    if self.token_file and self.read_file and (not self.token_read_at
+        or self.now() - self.token_read_at >= M.TOKEN_REREAD_S) then
         self.token_read_at = self.now()
         local t = self.read_file(self.token_file)
         t = t and t:gsub("^%s+", ""):gsub("%s+$", "")
@@ -196,8 +198,26 @@ end
 
 --- Sends one request (rate limited). opts = { body = table (JSON) | string, content_type, timeout,
 --- on_data }. Returns the response { status, headers, body } or nil and an "unavailable" error.
+--- A 401 with a token from a file (a rotated, revoked or replaced token) has the file read again at once;
+--- when that gives another token, a request without on_data is sent once more with it.
 function Api:request(method, path, opts)
     opts = opts or {}
+    local used = self:_token()
+    local res, err = self:_send(method, path, opts)
+    if res and res.status == 401 and self.token_file then
+        self.token_read_at = nil
+        if not opts.on_data and self:_token() ~= used then
+            if self.log then
+                self.log.info("the Kubernetes token was refused; retrying with the token file's new token",
+                    { file = self.token_file })
+            end
+            return self:_send(method, path, opts)
+        end
+    end
+    return res, err
+end
+
+function Api:_send(method, path, opts)
     if WRITES[method] then
         self.writes:take()
     else
@@ -227,6 +247,10 @@ function Api:request(method, path, opts)
         timeout = opts.timeout or self.timeout,
         on_data = opts.on_data,
         tls = self.tls,
+        -- HTTP/2, multiplexed: every create's watch of its pod and the long namespace watch are streams on
+        -- a few shared connections (over HTTP/1.1 each held one of the host's capped connections, and a
+        -- burst of creates starved the other requests until they timed out)
+        http2 = self.server:find("^https://") ~= nil,
     })
     if not res then
         return nil, transport_error(err)

@@ -21,8 +21,11 @@ M.HTTP_PORT = mapping.HTTP_PORT
 M.DEFAULT_NAMESPACE = "default"
 M.DEFAULT_CREATE_TIMEOUT = 120
 M.DELETE_GRACE_SECONDS = 1 -- a sandbox's process gets SIGTERM, then SIGKILL a second later
-M.LIST_PAGE = 500
+M.LIST_PAGE = 100 -- pods per LIST request (one page of full Pod objects is held at a time)
 M.UNAVAILABLE_CODE = "KUBERNETES::UNAVAILABLE"
+M.INIT_ERROR_CODE = "KUBERNETES::INITIALIZATION_ERROR" -- upstream's code for a runtime that cannot start
+M.GC_INTERVAL = 600 -- seconds between two collections of orphaned ConfigMaps and Secrets (leader only)
+M.DEFAULT_ORPHAN_GRACE = 300
 
 local Kube = {}
 Kube.__index = Kube
@@ -56,6 +59,10 @@ function M.new(cfg, deps)
         template = nil, -- the loaded pod template, false when none is configured
         agent_ready = {}, -- agent ConfigMap name -> true once it is known to exist
         known = {}, -- pod name -> { id, status }: what the last list and the watch saw
+        init_error = nil, -- why the last connect() failed when the cause is not the transport (named to clients)
+        leading = nil, -- the last answer of lead(): only the leader collects orphans
+        last_gc = nil, -- when orphans were last collected (now_s)
+        orphan_grace = kcfg.orphan_grace_seconds or M.DEFAULT_ORPHAN_GRACE,
         resource_version = nil, -- where the next watch starts (from the last list, event or bookmark)
     }, Kube)
 end
@@ -140,7 +147,13 @@ function Kube:_server()
     return self.config.kubeconfig_path and ("the server of " .. self.config.kubeconfig_path) or "the in-cluster address"
 end
 
+--- The 503 a client gets while the runtime cannot be used: unreachable (KUBERNETES::UNAVAILABLE), or
+--- reachable but unusable as configured (a missing namespace, RBAC that forbids a verb, unreadable
+--- credentials: KUBERNETES::INITIALIZATION_ERROR naming the problem). Both are retried by every connect.
 function Kube:unavailable(reason)
+    if self.init_error then
+        return M.INIT_ERROR_CODE, string.format("The Kubernetes runtime cannot be used: %s", self.init_error)
+    end
     return M.UNAVAILABLE_CODE, string.format("Kubernetes API server is unreachable at %s: %s", self:_server(),
         tostring(reason))
 end
@@ -160,8 +173,20 @@ function Kube:_path(resource, name)
 end
 
 --- GET /version, then GET the namespace: a namespace that does not exist is an error naming it (one the
---- server may not read, 403, is only warned about: a namespaced Role cannot grant it). Returns {}.
+--- server may not read, 403, is only warned about: a namespaced Role cannot grant it). Then the agent's
+--- ConfigMap is made sure of (GET, and a create when missing), so that no create pays for it. Returns {}.
+--- A failure that is not the transport's is kept in `init_error`, which unavailable() names to clients.
 function Kube:connect()
+    local info, err = self:_connect()
+    if not info and type(err) == "table" and err.kind ~= "unavailable" then
+        self.init_error = tostring(err.message)
+    else
+        self.init_error = nil
+    end
+    return info, err
+end
+
+function Kube:_connect()
     local ok, err = self:_setup()
     if not ok then
         return nil, err
@@ -182,6 +207,14 @@ function Kube:connect()
         else
             return nil, nerr
         end
+    end
+    local cm, cerr = self:_ensure_agent()
+    if not cm then
+        if type(cerr) == "table" and cerr.kind ~= "unavailable" then
+            return nil, rterrors.new("api", "cannot make sure the agent's ConfigMap exists: " .. tostring(cerr.message),
+                { status = cerr.status })
+        end
+        return nil, cerr
     end
     return {}
 end
@@ -228,6 +261,12 @@ end
 --- Takes or keeps the Lease for `identity`: true when this replica holds it now, false when another live
 --- replica does (or won a race for it), nil, err when the apiserver cannot be asked. 1-2 requests.
 function Kube:lead(identity)
+    local leads, err = self:_lead(identity)
+    self.leading = leads == true
+    return leads, err
+end
+
+function Kube:_lead(identity)
     local base, name = self:_lease_path()
     local now = self.now_s()
     local lease, err = self.api:get(base .. "/" .. name)
@@ -305,50 +344,172 @@ local function id_of(pod)
     return labels and labels[mapping.LABEL_ID] or nil
 end
 
---- Every pod of this server (of this instance, with kubernetes.instance): one LIST (more pages past
---- M.LIST_PAGE pods). Remembers its resourceVersion, where the next watch starts. A pod being deleted is
---- listed as Stopping and without identity (never adopted).
+-- one listed pod: its entry, what is known of it, and the little the collection of orphans needs
+local function list_entry(pod, out, known, lite)
+    local meta = type(pod.metadata) == "table" and pod.metadata or {}
+    local id = id_of(pod)
+    local st = status(mapping.status_of(pod))
+    local identity = nil
+    if not meta.deletionTimestamp then
+        identity = mapping.identity_of(pod)
+    end
+    local ip = mapping.ip_of(pod)
+    out[#out + 1] = { id = id, handle = meta.name, place = { ip = ip }, status = st, sandbox = identity }
+    if meta.name then
+        known[meta.name] = { id = id, status = st, expires_us = identity and identity.expires_us, ip = ip }
+    end
+    local volumes = {}
+    local spec = type(pod.spec) == "table" and pod.spec or {}
+    for _, v in ipairs(type(spec.volumes) == "table" and spec.volumes or {}) do
+        if type(v) == "table" and type(v.configMap) == "table" and v.configMap.name then
+            volumes[#volumes + 1] = { configMap = { name = v.configMap.name } }
+        end
+    end
+    lite[#lite + 1] = { metadata = { name = meta.name, uid = meta.uid, labels = { [mapping.LABEL_ID] = id } },
+        spec = { volumes = volumes } }
+end
+
+--- Every pod of this server (of this instance, with kubernetes.instance): one LIST per M.LIST_PAGE pods.
+--- Each page is turned into entries before the next is asked for, so only one page of full Pod objects
+--- is held at a time (a Pod is kilobytes of JSON: 500 at once made the server's memory peak at twice its
+--- size). Remembers its resourceVersion, where the next watch starts. A pod being deleted is listed as
+--- Stopping and without identity (never adopted).
 function Kube:list()
     local selector = mapping.selector(self.instance)
-    local items, rv, cont = {}, nil, nil
+    local out, known, lite = {}, {}, {}
+    local rv, cont, done = nil, nil, false
     repeat
         local path = self:_path("pods") .. api_mod.query({ { "labelSelector", selector },
             { "limit", tostring(M.LIST_PAGE) }, { "continue", cont } })
         local doc, err = self.api:get(path)
         if not doc then
             if api_mod.is_gone(err) and cont then -- the continue token expired: list again from the start
-                items, cont = {}, nil
+                out, known, lite, cont = {}, {}, {}, nil
             else
                 return nil, err
             end
         else
-            for _, p in ipairs(type(doc.items) == "table" and doc.items or {}) do
-                items[#items + 1] = p
+            for _, pod in ipairs(type(doc.items) == "table" and doc.items or {}) do
+                list_entry(pod, out, known, lite)
             end
             local meta = type(doc.metadata) == "table" and doc.metadata or {}
             rv = meta.resourceVersion or rv
             cont = type(meta.continue) == "string" and meta.continue ~= "" and meta.continue or nil
+            done = cont == nil
         end
-    until not cont and doc
-    local out, known = {}, {}
-    for _, pod in ipairs(items) do
-        local meta = type(pod.metadata) == "table" and pod.metadata or {}
-        local id = id_of(pod)
-        local st = status(mapping.status_of(pod))
-        local identity = nil
-        if not meta.deletionTimestamp then
-            identity = mapping.identity_of(pod)
-        end
-        out[#out + 1] = { id = id, handle = meta.name, place = { ip = mapping.ip_of(pod) }, status = st,
-            sandbox = identity }
-        if meta.name then
-            known[meta.name] = { id = id, status = st, expires_us = identity and identity.expires_us,
-                ip = mapping.ip_of(pod) }
-        end
-    end
+    until done
     self.known = known
     self.resource_version = rv
+    self:_collect_orphans(lite)
     return out
+end
+
+-- the name of every ConfigMap the pods mount
+local function mounted_configmaps(pods)
+    local used = {}
+    for _, pod in ipairs(pods) do
+        local spec = type(pod.spec) == "table" and pod.spec or {}
+        for _, v in ipairs(type(spec.volumes) == "table" and spec.volumes or {}) do
+            if type(v) == "table" and type(v.configMap) == "table" and v.configMap.name then
+                used[v.configMap.name] = true
+            end
+        end
+    end
+    return used
+end
+
+-- whether an object carries exactly this server's instance label (none when it has no instance): orphans
+-- are collected only by servers of their own instance, never by a server that owns every instance's pods
+local function same_instance(obj, instance)
+    local labels = type(obj.metadata) == "table" and type(obj.metadata.labels) == "table" and obj.metadata.labels
+        or {}
+    return labels[mapping.LABEL_INSTANCE] == instance
+end
+
+local function created_s(obj)
+    local t = type(obj.metadata) == "table" and timefmt.parse(obj.metadata.creationTimestamp or "")
+    return t and t / 1e6 or nil
+end
+
+--- Best effort, by the holder of the Lease (a single server holds it too), at most every M.GC_INTERVAL
+--- seconds, after a list (`pods` = every pod of ours): deletes agent ConfigMaps of other agent versions
+--- that no pod mounts (left by earlier versions of the server), and image-pull Secrets that no pod owns and
+--- whose sandbox has no pod, once older than kubernetes.orphan_grace_seconds (a create that crashed
+--- between the Secret and its pod); makes a live pod the owner of its Secret when a crash came between the
+--- two. Notices when the current agent ConfigMap was deleted behind our back, and makes it again.
+--- 2 requests (two LISTs), plus one per orphan. Failures are logged, never returned.
+-- an unowned pull Secret past its grace: its pod (if any) becomes the owner, else it is deleted
+function Kube:_orphaned_secret(name, id, live)
+    local pod = id and live[id]
+    if pod and type(pod.metadata) == "table" and pod.metadata.uid then
+        -- the pod exists but the ownerReference was never written (a crash in between): write it now
+        local _, perr = self.api:merge_patch(self:_path("secrets", name), mapping.owner_patch(pod))
+        if perr then
+            self:_warn("cannot make a pod own its image pull Secret", { secret = name, error = perr.message })
+        end
+        return
+    end
+    local _, derr = self.api:delete(self:_path("secrets", name))
+    if derr and derr.kind ~= "not_found" then
+        self:_warn("cannot delete an orphaned image pull Secret", { secret = name, error = derr.message })
+    elseif self.log then
+        self.log.info("deleted an orphaned image pull Secret", { secret = name, sandbox_id = id })
+    end
+end
+
+function Kube:_collect_orphans(pods)
+    local now = self.now_s()
+    if self.leading ~= true or (self.last_gc and now - self.last_gc < M.GC_INTERVAL) or not self.agent_files then
+        return
+    end
+    self.last_gc = now
+    local selector = api_mod.query({ { "labelSelector", mapping.selector(self.instance) } })
+    local tag = self.agent_files:tag()
+    local current = tag and mapping.agent_configmap_name(tag)
+    local cms, err = self.api:get(self:_path("configmaps") .. selector)
+    if not cms then
+        self:_warn("cannot list the agent ConfigMaps", { error = tostring(err and err.message) })
+        return
+    end
+    local used, seen_current = mounted_configmaps(pods), false
+    for _, cm in ipairs(type(cms.items) == "table" and cms.items or {}) do
+        local name = type(cm.metadata) == "table" and cm.metadata.name
+        if name == current then
+            seen_current = true
+        elseif name and not used[name] and same_instance(cm, self.instance) then
+            local _, derr = self.api:delete(self:_path("configmaps", name))
+            if derr and derr.kind ~= "not_found" then
+                self:_warn("cannot delete an unused agent ConfigMap", { configmap = name, error = derr.message })
+            elseif self.log then
+                self.log.info("deleted an unused agent ConfigMap", { configmap = name })
+            end
+        end
+    end
+    if current and not seen_current then
+        self.agent_ready[current] = nil -- deleted behind our back: the next provision (or this) makes it again
+        self:_ensure_agent()
+    end
+    local secrets, serr = self.api:get(self:_path("secrets") .. selector)
+    if not secrets then
+        self:_warn("cannot list the image pull Secrets", { error = tostring(serr and serr.message) })
+        return
+    end
+    local live = {} -- sandbox id -> its pod
+    for _, pod in ipairs(pods) do
+        local id = id_of(pod)
+        if id then
+            live[id] = pod
+        end
+    end
+    for _, sec in ipairs(type(secrets.items) == "table" and secrets.items or {}) do
+        local meta = type(sec.metadata) == "table" and sec.metadata or {}
+        local owned = type(meta.ownerReferences) == "table" and next(meta.ownerReferences) ~= nil
+        local born = created_s(sec)
+        local due = born and now - born >= self.orphan_grace
+        if meta.name and not owned and due and same_instance(sec, self.instance) then
+            self:_orphaned_secret(meta.name, id_of(sec), live)
+        end
+    end
 end
 
 -- one watch event: updates what is known and the resourceVersion, reports a change

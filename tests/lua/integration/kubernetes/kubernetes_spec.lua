@@ -90,22 +90,124 @@ describe("kubernetes runtime #integration #kubernetes", function()
         assert.is_true(K.wait_pod_gone(id, 30), "pod still there after delete")
     end)
 
-    it("creates with at most 3 Kubernetes API requests (counted in the server's log)", function()
-        local srv = K.start()
-        local first = K.create_running(srv) -- the first also makes sure the agent's ConfigMap exists
-        local id, res = K.create(srv)
-        K.wait_state(srv, id, "Running", 90)
+    -- the Kubernetes API requests the server's log shows for one HTTP request (by its X-Request-ID)
+    local function requests_of(srv, res)
         local rid = assert(res.headers["x-request-id"])
-        local n, seen = 0, {}
+        local seen = {}
         for line in srv:log():gmatch("[^\n]+") do
             local mine = line:find('"request_id":"' .. rid .. '"', 1, true)
             if mine and line:find('"msg":"kubernetes request"', 1, true) then
-                n = n + 1
                 seen[#seen + 1] = line:match('"method":"(%u+)"') .. " " .. (line:match('"path":"([^"?]+)') or "?")
             end
         end
-        assert.is_true(n >= 1 and n <= 3, n .. " requests: " .. table.concat(seen, ", "))
+        return seen
+    end
+
+    it("creates with at most 3 Kubernetes API requests, the first create after a start too", function()
+        local srv = K.start() -- the agent's ConfigMap is made sure of at connect, not by a create
+        local first, res = K.create(srv)
+        K.wait_state(srv, first, "Running", 90)
+        local seen = requests_of(srv, res)
+        assert.is_true(#seen >= 1 and #seen <= 3, #seen .. " requests: " .. table.concat(seen, ", "))
+        for _, r in ipairs(seen) do
+            assert.is_nil(r:find("configmaps", 1, true), "a create asked for the agent ConfigMap: " .. r)
+        end
+        local id
+        id, res = K.create(srv)
+        K.wait_state(srv, id, "Running", 90)
+        seen = requests_of(srv, res)
+        assert.is_true(#seen >= 1 and #seen <= 3, #seen .. " requests: " .. table.concat(seen, ", "))
         assert.are.equal(204, K.call(srv, "DELETE", path(first)).status)
+        assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
+    end)
+
+    it("multiplexes its requests: 20 creates at once share a few HTTP/2 connections to the apiserver", function()
+        local srv = K.start({ instance = "mux" }) -- its own pods only
+        local api_port = assert(assert(io.open(K.cluster(), "r")):read("a"):match("server:%s*https://[^:]+:(%d+)"))
+        local script = K.run("mktemp /tmp/osb-test.XXXXXX"):gsub("%s+$", "")
+        local body = K.json.encode(K.body())
+        local f = assert(io.open(script, "w"))
+        -- 20 POSTs at once from the shell, then count the server's connections to the apiserver while their
+        -- pods start (each create holds a watch of its pod until it runs)
+        f:write(string.format([[
+for i in $(seq 1 20); do
+  curl -s -o /dev/null -H 'Content-Type: application/json' -d '%s' http://127.0.0.1:%d/v1/sandboxes &
+done
+wait
+max=0
+for i in $(seq 1 20); do
+  n=$(ss -tnpH state established "( dport = :%s )" | grep -c "pid=%d,")
+  [ "$n" -gt "$max" ] && max=$n
+  sleep 0.1
+done
+echo $max
+]], body, srv.port, api_port, srv.pid))
+        f:close()
+        local out = K.run("bash " .. script)
+        os.remove(script)
+        local max = assert(tonumber(out), out)
+        assert.is_true(max >= 1 and max <= 4, max .. " connections to the apiserver during 20 creates")
+        local list = K.call(srv, "GET", "/v1/sandboxes?pageSize=50")
+        assert.are.equal(20, #list.json.items)
+        for _, sb in ipairs(list.json.items) do
+            K.wait_state(srv, sb.id, "Running", 120)
+        end
+        for _, sb in ipairs(list.json.items) do
+            assert.are.equal(204, K.call(srv, "DELETE", path(sb.id)).status)
+        end
+    end)
+
+    it("makes a pull Secret for image.auth that the pod owns, and the garbage collector deletes it", function()
+        local srv = K.start()
+        local id = K.create_running(srv, { image = { uri = K.IMAGE, auth = { username = "u", password = "p" } } })
+        local name = "sandbox-" .. id .. "-pull"
+        local out, ok = K.kubectl("-n " .. K.namespace() .. " get secret " .. name .. " -o json")
+        assert.is_true(ok, out)
+        local secret = json.decode(out)
+        assert.are.equal("kubernetes.io/dockerconfigjson", secret.type)
+        assert.are.equal("Pod", secret.metadata.ownerReferences[1].kind)
+        assert.are.equal("sandbox-" .. id, secret.metadata.ownerReferences[1].name)
+        assert.are.equal(name, K.pod(id).spec.imagePullSecrets[1].name)
+        assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
+        local gone = false
+        for _ = 1, 300 do
+            if not select(2, K.kubectl("-n " .. K.namespace() .. " get secret " .. name)) then
+                gone = true
+                break
+            end
+            K.sleep(0.2)
+        end
+        assert.is_true(gone, "the pull Secret outlived its pod")
+    end)
+
+    it("collects orphaned agent ConfigMaps and pull Secrets of its instance", function()
+        K.stop_all() -- a server without kubernetes.instance owns every instance's objects: none may collect these
+        local ns = K.namespace()
+        local labels = "opensandbox.io/managed-by=opensandbox-server opensandbox.io/instance=gc"
+        local out, ok = K.kubectl("-n " .. ns .. " create configmap opensandbox-agent-0ld --from-literal=x=1")
+        assert.is_true(ok, out)
+        out, ok = K.kubectl("-n " .. ns .. " create secret generic crashed-create-pull --from-literal=x=1")
+        assert.is_true(ok, out)
+        K.kubectl("-n " .. ns .. " label configmap opensandbox-agent-0ld " .. labels .. " opensandbox.io/agent-tag=0ld")
+        K.kubectl("-n " .. ns .. " label secret crashed-create-pull " .. labels .. " opensandbox.io/id=no-such-id")
+        local srv = K.start({ instance = "gc", orphan_grace_seconds = 0 })
+        local function gone(kind, name)
+            for _ = 1, 150 do
+                if not select(2, K.kubectl("-n " .. ns .. " get " .. kind .. " " .. name)) then
+                    return true
+                end
+                K.sleep(0.2)
+            end
+            return false
+        end
+        assert.is_true(gone("configmap", "opensandbox-agent-0ld"), "the old agent ConfigMap is still there")
+        assert.is_true(gone("secret", "crashed-create-pull"), "the orphaned pull Secret is still there")
+        -- the current agent ConfigMap stays, and works
+        local current = K.kubectl("-n " .. ns .. " get configmap -l opensandbox.io/agent-tag -o name")
+        assert.truthy(current:find("configmap/opensandbox%-agent%-"), current)
+        local id = K.create_running(srv)
+        assert.is_true((agent_answers(srv, id)))
+        assert.truthy(srv:log():find("deleted an orphaned image pull Secret", 1, true))
         assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
     end)
 
@@ -136,6 +238,29 @@ describe("kubernetes runtime #integration #kubernetes", function()
         assert.are.equal("Sandbox container exited with code 3.", sb.status.message)
         assert.are.equal(204, K.call(srv, "DELETE", path(ok_id)).status)
         assert.are.equal(204, K.call(srv, "DELETE", path(bad_id)).status)
+    end)
+
+    it("reports an OOM kill and an eviction by the kubelet as Failed, with the reason", function()
+        -- the operator's pod template adds an ephemeral-storage limit to the sandbox container
+        local dir = K.run("mktemp -d /tmp/osb-test.XXXXXX"):gsub("%s+$", "")
+        local f = assert(io.open(dir .. "/template.yaml", "w"))
+        f:write("spec:\n  containers:\n  - name: sandbox\n    resources:\n      limits:\n"
+            .. "        ephemeral-storage: 10Mi\n")
+        f:close()
+        local srv = K.start({ pod_template_file = dir .. "/template.yaml" })
+        local hog = K.create(srv, { entrypoint = { "sh", "-c", "sleep 2; dd if=/dev/zero of=/big bs=1M count=40; "
+            .. "sleep 600" } })
+        local oom = K.create(srv, { entrypoint = { "sh", "-c", "sleep 2; x=a; while true; do x=$x$x; done" },
+            resourceLimits = { memory = "16Mi" } })
+        local sb = K.wait_state(srv, oom, "Failed", 90)
+        assert.truthy(sb.status.message:find("OOM", 1, true) or sb.status.message:find("137", 1, true),
+            sb.status.message)
+        sb = K.wait_state(srv, hog, "Failed", 120)
+        assert.truthy(sb.status.message:find("evicted", 1, true), sb.status.message)
+        assert.truthy(sb.status.message:find("ephemeral", 1, true), sb.status.message)
+        assert.are.equal(204, K.call(srv, "DELETE", path(hog)).status)
+        assert.are.equal(204, K.call(srv, "DELETE", path(oom)).status)
+        K.run("rm -rf " .. K.quote(dir))
     end)
 
     it("fails provisioning of an image the node does not have, and leaves no pod", function()
@@ -193,7 +318,7 @@ describe("kubernetes runtime #integration #kubernetes", function()
     end)
 
     -- deploy/kubernetes/rbac.yaml in this run's namespace, and a kubeconfig with a token of its ServiceAccount
-    local function rbac_kubeconfig(drop_verb)
+    local function rbac_kubeconfig(drop_verb, edit)
         local ns = K.namespace()
         local f = assert(io.open("deploy/kubernetes/rbac.yaml", "r"))
         local yaml = f:read("a"):gsub("namespace: opensandbox\n", "namespace: " .. ns .. "\n")
@@ -203,6 +328,9 @@ describe("kubernetes runtime #integration #kubernetes", function()
         if drop_verb then
             yaml = yaml:gsub('verbs: %["create", "get", "list", "watch", "delete", "patch"%]',
                 'verbs: ["get", "list", "watch", "delete", "patch"]')
+        end
+        if edit then
+            yaml = edit(yaml)
         end
         local dir = K.run("mktemp -d /tmp/osb-test.XXXXXX"):gsub("%s+$", "")
         f = assert(io.open(dir .. "/rbac.yaml", "w"))
@@ -260,6 +388,78 @@ current-context: sa
         assert.truthy(sb.status.message:find("forbidden", 1, true), sb.status.message)
         assert.truthy(sb.status.message:find("create", 1, true), sb.status.message)
         assert.truthy(sb.status.message:find("pods", 1, true), sb.status.message)
+        K.run("rm -rf " .. K.quote(dir))
+    end)
+
+    it("answers 503 KUBERNETES::INITIALIZATION_ERROR naming what RBAC forbids at start-up", function()
+        -- no agent ConfigMap yet, and a Role that may not create one
+        local ns = K.namespace()
+        K.kubectl("-n " .. ns .. " delete configmap -l opensandbox.io/agent-tag --wait=true")
+        local kc, dir = rbac_kubeconfig(false, function(yaml)
+            return (yaml:gsub('verbs: %["get", "create", "list", "delete"%]', 'verbs: ["get", "list", "delete"]'))
+        end)
+        local srv = K.start({ kubeconfig_path = kc })
+        local res = K.create_raw(srv)
+        K.assert_error(res, 503, "KUBERNETES::INITIALIZATION_ERROR", function(m)
+            return m:find("agent's ConfigMap", 1, true) ~= nil and m:find("configmaps", 1, true) ~= nil
+                and m:find("forbidden", 1, true) ~= nil
+        end)
+        K.run("rm -rf " .. K.quote(dir))
+    end)
+
+    it("follows a token file: a replaced token is read again at the first 401, not a minute later", function()
+        -- two ServiceAccounts bound to the Role of rbac.yaml; the server starts with A's token in a file
+        local kc, dir = rbac_kubeconfig(false)
+        local ns = K.namespace()
+        local out, ok = K.kubectl("-n " .. ns .. " create serviceaccount osb-rotated")
+        assert.is_true(ok, out)
+        out, ok = K.kubectl("-n " .. ns .. " create rolebinding osb-rotated --role=opensandbox-server "
+            .. "--serviceaccount=" .. ns .. ":osb-rotated")
+        assert.is_true(ok, out)
+        local function token(sa)
+            local t, tok = K.kubectl("-n " .. ns .. " create token " .. sa)
+            assert(tok, t)
+            return (t:gsub("%s+$", ""))
+        end
+        local function write(file, text)
+            local f = assert(io.open(file, "w"))
+            f:write(text)
+            f:close()
+        end
+        local old = token("osb-rotated")
+        write(dir .. "/token", old)
+        local text = assert(io.open(kc, "r")):read("a"):gsub("token: %S+", "tokenFile: " .. dir .. "/token")
+        write(kc, text)
+        local srv = K.start({ kubeconfig_path = kc })
+        local id = K.create_running(srv)
+        -- rotate: the file gets the other account's token, and the first account is deleted (its tokens
+        -- are refused from now on)
+        write(dir .. "/token", token("opensandbox-server"))
+        out, ok = K.kubectl("-n " .. ns .. " delete serviceaccount osb-rotated")
+        assert.is_true(ok, out)
+        -- wait until the apiserver refuses the old token
+        local admin = assert(io.open(K.cluster(), "r")):read("a")
+        local server = assert(admin:match("server:%s*(%S+)"))
+        write(dir .. "/ca.b64", assert(admin:match("certificate%-authority%-data:%s*(%S+)")))
+        K.run("base64 -d " .. K.quote(dir .. "/ca.b64") .. " > " .. K.quote(dir .. "/ca.crt"))
+        local refused = false
+        for _ = 1, 100 do
+            local code = K.run("curl -s -o /dev/stdout -w '%{http_code}' --cacert " .. K.quote(dir .. "/ca.crt")
+                .. " -H " .. K.quote("Authorization: Bearer " .. old) .. " " .. server .. "/api/v1/namespaces/" .. ns
+                .. "/pods | tail -c 3")
+            if code == "401" then
+                refused = true
+                break
+            end
+            K.sleep(0.2)
+        end
+        assert.is_true(refused, "the deleted account's token is still accepted")
+        local t0 = os.time()
+        local id2 = K.create_running(srv)
+        assert.is_true(os.time() - t0 < 45, "the new token was not used at once")
+        assert.truthy(srv:log():find("the Kubernetes token was refused", 1, true))
+        assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
+        assert.are.equal(204, K.call(srv, "DELETE", path(id2)).status)
         K.run("rm -rf " .. K.quote(dir))
     end)
 end)

@@ -49,7 +49,10 @@ local function ensure_dockerd()
         if not started and not (pid and alive(pid)) then
             -- a pid file left by a dead dockerd makes the new one refuse to start
             os.remove("/var/run/docker.pid")
-            H.run("setsid nohup dockerd >> /tmp/dockerd.log 2>&1 < /dev/null &")
+            -- without our descriptors 3-9: a lock this run is held under (`flock LOCK busted ...`) must not
+            -- pass to the daemon, which would hold it long after the run
+            H.run("exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; "
+                .. "setsid nohup dockerd >> /tmp/dockerd.log 2>&1 < /dev/null &")
             started = true
         end
         H.sleep(0.3)

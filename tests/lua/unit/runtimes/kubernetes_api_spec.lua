@@ -28,6 +28,7 @@ describe("kubernetes api requests", function()
         local r = k.requests[1]
         assert.equal("https://10.0.0.1:6443/api/v1/namespaces/ns/pods", r.url)
         assert.same(TLS, r.tls)
+        assert.is_true(r.http2) -- multiplexed: watches must not hold a connection each
         assert.equal("Bearer tok", r.headers.Authorization)
         assert.equal("application/json", r.headers["Content-Type"])
         assert.equal("p", r.json.metadata.name)
@@ -66,6 +67,30 @@ describe("kubernetes api requests", function()
         assert.equal("Bearer first", k.requests[1].headers.Authorization)
         assert.equal("Bearer first", k.requests[2].headers.Authorization)
         assert.equal("Bearer second", k.requests[3].headers.Authorization)
+    end)
+
+    it("on a 401, reads the token file at once and sends the request again with a new token", function()
+        local k = fake_kube.new()
+        local content = "old"
+        local api = new_api(k, { token = "old", token_file = "/t", read_file = function()
+            return content
+        end })
+        content = "new" -- replaced before the minute is over; the old token is refused already
+        local seen, accepted = {}, "new"
+        local reply = { json = { gitVersion = "v1" } }
+        reply.run = function(r)
+            seen[#seen + 1] = r.headers.Authorization
+            reply.status = r.headers.Authorization == "Bearer " .. accepted and 200 or 401
+        end
+        k:on("GET", "^/version$", reply)
+        assert.equal("v1", assert(api:get("/version")).gitVersion)
+        assert.same({ "Bearer old", "Bearer new" }, seen)
+        -- the same token again: no second attempt, the 401 is the answer
+        accepted = "newer"
+        local ok, err = api:get("/version")
+        assert.is_nil(ok)
+        assert.equal(401, err.status)
+        assert.equal(3, #seen)
     end)
 end)
 

@@ -93,8 +93,9 @@ local function connected(k, kcfg, deps)
     local rt = new_rt(k, kcfg, deps)
     k:on("GET", "^/version$", { json = { gitVersion = "v1.30.2" } })
     k:on("GET", "^" .. NS .. "$", { json = { metadata = { name = "sbx" } } })
+    k:on("GET", "/configmaps/opensandbox%-agent%-abc$", { json = {} })
     assert(rt:connect())
-    rt.agent_ready["opensandbox-agent-abc"] = true
+    assert.is_true(rt.agent_ready["opensandbox-agent-abc"])
     k.requests = {}
     return rt
 end
@@ -113,14 +114,35 @@ describe("kubernetes runtime: connection", function()
         assert.equal("kubernetes", rt.name)
     end)
 
-    it("connects with GET /version and a check of the namespace", function()
+    it("connects with GET /version, a check of the namespace and of the agent's ConfigMap", function()
         local k = fake_kube.new()
         local rt = new_rt(k)
         k:on("GET", "^/version$", { json = { gitVersion = "v1.30.2" } })
         k:on("GET", "^" .. NS .. "$", { json = { metadata = { name = "sbx" } } })
+        k:on("GET", "/configmaps/opensandbox%-agent%-abc$", { json = {} })
         assert.same({}, rt:connect())
-        assert.same({ "GET /version", "GET " .. NS }, paths(k))
+        assert.same({ "GET /version", "GET " .. NS, "GET " .. NS .. "/configmaps/opensandbox-agent-abc" }, paths(k))
         assert.equal("v1.30.2", rt.version)
+    end)
+
+    it("makes the agent's ConfigMap at connect, so that no create pays for it; names a refusal", function()
+        local k = fake_kube.new()
+        local rt = new_rt(k)
+        k:on("GET", "^/version$", { json = {} })
+        k:on("GET", "^" .. NS .. "$", { json = {} })
+        k:on("GET", "/configmaps/", { status = 404, json = fake_kube.status(404, "NotFound", "x") })
+        k:on("POST", "/configmaps$", { status = 403, json = fake_kube.status(403, "Forbidden",
+            'configmaps is forbidden: User "u" cannot create resource "configmaps"') })
+        local ok, err = rt:connect()
+        assert.is_nil(ok)
+        assert.truthy(err.message:find("cannot make sure the agent's ConfigMap exists", 1, true), err.message)
+        local code, message = rt:unavailable(err.message)
+        assert.equal("KUBERNETES::INITIALIZATION_ERROR", code)
+        assert.truthy(message:find('cannot create resource "configmaps"', 1, true), message)
+        k:on("POST", "/configmaps$", { status = 201, json = {} })
+        assert.same({}, rt:connect())
+        assert.is_true(rt.agent_ready["opensandbox-agent-abc"])
+        assert.equal("KUBERNETES::UNAVAILABLE", (rt:unavailable("x"))) -- the problem is gone
     end)
 
     it("names a namespace that does not exist; tolerates one it may not read", function()
@@ -131,6 +153,11 @@ describe("kubernetes runtime: connection", function()
         local ok, err = rt:connect()
         assert.is_nil(ok)
         assert.equal('the namespace "sbx" does not exist (kubernetes.namespace)', err.message)
+        local code, message = rt:unavailable(err.message)
+        assert.equal("KUBERNETES::INITIALIZATION_ERROR", code)
+        assert.equal('The Kubernetes runtime cannot be used: the namespace "sbx" does not exist '
+            .. "(kubernetes.namespace)", message)
+        k:on("GET", "/configmaps/opensandbox%-agent%-abc$", { json = {} })
         local warned = {}
         rt.log = { warn = function(m)
             warned[#warned + 1] = m
@@ -162,13 +189,14 @@ describe("kubernetes runtime: connection", function()
         local ok, err = rt:connect()
         assert.is_nil(ok)
         assert.equal('kubeconfig /k/config: context "nope" is not defined', err.message)
-        assert.equal("Kubernetes API server is unreachable at the server of /k/config: x",
+        assert.equal('The Kubernetes runtime cannot be used: kubeconfig /k/config: context "nope" is not defined',
             select(2, rt:unavailable("x")))
         content = table.concat({ "current-context: c", "contexts:", "- name: c", "  context: {cluster: k, user: u,",
             "    namespace: team}", "clusters:", "- name: k", "  cluster: {server: 'https://k:6443'}", "users:",
             "- name: u", "  user: {token: t0}" }, "\n")
         k:on("GET", "^/version$", { json = {} })
         k:on("GET", "^/api/v1/namespaces/team$", { json = {} })
+        k:on("GET", "/configmaps/", { json = {} })
         assert(rt:connect())
         assert.equal("team", rt.namespace) -- the context's namespace when kubernetes.namespace is nil
         assert.equal("https://k:6443/version", k.requests[1].url)
@@ -187,6 +215,7 @@ describe("kubernetes runtime: connection", function()
         end })
         k:on("GET", "^/version$", { json = {} })
         k:on("GET", "^/api/v1/namespaces/default$", { json = {} })
+        k:on("GET", "/configmaps/", { json = {} })
         assert(rt:connect())
         assert.equal("https://10.96.0.1:443/version", k.requests[1].url)
         assert.equal("Bearer sa", k.requests[1].headers.Authorization)
@@ -506,7 +535,7 @@ describe("kubernetes runtime: list and watch", function()
         k:on("GET", "/pods%?labelSelector", list_reply("500", { pod_object("9", RUNNING), other, dying }))
         local entries = assert(rt:list())
         assert.equal(1, #k.requests)
-        assert.matches(lit(SELECTOR .. "&limit=500") .. "$", k.requests[1].path)
+        assert.matches(lit(SELECTOR .. "&limit=100") .. "$", k.requests[1].path)
         assert.equal(3, #entries)
         local e = entries[1]
         assert.equal(ID, e.id)
@@ -530,7 +559,7 @@ describe("kubernetes runtime: list and watch", function()
         local entries = assert(rt:list())
         assert.equal(2, #entries)
         assert.equal(2, #k.requests)
-        assert.matches(lit(SELECTOR .. "%2Copensandbox.io%2Finstance%3Dblue&limit=500") .. "$", k.requests[1].path)
+        assert.matches(lit(SELECTOR .. "%2Copensandbox.io%2Finstance%3Dblue&limit=100") .. "$", k.requests[1].path)
     end)
 
     it("fails the whole list when the transport fails", function()
@@ -674,5 +703,90 @@ describe("kubernetes runtime: leadership (a coordination.k8s.io Lease)", functio
         ok, err = rt:lead("me")
         assert.is_nil(ok)
         assert.equal("unavailable", err.kind)
+    end)
+end)
+
+describe("kubernetes runtime: collecting orphaned ConfigMaps and Secrets", function()
+    local k, rt
+    before_each(function()
+        k = fake_kube.new() -- its clock reads 1000 s after the epoch
+        rt = connected(k)
+        k:on("GET", "/pods%?labelSelector", { json = { metadata = { resourceVersion = "1" },
+            items = { pod_object("9", RUNNING) } } })
+        k:on("DELETE", "/configmaps/", { json = {} })
+        k:on("DELETE", "/secrets/", { json = {} })
+        k:on("PATCH", "/secrets/", { json = {} })
+    end)
+
+    local function object(name, labels, created, owners)
+        return { metadata = { name = name, labels = labels, creationTimestamp = created, ownerReferences = owners } }
+    end
+    local OLD, NEW = "1970-01-01T00:00:00Z", "1970-01-01T00:16:00Z" -- 1000 s and 40 s old
+
+    it("runs only on the holder of the Lease, and then at most every GC_INTERVAL seconds", function()
+        k:on("GET", "/configmaps%?", { json = { items = {} } })
+        k:on("GET", "/secrets%?", { json = { items = {} } })
+        assert(rt:list())
+        assert.equal(0, #k:find("GET", "/configmaps%?")) -- not leading (not asked yet)
+        rt.leading = true
+        assert(rt:list())
+        assert(rt:list())
+        assert.equal(1, #k:find("GET", "/configmaps%?"))
+        assert.equal(1, #k:find("GET", "/secrets%?"))
+        k.t = k.t + kube.GC_INTERVAL
+        assert(rt:list())
+        assert.equal(2, #k:find("GET", "/configmaps%?"))
+    end)
+
+    it("deletes unused agent ConfigMaps of other versions and unowned pull Secrets without a pod", function()
+        rt.leading = true
+        local mine = { ["opensandbox.io/managed-by"] = "opensandbox-server" }
+        k:on("GET", "/configmaps%?", { json = { items = {
+            object("opensandbox-agent-abc", mine, OLD), -- the current one
+            object("opensandbox-agent-old", mine, OLD), -- an earlier version, mounted by no pod
+            object("opensandbox-agent-used", mine, OLD), -- an earlier version a pod still mounts
+        } } })
+        local using = pod_object("9", RUNNING, "using")
+        using.spec.volumes[1].configMap.name = "opensandbox-agent-used"
+        using.metadata.labels["opensandbox.io/id"] = "other-id"
+        k:on("GET", "/pods%?labelSelector", { json = { metadata = { resourceVersion = "1" },
+            items = { pod_object("9", RUNNING), using } } })
+        local function sec(name, id, created, owners)
+            return object(name, { ["opensandbox.io/managed-by"] = "opensandbox-server", ["opensandbox.io/id"] = id },
+                created, owners)
+        end
+        k:on("GET", "/secrets%?", { json = { items = {
+            sec("crashed-pull", "gone-id", OLD), -- no pod, no owner, old: an orphan
+            sec("young-pull", "gone-id-2", NEW), -- no pod yet, but young: a create in flight elsewhere
+            sec("owned-pull", "gone-id-3", OLD, { { kind = "Pod", name = "x", uid = "u" } }), -- the GC's job
+            sec(POD .. "-pull", ID, OLD), -- its pod exists but never became the owner
+        } } })
+        assert(rt:list())
+        assert.same({ "DELETE " .. NS .. "/configmaps/opensandbox-agent-old",
+            "DELETE " .. NS .. "/secrets/crashed-pull" }, (function()
+            local out = {}
+            for _, p in ipairs(paths(k)) do
+                if p:find("^DELETE") then
+                    out[#out + 1] = p
+                end
+            end
+            return out
+        end)())
+        local patches = k:find("PATCH", "/secrets/")
+        assert.equal(1, #patches)
+        assert.equal(NS .. "/secrets/" .. POD .. "-pull", patches[1].path)
+        assert.equal("uid-1", patches[1].json.metadata.ownerReferences[1].uid)
+    end)
+
+    it("makes the current agent ConfigMap again when it was deleted behind its back", function()
+        rt.leading = true
+        k:on("GET", "/configmaps%?", { json = { items = {} } })
+        k:on("GET", "/secrets%?", { json = { items = {} } })
+        k:on("GET", "/configmaps/opensandbox%-agent%-abc$",
+            { status = 404, json = fake_kube.status(404, "NotFound", "x") })
+        k:on("POST", "/configmaps$", { status = 201, json = {} })
+        assert(rt:list())
+        assert.equal(1, #k:find("POST", "/configmaps$"))
+        assert.is_true(rt.agent_ready["opensandbox-agent-abc"])
     end)
 end)

@@ -47,6 +47,7 @@ function Fake:_request(opts)
         body = opts.body,
         json = opts.body and json.decode(opts.body) or nil,
         tls = opts.tls,
+        http2 = opts.http2,
         timeout = opts.timeout,
         streaming = opts.on_data ~= nil,
     }
