@@ -11,6 +11,11 @@
 -- letters, digits, '-', '_' and '.' become '-', the value is cut to 63 characters and must begin and end
 -- with a letter or digit (what is not is trimmed). Metadata keys are checked at load.
 -- With nothing configured the hook changes nothing.
+--
+-- Metadata patches (before_patch_metadata): a key of `metadata` (forced) keeps its value: a patch that
+-- changes or removes it is refused with 403 METADATA::FORCED. A key of `metadata_defaults` that a patch
+-- removes gets its default value again (templates see the sandbox's owner as {principal} and the patched
+-- metadata), so a sandbox cannot lose a value that a quota or a name depends on.
 -- luacheck: read globals opensandbox
 local M = {
     name = "metadata",
@@ -19,6 +24,7 @@ local M = {
 }
 
 local forced_md, default_md, forced_env, default_env = {}, {}, {}, {}
+local needs_md = false -- whether a template uses {metadata.KEY} (else the values table leaves them out)
 
 local function string_map(t, what)
     if t == nil then
@@ -60,12 +66,29 @@ function M.init(config)
     end
     forced_md, default_md = config.metadata, config.metadata_defaults
     forced_env, default_env = config.env, config.env_defaults
+    needs_md = false
+    for _, t in ipairs({ forced_md, default_md, forced_env, default_env }) do
+        for _, v in pairs(t) do
+            needs_md = needs_md or v:find("{metadata.", 1, true) ~= nil
+        end
+    end
     return true
 end
 
+-- (a value that is valid already, the usual case, is returned as it is: no string is built per create)
 local function label_value(s)
+    if #s <= 63 and (s:find("^%w$") or s:find("^%w[%w_.%-]*%w$")) then
+        return s
+    end
     s = s:gsub("[^%w_.%-]", "-"):sub(1, 63)
     return (s:gsub("^[^%w]+", ""):gsub("[^%w]+$", ""))
+end
+
+local function expand(v, values)
+    if not v:find("{", 1, true) then
+        return v
+    end
+    return opensandbox.template(v, values)
 end
 
 local function set_env(env, name, value, force)
@@ -85,23 +108,51 @@ function M.before_create(ctx, spec)
         return
     end
     local values = { principal = ctx.principal, request_id = ctx.request_id }
-    for k, v in pairs(spec.metadata) do
-        values["metadata." .. k] = v
+    if needs_md then
+        for k, v in pairs(spec.metadata) do
+            values["metadata." .. k] = v
+        end
     end
     local md = spec.metadata
     for k, v in pairs(default_md) do
         if md[k] == nil then
-            md[k] = label_value(opensandbox.template(v, values))
+            md[k] = label_value(expand(v, values))
         end
     end
     for k, v in pairs(forced_md) do
-        md[k] = label_value(opensandbox.template(v, values))
+        md[k] = label_value(expand(v, values))
     end
     for k, v in pairs(default_env) do
-        set_env(spec.env, k, opensandbox.template(v, values), false)
+        set_env(spec.env, k, expand(v, values), false)
     end
     for k, v in pairs(forced_env) do
-        set_env(spec.env, k, opensandbox.template(v, values), true)
+        set_env(spec.env, k, expand(v, values), true)
+    end
+end
+
+function M.before_patch_metadata(_, sandbox, patch)
+    local current = sandbox.metadata
+    for k in pairs(forced_md) do
+        local v = patch[k]
+        if v ~= nil and (v or nil) ~= current[k] then
+            return opensandbox.reject(403, "METADATA::FORCED",
+                string.format("Metadata key '%s' is set by the server and cannot be changed.", k))
+        end
+    end
+    local values
+    for k, v in pairs(default_md) do
+        if patch[k] == false then
+            if not values then
+                values = { principal = sandbox.principal }
+                for mk, mv in pairs(current) do
+                    values["metadata." .. mk] = mv
+                end
+                for pk, pv in pairs(patch) do
+                    values["metadata." .. pk] = pv or nil
+                end
+            end
+            patch[k] = label_value(opensandbox.template(v, values))
+        end
     end
 end
 

@@ -18,8 +18,14 @@
 --   max_timeout    seconds; a request without a timeout (manual cleanup) is refused while this applies
 -- Exceeding one: 429 QUOTA::EXCEEDED "Quota exceeded for principal 'team-a': max_sandboxes 2 reached."
 --
--- This hook runs last among the before_create hooks (priority 100), so it sees the injected metadata, and
--- nothing that could yield runs between its count and the commit of the new sandbox.
+-- A metadata patch (before_patch_metadata) that moves a live sandbox into another bucket of a metadata
+-- quota is checked as a create into that bucket would be: the sandbox itself, its cpu and memory limits,
+-- and its remaining lifetime against max_timeout (no expiry counts as no timeout). Moving into a full bucket:
+-- 429 QUOTA::EXCEEDED "Quota exceeded for metadata team=infra: max_sandboxes 20 reached."
+--
+-- This hook runs last among the before_create and before_patch_metadata hooks (priority 100), so it sees the
+-- injected metadata, and nothing that could yield runs between its count and the commit.
+-- Usage comes from totals the server keeps per principal and per metadata value, not from a scan.
 -- luacheck: read globals opensandbox
 local M = {
     name = "quotas",
@@ -31,6 +37,22 @@ local MEMORY_UNITS = { Ki = 1024, Mi = 1024 ^ 2, Gi = 1024 ^ 3, Ti = 1024 ^ 4, k
     T = 1000 ^ 4 }
 
 local principals, by_metadata, admin_exempt = {}, {}, false
+
+local LIVE = { Pending = true, Running = true, Paused = true, Stopping = true }
+
+-- The usage filters, reused from call to call (usage() keeps nothing of them, and nothing between filling one
+-- and the usage() call yields): a create that passes allocates no filter tables.
+local by_principal_filter = { principal = false }
+local by_value = {}
+local by_value_filter = { metadata = by_value }
+
+local function value_usage_filter(key, v)
+    for k in pairs(by_value) do
+        by_value[k] = nil
+    end
+    by_value[key] = v
+    return by_value_filter
+end
 
 local function parse_cpus(v)
     if type(v) == "number" and v > 0 then
@@ -122,25 +144,28 @@ function M.init(config)
     return true
 end
 
-local function exceeded(scope, what)
-    return opensandbox.reject(429, "QUOTA::EXCEEDED", string.format("Quota exceeded for %s: %s.", scope, what))
+-- The scope is (fmt, a, b), formatted only when a limit is exceeded: a create that passes builds no
+-- message strings.
+local function exceeded(fmt, a, b, what)
+    return opensandbox.reject(429, "QUOTA::EXCEEDED", string.format("Quota exceeded for %s: %s.",
+        string.format(fmt, tostring(a), tostring(b)), what))
 end
 
 -- Checks one scope: `limits` against the usage of the live sandboxes that `filter` selects.
-local function check(scope, limits, spec, filter)
+local function check(fmt, a, b, limits, spec, filter)
     local t = limits.max_timeout
     if t then
         if spec.timeout == nil then
-            return exceeded(scope, string.format("max_timeout %ds (requested no timeout)", t))
+            return exceeded(fmt, a, b, string.format("max_timeout %ds (requested no timeout)", t))
         elseif spec.timeout > t then
-            return exceeded(scope, string.format("max_timeout %ds (requested %ds)", t, spec.timeout))
+            return exceeded(fmt, a, b, string.format("max_timeout %ds (requested %ds)", t, spec.timeout))
         end
     end
     if limits.nano and not spec.nano_cpus then
-        return exceeded(scope, string.format("max_cpus %s needs a cpu limit in resourceLimits", limits.cpus_text))
+        return exceeded(fmt, a, b, string.format("max_cpus %s needs a cpu limit in resourceLimits", limits.cpus_text))
     end
     if limits.memory and not spec.memory then
-        return exceeded(scope, string.format("max_memory %s needs a memory limit in resourceLimits",
+        return exceeded(fmt, a, b, string.format("max_memory %s needs a memory limit in resourceLimits",
             limits.memory_text))
     end
     if not (limits.max_sandboxes or limits.nano or limits.memory) then
@@ -148,14 +173,14 @@ local function check(scope, limits, spec, filter)
     end
     local used = opensandbox.usage(filter)
     if limits.max_sandboxes and used.sandboxes + 1 > limits.max_sandboxes then
-        return exceeded(scope, string.format("max_sandboxes %d reached", limits.max_sandboxes))
+        return exceeded(fmt, a, b, string.format("max_sandboxes %d reached", limits.max_sandboxes))
     end
     if limits.nano and used.nano_cpus + spec.nano_cpus > limits.nano then
-        return exceeded(scope, string.format("max_cpus %s (in use %g, requested %g)", limits.cpus_text,
+        return exceeded(fmt, a, b, string.format("max_cpus %s (in use %g, requested %g)", limits.cpus_text,
             used.nano_cpus / 1e9, spec.nano_cpus / 1e9))
     end
     if limits.memory and used.memory + spec.memory > limits.memory then
-        return exceeded(scope, string.format("max_memory %s (in use %d bytes, requested %d bytes)",
+        return exceeded(fmt, a, b, string.format("max_memory %s (in use %d bytes, requested %d bytes)",
             limits.memory_text, used.memory, spec.memory))
     end
     return true
@@ -168,8 +193,8 @@ function M.before_create(ctx, spec)
     local principal = ctx.principal
     local pl = principal ~= nil and (principals[principal] or principals["*"])
     if pl then
-        local ok, err = check(string.format("principal '%s'", tostring(principal)), pl, spec,
-            { principal = principal })
+        by_principal_filter.principal = principal
+        local ok, err = check("principal '%s'", principal, nil, pl, spec, by_principal_filter)
         if not ok then
             return nil, err
         end
@@ -178,9 +203,39 @@ function M.before_create(ctx, spec)
         local v = spec.metadata[key]
         local ml = v ~= nil and (values[v] or values["*"])
         if ml then
-            local ok, err = check(string.format("metadata %s=%s", key, v), ml, spec, { metadata = { [key] = v } })
+            local ok, err = check("metadata %s=%s", key, v, ml, spec, value_usage_filter(key, v))
             if not ok then
                 return nil, err
+            end
+        end
+    end
+end
+
+-- What a sandbox brings into a bucket it is moved to: a spec as a create would have it.
+local function spec_of(sandbox)
+    local timeout
+    if sandbox.expires_us then
+        timeout = math.max(0, (sandbox.expires_us - opensandbox.now() * 1e6) // 1e6)
+        timeout = math.tointeger(timeout) or timeout
+    end
+    return { timeout = timeout, nano_cpus = sandbox.nano_cpus, memory = sandbox.memory }
+end
+
+function M.before_patch_metadata(ctx, sandbox, patch)
+    if (admin_exempt and ctx.admin) or not LIVE[sandbox.state] then
+        return
+    end
+    local spec
+    for key, values in pairs(by_metadata) do
+        local v = patch[key]
+        if v and v ~= sandbox.metadata[key] then
+            local ml = values[v] or values["*"]
+            if ml then
+                spec = spec or spec_of(sandbox)
+                local ok, err = check("metadata %s=%s", key, v, ml, spec, value_usage_filter(key, v))
+                if not ok then
+                    return nil, err
+                end
             end
         end
     end

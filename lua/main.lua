@@ -137,6 +137,12 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
             sandboxes = function()
                 return service and service.records or {}
             end,
+            usage = function(filter)
+                if not service then
+                    return { sandboxes = 0, nano_cpus = 0, memory = 0 }
+                end
+                return service:usage(filter)
+            end,
         })
         if not hooks_obj then
             return die("hooks: " .. tostring(herr), 1)

@@ -32,7 +32,8 @@ local validate = require("sandbox.validate")
 
 local M = {}
 
-M.POINTS = { "before_create", "sandbox_name", "after_transition", "before_delete", "on_proxy_request" }
+M.POINTS = { "before_create", "sandbox_name", "after_transition", "before_delete", "on_proxy_request",
+    "before_patch_metadata" }
 M.IS_POINT = {}
 for _, p in ipairs(M.POINTS) do
     M.IS_POINT[p] = true
@@ -42,7 +43,8 @@ end
 -- the file loads and in init().
 M.ALLOWED = {
     -- yields: not where the service needs an answer without a pause (the name is chosen between the quota
-    -- check and the commit of the record), nor on the proxy's hot path
+    -- check and the commit of the record; a metadata patch is checked and committed under the sandbox's
+    -- lock), nor on the proxy's hot path
     http = { before_create = true, before_delete = true, after_transition = true },
     sandboxes = {
         before_create = true,
@@ -50,6 +52,7 @@ M.ALLOWED = {
         before_delete = true,
         after_transition = true,
         on_proxy_request = true,
+        before_patch_metadata = true,
     },
 }
 

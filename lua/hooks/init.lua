@@ -4,6 +4,7 @@
 --   local hooks = require("hooks")
 --   local h, err = hooks.new{ dir = path, config = cfg.hooks.config, log = log, spawn = spawn,
 --       http = client.request, now = core.now, sandboxes = function() return service.records end,
+--       usage = function(filter) return service:usage(filter) end,
 --       limits = { instructions = n, memory_kb = n }, max_timeout = seconds|nil }
 --
 -- The points (each runs the hooks that implement it, highest priority first):
@@ -12,6 +13,7 @@
 --   h:after_transition(rec, from, to)   -> nothing; never raises; runs in a task of its own (spawn)
 --   h:before_delete(ctx, sandbox_view)  -> true or nil, err
 --   h:on_proxy_request(ctx, sandbox_view, req_info) -> decision { allow = bool, ... } or nil, err
+--   h:before_patch_metadata(ctx, rec, patch) -> patch (a checked, possibly changed copy) or nil, err
 --   h:reload(opts)                      -> true or nil, message (the old set stays on any error)
 -- ctx is { request_id, principal, admin, host, remote_addr }; hooks get a copy.
 --
@@ -21,6 +23,7 @@
 -- "Hook '<name>' failed in <point>: <reason>", logged at ERROR; the server keeps serving. What a hook
 -- returns is copied raw inside its budget and every table it gets is a copy (lua/hooks/README.md).
 local errors = require("common.errors")
+local json = require("common.json")
 local budget = require("hooks.budget")
 local env = require("hooks.env")
 local loader = require("hooks.loader")
@@ -55,6 +58,7 @@ function M.new(opts)
     self.log = opts.log or { debug = nolog, info = nolog, warn = nolog, error = nolog }
     self.spawn = opts.spawn
     self.records = opts.sandboxes
+    self.usage_of = opts.usage -- the service's counters (sandbox/counters.lua); else usage() counts records
     self.max_timeout = opts.max_timeout
     self.limits = {
         instructions = opts.limits and opts.limits.instructions or budget.DEFAULT_INSTRUCTIONS,
@@ -231,8 +235,8 @@ local function read_only(t)
 end
 
 --- An array of read-only summaries of every current sandbox: { id, state, principal, metadata, nano_cpus,
---- memory, created_us, expires_us }. Resources come from the record when it has them, else from what
---- sandbox_name saw at create (lost on restart). A committed record is never changed in place (the service
+--- memory, created_us, expires_us }. Resources come from the record (stored with it), else from what
+--- sandbox_name saw at create. A committed record is never changed in place (the service
 --- commits a new table), so the summary of a record table is built once and cached (weak keys).
 function Hooks:summaries()
     local out = {}
@@ -267,12 +271,16 @@ M.LIVE_STATES = LIVE
 
 --- What the live sandboxes (Pending, Running, Paused, Stopping) matching `filter` use:
 --- { sandboxes = n, nano_cpus = total, memory = total } (a sandbox without a limit adds 0). filter =
---- { principal = p, metadata = { k = v, ... } }, both optional (all given must match).
+--- { principal = p, metadata = { k = v, ... } }, both optional (all given must match). With opts.usage (the
+--- service's running totals, sandbox/counters.lua) it is answered from there; else by a scan of the records.
 function Hooks:usage(filter)
     filter = filter or {}
     local p, md = filter.principal, filter.metadata
     if md ~= nil and type(md) ~= "table" then
         error("usage: filter.metadata must be a table", 2)
+    end
+    if self.usage_of then
+        return self.usage_of(filter)
     end
     local records = self.records and self.records() or {}
     local resources = self.resources
@@ -588,6 +596,83 @@ function Hooks:on_proxy_request(ctx, view, req_info)
         end
     end
     return decision
+end
+
+---------------------------------------------------------------------------------------------------------
+-- before_patch_metadata
+---------------------------------------------------------------------------------------------------------
+
+-- Checks a patch a hook returned: { key = "value" | false (remove) } under the API's rules. Returns the
+-- patch, or nil and (a reason, or an error object for the label rules).
+local function check_patch(patch)
+    if type(patch) ~= "table" then
+        return nil, "the patch is not a table"
+    end
+    local body = {}
+    -- raw iteration (next, not pairs): no metamethod of a table a hook returned runs here, outside its budget
+    for k, v in next, patch do
+        if type(k) ~= "string" or (v ~= false and type(v) ~= "string") then
+            return nil, "patch entries must be key = \"value\" or key = false (remove)"
+        end
+        body[k] = v == false and json.null or v
+    end
+    if next(body) == nil then
+        return {}
+    end
+    local checked, err = validate.metadata_patch(body)
+    if not checked then
+        return nil, err
+    end
+    return checked
+end
+
+--- Runs the before_patch_metadata hooks for a metadata patch (PATCH /sandboxes/{id}/metadata) of the
+--- record `rec`, under the sandbox's lock. `patch` is { key = "value" | false (remove) }. Each hook gets
+--- ctx, the sandbox's summary (as opensandbox.sandboxes() gives it, with its own metadata table) and a
+--- copy of the patch, which it may change in place or replace by returning a table. Returns the patch to
+--- apply, or nil and a common.errors object.
+function Hooks:before_patch_metadata(ctx, rec, patch)
+    local list = self.set.by_point.before_patch_metadata
+    if not list or #list == 0 then
+        return patch
+    end
+    local summary = {
+        id = rec.id,
+        state = rec.state,
+        principal = rec.principal,
+        metadata = copy(rec.metadata or {}),
+        nano_cpus = rec.nano_cpus,
+        memory = rec.memory,
+        created_us = rec.created_us,
+        expires_us = rec.expires_us,
+    }
+    local work = copy(patch)
+    for _, entry in ipairs(list) do
+        -- a hook that returns nothing gives back `work` (maybe changed in place): copied raw like a result
+        local ok, r1, r2 = self:run_keep(entry, "before_patch_metadata", work, ctx_copy(ctx), deep_copy(summary),
+            work)
+        if not ok then
+            return nil, self:failed(entry, "before_patch_metadata", r1, ctx)
+        end
+        if is_rejection(r1, r2) then
+            local e = rejection(entry, r2)
+            self.log.info("metadata patch rejected by hook", { hook = entry.name, code = e.code, status = e.status })
+            return nil, e
+        end
+        if type(r1) == "table" then
+            work = r1
+        end
+        local checked, why = check_patch(work)
+        if not checked then
+            if errors.is(why) then
+                return nil, errors.new(why.status, why.code, why.message .. string.format(" (set by hook '%s')",
+                    entry.name))
+            end
+            return nil, self:failed(entry, "before_patch_metadata", "invalid patch: " .. why, ctx)
+        end
+        work = checked
+    end
+    return work
 end
 
 return M

@@ -21,6 +21,9 @@
 --   failed_us       integer? failedAt of a failed-provisioning record
 --   principal       any JSON value?  who created it (for hooks); opaque here (numbers in it come back from
 --                   the store as floats)
+--   nano_cpus       integer? the cpu limit (resourceLimits.cpu in 1e-9 cpus); nil = none. With memory, what
+--                   the sandbox counts against quotas (sandbox/counters.lua), so it survives a restart
+--   memory          integer? the memory limit in bytes; nil = none
 --
 --   provision       table?   while Pending: what provisioning needs beyond the fields above, to resume after a
 --                   crash (resume_spec: the runtime object's name, resources); nil once provisioning ended
@@ -102,6 +105,8 @@ function M.new_record(id, spec, now_us)
         metadata = spec.metadata or {},
         platform = spec.platform,
         extensions = spec.extensions or {},
+        nano_cpus = spec.nano_cpus,
+        memory = spec.memory,
     }
     M.apply_status(rec, M.status(M.STATE.PENDING, M.REASON.CONTAINER_STARTING, M.MESSAGE.STARTING, now_us))
     return rec

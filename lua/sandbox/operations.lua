@@ -199,6 +199,15 @@ function P:patch_metadata(id, patch, ctx)
         return nil, verr
     end
     return self:with_sandbox(id, false, function(cur)
+        -- the hooks see the current record and the commit follows without a yield (a quota checked here
+        -- cannot be raced by another patch or create)
+        if self.hooks and self.hooks.before_patch_metadata then
+            local hpatch, herr = self.hooks:before_patch_metadata(ctx, cur, patch)
+            if not hpatch then
+                return nil, herr
+            end
+            patch = hpatch
+        end
         local rec = self:copy(cur)
         local md = self:copy(cur.metadata or {})
         for k, v in pairs(patch) do

@@ -29,6 +29,8 @@ function P:adopt(obs)
         extensions = {},
         access_token = s.access_token,
         principal = s.principal,
+        nano_cpus = s.nano_cpus,
+        memory = s.memory,
     }
     local st = obs.status
     model.apply_status(rec, model.status(st.state, st.reason, st.message, st.at_us or s.created_us))
@@ -53,16 +55,31 @@ function P:remove_leftover(obs)
     self.removing[obs.handle] = nil
 end
 
--- a record whose runtime object is listed: take its handle, place and status, and the expiry when the runtime
--- keeps expiries (another replica, or this one before a restart, renewed it there)
+-- resource limits the runtime reports for a record that has none (one stored before schema version 3)
+local function missing_resources(rec, s)
+    if not s then
+        return nil, nil
+    end
+    local nano = rec.nano_cpus == nil and s.nano_cpus or nil
+    local memory = rec.memory == nil and s.memory or nil
+    return nano, memory
+end
+
+-- a record whose runtime object is listed: take its handle, place and status, the expiry when the runtime
+-- keeps expiries (another replica, or this one before a restart, renewed it there), and the resource limits
+-- the record lacks
 function P:refresh(rec, obs)
     local later = self.runtime.set_expiry and obs.sandbox and obs.sandbox.expires_us
     later = later and rec.expires_us and later ~= rec.expires_us and later or nil
-    if later or rec.handle ~= obs.handle or (obs.place and not model.same_value(rec.place, obs.place)) then
+    local nano, memory = missing_resources(rec, obs.sandbox)
+    if later or nano or memory or rec.handle ~= obs.handle
+        or (obs.place and not model.same_value(rec.place, obs.place)) then
         local upd = self:copy(rec)
         upd.handle = obs.handle
         upd.place = obs.place or rec.place
         upd.expires_us = later or rec.expires_us
+        upd.nano_cpus = upd.nano_cpus or nano
+        upd.memory = upd.memory or memory
         self:commit(upd)
         if later then
             self:arm_timer(upd)

@@ -26,6 +26,7 @@ local errors = require("common.errors")
 local sync = require("common.sync")
 local C = require("sandbox.constants")
 local model = require("sandbox.model")
+local counters = require("sandbox.counters")
 
 local M = {}
 for k, v in pairs(C) do
@@ -61,7 +62,8 @@ function M.new(deps)
     local server = deps.config and deps.config.server or {}
     self.proxy_auth = (type(server.api_key) == "string" and server.api_key:find("%S") ~= nil)
         or (type(server.api_keys) == "table" and #server.api_keys > 0)
-    self.records = {} -- id -> record (committed state)
+    self.records = {} -- id -> record (committed state); changed only through set_record
+    self.counters = counters.new() -- usage of the live records (sandbox/counters.lua), kept by set_record
     self.locks = {} -- id -> sync.lock
     self.provisioning = {} -- id -> sync.event, while provisioning runs (or waits to resume)
     self.resuming = {} -- id -> sealed secrets: a Pending record loaded from the store, to resume
@@ -252,7 +254,7 @@ function Service:load()
         return nil, err
     end
     for _, rec in ipairs(all) do
-        self.records[rec.id] = rec
+        self:set_record(rec.id, rec)
     end
     self:mark_resumable()
     return #all

@@ -38,13 +38,26 @@ function P:commit(rec)
         self.log.error("store write failed", { sandbox_id = rec.id, error = tostring(err) })
         return nil, store_error(err)
     end
-    self.records[rec.id] = rec
+    self:set_record(rec.id, rec)
     self.unsaved[rec.id] = nil
     return rec
 end
 
+--- Puts `rec` in memory as the record of `id` (nil: none), keeping the usage counters in step. Every
+--- change of self.records goes through here.
+function P:set_record(id, rec)
+    self.records[id] = rec
+    self.counters:update(id, rec)
+end
+
+--- What the live sandboxes matching `filter` use (sandbox/counters.lua; opensandbox.usage of the hooks):
+--- { sandboxes, nano_cpus, memory }. Never yields.
+function P:usage(filter)
+    return self.counters:usage(filter)
+end
+
 function P:drop_from_memory(id)
-    self.records[id] = nil
+    self:set_record(id, nil)
     local t = self.timers[id]
     if t then
         t:cancel()
@@ -68,7 +81,7 @@ end
 --- commit() for a fact. Always returns the record.
 function P:commit_fact(rec)
     if not self:commit(rec) then
-        self.records[rec.id] = rec
+        self:set_record(rec.id, rec)
         self:store_later(rec.id)
     end
     return rec

@@ -31,7 +31,7 @@ local M = {}
 local Store = {}
 Store.__index = Store
 
-local SCHEMA_VERSION = 4
+local SCHEMA_VERSION = 5
 
 -- Record fields and their column kinds: "text", "int" (exact 64-bit) or "json" (any JSON value).
 local COLUMNS = {
@@ -53,6 +53,8 @@ local COLUMNS = {
     { "failed_us", "int" },
     { "principal", "json" },
     { "provision", "json" },
+    { "nano_cpus", "int" },
+    { "memory", "int" },
 }
 
 -- Each migration brings the schema from version i-1 to version i.
@@ -111,6 +113,13 @@ local MIGRATIONS = {
     {
         "ALTER TABLE sandboxes ADD COLUMN provision TEXT",
         "CREATE TABLE sealed (id TEXT PRIMARY KEY, body TEXT NOT NULL)",
+    },
+    -- 5: the resource limits join the record, so that quotas count live sandboxes' cpu and memory after a
+    -- restart. Older rows have none (NULL): the start-up reconciliation fills them in from what the
+    -- runtime holds (sandbox/reconcile.lua, refresh).
+    {
+        "ALTER TABLE sandboxes ADD COLUMN nano_cpus INTEGER",
+        "ALTER TABLE sandboxes ADD COLUMN memory INTEGER",
     },
 }
 

@@ -370,6 +370,8 @@ local function identity_of(labels, info)
         metadata = type(md) == "table" and md or {},
         principal = labels["opensandbox.io/principal"],
         access_token = info.access_token,
+        nano_cpus = info.nano_cpus,
+        memory = info.memory,
     }
     if labels["opensandbox.io/platform-os"] then
         s.platform = { os = labels["opensandbox.io/platform-os"], arch = labels["opensandbox.io/platform-arch"] }

@@ -204,6 +204,11 @@ local function int_or_nil(v)
     return math.tointeger(tonumber(v))
 end
 
+local function positive_or_nil(v)
+    local i = int_or_nil(v)
+    return i and i > 0 and i or nil
+end
+
 local function str_or_nil(v)
     if type(v) == "string" and v ~= "" then
         return v
@@ -272,6 +277,7 @@ end
 function M.normalize_inspect(doc, network_mode)
     local state = type(doc.State) == "table" and doc.State or {}
     local config = type(doc.Config) == "table" and doc.Config or {}
+    local host = type(doc.HostConfig) == "table" and doc.HostConfig or {}
     local labels = {}
     if type(config.Labels) == "table" then
         for k, v in pairs(config.Labels) do
@@ -305,6 +311,9 @@ function M.normalize_inspect(doc, network_mode)
         labels = labels,
         image = config.Image,
         cmd = array_or_nil(config.Cmd),
+        -- the limits the container was created with (0 = none): an adopted or restored sandbox counts them
+        nano_cpus = positive_or_nil(host.NanoCpus),
+        memory = positive_or_nil(host.Memory),
     }
 end
 

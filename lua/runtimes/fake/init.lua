@@ -248,7 +248,10 @@ function Fake:list()
             identity = { id = s.id, created_us = s.created_us, expires_us = s.expires_us,
                 image_uri = obj.spec and obj.spec.image and obj.spec.image.uri or "",
                 entrypoint = obj.spec and obj.spec.entrypoint or {}, metadata = s.metadata or {},
-                platform = s.platform, principal = s.principal, access_token = s.access_token }
+                platform = s.platform, principal = s.principal, access_token = s.access_token,
+                -- the limits: from the spec it was made with (an injected object may carry them in `sandbox`)
+                nano_cpus = s.nano_cpus or obj.spec and obj.spec.nano_cpus,
+                memory = s.memory or obj.spec and obj.spec.memory }
         end
         out[#out + 1] = { id = obj.id, handle = handle, place = obj.place, status = obj.status or nil,
             sandbox = identity, foreign = obj.foreign }

@@ -403,6 +403,32 @@ function M.ip_of(pod)
     return type(pod.status) == "table" and str(pod.status.podIP) or nil
 end
 
+-- Kubernetes quantities (https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/)
+-- of the limits M.pod writes, read back: cpu in nano cpus, memory in bytes. The API server may rewrite them
+-- in canonical form ("1" for "1000m", "64Mi" for "67108864"), so the suffixes are understood; anything
+-- else gives nil. (Hand-written: a dozen lines, and no Debian Lua library parses quantities.)
+local QUANTITY_UNITS = { [""] = 1, n = 1e-9, u = 1e-6, m = 1e-3, k = 1e3, M = 1e6, G = 1e9, T = 1e12,
+    Ki = 1024, Mi = 1024 ^ 2, Gi = 1024 ^ 3, Ti = 1024 ^ 4 }
+
+local function quantity(v, scale)
+    if type(v) ~= "string" then
+        return nil
+    end
+    local num, unit = v:match("^(%d+%.?%d*)(%a*)$")
+    local mult = num and QUANTITY_UNITS[unit]
+    if not mult then
+        return nil
+    end
+    local n = math.tointeger(math.floor(tonumber(num) * mult * scale + 0.5))
+    return n and n > 0 and n or nil
+end
+
+local function limits_of(c)
+    local res = type(c.resources) == "table" and c.resources or {}
+    local limits = type(res.limits) == "table" and res.limits or {}
+    return quantity(limits.cpu, 1e9), quantity(limits.memory, 1)
+end
+
 --- The sandbox identity (the contract's list() `sandbox`) of a Pod object, or nil when it cannot be
 --- adopted: no id label, no valid created-at, or neither a valid expires-at nor manual-cleanup = "true".
 function M.identity_of(pod)
@@ -433,6 +459,7 @@ function M.identity_of(pod)
         principal = str(ann[M.ANN.principal]),
         access_token = M.token_of(pod),
     }
+    s.nano_cpus, s.memory = limits_of(c)
     if str(ann[M.ANN.platform_os]) then
         s.platform = { os = ann[M.ANN.platform_os], arch = ann[M.ANN.platform_arch] }
     end

@@ -13,9 +13,8 @@ local Q_FULL = "Quota exceeded for principal 'team-q': max_sandboxes 2 reached."
 describe("shipped hooks #integration #docker", function()
     local srv
 
-    setup(function()
-        H.ensure_image()
-        srv = F.start({
+    local function config()
+        return {
             server = {
                 api_keys = F.api_keys({
                     { key = "key-team-q", principal = "team-q" },
@@ -40,7 +39,12 @@ describe("shipped hooks #integration #docker", function()
                     },
                 },
             },
-        })
+        }
+    end
+
+    setup(function()
+        H.ensure_image()
+        srv = F.start(config())
     end)
 
     teardown(function()
@@ -219,6 +223,72 @@ describe("shipped hooks #integration #docker", function()
             local id2 = F.create(srv, "b", { metadata = { team = "blue-q" } })
             F.wait_state(srv, id2, "Running")
             assert.are.equal(204, F.call(srv, "b", "DELETE", path(id2)).status)
+        end)
+
+        it("a metadata patch into a full metadata bucket is 429 and changes nothing", function()
+            local a = F.create(srv, "a", { metadata = { team = "blue-q" } })
+            local b = F.create(srv, "b", { metadata = { team = "red" } })
+            local res = F.call(srv, "b", "PATCH", path(b, "/metadata"), { team = "blue-q" })
+            H.assert_error(res, 429, "QUOTA::EXCEEDED",
+                "Quota exceeded for metadata team=blue-q: max_sandboxes 1 reached.")
+            assert.are.equal("red", F.call(srv, "b", "GET", path(b)).json.metadata.team)
+            -- the admin is refused too (admin_exempt is off); other keys patch as before
+            res = F.call(srv, "admin", "PATCH", path(b, "/metadata"), { team = "blue-q", note = "x" })
+            assert.are.equal(429, res.status, res.body)
+            res = F.call(srv, "b", "PATCH", path(b, "/metadata"), { note = "x" })
+            assert.are.equal(200, res.status, res.body)
+            assert.are.same({ owner = "team-b", team = "red", note = "x" }, res.json.metadata)
+            -- once a leaves the bucket, b may move in; a removed team falls back to the default "none"
+            res = F.call(srv, "a", "PATCH", path(a, "/metadata"), { team = null })
+            assert.are.equal(200, res.status, res.body)
+            assert.are.same({ owner = "team-a", team = "none" }, res.json.metadata)
+            res = F.call(srv, "b", "PATCH", path(b, "/metadata"), { team = "blue-q" })
+            assert.are.equal(200, res.status, res.body)
+            H.assert_error(F.create_raw(srv, "a", { metadata = { team = "blue-q" } }), 429, "QUOTA::EXCEEDED",
+                "Quota exceeded for metadata team=blue-q: max_sandboxes 1 reached.")
+            for _, x in ipairs({ a, b }) do
+                F.wait_state(srv, x, "Running")
+                assert.are.equal(204, F.call(srv, "admin", "DELETE", path(x)).status)
+            end
+        end)
+
+        it("forced metadata stays forced: a patch of owner is 403 METADATA::FORCED", function()
+            local a = F.create(srv, "a", { metadata = { team = "red" } })
+            for _, body in ipairs({ { owner = "team-b" }, { owner = null }, { owner = "x", team = "blue" } }) do
+                local res = F.call(srv, "a", "PATCH", path(a, "/metadata"), body)
+                H.assert_error(res, 403, "METADATA::FORCED",
+                    "Metadata key 'owner' is set by the server and cannot be changed.")
+            end
+            local sb = F.call(srv, "admin", "GET", path(a)).json
+            assert.are.same({ owner = "team-a", team = "red" }, sb.metadata)
+            -- the owner seen by a list filter is still the creator
+            local l = F.call(srv, "admin", "GET", "/v1/sandboxes?metadata=owner%3Dteam-a")
+            assert.is_true(F.ids(l)[a] == true, l.body)
+            F.wait_state(srv, a, "Running")
+            assert.are.equal(204, F.call(srv, "a", "DELETE", path(a)).status)
+        end)
+
+        it("cpu and memory in use survive a restart: a full memory quota is still full", function()
+            -- (the spec's own server restarted: a second server on the daemon would adopt the first's sandboxes)
+            local s1 = srv
+            local id = F.create(s1, "team-m", { resourceLimits = { memory = "48Mi" }, timeout = 3600 })
+            F.wait_state(s1, id, "Running")
+            H.assert_error(F.create_raw(s1, "team-m", { resourceLimits = { memory = "32Mi" }, timeout = 600 }), 429,
+                "QUOTA::EXCEEDED", "Quota exceeded for principal 'team-m': max_memory 64Mi (in use 50331648 bytes, "
+                    .. "requested 33554432 bytes).")
+            s1:stop()
+            local s2 = F.start(config(), { dir = s1.dir })
+            srv = s2
+            F.track(s2, id)
+            assert.are.equal("Running", F.wait_state(s2, id, "Running").status.state)
+            H.assert_error(F.create_raw(s2, "team-m", { resourceLimits = { memory = "32Mi" }, timeout = 600 }), 429,
+                "QUOTA::EXCEEDED", "Quota exceeded for principal 'team-m': max_memory 64Mi (in use 50331648 bytes, "
+                    .. "requested 33554432 bytes).")
+            -- a delete after the restart gives the memory back
+            assert.are.equal(204, F.call(s2, "team-m", "DELETE", path(id)).status)
+            local id2 = F.create(s2, "team-m", { resourceLimits = { memory = "32Mi" }, timeout = 600 })
+            F.wait_state(s2, id2, "Running")
+            assert.are.equal(204, F.call(s2, "team-m", "DELETE", path(id2)).status)
         end)
     end)
 end)

@@ -203,3 +203,124 @@ describe("default hook quotas", function()
         assert.matches("principals.a.max_memory must be bytes", err, 1, true)
     end)
 end)
+
+describe("default hooks on metadata patches (before_patch_metadata)", function()
+    local counters = require("sandbox.counters")
+
+    -- the shipped hooks over `records`, with usage from the service's counters (as lua/main.lua wires it)
+    local function with_counters(config, records)
+        local c = counters.of(records)
+        return assert(hooks.new({
+            dir = "hooks",
+            config = config,
+            log = S.log(),
+            now = function()
+                return 1767225600
+            end,
+            sandboxes = function()
+                return records
+            end,
+            usage = function(filter)
+                return c:usage(filter)
+            end,
+        }))
+    end
+
+    local function rec(id, principal, t)
+        local r = running(principal, t)
+        r.id = id
+        r.created_us = 1767225600 * 1000000
+        r.expires_us = t and t.expires_us
+        return r
+    end
+
+    local CONFIG = {
+        metadata = { metadata = { owner = "{principal}" }, metadata_defaults = { team = "none-{principal}" } },
+        quotas = { metadata = { team = { infra = { max_sandboxes = 1, max_memory = "64Mi" },
+            ["*"] = { max_sandboxes = 2 } } } },
+    }
+
+    it("keep forced metadata forced: changing or removing owner is 403 METADATA::FORCED", function()
+        local s1 = rec("s1", "team-a", { metadata = { owner = "team-a", team = "red" } })
+        local h = with_counters(CONFIG, { s1 = s1 })
+        local _, err = h:before_patch_metadata(ctx("team-a"), s1, { owner = "team-b" })
+        assert.same({ 403, "METADATA::FORCED", "Metadata key 'owner' is set by the server and cannot be changed." },
+            { err.status, err.code, err.message })
+        _, err = h:before_patch_metadata(ctx("team-a"), s1, { owner = false })
+        assert.equal("METADATA::FORCED", err.code)
+        -- the admin too: forced means forced
+        _, err = h:before_patch_metadata(ctx("ops", true), s1, { owner = "ops" })
+        assert.equal("METADATA::FORCED", err.code)
+        -- re-sending the current value is no change
+        assert.same({ owner = "team-a", x = "1" }, h:before_patch_metadata(ctx("team-a"), s1, { owner = "team-a",
+            x = "1" }))
+    end)
+
+    it("put a removed default back (templated with the owner)", function()
+        local s1 = rec("s1", "team-a", { metadata = { owner = "team-a", team = "red" } })
+        local h = with_counters({ metadata = CONFIG.metadata }, { s1 = s1 })
+        assert.same({ team = "none-team-a", x = false }, h:before_patch_metadata(ctx("ops", true), s1,
+            { team = false, x = false }))
+    end)
+
+    it("refuse moving a live sandbox into a full metadata quota bucket with 429 QUOTA::EXCEEDED", function()
+        local records = {
+            s1 = rec("s1", "team-a", { metadata = { team = "infra" }, memory = 33554432 }),
+            s2 = rec("s2", "team-b", { metadata = { team = "red" }, memory = 33554432 }),
+            s3 = rec("s3", "team-b", { metadata = { team = "blue" }, memory = 33554432 }),
+            s4 = rec("s4", "team-b", { metadata = { team = "blue" }, memory = 33554432 }),
+        }
+        local h = with_counters(CONFIG, records)
+        local _, err = h:before_patch_metadata(ctx("team-b"), records.s2, { team = "infra" })
+        assert.same({ 429, "QUOTA::EXCEEDED", "Quota exceeded for metadata team=infra: max_sandboxes 1 reached." },
+            { err.status, err.code, err.message })
+        _, err = h:before_patch_metadata(ctx("team-b"), records.s2, { team = "blue" })
+        assert.equal("Quota exceeded for metadata team=blue: max_sandboxes 2 reached.", err.message)
+        -- a bucket with room, or the sandbox's own value, passes
+        assert.same({ team = "green" }, h:before_patch_metadata(ctx("team-b"), records.s2, { team = "green" }))
+        assert.same({ team = "blue" }, h:before_patch_metadata(ctx("team-b"), records.s3, { team = "blue" }))
+        -- a sandbox that is not live counts nowhere
+        local failed = rec("s5", "team-b", { state = "Failed", metadata = { team = "red" } })
+        assert.is_table(h:before_patch_metadata(ctx("team-b"), failed, { team = "infra" }))
+    end)
+
+    it("check the moved sandbox's memory and lifetime against the bucket's limits", function()
+        local records = { s2 = rec("s2", "team-b", { metadata = { team = "red" }, memory = 134217728 }) }
+        local h = with_counters({ quotas = { metadata = { team = { infra = { max_memory = "64Mi" },
+            long = { max_timeout = 600 } } } } }, records)
+        local _, err = h:before_patch_metadata(ctx("team-b"), records.s2, { team = "infra" })
+        assert.equal("Quota exceeded for metadata team=infra: max_memory 64Mi (in use 0 bytes, requested "
+            .. "134217728 bytes).", err.message)
+        _, err = h:before_patch_metadata(ctx("team-b"), records.s2, { team = "long" })
+        assert.equal("Quota exceeded for metadata team=long: max_timeout 600s (requested no timeout).", err.message)
+        records.s2.expires_us = (1767225600 + 300) * 1000000
+        assert.is_table(h:before_patch_metadata(ctx("team-b"), records.s2, { team = "long" }))
+    end)
+
+    it("a hook's invalid patch is refused: label rules 400 naming the hook, other values HOOK::FAILED", function()
+        local dir = S.dir({
+            ["bad.lua"] = [[
+                local M = { name = "bad", priority = 1 }
+                function M.before_patch_metadata(ctx, sandbox, patch)
+                    if patch.mode == "label" then
+                        patch["Bad Key"] = "x"
+                    elseif patch.mode == "type" then
+                        return { mode = 42 }
+                    end
+                end
+                return M
+            ]],
+        })
+        local h = assert(hooks.new({ dir = dir, log = S.log() }))
+        local s1 = rec("s1", "team-a", {})
+        local _, err = h:before_patch_metadata(ctx(), s1, { mode = "label" })
+        assert.equal(400, err.status)
+        assert.equal("SANDBOX::INVALID_METADATA_LABEL", err.code)
+        assert.matches("(set by hook 'bad')", err.message, 1, true)
+        _, err = h:before_patch_metadata(ctx(), s1, { mode = "type" })
+        assert.equal(500, err.status)
+        assert.equal("HOOK::FAILED", err.code)
+        assert.same({ mode = "ok" }, h:before_patch_metadata(ctx(), s1, { mode = "ok" }))
+        S.rmdir(dir)
+    end)
+end)

@@ -238,6 +238,18 @@ describe("runtimes.docker.mapping.normalize_inspect", function()
         assert.are.equal("abc", i.labels["opensandbox.io/id"])
     end)
 
+    it("reads the limits the container was made with (0 is none), for quotas after a restart", function()
+        local i = mapping.normalize_inspect(doc(nil, { HostConfig = { NanoCpus = 1500000000, Memory = 67108864 } }),
+            "bridge")
+        assert.are.equal(1500000000, i.nano_cpus)
+        assert.are.equal("integer", math.type(i.memory))
+        assert.are.equal(67108864, i.memory)
+        i = mapping.normalize_inspect(doc(nil, { HostConfig = { NanoCpus = 0, Memory = 0 } }), "bridge")
+        assert.is_nil(i.nano_cpus)
+        assert.is_nil(i.memory)
+        assert.is_nil(mapping.normalize_inspect(doc(), "bridge").memory)
+    end)
+
     it("reads the IP of a user-defined network and no ports in host mode", function()
         local d = doc(nil, { NetworkSettings = {
             IPAddress = "", Ports = {},

@@ -716,7 +716,7 @@ describe("runtimes.docker (runtime): list", function()
         }
         engine.inspects.c1 = { id = "c1", status = "running", started_us = STARTED_US, ip = "172.17.0.9",
             host_ports = { ["44772"] = 32001, ["8080"] = 32002 }, labels = full, image = "busybox:1",
-            cmd = { "sleep", "300" }, access_token = "tok1" }
+            cmd = { "sleep", "300" }, access_token = "tok1", nano_cpus = 500000000, memory = 67108864 }
         engine.inspects.c2 = { id = "c2", status = "exited", exit_code = 3, finished_us = STARTED_US + 1,
             host_ports = {}, labels = manual, image = "python:3" }
         engine.inspects.c3 = { id = "c3", status = "paused", paused = true, labels = engine.containers[3].labels,
@@ -731,7 +731,8 @@ describe("runtimes.docker (runtime): list", function()
                 at_us = STARTED_US },
             sandbox = { id = "s1", created_us = 1767225600123456, expires_us = 1767229200654321,
                 image_uri = "busybox:1", entrypoint = { "sleep", "300" }, metadata = { team = "infra", n = "1" },
-                principal = "tenant-a", access_token = "tok1", platform = { os = "linux", arch = "arm64" } },
+                principal = "tenant-a", access_token = "tok1", platform = { os = "linux", arch = "arm64" },
+                nano_cpus = 500000000, memory = 67108864 },
         }, list[1])
         assert.are.same({ id = "s2", created_us = 1767225600000000, image_uri = "python:3", entrypoint = {},
             metadata = {} }, list[2].sandbox)

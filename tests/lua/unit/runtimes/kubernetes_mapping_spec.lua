@@ -349,10 +349,39 @@ describe("kubernetes identity", function()
             principal = "team-a",
             platform = { os = "linux", arch = "amd64" },
             access_token = "tok123",
+            nano_cpus = 500000000,
+            memory = 536870912,
         }, mapping.identity_of(p))
         local manual = mapping.identity_of(pod_json(sandbox({ expires_us = false, metadata = {} })))
         assert.is_nil(manual.expires_us)
         assert.same({}, manual.metadata)
+    end)
+
+    it("reads the limits back in the API server's canonical forms (restored sandboxes count them)", function()
+        local cases = {
+            { "1", "64Mi", 1000000000, 67108864 },
+            { "250m", "1Gi", 250000000, 1073741824 },
+            { "1.5", "2G", 1500000000, 2000000000 },
+            { "100000u", "1000k", 100000000, 1000000 },
+        }
+        for _, c in ipairs(cases) do
+            local p = pod_json()
+            p.spec.containers[1].resources.limits.cpu = c[1]
+            p.spec.containers[1].resources.limits.memory = c[2]
+            local s = mapping.identity_of(p)
+            assert.equal(c[3], s.nano_cpus, c[1])
+            assert.equal(c[4], s.memory, c[2])
+            assert.equal("integer", math.type(s.nano_cpus))
+        end
+        local p = pod_json()
+        p.spec.containers[1].resources = nil
+        local s = mapping.identity_of(p)
+        assert.is_nil(s.nano_cpus)
+        assert.is_nil(s.memory)
+        p.spec.containers[1].resources = { limits = { cpu = "lots", memory = "-5" } }
+        s = mapping.identity_of(p)
+        assert.is_nil(s.nano_cpus)
+        assert.is_nil(s.memory)
     end)
 
     it("is nil when the pod cannot be adopted", function()

@@ -54,6 +54,17 @@ local function minimal_record(id, created)
     }
 end
 
+local function exec_rows(db, sql)
+    local st = assert(db:prepare(sql))
+    assert(st:execute())
+    local rows = {}
+    for row in st:rows(true) do
+        rows[#rows + 1] = row
+    end
+    st:close()
+    return rows
+end
+
 describe("sandbox.store", function()
     local dir, path, s
 
@@ -315,7 +326,7 @@ describe("sandbox.store", function()
         assert.is_nil(rows.container_id)
         assert.is_nil(rows.host_ports)
         assert.is_true(rows.handle and rows.place)
-        assert.equal(4, store.SCHEMA_VERSION)
+        assert.equal(5, store.SCHEMA_VERSION)
         -- version 3: a migrated store gets an identity at its first use, like a new one
         assert.is_nil(s:meta("server_identity"))
         assert.equal("id-1", s:identity(function() return "id-1" end))
@@ -359,5 +370,53 @@ describe("sandbox.store", function()
         s = assert(store.open(path))
         assert.same({ ["team-a"] = true, [""] = true }, s:image_access("127.0.0.1:5055/osb/busybox"))
         assert.same({}, s:image_access("127.0.0.1:5055/osb/other"))
+    end)
+
+    it("migrates a version 2 store: the resource limits join the record (nil for old rows)", function()
+        -- a store written before the limits were durable: schema version 2
+        assert(lfs.mkdir(dir) and lfs.mkdir(dir .. "/state") and lfs.mkdir(dir .. "/state/sub"))
+        local db = assert(DBI.Connect("SQLite3", path))
+        db:autocommit(true)
+        for _, sql in ipairs({
+            "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+            "INSERT INTO schema_version (version) VALUES (2)",
+            [[CREATE TABLE sandboxes (id TEXT PRIMARY KEY, created_us INTEGER NOT NULL,
+                expires_us INTEGER, image_uri TEXT NOT NULL, entrypoint TEXT NOT NULL, metadata TEXT NOT NULL,
+                platform TEXT, extensions TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL,
+                message TEXT NOT NULL, transition_us INTEGER NOT NULL, access_token TEXT, failed_us INTEGER,
+                principal TEXT, handle TEXT, place TEXT)]],
+            "CREATE INDEX sandboxes_by_created ON sandboxes (created_us DESC, id)",
+            [[INSERT INTO sandboxes VALUES ('a', 1767225600123456, 1767225660123456, 'busybox', '["sh"]',
+                '{"team":"red"}', NULL, '{}', 'Running', 'CONTAINER_RUNNING', 'm', 1767225600123457, 'tok', NULL,
+                '"team-a"', 'cid-a', '{"ip":"172.17.0.2","agent_port":44772}')]],
+        }) do
+            local st = assert(db:prepare(sql))
+            assert(st:execute())
+            st:close()
+        end
+        db:close()
+        s = assert(store.open(path))
+        local a = assert(s:get("a"))
+        assert.equal("cid-a", a.handle)
+        assert.same({ team = "red" }, a.metadata)
+        assert.equal("team-a", a.principal)
+        assert.is_nil(a.nano_cpus)
+        assert.is_nil(a.memory)
+        -- the new columns hold exact 64-bit integers
+        local upd = {}
+        for k, v in pairs(a) do
+            upd[k] = v
+        end
+        upd.nano_cpus, upd.memory = 2500000000, 17179869184 * 1024
+        assert(s:put(upd))
+        s:close()
+        s = assert(store.open(path))
+        local back = assert(s:get("a"))
+        assert.equal(2500000000, back.nano_cpus)
+        assert.equal(17179869184 * 1024, back.memory)
+        assert.equal("integer", math.type(back.memory))
+        local rows = exec_rows(s.db, "SELECT version FROM schema_version")
+        assert.equal(1, #rows)
+        assert.equal(store.SCHEMA_VERSION, rows[1].version)
     end)
 end)
