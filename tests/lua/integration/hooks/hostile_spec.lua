@@ -301,7 +301,8 @@ describe("hostile hooks #integration #docker", function()
         assert.are.equal("the hook raised an error value of type table", lines[1].error)
 
         local res = under_watch(srv, "proxy_index", function()
-            return srv:request("GET", "/sandboxes/" .. id .. "/proxy/9999/atk", { timeout = 20 })
+            return srv:request("GET", "/sandboxes/" .. id .. "/proxy/9999/atk", { timeout = 20,
+                headers = { ["OPEN-SANDBOX-API-KEY"] = F.KEYS.a } }) -- tenants: the proxy needs a key too
         end)
         assert.are.equal(500, res.status, res.body)
         local body = F.json.decode(res.body)
