@@ -28,7 +28,7 @@ run() { # name, command...
         echo "valgrind: $name clean"
     else
         echo "valgrind: $name FAILED (exit $?)"
-        tail -40 "$log" "$log.out"
+        tail -n 40 "$log" "$log.out"
         rc=1
     fi
 }
