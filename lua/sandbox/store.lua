@@ -609,10 +609,18 @@ function Store:unseal(id)
 end
 
 --- Deletes the secrets sealed for `id` (none is not an error). Returns true or nil, err.
+--- When no sealed secrets are left, the write-ahead log is checkpointed and truncated: its frames still
+--- hold the pages as they were when the secrets were written (secure_delete only overwrites the database's
+--- own pages), so without this the credentials would stay in the -wal file until SQLite reuses it.
 function Store:drop_sealed(id)
     local st, err = run(self, SQL_DROP_SEALED, 1, id)
     if not st then
         return nil, err
+    end
+    local left = self:sealed_ids()
+    if left and #left == 0 then
+        -- best effort: a checkpoint that cannot run now (busy) runs at the next drop or at close
+        exec_once(self.db, "PRAGMA wal_checkpoint(TRUNCATE)")
     end
     return true
 end

@@ -268,7 +268,7 @@ echo $max
         local id = K.create(srv, { image = { uri = "local/not-there:1" } })
         local sb = K.wait_state(srv, id, "Failed", 90)
         assert.are.equal("PROVISIONING_ERROR", sb.status.reason)
-        assert.truthy(sb.status.message:find("^DOCKER::SANDBOX_IMAGE_PULL_FAILED: "), sb.status.message)
+        assert.truthy(sb.status.message:find("^KUBERNETES::POD_FAILED: Failed to pull image "), sb.status.message)
         assert.is_true(K.wait_pod_gone(id, 30), "the failed pod was left behind")
         assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
     end)

@@ -168,6 +168,27 @@ describe("sandbox.store", function()
         assert.is_falsy(bytes:find("SECRET", 1, true))
     end)
 
+    it("truncates the write-ahead log once the last sealed secrets are dropped, while the store stays open", function()
+        s = assert(store.open(path))
+        local function wal()
+            local f = io.open(path .. "-wal", "rb")
+            if not f then
+                return ""
+            end
+            local b = f:read("a")
+            f:close()
+            return b
+        end
+        assert.is_true(s:seal("id-1", { auth = { username = "u", password = "hunter2" } }))
+        assert.is_true(s:seal("id-2", { env = { { "K", "swordfish" } } }))
+        assert.truthy(wal():find("hunter2", 1, true)) -- written through the log, as every write
+        assert.is_true(s:drop_sealed("id-1"))
+        assert.is_true(s:drop_sealed("id-2")) -- the last: the log is checkpointed and truncated
+        local bytes = wal()
+        assert.is_falsy(bytes:find("hunter2", 1, true), "the -wal file still holds a dropped secret")
+        assert.is_falsy(bytes:find("swordfish", 1, true))
+    end)
+
     it("upserts, lists in list order, deletes", function()
         s = assert(store.open(path))
         assert.is_nil(s:get("missing"))
