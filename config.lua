@@ -162,6 +162,9 @@ return {
         -- Seconds an image-pull Secret of ours that no pod owns must be old before the replica holding the
         -- Lease deletes it (a create that crashed between the Secret and its pod leaves one).
         orphan_grace_seconds = 300,
+        -- Seconds one watch request of the namespace's pods lasts before it is made again from where it
+        -- stopped (the apiserver's timeoutSeconds).
+        watch_timeout_seconds = 300,
     },
 
     store = {

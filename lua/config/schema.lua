@@ -86,6 +86,9 @@ M.sections = {
         -- seconds an unowned image-pull Secret of ours must be old before the sweep deletes it (a create
         -- that crashed between the Secret and its pod leaves one)
         orphan_grace_seconds = { type = "integer", default = 300, min = 0 },
+        -- seconds one watch request of the namespace's pods lasts before it is made again from where it
+        -- stopped (the apiserver's timeoutSeconds)
+        watch_timeout_seconds = { type = "integer", default = 300, min = 1 },
     },
     store = {
         path = { type = "string", default = "~/.opensandbox/opensandbox.db" },

@@ -600,7 +600,7 @@ function Kube:watch(on_change)
     while true do
         local _, err = self.api:watch(path, self.resource_version, function(ev)
             self:_on_event(ev, on_change)
-        end)
+        end, { timeout_s = self.config.watch_timeout_seconds })
         if not api_mod.is_gone(err) then
             return nil, err or rterrors.new("unavailable", "the Kubernetes watch stopped")
         end
