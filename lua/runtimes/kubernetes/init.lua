@@ -37,6 +37,7 @@ M.CODES = {
     ["DOCKER::SANDBOX_EXECD_DISTRIBUTION_FAILED"] = "KUBERNETES::POD_FAILED",
 }
 M.GC_INTERVAL = 600 -- seconds between two collections of orphaned ConfigMaps and Secrets (leader only)
+M.SA_WAIT_TRIES = 20 -- half-seconds a create waits for a new namespace's default ServiceAccount
 M.DEFAULT_ORPHAN_GRACE = 300
 
 local Kube = {}

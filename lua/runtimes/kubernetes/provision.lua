@@ -199,6 +199,16 @@ return function(Kube, M, u)
             end
         end
         local pod, err = api:create(self:_path("pods"), manifest)
+        -- a namespace made moments ago has no `default` ServiceAccount until the controller-manager makes it,
+        -- and admission refuses pods meanwhile (403 "error looking up service account"): transient, so
+        -- wait for it (at most SA_WAIT_TRIES half-seconds) rather than fail the sandbox
+        local tries = 0
+        while not pod and err and err.status == 403 and tries < M.SA_WAIT_TRIES
+            and tostring(err.message):find("error looking up service account", 1, true) do
+            tries = tries + 1
+            self:_sleep(0.5)
+            pod, err = api:create(self:_path("pods"), manifest)
+        end
         if not pod and err and err.kind == "conflict" then
             local taken, oerr = self:_own_object("pods", pod_name, sandbox.id)
             if taken then

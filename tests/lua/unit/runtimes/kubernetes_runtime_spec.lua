@@ -309,6 +309,23 @@ describe("kubernetes runtime: provision", function()
             err.message)
     end)
 
+    it("waits for a new namespace's default ServiceAccount instead of failing the create", function()
+        local refused = fake_kube.status(403, "Forbidden", 'pods "x" is forbidden: error looking up service '
+            .. 'account sbx/default: serviceaccount "default" not found')
+        k:on("POST", "^" .. NS .. "/pods$", { status = 201, json = pod_object("100", RUNNING) })
+        k:on("POST", "^" .. NS .. "/pods$", { status = 403, json = refused, times = 2 })
+        local placed = assert(rt:provision(sandbox(), spec()))
+        assert.equal(POD, placed.handle)
+        assert.equal(3, #k:find("POST", "/pods$"))
+        assert.same({ 0.5, 0.5 }, k.slept)
+        -- another refusal is not waited for
+        k:on("POST", "^" .. NS .. "/pods$", { status = 403, json = fake_kube.status(403, "Forbidden", "no") })
+        local none, err = rt:provision(sandbox(), spec())
+        assert.is_nil(none)
+        assert.equal(4, #k:find("POST", "/pods$"))
+        assert.truthy(err.message:find("forbidden", 1, true))
+    end)
+
     it("an image that cannot be pulled fails at the image step and the pod is deleted", function()
         created()
         k:on("GET", "watch=1", { chunks = fake_kube.chunks({ { type = "MODIFIED",
