@@ -15,6 +15,8 @@
 -- the cpu and memory limits of its record (0 when it has none). Each tracked sandbox keeps a snapshot of what
 -- it added, so an update takes away exactly that, whatever happened to the old record table meanwhile.
 -- Empty buckets are removed, so two counters over the same records are equal tables (see same()).
+local model = require("sandbox.model")
+
 local M = {}
 
 M.LIVE = { Pending = true, Running = true, Paused = true, Stopping = true }
@@ -222,22 +224,7 @@ function Counters:usage(filter)
     return result(out)
 end
 
-local function same(a, b)
-    if type(a) ~= "table" or type(b) ~= "table" then
-        return a == b
-    end
-    for k, v in pairs(a) do
-        if not same(v, b[k]) then
-            return false
-        end
-    end
-    for k in pairs(b) do
-        if a[k] == nil then
-            return false
-        end
-    end
-    return true
-end
+local same = model.same_value -- tables compared by value, recursively
 
 --- Whether two counters hold the same totals and members (a recount check for specs and diagnostics).
 function M.same(a, b)

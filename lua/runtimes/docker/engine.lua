@@ -264,6 +264,16 @@ local function line_failure(doc)
 end
 
 local OK200 = { [200] = true }
+
+-- GET `path` expecting 200, its JSON body decoded (or nil, err). opts as for _expect.
+function Adapter:_get_json(path, opts)
+    local res, err = self:_expect("GET", path, OK200, opts)
+    if not res then
+        return nil, err
+    end
+    return decode_body(res)
+end
+
 local OK204 = { [204] = true, [200] = true }
 
 ------------------------------------------------------------------------------------------------------------
@@ -289,13 +299,9 @@ end
 --- GET /version (unversioned, so that it works on any daemon) ->
 --- `{ version, api_version, min_api_version, os, arch }`; fails when the daemon cannot serve API 1.41.
 function Adapter:version()
-    local res, err = self:_expect("GET", "/version", OK200, { unversioned = true })
-    if not res then
-        return nil, err
-    end
-    local doc, derr = decode_body(res)
+    local doc, err = self:_get_json("/version", { unversioned = true })
     if not doc then
-        return nil, derr
+        return nil, err
     end
     local v = {
         version = doc.Version,
@@ -320,13 +326,9 @@ end
 
 --- GET /info -> `{ ncpu, mem_total, runtimes = {name=true}, default_runtime, server_version, os, name }`.
 function Adapter:info()
-    local res, err = self:_expect("GET", "/info", OK200)
-    if not res then
-        return nil, err
-    end
-    local doc, derr = decode_body(res)
+    local doc, err = self:_get_json("/info")
     if not doc then
-        return nil, derr
+        return nil, err
     end
     local runtimes = {}
     if type(doc.Runtimes) == "table" then
@@ -468,13 +470,9 @@ end
 --- GET /containers/{cid}/top -> the host PIDs of the container's processes (an array of integers). Docker
 --- runs `ps -ef` on its host and keeps the container's lines; the PID column is found by its title.
 function Adapter:top_pids(cid)
-    local res, err = self:_expect("GET", "/containers/" .. seg(cid) .. "/top", OK200)
-    if not res then
-        return nil, err
-    end
-    local doc, derr = decode_body(res)
+    local doc, err = self:_get_json("/containers/" .. seg(cid) .. "/top")
     if not doc then
-        return nil, derr
+        return nil, err
     end
     local col
     for i, t in ipairs(type(doc.Titles) == "table" and doc.Titles or {}) do
@@ -494,13 +492,9 @@ end
 
 --- GET /containers/{cid}/json -> the normalized inspect result (see mapping.normalize_inspect).
 function Adapter:inspect(cid)
-    local res, err = self:_expect("GET", "/containers/" .. seg(cid) .. "/json", OK200)
-    if not res then
-        return nil, err
-    end
-    local doc, derr = decode_body(res)
+    local doc, err = self:_get_json("/containers/" .. seg(cid) .. "/json")
     if not doc then
-        return nil, derr
+        return nil, err
     end
     return mapping.normalize_inspect(doc, mapping.config_value(self.config, "network_mode"))
 end
@@ -516,13 +510,9 @@ function Adapter:list(extra_labels)
         label_filters[#label_filters + 1] = l
     end
     local filters = json.encode({ label = label_filters })
-    local res, err = self:_expect("GET", "/containers/json?all=true&filters=" .. urlencode(filters), OK200)
-    if not res then
-        return nil, err
-    end
-    local doc, derr = decode_body(res)
+    local doc, err = self:_get_json("/containers/json?all=true&filters=" .. urlencode(filters))
     if not doc then
-        return nil, derr
+        return nil, err
     end
     local out = {}
     for _, c in ipairs(type(doc) == "table" and doc or {}) do

@@ -21,15 +21,7 @@ local function path(id, suffix)
     return "/v1/sandboxes/" .. id .. (suffix or "")
 end
 
-local function read(p)
-    local f = io.open(p, "r")
-    if not f then
-        return nil
-    end
-    local s = f:read("a")
-    f:close()
-    return s
-end
+local read = require("common.files").read -- the text, or nil when there is no such file
 
 local storm, wait_pid = R.storm, R.wait_pid
 

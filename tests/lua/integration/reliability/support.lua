@@ -177,15 +177,7 @@ function R.storm(srv, dir, ops)
     return tonumber((H.sh("sh " .. H.quote(script) .. " >/dev/null 2>&1 & echo $!")))
 end
 
-local function read(p)
-    local f = io.open(p, "r")
-    if not f then
-        return nil
-    end
-    local s = f:read("a")
-    f:close()
-    return s
-end
+local read = require("common.files").read -- the text, or nil when there is no such file
 
 --- The answer to op i of a storm: status code (0: none) and decoded body (nil when none or not JSON).
 function R.storm_result(dir, i)
