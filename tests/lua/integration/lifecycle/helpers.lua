@@ -236,4 +236,23 @@ function H.assert_sandbox_shape(sb)
     end
 end
 
+H.REGISTRY = "127.0.0.1:" .. (os.getenv("REGISTRY_PORT") or "5055") -- tests/images/registry.sh
+H.REGISTRY_USER, H.REGISTRY_PASSWORD = "testuser", "testpass"
+
+--- Starts tests/images/registry.sh's authenticated registry (when it is not running), pushes the test image
+--- there as `<registry>/osb/<name>:t<now>` and removes the local tag. Returns the image reference and
+--- whether the registry was running before (stop it in teardown when it was not).
+function H.push_private_image(name)
+    local _, was_running = H.run("sh tests/images/registry.sh status")
+    local out, ok = H.run("sh tests/images/registry.sh start")
+    assert(ok, out)
+    local image = string.format("%s/osb/%s:t%d", H.REGISTRY, name, os.time())
+    out, ok = H.run(string.format("echo %s | docker login %s -u %s --password-stdin && docker tag %s %s && "
+        .. "docker push %s", H.REGISTRY_PASSWORD, H.REGISTRY, H.REGISTRY_USER, H.IMAGE, image, image))
+    H.run("docker logout " .. H.REGISTRY)
+    assert(ok, out)
+    H.run("docker rmi -f " .. image)
+    return image, was_running
+end
+
 return H

@@ -6,8 +6,7 @@
 -- which principals proved access survives a restart.
 local H = require("lifecycle.helpers")
 
-local REGISTRY = "127.0.0.1:" .. (os.getenv("REGISTRY_PORT") or "5055")
-local USER, PASSWORD = "testuser", "testpass"
+local USER, PASSWORD = H.REGISTRY_USER, H.REGISTRY_PASSWORD
 local KEYS = { a = "key-team-a", b = "key-team-b", c = "key-team-c" }
 
 describe("private images and tenants #integration #docker", function()
@@ -16,16 +15,7 @@ describe("private images and tenants #integration #docker", function()
     setup(function()
         H.ensure_image()
         H.remove_all_containers()
-        local _, running = H.run("sh tests/images/registry.sh status")
-        was_running = running
-        local out, ok = H.run("sh tests/images/registry.sh start")
-        assert(ok, out)
-        image = string.format("%s/osb/private:t%d", REGISTRY, os.time())
-        out, ok = H.run(string.format("echo %s | docker login %s -u %s --password-stdin && docker tag %s %s && "
-            .. "docker push %s", PASSWORD, REGISTRY, USER, H.IMAGE, image, image))
-        H.run("docker logout " .. REGISTRY)
-        assert(ok, out)
-        H.run("docker rmi -f " .. image)
+        image, was_running = H.push_private_image("private")
     end)
 
     teardown(function()

@@ -4,8 +4,8 @@
 -- unreachable registry fail (Failed/PROVISIONING_ERROR) instead of hanging; failed records are deletable.
 local H = require("lifecycle.helpers")
 
-local REGISTRY = "127.0.0.1:" .. (os.getenv("REGISTRY_PORT") or "5055")
-local USER, PASSWORD = "testuser", "testpass"
+local REGISTRY = H.REGISTRY
+local USER, PASSWORD = H.REGISTRY_USER, H.REGISTRY_PASSWORD
 
 describe("private registry #integration #docker", function()
     local srv, image, was_running
@@ -17,16 +17,7 @@ describe("private registry #integration #docker", function()
     setup(function()
         H.ensure_image()
         H.remove_all_containers()
-        local _, running = H.run("sh tests/images/registry.sh status")
-        was_running = running
-        local out, ok = H.run("sh tests/images/registry.sh start")
-        assert(ok, out)
-        image = string.format("%s/osb/busybox:t%d", REGISTRY, os.time())
-        out, ok = H.run(string.format("echo %s | docker login %s -u %s --password-stdin && docker tag %s %s && "
-            .. "docker push %s", PASSWORD, REGISTRY, USER, H.IMAGE, image, image))
-        H.run("docker logout " .. REGISTRY)
-        assert(ok, out)
-        rmi()
+        image, was_running = H.push_private_image("busybox")
         srv = H.start()
     end)
 
