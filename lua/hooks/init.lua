@@ -416,6 +416,43 @@ function Hooks:check_spec(spec)
     return true
 end
 
+-- Runs the hooks of `point` in `list` one after another on `work`, which each may change in place or
+-- replace: every hook gets (ctx copy[, a copy of `extra`], work), and a hook that returns nothing gives
+-- back `work` (copied raw like a result). After each, `check(work)` -> the work to go on with, or nil and
+-- why (a common.errors object: the hook's input was refused; a string: the hook failed). Returns the final
+-- work, or nil and the rejection or failure; `what` names the operation in the log.
+function Hooks:_chain(point, what, list, ctx, work, check, extra)
+    for _, entry in ipairs(list) do
+        local ok, r1, r2
+        if extra ~= nil then
+            ok, r1, r2 = self:run_keep(entry, point, work, ctx_copy(ctx), deep_copy(extra), work)
+        else
+            ok, r1, r2 = self:run_keep(entry, point, work, ctx_copy(ctx), work)
+        end
+        if not ok then
+            return nil, self:failed(entry, point, r1, ctx)
+        end
+        if is_rejection(r1, r2) then
+            local e = rejection(entry, r2)
+            self.log.info(what .. " rejected by hook", { hook = entry.name, code = e.code, status = e.status })
+            return nil, e
+        end
+        if type(r1) == "table" then
+            work = r1
+        end
+        local checked, why = check(work)
+        if not checked then
+            if errors.is(why) then
+                return nil, errors.new(why.status, why.code, why.message .. string.format(" (set by hook '%s')",
+                    entry.name))
+            end
+            return nil, self:failed(entry, point, why, ctx)
+        end
+        work = checked
+    end
+    return work
+end
+
 --- Runs the before_create hooks on a copy of `spec`. Returns the spec to create (image and image.auth are
 --- always the request's), or nil and a common.errors object. See the top of this file.
 function Hooks:before_create(ctx, spec)
@@ -429,28 +466,16 @@ function Hooks:before_create(ctx, spec)
     work.env = work.env or {}
     work.metadata = work.metadata or {}
     work.extensions = work.extensions or {}
-    for _, entry in ipairs(list) do
-        -- a hook that returns nothing gives back `work` (maybe changed): copied raw like a result
-        local ok, r1, r2 = self:run_keep(entry, "before_create", work, ctx_copy(ctx), work)
-        if not ok then
-            return nil, self:failed(entry, "before_create", r1, ctx)
+    local err
+    work, err = self:_chain("before_create", "create", list, ctx, work, function(w)
+        local sok, why = self:check_spec(w)
+        if sok then
+            return w
         end
-        if is_rejection(r1, r2) then
-            local e = rejection(entry, r2)
-            self.log.info("create rejected by hook", { hook = entry.name, code = e.code, status = e.status })
-            return nil, e
-        end
-        if type(r1) == "table" then
-            work = r1
-        end
-        local sok, why = self:check_spec(work)
-        if not sok then
-            if errors.is(why) then
-                return nil, errors.new(why.status, why.code, why.message .. string.format(" (set by hook '%s')",
-                    entry.name))
-            end
-            return nil, self:failed(entry, "before_create", "invalid spec: " .. why, ctx)
-        end
+        return nil, type(why) == "string" and ("invalid spec: " .. why) or why
+    end)
+    if not work then
+        return nil, err
     end
     work.image = image
     return work
@@ -646,33 +671,13 @@ function Hooks:before_patch_metadata(ctx, rec, patch)
         created_us = rec.created_us,
         expires_us = rec.expires_us,
     }
-    local work = copy(patch)
-    for _, entry in ipairs(list) do
-        -- a hook that returns nothing gives back `work` (maybe changed in place): copied raw like a result
-        local ok, r1, r2 = self:run_keep(entry, "before_patch_metadata", work, ctx_copy(ctx), deep_copy(summary),
-            work)
-        if not ok then
-            return nil, self:failed(entry, "before_patch_metadata", r1, ctx)
+    return self:_chain("before_patch_metadata", "metadata patch", list, ctx, copy(patch), function(w)
+        local checked, why = check_patch(w)
+        if checked then
+            return checked
         end
-        if is_rejection(r1, r2) then
-            local e = rejection(entry, r2)
-            self.log.info("metadata patch rejected by hook", { hook = entry.name, code = e.code, status = e.status })
-            return nil, e
-        end
-        if type(r1) == "table" then
-            work = r1
-        end
-        local checked, why = check_patch(work)
-        if not checked then
-            if errors.is(why) then
-                return nil, errors.new(why.status, why.code, why.message .. string.format(" (set by hook '%s')",
-                    entry.name))
-            end
-            return nil, self:failed(entry, "before_patch_metadata", "invalid patch: " .. why, ctx)
-        end
-        work = checked
-    end
-    return work
+        return nil, type(why) == "string" and ("invalid patch: " .. why) or why
+    end, summary)
 end
 
 return M
