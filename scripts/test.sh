@@ -103,6 +103,10 @@ stage "SDK conformance: lifecycle" bash tests/conformance/run.sh lifecycle-smoke
 stage "SDK conformance: execd" bash tests/conformance/run.sh execd-smoke.mjs
 stage "SDK conformance: execd through the server proxy" env OPENSANDBOX_USE_SERVER_PROXY=1 \
     bash tests/conformance/run.sh execd-smoke.mjs
+# the Python SDK, CLI and MCP server of upstream (pinned in tests/conformance/python/requirements.txt)
+stage "SDK conformance: Python" bash tests/conformance/run-python.sh pytest
+stage "SDK conformance: CLI" bash tests/conformance/run-python.sh cli
+stage "SDK conformance: MCP" bash tests/conformance/run-python.sh mcp
 
 # Kubernetes: a real one-node cluster (tests/k8s/cluster.sh: built from the Go module proxy the first time,
 # ~6 minutes here, then cached under /var/cache/opensandbox-k8s), the runtime's integration specs and the
@@ -120,6 +124,8 @@ stage "SDK conformance on Kubernetes: lifecycle (pause/resume refused)" env OPEN
     SMOKE_NO_PAUSE=1 bash tests/conformance/run.sh lifecycle-smoke.mjs
 stage "SDK conformance on Kubernetes: execd through the server proxy" env OPENSANDBOX_RUNTIME=kubernetes \
     OPENSANDBOX_USE_SERVER_PROXY=1 bash tests/conformance/run.sh execd-smoke.mjs
+stage "SDK conformance on Kubernetes: Python lifecycle" env OPENSANDBOX_RUNTIME=kubernetes OPENSANDBOX_USE_SERVER_PROXY=1 \
+    bash tests/conformance/run-python.sh pytest test_lifecycle.py
 
 # once more under AddressSanitizer + UndefinedBehaviorSanitizer
 if BUILD_DIR=build-asan CMAKE_ARGS="-DOPENSANDBOX_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug" sh scripts/build.sh; then

@@ -1,0 +1,23 @@
+#!/bin/bash
+# A yardstick, not part of CI: runs upstream's own Python end-to-end suite (tests/python of the OpenSandbox
+# repository, read from a local clone or bare mirror; nothing of it is copied into this project) with the
+# pinned PyPI SDK of python/requirements.txt against a server of this build, through run-python.sh.
+#   tests/conformance/upstream-e2e.sh [PYTEST ARGS...]
+# Env: UPSTREAM_REPO (a git dir of alibaba/OpenSandbox; default the mirror of this machine), UPSTREAM_REV
+# (default HEAD), SANDBOX_IMAGE (default local/busybox:latest), and run-python.sh's.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+repo=${UPSTREAM_REPO:-/work/.mirror/alibaba+OpenSandbox/repo}
+work=$root/build/upstream-e2e
+rm -rf "$work" && mkdir -p "$work"
+git -C "$repo" archive "${UPSTREAM_REV:-HEAD}" tests/python | tar -x -C "$work"
+# upstream's pyproject adds pytest plugins to the SDK: pinned here, in a venv of their own
+export CONFORMANCE_VENV=$root/build/upstream-e2e-py
+bash "$root/tests/conformance/python-venv.sh" "$CONFORMANCE_VENV" \
+    pytest-asyncio==1.3.0 pytest-timeout==2.4.0 pytest-order==1.3.0 redis==5.3.1
+cd "$work/tests/python"
+export OPENSANDBOX_SANDBOX_DEFAULT_IMAGE=${SANDBOX_IMAGE:-local/busybox:latest}
+# the suite's own settings come from its pyproject.toml ([tool.pytest.ini_options])
+exec "$root/tests/conformance/run-python.sh" exec sh -c '
+    export OPENSANDBOX_TEST_DOMAIN=${OPENSANDBOX_URL#*://} OPENSANDBOX_TEST_API_KEY=$OPENSANDBOX_API_KEY
+    exec python -m pytest -p no:cacheprovider --timeout 300 "$@"' sh "$@"
