@@ -124,8 +124,8 @@ stage "SDK conformance on Kubernetes: lifecycle (pause/resume refused)" env OPEN
     SMOKE_NO_PAUSE=1 bash tests/conformance/run.sh lifecycle-smoke.mjs
 stage "SDK conformance on Kubernetes: execd through the server proxy" env OPENSANDBOX_RUNTIME=kubernetes \
     OPENSANDBOX_USE_SERVER_PROXY=1 bash tests/conformance/run.sh execd-smoke.mjs
-stage "SDK conformance on Kubernetes: Python lifecycle" env OPENSANDBOX_RUNTIME=kubernetes OPENSANDBOX_USE_SERVER_PROXY=1 \
-    bash tests/conformance/run-python.sh pytest test_lifecycle.py
+stage "SDK conformance on Kubernetes: Python lifecycle (pause/resume refused)" env OPENSANDBOX_RUNTIME=kubernetes \
+    OPENSANDBOX_USE_SERVER_PROXY=1 bash tests/conformance/run-python.sh pytest test_lifecycle.py
 
 # once more under AddressSanitizer + UndefinedBehaviorSanitizer
 if BUILD_DIR=build-asan CMAKE_ARGS="-DOPENSANDBOX_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug" sh scripts/build.sh; then

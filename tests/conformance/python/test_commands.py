@@ -10,13 +10,14 @@ from opensandbox.models.execd_sync import ExecutionHandlersSync
 
 
 def stdout_text(execution):
-    return "".join(m.text for m in execution.logs.stdout)
+    """The agent sends one message per line, without its newline (as upstream's agent does)."""
+    return "\n".join(m.text for m in execution.logs.stdout)
 
 
 def test_run_stdout_stderr_exit_code(shared_sandbox):
     ex = shared_sandbox.commands.run("echo out; echo err >&2; exit 0")
     assert stdout_text(ex).strip() == "out"
-    assert "".join(m.text for m in ex.logs.stderr).strip() == "err"
+    assert [m.text for m in ex.logs.stderr] == ["err"]
     assert ex.exit_code == 0
     assert ex.error is None
     assert ex.id
@@ -37,8 +38,8 @@ def test_streaming_handlers(shared_sandbox):
         on_init=lambda i: inits.append(i.id),
     )
     ex = shared_sandbox.commands.run("for i in 1 2 3; do echo line$i; sleep 0.2; done; echo bad >&2", handlers=handlers)
-    assert "".join(seen).split() == ["line1", "line2", "line3"]
-    assert "".join(errs).strip() == "bad"
+    assert seen == ["line1", "line2", "line3"]
+    assert errs == ["bad"]
     assert len(done) == 1 and done[0].execution_time_in_millis >= 400
     assert inits == [ex.id]
 

@@ -16,7 +16,7 @@ def test_server_proxy_endpoint_commands_files(make_sandbox):
     assert f"/sandboxes/{sbx.id}/proxy/44772" in ep.endpoint, ep.endpoint
 
     ex = sbx.commands.run("for i in 1 2 3; do echo p$i; done; exit 4")
-    assert "".join(m.text for m in ex.logs.stdout).split() == ["p1", "p2", "p3"]
+    assert [m.text for m in ex.logs.stdout] == ["p1", "p2", "p3"]
     assert ex.exit_code == 4
 
     sbx.files.write_file("/tmp/proxied.txt", "through the server")

@@ -6,7 +6,7 @@ from opensandbox.exceptions import SandboxException
 
 
 def text(ex):
-    return "".join(m.text for m in ex.logs.stdout).strip()
+    return "\n".join(m.text for m in ex.logs.stdout).strip()
 
 
 def test_session_keeps_state(shared_sandbox):

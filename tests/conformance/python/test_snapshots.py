@@ -36,7 +36,7 @@ def test_snapshot_restore_delete(make_sandbox, manager):
 
     restored = make_sandbox(snapshot_id=snap.id)
     assert restored.get_info().snapshot_id == snap.id
-    text = "".join(m.text for m in restored.commands.run("cat /tmp/marker.txt").logs.stdout)
+    text = "\n".join(m.text for m in restored.commands.run("cat /tmp/marker.txt").logs.stdout)
     assert text.strip() == "snapshotted"
     restored.kill()
 

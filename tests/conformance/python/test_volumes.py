@@ -15,7 +15,7 @@ HOST_DIR = os.environ.get("CONFORMANCE_HOST_DIR", "/tmp/osb-conformance-host")
 
 
 def out(ex):
-    return "".join(m.text for m in ex.logs.stdout)
+    return "\n".join(m.text for m in ex.logs.stdout)
 
 
 @pytest.fixture
