@@ -16,6 +16,7 @@ fi
 mkdir -p "$HOME"
 failures=0
 sid=
+osb() { command osb --no-color "$@"; }
 
 pass() { echo "PASS $1"; }
 fail() {
