@@ -66,13 +66,18 @@ if osb_ok "sandbox list -s Paused" sandbox list -m run="$run_id" -s Paused -o js
     [ "$n" = 0 ] && pass "sandbox list (state filter)" || fail "sandbox list -s Paused" "$n sandboxes"
 fi
 
-if osb_ok "command run" command run "$sid" -o raw -- 'echo hello-$CLI_VAR; echo to-stderr >&2'; then
+# osb joins the words after -- into one shell command, each quoted: shell syntax goes through sh -c
+if osb_ok "command run" command run "$sid" -o raw -- sh -c 'echo hello-$CLI_VAR; echo to-stderr >&2'; then
     grep -qx "hello-from-cli" "$tmp/out" && pass "command run (stdout, env)" ||
         fail "command run" "stdout: $(cat "$tmp/out")"
 fi
-osb command run "$sid" -o raw -- 'exit 7' >"$tmp/out" 2>"$tmp/err"
+osb command run "$sid" -o raw -- sh -c 'exit 7' >"$tmp/out" 2>"$tmp/err"
 rc=$?
-[ "$rc" -ne 0 ] && pass "command run (failing command: exit $rc)" || fail "command run exit 7" "osb exited 0"
+if [ "$rc" -ne 0 ] && grep -q "7" "$tmp/out" "$tmp/err"; then
+    pass "command run (exit 7: osb exits $rc and names it)"
+else
+    fail "command run exit 7" "osb exited $rc: $(cat "$tmp/out" "$tmp/err")"
+fi
 if osb_ok "command run -w" command run "$sid" -w /tmp -o raw -- pwd; then
     grep -qx /tmp "$tmp/out" && pass "command run (workdir)" || fail "command run -w" "$(cat "$tmp/out")"
 fi
