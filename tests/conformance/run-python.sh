@@ -18,8 +18,11 @@ venv=$root/build/conformance-py
 mode=${1:-pytest}
 [ $# -gt 0 ] && shift
 
-venv=${CONFORMANCE_VENV:-$venv}
-bash "$here/python-venv.sh" "$venv"
+if [ -n "${CONFORMANCE_VENV:-}" ]; then
+    venv=$CONFORMANCE_VENV # made by the caller (upstream-e2e.sh)
+else
+    bash "$here/python-venv.sh" "$venv"
+fi
 export PATH=$venv/bin:$PATH OPENSANDBOX_DISABLE_METRICS=1 SANDBOX_IMAGE=${SANDBOX_IMAGE:-local/busybox:latest}
 
 host_dir=
