@@ -501,19 +501,20 @@ function Hooks:sandbox_name(ctx, spec, rec)
     if #list == 0 then
         return default
     end
-    local sspec = {
-        image = { uri = spec.image and spec.image.uri },
-        timeout = spec.timeout,
-        nano_cpus = spec.nano_cpus,
-        memory = spec.memory,
-        gpu = spec.gpu,
-        metadata = copy(spec.metadata or {}),
-        platform = spec.platform and copy(spec.platform) or nil,
-    }
-    local view = { id = rec.id, principal = rec.principal, metadata = copy(rec.metadata or {}),
-        created_us = rec.created_us, expires_us = rec.expires_us }
     for _, entry in ipairs(list) do
-        local ok, name = self:run(entry, "sandbox_name", ctx_copy(ctx), deep_copy(sspec), deep_copy(view))
+        -- each hook gets tables of its own, built here (not copies of shared ones: one allocation each)
+        local sspec = {
+            image = { uri = spec.image and spec.image.uri },
+            timeout = spec.timeout,
+            nano_cpus = spec.nano_cpus,
+            memory = spec.memory,
+            gpu = spec.gpu,
+            metadata = copy(spec.metadata or {}),
+            platform = spec.platform and copy(spec.platform) or nil,
+        }
+        local view = { id = rec.id, principal = rec.principal, metadata = copy(rec.metadata or {}),
+            created_us = rec.created_us, expires_us = rec.expires_us }
+        local ok, name = self:run(entry, "sandbox_name", ctx_copy(ctx), sspec, view)
         if not ok then
             self:failed(entry, "sandbox_name", name, ctx)
             return default
