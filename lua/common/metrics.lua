@@ -48,7 +48,12 @@ function M.number(v)
     elseif v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then
         return format("%d", v)
     end
-    return format("%.17g", v)
+    -- the shortest text that reads back as the same double
+    local t = format("%.15g", v)
+    if tonumber(t) ~= v then
+        t = format("%.17g", v)
+    end
+    return t
 end
 local number = M.number
 

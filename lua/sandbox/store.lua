@@ -167,6 +167,7 @@ end
 -- to fetch), or nil, err.
 local function run(self, sql, n, ...)
     if not self.db then
+        count_failure(sql)
         return nil, "store is closed"
     end
     local st = self.stmts[sql]
@@ -174,6 +175,7 @@ local function run(self, sql, n, ...)
         local perr
         st, perr = self.db:prepare(sql)
         if not st then
+            count_failure(sql)
             return nil, tostring(perr)
         end
         self.stmts[sql] = st
