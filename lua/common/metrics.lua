@@ -353,9 +353,9 @@ function Registry:expose()
     end
     local out, n = {}, 0
     for _, f in ipairs(self.order) do
-        if #f.series > 0 then
-            n = n + 1
-            out[n] = f.header
+        n = n + 1
+        out[n] = f.header -- also for a family without series yet: a scraper learns the name and type
+        do
             if f.kind == "histogram" then
                 for _, s in ipairs(f.series) do
                     local cum = 0
