@@ -81,7 +81,7 @@ static struct {
 
 /* A second listening socket (http.listen_extra): its connections are accepted here and handed to
  * the same daemon (MHD_add_connection); their requests go to their own Lua handler. A connection is
- * told apart by its local port (getsockname), paid per request only while an extra listener exists.
+ * told apart by its local port (getsockname), once per connection while an extra listener exists.
  */
 static struct {
     int fd;
@@ -420,10 +420,11 @@ static void push_request(lua_State *L, struct reqctx *c, const char *method)
         buf_free(&c->body);
 }
 
-/* Did this connection come through the extra listener? */
-static int conn_is_extra(struct MHD_Connection *conn)
+/* Did this connection come through the extra listener? Asked once per connection (getsockname),
+ * when MHD starts it; the answer is kept as the connection's socket context. */
+static int conn_on_extra_port(struct MHD_Connection *conn)
 {
-    if (X.handler_ref == LUA_NOREF)
+    if (X.fd < 0)
         return 0;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -436,6 +437,23 @@ static int conn_is_extra(struct MHD_Connection *conn)
     if (ss.ss_family == AF_INET6)
         return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port) == X.port;
     return 0;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    (void)cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+        *socket_context = conn_on_extra_port(conn) ? (void *)&X : NULL;
+}
+
+static int conn_is_extra(struct MHD_Connection *conn)
+{
+    if (X.handler_ref == LUA_NOREF)
+        return 0;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci && ci->socket_context == (void *)&X;
 }
 
 static void start_handler(struct reqctx *c, const char *method)
@@ -1199,11 +1217,12 @@ static int l_listen(lua_State *L)
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_TURBO |
             MHD_USE_ERROR_LOG,
         0, NULL, NULL, on_access, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_URI_LOG_CALLBACK,
-        on_uri, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)conn_limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)conn_memory,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)conn_timeout,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)(per_ip > 0 ? per_ip : 0),
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_END);
+        on_uri, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, NULL, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)conn_limit,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)conn_memory, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)conn_timeout, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned int)(per_ip > 0 ? per_ip : 0), MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
+        MHD_OPTION_END);
     if (!H.d) {
         close(fd);
         H.listen_fd = -1;

@@ -43,19 +43,53 @@ local METHODS = {
     OPTIONS = "OPTIONS",
 }
 
+-- The series of each (route entry, method), resolved once: { h = latency series, [status] = counter series }.
+-- Keyed by the router's entry tables (a fixed set) and then by method (bounded by METHODS).
+local by_route = setmetatable({}, { __mode = "k" })
+local unmatched_route = {} -- the key for requests that matched no route
+
+local function entry_for(route, method)
+    local per = by_route[route]
+    if not per then
+        per = {}
+        by_route[route] = per
+    end
+    local e = per[method]
+    if not e then
+        local pattern = route == unmatched_route and M.UNMATCHED or route.pattern
+        e = { h = LATENCY:labels(method, pattern), pattern = pattern }
+        per[method] = e
+    end
+    return e
+end
+
 --- Records one answered request. `route` is the router's entry (nil when none matched: then the path is
 --- matched again for its label, which only the error paths pay). `started` is deps.now() at the start.
+--- The common case is a few table reads and adds: no string is built, no function but now() is called.
 function M.observe(req, route, status, started, now)
     local method = METHODS[req.method] or "OTHER"
-    local pattern
-    if route then
-        pattern = route.pattern
-    else
-        local r = router.match(req.method, req.path)
-        pattern = r and r.pattern or M.UNMATCHED
+    if not route then
+        route = router.match(req.method, req.path) or unmatched_route
     end
-    REQUESTS:labels(method, pattern, status):inc()
-    LATENCY:labels(method, pattern):observe(now() - started)
+    local per = by_route[route]
+    local e = per and per[method] or entry_for(route, method)
+    local c = e[status]
+    if not c then
+        c = REQUESTS:labels(method, e.pattern, status)
+        e[status] = c
+    end
+    c.value = c.value + 1
+    -- Histogram:observe, inline
+    local h = e.h
+    local v = now() - started
+    local b, i, nb = h.bounds, 1, h.nb
+    while i <= nb and v > b[i] do
+        i = i + 1
+    end
+    local counts = h.counts
+    counts[i] = counts[i] + 1
+    h.sum = h.sum + v
+    h.count = h.count + 1
 end
 
 -- scrape-time families
