@@ -88,11 +88,18 @@ describe("metrics #integration #docker", function()
         return r and tonumber(r.value[2]) or nil
     end
 
+    -- this spec's server has its own docker.instance and removes only the containers labelled with it, so
+    -- that it never touches another server's
+    local instance = string.format("metrics-spec-%d-%d", os.time(), math.random(1e6))
+    local function remove_own_containers()
+        H.run("docker ps -aq --filter label=opensandbox.io/instance=" .. instance .. " | xargs -r docker rm -f -v")
+    end
+
     setup(function()
         H.ensure_image()
-        H.remove_all_containers()
         mport = math.random(45001, 47000)
-        srv = H.start({ config = { server = { api_key = KEY }, metrics = { listen = "127.0.0.1:" .. mport } } })
+        srv = H.start({ config = { server = { api_key = KEY }, metrics = { listen = "127.0.0.1:" .. mport },
+            docker = { instance = instance } } })
         mbase = "http://127.0.0.1:" .. mport
         dir = srv.dir
     end)
@@ -103,7 +110,7 @@ describe("metrics #integration #docker", function()
                 .. " 2>/dev/null || break; sleep 0.1; done")
         end
         H.stop_all()
-        H.remove_all_containers()
+        remove_own_containers()
     end)
 
     it("needs the API key on the API port; the separate listener serves /metrics only, without a key", function()
