@@ -203,4 +203,13 @@ return {
         -- has no read timeout otherwise: streams and long polls may stay open).
         header_timeout = 0,
     },
+
+    metrics = {
+        -- GET /metrics (Prometheus text format; it needs the API key like every route when keys are
+        -- configured) and the per-request counters and latency histograms. false: neither.
+        enabled = true,
+        -- "host:port" of a second listener that serves only GET /metrics, WITHOUT an API key, for a
+        -- Prometheus on a private network (e.g. "127.0.0.1:9464"). nil: no second listener.
+        listen = nil,
+    },
 }

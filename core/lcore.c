@@ -29,6 +29,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <dirent.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -220,6 +222,35 @@ static int l_mkdirs(lua_State *L)
     return 1;
 }
 
+/* core.process_stats() -> { rss_bytes =, open_fds = }: this process's resident memory (from
+ * /proc/self/statm) and open file descriptors (entries of /proc/self/fd, less the one reading it).
+ * A value that cannot be read is absent. */
+static int l_process_stats(lua_State *L)
+{
+    lua_createtable(L, 0, 2);
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        unsigned long size, resident;
+        if (fscanf(f, "%lu %lu", &size, &resident) == 2) {
+            lua_pushinteger(L, (lua_Integer)resident * (lua_Integer)sysconf(_SC_PAGESIZE));
+            lua_setfield(L, -2, "rss_bytes");
+        }
+        fclose(f);
+    }
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        lua_Integer n = 0;
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL)
+            if (e->d_name[0] != '.')
+                n++;
+        closedir(d);
+        lua_pushinteger(L, n > 0 ? n - 1 : 0);
+        lua_setfield(L, -2, "open_fds");
+    }
+    return 1;
+}
+
 static int l_getpid(lua_State *L)
 {
     lua_pushinteger(L, getpid());
@@ -318,6 +349,7 @@ int luaopen_core(lua_State *L)
                                    {"stop", l_stop},
                                    {"free_tcp_port", l_free_tcp_port},
                                    {"getpid", l_getpid},
+                                   {"process_stats", l_process_stats},
                                    {"mkdirs", l_mkdirs},
                                    {"kill", l_kill},
                                    {"trim_memory", l_trim_memory},

@@ -249,6 +249,15 @@ function M.validate(tbl, opts)
         errs[#errs + 1] = 'runtime.execd_image: not supported with runtime.type = "kubernetes" (the agent comes '
             .. "from a ConfigMap of the server's own files)"
     end
+    if out.metrics.listen then
+        local host, port = require("common.metrics").parse_listen(out.metrics.listen)
+        if not host then
+            errs[#errs + 1] = 'metrics.listen: expected "host:port" (e.g. "127.0.0.1:9464"), got '
+                .. string.format("%q", out.metrics.listen)
+        elseif port == out.server.port then
+            errs[#errs + 1] = "metrics.listen: the port must differ from server.port"
+        end
+    end
     if #errs > 0 then
         table.sort(errs)
         return nil, table.concat(errs, "\n")

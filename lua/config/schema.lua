@@ -106,6 +106,12 @@ M.sections = {
         -- seconds to wait for the backend's response head (504 after); 0: no limit (API.md: no read timeout)
         header_timeout = { type = "number", default = 0, min = 0 },
     },
+    metrics = {
+        -- GET /metrics and the per-request instrumentation; false: neither
+        enabled = { type = "boolean", default = true },
+        -- "host:port" ("[v6]:port"): a second listener serving only GET /metrics, without an API key
+        listen = { type = "string" },
+    },
 }
 
 return M

@@ -5,6 +5,7 @@ local sync = require("common.sync")
 local model = require("sandbox.model")
 local image_access = require("sandbox.image_access")
 local C = require("sandbox.constants")
+local metrics = require("common.metrics")
 
 local P = {}
 
@@ -16,6 +17,46 @@ local STEP_CODES = {
     start = "DOCKER::SANDBOX_START_FAILED",
 }
 local INTERNAL = "DOCKER::SANDBOX_START_FAILED"
+
+local STEP_SECONDS = metrics.default:histogram("opensandbox_provisioning_step_duration_seconds",
+    "Duration of each step of successful provisionings (the runtime's steps, and \"total\").", { "step" },
+    metrics.SLOW_SECONDS)
+local OUTCOMES = metrics.default:counter("opensandbox_provisioning_total",
+    "Provisionings that ended, by result (success, failure).", { "result" })
+local FAILED_STEPS = metrics.default:counter("opensandbox_provisioning_failures_total",
+    "Failed provisionings by the step that failed (\"internal\": no step named).", { "step" })
+-- the step names adapters report (placed.steps "<name>_ms"); any other name counts as "other"
+local STEP_NAMES = {
+    image = true,
+    agent = true,
+    agent_volume = true,
+    create = true,
+    upload = true,
+    start = true,
+    restart = true,
+    inspect = true,
+}
+
+-- Records the metrics of a provisioning that ended: `placed` on success, else `err` (the adapter's error).
+local function observe(placed, err, seconds)
+    if placed then
+        OUTCOMES:labels("success"):inc()
+        for k, ms in pairs(placed.steps or {}) do
+            local name = type(k) == "string" and k:match("^(.*)_ms$")
+            if name and type(ms) == "number" then
+                STEP_SECONDS:labels(STEP_NAMES[name] and name or "other"):observe(ms / 1000)
+            end
+        end
+        if seconds then
+            STEP_SECONDS:labels("total"):observe(seconds)
+        end
+    else
+        OUTCOMES:labels("failure"):inc()
+        local step = type(err) == "table" and err.step
+        FAILED_STEPS:labels(STEP_CODES[step or ""] and step or "internal"):inc()
+    end
+end
+
 
 function P:create(spec, ctx)
     local ok, err = self:require_runtime()
@@ -60,6 +101,7 @@ function P:start_provisioning(id, spec, name)
     self.core.spawn(function()
         local pok, perr = pcall(self.provision, self, id, spec, name)
         if not pok then
+            observe(nil, nil)
             self.log.error("provisioning raised", { sandbox_id = id, error = tostring(perr) })
             self:finish_provisioning(id, nil, INTERNAL .. ": internal error: " .. tostring(perr))
         end
@@ -121,6 +163,7 @@ end
 --- for operational errors.
 function P:provision(id, spec, name)
     local rec = self.records[id]
+    local t0 = self:now_us()
     self.log.info("provisioning", { sandbox_id = id, image = rec.image_uri })
     local sandbox = {
         id = id,
@@ -158,6 +201,7 @@ function P:provision(id, spec, name)
             self.log.error("cannot record image access", { sandbox_id = id, error = tostring(gerr) })
         end
     end
+    observe(placed, err, placed and (self:now_us() - t0) / 1e6)
     if not placed then
         local code = STEP_CODES[type(err) == "table" and err.step or ""] or INTERNAL
         code = self.runtime.codes and self.runtime.codes[code] or code -- the runtime's name for it

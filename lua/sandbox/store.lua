@@ -25,6 +25,7 @@
 local DBI = require("DBI")
 local lfs = require("lfs")
 local json = require("common.json")
+local metrics = require("common.metrics")
 
 local M = {}
 
@@ -150,10 +151,23 @@ local SQL_ACCESS_PUT = "INSERT OR IGNORE INTO image_access (repository, principa
 -- Statements
 ---------------------------------------------------------------------------------------------------------
 
+local WRITE_FAILURES = metrics.default:counter("opensandbox_store_write_failures_total",
+    "Statements that failed to change the store (SQLite), by statement kind.", { "op" })
+local WRITE_OPS = { INSERT = "insert", REPLACE = "insert", UPDATE = "update", DELETE = "delete" }
+
+-- Counts a failed statement when it is a write (reads fail too, but they change nothing).
+local function count_failure(sql)
+    local op = WRITE_OPS[sql:match("^%s*(%a+)") or ""]
+    if op then
+        WRITE_FAILURES:labels(op):inc()
+    end
+end
+
 -- Executes `sql` with the given parameters on a cached prepared statement. Returns the statement (ready
 -- to fetch), or nil, err.
 local function run(self, sql, n, ...)
     if not self.db then
+        count_failure(sql)
         return nil, "store is closed"
     end
     local st = self.stmts[sql]
@@ -161,6 +175,7 @@ local function run(self, sql, n, ...)
         local perr
         st, perr = self.db:prepare(sql)
         if not st then
+            count_failure(sql)
             return nil, tostring(perr)
         end
         self.stmts[sql] = st
@@ -171,6 +186,7 @@ local function run(self, sql, n, ...)
     end
     self.stmts[sql] = nil
     pcall(st.close, st)
+    count_failure(sql)
     return nil, tostring(ok and err or res)
 end
 

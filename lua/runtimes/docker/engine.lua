@@ -11,6 +11,7 @@
 --   err = { kind = "unavailable"|"not_found"|"conflict"|"api", status = <Docker HTTP status>|nil,
 --           message = <Docker's message, or the transport reason> }
 -- Programmer errors (a missing argument, a bad DOCKER_HOST given to new) raise.
+local rtmetrics = require("runtimes.metrics")
 local json = require("common.json")
 local rterrors = require("runtimes.errors")
 local imageref = require("runtimes.docker.imageref")
@@ -205,6 +206,7 @@ function Adapter:_request(method, path, opts)
         on_data = opts.on_data,
     }
     local res, err = self.client.request(req)
+    rtmetrics.request("docker", method, res)
     if not res then
         return nil, transport_error(err)
     end

@@ -101,6 +101,17 @@ describe("config.validate", function()
         assert.is_table(config.validate({ runtime = { execd_image = "img" } }))
     end)
 
+    it("checks metrics.listen: host:port, a port other than server.port", function()
+        local c = assert(config.validate({ metrics = { listen = "127.0.0.1:9464" } }))
+        assert.equal("127.0.0.1:9464", c.metrics.listen)
+        assert.is_true(c.metrics.enabled)
+        assert.is_table(config.validate({ metrics = { listen = "[::1]:9464", enabled = false } }))
+        assert.equal('metrics.listen: expected "host:port" (e.g. "127.0.0.1:9464"), got "9464"',
+            select(2, config.validate({ metrics = { listen = "9464" } })))
+        assert.equal("metrics.listen: the port must differ from server.port",
+            select(2, config.validate({ server = { port = 9000 }, metrics = { listen = "0.0.0.0:9000" } })))
+    end)
+
     it("has a kubernetes section with its defaults, and runtime.type = kubernetes", function()
         local c = assert(config.validate({}))
         assert.is_nil(c.kubernetes.kubeconfig_path)
