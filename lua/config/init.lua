@@ -375,6 +375,32 @@ local function blank(s)
     return s == nil or not tostring(s):find("%S")
 end
 
+local function file_exists(path)
+    local f = io.open(path, "rb")
+    if f then
+        f:close()
+    end
+    return f ~= nil
+end
+
+--- Which file to read: `path` (--config), else env SANDBOX_CONFIG_PATH, else ./config.lua, else (when
+--- ./config.lua does not exist and HOME is set) upstream's ~/.sandbox.toml. Returns the path and whether it
+--- was asked for explicitly (the first two: a missing file is then an error). `exists(path)` -> boolean.
+function M.config_path(path, getenv, exists)
+    if not blank(path) then
+        return path, true
+    end
+    path = getenv("SANDBOX_CONFIG_PATH")
+    if not blank(path) then
+        return path, true
+    end
+    local home = getenv("HOME")
+    if (exists or file_exists)("./config.lua") or blank(home) then
+        return "./config.lua", false
+    end
+    return (home:gsub("/+$", "")) .. "/.sandbox.toml", false
+end
+
 --- Whether `host` is a loopback address: 127.0.0.0/8, ::1 or localhost.
 function M.is_loopback(host)
     if type(host) ~= "string" then
@@ -494,19 +520,8 @@ function M.load(path, env, opts)
     local warn = opts.warn or function(msg)
         io.stderr:write("config: warning: ", msg, "\n")
     end
-    local explicit = true
-    if blank(path) then
-        path = getenv("SANDBOX_CONFIG_PATH")
-        if blank(path) then
-            path, explicit = "./config.lua", false
-            local f, home = io.open(path, "rb"), getenv("HOME")
-            if f then
-                f:close()
-            elseif not blank(home) then
-                path = (home:gsub("/+$", "")) .. "/.sandbox.toml"
-            end
-        end
-    end
+    local explicit
+    path, explicit = M.config_path(path, getenv, opts.exists)
     local source = path
     local read = M.is_toml(path) and M.read_toml or M.read_file
     local tbl, err, missing = read(path, getenv, opts.toml_parse)
