@@ -116,7 +116,8 @@ describe("TOML configuration: upstream's examples", function()
         assert.equal("IfNotPresent", cfg.kubernetes.image_pull_policy)
         assert.equal(60, cfg.kubernetes.watch_timeout_seconds)
         assert.is_nil(cfg.runtime.execd_image) -- the built-in agent on Kubernetes
-        for _, key in ipairs({ "runtime.execd_image", "kubernetes.workload_provider", "kubernetes.informer_resync_seconds",
+        for _, key in ipairs({ "runtime.execd_image", "kubernetes.workload_provider",
+            "kubernetes.informer_resync_seconds",
             "kubernetes.batchsandbox_template_file", "renew_intent.redis", "egress.image" }) do
             assert.is_true(has(w, key .. ": ignored: "), key .. " not warned about:\n" .. table.concat(w, "\n"))
         end
@@ -256,7 +257,8 @@ describe("TOML configuration: keys this server does not implement", function()
         { { store = { type = "postgresql" } }, "store.type: not supported: the store is SQLite" },
         { { runtime = { type = "kubernetes" }, kubernetes = { insecure_skip_tls_verify = true } },
             "kubernetes.insecure_skip_tls_verify: not supported: TLS to the API server is always verified" },
-        { { secure_runtime = { type = "gvisor" } }, "secure_runtime.docker_runtime: not supported: required on Docker" },
+        { { secure_runtime = { type = "gvisor" } },
+            "secure_runtime.docker_runtime: not supported: required on Docker" },
         { { secure_runtime = { type = "firecracker", k8s_runtime_class = "kata-fc" } },
             'secure_runtime.type: not supported: firecracker is only available with runtime.type = "kubernetes"' },
         { { runtime = { type = "kubernetes" }, secure_runtime = { type = "kata", k8s_runtime_class = "kata-qemu" } },
@@ -322,7 +324,8 @@ describe("TOML configuration: errors name the TOML key, with config.lua's messag
 
     it("reports unknown sections and keys as config.lua does, all at once", function()
         local _, err = load({ nope = {}, server = { bogus = 1, port = "x" }, hooks = { also_bogus = true } })
-        local _, lua_err = config.validate({ nope = {}, server = { bogus = 1, port = "x" }, hooks = { also_bogus = true } })
+        local _, lua_err = config.validate({ nope = {}, server = { bogus = 1, port = "x" },
+            hooks = { also_bogus = true } })
         assert.equal(lua_err, (err:gsub("^invalid configuration in [^\n]*\n", "")))
         assert.truthy(err:find("nope: unknown section\n", 1, true))
         assert.truthy(err:find("server.bogus: unknown key", 1, true))
@@ -336,8 +339,8 @@ describe("TOML configuration: errors name the TOML key, with config.lua's messag
         os.remove(path)
         assert.is_nil(cfg)
         assert.equal(config.EXIT_INVALID, code)
-        assert.equal("config file " .. path .. ": " .. path .. ":3:7: Error while parsing key-value pair: expected value",
-            err)
+        assert.equal("config file " .. path .. ": " .. path
+            .. ":3:7: Error while parsing key-value pair: expected value", err)
     end)
 
     it("a section that is not a table", function()
