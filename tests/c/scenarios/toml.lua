@@ -78,12 +78,26 @@ local cases = {
     { "a = [1, 2\n", "%d+" },
     { "a = 1979-13-45\n", 1 },
     { "\0", 1 },
+    { "[server]\n[\0\0:x]\n", 2 }, -- a NUL in a key (toml++ 3.3.0 asserts there; refused before it)
+    { 'a = "x\0y"\n', 1 },
 }
 for _, c in ipairs(cases) do
     local v, err = toml.parse(c[1], "bad.toml")
     assert(v == nil, c[1])
     assert(type(err) == "string" and err:find("^bad%.toml:" .. c[2] .. ":%d+: .+"), tostring(err))
 end
+-- non-ASCII characters where toml++ 3.3.0's whitespace check has an unreachable branch (its issues #190 and
+-- #295, fixed after 3.3.0): the library the server links gives the right answers (valid text parses, invalid
+-- text is an error), which is what these pin down
+local ml = assert(toml.parse('s = """\\\n\u{a7}x"""\n'))
+assert(ml.s == "\u{a7}x", ml.s)
+local ml2 = assert(toml.parse('s = """\\\n\u{3002}x"""\n'))
+assert(ml2.s == "\u{3002}x", ml2.s)
+for _, bad in ipairs({ "\xcc\xaa", "a = 1 \u{a7}\n", "[a]\nb = [ 5,2,0.iiiiiiiiiiifuziiiiiiii\u{3aa}\n" }) do
+    local v, err = toml.parse(bad)
+    assert(v == nil and err:find("^toml:%d+:%d+: "), tostring(err))
+end
+
 -- the name defaults to "toml"; a non-string argument is a usage error
 assert(select(2, toml.parse("= 1")):find("^toml:1:"))
 assert(not pcall(toml.parse, nil))
