@@ -229,13 +229,9 @@ local RULES = {
         path = { to = "store.path" },
         postgresql = { ignore = "the store is SQLite (store.path)" },
     },
-    tenants = {
-        ["*"] = { refuse = "tenants are server.api_keys here (key or key_env, principal, admin); ignoring "
-            .. "[tenants] would serve requests without the tenants' keys and isolation" },
-    },
-    agent_sandbox = {
-        ["*"] = { ignore = NOT_PODS },
-    },
+    -- whole sections (upstream acts on their presence, even empty): see SECTIONS below
+    tenants = {},
+    agent_sandbox = {},
     secure_runtime = {
         type = { secure = true },
         docker_runtime = { secure = true },
@@ -244,6 +240,13 @@ local RULES = {
 }
 
 M.RULES = RULES
+
+-- Sections judged as a whole, once, whatever keys they have (an empty one included).
+local SECTIONS = {
+    tenants = { refuse = "tenants are server.api_keys here (key or key_env, principal, admin); ignoring "
+        .. "[tenants] would serve requests without the tenants' keys and isolation" },
+    agent_sandbox = { ignore = NOT_PODS },
+}
 
 -- The upstream keys that are a table in TOML but one value to a rule (not recursed into).
 local function join(section, key)
@@ -344,6 +347,12 @@ function M.map(doc, sections)
         local rules = RULES[section]
         if rules == nil and sections[section] == nil then
             notes.errors[#notes.errors + 1] = tostring(section) .. ": unknown section"
+        elseif SECTIONS[section] then
+            if SECTIONS[section].refuse then
+                refuse(section, SECTIONS[section].refuse)
+            else
+                warn(section, SECTIONS[section].ignore)
+            end
         elseif type(given) ~= "table" then
             notes.errors[#notes.errors + 1] = string.format("%s: expected table, got %s", section, lua_type(given))
         else

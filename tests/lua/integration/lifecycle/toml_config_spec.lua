@@ -245,7 +245,7 @@ image = "never/used:1"
         assert.truthy(out:find("invalid configuration in " .. path, 1, true), out)
         assert.truthy(out:find('log.level: expected one of DEBUG, INFO, WARNING, ERROR, got "LOUD"', 1, true), out)
         assert.truthy(out:find("server.port: expected integer, got string", 1, true), out)
-        assert.truthy(out:find("tenants.provider: not supported: ", 1, true), out)
+        assert.truthy(out:find("tenants: not supported: ", 1, true), out)
         local _, _, code = H.sh(server.binary() .. " --config " .. q(path) .. " >/dev/null 2>&1")
         assert.are.equal(1, code)
         -- a TOML syntax error names the line and column

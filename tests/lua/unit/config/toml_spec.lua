@@ -244,11 +244,12 @@ describe("TOML configuration: keys this server does not implement", function()
         for k in pairs(keys) do
             assert.is_true(has(w, "kubernetes." .. k .. ": ignored: "), k)
         end
-        assert.is_true(has(w, "agent_sandbox.shutdown_policy: ignored: "))
+        assert.is_true(has(w, "agent_sandbox: ignored: "))
     end)
 
     local refused = {
-        { { tenants = { provider = "file" } }, "tenants.provider: not supported: tenants are server.api_keys here" },
+        { { tenants = { provider = "file" } }, "tenants: not supported: tenants are server.api_keys here" },
+        { { tenants = {} }, "tenants: not supported: tenants are server.api_keys here" },
         { { ingress = { mode = "gateway", gateway = { address = "gw.example", route = { mode = "uri" } } } },
             "ingress.gateway: not supported: gateway ingress" },
         { { ingress = { mode = "gateway" } }, 'ingress.mode: not supported: endpoints are direct (or through the '
