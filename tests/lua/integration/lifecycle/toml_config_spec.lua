@@ -41,7 +41,7 @@ local function upstream_examples(dir)
     local out, ok = H.run(string.format("python3 -m pip download -q --no-deps --only-binary=:all: -d %s %s",
         q(dir .. "/wheel"), q(UPSTREAM)))
     assert(ok, "cannot download " .. UPSTREAM .. ": " .. out)
-    out, ok = H.run(string.format([[python3 - %s <<'EOF'
+    write(dir .. "/extract.py", [[
 import glob, os, sys, zipfile
 d = sys.argv[1]
 whl = glob.glob(os.path.join(d, "wheel", "*.whl"))[0]
@@ -53,7 +53,8 @@ with zipfile.ZipFile(whl) as z:
             with open(p, "wb") as f:
                 f.write(z.read(n))
             print(p)
-EOF]], q(dir)))
+]])
+    out, ok = H.run(string.format("python3 %s %s", q(dir .. "/extract.py"), q(dir)))
     assert(ok, out)
     local paths = {}
     for p in out:gmatch("[^\n]+") do
