@@ -1,7 +1,9 @@
 -- OpenSandbox server configuration (API.md §9).
 --
 -- This file is Lua 5.4 that returns a table. The server reads it from `--config PATH`, else from the path in
--- env SANDBOX_CONFIG_PATH, else ./config.lua (if that is missing, every default below applies).
+-- env SANDBOX_CONFIG_PATH, else ./config.lua, else ~/.sandbox.toml (if none exists, every default below
+-- applies). A path ending in .toml is upstream OpenSandbox's TOML format instead (~/.sandbox.toml; README,
+-- "Configuration in TOML": each upstream key is mapped onto a key below, or warned about, or refused).
 -- Every key is shown with its default. A key left out or set to nil takes its default; `false` disables a
 -- limit where that is allowed. Unknown sections or keys and values of the wrong type stop the server at
 -- startup with a message naming the key.

@@ -39,7 +39,8 @@ local function main()
     if has_flag("--help") or has_flag("-h") then
         io.stdout:write([[
 usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-config] [--reload] [--version]
-  --config PATH    configuration file (default: $SANDBOX_CONFIG_PATH, else ./config.lua)
+  --config PATH    configuration file (default: $SANDBOX_CONFIG_PATH, else ./config.lua, else
+                   ~/.sandbox.toml); a PATH ending in .toml is upstream OpenSandbox's TOML format
   --adopt-instance ID  take over the Docker containers of server identity ID (another server's, gone for
                    good; "unlabelled": those made before identities); kept in the store (docker.adopt_instances)
   --check-config   validate the configuration and exit 0 (valid) or 1 (invalid)
