@@ -400,6 +400,17 @@ function Docker:_drop_volumes(sandbox_id, names)
     end
 end
 
+--- Whether the named volume was created by this server (or one whose sandboxes it took over), by its
+--- labels: the id of the sandbox it was made for, or false (also when it cannot be read).
+function Docker:created_volume(name)
+    local doc = self.engine:inspect_volume(name)
+    local labels = type(doc) == "table" and type(doc.Labels) == "table" and doc.Labels or {}
+    if labels[mapping.LABEL_VOLUME_MANAGED] == "server" and self:ownership(labels) == "own" then
+        return labels[mapping.LABEL_VOLUME_SANDBOX] or false
+    end
+    return false
+end
+
 --- Removes the named volume `name`, which the service knows this server created; a volume without this
 --- server's label (replaced behind its back) is left alone. True, or nil, err ("conflict": still in use).
 function Docker:remove_volume(name)
@@ -408,7 +419,7 @@ function Docker:remove_volume(name)
         return rterrors.is(err, "not_found") or nil, err
     end
     local labels = type(doc.Labels) == "table" and doc.Labels or {}
-    if labels[mapping.LABEL_VOLUME_MANAGED] ~= "server" or not self:ownership(labels) then
+    if labels[mapping.LABEL_VOLUME_MANAGED] ~= "server" or self:ownership(labels) ~= "own" then
         return nil, rterrors.new("conflict", "the volume is not labelled as made by this server")
     end
     return self.engine:delete_volume(name)

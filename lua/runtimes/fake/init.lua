@@ -218,6 +218,12 @@ function Fake:check_volumes(vols)
     return true
 end
 
+--- created_volume: the sandbox `rt.volumes[name]` was created for, or false.
+function Fake:created_volume(name)
+    local v = self.volumes[name]
+    return v and v.created_for or false
+end
+
 --- remove_volume: removes `rt.volumes[name]` (a "conflict" when `rt.volumes[name].in_use`).
 function Fake:remove_volume(name)
     local err = self:_call("remove_volume", name)
@@ -292,7 +298,8 @@ function Fake:list()
                 platform = s.platform, principal = s.principal, access_token = s.access_token,
                 -- the limits: from the spec it was made with (an injected object may carry them in `sandbox`)
                 nano_cpus = s.nano_cpus or obj.spec and obj.spec.nano_cpus,
-                memory = s.memory or obj.spec and obj.spec.memory }
+                memory = s.memory or obj.spec and obj.spec.memory,
+                volumes = s.volumes or obj.spec and obj.spec.volumes }
         end
         out[#out + 1] = { id = obj.id, handle = handle, place = obj.place, status = obj.status or nil,
             sandbox = identity, foreign = obj.foreign }

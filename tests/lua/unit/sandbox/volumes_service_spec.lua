@@ -179,4 +179,20 @@ describe("sandbox.service volumes", function()
         assert.equal("mine", rt.objects["fake-1"].spec.volumes[1].pvc.claimName)
         assert.same({ mine = view.id }, store.created)
     end)
+
+    it("an adopted sandbox keeps its volumes, and the volumes a server created are removed with it", function()
+        local e = env()
+        local v = vols({ pvc("a", "theirs-made", { deleteOnSandboxTermination = true }),
+            pvc("b", "pre", { deleteOnSandboxTermination = true }) })
+        e.rt.volumes["theirs-made"] = { created_for = "adopted-1" } -- labelled by the server that made it
+        e.rt.volumes.pre = {}
+        e.rt:inject({ id = "adopted-1", sandbox = { id = "adopted-1", created_us = S.T0, expires_us = S.T0 + 3600 * 1000000,
+            image_uri = "x", entrypoint = { "run" }, metadata = {}, volumes = v } })
+        e:op("sweep")
+        assert.same(v, e.svc.records["adopted-1"].volumes)
+        assert.same({ ["theirs-made"] = "adopted-1" }, e.store.created)
+        assert.is_true(e:op("delete", "adopted-1"))
+        assert.is_nil(e.rt.volumes["theirs-made"])
+        assert.is_not_nil(e.rt.volumes.pre)
+    end)
 end)
