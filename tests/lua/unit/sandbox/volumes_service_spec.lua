@@ -186,8 +186,8 @@ describe("sandbox.service volumes", function()
             pvc("b", "pre", { deleteOnSandboxTermination = true }) })
         e.rt.volumes["theirs-made"] = { created_for = "adopted-1" } -- labelled by the server that made it
         e.rt.volumes.pre = {}
-        e.rt:inject({ id = "adopted-1", sandbox = { id = "adopted-1", created_us = S.T0, expires_us = S.T0 + 3600 * 1000000,
-            image_uri = "x", entrypoint = { "run" }, metadata = {}, volumes = v } })
+        e.rt:inject({ id = "adopted-1", sandbox = { id = "adopted-1", created_us = S.T0,
+            expires_us = S.T0 + 3600 * 1000000, image_uri = "x", entrypoint = { "run" }, metadata = {}, volumes = v } })
         e:op("sweep")
         assert.same(v, e.svc.records["adopted-1"].volumes)
         assert.same({ ["theirs-made"] = "adopted-1" }, e.store.created)
