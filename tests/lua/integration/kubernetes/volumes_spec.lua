@@ -11,8 +11,33 @@ describe("kubernetes volumes #integration #kubernetes", function()
     local tag = tostring(math.random(100000, 999999))
     local pvs = {}
 
+    -- runs `cmd` in the sandbox through its agent (server proxy); returns its stdout and stderr lines as
+    -- "stdout:..." / "stderr:..." joined by newlines
     local function exec(id, cmd)
-        return K.kubectl("-n " .. ns .. " exec sandbox-" .. id .. " -c sandbox -- sh -c " .. H.quote(cmd))
+        local ep, token
+        for _ = 1, 100 do
+            local res = H.call(srv, "GET", "/v1/sandboxes/" .. id .. "/endpoints/44772?use_server_proxy=true")
+            assert.are.equal(200, res.status, res.body)
+            ep, token = res.json.endpoint, res.json.headers and res.json.headers["X-EXECD-ACCESS-TOKEN"]
+            local ping = K.curl({ url = "http://" .. ep .. "/ping", headers = { ["X-EXECD-ACCESS-TOKEN"] = token },
+                timeout = 2 })
+            if ping and ping.status == 200 then
+                break
+            end
+            H.sleep(0.1)
+        end
+        local res = K.curl({ method = "POST", url = "http://" .. ep .. "/command",
+            headers = { ["X-EXECD-ACCESS-TOKEN"] = token, ["Content-Type"] = "application/json" },
+            body = H.json.encode({ command = cmd }), timeout = 20 })
+        assert.are.equal(200, res.status, res.body)
+        local out = {}
+        for line in res.body:gmatch("[^\n]+") do
+            local ev = H.json.decode(line)
+            if type(ev) == "table" and (ev.type == "stdout" or ev.type == "stderr") then
+                out[#out + 1] = ev.type .. ":" .. tostring(ev.text):gsub("\n$", "")
+            end
+        end
+        return table.concat(out, "\n")
     end
 
     local function write(path, text)
@@ -79,14 +104,15 @@ describe("kubernetes volumes #integration #kubernetes", function()
             { name = "s", host = { path = root .. "/allowed" }, subPath = "sub", mountPath = "/mnt/s" },
             { name = "c", pvc = { claimName = "pre", createIfNotExists = false }, mountPath = "/mnt/c" },
         } })
-        local out, ok = exec(id, "cat /mnt/h/hello.txt")
-        assert.is_true(ok, out)
-        assert.are.equal("from the host\n", out)
-        local _, wrote = exec(id, "echo x > /mnt/h/nope")
-        assert.is_false(wrote, "a readOnly host volume took a write")
-        assert.are.equal("only.txt\n", (exec(id, "ls /mnt/s")))
-        assert.are.equal("in the claim\n", (exec(id, "cat /mnt/c/in-claim.txt")))
-        assert.is_true(select(2, exec(id, "echo from the pod > /mnt/c/back.txt")))
+        local out = exec(id, "cat /mnt/h/hello.txt; echo x > /mnt/h/nope || echo WRITE-REFUSED; ls /mnt/s; "
+            .. "cat /mnt/c/in-claim.txt; echo from the pod > /mnt/c/back.txt && echo WROTE")
+        assert.truthy(out:find("stdout:from the host", 1, true), out)
+        assert.truthy(out:find("stdout:WRITE-REFUSED", 1, true), "a readOnly host volume took a write: " .. out)
+        assert.truthy(out:find("stdout:only.txt", 1, true), out)
+        assert.falsy(out:find("stdout:hello.txt", 1, true), "subPath mounts only the sub-directory: " .. out)
+        assert.truthy(out:find("stdout:in the claim", 1, true), out)
+        assert.truthy(out:find("stdout:WROTE", 1, true), out)
+        assert.is_nil(io.open(root .. "/allowed/nope"))
         local f = assert(io.open(dir .. "/back.txt"))
         assert.are.equal("from the pod\n", f:read("a"))
         f:close()
@@ -113,7 +139,8 @@ describe("kubernetes volumes #integration #kubernetes", function()
         assert.are.equal(id, c.metadata.labels["opensandbox.io/volume-created-for"])
         assert.are.equal(class, c.spec.storageClassName)
         assert.are.equal("512Mi", c.spec.resources.requests.storage)
-        assert.is_true(select(2, exec(id, "echo ok > /mnt/n/f && cat /mnt/n/f")))
+        local out = exec(id, "echo ok > /mnt/n/f && cat /mnt/n/f")
+        assert.truthy(out:find("stdout:ok", 1, true), out)
         assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. id).status)
     end)
 
