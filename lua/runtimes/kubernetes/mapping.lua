@@ -199,8 +199,9 @@ function M.pod(sandbox, spec, opts)
         } }),
     }
     for _, v in ipairs(spec.volumes or {}) do -- (sandbox/volumes.lua; host ones resolved into `source`)
+        -- (a host volume's `source` already ends in its subPath: resolved and checked by the server)
         container.volumeMounts[#container.volumeMounts + 1] = { name = v.name, mountPath = v.mountPath,
-            readOnly = v.readOnly or nil, subPath = v.subPath }
+            readOnly = v.readOnly or nil, subPath = not v.host and v.subPath or nil }
         if v.host then
             podspec.volumes[#podspec.volumes + 1] = { name = v.name, hostPath = { path = v.source or v.host.path } }
         elseif v.pvc then

@@ -24,7 +24,8 @@ describe("volumes #integration #docker", function()
     local function volume_labels(name)
         local out, ok = H.run("docker volume inspect " .. H.quote(name))
         assert(ok, out)
-        return H.json.decode(out)[1].Labels or {}
+        local labels = H.json.decode(out)[1].Labels
+        return type(labels) == "table" and labels or {}
     end
 
     local function exec(id, cmd)

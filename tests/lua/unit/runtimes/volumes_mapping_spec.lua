@@ -12,7 +12,9 @@ local VOLS = assert(volumes.validate({
         accessModes = { "ReadWriteMany" }, storageClass = "fast" }, subPath = "a/b" },
     { name = "plain", mountPath = "/plain", pvc = { claimName = "plain" } },
 }))
+VOLS[4] = assert(volumes.validate({ { name = "hs", mountPath = "/hs", host = { path = "/srv" }, subPath = "y" } }))[1]
 VOLS[1].source = "/srv/y" -- as resolve_hosts sets it
+VOLS[4].source = "/srv/y" -- (path + subPath, resolved)
 
 describe("runtimes.docker.mapping volumes", function()
     local function body(vols, agent_volume)
@@ -30,9 +32,10 @@ describe("runtimes.docker.mapping volumes", function()
             { Type = "volume", Source = "shared", Target = "/cache", ReadOnly = false,
                 VolumeOptions = { Subpath = "a/b" } },
             { Type = "volume", Source = "plain", Target = "/plain", ReadOnly = false },
+            { Type = "bind", Source = "/srv/y", Target = "/hs", ReadOnly = false },
         }, b.HostConfig.Mounts)
         assert.is_true(dmap.uses_subpath({ volumes = VOLS }))
-        assert.is_false(dmap.uses_subpath({ volumes = { VOLS[1], VOLS[3] } }))
+        assert.is_false(dmap.uses_subpath({ volumes = { VOLS[1], VOLS[3], VOLS[4] } }))
         assert.is_nil(body(nil).HostConfig.Mounts)
     end)
 
@@ -65,6 +68,9 @@ describe("runtimes.kubernetes.mapping volumes", function()
         assert.same({ name = "cache", persistentVolumeClaim = { claimName = "shared" } }, vols.cache)
         assert.same({ name = "data", mountPath = "/mnt/data", readOnly = true }, mounts.data)
         assert.same({ name = "cache", mountPath = "/cache", subPath = "a/b" }, mounts.cache)
+        -- a host volume's subPath is in its resolved source already
+        assert.same({ name = "hs", hostPath = { path = "/srv/y" } }, vols.hs)
+        assert.same({ name = "hs", mountPath = "/hs" }, mounts.hs)
         assert.is_table(vols[kmap.AGENT_VOLUME], "the agent's volume stays")
         assert.is_table(mounts[kmap.AGENT_VOLUME])
     end)
