@@ -174,6 +174,17 @@ return {
         path = "~/.opensandbox/opensandbox.db",
     },
 
+    storage = {
+        -- Volumes on create (README "Volumes"). `host` volumes bind-mount a directory of the server's host,
+        -- only under one of these path prefixes; the requested path (with its subPath) must exist and is
+        -- compared after resolving ".." and symbolic links, so a link out of an allowed directory is refused.
+        -- Empty (the default): every host volume is refused with 400 VOLUME::HOST_PATH_NOT_ALLOWED.
+        -- e.g. allowed_host_paths = { "/srv/sandbox-data", "/data/shared" },
+        allowed_host_paths = {},
+        -- Kubernetes: the size a PersistentVolumeClaim gets when a `pvc` volume creates it without `storage`.
+        volume_default_size = "1Gi",
+    },
+
     hooks = {
         -- Directory of Lua policy hooks (every *.lua file in it), loaded at startup and reloaded on SIGHUP
         -- or `opensandbox-server --reload`. nil: <install root>/hooks, the shipped defaults (naming,

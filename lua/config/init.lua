@@ -262,6 +262,11 @@ function M.validate(tbl, opts)
             errs[#errs + 1] = "metrics.listen: the port must differ from server.port"
         end
     end
+    for i, p in ipairs(out.storage and out.storage.allowed_host_paths or {}) do
+        if p:sub(1, 1) ~= "/" then
+            errs[#errs + 1] = string.format("storage.allowed_host_paths[%d]: must be an absolute path, got %q", i, p)
+        end
+    end
     if #errs > 0 then
         table.sort(errs)
         return nil, table.concat(errs, "\n")

@@ -93,6 +93,13 @@ M.sections = {
     store = {
         path = { type = "string", default = "~/.opensandbox/opensandbox.db" },
     },
+    storage = {
+        -- host path prefixes `host` volumes may mount (compared after resolving `..` and symlinks on the
+        -- server's host); empty: every host volume is refused
+        allowed_host_paths = { type = "string_list", default = {} },
+        -- Kubernetes: the size of a PersistentVolumeClaim a `pvc` volume creates without `storage`
+        volume_default_size = { type = "string", default = "1Gi" },
+    },
     hooks = {
         -- nil: <install root>/hooks (the shipped defaults); false: no hooks at all
         dir = { type = "string", false_ok = true },

@@ -6,6 +6,7 @@ local model = require("sandbox.model")
 local image_access = require("sandbox.image_access")
 local C = require("sandbox.constants")
 local metrics = require("common.metrics")
+local volumes = require("sandbox.volumes")
 
 local P = {}
 
@@ -70,6 +71,10 @@ function P:create(spec, ctx)
         end
         spec = hspec
     end
+    local vok, verr = self:check_volumes(spec)
+    if not vok then
+        return nil, verr
+    end
     local id = self.core.uuid.v4()
     local rec = model.new_record(id, spec, self:now_us())
     rec.principal = ctx and ctx.principal or nil
@@ -93,6 +98,36 @@ function P:create(spec, ctx)
     self:start_provisioning(id, spec, name)
     self:notify_transition(rec, nil, model.STATE.PENDING)
     return model.create_view(rec)
+end
+
+--- Every rule of the request's volumes, before anything is created (API.md §12): the hooks' result is
+--- validated again, host paths are resolved and checked against storage.allowed_host_paths (their
+--- `source` set), and the runtime checks what it must (a named volume that must exist, subPath support).
+--- Returns true (spec.volumes normalised), or nil and a 400/503 error object.
+function P:check_volumes(spec)
+    local vols, err = volumes.validate(spec.volumes)
+    if not vols then
+        return nil, err
+    end
+    spec.volumes = vols
+    if #vols == 0 then
+        return true
+    end
+    local storage = self.config and self.config.storage or {}
+    local ok
+    ok, err = volumes.resolve_hosts(vols, storage.allowed_host_paths)
+    if not ok then
+        return nil, err
+    end
+    if not self.runtime.check_volumes then
+        return nil, self:runtime_error({ kind = "unsupported", message = "volumes are not supported by the "
+            .. tostring(self.runtime.name) .. " runtime." })
+    end
+    ok, err = self.runtime:check_volumes(vols)
+    if not ok then
+        return nil, self:runtime_error(err, "SANDBOX::INVALID_PARAMETER", "check the volumes of")
+    end
+    return true
 end
 
 --- Runs provisioning of the committed Pending record `id` in a background task.
@@ -152,6 +187,7 @@ function P:resume_provisioning()
                 memory = p.memory,
                 gpu = p.gpu,
                 platform = rec.platform,
+                volumes = rec.volumes,
             }
             self.log.info("resuming interrupted provisioning", { sandbox_id = id })
             self:start_provisioning(id, spec, p.name)
@@ -195,6 +231,9 @@ function P:provision(id, spec, name)
         end
         placed, err = self.runtime:provision(sandbox, spec)
     end
+    if placed then
+        self:note_created_volumes(id, placed.created_volumes)
+    end
     if placed and verify then
         local ok, gerr = image_access.granted(self.store, repo, rec.principal, true)
         if not ok then
@@ -209,6 +248,40 @@ function P:provision(id, spec, name)
             tostring(type(err) == "table" and err.message or err)))
     end
     return self:finish_provisioning(id, placed)
+end
+
+--- Records the named volumes provisioning created (the runtime's `placed.created_volumes`), so that
+--- deleteOnSandboxTermination removes them, and only them, also after a restart.
+function P:note_created_volumes(id, names)
+    for _, name in ipairs(names or {}) do
+        local ok, err = self.store:add_created_volume(name, id, self:now_us())
+        if not ok then
+            self.log.error("cannot record a created volume", { sandbox_id = id, volume = name, error = tostring(err) })
+        end
+    end
+end
+
+--- After a sandbox's removal: removes its pvc volumes marked deleteOnSandboxTermination that this server
+--- created (the store says so). A volume still in use by another sandbox, or that the runtime cannot
+--- remove, stays (logged). Never fails.
+function P:remove_sandbox_volumes(rec)
+    if not rec.volumes or not self.runtime.remove_volume then
+        return
+    end
+    for _, v in ipairs(rec.volumes) do
+        local name = v.pvc and v.pvc.deleteOnSandboxTermination and v.pvc.claimName
+        local created = name and self.store:created_volume(name)
+        if created then
+            local ok, err = self.runtime:remove_volume(name)
+            if ok then
+                self.store:drop_created_volume(name)
+                self.log.info("removed the sandbox's volume", { sandbox_id = rec.id, volume = name })
+            else
+                self.log.warn("volume kept: it cannot be removed", { sandbox_id = rec.id, volume = name,
+                    error = tostring(type(err) == "table" and err.message or err) })
+            end
+        end
+    end
 end
 
 --- Ends provisioning under the sandbox's lock: `placed` (the adapter's { handle, place, status, steps })

@@ -95,6 +95,16 @@ describe("config.validate", function()
             select(2, config.validate({ docker = { drop_capabilities = { x = "A" } } })))
     end)
 
+    it("has a storage section: allowed_host_paths (absolute, default none) and volume_default_size", function()
+        local c = assert(config.validate({}))
+        assert.same({}, c.storage.allowed_host_paths)
+        assert.equal("1Gi", c.storage.volume_default_size)
+        assert.same({ "/srv/a" }, assert(config.validate({ storage = { allowed_host_paths = { "/srv/a" } } }))
+            .storage.allowed_host_paths)
+        assert.equal('storage.allowed_host_paths[2]: must be an absolute path, got "data"',
+            select(2, config.validate({ storage = { allowed_host_paths = { "/srv/a", "data" } } })))
+    end)
+
     it("rejects runtime.execd_image with host networking", function()
         assert.equal('runtime.execd_image: cannot be combined with docker.network_mode = "host"',
             select(2, config.validate({ runtime = { execd_image = "img" }, docker = { network_mode = "host" } })))
