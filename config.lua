@@ -1,7 +1,9 @@
 -- OpenSandbox server configuration (API.md §9).
 --
 -- This file is Lua 5.4 that returns a table. The server reads it from `--config PATH`, else from the path in
--- env SANDBOX_CONFIG_PATH, else ./config.lua (if that is missing, every default below applies).
+-- env SANDBOX_CONFIG_PATH, else ./config.lua, else ~/.sandbox.toml (if none exists, every default below
+-- applies). A path ending in .toml is upstream OpenSandbox's TOML format instead (~/.sandbox.toml; README,
+-- "Configuration in TOML": each upstream key is mapped onto a key below, or warned about, or refused).
 -- Every key is shown with its default. A key left out or set to nil takes its default; `false` disables a
 -- limit where that is allowed. Unknown sections or keys and values of the wrong type stop the server at
 -- startup with a message naming the key.
@@ -172,6 +174,17 @@ return {
         path = "~/.opensandbox/opensandbox.db",
     },
 
+    storage = {
+        -- Volumes on create (README "Volumes"). `host` volumes bind-mount a directory of the server's host,
+        -- only under one of these path prefixes; the requested path (with its subPath) must exist and is
+        -- compared after resolving ".." and symbolic links, so a link out of an allowed directory is refused.
+        -- Empty (the default): every host volume is refused with 400 VOLUME::HOST_PATH_NOT_ALLOWED.
+        -- e.g. allowed_host_paths = { "/srv/sandbox-data", "/data/shared" },
+        allowed_host_paths = {},
+        -- Kubernetes: the size a PersistentVolumeClaim gets when a `pvc` volume creates it without `storage`.
+        volume_default_size = "1Gi",
+    },
+
     hooks = {
         -- Directory of Lua policy hooks (every *.lua file in it), loaded at startup and reloaded on SIGHUP
         -- or `opensandbox-server --reload`. nil: <install root>/hooks, the shipped defaults (naming,
@@ -202,5 +215,14 @@ return {
         -- Seconds to wait for the backend's response head before answering 504. 0: no limit (the proxy
         -- has no read timeout otherwise: streams and long polls may stay open).
         header_timeout = 0,
+    },
+
+    metrics = {
+        -- GET /metrics (Prometheus text format; it needs the API key like every route when keys are
+        -- configured) and the per-request counters and latency histograms. false: neither.
+        enabled = true,
+        -- "host:port" of a second listener that serves only GET /metrics, WITHOUT an API key, for a
+        -- Prometheus on a private network (e.g. "127.0.0.1:9464"). nil: no second listener.
+        listen = nil,
     },
 }

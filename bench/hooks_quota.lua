@@ -1,3 +1,4 @@
+io.stdout:setvbuf("line")
 -- The hook cost of one create with many live sandboxes: before_create + sandbox_name + after_transition
 -- through the three shipped hooks (metadata, naming, quotas), all configured, budgets on, with the quota
 -- hook's usage answered by the lifecycle service's counters (lua/sandbox/counters.lua), as lua/main.lua

@@ -79,6 +79,17 @@ static struct {
     int nearly;
 } H = {.listen_fd = -1, .handler_ref = LUA_NOREF};
 
+/* A second listening socket (http.listen_extra): its connections are accepted here and handed to
+ * the same daemon (MHD_add_connection); their requests go to their own Lua handler. A connection is
+ * told apart by its local port (getsockname), once per connection while an extra listener exists.
+ */
+static struct {
+    int fd;
+    int port;
+    int handler_ref;
+    loop_watch watch;
+} X = {.fd = -1, .handler_ref = LUA_NOREF};
+
 static void httpd_run(void);
 
 void httpd_ctx_ref(struct reqctx *c)
@@ -409,6 +420,42 @@ static void push_request(lua_State *L, struct reqctx *c, const char *method)
         buf_free(&c->body);
 }
 
+/* Did this connection come through the extra listener? Asked once per connection (getsockname),
+ * when MHD starts it; the answer is kept as the connection's socket context. */
+static int conn_on_extra_port(struct MHD_Connection *conn)
+{
+    if (X.fd < 0)
+        return 0;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (!ci || getsockname(ci->connect_fd, (struct sockaddr *)&ss, &sl) < 0)
+        return 0;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port) == X.port;
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port) == X.port;
+    return 0;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    (void)cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+        *socket_context = conn_on_extra_port(conn) ? (void *)&X : NULL;
+}
+
+static int conn_is_extra(struct MHD_Connection *conn)
+{
+    if (X.handler_ref == LUA_NOREF)
+        return 0;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci && ci->socket_context == (void *)&X;
+}
+
 static void start_handler(struct reqctx *c, const char *method)
 {
     lua_State *L = task_main_state();
@@ -419,7 +466,7 @@ static void start_handler(struct reqctx *c, const char *method)
     }
     c->refs++; /* the task's reference */
     c->t = t;
-    lua_rawgeti(t->L, LUA_REGISTRYINDEX, H.handler_ref);
+    lua_rawgeti(t->L, LUA_REGISTRYINDEX, conn_is_extra(c->conn) ? X.handler_ref : H.handler_ref);
     push_request(t->L, c, method);
     (void)L;
     task_start(t, 1);
@@ -993,8 +1040,18 @@ static void on_drain_timeout(loop_timer *t)
     loop_stop(H.drain_code);
 }
 
+static void extra_close(void)
+{
+    if (X.fd < 0)
+        return;
+    loop_watch_del(&X.watch);
+    close(X.fd);
+    X.fd = -1;
+}
+
 void httpd_drain(int code)
 {
+    extra_close();
     H.drain_code = code;
     if (!H.d || H.draining) {
         loop_stop(code);
@@ -1016,6 +1073,7 @@ void httpd_drain(int code)
 
 void httpd_free(void)
 {
+    extra_close();
     if (!H.d)
         return;
     /* MHD must not be stopped with suspended connections: resume them all first. */
@@ -1159,11 +1217,12 @@ static int l_listen(lua_State *L)
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_TURBO |
             MHD_USE_ERROR_LOG,
         0, NULL, NULL, on_access, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_URI_LOG_CALLBACK,
-        on_uri, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)conn_limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)conn_memory,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)conn_timeout,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)(per_ip > 0 ? per_ip : 0),
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_END);
+        on_uri, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, NULL, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)conn_limit,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)conn_memory, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)conn_timeout, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned int)(per_ip > 0 ? per_ip : 0), MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
+        MHD_OPTION_END);
     if (!H.d) {
         close(fd);
         H.listen_fd = -1;
@@ -1188,14 +1247,88 @@ static int l_listen(lua_State *L)
     return 1;
 }
 
+/* Accepts what waits on the extra listener and hands each connection to the daemon (which owns and
+ * closes it from then on, also when it refuses it). */
+static void on_extra_accept(loop_watch *w, uint32_t events)
+{
+    (void)w;
+    (void)events;
+    for (;;) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int cfd = accept4(X.fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* EAGAIN, or an error such as EMFILE: try again on the next event */
+        }
+        if (!H.d || H.draining) {
+            close(cfd);
+            continue;
+        }
+        MHD_add_connection(H.d, cfd, (struct sockaddr *)&ss, sl);
+    }
+    httpd_request_run();
+}
+
+/* http.listen_extra{ host =, port =, handler = } -> port: a second TCP listener whose requests are
+ * served by `handler` (same request object, same response contract as http.listen's). Call it after
+ * http.listen; the port must differ from the main one. */
+static int l_listen_extra(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!H.d)
+        return luaL_error(L, "http.listen_extra: call http.listen first");
+    if (X.fd >= 0)
+        return luaL_error(L, "http.listen_extra: already listening");
+    lua_getfield(L, 1, "host");
+    const char *host = luaL_optstring(L, -1, "127.0.0.1");
+    int port = (int)opt_int(L, "port", 0);
+    lua_getfield(L, 1, "handler");
+    luaL_checktype(L, -1, LUA_TFUNCTION);
+    lua_pop(L, 1);
+    int fd = make_listener(L, host, port);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+        port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    X.fd = fd;
+    X.port = port;
+    X.watch.fd = fd;
+    X.watch.events = EPOLLIN;
+    X.watch.cb = on_extra_accept;
+    X.watch.data = NULL;
+    if (loop_watch_add(&X.watch) < 0) {
+        close(fd);
+        X.fd = -1;
+        return luaL_error(L, "http.listen_extra: cannot watch the socket");
+    }
+    lua_getfield(L, 1, "handler");
+    if (X.handler_ref != LUA_NOREF)
+        luaL_unref(L, LUA_REGISTRYINDEX, X.handler_ref);
+    X.handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    log_write(LOG_INFO, NULL, "listening (extra)", "host", host, "port", portstr, NULL);
+    lua_pushinteger(L, port);
+    return 1;
+}
+
+static int l_proxy_stats(lua_State *L)
+{
+    return lhttp_proxy_stats(L);
+}
+
 int luaopen_core_http(lua_State *L)
 {
     static const luaL_Reg stream_methods[] = {
         {"write", s_write}, {"close", s_close}, {"__gc", s_gc}, {NULL, NULL}};
     static const luaL_Reg req_methods[] = {
         {"header", r_header}, {"headers", r_headers}, {NULL, NULL}};
-    static const luaL_Reg fns[] = {
-        {"listen", l_listen}, {"stream", l_stream}, {"proxy", l_proxy}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"listen", l_listen},           {"listen_extra", l_listen_extra},
+                                   {"stream", l_stream},           {"proxy", l_proxy},
+                                   {"proxy_stats", l_proxy_stats}, {NULL, NULL}};
     luaL_newmetatable(L, STREAM_MT);
     luaL_setfuncs(L, stream_methods, 0);
     lua_pushvalue(L, -1);

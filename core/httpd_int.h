@@ -63,6 +63,8 @@ struct MHD_Response *httpd_stream_response(struct reqctx *c, uint64_t size);
 
 /* proxy.c */
 int lhttp_proxy(lua_State *L, struct reqctx *c);
+/* http.proxy_stats(): the proxy's counters as a table. */
+int lhttp_proxy_stats(lua_State *L);
 /* Feeds request body bytes; returns 1 when the proxy wants the connection suspended (buffer full).
  */
 int proxy_upload(struct proxy *px, const char *data, size_t n);

@@ -1,10 +1,15 @@
 /*
  * lcore.c: the `core` root module (clocks, stop, signals, paths) and `core.spawn`.
  *
- * Signals: TERM, INT and HUP are blocked and read from a signalfd on the loop. Each delivery runs
- * the Lua functions registered with core.on_signal(name, fn) in new tasks; TERM and INT then start
- * the drain (httpd_drain), which stops the loop when in-flight requests are done or the drain
- * timeout passes.
+ * Signals: TERM, INT and HUP are caught by a handler that writes the signal's number into a pipe
+ * watched by the loop (the self-pipe pattern). Each delivery runs the Lua functions registered with
+ * core.on_signal(name, fn) in new tasks; TERM and INT then start the drain (httpd_drain), which
+ * stops the loop when in-flight requests are done or the drain timeout passes.
+ * Not a signalfd: that needs the signals blocked, and a blocked mask (like an ignored disposition)
+ * is inherited by every process the server or a test scenario starts (popen, os.execute): such a
+ * child never died of SIGTERM, and test backends outlived their tests. Handlers are reset to the
+ * default at exec, so children start clean. SIGPIPE gets an empty handler rather than SIG_IGN for
+ * the same reason (writes still fail with EPIPE instead of killing the server).
  */
 #define _GNU_SOURCE
 #include "httpd.h"
@@ -14,6 +19,7 @@
 #include "task.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lauxlib.h>
 #include <malloc.h>
 #include <openssl/evp.h>
@@ -22,8 +28,9 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <dirent.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -36,6 +43,7 @@ struct server_paths server_paths;
 static int argc_saved;
 static char **argv_saved;
 static loop_watch sig_watch = {.fd = -1};
+static int sig_pipe_w = -1; /* the write end of the self-pipe; the read end is sig_watch.fd */
 static int shutting_down;
 
 void server_set_argv(int argc, char **argv)
@@ -71,45 +79,83 @@ static void run_signal_handlers(const char *name)
     lua_pop(L, 2);
 }
 
-static void on_signalfd(loop_watch *w, uint32_t events)
+static void on_signal_pipe(loop_watch *w, uint32_t events)
 {
-    struct signalfd_siginfo si;
+    unsigned char signo[32];
+    ssize_t n;
     (void)events;
-    while (read(w->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        const char *name = si.ssi_signo == SIGHUP    ? "HUP"
-                           : si.ssi_signo == SIGTERM ? "TERM"
-                                                     : "INT";
-        log_write(LOG_INFO, NULL, "signal received", "signal", name, NULL);
-        run_signal_handlers(name);
-        if (si.ssi_signo != SIGHUP)
-            server_shutdown(0);
+    while ((n = read(w->fd, signo, sizeof(signo))) > 0) {
+        for (ssize_t i = 0; i < n; i++) {
+            const char *name = signo[i] == SIGHUP ? "HUP" : signo[i] == SIGTERM ? "TERM" : "INT";
+            log_write(LOG_INFO, NULL, "signal received", "signal", name, NULL);
+            run_signal_handlers(name);
+            if (signo[i] != SIGHUP)
+                server_shutdown(0);
+        }
     }
+}
+
+/* Async-signal-safe: one write of one byte (a full pipe drops it: a burst of the same signal is
+ * one). */
+static void catch_signal(int signo)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)signo;
+    if (sig_pipe_w >= 0)
+        (void)!write(sig_pipe_w, &b, 1);
+    errno = saved;
+}
+
+static void ignore_signal(int signo)
+{
+    (void)signo;
+}
+
+static int set_handler(int signo, void (*fn)(int))
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = fn;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(signo, &sa, NULL);
 }
 
 int server_signals_init(void)
 {
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0)
+        return -errno;
+    sig_watch.fd = fds[0];
+    sig_pipe_w = fds[1];
+    if (set_handler(SIGTERM, catch_signal) < 0 || set_handler(SIGINT, catch_signal) < 0 ||
+        set_handler(SIGHUP, catch_signal) < 0 || set_handler(SIGPIPE, ignore_signal) < 0)
+        return -errno;
+    /* a parent that had them blocked (an older server, a shell) handed its mask down: undo it */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
-    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+    sigaddset(&set, SIGPIPE);
+    if (sigprocmask(SIG_UNBLOCK, &set, NULL) < 0)
         return -errno;
-    signal(SIGPIPE, SIG_IGN);
-    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    sig_watch.fd = fd;
     sig_watch.events = EPOLLIN;
-    sig_watch.cb = on_signalfd;
+    sig_watch.cb = on_signal_pipe;
     return loop_watch_add(&sig_watch);
 }
 
 void server_signals_free(void)
 {
+    set_handler(SIGTERM, SIG_DFL);
+    set_handler(SIGINT, SIG_DFL);
+    set_handler(SIGHUP, SIG_DFL);
     if (sig_watch.fd >= 0)
         close(sig_watch.fd);
+    if (sig_pipe_w >= 0)
+        close(sig_pipe_w);
     sig_watch.fd = -1;
+    sig_pipe_w = -1;
     shutting_down = 0;
 }
 
@@ -173,6 +219,35 @@ static int l_mkdirs(lua_State *L)
         buf[i] = c;
     }
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.process_stats() -> { rss_bytes =, open_fds = }: this process's resident memory (from
+ * /proc/self/statm) and open file descriptors (entries of /proc/self/fd, less the one reading it).
+ * A value that cannot be read is absent. */
+static int l_process_stats(lua_State *L)
+{
+    lua_createtable(L, 0, 2);
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        unsigned long size, resident;
+        if (fscanf(f, "%lu %lu", &size, &resident) == 2) {
+            lua_pushinteger(L, (lua_Integer)resident * (lua_Integer)sysconf(_SC_PAGESIZE));
+            lua_setfield(L, -2, "rss_bytes");
+        }
+        fclose(f);
+    }
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        lua_Integer n = 0;
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL)
+            if (e->d_name[0] != '.')
+                n++;
+        closedir(d);
+        lua_pushinteger(L, n > 0 ? n - 1 : 0);
+        lua_setfield(L, -2, "open_fds");
+    }
     return 1;
 }
 
@@ -274,6 +349,7 @@ int luaopen_core(lua_State *L)
                                    {"stop", l_stop},
                                    {"free_tcp_port", l_free_tcp_port},
                                    {"getpid", l_getpid},
+                                   {"process_stats", l_process_stats},
                                    {"mkdirs", l_mkdirs},
                                    {"kill", l_kill},
                                    {"trim_memory", l_trim_memory},

@@ -93,6 +93,16 @@ struct proxy {
 
 static void px_tunnel_pump(struct proxy *px);
 
+/* ---- counters (read by http.proxy_stats(); plain integer adds on the hot path) ---- */
+
+static struct {
+    uint64_t connections_total; /* proxies started */
+    uint64_t active;            /* started and not finished (tunnels included) */
+    uint64_t failures_total;    /* px_fail: connect error, timeout, bad or cut response */
+    uint64_t bytes_to_backend;
+    uint64_t bytes_from_backend;
+} px_stats;
+
 /* ---- lifetime ---- */
 
 static void px_close_fd(struct proxy *px)
@@ -120,6 +130,7 @@ static void px_finish(struct proxy *px)
     if (px->state == PX_DONE)
         return;
     px->state = PX_DONE;
+    px_stats.active--;
     loop_timer_stop(&px->connect_timer);
     loop_timer_stop(&px->header_timer);
     px_close_fd(px);
@@ -154,6 +165,7 @@ static void px_fail(struct proxy *px, const char *code, unsigned status, const c
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     struct reqctx *c = px->c;
+    px_stats.failures_total++;
     log_write(status >= 500 ? LOG_WARNING : LOG_INFO, px->request_id, "proxy failed", "target",
               px->target, "error", msg, NULL);
     if (c && !c->completed) {
@@ -188,6 +200,7 @@ static int px_flush_out(struct proxy *px)
         ssize_t n = send(px->fd, px->out.data + px->out.off, buf_avail(&px->out), MSG_NOSIGNAL);
         if (n > 0) {
             px->out.off += (size_t)n;
+            px_stats.bytes_to_backend += (uint64_t)n;
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -652,6 +665,8 @@ static void px_read(struct proxy *px)
         if (px->state == PX_DONE || px->read_paused)
             return;
         ssize_t n = recv(px->fd, tmp, sizeof(tmp), 0);
+        if (n > 0)
+            px_stats.bytes_from_backend += (uint64_t)n;
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -783,12 +798,16 @@ static void on_header_timeout(loop_timer *t)
 
 /* ---- the tunnel (after 101) ---- */
 
-static int pump_one(int from, int to, buf_t *b, int *from_eof)
+/* Moves bytes from -> b -> to; `received` or `sent` (either may be NULL) count what crossed the
+ * backend's side. */
+static int pump_one(int from, int to, buf_t *b, int *from_eof, uint64_t *received, uint64_t *sent)
 {
     char tmp[READ_CHUNK];
     while (!*from_eof && buf_avail(b) < UP_HIGH) {
         ssize_t n = recv(from, tmp, sizeof(tmp), 0);
         if (n > 0) {
+            if (received)
+                *received += (uint64_t)n;
             buf_append(b, tmp, (size_t)n);
             continue;
         }
@@ -802,6 +821,8 @@ static int pump_one(int from, int to, buf_t *b, int *from_eof)
         ssize_t n = send(to, b->data + b->off, buf_avail(b), MSG_NOSIGNAL);
         if (n > 0) {
             b->off += (size_t)n;
+            if (sent)
+                *sent += (uint64_t)n;
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -817,8 +838,10 @@ static void px_tunnel_pump(struct proxy *px)
 {
     if (px->state != PX_TUNNEL || px->cfd < 0)
         return;
-    if (pump_one(px->cfd, px->fd, &px->to_backend, &px->client_eof) < 0 ||
-        pump_one(px->fd, px->cfd, &px->to_client, &px->backend_eof) < 0) {
+    if (pump_one(px->cfd, px->fd, &px->to_backend, &px->client_eof, NULL,
+                 &px_stats.bytes_to_backend) < 0 ||
+        pump_one(px->fd, px->cfd, &px->to_client, &px->backend_eof, &px_stats.bytes_from_backend,
+                 NULL) < 0) {
         px_finish(px);
         return;
     }
@@ -966,6 +989,8 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
     px->fd = -1;
     px->cfd = -1;
     px->c = c;
+    px_stats.connections_total++;
+    px_stats.active++;
     httpd_ctx_ref(c);
     c->px = px;
     px->is_head = strcmp(method, "HEAD") == 0;
@@ -1051,5 +1076,23 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
     if (c->suspended) /* it waited for this decision with body bytes unconsumed */
         httpd_ctx_resume(c);
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* http.proxy_stats() -> { connections_total, active, failures_total, bytes_to_backend,
+ * bytes_from_backend }: the proxy's counters since the start. */
+int lhttp_proxy_stats(lua_State *L)
+{
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, (lua_Integer)px_stats.connections_total);
+    lua_setfield(L, -2, "connections_total");
+    lua_pushinteger(L, (lua_Integer)px_stats.active);
+    lua_setfield(L, -2, "active");
+    lua_pushinteger(L, (lua_Integer)px_stats.failures_total);
+    lua_setfield(L, -2, "failures_total");
+    lua_pushinteger(L, (lua_Integer)px_stats.bytes_to_backend);
+    lua_setfield(L, -2, "bytes_to_backend");
+    lua_pushinteger(L, (lua_Integer)px_stats.bytes_from_backend);
+    lua_setfield(L, -2, "bytes_from_backend");
     return 1;
 }

@@ -37,6 +37,7 @@ int luaopen_core_http(lua_State *L);
 int luaopen_core_client(lua_State *L);
 int luaopen_core_sync(lua_State *L);
 int luaopen_core_hookguard(lua_State *L);
+int luaopen_core_toml(lua_State *L); /* ltoml.cpp */
 /* The Lua state's allocator: counts and refuses past an armed hook's memory budget (hookguard.c).
  */
 void *hookguard_alloc(void *ud, void *ptr, size_t osize, size_t nsize);

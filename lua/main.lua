@@ -6,7 +6,7 @@
 -- 3. Store (SQLite), the runtime adapter named by runtime.type (lua/runtimes), lifecycle service; connect
 --    to the runtime and reconcile before serving (if it is unreachable the server starts anyway and
 --    reconnects in the background).
--- 4. HTTP: the API handler (lua/api) on server.host:server.port.
+-- 4. HTTP: the API handler (lua/api) on server.host:server.port; GET /metrics alone on metrics.listen.
 -- 5. Signals: TERM/INT drain (in the core); HUP is handed to the hook reloader when there is one.
 local core = require("core")
 local log = require("core.log")
@@ -39,7 +39,8 @@ local function main()
     if has_flag("--help") or has_flag("-h") then
         io.stdout:write([[
 usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-config] [--reload] [--version]
-  --config PATH    configuration file (default: $SANDBOX_CONFIG_PATH, else ./config.lua)
+  --config PATH    configuration file (default: $SANDBOX_CONFIG_PATH, else ./config.lua, else
+                   ~/.sandbox.toml); a PATH ending in .toml is upstream OpenSandbox's TOML format
   --adopt-instance ID  take over the Docker containers of server identity ID (another server's, gone for
                    good; "unlabelled": those made before identities); kept in the store (docker.adopt_instances)
   --check-config   validate the configuration and exit 0 (valid) or 1 (invalid)
@@ -182,7 +183,7 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
     service:start_background()
 
     -- HTTP
-    local handler = require("api").new({
+    local api_deps = {
         config = cfg,
         service = service,
         log = log,
@@ -193,7 +194,13 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         ncpu = function()
             return service.ncpu
         end,
-    })
+        -- for GET /metrics (lua/api/metrics.lua)
+        version = core.version,
+        started = core.now(),
+        process_stats = core.process_stats,
+        proxy_stats = http.proxy_stats,
+    }
+    local handler = require("api").new(api_deps)
     local port = http.listen({
         host = cfg.server.host,
         port = cfg.server.port,
@@ -207,6 +214,18 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         -- the server proxy's requests start at headers time so that their bodies can stream
         early_paths = { "/sandboxes/*/proxy/", "/v1/sandboxes/*/proxy/" },
     })
+    -- the separate metrics listener (no API key: meant for a private network)
+    if cfg.metrics.enabled and cfg.metrics.listen then
+        local mhost, mport = require("common.metrics").parse_listen(cfg.metrics.listen)
+        local lok, xerr = pcall(http.listen_extra, {
+            host = mhost,
+            port = mport,
+            handler = require("api.metrics").listener_handler(api_deps),
+        })
+        if not lok then
+            return die("metrics.listen: " .. tostring(xerr), 1)
+        end
+    end
     local pf = io.open(pidfile, "w")
     if pf then
         pf:write(tostring(core.getpid()), "\n")

@@ -15,6 +15,7 @@
 -- server.auth_failure_limit), `openapi_path`, `docs_dir`, `root`.
 local docs = require("api.docs")
 local errors = require("common.errors")
+local metrics = require("api.metrics")
 local middleware = require("api.middleware")
 local parse = require("api.parse")
 local respond = require("api.respond")
@@ -69,6 +70,11 @@ local lazy_ctx = {
     end,
 }
 
+-- handle()'s results once a route matched: the route goes along, for the request metrics.
+local function with_route(route, status, headers, body)
+    return status, headers, body, route
+end
+
 --- Returns handler(req) -> status, headers, body. See the top of this file for `deps`.
 function M.new(deps)
     assert(type(deps) == "table", "api.new: deps table required")
@@ -80,7 +86,10 @@ function M.new(deps)
         system = sys,
         docs = docs.new(deps),
         proxy = proxy.new(deps),
+        metrics = metrics.new(deps),
     })
+    local measure = metrics.enabled(deps.config) and deps.now
+    local now = deps.now
     local keys = deps.keys or middleware.keys_from_config(deps.config)
     local authenticate = middleware.authenticator(keys,
         deps.auth_limiter or middleware.limiter_from_config(deps.config, deps.now))
@@ -112,7 +121,7 @@ function M.new(deps)
         if exempt and not (route.exempt or route.raw_body) then
             principal, err = authenticate(req)
             if not principal then
-                return respond.error(err)
+                return with_route(route, respond.error(err))
             end
             admin = err -- on success the authenticator's second value is the admin flag
         end
@@ -130,17 +139,18 @@ function M.new(deps)
                 if principal then
                     admin = err
                 elseif not has_token then
-                    return respond.error(err)
+                    return with_route(route, respond.error(err))
                 end
             end
             if has_token then
                 proxy_token = token
             elseif not principal then
-                return respond.error(errors.new(401, "MISSING_API_KEY", proxy.MISSING_CREDENTIALS))
+                return with_route(route,
+                    respond.error(errors.new(401, "MISSING_API_KEY", proxy.MISSING_CREDENTIALS)))
             end
         end
         if req.body_too_large and not route.raw_body then
-            return respond.error(parse.too_large())
+            return with_route(route, respond.error(parse.too_large()))
         end
 
         local ctx = setmetatable({
@@ -164,9 +174,9 @@ function M.new(deps)
                 end
                 err = errors.internal()
             end
-            return respond.error(err)
+            return with_route(route, respond.error(err))
         end
-        return respond.render(res)
+        return with_route(route, respond.render(res))
     end
 
     local function traceback(e)
@@ -174,11 +184,12 @@ function M.new(deps)
     end
 
     return function(req)
+        local started = measure and now()
         local request_id = middleware.request_id(req:header("X-Request-ID"), deps.uuid.hex)
         if log.set_request_id then
             log.set_request_id(request_id)
         end
-        local ok, status, headers, body = xpcall(handle, traceback, req, request_id)
+        local ok, status, headers, body, route = xpcall(handle, traceback, req, request_id)
         if not ok then
             if log.error then
                 log.error("unhandled error in request handler", {
@@ -192,6 +203,9 @@ function M.new(deps)
         headers = headers or {}
         headers["X-Request-ID"] = request_id
         middleware.cors_headers(req, headers)
+        if started then
+            metrics.observe(req, ok and route or nil, status, started, now)
+        end
         if log.level and log.level() == "DEBUG" then
             log.debug("request", { method = req.method, path = req.path, status = status })
         end

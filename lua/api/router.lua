@@ -21,6 +21,7 @@ local routes = {
     { "GET", "/docs", "docs.swagger", exempt = true, summary = "Swagger UI" },
     { "GET", "/docs/{file*}", "docs.asset", exempt = true, summary = "Swagger UI and ReDoc assets" },
     { "GET", "/redoc", "docs.redoc", exempt = true, summary = "ReDoc" },
+    { "GET", "/metrics", "metrics.scrape", summary = "Prometheus metrics" },
     { "POST", "/metrics/events", "system.metrics_events", summary = "Record an SDK telemetry event (ignored)" },
     { "POST", "/sandboxes", "sandboxes.create", slash = true, summary = "Create a sandbox" },
     { "GET", "/sandboxes", "sandboxes.list", slash = true, summary = "List sandboxes" },

@@ -3,8 +3,10 @@
 --   local cfg, err, code = config.load(path_or_nil, env, opts)
 --
 -- `path_or_nil` is the --config value (see M.path_from_args). Without it the path is env SANDBOX_CONFIG_PATH,
--- else ./config.lua; an explicit path that is missing is an error, an implicit ./config.lua that is missing
--- means "all defaults". The file is Lua that returns a table; it runs in its own environment with only safe
+-- else ./config.lua, else upstream's ~/.sandbox.toml; an explicit path that is missing is an error, implicit
+-- ones that are missing mean "all defaults". A path ending in .toml is upstream OpenSandbox's TOML format
+-- (parsed by core.toml, mapped by lua/config/toml.lua, then validated like config.lua; its warnings go to
+-- opts.warn). Any other file is Lua that returns a table; it runs in its own environment with only safe
 -- basics (no io, no require, no load, os limited to getenv/time/date/clock) and an instruction budget.
 -- The table is checked against lua/config/schema.lua (errors name the key), defaults are filled in, then the
 -- environment overrides apply, tenant keys given as key_env are read from the environment, `~` is expanded,
@@ -14,7 +16,9 @@
 -- Warnings (for example an invalid DOCKER_API_TIMEOUT) go to opts.warn(msg) (default: stderr).
 -- `env` is a table name -> value or a function(name) -> value; default os.getenv.
 -- opts.unknown = "warn" turns unknown sections/keys into warnings instead of errors (the default is error).
+-- opts.toml_parse = function(text, name) -> table | nil, err replaces core.toml's parser (unit specs).
 local schema = require("config.schema")
+local toml = require("config.toml")
 
 local M = {}
 
@@ -249,6 +253,20 @@ function M.validate(tbl, opts)
         errs[#errs + 1] = 'runtime.execd_image: not supported with runtime.type = "kubernetes" (the agent comes '
             .. "from a ConfigMap of the server's own files)"
     end
+    if out.metrics.listen then
+        local host, port = require("common.metrics").parse_listen(out.metrics.listen)
+        if not host then
+            errs[#errs + 1] = 'metrics.listen: expected "host:port" (e.g. "127.0.0.1:9464"), got '
+                .. string.format("%q", out.metrics.listen)
+        elseif port == out.server.port then
+            errs[#errs + 1] = "metrics.listen: the port must differ from server.port"
+        end
+    end
+    for i, p in ipairs(out.storage and out.storage.allowed_host_paths or {}) do
+        if p:sub(1, 1) ~= "/" then
+            errs[#errs + 1] = string.format("storage.allowed_host_paths[%d]: must be an absolute path, got %q", i, p)
+        end
+    end
     if #errs > 0 then
         table.sort(errs)
         return nil, table.concat(errs, "\n")
@@ -318,6 +336,28 @@ function M.read_file(path, getenv)
     return res
 end
 
+--- Whether `path` names a TOML file (upstream's format): it ends in .toml (any case).
+function M.is_toml(path)
+    return type(path) == "string" and path:lower():sub(-5) == ".toml"
+end
+
+--- Reads and parses the TOML file at `path` (parse: core.toml's by default). Returns the document, or nil
+--- and a message (missing file: nil, msg, true).
+function M.read_toml(path, _, parse)
+    local f, ferr = io.open(path, "rb")
+    if not f then
+        return nil, string.format("cannot open config file %s: %s", path, tostring(ferr)), true
+    end
+    local text = f:read("a")
+    f:close()
+    parse = parse or require("core.toml").parse
+    local doc, perr = parse(text, path)
+    if not doc then
+        return nil, string.format("config file %s: %s", path, tostring(perr))
+    end
+    return doc
+end
+
 --- The --config value from an argument list ({"--config", "x"} or {"--config=x"}), or nil.
 function M.path_from_args(argv)
     for i, a in ipairs(argv or {}) do
@@ -347,6 +387,32 @@ end
 
 local function blank(s)
     return s == nil or not tostring(s):find("%S")
+end
+
+local function file_exists(path)
+    local f = io.open(path, "rb")
+    if f then
+        f:close()
+    end
+    return f ~= nil
+end
+
+--- Which file to read: `path` (--config), else env SANDBOX_CONFIG_PATH, else ./config.lua, else (when
+--- ./config.lua does not exist and HOME is set) upstream's ~/.sandbox.toml. Returns the path and whether it
+--- was asked for explicitly (the first two: a missing file is then an error). `exists(path)` -> boolean.
+function M.config_path(path, getenv, exists)
+    if not blank(path) then
+        return path, true
+    end
+    path = getenv("SANDBOX_CONFIG_PATH")
+    if not blank(path) then
+        return path, true
+    end
+    local home = getenv("HOME")
+    if (exists or file_exists)("./config.lua") or blank(home) then
+        return "./config.lua", false
+    end
+    return (home:gsub("/+$", "")) .. "/.sandbox.toml", false
 end
 
 --- Whether `host` is a loopback address: 127.0.0.0/8, ::1 or localhost.
@@ -468,15 +534,11 @@ function M.load(path, env, opts)
     local warn = opts.warn or function(msg)
         io.stderr:write("config: warning: ", msg, "\n")
     end
-    local explicit = true
-    if blank(path) then
-        path = getenv("SANDBOX_CONFIG_PATH")
-        if blank(path) then
-            path, explicit = "./config.lua", false
-        end
-    end
+    local explicit
+    path, explicit = M.config_path(path, getenv, opts.exists)
     local source = path
-    local tbl, err, missing = M.read_file(path, getenv)
+    local read = M.is_toml(path) and M.read_toml or M.read_file
+    local tbl, err, missing = read(path, getenv, opts.toml_parse)
     if not tbl then
         if missing and not explicit then
             tbl, source = {}, nil
@@ -484,10 +546,25 @@ function M.load(path, env, opts)
             return nil, err, M.EXIT_INVALID
         end
     end
+    local names, errs = {}, {}
+    if source and M.is_toml(path) then
+        local notes
+        tbl, notes = toml.map(tbl, schema.sections)
+        for _, w in ipairs(notes.warnings) do
+            warn(w)
+        end
+        names, errs = notes.names, notes.errors
+    end
     local cfg
     cfg, err = M.validate(tbl, { unknown = opts.unknown, warn = warn })
-    if not cfg then
-        return nil, string.format("invalid configuration in %s:\n%s", path, err), M.EXIT_INVALID
+    if not cfg or #errs > 0 then
+        for line in ((err or "") .. "\n"):gmatch("(.-)\n") do
+            if line ~= "" then
+                errs[#errs + 1] = toml.rename(line, names)
+            end
+        end
+        table.sort(errs)
+        return nil, string.format("invalid configuration in %s:\n%s", path, table.concat(errs, "\n")), M.EXIT_INVALID
     end
     cfg.source = source -- the file the configuration came from (nil: built-in defaults)
     return M.finish(cfg, getenv, warn)

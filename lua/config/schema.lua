@@ -93,6 +93,13 @@ M.sections = {
     store = {
         path = { type = "string", default = "~/.opensandbox/opensandbox.db" },
     },
+    storage = {
+        -- host path prefixes `host` volumes may mount (compared after resolving `..` and symlinks on the
+        -- server's host); empty: every host volume is refused
+        allowed_host_paths = { type = "string_list", default = {} },
+        -- Kubernetes: the size of a PersistentVolumeClaim a `pvc` volume creates without `storage`
+        volume_default_size = { type = "string", default = "1Gi" },
+    },
     hooks = {
         -- nil: <install root>/hooks (the shipped defaults); false: no hooks at all
         dir = { type = "string", false_ok = true },
@@ -105,6 +112,12 @@ M.sections = {
         connect_timeout = { type = "number", default = 10, min = 0 },
         -- seconds to wait for the backend's response head (504 after); 0: no limit (API.md: no read timeout)
         header_timeout = { type = "number", default = 0, min = 0 },
+    },
+    metrics = {
+        -- GET /metrics and the per-request instrumentation; false: neither
+        enabled = { type = "boolean", default = true },
+        -- "host:port" ("[v6]:port"): a second listener serving only GET /metrics, without an API key
+        listen = { type = "string" },
     },
 }
 

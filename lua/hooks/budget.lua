@@ -67,8 +67,13 @@ function M.tick(what)
     if not st then
         return 0
     end
-    local n = (st.ticks[what] or 0) + 1
-    st.ticks[what] = n
+    local ticks = st.ticks
+    if not ticks then
+        ticks = {}
+        st.ticks = ticks
+    end
+    local n = (ticks[what] or 0) + 1
+    ticks[what] = n
     return n
 end
 
@@ -127,6 +132,20 @@ end
 
 -- Ends a call: puts the previous debug hook and budget state back, and shapes the results. `tripped` is
 -- what core.hookguard reports ("memory", "time" or false; nil without it).
+-- Budget states of calls that ended, for the next calls to reuse (a state is a table of ten fields: making
+-- one per call was a good part of what a call allocates). A state goes back once its call has ended and
+-- nothing reads it any more; nested calls each take their own.
+local free_states, n_free = {}, 0
+local MAX_FREE = 8
+
+local function release(st)
+    st.ticks = nil
+    if n_free < MAX_FREE then
+        n_free = n_free + 1
+        free_states[n_free] = st
+    end
+end
+
 local function finish(co, outer, st, prev_fn, prev_mask, prev_count, ok, tripped, ...)
     restore(prev_fn, prev_mask, prev_count)
     running[co] = outer
@@ -135,15 +154,17 @@ local function finish(co, outer, st, prev_fn, prev_mask, prev_count, ok, tripped
     elseif tripped == "time" then
         st.tripped = st.time_err
     end
-    if ok and not st.tripped then
+    local why = st.tripped
+    release(st)
+    if ok and not why then
         return true, ...
     end
-    if st.tripped then
+    if why then
         -- Whatever the hook turned the error into, the budget is the cause.
-        if st.tripped == st.mem_err then
+        if why == st.mem_err then
             collectgarbage("collect")
         end
-        return false, st.tripped.message
+        return false, why.message
     end
     return false, M.error_text((...))
 end
@@ -178,17 +199,22 @@ function M.call(limits, fn, ...)
     local max_kb = limits.memory_kb or M.DEFAULT_MEMORY_KB
     local seconds = limits.seconds or M.DEFAULT_SECONDS
     local errs = errors_for(limits, max_instr, max_kb, seconds)
-    local st = {
-        used = 0,
-        base_kb = guard and 0 or collectgarbage("count"),
-        max_instr = max_instr,
-        max_kb = max_kb,
-        tripped = nil,
-        ticks = {},
-        instr_err = errs[1],
-        mem_err = errs[2],
-        time_err = errs[3],
-    }
+    local st
+    if n_free > 0 then
+        st = free_states[n_free]
+        free_states[n_free] = nil
+        n_free = n_free - 1
+    else
+        st = {}
+    end
+    st.used = 0
+    st.base_kb = guard and 0 or collectgarbage("count")
+    st.max_instr = max_instr
+    st.max_kb = max_kb
+    st.tripped = false
+    st.instr_err = errs[1]
+    st.mem_err = errs[2]
+    st.time_err = errs[3]
     local prev_fn, prev_mask, prev_count = debug.gethook()
     running[co] = st
     debug.sethook(count_hook, "", M.STEP)

@@ -27,10 +27,19 @@ local json = require("common.json")
 local budget = require("hooks.budget")
 local env = require("hooks.env")
 local loader = require("hooks.loader")
+local metrics = require("common.metrics")
 local model = require("sandbox.model")
 local validate = require("sandbox.validate")
 
 local M = {}
+
+local HOOK_CALLS = metrics.default:counter("opensandbox_hook_calls_total",
+    "Hook function calls by hook name and point.", { "hook", "point" })
+local HOOK_FAILURES = metrics.default:counter("opensandbox_hook_failures_total",
+    "Hook calls that failed (raised, ran out of budget, returned something invalid) by hook and point.",
+    { "hook", "point" })
+local HOOK_DURATION = metrics.default:histogram("opensandbox_hook_duration_seconds",
+    "Time spent in hook functions by hook name and point.", { "hook", "point" })
 
 M.HOOK_FAILED = "HOOK::FAILED"
 M.REJECTED = "HOOK::REJECTED"
@@ -143,6 +152,7 @@ local function ctx_copy(ctx)
 end
 
 function Hooks:failed(entry, point, reason, ctx)
+    HOOK_FAILURES:labels(entry.name, point):inc()
     self.log.error("hook failed", {
         hook = entry.name,
         point = point,
@@ -195,8 +205,14 @@ end
 -- hands back. Returns true, r1, r2 (raw copies of a hook's first two results) or false, reason (a string).
 function Hooks:run_keep(entry, point, keep, ...)
     local old = env.set_phase(point)
+    local now = self.api.now
+    local t0 = now and now()
     local ok, r1, r2 = budget.call(self.limits, call_and_copy, entry.fn, keep, ...)
     env.set_phase(old)
+    HOOK_CALLS:labels(entry.name, point):inc()
+    if t0 then
+        HOOK_DURATION:labels(entry.name, point):observe(now() - t0)
+    end
     return ok, r1, r2
 end
 
@@ -501,19 +517,20 @@ function Hooks:sandbox_name(ctx, spec, rec)
     if #list == 0 then
         return default
     end
-    local sspec = {
-        image = { uri = spec.image and spec.image.uri },
-        timeout = spec.timeout,
-        nano_cpus = spec.nano_cpus,
-        memory = spec.memory,
-        gpu = spec.gpu,
-        metadata = copy(spec.metadata or {}),
-        platform = spec.platform and copy(spec.platform) or nil,
-    }
-    local view = { id = rec.id, principal = rec.principal, metadata = copy(rec.metadata or {}),
-        created_us = rec.created_us, expires_us = rec.expires_us }
     for _, entry in ipairs(list) do
-        local ok, name = self:run(entry, "sandbox_name", ctx_copy(ctx), deep_copy(sspec), deep_copy(view))
+        -- each hook gets tables of its own, built here (not copies of shared ones: one allocation each)
+        local sspec = {
+            image = { uri = spec.image and spec.image.uri },
+            timeout = spec.timeout,
+            nano_cpus = spec.nano_cpus,
+            memory = spec.memory,
+            gpu = spec.gpu,
+            metadata = copy(spec.metadata or {}),
+            platform = spec.platform and copy(spec.platform) or nil,
+        }
+        local view = { id = rec.id, principal = rec.principal, metadata = copy(rec.metadata or {}),
+            created_us = rec.created_us, expires_us = rec.expires_us }
+        local ok, name = self:run(entry, "sandbox_name", ctx_copy(ctx), sspec, view)
         if not ok then
             self:failed(entry, "sandbox_name", name, ctx)
             return default

@@ -13,6 +13,8 @@ M.KINDS = {
     conflict = true, -- the runtime refuses because of the object's state
     unsupported = true, -- this runtime cannot do that at all (pause on Kubernetes)
     api = true, -- any other refusal or an unusable reply
+    invalid = true, -- the request cannot be served as asked (a named volume that must exist does not): a 400
+    -- with `code` (e.g. VOLUME::PVC_NOT_FOUND)
 }
 
 -- provisioning steps an error can name (err.step), in the order they run
@@ -31,13 +33,14 @@ local mt = {
     end,
 }
 
---- A new error. `fields` (optional): status, step. Raises on an unknown kind or step (a programmer error).
+--- A new error. `fields` (optional): status, step, code (kind "invalid": the API error code). Raises on an
+--- unknown kind or step (a programmer error).
 function M.new(kind, message, fields)
     assert(M.KINDS[kind], "runtimes.errors: unknown kind " .. tostring(kind))
     local step = fields and fields.step
     assert(step == nil or M.STEPS[step], "runtimes.errors: unknown step " .. tostring(step))
     return setmetatable({ kind = kind, message = tostring(message), status = fields and fields.status,
-        step = step }, mt)
+        step = step, code = fields and fields.code }, mt)
 end
 
 --- The same error, tagged with the provisioning step it happened at (a copy; `err` may be a string).

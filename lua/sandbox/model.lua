@@ -24,6 +24,9 @@
 --   nano_cpus       integer? the cpu limit (resourceLimits.cpu in 1e-9 cpus); nil = none. With memory, what
 --                   the sandbox counts against quotas (sandbox/counters.lua), so it survives a restart
 --   memory          integer? the memory limit in bytes; nil = none
+--   volumes         {volume}? the create request's volumes, normalised (sandbox/volumes.lua; host ones with
+--                   their resolved `source`); nil = none. Removal deletes the pvc ones marked
+--                   deleteOnSandboxTermination that this server created
 --
 --   provision       table?   while Pending: what provisioning needs beyond the fields above, to resume after a
 --                   crash (resume_spec: the runtime object's name, resources); nil once provisioning ended
@@ -107,6 +110,7 @@ function M.new_record(id, spec, now_us)
         extensions = spec.extensions or {},
         nano_cpus = spec.nano_cpus,
         memory = spec.memory,
+        volumes = spec.volumes and #spec.volumes > 0 and spec.volumes or nil,
     }
     M.apply_status(rec, M.status(M.STATE.PENDING, M.REASON.CONTAINER_STARTING, M.MESSAGE.STARTING, now_us))
     return rec

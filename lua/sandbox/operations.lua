@@ -106,6 +106,7 @@ function P:remove_locked(cur, message)
         return nil, self:runtime_error(err, "DOCKER::SANDBOX_DELETE_FAILED", "delete")
     end
     self:forget_fact(rec.id) -- the runtime's sandbox is gone: so is ours, whatever the store says
+    self:remove_sandbox_volumes(rec)
     self:note_removed(rec.id)
     self:notify_transition(rec, rec.state, "Deleted")
     return true

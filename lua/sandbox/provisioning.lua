@@ -5,6 +5,8 @@ local sync = require("common.sync")
 local model = require("sandbox.model")
 local image_access = require("sandbox.image_access")
 local C = require("sandbox.constants")
+local metrics = require("common.metrics")
+local volumes = require("sandbox.volumes")
 
 local P = {}
 
@@ -17,6 +19,46 @@ local STEP_CODES = {
 }
 local INTERNAL = "DOCKER::SANDBOX_START_FAILED"
 
+local STEP_SECONDS = metrics.default:histogram("opensandbox_provisioning_step_duration_seconds",
+    "Duration of each step of successful provisionings (the runtime's steps, and \"total\").", { "step" },
+    metrics.SLOW_SECONDS)
+local OUTCOMES = metrics.default:counter("opensandbox_provisioning_total",
+    "Provisionings that ended, by result (success, failure).", { "result" })
+local FAILED_STEPS = metrics.default:counter("opensandbox_provisioning_failures_total",
+    "Failed provisionings by the step that failed (\"internal\": no step named).", { "step" })
+-- the step names adapters report (placed.steps "<name>_ms"); any other name counts as "other"
+local STEP_NAMES = {
+    image = true,
+    agent = true,
+    agent_volume = true,
+    create = true,
+    upload = true,
+    start = true,
+    restart = true,
+    inspect = true,
+}
+
+-- Records the metrics of a provisioning that ended: `placed` on success, else `err` (the adapter's error).
+local function observe(placed, err, seconds)
+    if placed then
+        OUTCOMES:labels("success"):inc()
+        for k, ms in pairs(placed.steps or {}) do
+            local name = type(k) == "string" and k:match("^(.*)_ms$")
+            if name and type(ms) == "number" then
+                STEP_SECONDS:labels(STEP_NAMES[name] and name or "other"):observe(ms / 1000)
+            end
+        end
+        if seconds then
+            STEP_SECONDS:labels("total"):observe(seconds)
+        end
+    else
+        OUTCOMES:labels("failure"):inc()
+        local step = type(err) == "table" and err.step
+        FAILED_STEPS:labels(STEP_CODES[step or ""] and step or "internal"):inc()
+    end
+end
+
+
 function P:create(spec, ctx)
     local ok, err = self:require_runtime()
     if not ok then
@@ -28,6 +70,10 @@ function P:create(spec, ctx)
             return nil, herr
         end
         spec = hspec
+    end
+    local vok, verr = self:check_volumes(spec)
+    if not vok then
+        return nil, verr
     end
     local id = self.core.uuid.v4()
     local rec = model.new_record(id, spec, self:now_us())
@@ -54,12 +100,43 @@ function P:create(spec, ctx)
     return model.create_view(rec)
 end
 
+--- Every rule of the request's volumes, before anything is created (API.md §12): the hooks' result is
+--- validated again, host paths are resolved and checked against storage.allowed_host_paths (their
+--- `source` set), and the runtime checks what it must (a named volume that must exist, subPath support).
+--- Returns true (spec.volumes normalised), or nil and a 400/503 error object.
+function P:check_volumes(spec)
+    local vols, err = volumes.validate(spec.volumes)
+    if not vols then
+        return nil, err
+    end
+    spec.volumes = vols
+    if #vols == 0 then
+        return true
+    end
+    local storage = self.config and self.config.storage or {}
+    local ok
+    ok, err = volumes.resolve_hosts(vols, storage.allowed_host_paths)
+    if not ok then
+        return nil, err
+    end
+    if not self.runtime.check_volumes then
+        return nil, self:runtime_error({ kind = "unsupported", message = "volumes are not supported by the "
+            .. tostring(self.runtime.name) .. " runtime." })
+    end
+    ok, err = self.runtime:check_volumes(vols)
+    if not ok then
+        return nil, self:runtime_error(err, "SANDBOX::INVALID_PARAMETER", "check the volumes of")
+    end
+    return true
+end
+
 --- Runs provisioning of the committed Pending record `id` in a background task.
 function P:start_provisioning(id, spec, name)
     self.provisioning[id] = self.provisioning[id] or sync.event()
     self.core.spawn(function()
         local pok, perr = pcall(self.provision, self, id, spec, name)
         if not pok then
+            observe(nil, nil)
             self.log.error("provisioning raised", { sandbox_id = id, error = tostring(perr) })
             self:finish_provisioning(id, nil, INTERNAL .. ": internal error: " .. tostring(perr))
         end
@@ -110,6 +187,7 @@ function P:resume_provisioning()
                 memory = p.memory,
                 gpu = p.gpu,
                 platform = rec.platform,
+                volumes = rec.volumes,
             }
             self.log.info("resuming interrupted provisioning", { sandbox_id = id })
             self:start_provisioning(id, spec, p.name)
@@ -121,6 +199,7 @@ end
 --- for operational errors.
 function P:provision(id, spec, name)
     local rec = self.records[id]
+    local t0 = self:now_us()
     self.log.info("provisioning", { sandbox_id = id, image = rec.image_uri })
     local sandbox = {
         id = id,
@@ -152,12 +231,16 @@ function P:provision(id, spec, name)
         end
         placed, err = self.runtime:provision(sandbox, spec)
     end
+    if placed then
+        self:note_created_volumes(id, placed.created_volumes)
+    end
     if placed and verify then
         local ok, gerr = image_access.granted(self.store, repo, rec.principal, true)
         if not ok then
             self.log.error("cannot record image access", { sandbox_id = id, error = tostring(gerr) })
         end
     end
+    observe(placed, err, placed and (self:now_us() - t0) / 1e6)
     if not placed then
         local code = STEP_CODES[type(err) == "table" and err.step or ""] or INTERNAL
         code = self.runtime.codes and self.runtime.codes[code] or code -- the runtime's name for it
@@ -165,6 +248,40 @@ function P:provision(id, spec, name)
             tostring(type(err) == "table" and err.message or err)))
     end
     return self:finish_provisioning(id, placed)
+end
+
+--- Records the named volumes provisioning created (the runtime's `placed.created_volumes`), so that
+--- deleteOnSandboxTermination removes them, and only them, also after a restart.
+function P:note_created_volumes(id, names)
+    for _, name in ipairs(names or {}) do
+        local ok, err = self.store:add_created_volume(name, id, self:now_us())
+        if not ok then
+            self.log.error("cannot record a created volume", { sandbox_id = id, volume = name, error = tostring(err) })
+        end
+    end
+end
+
+--- After a sandbox's removal: removes its pvc volumes marked deleteOnSandboxTermination that this server
+--- created (the store says so). A volume still in use by another sandbox, or that the runtime cannot
+--- remove, stays (logged). Never fails.
+function P:remove_sandbox_volumes(rec)
+    if not rec.volumes or not self.runtime.remove_volume then
+        return
+    end
+    for _, v in ipairs(rec.volumes) do
+        local name = v.pvc and v.pvc.deleteOnSandboxTermination and v.pvc.claimName
+        local created = name and self.store:created_volume(name)
+        if created then
+            local ok, err = self.runtime:remove_volume(name)
+            if ok then
+                self.store:drop_created_volume(name)
+                self.log.info("removed the sandbox's volume", { sandbox_id = rec.id, volume = name })
+            else
+                self.log.warn("volume kept: it cannot be removed", { sandbox_id = rec.id, volume = name,
+                    error = tostring(type(err) == "table" and err.message or err) })
+            end
+        end
+    end
 end
 
 --- Ends provisioning under the sandbox's lock: `placed` (the adapter's { handle, place, status, steps })

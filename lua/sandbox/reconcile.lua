@@ -10,6 +10,24 @@ local STATE, MESSAGE = model.STATE, model.MESSAGE
 
 local P = {}
 
+--- An adopted sandbox's named volumes that a server created (the runtime's labels say so: this server, or
+--- one whose sandboxes it took over) join the store's created volumes, so that deleteOnSandboxTermination
+--- removes them with the sandbox, as their creator would have.
+function P:adopt_volumes(rec)
+    if not rec.volumes or not self.runtime.created_volume then
+        return
+    end
+    for _, v in ipairs(rec.volumes) do
+        local name = v.pvc and v.pvc.claimName
+        if name and self.store:created_volume(name) == false then
+            local by = self.runtime:created_volume(name)
+            if by then
+                self.store:add_created_volume(name, by, self:now_us())
+            end
+        end
+    end
+end
+
 --- Adopts a sandbox the runtime has and we have no record of (§6.5 step 3); returns true when adopted.
 function P:adopt(obs)
     local s = obs.sandbox
@@ -31,7 +49,9 @@ function P:adopt(obs)
         principal = s.principal,
         nano_cpus = s.nano_cpus,
         memory = s.memory,
+        volumes = s.volumes,
     }
+    self:adopt_volumes(rec)
     local st = obs.status
     model.apply_status(rec, model.status(st.state, st.reason, st.message, st.at_us or s.created_us))
     if self:commit(rec) then

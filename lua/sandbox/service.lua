@@ -178,6 +178,9 @@ function Service:runtime_error(err, code, verb)
     if type(err) == "table" and err.kind == "unsupported" then
         return errors.new(400, "SANDBOX::API_NOT_SUPPORTED", tostring(err.message))
     end
+    if type(err) == "table" and err.kind == "invalid" then -- the request cannot be served as asked
+        return errors.new(400, err.code or "SANDBOX::INVALID_PARAMETER", tostring(err.message))
+    end
     return errors.new(500, code, string.format("Failed to %s sandbox container: %s", verb,
         tostring(type(err) == "table" and err.message or err)))
 end

@@ -25,13 +25,14 @@
 local DBI = require("DBI")
 local lfs = require("lfs")
 local json = require("common.json")
+local metrics = require("common.metrics")
 
 local M = {}
 
 local Store = {}
 Store.__index = Store
 
-local SCHEMA_VERSION = 5
+local SCHEMA_VERSION = 6
 
 -- Record fields and their column kinds: "text", "int" (exact 64-bit) or "json" (any JSON value).
 local COLUMNS = {
@@ -55,6 +56,7 @@ local COLUMNS = {
     { "provision", "json" },
     { "nano_cpus", "int" },
     { "memory", "int" },
+    { "volumes", "json" },
 }
 
 -- Each migration brings the schema from version i-1 to version i.
@@ -121,6 +123,18 @@ local MIGRATIONS = {
         "ALTER TABLE sandboxes ADD COLUMN nano_cpus INTEGER",
         "ALTER TABLE sandboxes ADD COLUMN memory INTEGER",
     },
+    -- 6: volumes (sandbox/volumes.lua). `volumes`: the sandbox's normalised create-time volumes (JSON array;
+    -- NULL: none), so that a removal knows which to delete and a resumed provisioning mounts them.
+    -- `created_volumes`: the named volumes this server created (a pvc with createIfNotExists that did not
+    -- exist), the only ones deleteOnSandboxTermination may remove, also after a restart.
+    {
+        "ALTER TABLE sandboxes ADD COLUMN volumes TEXT",
+        [[CREATE TABLE created_volumes (
+            name       TEXT PRIMARY KEY,     -- the runtime's volume name (pvc.claimName)
+            sandbox_id TEXT NOT NULL,        -- the sandbox whose create made it
+            created_us INTEGER NOT NULL
+        )]],
+    },
 }
 
 local SQL_PUT, SQL_SELECT
@@ -137,6 +151,9 @@ end
 local SQL_GET = SQL_SELECT .. " WHERE id = ?"
 local SQL_ALL = SQL_SELECT .. " ORDER BY created_us DESC, id ASC"
 local SQL_DELETE = "DELETE FROM sandboxes WHERE id = ?"
+local SQL_VOL_PUT = "INSERT OR IGNORE INTO created_volumes (name, sandbox_id, created_us) VALUES (?, ?, ?)"
+local SQL_VOL_GET = "SELECT sandbox_id FROM created_volumes WHERE name = ?"
+local SQL_VOL_DROP = "DELETE FROM created_volumes WHERE name = ?"
 local SQL_SEAL = "INSERT OR REPLACE INTO sealed (id, body) VALUES (?, ?)"
 local SQL_UNSEAL = "SELECT body FROM sealed WHERE id = ?"
 local SQL_SEALED_IDS = "SELECT id FROM sealed"
@@ -150,10 +167,23 @@ local SQL_ACCESS_PUT = "INSERT OR IGNORE INTO image_access (repository, principa
 -- Statements
 ---------------------------------------------------------------------------------------------------------
 
+local WRITE_FAILURES = metrics.default:counter("opensandbox_store_write_failures_total",
+    "Statements that failed to change the store (SQLite), by statement kind.", { "op" })
+local WRITE_OPS = { INSERT = "insert", REPLACE = "insert", UPDATE = "update", DELETE = "delete" }
+
+-- Counts a failed statement when it is a write (reads fail too, but they change nothing).
+local function count_failure(sql)
+    local op = WRITE_OPS[sql:match("^%s*(%a+)") or ""]
+    if op then
+        WRITE_FAILURES:labels(op):inc()
+    end
+end
+
 -- Executes `sql` with the given parameters on a cached prepared statement. Returns the statement (ready
 -- to fetch), or nil, err.
 local function run(self, sql, n, ...)
     if not self.db then
+        count_failure(sql)
         return nil, "store is closed"
     end
     local st = self.stmts[sql]
@@ -161,6 +191,7 @@ local function run(self, sql, n, ...)
         local perr
         st, perr = self.db:prepare(sql)
         if not st then
+            count_failure(sql)
             return nil, tostring(perr)
         end
         self.stmts[sql] = st
@@ -171,6 +202,7 @@ local function run(self, sql, n, ...)
     end
     self.stmts[sql] = nil
     pcall(st.close, st)
+    count_failure(sql)
     return nil, tostring(ok and err or res)
 end
 
@@ -578,6 +610,39 @@ end
 --- Records that `principal` proved access to image repository `repo`. Returns true or nil, err.
 function Store:grant_image_access(repo, principal)
     local st, err = run(self, SQL_ACCESS_PUT, 2, repo, principal)
+    if not st then
+        return nil, err
+    end
+    return true
+end
+
+--- Records that this server created the named volume `name` for sandbox `sandbox_id`. True or nil, err.
+function Store:add_created_volume(name, sandbox_id, created_us)
+    local st, err = run(self, SQL_VOL_PUT, 3, name, sandbox_id, int_text(created_us, "created_us"))
+    if not st then
+        return nil, err
+    end
+    return true
+end
+
+--- Whether this server created the named volume: the id of the sandbox it was made for, false when not
+--- recorded, or nil, err.
+function Store:created_volume(name)
+    local st, err = run(self, SQL_VOL_GET, 1, name)
+    if not st then
+        return nil, err
+    end
+    local rows
+    rows, err = fetch_all(self, SQL_VOL_GET, st)
+    if not rows then
+        return nil, err
+    end
+    return rows[1] and rows[1].sandbox_id or false
+end
+
+--- Forgets the named volume (it was removed). True or nil, err.
+function Store:drop_created_volume(name)
+    local st, err = run(self, SQL_VOL_DROP, 1, name)
     if not st then
         return nil, err
     end

@@ -10,6 +10,7 @@
 local errors = require("common.errors")
 local json = require("common.json")
 local timefmt = require("common.timefmt")
+local volumes = require("sandbox.volumes")
 
 local M = {}
 
@@ -563,10 +564,6 @@ local function check_unsupported(body)
     if type(cp) == "table" and cp ~= null and cp.enabled == true then
         return not_supported("credentialProxy")
     end
-    local vol = body.volumes
-    if not absent(vol) and (type(vol) ~= "table" or next(vol) ~= nil) then
-        return not_supported("volumes")
-    end
     return true
 end
 
@@ -576,7 +573,7 @@ end
 ---     manual cleanup), nano_cpus = int|nil, memory = bytes|nil, gpu = n|-1 (all)|nil,
 ---     env = { {k, v}, ... } in `opts.env_order` (the request's key order, §8.2; parse.member_key_order),
 ---       else sorted by key, metadata = {k=v},
----     platform = {os=, arch=}|nil, extensions = {k=v} }
+---     platform = {os=, arch=}|nil, extensions = {k=v}, volumes = { normalised Volume, ... } (sandbox/volumes.lua) }
 --- or nil and an error object.
 function M.create(body, opts)
     if not is_object(body) then
@@ -630,6 +627,10 @@ function M.create(body, opts)
     end
     ok, err = check_unsupported(body)
     if not ok then
+        return nil, err
+    end
+    spec.volumes, err = volumes.validate(body.volumes) -- (sandbox/volumes.lua; {} when none)
+    if not spec.volumes then
         return nil, err
     end
     return spec

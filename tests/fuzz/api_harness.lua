@@ -6,6 +6,7 @@
 local json = require("common.json")
 local errors = require("common.errors")
 local config = require("config")
+local volumes = require("sandbox.volumes")
 
 local cfg = assert(config.validate({ server = { api_key = "fuzz-key" } }))
 
@@ -25,6 +26,24 @@ function service.create(_, spec)
         assert(type(kv[1]) == "string" and type(kv[2]) == "string" and not seen[kv[1]], "bad or repeated env entry")
         seen[kv[1]] = true
     end
+    -- volumes (sandbox/volumes.lua): normalised, every rule holds, and validating them again (as the service
+    -- does after the hooks) gives the same; host paths then resolve or are refused with a 400, never raise
+    assert(type(spec.volumes) == "table", "no volumes in the spec")
+    local names, mounts = {}, {}
+    for _, v in ipairs(spec.volumes) do
+        assert(type(v.name) == "string" and v.name:find("^[a-z0-9][-a-z0-9]*$") and #v.name <= 63, "bad volume name")
+        assert(not names[v.name] and not mounts[v.mountPath], "repeated volume name or mountPath")
+        names[v.name], mounts[v.mountPath] = true, true
+        assert(v.mountPath:sub(1, 1) == "/" and v.mountPath ~= "/" and not v.mountPath:find("/%.%./")
+            and not v.mountPath:find("/%.%.$"), "bad mountPath " .. v.mountPath)
+        assert(v.subPath == nil or (v.subPath:sub(1, 1) ~= "/" and not ("/" .. v.subPath .. "/"):find("/%.%./")),
+            "bad subPath")
+        assert((v.host == nil) ~= (v.pvc == nil) and v.ossfs == nil, "not exactly one backend")
+    end
+    local again = assert(volumes.validate(spec.volumes))
+    assert(#again == #spec.volumes, "validation is not idempotent")
+    local ok, err = volumes.resolve_hosts(again, { "/tmp" })
+    assert(ok or (errors.is(err) and err.status == 400), "host resolution neither succeeded nor refused")
     return view
 end
 function service.get(_, id)

@@ -11,6 +11,7 @@
 --   err = { kind = "unavailable"|"not_found"|"conflict"|"api", status = <Docker HTTP status>|nil,
 --           message = <Docker's message, or the transport reason> }
 -- Programmer errors (a missing argument, a bad DOCKER_HOST given to new) raise.
+local rtmetrics = require("runtimes.metrics")
 local json = require("common.json")
 local rterrors = require("runtimes.errors")
 local imageref = require("runtimes.docker.imageref")
@@ -21,6 +22,8 @@ local mapping = require("runtimes.docker.mapping")
 local M = {}
 
 M.API_VERSION = "1.41"
+-- the first API version with VolumeOptions.Subpath (Docker 26): a subPath on a named volume needs it
+M.SUBPATH_API_VERSION = "1.45"
 M.DEFAULT_HOST = "unix:///var/run/docker.sock"
 M.DEFAULT_API_TIMEOUT = 180
 -- how often a caller waiting for another caller's identical pull checks whether it has finished
@@ -190,10 +193,11 @@ local function seg(s)
 end
 
 --- Sends one request. `path` starts with `/` and carries its query; `opts.unversioned` skips the /v1.41
---- prefix. Returns the response or nil and an "unavailable" error.
+--- prefix, `opts.api_version` asks for another version (a newer field: VolumeOptions.Subpath needs
+--- 1.45). Returns the response or nil and an "unavailable" error.
 function Adapter:_request(method, path, opts)
     opts = opts or {}
-    local prefix = opts.unversioned and "" or "/v" .. M.API_VERSION
+    local prefix = opts.unversioned and "" or "/v" .. (opts.api_version or M.API_VERSION)
     local req = {
         method = method,
         url = self.base .. prefix .. path,
@@ -205,6 +209,7 @@ function Adapter:_request(method, path, opts)
         on_data = opts.on_data,
     }
     local res, err = self.client.request(req)
+    rtmetrics.request("docker", method, res)
     if not res then
         return nil, transport_error(err)
     end
@@ -311,6 +316,8 @@ function Adapter:version()
         arch = doc.Arch,
     }
     local have, need = version_number(v.api_version), version_number(M.API_VERSION)
+    self.daemon_api_version = v.api_version
+    self.subpath_supported = have ~= nil and have >= version_number(M.SUBPATH_API_VERSION)
     if not have or have < need then
         return nil, M.error("api", nil, string.format(
             "Docker API version %s is older than the required %s (Docker Engine >= 20.10)",
@@ -361,6 +368,7 @@ function Adapter:create_container(spec)
     local res, err = self:_expect("POST", path, { [201] = true, [200] = true }, {
         headers = { ["Content-Type"] = "application/json" },
         body = body,
+        api_version = mapping.uses_subpath(spec) and M.SUBPATH_API_VERSION or nil,
     })
     if not res then
         return nil, err

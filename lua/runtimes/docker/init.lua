@@ -186,10 +186,12 @@ function Docker:provision(sandbox, spec)
                 { sandbox_id = sandbox.id, container_id = cid, error = msg(rerr) })
         end
     end
+    local created_volumes -- the named volumes this create made: a failure removes them
     local function fail(step_name, message, cid, cause)
         if cid then
             remove_half_created(cid)
         end
+        self:_drop_volumes(sandbox.id, created_volumes)
         self:release_agent_port({ id = sandbox.id, place = { agent_port = port } })
         return failure(step_name, message, cause)
     end
@@ -210,7 +212,16 @@ function Docker:provision(sandbox, spec)
         metadata = sandbox.metadata,
         principal = sandbox.principal,
         instance = self.instance,
+        volumes = spec.volumes,
     }
+    local verr0
+    created_volumes, verr0 = self:_ensure_volumes(sandbox.id, spec.volumes)
+    if not created_volumes then
+        return fail("create", verr0.message, nil, verr0)
+    end
+    if spec.volumes and #spec.volumes > 0 then
+        step("volumes")
+    end
     if self.agent:uses_volume(self.delivery) then -- mount the shared agent volume, upload nothing
         local vol, verr = self.agent:volume()
         if not vol then
@@ -304,7 +315,114 @@ function Docker:provision(sandbox, spec)
     if not st or st.state == "Pending" then -- started a moment ago: Docker may not say so yet
         st = status("Running", "CONTAINER_RUNNING", mapping.MESSAGES.CONTAINER_RUNNING, nil)
     end
-    return { handle = cid, place = place_of(info, port), status = st, steps = steps }
+    return { handle = cid, place = place_of(info, port), status = st, steps = steps,
+        created_volumes = #created_volumes > 0 and created_volumes or nil }
+end
+
+------------------------------------------------------------------------------------------------------------
+-- volumes (sandbox/volumes.lua checked the request's rules and resolved host paths)
+
+local function invalid(code, fmt, ...)
+    return nil, rterrors.new("invalid", string.format(fmt, ...), { code = code, status = 400 })
+end
+
+--- Before anything is created: a pvc that must exist does, and a subPath on a named volume can be served
+--- (VolumeOptions.Subpath, Docker Engine API 1.45). True or nil, err (kind "invalid": a 400).
+function Docker:check_volumes(vols)
+    local e = self.engine
+    for _, v in ipairs(vols or {}) do
+        if v.pvc then
+            if v.subPath and not e.subpath_supported then
+                return invalid("VOLUME::PVC_SUBPATH_UNSUPPORTED", "Volume '%s': subPath on a Docker named volume "
+                    .. "needs Docker Engine API %s (Docker 26) or newer; this daemon serves API %s.", v.name,
+                    engine_mod.SUBPATH_API_VERSION, tostring(e.daemon_api_version or "?"))
+            end
+            if not v.pvc.createIfNotExists then
+                local doc, err = e:inspect_volume(v.pvc.claimName)
+                if not doc then
+                    if rterrors.is(err, "not_found") then
+                        return invalid("VOLUME::PVC_NOT_FOUND", "Volume '%s': Docker named volume '%s' does not "
+                            .. "exist and createIfNotExists is false.", v.name, v.pvc.claimName)
+                    end
+                    return nil, err
+                end
+            end
+        end
+    end
+    return true
+end
+
+--- Makes the missing named volumes of the sandbox's pvc volumes (createIfNotExists), labelled with this
+--- server and the sandbox. Returns the names this sandbox's create made (also those an interrupted
+--- provisioning of the same sandbox had made), or nil, err after removing what it made.
+function Docker:_ensure_volumes(sandbox_id, vols)
+    local e = self.engine
+    local made, seen = {}, {}
+    for _, v in ipairs(vols or {}) do
+        local name = v.pvc and v.pvc.claimName
+        if name and not seen[name] then
+            seen[name] = true
+            local doc, err = e:inspect_volume(name)
+            if not doc and rterrors.is(err, "not_found") then
+                if not v.pvc.createIfNotExists then
+                    self:_drop_volumes(sandbox_id, made)
+                    return nil, rterrors.new("api", string.format("Docker named volume '%s' does not exist and "
+                        .. "createIfNotExists is false", name))
+                end
+                doc, err = e:create_volume(name, { [mapping.LABEL_VOLUME_MANAGED] = "server",
+                    [mapping.LABEL_INSTANCE] = self.instance or "", [mapping.LABEL_VOLUME_SANDBOX] = sandbox_id })
+            end
+            if not doc then
+                self:_drop_volumes(sandbox_id, made)
+                return nil, rterrors.at_step("create", err, string.format("Failed to prepare volume '%s': %s",
+                    name, msg(err)))
+            end
+            local labels = type(doc.Labels) == "table" and doc.Labels or {}
+            if labels[mapping.LABEL_VOLUME_SANDBOX] == sandbox_id then -- made by this sandbox's create
+                made[#made + 1] = name
+                if self.log then
+                    self.log.info("created a named volume", { sandbox_id = sandbox_id, volume = name })
+                end
+            end
+        end
+    end
+    return made
+end
+
+-- removes the named volumes in `names` (made by this sandbox's create), best effort
+function Docker:_drop_volumes(sandbox_id, names)
+    for _, name in ipairs(names or {}) do
+        local ok, err = self.engine:delete_volume(name)
+        if not ok and self.log then
+            self.log.error("cannot remove a volume this create made", { sandbox_id = sandbox_id, volume = name,
+                error = msg(err) })
+        end
+    end
+end
+
+--- Whether the named volume was created by this server (or one whose sandboxes it took over), by its
+--- labels: the id of the sandbox it was made for, or false (also when it cannot be read).
+function Docker:created_volume(name)
+    local doc = self.engine:inspect_volume(name)
+    local labels = type(doc) == "table" and type(doc.Labels) == "table" and doc.Labels or {}
+    if labels[mapping.LABEL_VOLUME_MANAGED] == "server" and self:ownership(labels) == "own" then
+        return labels[mapping.LABEL_VOLUME_SANDBOX] or false
+    end
+    return false
+end
+
+--- Removes the named volume `name`, which the service knows this server created; a volume without this
+--- server's label (replaced behind its back) is left alone. True, or nil, err ("conflict": still in use).
+function Docker:remove_volume(name)
+    local doc, err = self.engine:inspect_volume(name)
+    if not doc then
+        return rterrors.is(err, "not_found") or nil, err
+    end
+    local labels = type(doc.Labels) == "table" and doc.Labels or {}
+    if labels[mapping.LABEL_VOLUME_MANAGED] ~= "server" or self:ownership(labels) ~= "own" then
+        return nil, rterrors.new("conflict", "the volume is not labelled as made by this server")
+    end
+    return self.engine:delete_volume(name)
 end
 
 -- The container named `name`, inspected, when it is sandbox `id`'s (its id label, and this server's
@@ -375,6 +493,10 @@ local function identity_of(labels, info)
     }
     if labels["opensandbox.io/platform-os"] then
         s.platform = { os = labels["opensandbox.io/platform-os"], arch = labels["opensandbox.io/platform-arch"] }
+    end
+    local vols = labels[mapping.LABEL_VOLUMES] and json.decode(labels[mapping.LABEL_VOLUMES])
+    if type(vols) == "table" and #vols > 0 then
+        s.volumes = vols
     end
     return s
 end

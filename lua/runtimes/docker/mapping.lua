@@ -73,7 +73,48 @@ function M.labels_for(rec)
         labels["opensandbox.io/platform-os"] = rec.platform.os
         labels["opensandbox.io/platform-arch"] = rec.platform.arch
     end
+    if type(rec.volumes) == "table" and #rec.volumes > 0 then
+        -- the sandbox's volumes, so that an adopting server knows which to delete with it
+        labels[M.LABEL_VOLUMES] = json.encode(rec.volumes)
+    end
     return labels
+end
+
+------------------------------------------------------------------------------------------------------------
+-- volumes (sandbox/volumes.lua: normalised, host ones with their resolved `source`)
+
+M.LABEL_VOLUMES = "opensandbox.io/volumes"
+-- on a named volume this server created for a sandbox's pvc: which server, and for which sandbox
+M.LABEL_VOLUME_MANAGED = "opensandbox.io/volume-managed-by"
+M.LABEL_VOLUME_SANDBOX = "opensandbox.io/volume-created-for"
+
+--- The HostConfig.Mounts entries of the sandbox's volumes: host -> a bind of the resolved path; pvc -> the
+--- Docker named volume `claimName` (VolumeOptions.Subpath for a subPath, API 1.45).
+function M.volume_mounts(vols)
+    local out = {}
+    for _, v in ipairs(vols or {}) do
+        if v.host then
+            assert(type(v.source) == "string", "volume_mounts: host volume without a resolved source")
+            out[#out + 1] = { Type = "bind", Source = v.source, Target = v.mountPath, ReadOnly = v.readOnly == true }
+        elseif v.pvc then
+            local m = { Type = "volume", Source = v.pvc.claimName, Target = v.mountPath, ReadOnly = v.readOnly == true }
+            if v.subPath then
+                m.VolumeOptions = { Subpath = v.subPath }
+            end
+            out[#out + 1] = m
+        end
+    end
+    return out
+end
+
+--- Whether the create of `spec` mounts a sub-directory of a named volume (needs API 1.45).
+function M.uses_subpath(spec)
+    for _, v in ipairs(spec.volumes or {}) do
+        if v.pvc and v.subPath then
+            return true
+        end
+    end
+    return false
 end
 
 ------------------------------------------------------------------------------------------------------------
@@ -184,11 +225,18 @@ function M.create_body(spec, config)
     if config and config.runtime then
         host.Runtime = config.runtime
     end
+    local mounts = json.array()
     if spec.agent_volume then
         -- the agent bundle, shared read-only by every sandbox (docker.agent_delivery = "volume")
         -- (NoCopy: should the volume ever be missing, Docker must not fill it from the user's image)
-        host.Mounts = json.array({ { Type = "volume", Source = spec.agent_volume, Target = "/opt/opensandbox",
-            ReadOnly = true, VolumeOptions = { NoCopy = true } } })
+        mounts[#mounts + 1] = { Type = "volume", Source = spec.agent_volume, Target = "/opt/opensandbox",
+            ReadOnly = true, VolumeOptions = { NoCopy = true } }
+    end
+    for _, m in ipairs(M.volume_mounts(spec.volumes)) do
+        mounts[#mounts + 1] = m
+    end
+    if #mounts > 0 then
+        host.Mounts = mounts
     end
     local text = json.encode(body)
     return (text:gsub(MARK_PATTERN, "%1"))

@@ -1,5 +1,6 @@
 -- Volumes for the Docker Engine API client (runtimes.docker.engine): the agent volume's life (state, fill
--- from the server's own files through an imported image, removal of unused ones) and image import/removal.
+-- from the server's own files through an imported image, removal of unused ones), image import/removal,
+-- and the named volumes of sandboxes' `pvc` volumes (inspect, create, delete).
 -- A part of the engine, installed into its class by engine.lua (so `self` is the engine); it uses the
 -- engine's request helpers `u`.
 local json = require("common.json")
@@ -209,5 +210,40 @@ return function(Adapter, M, u)
             end
         end
         return n
+    end
+
+    --- GET /volumes/{name}: the volume's document ({ Name, Driver, Labels, ... }), or nil, err (kind
+    --- "not_found" when there is none).
+    function Adapter:inspect_volume(name)
+        local res, err = self:_expect("GET", "/volumes/" .. seg(name), OK200)
+        if not res then
+            return nil, err
+        end
+        return decode_body(res)
+    end
+
+    --- POST /volumes/create with `labels`. Docker answers with the existing volume when the name is taken,
+    --- so the caller tells from the returned document's labels whether this call made it.
+    function Adapter:create_volume(name, labels)
+        local res, err = self:_expect("POST", "/volumes/create", { [201] = true, [200] = true }, {
+            headers = { ["Content-Type"] = "application/json" },
+            body = json.encode({ Name = name, Labels = labels or {} }),
+        })
+        if not res then
+            return nil, err
+        end
+        return decode_body(res)
+    end
+
+    --- DELETE /volumes/{name}: true, also when it is gone already; a volume in use is a "conflict".
+    function Adapter:delete_volume(name)
+        local res, err = self:_request("DELETE", "/volumes/" .. seg(name))
+        if not res then
+            return nil, err
+        end
+        if res.status == 204 or res.status == 404 then
+            return true
+        end
+        return nil, http_error(res)
     end
 end

@@ -33,6 +33,7 @@ function M.new(cfg)
         name = "fake",
         ncpu = fcfg.ncpu or 2,
         objects = {}, -- handle -> object
+        volumes = {}, -- named volume -> { created_for = sandbox id | nil, in_use = bool }
         calls = {},
         failures = {}, -- method -> error for its next call
         before = {},
@@ -188,7 +189,53 @@ function Fake:provision(sandbox, spec)
         self.starts = (self.starts or 0) + 1
     end
     self:_crash_point("start")
-    return { handle = obj.handle, place = obj.place, status = obj.status, steps = { fake_ms = 0 } }
+    local made = {}
+    for _, v in ipairs(spec.volumes or {}) do
+        local name = v.pvc and v.pvc.claimName
+        if name and not self.volumes[name] then
+            self.volumes[name] = { created_for = sandbox.id }
+        end
+        if name and self.volumes[name].created_for == sandbox.id then
+            made[#made + 1] = name
+        end
+    end
+    return { handle = obj.handle, place = obj.place, status = obj.status, steps = { fake_ms = 0 },
+        created_volumes = #made > 0 and made or nil }
+end
+
+--- check_volumes: a pvc with createIfNotExists = false must name a volume of `rt.volumes` (name -> {}).
+function Fake:check_volumes(vols)
+    local err = self:_call("check_volumes", nil, vols)
+    if err then
+        return nil, err
+    end
+    for _, v in ipairs(vols) do
+        if v.pvc and not v.pvc.createIfNotExists and not self.volumes[v.pvc.claimName] then
+            return nil, rterrors.new("invalid", "Volume '" .. v.name .. "': no volume " .. v.pvc.claimName,
+                { code = "VOLUME::PVC_NOT_FOUND" })
+        end
+    end
+    return true
+end
+
+--- created_volume: the sandbox `rt.volumes[name]` was created for, or false.
+function Fake:created_volume(name)
+    local v = self.volumes[name]
+    return v and v.created_for or false
+end
+
+--- remove_volume: removes `rt.volumes[name]` (a "conflict" when `rt.volumes[name].in_use`).
+function Fake:remove_volume(name)
+    local err = self:_call("remove_volume", name)
+    if err then
+        return nil, err
+    end
+    local v = self.volumes[name]
+    if v and v.in_use then
+        return nil, rterrors.new("conflict", "volume in use")
+    end
+    self.volumes[name] = nil
+    return true
 end
 
 -- pause/resume: fail on an object that is gone; pause is `unsupported` with cfg.fake.no_pause
@@ -251,7 +298,8 @@ function Fake:list()
                 platform = s.platform, principal = s.principal, access_token = s.access_token,
                 -- the limits: from the spec it was made with (an injected object may carry them in `sandbox`)
                 nano_cpus = s.nano_cpus or obj.spec and obj.spec.nano_cpus,
-                memory = s.memory or obj.spec and obj.spec.memory }
+                memory = s.memory or obj.spec and obj.spec.memory,
+                volumes = s.volumes or obj.spec and obj.spec.volumes }
         end
         out[#out + 1] = { id = obj.id, handle = handle, place = obj.place, status = obj.status or nil,
             sandbox = identity, foreign = obj.foreign }

@@ -12,6 +12,7 @@
 --   403 -> "api", "forbidden: cannot <verb> <resource> in namespace <ns>: <apiserver message>";
 --   anything else -> "api" with the apiserver's Status message. A watch whose resourceVersion is too old
 --   (410 Gone) gives an "api" error with status 410 and `gone = true` (M.is_gone): the caller relists.
+local rtmetrics = require("runtimes.metrics")
 local json = require("common.json")
 local rterrors = require("runtimes.errors")
 local lines = require("runtimes.docker.lines")
@@ -252,6 +253,7 @@ function Api:_send(method, path, opts)
         -- burst of creates starved the other requests until they timed out)
         http2 = self.server:find("^https://") ~= nil,
     })
+    rtmetrics.request("kubernetes", method, res)
     if not res then
         return nil, transport_error(err)
     end

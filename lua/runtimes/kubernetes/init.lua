@@ -70,6 +70,8 @@ function M.new(cfg, deps)
         api = deps.api,
         instance = kcfg.instance,
         create_timeout = kcfg.create_timeout or M.DEFAULT_CREATE_TIMEOUT,
+        -- the size of a claim a `pvc` volume creates without `storage`
+        volume_default_size = cfg.storage and cfg.storage.volume_default_size or "1Gi",
         template = nil, -- the loaded pod template, false when none is configured
         agent_ready = {}, -- agent ConfigMap name -> true once it is known to exist
         known = {}, -- pod name -> { id, status }: what the last list and the watch saw

@@ -198,6 +198,17 @@ function M.pod(sandbox, spec, opts)
             configMap = { name = opts.agent_configmap, defaultMode = M.EXEC_MODE, items = items },
         } }),
     }
+    for _, v in ipairs(spec.volumes or {}) do -- (sandbox/volumes.lua; host ones resolved into `source`)
+        -- (a host volume's `source` already ends in its subPath: resolved and checked by the server)
+        container.volumeMounts[#container.volumeMounts + 1] = { name = v.name, mountPath = v.mountPath,
+            readOnly = v.readOnly or nil, subPath = not v.host and v.subPath or nil }
+        if v.host then
+            podspec.volumes[#podspec.volumes + 1] = { name = v.name, hostPath = { path = v.source or v.host.path } }
+        elseif v.pvc then
+            podspec.volumes[#podspec.volumes + 1] = { name = v.name,
+                persistentVolumeClaim = { claimName = v.pvc.claimName, readOnly = v.readOnly or nil } }
+        end
+    end
     if opts.pull_secret then
         podspec.imagePullSecrets = json.array({ { name = opts.pull_secret } })
     end
@@ -215,6 +226,33 @@ function M.pod(sandbox, spec, opts)
         spec = podspec,
     }
     return template.merge(opts.template, pod)
+end
+
+------------------------------------------------------------------------------------------------------------
+-- PersistentVolumeClaims of `pvc` volumes
+
+-- on a claim this server created for a sandbox: which sandbox's create made it
+M.LABEL_VOLUME_SANDBOX = "opensandbox.io/volume-created-for"
+
+--- The PersistentVolumeClaim a `pvc` volume with createIfNotExists creates: its storage (default
+--- `default_size`), accessModes (default ReadWriteOnce) and storageClass (default: the cluster's).
+function M.claim(v, default_size, sandbox_id, instance)
+    local labels = owned_labels(instance)
+    labels[M.LABEL_VOLUME_SANDBOX] = sandbox_id
+    local modes = json.array()
+    for i, m in ipairs(v.pvc.accessModes or { "ReadWriteOnce" }) do
+        modes[i] = m
+    end
+    return {
+        apiVersion = "v1",
+        kind = "PersistentVolumeClaim",
+        metadata = { name = v.pvc.claimName, labels = labels },
+        spec = {
+            accessModes = modes,
+            storageClassName = v.pvc.storageClass,
+            resources = { requests = { storage = v.pvc.storage or default_size or "1Gi" } },
+        },
+    }
 end
 
 ------------------------------------------------------------------------------------------------------------

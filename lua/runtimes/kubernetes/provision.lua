@@ -131,6 +131,67 @@ return function(Kube, M, u)
         return last
     end
 
+    local function invalid(code, fmt, ...)
+        return nil, rterrors.new("invalid", string.format(fmt, ...), { code = code, status = 400 })
+    end
+
+    --- Before anything is created: a volume name that is not the agent's, and a claim that must exist
+    --- does. True or nil, err (kind "invalid": a 400).
+    function Kube:check_volumes(vols)
+        for _, v in ipairs(vols or {}) do
+            if v.name == mapping.AGENT_VOLUME then
+                return invalid("VOLUME::INVALID_NAME", "Volume name '%s' is reserved for the sandbox agent.", v.name)
+            end
+            if v.pvc and not v.pvc.createIfNotExists then
+                local _, err = self.api:get(self:_path("persistentvolumeclaims", v.pvc.claimName))
+                if err and err.kind == "not_found" then
+                    return invalid("VOLUME::PVC_NOT_FOUND", "Volume '%s': PersistentVolumeClaim '%s' does not exist "
+                        .. "and createIfNotExists is false.", v.name, v.pvc.claimName)
+                elseif err then
+                    return nil, err
+                end
+            end
+        end
+        return true
+    end
+
+    -- The claims of the sandbox's pvc volumes with createIfNotExists that do not exist, created. Returns
+    -- the names this sandbox's create made (also by an interrupted provisioning of it), or nil, err.
+    function Kube:_ensure_claims(sandbox_id, vols)
+        local made = {}
+        for _, v in ipairs(vols or {}) do
+            if v.pvc and v.pvc.createIfNotExists then
+                local name = v.pvc.claimName
+                local obj, err = self.api:get(self:_path("persistentvolumeclaims", name))
+                if err and err.kind == "not_found" then
+                    obj, err = self.api:create(self:_path("persistentvolumeclaims"),
+                        mapping.claim(v, self.volume_default_size, sandbox_id, self.instance))
+                    if err and err.kind == "conflict" then -- made meanwhile by another create: use it
+                        obj, err = self.api:get(self:_path("persistentvolumeclaims", name))
+                    end
+                end
+                if err then
+                    self:_drop_claims(made)
+                    return nil, err
+                end
+                local labels = type(obj) == "table" and type(obj.metadata) == "table" and obj.metadata.labels or {}
+                if type(labels) == "table" and labels[mapping.LABEL_VOLUME_SANDBOX] == sandbox_id then
+                    made[#made + 1] = name
+                end
+            end
+        end
+        return made
+    end
+
+    function Kube:_drop_claims(names)
+        for _, name in ipairs(names or {}) do
+            local _, err = self.api:delete(self:_path("persistentvolumeclaims", name))
+            if err and err.kind ~= "not_found" then
+                self:_warn("cannot delete a claim this create made", { claim = name, error = msg(err) })
+            end
+        end
+    end
+
     --- Provisions the sandbox: the agent ConfigMap (once), the pull Secret (with image.auth), the pod, the
     --- Secret's ownerReference to the pod, then a wait (kubernetes.create_timeout) until the pod's container
     --- runs or cannot start. On a failure the pod (and with it the Secret) is deleted before the error returns.
@@ -170,6 +231,10 @@ return function(Kube, M, u)
             return failure("create", merr, rterrors.new("unsupported", merr))
         end
         local api = self.api
+        local claims, cerr = self:_ensure_claims(sandbox.id, spec.volumes)
+        if not claims then
+            return failure("create", "Failed to create a PersistentVolumeClaim: " .. msg(cerr), cerr)
+        end
         -- The Secret exists before the pod, so that the kubelet's first pull has it; it is owned by the pod
         -- once the pod exists (a PATCH), so that the garbage collector deletes it with the pod.
         -- A provisioning a crash interrupted (API.md §6.5 step 4) may have made the Secret or the pod already:
@@ -187,6 +252,7 @@ return function(Kube, M, u)
                 end
             end
             if serr then
+                self:_drop_claims(claims)
                 return failure("image", "Failed to create the image pull secret: " .. msg(serr), serr)
             end
         end
@@ -224,6 +290,7 @@ return function(Kube, M, u)
         step("create")
         if not pod then
             drop_secret()
+            self:_drop_claims(claims)
             return failure("create", "Failed to create pod: " .. msg(err), err)
         end
         local function fail(step_name, message, cause, owned)
@@ -235,6 +302,7 @@ return function(Kube, M, u)
             if not owned then
                 drop_secret()
             end
+            self:_drop_claims(claims) -- (a claim in use by the terminating pod goes once the pod has gone)
             return failure(step_name, message, cause)
         end
         if secret then

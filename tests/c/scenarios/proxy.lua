@@ -85,11 +85,19 @@ end })
 local base = "http://127.0.0.1:" .. port
 
 local ok, err = pcall(function()
-    -- GET a file (Content-Length framing)
+    -- GET a file (Content-Length framing); the proxy's counters (http.proxy_stats) see it
+    local s0 = http.proxy_stats()
+    assert(s0.connections_total == 0 and s0.active == 0, "fresh counters")
     local res = assert(client.request({ url = base .. "/p/small.txt" }))
     assert(res.status == 200, res.status)
     assert(res.body == "hello from the backend\n", res.body)
     assert(res.headers["content-length"] == "23", tostring(res.headers["content-length"]))
+    local s1 = http.proxy_stats()
+    assert(s1.connections_total == 1, "connections_total " .. s1.connections_total)
+    assert(s1.active == 0, "active after the response " .. s1.active)
+    assert(s1.bytes_from_backend > 23, "bytes from the backend (head + body) " .. s1.bytes_from_backend)
+    assert(s1.bytes_to_backend > 20, "bytes to the backend (request head) " .. s1.bytes_to_backend)
+    assert(s1.failures_total == 0)
 
     -- HEAD keeps the backend's Content-Length and has no body
     res = assert(client.request({ method = "HEAD", url = base .. "/p/big.bin" }))
@@ -130,9 +138,11 @@ local ok, err = pcall(function()
     res = assert(client.request({ url = base .. "/p/missing.txt" }))
     assert(res.status == 404, res.status)
 
-    -- refused connection: 502 ErrorResponse
+    -- refused connection: 502 ErrorResponse, counted as a failure
+    local f0 = http.proxy_stats().failures_total
     res = assert(client.request({ url = base .. "/p/refused" }))
     assert(res.status == 502, res.status)
+    assert(http.proxy_stats().failures_total == f0 + 1, "failures_total")
     assert(res.body:find('"code":"GENERAL::UNKNOWN_ERROR"', 1, true) and res.body:find("Could not connect", 1, true),
         res.body)
 
@@ -156,6 +166,10 @@ local ok, err = pcall(function()
         timer.sleep(0.01)
     end
     assert(done == 50, "concurrent proxied requests: " .. done)
+    local st = http.proxy_stats()
+    assert(st.active == 0, "active after all: " .. st.active)
+    assert(st.bytes_from_backend > #big, "the big download is counted: " .. st.bytes_from_backend)
+    assert(st.bytes_to_backend > 70000, "the PUT body is counted: " .. st.bytes_to_backend)
 end)
 
 core.kill(bpid, "TERM")

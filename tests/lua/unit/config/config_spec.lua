@@ -95,10 +95,31 @@ describe("config.validate", function()
             select(2, config.validate({ docker = { drop_capabilities = { x = "A" } } })))
     end)
 
+    it("has a storage section: allowed_host_paths (absolute, default none) and volume_default_size", function()
+        local c = assert(config.validate({}))
+        assert.same({}, c.storage.allowed_host_paths)
+        assert.equal("1Gi", c.storage.volume_default_size)
+        assert.same({ "/srv/a" }, assert(config.validate({ storage = { allowed_host_paths = { "/srv/a" } } }))
+            .storage.allowed_host_paths)
+        assert.equal('storage.allowed_host_paths[2]: must be an absolute path, got "data"',
+            select(2, config.validate({ storage = { allowed_host_paths = { "/srv/a", "data" } } })))
+    end)
+
     it("rejects runtime.execd_image with host networking", function()
         assert.equal('runtime.execd_image: cannot be combined with docker.network_mode = "host"',
             select(2, config.validate({ runtime = { execd_image = "img" }, docker = { network_mode = "host" } })))
         assert.is_table(config.validate({ runtime = { execd_image = "img" } }))
+    end)
+
+    it("checks metrics.listen: host:port, a port other than server.port", function()
+        local c = assert(config.validate({ metrics = { listen = "127.0.0.1:9464" } }))
+        assert.equal("127.0.0.1:9464", c.metrics.listen)
+        assert.is_true(c.metrics.enabled)
+        assert.is_table(config.validate({ metrics = { listen = "[::1]:9464", enabled = false } }))
+        assert.equal('metrics.listen: expected "host:port" (e.g. "127.0.0.1:9464"), got "9464"',
+            select(2, config.validate({ metrics = { listen = "9464" } })))
+        assert.equal("metrics.listen: the port must differ from server.port",
+            select(2, config.validate({ server = { port = 9000 }, metrics = { listen = "0.0.0.0:9000" } })))
     end)
 
     it("has a kubernetes section with its defaults, and runtime.type = kubernetes", function()

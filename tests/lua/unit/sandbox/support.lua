@@ -265,6 +265,21 @@ function S.store()
         table.sort(out)
         return out
     end
+    store.created = {} -- created volume name -> sandbox id
+    function store.add_created_volume(_, name, sandbox_id)
+        if store.full then
+            return nil, "database or disk is full"
+        end
+        store.created[name] = store.created[name] or sandbox_id
+        return true
+    end
+    function store.created_volume(_, name)
+        return store.created[name] or false
+    end
+    function store.drop_created_volume(_, name)
+        store.created[name] = nil
+        return true
+    end
     function store.all()
         local out = {}
         for _, rec in pairs(store.rows) do

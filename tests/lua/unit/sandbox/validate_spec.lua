@@ -448,7 +448,6 @@ describe("sandbox.validate.create", function()
             unsupported("snapshotId", '"snapshotId":""')
             unsupported("networkPolicy", '"networkPolicy":{}')
             unsupported("credentialProxy", '"credentialProxy":{"enabled":true}')
-            unsupported("volumes", '"volumes":[{"name":"v"}]')
             assert.is_not_nil(create('"snapshotId":null,"networkPolicy":null,"volumes":[],'
                 .. '"credentialProxy":{"enabled":false}'))
             assert.is_not_nil(create('"volumes":null,"credentialProxy":null'))
