@@ -8,7 +8,7 @@
 #   tests/conformance/run-python.sh mcp                         python/mcp_roundtrip.py: one MCP session
 #   tests/conformance/run-python.sh exec CMD [ARGS...]          anything else, with the server's env set
 # Tests of features still being merged carry the pytest marker pending_feature and are skipped by default;
-# CONFORMANCE_PENDING=1 runs them too (and allows a host directory for the volume tests).
+# CONFORMANCE_PENDING=1 runs them too.
 # Env: OPENSANDBOX_BIN, SANDBOX_IMAGE (default local/busybox:latest), OPENSANDBOX_USE_SERVER_PROXY=1,
 # OPENSANDBOX_RUNTIME=kubernetes (+ KUBECONFIG), PYTHON (default /usr/bin/python3), CONFORMANCE_VENV.
 set -euo pipefail
@@ -25,17 +25,15 @@ else
 fi
 export PATH=$venv/bin:$PATH OPENSANDBOX_DISABLE_METRICS=1 SANDBOX_IMAGE=${SANDBOX_IMAGE:-local/busybox:latest}
 
-host_dir=
-if [ "${CONFORMANCE_PENDING:-}" = 1 ]; then
-    host_dir=$(mktemp -d /tmp/osb-conformance-host.XXXXXX)
-    export CONFORMANCE_HOST_DIR=$host_dir
-    export CONFORMANCE_EXTRA_CONFIG="storage = { allowed_host_paths = { \"$host_dir\" } },"
-fi
+# a host directory the volume tests may bind-mount (storage.allowed_host_paths), removed afterwards
+host_dir=$(mktemp -d /tmp/osb-conformance-host.XXXXXX)
+export CONFORMANCE_HOST_DIR=$host_dir
+export CONFORMANCE_EXTRA_CONFIG="storage = { allowed_host_paths = { \"$host_dir\" } },"
 
 # shellcheck source=tests/conformance/server.sh
 . "$here/server.sh"
 conformance_server_start
-[ -z "$host_dir" ] || trap 'conformance_cleanup; rm -rf "$host_dir"' EXIT
+trap 'conformance_cleanup; rm -rf "$host_dir"' EXIT
 
 rc=0
 case $mode in

@@ -1,5 +1,5 @@
-"""Volumes on create (issue 17; pending_feature until the volumes branch is merged): a host bind mount
-under storage.allowed_host_paths (run-python.sh allows $CONFORMANCE_HOST_DIR when CONFORMANCE_PENDING=1),
+"""Volumes on create (issue 17): a host bind mount under storage.allowed_host_paths (run-python.sh allows a
+temporary $CONFORMANCE_HOST_DIR),
 read-only, subPath, a named (pvc) volume the server creates and removes with deleteOnSandboxTermination,
 and a refused host path as a 400 that leaves nothing behind."""
 
@@ -10,7 +10,6 @@ import pytest
 from opensandbox.exceptions import SandboxApiException
 from opensandbox.models.sandboxes import PVC, Host, SandboxFilter, Volume
 
-pytestmark = pytest.mark.pending_feature
 HOST_DIR = os.environ.get("CONFORMANCE_HOST_DIR", "/tmp/osb-conformance-host")
 
 
