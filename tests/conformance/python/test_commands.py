@@ -4,7 +4,6 @@ background commands with status and logs, interrupt."""
 import time
 from datetime import timedelta
 
-import pytest
 from opensandbox.models.execd import RunCommandOpts
 from opensandbox.models.execd_sync import ExecutionHandlersSync
 
@@ -87,7 +86,6 @@ def test_metrics(shared_sandbox):
     assert m.cpu_count > 0
 
 
-@pytest.mark.pending_feature
 def test_uid_gid(shared_sandbox):
     ex = shared_sandbox.commands.run("id -u; id -g", opts=RunCommandOpts(uid=1234, gid=2345))
     assert stdout_text(ex).split() == ["1234", "2345"]
