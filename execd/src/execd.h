@@ -93,6 +93,8 @@ struct conn {
     struct cmd *cmd;  /* command whose events this stream carries */
     int file_fd;      /* download in progress */
     uint64_t file_left;
+    int lines_fd; /* line-range download in progress (chunked text/plain) */
+    struct line_range lines;
     struct upload *up;
     struct proxy *px;
 
@@ -121,6 +123,9 @@ void conn_stream_write(struct conn *c, const char *p, size_t n);
 void conn_stream_end(struct conn *c);
 void conn_send_file(struct conn *c, int status, const char *head_extra, int fd, uint64_t off,
                     uint64_t len);
+/* Streams lines [offset, offset+limit) of fd (limit -1: to the end) as a chunked text/plain 200,
+ * reading the file in fixed chunks while the client keeps up (never the whole file at once). */
+void conn_send_lines(struct conn *c, int fd, long long offset, long long limit);
 void conn_flush(struct conn *c);
 void conn_close(struct conn *c);
 void conn_sync(struct conn *c);

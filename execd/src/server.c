@@ -304,6 +304,66 @@ static void conn_fill_file(struct conn *c)
     }
 }
 
+void conn_send_lines(struct conn *c, int fd, long long offset, long long limit)
+{
+    conn_stream_begin(c, 200, "text/plain; charset=utf-8");
+    line_range_init(&c->lines, offset, limit);
+    c->lines_fd = fd;
+    conn_flush(c);
+}
+
+/* Ends a line-range download: the last chunk, then the next request. */
+static void conn_lines_end(struct conn *c)
+{
+    close(c->lines_fd);
+    c->lines_fd = -1;
+    buf_puts(&c->out, "0\r\n\r\n");
+    conn_request_done(c);
+}
+
+/* Scans more of a line-range download. Each call reads at most LINES_BUDGET bytes of the file, so a
+ * long scan (offset near the end of a big file) shares the loop with other clients: the connection
+ * stays EPOLLOUT-interested and is called again on the next turn. The file is read in READ_CHUNK
+ * pieces into one static buffer; only the selected lines reach `out`. */
+#define LINES_BUDGET (8 * 1024 * 1024)
+static void conn_fill_lines(struct conn *c)
+{
+    static char chunk[READ_CHUNK];
+    static struct buf sel;
+    size_t scanned = 0;
+
+    while (c->lines_fd >= 0 && c->out.len < EXECD_OUT_HIGH && scanned < LINES_BUDGET) {
+        ssize_t n = read(c->lines_fd, chunk, sizeof(chunk));
+        int done;
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            /* a read error after the head: end the stream here and drop the connection */
+            c->keep_alive = 0;
+            conn_lines_end(c);
+            return;
+        }
+        if (n == 0) {
+            line_range_eof(&c->lines);
+            conn_lines_end(c);
+            return;
+        }
+        scanned += (size_t)n;
+        buf_reset(&sel);
+        done = line_range_feed(&c->lines, chunk, (size_t)n, &sel);
+        if (sel.len) {
+            buf_printf(&c->out, "%zx\r\n", sel.len);
+            buf_append(&c->out, sel.data, sel.len);
+            buf_puts(&c->out, "\r\n");
+        }
+        if (sel.cap > READ_CHUNK * 2)
+            buf_free(&sel); /* keep the agent small after a long selection */
+        if (done)
+            conn_lines_end(c);
+    }
+}
+
 void conn_flush(struct conn *c)
 {
     if (c->dead)
@@ -312,6 +372,8 @@ void conn_flush(struct conn *c)
         ssize_t n;
         if (c->file_fd >= 0)
             conn_fill_file(c);
+        if (c->lines_fd >= 0)
+            conn_fill_lines(c);
         if (!c->out.len)
             break;
         n = send(c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
@@ -348,7 +410,7 @@ void conn_sync(struct conn *c)
         ev |= EPOLLIN;
     if (c->state == C_PROXY && c->px && !c->peer_eof && c->in.len < IN_CAP)
         ev |= EPOLLIN; /* proxy.c throttles by not draining `in` */
-    if (c->out.len || c->file_fd >= 0)
+    if (c->out.len || c->file_fd >= 0 || c->lines_fd >= 0)
         ev |= EPOLLOUT;
     if (ev != c->events) {
         loop_mod(c->fd, ev, &c->ev);
@@ -370,6 +432,9 @@ void conn_close(struct conn *c)
     if (c->file_fd >= 0)
         close(c->file_fd);
     c->file_fd = -1;
+    if (c->lines_fd >= 0)
+        close(c->lines_fd);
+    c->lines_fd = -1;
 }
 
 static void conn_free(struct conn *c)
@@ -819,6 +884,7 @@ static void accept_all(int lfd)
         }
         c->fd = fd;
         c->file_fd = -1;
+        c->lines_fd = -1;
         c->ev.kind = EV_CONN;
         c->ev.obj = c;
         c->events = EPOLLIN;
@@ -886,7 +952,7 @@ static int64_t conns_tick(int64_t now)
         /* a head that does not come (slowloris, an idle keep-alive) or a body that stalls */
         if (!c->dead && (c->state == C_HEAD || c->state == C_BODY)) {
             int64_t limit = c->state == C_HEAD ? g_head_timeout_ms : g_idle_timeout_ms;
-            if (c->out.len || c->file_fd >= 0) {
+            if (c->out.len || c->file_fd >= 0 || c->lines_fd >= 0) {
                 c->wait_since = now; /* still answering the previous request */
             } else if (now - c->wait_since >= limit) {
                 conn_close(c);
