@@ -251,6 +251,52 @@ function agentSuite(name, ctx) {
     assert.equal((await r.json()).code, "MISSING_QUERY");
   });
 
+  test(`${name}: line-based download (offset/limit): text/plain, CRLF, last line, past EOF, 400s`, async () => {
+    const p = `${ctx.fileDir}/lines-${Date.now()}.txt`;
+    const big = `${ctx.fileDir}/lines-big-${Date.now()}.txt`;
+    // 3 MiB of numbered lines (more than one read chunk and one scan budget per loop turn)
+    let { events } = await run(ctx.base, H(), {
+      command: `printf 'one\\r\\ntwo\\nthree\\r\\nfour' > ${p}; awk 'BEGIN { s = sprintf("%01000d", 0); for (i = 0; i < 3000; i++) print i " " s }' > ${big}`,
+    });
+    assert.equal(events.at(-1).type, "execution_complete", JSON.stringify(events.at(-1)));
+    const get = (q, extra = {}) => fetch(`${ctx.base}/files/download?path=${encodeURIComponent(p)}${q}`, { headers: { ...H(), ...extra } });
+    let r = await get("&offset=2&limit=2");
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get("content-type"), "text/plain; charset=utf-8");
+    assert.equal(await r.text(), "two\nthree");
+    r = await get("&offset=3"); // to the end; the last line has no newline
+    assert.equal(await r.text(), "three\nfour");
+    r = await get("&limit=1");
+    assert.equal(await r.text(), "one");
+    r = await get("&offset=5&limit=3"); // past EOF: empty 200
+    assert.equal(r.status, 200);
+    assert.equal(await r.text(), "");
+    r = await get("&offset=&limit="); // empty values are absent: the whole file as octet-stream
+    assert.equal(r.headers.get("content-type"), "application/octet-stream");
+    assert.equal(await r.text(), "one\r\ntwo\nthree\r\nfour");
+    r = await fetch(`${ctx.base}/files/download?path=${encodeURIComponent(big)}&offset=2991&limit=5`, { headers: H() });
+    assert.equal(await r.text(), [2990, 2991, 2992, 2993, 2994].map((i) => `${i} ${"0".repeat(1000)}`).join("\n"));
+    for (const q of ["&limit=0", "&limit=-1", "&limit=abc", "&offset=0", "&offset=-2", "&offset=1.5", "&offset=x&limit=2"]) {
+      r = await get(q);
+      assert.equal(r.status, 400, q);
+      const e = await r.json();
+      assert.equal(e.code, "INVALID_REQUEST_BODY", q);
+      assert.match(e.message, /offset|limit/, q);
+    }
+    r = await get("&offset=1", { Range: "bytes=0-3" });
+    assert.equal(r.status, 400);
+    assert.match((await r.json()).message, /mutually exclusive/);
+    r = await fetch(`${ctx.base}/files/download?path=/no/such/file&offset=1`, { headers: H() });
+    assert.equal(r.status, 404);
+    // keep-alive survives a line read: two reads on one raw connection
+    const raw = await rawExchange(ctx.port,
+      `GET /files/download?path=${encodeURIComponent(p)}&limit=1 HTTP/1.1\r\nHost: x\r\nX-EXECD-ACCESS-TOKEN: ${TOKEN}\r\n\r\n` +
+      `GET /files/download?path=${encodeURIComponent(p)}&offset=4 HTTP/1.1\r\nHost: x\r\nX-EXECD-ACCESS-TOKEN: ${TOKEN}\r\nConnection: close\r\n\r\n`);
+    assert.equal((raw.match(/HTTP\/1\.1 200 OK/g) || []).length, 2, raw);
+    assert.ok(raw.includes("\r\n3\r\none\r\n0\r\n\r\n") && raw.includes("\r\n4\r\nfour\r\n0\r\n\r\n"), raw);
+    ({ events } = await run(ctx.base, H(), { command: `rm -f ${p} ${big}` }));
+  });
+
   test(`${name}: chunked streaming upload of 24 MiB (the SDK's streaming path)`, async () => {
     const p = `${ctx.fileDir}/big-${Date.now()}.bin`;
     const boundary = "opensandbox_" + Math.random().toString(16).slice(2);
