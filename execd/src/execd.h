@@ -43,7 +43,10 @@ enum ev_kind {
     EV_SESS_IN,
     EV_SESS_OUT,
     EV_SESS_ERR,
-    EV_SESS_CTL
+    EV_SESS_CTL,
+    EV_PTY_OUT,
+    EV_PTY_ERR,
+    EV_PTY_IN
 };
 
 struct ev {
@@ -51,13 +54,14 @@ struct ev {
     void *obj;
 };
 
-enum conn_state { C_HEAD, C_BODY, C_RESP, C_PROXY, C_CLOSING };
+enum conn_state { C_HEAD, C_BODY, C_RESP, C_PROXY, C_WS, C_CLOSING };
 enum body_mode { BODY_BUFFER, BODY_DISCARD, BODY_UPLOAD, BODY_PROXY };
 
 struct conn;
 struct cmd;
 struct upload;
 struct proxy;
+struct pty_sess;
 
 typedef void (*handler_fn)(struct conn *c);
 
@@ -97,6 +101,9 @@ struct conn {
     struct line_range lines;
     struct upload *up;
     struct proxy *px;
+    struct pty_sess *pty; /* C_WS: the PTY session this WebSocket is attached to */
+    struct buf ws_msg;    /* C_WS: a fragmented client message being assembled */
+    int ws_op;            /* its opcode (0: none in progress) */
 
     int dead; /* closed; freed at the end of the loop iteration */
     struct conn *prev, *next;
@@ -127,6 +134,9 @@ void conn_send_file(struct conn *c, int status, const char *head_extra, int fd, 
  * reading the file in fixed chunks while the client keeps up (never the whole file at once). */
 void conn_send_lines(struct conn *c, int fd, long long offset, long long limit);
 void conn_flush(struct conn *c);
+/* Answers 101 Switching Protocols (Sec-WebSocket-Accept: accept) and puts c in C_WS. */
+void conn_upgrade(struct conn *c, const char *accept);
+void conn_process(struct conn *c); /* parses what `in` holds (after a producer unblocked) */
 void conn_close(struct conn *c);
 void conn_sync(struct conn *c);
 
@@ -175,6 +185,17 @@ void files_handle_search(struct conn *c);
 void files_handle_replace(struct conn *c);
 void files_handle_permissions(struct conn *c);
 void files_handle_mv(struct conn *c);
+
+/* pty.c: interactive shells over WebSocket (POST /pty, GET|DELETE /pty/{id}, GET /pty/{id}/ws) */
+void pty_handle_create(struct conn *c);
+void pty_handle_status(struct conn *c, const char *id);
+void pty_handle_delete(struct conn *c, const char *id);
+void pty_handle_ws(struct conn *c, const char *id);
+void pty_ws_data(struct conn *c);   /* C_WS: client frames in `in` */
+void pty_conn_gone(struct conn *c); /* the client left: the shell keeps running */
+void pty_on_event(struct ev *ev, uint32_t events);
+void pty_resume(struct pty_sess *s); /* the client drained: read output again */
+int pty_reaped(pid_t pid, int status); /* 1 if pid was a PTY session's shell */
 
 /* proxy.c */
 int proxy_start(struct conn *c, int port, const char *rest);

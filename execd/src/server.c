@@ -126,8 +126,12 @@ static const char *status_text(int s)
     switch (s) {
     case 100:
         return "Continue";
+    case 101:
+        return "Switching Protocols";
     case 200:
         return "OK";
+    case 201:
+        return "Created";
     case 206:
         return "Partial Content";
     case 400:
@@ -304,6 +308,18 @@ static void conn_fill_file(struct conn *c)
     }
 }
 
+void conn_upgrade(struct conn *c, const char *accept)
+{
+    buf_printf(&c->out,
+               "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Accept: %s\r\n\r\n",
+               accept);
+    c->keep_alive = 0;
+    conn_request_done(c);
+    c->state = C_WS;
+    conn_flush(c);
+}
+
 void conn_send_lines(struct conn *c, int fd, long long offset, long long limit)
 {
     conn_stream_begin(c, 200, "text/plain; charset=utf-8");
@@ -397,6 +413,8 @@ void conn_flush(struct conn *c)
         return;
     if (c->px)
         proxy_client_writable(c);
+    if (c->pty)
+        pty_resume(c->pty);
     conn_sync(c);
 }
 
@@ -410,6 +428,8 @@ void conn_sync(struct conn *c)
         ev |= EPOLLIN;
     if (c->state == C_PROXY && c->px && !c->peer_eof && c->in.len < IN_CAP)
         ev |= EPOLLIN; /* proxy.c throttles by not draining `in` */
+    if (c->state == C_WS && !c->peer_eof && c->in.len < IN_CAP)
+        ev |= EPOLLIN; /* pty.c throttles by not parsing `in` while stdin is backed up */
     if (c->out.len || c->file_fd >= 0 || c->lines_fd >= 0)
         ev |= EPOLLOUT;
     if (ev != c->events) {
@@ -425,6 +445,7 @@ void conn_close(struct conn *c)
     c->dead = 1;
     g_nconns--;
     cmd_conn_gone(c);
+    pty_conn_gone(c);
     proxy_free(c);
     files_upload_free(c);
     loop_del(c->fd);
@@ -451,6 +472,7 @@ static void conn_free(struct conn *c)
     buf_free(&c->in);
     buf_free(&c->out);
     buf_free(&c->reqbody);
+    buf_free(&c->ws_msg);
     free(c->px); /* proxy_free (via conn_close) already closed its descriptor */
     free(c);
 }
@@ -525,6 +547,42 @@ static void handle_session_delete(struct conn *c)
     session_handle_delete(c, id);
 }
 
+/* The {id} of /pty/{id} or /pty/{id}/ws, copied into id. */
+static void pty_id_of(const struct conn *c, char *id, size_t n)
+{
+    const char *s = c->path + strlen("/pty/"), *slash = strchr(s, '/');
+    size_t len = slash ? (size_t)(slash - s) : strlen(s);
+
+    if (len >= n)
+        len = n - 1;
+    memcpy(id, s, len);
+    id[len] = '\0';
+}
+
+static void handle_pty_status(struct conn *c)
+{
+    char id[128];
+
+    pty_id_of(c, id, sizeof(id));
+    pty_handle_status(c, id);
+}
+
+static void handle_pty_delete(struct conn *c)
+{
+    char id[128];
+
+    pty_id_of(c, id, sizeof(id));
+    pty_handle_delete(c, id);
+}
+
+static void handle_pty_ws(struct conn *c)
+{
+    char id[128];
+
+    pty_id_of(c, id, sizeof(id));
+    pty_handle_ws(c, id);
+}
+
 static void handle_upload(struct conn *c)
 {
     files_upload_end(c);
@@ -555,7 +613,21 @@ static const struct route routes[] = {
     {"GET", "/metrics", metrics_handle, BODY_DISCARD},
     {"GET", "/metrics/watch", metrics_watch_handle, BODY_DISCARD},
     {"POST", "/session", session_handle_create, BODY_BUFFER},
+    {"POST", "/pty", pty_handle_create, BODY_BUFFER},
 };
+
+/* 1: /pty/{id}/ws, 2: /pty/{id}, 0: neither ({id} is one non-empty segment). */
+static int path_pty(const char *p)
+{
+    const char *id = p + 5, *slash;
+
+    if (strncmp(p, "/pty/", 5) != 0 || !*id || *id == '/')
+        return 0;
+    slash = strchr(id, '/');
+    if (!slash)
+        return 2;
+    return strcmp(slash, "/ws") == 0 ? 1 : 0;
+}
 
 /* 1: /session/{id}/run, 2: /session/{id}, 0: neither ({id} is one non-empty segment). */
 static int path_session(const char *p)
@@ -609,6 +681,21 @@ static void route_select(struct conn *c)
         }
         if (kind == 2 && strcmp(m, "DELETE") == 0) {
             c->handler = handle_session_delete;
+            return;
+        }
+    } else if (path_pty(p)) {
+        int kind = path_pty(p);
+        path_known = 1;
+        if (kind == 1 && strcmp(m, "GET") == 0) {
+            c->handler = handle_pty_ws;
+            return;
+        }
+        if (kind == 2 && strcmp(m, "GET") == 0) {
+            c->handler = handle_pty_status;
+            return;
+        }
+        if (kind == 2 && strcmp(m, "DELETE") == 0) {
+            c->handler = handle_pty_delete;
             return;
         }
     } else if (path_is_logs(p)) {
@@ -743,7 +830,7 @@ static int head_complete(struct conn *c)
     return c->in.len >= HTTP_MAX_HEAD;
 }
 
-static void conn_process(struct conn *c)
+void conn_process(struct conn *c)
 {
     while (!c->dead) {
         if (c->state == C_HEAD) {
@@ -805,6 +892,11 @@ static void conn_process(struct conn *c)
         }
         if (c->state == C_PROXY && c->px)
             proxy_client_data(c);
+        if (c->state == C_WS) {
+            pty_ws_data(c);
+            if (!c->dead && c->peer_eof && c->state == C_WS)
+                conn_close(c); /* the client went away: the shell keeps running */
+        }
         break;
     }
     if (!c->dead)
@@ -840,7 +932,7 @@ static void conn_read(struct conn *c)
 static void conn_on_event(struct conn *c, uint32_t events)
 {
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-        if (c->state == C_HEAD || c->state == C_BODY || c->state == C_PROXY)
+        if (c->state == C_HEAD || c->state == C_BODY || c->state == C_PROXY || c->state == C_WS)
             conn_read(c);
         else if (events & (EPOLLHUP | EPOLLERR))
             conn_close(c);
@@ -1112,6 +1204,11 @@ int main(int argc, char **argv)
             case EV_SESS_ERR:
             case EV_SESS_CTL:
                 session_on_event(ev, evs[i].events);
+                break;
+            case EV_PTY_OUT:
+            case EV_PTY_ERR:
+            case EV_PTY_IN:
+                pty_on_event(ev, evs[i].events);
                 break;
             }
         }

@@ -170,7 +170,7 @@ long ws_parse_frame(char *p, size_t n, struct ws_frame *f)
     return (long)(hl + f->len);
 }
 
-int ws_put_frame(struct buf *out, int opcode, const void *payload, size_t len)
+int ws_put_head(struct buf *out, int opcode, size_t len)
 {
     unsigned char h[10];
     size_t hl = 2, i;
@@ -189,7 +189,12 @@ int ws_put_frame(struct buf *out, int opcode, const void *payload, size_t len)
             h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
         hl = 10;
     }
-    if (buf_append(out, h, hl) < 0)
+    return buf_append(out, h, hl);
+}
+
+int ws_put_frame(struct buf *out, int opcode, const void *payload, size_t len)
+{
+    if (ws_put_head(out, opcode, len) < 0)
         return -1;
     return len ? buf_append(out, payload, len) : 0;
 }

@@ -49,6 +49,8 @@ void ws_accept_key(const char *key, char out[29]);
  * WS_MAX_PAYLOAD).
  */
 long ws_parse_frame(char *p, size_t n, struct ws_frame *f);
+/* Appends the head of an unmasked server frame (FIN set) whose payload of len bytes follows. */
+int ws_put_head(struct buf *out, int opcode, size_t len);
 /* Appends an unmasked server frame (FIN set). */
 int ws_put_frame(struct buf *out, int opcode, const void *payload, size_t len);
 /* Appends a close frame with a status code and reason. */
