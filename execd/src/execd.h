@@ -194,7 +194,7 @@ void pty_handle_ws(struct conn *c, const char *id);
 void pty_ws_data(struct conn *c);   /* C_WS: client frames in `in` */
 void pty_conn_gone(struct conn *c); /* the client left: the shell keeps running */
 void pty_on_event(struct ev *ev, uint32_t events);
-void pty_resume(struct pty_sess *s); /* the client drained: read output again */
+void pty_resume(struct pty_sess *s);   /* the client drained: read output again */
 int pty_reaped(pid_t pid, int status); /* 1 if pid was a PTY session's shell */
 
 /* proxy.c */

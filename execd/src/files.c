@@ -498,7 +498,8 @@ static int parse_range(const char *h, uint64_t size, uint64_t *off, uint64_t *le
 void files_handle_download(struct conn *c)
 {
     char *path = http_query_get(c->req.query, "path");
-    char *offs = http_query_get(c->req.query, "offset"), *lims = http_query_get(c->req.query, "limit");
+    char *offs = http_query_get(c->req.query, "offset"),
+         *lims = http_query_get(c->req.query, "limit");
     const char *range = http_header(&c->req, "Range"), *base;
     struct buf hdr = {0};
     struct stat st;

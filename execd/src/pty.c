@@ -1,10 +1,10 @@
 /*
- * pty.c: interactive shell sessions over WebSocket (upstream's /pty routes, components/execd/PTY.md).
+ * pty.c: interactive shell sessions over WebSocket (upstream's /pty routes, see its PTY.md).
  *
- *   POST   /pty              {cwd?, command?} -> 201 {session_id}; the shell starts on the first attach
- *   GET    /pty/{id}         -> {session_id, running, output_offset}
- *   DELETE /pty/{id}         kills the shell's process group and forgets the session
- *   GET    /pty/{id}/ws      WebSocket attach (?pty=0 pipe mode, ?since=N replay, ?takeover=1)
+ *   POST   /pty          {cwd?, command?} -> 201 {session_id}; the shell starts on first attach
+ *   GET    /pty/{id}     -> {session_id, running, output_offset}
+ *   DELETE /pty/{id}     kills the shell's process group and forgets the session
+ *   GET    /pty/{id}/ws  WebSocket attach (?pty=0 pipe mode, ?since=N replay, ?takeover=1)
  *
  * The shell is `bash --norc --noprofile [-c command]` (or `sh [-c command]` without bash) on a real
  * pseudo-terminal (openpty, setsid, TIOCSCTTY; 80x24 at start), or on three pipes in pipe mode. Its
@@ -578,8 +578,12 @@ static void pty_text(struct conn *c, struct pty_sess *s, const char *p, size_t n
     } else if (strcmp(type->str, "signal") == 0) {
         v = json_get(j, "signal");
         int sig = signal_of(v && v->type == JSON_STRING ? v->str : NULL);
-        if (sig && s->pid)
-            kill(-s->pid, sig);
+        if (sig && s->pid) {
+            /* a terminal's foreground job (bash with job control runs each in its own group),
+             * as a key press would; the shell's group in pipe mode */
+            pid_t fg = s->is_pty && s->fd_out >= 0 ? tcgetpgrp(s->fd_out) : -1;
+            kill(fg > 0 ? -fg : -s->pid, sig);
+        }
     } else if (strcmp(type->str, "resize") == 0) {
         if (json_int(json_get(j, "cols"), 1, 65535, &cols) &&
             json_int(json_get(j, "rows"), 1, 65535, &rows) && s->is_pty && s->fd_out >= 0) {
@@ -618,7 +622,9 @@ void pty_ws_data(struct conn *c)
         if (f.opcode == WS_OP_PING) {
             ws_put_frame(&c->out, WS_OP_PONG, f.payload, f.len);
         } else if (f.opcode == WS_OP_CLOSE) {
-            unsigned code = f.len >= 2 ? ((unsigned char)f.payload[0] << 8 | (unsigned char)f.payload[1]) : 1000;
+            unsigned code = f.len >= 2
+                                ? ((unsigned char)f.payload[0] << 8 | (unsigned char)f.payload[1])
+                                : 1000;
             buf_consume(&c->in, (size_t)used);
             ws_finish(c, code, "");
             return;
@@ -759,7 +765,8 @@ void pty_handle_ws(struct conn *c, const char *id)
     const char *key = http_header(&c->req, "Sec-WebSocket-Key");
     const char *ver = http_header(&c->req, "Sec-WebSocket-Version");
     int is_ws = c->req.upgrade && has_token(http_header(&c->req, "Upgrade"), "websocket");
-    char *q_pty = http_query_get(c->req.query, "pty"), *q_since = http_query_get(c->req.query, "since");
+    char *q_pty = http_query_get(c->req.query, "pty"),
+         *q_since = http_query_get(c->req.query, "since");
     char *q_take = http_query_get(c->req.query, "takeover");
     char accept[29], why[400];
     long long since = 0;

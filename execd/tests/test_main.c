@@ -13,7 +13,8 @@ static const struct {
     void (*fn)(void);
 } suites[] = {
     {"http", suite_http}, {"multipart", suite_multipart}, {"lines", suite_lines},
-    {"glob", suite_glob}, {"json", suite_json},           {"shell", suite_shell}, {"ws", suite_ws},
+    {"glob", suite_glob}, {"json", suite_json},           {"shell", suite_shell},
+    {"ws", suite_ws},
 };
 
 int main(int argc, char **argv)
