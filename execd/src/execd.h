@@ -196,6 +196,7 @@ void pty_conn_gone(struct conn *c); /* the client left: the shell keeps running 
 void pty_on_event(struct ev *ev, uint32_t events);
 void pty_resume(struct pty_sess *s);   /* the client drained: read output again */
 int pty_reaped(pid_t pid, int status); /* 1 if pid was a PTY session's shell */
+void pty_gc(void);                     /* frees deleted sessions between loop turns */
 
 /* proxy.c */
 int proxy_start(struct conn *c, int port, const char *rest);

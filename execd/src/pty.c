@@ -65,6 +65,7 @@ struct pty_sess {
     struct buf stdin_pend;
     struct conn *ws;
     int deleted; /* DELETE while the shell runs: freed when it is reaped */
+    int gone;    /* to be freed by pty_gc, after the current batch of epoll events */
     struct pty_sess *next;
 };
 
@@ -102,20 +103,24 @@ static struct pty_sess *pty_find(const char *id)
     return NULL;
 }
 
-static void pty_unlink_free(struct pty_sess *s)
+/* Frees the sessions marked gone. Called between loop turns: an event of the same epoll batch
+ * may still carry a pointer to one. */
+void pty_gc(void)
 {
-    struct pty_sess **pp;
+    struct pty_sess **pp = &g_ptys, *s;
 
-    for (pp = &g_ptys; *pp; pp = &(*pp)->next)
-        if (*pp == s) {
-            *pp = s->next;
-            break;
+    while ((s = *pp)) {
+        if (!s->gone) {
+            pp = &s->next;
+            continue;
         }
-    free(s->cwd);
-    free(s->command);
-    free(s->ring);
-    buf_free(&s->stdin_pend);
-    free(s);
+        *pp = s->next;
+        free(s->cwd);
+        free(s->command);
+        free(s->ring);
+        buf_free(&s->stdin_pend);
+        free(s);
+    }
 }
 
 static void fd_watch(int fd, uint32_t *cur, uint32_t want, struct ev *ev)
@@ -476,7 +481,7 @@ void pty_on_event(struct ev *ev, uint32_t events)
 
     if ((events & EPOLLOUT) && (ev->kind == EV_PTY_IN || (ev->kind == EV_PTY_OUT && s->is_pty))) {
         pty_write_stdin(s);
-        if (s->ws && s->stdin_pend.len < PTY_STDIN_HIGH)
+        if (s->ws && !s->ws->dead && s->stdin_pend.len < PTY_STDIN_HIGH)
             conn_process(s->ws); /* parse the client frames held back */
     }
     if (ev->kind == EV_PTY_IN)
@@ -527,7 +532,7 @@ int pty_reaped(pid_t pid, int status)
     }
     s->ws = NULL;
     if (s->deleted)
-        pty_unlink_free(s);
+        s->gone = 1;
     return 1;
 }
 
@@ -743,7 +748,9 @@ void pty_handle_delete(struct conn *c, const char *id)
         kill(-s->pid, SIGKILL); /* the reaper sends the exit frame and frees the session */
         kill(s->pid, SIGKILL);
     } else {
-        pty_unlink_free(s);
+        if (s->ws)
+            ws_finish(s->ws, 1000, "session deleted");
+        s->gone = 1;
     }
     conn_reply_empty(c);
 }

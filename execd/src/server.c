@@ -1061,6 +1061,7 @@ static void reap_conns(void)
 {
     struct conn *c, *n;
 
+    pty_gc();
     for (c = g_conns; c; c = n) {
         n = c->next;
         if (c->dead)
