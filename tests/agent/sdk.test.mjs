@@ -5,7 +5,9 @@
 // SDK's dist/index.js). Two sandboxes are created: a busybox one for most cases and, when the image
 // local/ws-echo:latest exists (tests/images/build-ws-echo.sh), one running tests/backends/ws_echo.c
 // on port 9000 behind the agent's own /proxy/{port}. Both are deleted at the end (run.sh also deletes
-// whatever its server still lists).
+// whatever its server still lists). The agent's 1.x additions are covered here too: uid/gid/envs on
+// commands, listDirectory, line-based reads, and a PTY session driven over a real WebSocket
+// (execd/tests/ws_client.mjs) through the SERVER's proxy.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
