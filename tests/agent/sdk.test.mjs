@@ -310,8 +310,13 @@ describe("agent through the SDK", { timeout: 220000 }, () => {
     assert.deepEqual(stdoutOf(exe), ["4242", "4242"]);
     exe = await box.commands.run("touch /root/x 2>&1 || echo denied", { uid: 4242 });
     assert.match(stdoutOf(exe).join("\n"), /denied/);
-    await rejectsWith(box.commands.run("true", { gid: 4343 }), 400, /INVALID_REQUEST_BODY/);
-    await rejectsWith(box.commands.run("true", { uid: -1 }), 400, /INVALID_REQUEST_BODY/);
+    // the SDK itself refuses gid without uid before sending; the agent refuses it too (and a bad uid)
+    await assert.rejects(box.commands.run("true", { gid: 4343 }), /uid is required/);
+    for (const body of [{ command: "true", gid: 4343 }, { command: "true", uid: -1 }, { command: "true", uid: "0" }, { command: "true", envs: ["A=1"] }]) {
+      const r = await agentFetch("/command", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+      assert.equal(r.status, 400, JSON.stringify(body));
+      assert.equal((await r.json()).code, "INVALID_REQUEST_BODY");
+    }
   });
 
   test("files: listDirectory (depth, lexical order, symlinks not followed) and line-based reads through the endpoint", async () => {
