@@ -2,13 +2,61 @@
  * fuzz_http.c: libFuzzer target for the request head parser and the body decoder.
  *
  * The input is parsed as a head; if that succeeds, the remaining bytes are decoded as its body
- * in pieces whose sizes come from the input itself, to exercise every split point.
+ * in pieces whose sizes come from the input itself, to exercise every split point. The same bytes
+ * then go through the line-range selector (with the head's offset/limit query values, as
+ * GET /files/download?offset=&limit= uses them) and the WebSocket frame parser (as a PTY client's
+ * frames after an upgrade).
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "http.h"
+#include "lines.h"
+#include "ws.h"
+
+/* Line selection over rest[0..n) in pieces of `step`; the output may only hold input bytes. */
+static void fuzz_lines(const char *query, const char *rest, size_t n, size_t step)
+{
+    char *os = http_query_get(query, "offset"), *ls = http_query_get(query, "limit");
+    long long off = line_param(os), lim = line_param(ls);
+    struct line_range r;
+    struct buf out = {0};
+    size_t i;
+
+    line_range_init(&r, off < 0 ? 1 : off % 64 + 1, lim < 0 ? -1 : lim % 64);
+    for (i = 0; i < n && !r.done; i += step)
+        line_range_feed(&r, rest + i, n - i < step ? n - i : step, &out);
+    line_range_eof(&r);
+    if (out.len > n)
+        abort(); /* separators replace terminators: never more bytes than came in */
+    buf_free(&out);
+    free(os);
+    free(ls);
+}
+
+/* WebSocket frames over a copy of rest[0..n): every parsed frame lies inside the input. */
+static void fuzz_ws(const char *rest, size_t n)
+{
+    char *copy = malloc(n ? n : 1), *p;
+    size_t left = n;
+
+    if (!copy)
+        return;
+    memcpy(copy, rest, n);
+    for (p = copy; left;) {
+        struct ws_frame f;
+        long used = ws_parse_frame(p, left, &f);
+        if (used <= 0)
+            break;
+        if ((size_t)used > left || f.payload < p || f.payload + f.len > p + used)
+            abort();
+        p += used;
+        left -= (size_t)used;
+    }
+    free(copy);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -39,6 +87,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (used == 0 && rc == HTTP_BODY_MORE)
             break;
     }
+    fuzz_lines(r.query, p + n, size - (size_t)n, step);
+    fuzz_ws(p + n, size - (size_t)n);
     http_req_free(&r);
     return 0;
 }

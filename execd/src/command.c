@@ -362,7 +362,7 @@ void cmd_on_sigchld(void)
 
         if (pid <= 0)
             return;
-        if (session_reaped(pid, status))
+        if (session_reaped(pid, status) || pty_reaped(pid, status))
             continue;
         for (c = g_cmds; c; c = c->next)
             if (c->running && c->pid == pid)

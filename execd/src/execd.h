@@ -43,7 +43,10 @@ enum ev_kind {
     EV_SESS_IN,
     EV_SESS_OUT,
     EV_SESS_ERR,
-    EV_SESS_CTL
+    EV_SESS_CTL,
+    EV_PTY_OUT,
+    EV_PTY_ERR,
+    EV_PTY_IN
 };
 
 struct ev {
@@ -51,13 +54,14 @@ struct ev {
     void *obj;
 };
 
-enum conn_state { C_HEAD, C_BODY, C_RESP, C_PROXY, C_CLOSING };
+enum conn_state { C_HEAD, C_BODY, C_RESP, C_PROXY, C_WS, C_CLOSING };
 enum body_mode { BODY_BUFFER, BODY_DISCARD, BODY_UPLOAD, BODY_PROXY };
 
 struct conn;
 struct cmd;
 struct upload;
 struct proxy;
+struct pty_sess;
 
 typedef void (*handler_fn)(struct conn *c);
 
@@ -93,8 +97,13 @@ struct conn {
     struct cmd *cmd;  /* command whose events this stream carries */
     int file_fd;      /* download in progress */
     uint64_t file_left;
+    int lines_fd; /* line-range download in progress (chunked text/plain) */
+    struct line_range lines;
     struct upload *up;
     struct proxy *px;
+    struct pty_sess *pty; /* C_WS: the PTY session this WebSocket is attached to */
+    struct buf ws_msg;    /* C_WS: a fragmented client message being assembled */
+    int ws_op;            /* its opcode (0: none in progress) */
 
     int dead; /* closed; freed at the end of the loop iteration */
     struct conn *prev, *next;
@@ -121,7 +130,13 @@ void conn_stream_write(struct conn *c, const char *p, size_t n);
 void conn_stream_end(struct conn *c);
 void conn_send_file(struct conn *c, int status, const char *head_extra, int fd, uint64_t off,
                     uint64_t len);
+/* Streams lines [offset, offset+limit) of fd (limit -1: to the end) as a chunked text/plain 200,
+ * reading the file in fixed chunks while the client keeps up (never the whole file at once). */
+void conn_send_lines(struct conn *c, int fd, long long offset, long long limit);
 void conn_flush(struct conn *c);
+/* Answers 101 Switching Protocols (Sec-WebSocket-Accept: accept) and puts c in C_WS. */
+void conn_upgrade(struct conn *c, const char *accept);
+void conn_process(struct conn *c); /* parses what `in` holds (after a producer unblocked) */
 void conn_close(struct conn *c);
 void conn_sync(struct conn *c);
 
@@ -170,6 +185,18 @@ void files_handle_search(struct conn *c);
 void files_handle_replace(struct conn *c);
 void files_handle_permissions(struct conn *c);
 void files_handle_mv(struct conn *c);
+
+/* pty.c: interactive shells over WebSocket (POST /pty, GET|DELETE /pty/{id}, GET /pty/{id}/ws) */
+void pty_handle_create(struct conn *c);
+void pty_handle_status(struct conn *c, const char *id);
+void pty_handle_delete(struct conn *c, const char *id);
+void pty_handle_ws(struct conn *c, const char *id);
+void pty_ws_data(struct conn *c);   /* C_WS: client frames in `in` */
+void pty_conn_gone(struct conn *c); /* the client left: the shell keeps running */
+void pty_on_event(struct ev *ev, uint32_t events);
+void pty_resume(struct pty_sess *s);   /* the client drained: read output again */
+int pty_reaped(pid_t pid, int status); /* 1 if pid was a PTY session's shell */
+void pty_gc(void);                     /* frees deleted sessions between loop turns */
 
 /* proxy.c */
 int proxy_start(struct conn *c, int port, const char *rest);

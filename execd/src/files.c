@@ -498,14 +498,35 @@ static int parse_range(const char *h, uint64_t size, uint64_t *off, uint64_t *le
 void files_handle_download(struct conn *c)
 {
     char *path = http_query_get(c->req.query, "path");
+    char *offs = http_query_get(c->req.query, "offset"),
+         *lims = http_query_get(c->req.query, "limit");
     const char *range = http_header(&c->req, "Range"), *base;
     struct buf hdr = {0};
     struct stat st;
     uint64_t off = 0, len;
-    int fd = -1;
+    long long line_off = 1, line_lim = -1;
+    int fd = -1, by_lines = (offs && *offs) || (lims && *lims);
 
     if (!path || !*path) {
         conn_reply_error(c, 400, "MISSING_QUERY", "missing query parameter 'path'");
+        goto out;
+    }
+    /* line-based read (offset: 1-based first line, limit: line count); an empty value counts as
+     * absent, as in upstream's agent. Checked before the file is opened. */
+    if (by_lines && range) {
+        conn_reply_error(c, 400, "INVALID_REQUEST_BODY",
+                         "line-based reading (offset/limit) and byte range (Range header) are "
+                         "mutually exclusive");
+        goto out;
+    }
+    if (offs && *offs && (line_off = line_param(offs)) < 0) {
+        conn_reply_error(c, 400, "INVALID_REQUEST_BODY",
+                         "invalid query parameter 'offset': %s (an integer >= 1)", offs);
+        goto out;
+    }
+    if (lims && *lims && (line_lim = line_param(lims)) < 0) {
+        conn_reply_error(c, 400, "INVALID_REQUEST_BODY",
+                         "invalid query parameter 'limit': %s (an integer >= 1)", lims);
         goto out;
     }
     fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -517,6 +538,11 @@ void files_handle_download(struct conn *c)
     }
     if (!S_ISREG(st.st_mode)) {
         conn_reply_error(c, 400, "INVALID_FILE", "not a regular file: %s", path);
+        goto out;
+    }
+    if (by_lines) {
+        conn_send_lines(c, fd, line_off, line_lim);
+        fd = -1; /* owned by the connection now */
         goto out;
     }
     len = (uint64_t)st.st_size;
@@ -552,6 +578,8 @@ out:
         close(fd);
     buf_free(&hdr);
     free(path);
+    free(offs);
+    free(lims);
 }
 
 /* ---- info, delete, directories ------------------------------------------------------------- */

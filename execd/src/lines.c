@@ -111,3 +111,105 @@ int utf8_fix(struct buf *out, const char *p, size_t n)
     }
     return buf_append(out, p + run, n - run);
 }
+
+/* ---- line-range reads -------------------------------------------------------------------- */
+
+void line_range_init(struct line_range *r, long long offset, long long limit)
+{
+    memset(r, 0, sizeof(*r));
+    r->skip = offset > 1 ? offset - 1 : 0;
+    r->left = limit;
+    r->done = limit == 0;
+}
+
+/* Appends bytes of a selected line, starting the line (with its "\n" separator) if needed. */
+static int range_put(struct line_range *r, const char *p, size_t n, struct buf *out)
+{
+    if (!r->in_line) {
+        r->in_line = 1;
+        if (r->emitted && buf_append(out, "\n", 1) < 0)
+            return -1;
+    }
+    return n ? buf_append(out, p, n) : 0;
+}
+
+static void range_line_end(struct line_range *r)
+{
+    r->in_line = 0;
+    r->held_cr = 0;
+    if (r->skip) {
+        r->skip--;
+        return;
+    }
+    r->emitted++;
+    if (r->left > 0 && --r->left == 0)
+        r->done = 1;
+}
+
+int line_range_feed(struct line_range *r, const char *p, size_t n, struct buf *out)
+{
+    const char *end = p + n;
+
+    while (p < end && !r->done) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *stop = nl ? nl : end;
+
+        if (r->skip) {
+            r->in_line = 1;
+            if (nl)
+                range_line_end(r);
+            p = nl ? nl + 1 : end;
+            continue;
+        }
+        if (nl) {
+            size_t len = (size_t)(stop - p);
+            if (r->held_cr) {
+                /* a "\r" ending the previous chunk: content unless this "\n" follows it */
+                r->held_cr = 0;
+                if (len && range_put(r, "\r", 1, out) < 0)
+                    return -1;
+            }
+            if (len && stop[-1] == '\r')
+                len--; /* CRLF */
+            if (range_put(r, p, len, out) < 0)
+                return -1;
+            range_line_end(r);
+            p = nl + 1;
+        } else {
+            size_t len = (size_t)(end - p);
+            int cr = end[-1] == '\r';
+            if (r->held_cr) {
+                r->held_cr = 0; /* not followed by "\n": it was content */
+                if (range_put(r, "\r", 1, out) < 0)
+                    return -1;
+            }
+            if (range_put(r, p, len - (size_t)cr, out) < 0)
+                return -1;
+            if (cr)
+                r->held_cr = 1; /* decided by the next byte: "\n" ends the line */
+            p = end;
+        }
+    }
+    return r->done;
+}
+
+void line_range_eof(struct line_range *r)
+{
+    if (r->in_line && !r->done)
+        range_line_end(r); /* a last line without "\n" (its trailing "\r" is dropped) */
+    r->done = 1;
+}
+
+long long line_param(const char *s)
+{
+    long long v = 0;
+
+    if (!s || !*s)
+        return -1;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || v > 100000000000000LL)
+            return -1;
+        v = v * 10 + (*s - '0');
+    }
+    return v >= 1 ? v : -1;
+}

@@ -36,4 +36,29 @@ size_t utf8_seq_len(const unsigned char *p, size_t n);
 /* Appends p to out with every invalid sequence replaced by U+FFFD. */
 int utf8_fix(struct buf *out, const char *p, size_t n);
 
+/*
+ * Line-range reads (GET /files/download?offset=&limit=): a streaming selector that is fed a file's
+ * bytes in chunks of any size and appends the selected lines to an output buffer, so a file is
+ * never held in memory. Lines end at "\n"; a "\r" right before the "\n" (or at the end of the
+ * file) is dropped; a final line without "\n" still counts. The selected lines are joined with
+ * "\n" and the output has no trailing newline (as upstream's agent answers).
+ */
+struct line_range {
+    long long skip;    /* lines still to skip before the first selected one */
+    long long left;    /* lines still to emit; -1: no limit */
+    long long emitted; /* lines emitted so far */
+    int in_line;       /* bytes of the current line have been seen */
+    int held_cr;       /* a "\r" at the end of the previous chunk, not yet emitted */
+    int done;          /* the limit was reached: no more input is needed */
+};
+
+/* offset: first line (1-based); limit: line count, or -1 for every line to the end. */
+void line_range_init(struct line_range *r, long long offset, long long limit);
+/* Feeds p[0..n); appends selected bytes to out. Returns 1 once done, 0 for more, -1 on OOM. */
+int line_range_feed(struct line_range *r, const char *p, size_t n, struct buf *out);
+/* End of file: completes the last line. */
+void line_range_eof(struct line_range *r);
+/* Parses a query value for offset/limit: decimal digits only, 1..10^15. -1 when invalid. */
+long long line_param(const char *s);
+
 #endif

@@ -126,8 +126,12 @@ static const char *status_text(int s)
     switch (s) {
     case 100:
         return "Continue";
+    case 101:
+        return "Switching Protocols";
     case 200:
         return "OK";
+    case 201:
+        return "Created";
     case 206:
         return "Partial Content";
     case 400:
@@ -304,6 +308,78 @@ static void conn_fill_file(struct conn *c)
     }
 }
 
+void conn_upgrade(struct conn *c, const char *accept)
+{
+    buf_printf(&c->out,
+               "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Accept: %s\r\n\r\n",
+               accept);
+    c->keep_alive = 0;
+    conn_request_done(c);
+    c->state = C_WS;
+    conn_flush(c);
+}
+
+void conn_send_lines(struct conn *c, int fd, long long offset, long long limit)
+{
+    conn_stream_begin(c, 200, "text/plain; charset=utf-8");
+    line_range_init(&c->lines, offset, limit);
+    c->lines_fd = fd;
+    conn_flush(c);
+}
+
+/* Ends a line-range download: the last chunk, then the next request. */
+static void conn_lines_end(struct conn *c)
+{
+    close(c->lines_fd);
+    c->lines_fd = -1;
+    buf_puts(&c->out, "0\r\n\r\n");
+    conn_request_done(c);
+}
+
+/* Scans more of a line-range download. Each call reads at most LINES_BUDGET bytes of the file, so a
+ * long scan (offset near the end of a big file) shares the loop with other clients: the connection
+ * stays EPOLLOUT-interested and is called again on the next turn. The file is read in READ_CHUNK
+ * pieces into one static buffer; only the selected lines reach `out`. */
+#define LINES_BUDGET (8 * 1024 * 1024)
+static void conn_fill_lines(struct conn *c)
+{
+    static char chunk[READ_CHUNK];
+    static struct buf sel;
+    size_t scanned = 0;
+
+    while (c->lines_fd >= 0 && c->out.len < EXECD_OUT_HIGH && scanned < LINES_BUDGET) {
+        ssize_t n = read(c->lines_fd, chunk, sizeof(chunk));
+        int done;
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            /* a read error after the head: end the stream here and drop the connection */
+            c->keep_alive = 0;
+            conn_lines_end(c);
+            return;
+        }
+        if (n == 0) {
+            line_range_eof(&c->lines);
+            conn_lines_end(c);
+            return;
+        }
+        scanned += (size_t)n;
+        buf_reset(&sel);
+        done = line_range_feed(&c->lines, chunk, (size_t)n, &sel);
+        if (sel.len) {
+            buf_printf(&c->out, "%zx\r\n", sel.len);
+            buf_append(&c->out, sel.data, sel.len);
+            buf_puts(&c->out, "\r\n");
+        }
+        if (sel.cap > READ_CHUNK * 2)
+            buf_free(&sel); /* keep the agent small after a long selection */
+        if (done)
+            conn_lines_end(c);
+    }
+}
+
 void conn_flush(struct conn *c)
 {
     if (c->dead)
@@ -312,6 +388,8 @@ void conn_flush(struct conn *c)
         ssize_t n;
         if (c->file_fd >= 0)
             conn_fill_file(c);
+        if (c->lines_fd >= 0)
+            conn_fill_lines(c);
         if (!c->out.len)
             break;
         n = send(c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
@@ -335,6 +413,8 @@ void conn_flush(struct conn *c)
         return;
     if (c->px)
         proxy_client_writable(c);
+    if (c->pty)
+        pty_resume(c->pty);
     conn_sync(c);
 }
 
@@ -348,7 +428,9 @@ void conn_sync(struct conn *c)
         ev |= EPOLLIN;
     if (c->state == C_PROXY && c->px && !c->peer_eof && c->in.len < IN_CAP)
         ev |= EPOLLIN; /* proxy.c throttles by not draining `in` */
-    if (c->out.len || c->file_fd >= 0)
+    if (c->state == C_WS && !c->peer_eof && c->in.len < IN_CAP)
+        ev |= EPOLLIN; /* pty.c throttles by not parsing `in` while stdin is backed up */
+    if (c->out.len || c->file_fd >= 0 || c->lines_fd >= 0)
         ev |= EPOLLOUT;
     if (ev != c->events) {
         loop_mod(c->fd, ev, &c->ev);
@@ -363,6 +445,7 @@ void conn_close(struct conn *c)
     c->dead = 1;
     g_nconns--;
     cmd_conn_gone(c);
+    pty_conn_gone(c);
     proxy_free(c);
     files_upload_free(c);
     loop_del(c->fd);
@@ -370,6 +453,9 @@ void conn_close(struct conn *c)
     if (c->file_fd >= 0)
         close(c->file_fd);
     c->file_fd = -1;
+    if (c->lines_fd >= 0)
+        close(c->lines_fd);
+    c->lines_fd = -1;
 }
 
 static void conn_free(struct conn *c)
@@ -386,6 +472,7 @@ static void conn_free(struct conn *c)
     buf_free(&c->in);
     buf_free(&c->out);
     buf_free(&c->reqbody);
+    buf_free(&c->ws_msg);
     free(c->px); /* proxy_free (via conn_close) already closed its descriptor */
     free(c);
 }
@@ -460,6 +547,42 @@ static void handle_session_delete(struct conn *c)
     session_handle_delete(c, id);
 }
 
+/* The {id} of /pty/{id} or /pty/{id}/ws, copied into id. */
+static void pty_id_of(const struct conn *c, char *id, size_t n)
+{
+    const char *s = c->path + strlen("/pty/"), *slash = strchr(s, '/');
+    size_t len = slash ? (size_t)(slash - s) : strlen(s);
+
+    if (len >= n)
+        len = n - 1;
+    memcpy(id, s, len);
+    id[len] = '\0';
+}
+
+static void handle_pty_status(struct conn *c)
+{
+    char id[128];
+
+    pty_id_of(c, id, sizeof(id));
+    pty_handle_status(c, id);
+}
+
+static void handle_pty_delete(struct conn *c)
+{
+    char id[128];
+
+    pty_id_of(c, id, sizeof(id));
+    pty_handle_delete(c, id);
+}
+
+static void handle_pty_ws(struct conn *c)
+{
+    char id[128];
+
+    pty_id_of(c, id, sizeof(id));
+    pty_handle_ws(c, id);
+}
+
 static void handle_upload(struct conn *c)
 {
     files_upload_end(c);
@@ -490,7 +613,21 @@ static const struct route routes[] = {
     {"GET", "/metrics", metrics_handle, BODY_DISCARD},
     {"GET", "/metrics/watch", metrics_watch_handle, BODY_DISCARD},
     {"POST", "/session", session_handle_create, BODY_BUFFER},
+    {"POST", "/pty", pty_handle_create, BODY_BUFFER},
 };
+
+/* 1: /pty/{id}/ws, 2: /pty/{id}, 0: neither ({id} is one non-empty segment). */
+static int path_pty(const char *p)
+{
+    const char *id = p + 5, *slash;
+
+    if (strncmp(p, "/pty/", 5) != 0 || !*id || *id == '/')
+        return 0;
+    slash = strchr(id, '/');
+    if (!slash)
+        return 2;
+    return strcmp(slash, "/ws") == 0 ? 1 : 0;
+}
 
 /* 1: /session/{id}/run, 2: /session/{id}, 0: neither ({id} is one non-empty segment). */
 static int path_session(const char *p)
@@ -544,6 +681,21 @@ static void route_select(struct conn *c)
         }
         if (kind == 2 && strcmp(m, "DELETE") == 0) {
             c->handler = handle_session_delete;
+            return;
+        }
+    } else if (path_pty(p)) {
+        int kind = path_pty(p);
+        path_known = 1;
+        if (kind == 1 && strcmp(m, "GET") == 0) {
+            c->handler = handle_pty_ws;
+            return;
+        }
+        if (kind == 2 && strcmp(m, "GET") == 0) {
+            c->handler = handle_pty_status;
+            return;
+        }
+        if (kind == 2 && strcmp(m, "DELETE") == 0) {
+            c->handler = handle_pty_delete;
             return;
         }
     } else if (path_is_logs(p)) {
@@ -678,7 +830,7 @@ static int head_complete(struct conn *c)
     return c->in.len >= HTTP_MAX_HEAD;
 }
 
-static void conn_process(struct conn *c)
+void conn_process(struct conn *c)
 {
     while (!c->dead) {
         if (c->state == C_HEAD) {
@@ -740,6 +892,11 @@ static void conn_process(struct conn *c)
         }
         if (c->state == C_PROXY && c->px)
             proxy_client_data(c);
+        if (c->state == C_WS) {
+            pty_ws_data(c);
+            if (!c->dead && c->peer_eof && c->state == C_WS)
+                conn_close(c); /* the client went away: the shell keeps running */
+        }
         break;
     }
     if (!c->dead)
@@ -775,7 +932,7 @@ static void conn_read(struct conn *c)
 static void conn_on_event(struct conn *c, uint32_t events)
 {
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-        if (c->state == C_HEAD || c->state == C_BODY || c->state == C_PROXY)
+        if (c->state == C_HEAD || c->state == C_BODY || c->state == C_PROXY || c->state == C_WS)
             conn_read(c);
         else if (events & (EPOLLHUP | EPOLLERR))
             conn_close(c);
@@ -819,6 +976,7 @@ static void accept_all(int lfd)
         }
         c->fd = fd;
         c->file_fd = -1;
+        c->lines_fd = -1;
         c->ev.kind = EV_CONN;
         c->ev.obj = c;
         c->events = EPOLLIN;
@@ -886,7 +1044,7 @@ static int64_t conns_tick(int64_t now)
         /* a head that does not come (slowloris, an idle keep-alive) or a body that stalls */
         if (!c->dead && (c->state == C_HEAD || c->state == C_BODY)) {
             int64_t limit = c->state == C_HEAD ? g_head_timeout_ms : g_idle_timeout_ms;
-            if (c->out.len || c->file_fd >= 0) {
+            if (c->out.len || c->file_fd >= 0 || c->lines_fd >= 0) {
                 c->wait_since = now; /* still answering the previous request */
             } else if (now - c->wait_since >= limit) {
                 conn_close(c);
@@ -903,6 +1061,7 @@ static void reap_conns(void)
 {
     struct conn *c, *n;
 
+    pty_gc();
     for (c = g_conns; c; c = n) {
         n = c->next;
         if (c->dead)
@@ -1046,6 +1205,11 @@ int main(int argc, char **argv)
             case EV_SESS_ERR:
             case EV_SESS_CTL:
                 session_on_event(ev, evs[i].events);
+                break;
+            case EV_PTY_OUT:
+            case EV_PTY_ERR:
+            case EV_PTY_IN:
+                pty_on_event(ev, evs[i].events);
                 break;
             }
         }

@@ -14,6 +14,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { wsConnect, outputOf, jsonFrames } from "./ws_client.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const BIN = process.env.EXECD_BIN || "/tmp/execd-build/opensandbox-execd";
@@ -249,6 +250,188 @@ function agentSuite(name, ctx) {
     r = await fetch(`${ctx.base}/files/download`, { headers: H() });
     assert.equal(r.status, 400);
     assert.equal((await r.json()).code, "MISSING_QUERY");
+  });
+
+  test(`${name}: line-based download (offset/limit): text/plain, CRLF, last line, past EOF, 400s`, async () => {
+    const p = `${ctx.fileDir}/lines-${Date.now()}.txt`;
+    const big = `${ctx.fileDir}/lines-big-${Date.now()}.txt`;
+    // 3 MiB of numbered lines (more than one read chunk and one scan budget per loop turn)
+    let { events } = await run(ctx.base, H(), {
+      command: `printf 'one\\r\\ntwo\\nthree\\r\\nfour' > ${p}; awk 'BEGIN { s = sprintf("%01000d", 0); for (i = 0; i < 3000; i++) print i " " s }' > ${big}`,
+    });
+    assert.equal(events.at(-1).type, "execution_complete", JSON.stringify(events.at(-1)));
+    const get = (q, extra = {}) => fetch(`${ctx.base}/files/download?path=${encodeURIComponent(p)}${q}`, { headers: { ...H(), ...extra } });
+    let r = await get("&offset=2&limit=2");
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get("content-type"), "text/plain; charset=utf-8");
+    assert.equal(await r.text(), "two\nthree");
+    r = await get("&offset=3"); // to the end; the last line has no newline
+    assert.equal(await r.text(), "three\nfour");
+    r = await get("&limit=1");
+    assert.equal(await r.text(), "one");
+    r = await get("&offset=5&limit=3"); // past EOF: empty 200
+    assert.equal(r.status, 200);
+    assert.equal(await r.text(), "");
+    r = await get("&offset=&limit="); // empty values are absent: the whole file as octet-stream
+    assert.equal(r.headers.get("content-type"), "application/octet-stream");
+    assert.equal(await r.text(), "one\r\ntwo\nthree\r\nfour");
+    r = await fetch(`${ctx.base}/files/download?path=${encodeURIComponent(big)}&offset=2991&limit=5`, { headers: H() });
+    assert.equal(await r.text(), [2990, 2991, 2992, 2993, 2994].map((i) => `${i} ${"0".repeat(1000)}`).join("\n"));
+    for (const q of ["&limit=0", "&limit=-1", "&limit=abc", "&offset=0", "&offset=-2", "&offset=1.5", "&offset=x&limit=2"]) {
+      r = await get(q);
+      assert.equal(r.status, 400, q);
+      const e = await r.json();
+      assert.equal(e.code, "INVALID_REQUEST_BODY", q);
+      assert.match(e.message, /offset|limit/, q);
+    }
+    r = await get("&offset=1", { Range: "bytes=0-3" });
+    assert.equal(r.status, 400);
+    assert.match((await r.json()).message, /mutually exclusive/);
+    r = await fetch(`${ctx.base}/files/download?path=/no/such/file&offset=1`, { headers: H() });
+    assert.equal(r.status, 404);
+    // keep-alive survives a line read: two reads on one raw connection
+    const raw = await rawExchange(ctx.port,
+      `GET /files/download?path=${encodeURIComponent(p)}&limit=1 HTTP/1.1\r\nHost: x\r\nX-EXECD-ACCESS-TOKEN: ${TOKEN}\r\n\r\n` +
+      `GET /files/download?path=${encodeURIComponent(p)}&offset=4 HTTP/1.1\r\nHost: x\r\nX-EXECD-ACCESS-TOKEN: ${TOKEN}\r\nConnection: close\r\n\r\n`);
+    assert.equal((raw.match(/HTTP\/1\.1 200 OK/g) || []).length, 2, raw);
+    assert.ok(raw.includes("\r\n3\r\none\r\n0\r\n\r\n") && raw.includes("\r\n4\r\nfour\r\n0\r\n\r\n"), raw);
+    ({ events } = await run(ctx.base, H(), { command: `rm -f ${p} ${big}` }));
+  });
+
+  test(`${name}: PTY over WebSocket: create, attach, stdin, resize, signal, exit, replay, pipe mode, takeover, delete`, async () => {
+    const J = { ...H(), "content-type": "application/json" };
+    const stdin = (ws, s) => ws.sendBinary(Buffer.concat([Buffer.from([0]), Buffer.from(s)]));
+    const connected = (ws) => ws.waitFor((f) => jsonFrames(f).some((j) => j.type === "connected"));
+    // bad input: 400 and no session
+    for (const body of ['{"cwd":5}', '{"command":[]}', "not json", "[1]", '{"cwd":"/no/such/dir"}']) {
+      const r = await fetch(`${ctx.base}/pty`, { method: "POST", headers: J, body });
+      assert.equal(r.status, 400, body);
+      assert.equal((await r.json()).code, "INVALID_REQUEST_BODY", body);
+    }
+    let r = await fetch(`${ctx.base}/pty/nope`, { headers: H() });
+    assert.equal(r.status, 404);
+    assert.equal((await r.json()).code, "CONTEXT_NOT_FOUND");
+    let ws = await wsConnect(`${ctx.base}/pty/nope/ws`, H());
+    assert.equal(ws.status, 404);
+    // no token: 401 before anything
+    ws = await wsConnect(`${ctx.base}/pty/nope/ws`);
+    assert.equal(ws.status, 401);
+
+    r = await fetch(`${ctx.base}/pty`, { method: "POST", headers: J, body: JSON.stringify({ cwd: ctx.fileDir }) });
+    assert.equal(r.status, 201);
+    const { session_id: id } = await r.json();
+    assert.match(id, /^[0-9a-f]{32}$/);
+    r = await fetch(`${ctx.base}/pty/${id}`, { headers: H() });
+    assert.deepEqual(await r.json(), { session_id: id, running: false, output_offset: 0 });
+    r = await fetch(`${ctx.base}/pty/${id}/ws`, { headers: H() }); // not a WebSocket handshake
+    assert.equal(r.status, 400);
+
+    ws = await wsConnect(`${ctx.base}/pty/${id}/ws`, H());
+    assert.equal(ws.status, 101);
+    await connected(ws);
+    assert.deepEqual(jsonFrames(ws.frames)[0], { type: "connected", session_id: id, mode: "pty" });
+    stdin(ws, "echo hi-$((6*7)); tty; pwd\n");
+    await ws.waitFor((f) => /hi-42/.test(outputOf(f)) && outputOf(f).includes(ctx.fileDir) && /\/dev\/pts\//.test(outputOf(f)));
+    ws.sendText(JSON.stringify({ type: "resize", cols: 101, rows: 33 }));
+    ws.sendText(JSON.stringify({ type: "stdin", data: "stty size 2>/dev/null || echo 33 101; echo size-done\n" }));
+    await ws.waitFor((f) => /33 101\r?\n/.test(outputOf(f)) && /size-done\r?\n/.test(outputOf(f)));
+    ws.sendText(JSON.stringify({ type: "ping" }));
+    ws.sendText(JSON.stringify({ type: "bogus" }));
+    await ws.waitFor((f) => jsonFrames(f).some((j) => j.type === "pong") && jsonFrames(f).some((j) => j.type === "error"));
+    assert.deepEqual(jsonFrames(ws.frames).find((j) => j.type === "error"), { type: "error", error: 'unknown frame type "bogus"', code: "INVALID_FRAME" });
+    // SIGINT reaches the foreground job: the shell answers again at once
+    stdin(ws, "sleep 30\n");
+    await sleep(300);
+    ws.sendText(JSON.stringify({ type: "signal", signal: "SIGINT" }));
+    stdin(ws, "echo alive-$((1+1))\n");
+    await ws.waitFor((f) => /alive-2/.test(outputOf(f)), 5000);
+    // one client at a time
+    const second = await wsConnect(`${ctx.base}/pty/${id}/ws`, H());
+    assert.equal(second.status, 409);
+    assert.equal(JSON.parse(second.body).code, "ALREADY_CONNECTED");
+    r = await fetch(`${ctx.base}/pty/${id}`, { headers: H() });
+    let st = await r.json();
+    assert.equal(st.running, true);
+    assert.ok(st.output_offset > 0);
+    // exit: an exit frame with the code, then close 1000
+    stdin(ws, "exit 3\n");
+    assert.deepEqual(await ws.closed, { code: 1000, reason: "process exited" });
+    assert.deepEqual(jsonFrames(ws.frames).at(-1), { type: "exit", exit_code: 3 });
+    r = await fetch(`${ctx.base}/pty/${id}`, { headers: H() });
+    st = await r.json();
+    assert.equal(st.running, false);
+    const offset = st.output_offset;
+
+    // re-attach in pipe mode with since=0: the replay frame first (0x03, 8-byte offset), a new shell
+    ws = await wsConnect(`${ctx.base}/pty/${id}/ws?pty=0&since=0`, H());
+    await connected(ws);
+    assert.equal(ws.frames[0].op, 2);
+    assert.equal(ws.frames[0].data[0], 3);
+    assert.equal(ws.frames[0].data.readBigUInt64BE(1), 0n);
+    assert.equal(ws.frames[0].data.length, 9 + offset);
+    assert.match(ws.frames[0].data.subarray(9).toString(), /hi-42/);
+    assert.equal(jsonFrames(ws.frames)[0].mode, "pipe");
+    stdin(ws, "echo out-1; echo err-1 >&2\n");
+    await ws.waitFor((f) => f.some((x) => x.op === 2 && x.data[0] === 1 && /out-1/.test(x.data.subarray(1))) &&
+      f.some((x) => x.op === 2 && x.data[0] === 2 && /err-1/.test(x.data.subarray(1))));
+    // a client that drops its connection leaves the shell running; output made meanwhile is replayed
+    r = await fetch(`${ctx.base}/pty/${id}`, { headers: H() });
+    const before = (await r.json()).output_offset;
+    stdin(ws, "sleep 0.3; echo while-away\n");
+    await sleep(50);
+    ws.destroy();
+    await sleep(1000);
+    r = await fetch(`${ctx.base}/pty/${id}`, { headers: H() });
+    st = await r.json();
+    assert.equal(st.running, true);
+    ws = await wsConnect(`${ctx.base}/pty/${id}/ws?since=${before}`, H());
+    await connected(ws);
+    assert.equal(ws.frames[0].data[0], 3);
+    assert.equal(ws.frames[0].data.readBigUInt64BE(1), BigInt(before));
+    assert.match(ws.frames[0].data.subarray(9).toString(), /while-away/);
+    // takeover: the holder is closed with 4001 TAKEN_OVER, the newcomer gets the same shell
+    const taker = await wsConnect(`${ctx.base}/pty/${id}/ws?takeover=1&since=${st.output_offset}`, H());
+    assert.equal(taker.status, 101);
+    assert.deepEqual(await ws.closed, { code: 4001, reason: "TAKEN_OVER" });
+    await connected(taker);
+    assert.equal(taker.frames[0].op, 1); // nothing to replay: connected comes first
+    stdin(taker, "echo same-$$\n");
+    await taker.waitFor((f) => /same-\d+/.test(outputOf(f)));
+    // DELETE kills the shell: the attached client gets the exit frame; the session is gone
+    r = await fetch(`${ctx.base}/pty/${id}`, { method: "DELETE", headers: H() });
+    assert.equal(r.status, 200);
+    assert.equal((await taker.closed).code, 1000);
+    assert.equal(jsonFrames(taker.frames).at(-1).type, "exit");
+    r = await fetch(`${ctx.base}/pty/${id}`, { headers: H() });
+    assert.equal(r.status, 404);
+    r = await fetch(`${ctx.base}/pty/${id}`, { method: "DELETE", headers: H() });
+    assert.equal(r.status, 404);
+  });
+
+  test(`${name}: PTY session with a command; a client close frame and a masked-frame violation`, async () => {
+    const J = { ...H(), "content-type": "application/json" };
+    let r = await fetch(`${ctx.base}/pty`, { method: "POST", headers: J, body: JSON.stringify({ command: "read x; echo got-$x-$((2+3)); exit 7" }) });
+    const { session_id: id } = await r.json();
+    let ws = await wsConnect(`${ctx.base}/pty/${id}/ws`, H());
+    await ws.waitFor((f) => jsonFrames(f).some((j) => j.type === "connected"));
+    ws.sendBinary(Buffer.from("\x00abc\n", "latin1"));
+    assert.deepEqual(await ws.closed, { code: 1000, reason: "process exited" });
+    assert.match(outputOf(ws.frames), /got-abc-5/);
+    assert.deepEqual(jsonFrames(ws.frames).at(-1), { type: "exit", exit_code: 7 });
+    // a new attach starts the command again; the client's close frame is answered and the shell stays
+    ws = await wsConnect(`${ctx.base}/pty/${id}/ws`, H());
+    await ws.waitFor((f) => jsonFrames(f).some((j) => j.type === "connected"));
+    ws.close(1000);
+    assert.equal((await ws.closed).code, 1000);
+    r = await fetch(`${ctx.base}/pty/${id}`, { headers: H() });
+    assert.equal((await r.json()).running, true);
+    // an unmasked client frame is a protocol error: close 1002
+    ws = await wsConnect(`${ctx.base}/pty/${id}/ws`, H());
+    await ws.waitFor((f) => jsonFrames(f).some((j) => j.type === "connected"));
+    ws.sendRaw(Buffer.from([0x82, 0x02, 0x00, 0x41]));
+    assert.equal((await ws.closed).code, 1002);
+    r = await fetch(`${ctx.base}/pty/${id}`, { method: "DELETE", headers: H() });
+    assert.equal(r.status, 200);
   });
 
   test(`${name}: chunked streaming upload of 24 MiB (the SDK's streaming path)`, async () => {

@@ -34,5 +34,6 @@ void suite_lines(void);
 void suite_glob(void);
 void suite_json(void);
 void suite_shell(void);
+void suite_ws(void);
 
 #endif

@@ -82,8 +82,69 @@ static void test_utf8(void)
     buf_free(&b);
 }
 
+/* Selects lines [offset, offset+limit) of `in`, fed in pieces of `step` bytes. */
+static int range(const char *in, size_t step, long long offset, long long limit, struct buf *out)
+{
+    struct line_range r;
+    size_t n = strlen(in), i;
+    int done = 0;
+
+    buf_reset(out);
+    line_range_init(&r, offset, limit);
+    for (i = 0; i < n && !done; i += step)
+        done = line_range_feed(&r, in + i, n - i < step ? n - i : step, out);
+    if (!done)
+        line_range_eof(&r);
+    buf_append(out, "", 0);
+    return (int)r.emitted;
+}
+
+static void test_line_range(void)
+{
+    struct buf b = {0};
+    size_t step;
+
+    for (step = 1; step <= 9; step++) {
+        CHECK(range("l1\nl2\nl3\nl4\n", step, 2, 2, &b) == 2);
+        CHECK_STR(b.data, "l2\nl3");
+        range("l1\nl2\nl3\nl4\n", step, 1, -1, &b); /* no limit: all, no trailing newline */
+        CHECK_STR(b.data, "l1\nl2\nl3\nl4");
+        range("l1\nl2\nlast", step, 2, 10, &b); /* last line without newline */
+        CHECK_STR(b.data, "l2\nlast");
+        CHECK(range("l1\nl2\n", step, 3, 5, &b) == 0); /* offset past EOF: empty */
+        CHECK_STR(b.data, "");
+        CHECK(range("l1\nl2", step, 9, -1, &b) == 0);
+        CHECK_STR(b.data, "");
+        range("a\r\nb\r\nc\r\n", step, 1, 2, &b); /* CRLF: the "\r" goes */
+        CHECK_STR(b.data, "a\nb");
+        range("a\r\nb\r", step, 2, -1, &b); /* "\r" at EOF goes too */
+        CHECK_STR(b.data, "b");
+        range("x\ry\n\r\r\nz\n", step, 1, -1, &b); /* a lone "\r" is content */
+        CHECK_STR(b.data, "x\ry\n\r\nz");
+        CHECK(range("\n\nc\n", step, 1, 3, &b) == 3); /* empty lines count */
+        CHECK_STR(b.data, "\n\nc");
+        range("one\ntwo\n", step, 2, 1, &b);
+        CHECK_STR(b.data, "two");
+    }
+    CHECK(range("", 1, 1, -1, &b) == 0);
+    CHECK_STR(b.data, "");
+    buf_free(&b);
+
+    CHECK(line_param("1") == 1);
+    CHECK(line_param("42") == 42);
+    CHECK(line_param("0") == -1);
+    CHECK(line_param("-3") == -1);
+    CHECK(line_param("+3") == -1);
+    CHECK(line_param("3x") == -1);
+    CHECK(line_param(" 3") == -1);
+    CHECK(line_param("") == -1);
+    CHECK(line_param(NULL) == -1);
+    CHECK(line_param("99999999999999999999999") == -1);
+}
+
 void suite_lines(void)
 {
+    test_line_range();
     test_terminators();
     test_long_line_is_cut();
     test_utf8();

@@ -14,6 +14,7 @@ static const struct {
 } suites[] = {
     {"http", suite_http}, {"multipart", suite_multipart}, {"lines", suite_lines},
     {"glob", suite_glob}, {"json", suite_json},           {"shell", suite_shell},
+    {"ws", suite_ws},
 };
 
 int main(int argc, char **argv)

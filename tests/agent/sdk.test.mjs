@@ -5,13 +5,16 @@
 // SDK's dist/index.js). Two sandboxes are created: a busybox one for most cases and, when the image
 // local/ws-echo:latest exists (tests/images/build-ws-echo.sh), one running tests/backends/ws_echo.c
 // on port 9000 behind the agent's own /proxy/{port}. Both are deleted at the end (run.sh also deletes
-// whatever its server still lists).
+// whatever its server still lists). The agent's 1.x additions are covered here too: uid/gid/envs on
+// commands, listDirectory, line-based reads, and a PTY session driven over a real WebSocket
+// (execd/tests/ws_client.mjs) through the SERVER's proxy.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import crypto from "node:crypto";
 import net from "node:net";
 import { pathToFileURL } from "node:url";
+import { wsConnect, outputOf, jsonFrames } from "../../execd/tests/ws_client.mjs";
 
 const SDK_PATH = process.env.OSB_SDK;
 const URL_ = process.env.OPENSANDBOX_URL;
@@ -297,6 +300,75 @@ describe("agent through the SDK", { timeout: 220000 }, () => {
     assert.ok(count <= 10, `processes left in the sandbox: ${count} (${last})`);
     console.log(`# fork bomb: killed after ${t1 - t0} ms; commands start again after ${Date.now() - t1} ms`);
     await assertAlive("a fork bomb (after)");
+  });
+
+  test("commands with uid/gid/envs (setgid before setuid, supplementary groups cleared); gid alone is a 400", async () => {
+    let exe = await box.commands.run("id -u; id -g; id -G; echo \"$FOO|$PATH\"", { uid: 4242, gid: 4343, envs: { FOO: "bar baz", PATH: "/bin:/usr/bin" } });
+    assert.equal(exe.exitCode, 0, JSON.stringify(exe.error));
+    assert.deepEqual(stdoutOf(exe), ["4242", "4343", "4343", "bar baz|/bin:/usr/bin"]);
+    exe = await box.commands.run("id -u; id -g", { uid: 4242 }); // no passwd entry: gid = uid
+    assert.deepEqual(stdoutOf(exe), ["4242", "4242"]);
+    exe = await box.commands.run("touch /root/x 2>&1 || echo denied", { uid: 4242 });
+    assert.match(stdoutOf(exe).join("\n"), /denied/);
+    // the SDK itself refuses gid without uid before sending; the agent refuses it too (and a bad uid)
+    await assert.rejects(box.commands.run("true", { gid: 4343 }), /uid is required/);
+    for (const body of [{ command: "true", gid: 4343 }, { command: "true", uid: -1 }, { command: "true", uid: "0" }, { command: "true", envs: ["A=1"] }]) {
+      const r = await agentFetch("/command", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+      assert.equal(r.status, 400, JSON.stringify(body));
+      assert.equal((await r.json()).code, "INVALID_REQUEST_BODY");
+    }
+  });
+
+  test("files: listDirectory (depth, lexical order, symlinks not followed) and line-based reads through the endpoint", async () => {
+    const root = `/tmp/ls-${Date.now()}`;
+    await box.commands.run(`mkdir -p ${root}/b/deep ${root}/a && echo x > ${root}/b/f && ln -s /etc ${root}/c && printf 'l1\\r\\nl2\\nl3\\nl4' > ${root}/a/t.txt`);
+    let list = await box.files.listDirectory({ path: root });
+    assert.deepEqual(list.map((e) => [e.path, e.type]), [[`${root}/a`, "directory"], [`${root}/b`, "directory"], [`${root}/c`, "symlink"]]);
+    list = await box.files.listDirectory({ path: root, depth: 2 });
+    assert.deepEqual(list.map((e) => e.path), [`${root}/a`, `${root}/a/t.txt`, `${root}/b`, `${root}/b/deep`, `${root}/b/f`, `${root}/c`]);
+    const f = list.find((e) => e.path === `${root}/b/f`);
+    assert.equal(f.size, 2);
+    assert.equal(typeof f.owner, "string");
+    assert.ok(f.modifiedAt instanceof Date && !Number.isNaN(f.modifiedAt.getTime()));
+    await rejectsWith(box.files.listDirectory({ path: `${root}/c` }), 400); // a symlink path is refused
+    // line-based reads: the SDK (0.1.11) has no line options, so plain fetch at the agent endpoint it resolved
+    let r = await agentFetch(`/files/download?path=${encodeURIComponent(`${root}/a/t.txt`)}&offset=1&limit=2`);
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get("content-type"), "text/plain; charset=utf-8");
+    assert.equal(await r.text(), "l1\nl2");
+    r = await agentFetch(`/files/download?path=${encodeURIComponent(`${root}/a/t.txt`)}&offset=4`);
+    assert.equal(await r.text(), "l4");
+    r = await agentFetch(`/files/download?path=${encodeURIComponent(`${root}/a/t.txt`)}&limit=0`);
+    assert.equal(r.status, 400);
+    assert.equal(await box.files.readFile(`${root}/a/t.txt`), "l1\r\nl2\nl3\nl4"); // without them: the bytes
+    await box.commands.run(`rm -rf ${root}`);
+  });
+
+  test("PTY over WebSocket through the SERVER proxy (/sandboxes/{id}/proxy/44772/pty/{id}/ws)", async () => {
+    const base = `${URL_}/sandboxes/${box.id}/proxy/44772`;
+    const H = { ...execd.headers, "OPEN-SANDBOX-API-KEY": API_KEY };
+    let r = await fetch(`${base}/pty`, { method: "POST", headers: { ...H, "content-type": "application/json" }, body: JSON.stringify({ cwd: "/tmp" }) });
+    assert.equal(r.status, 201, await r.clone().text());
+    const { session_id: id } = await r.json();
+    const ws = await wsConnect(`${base}/pty/${id}/ws`, H);
+    assert.equal(ws.status, 101, ws.body);
+    await ws.waitFor((f) => jsonFrames(f).some((j) => j.type === "connected"));
+    assert.equal(jsonFrames(ws.frames)[0].mode, "pty");
+    ws.sendBinary(Buffer.concat([Buffer.from([0]), Buffer.from("echo via-proxy-$((40+2)); tty; pwd\n")]));
+    await ws.waitFor((f) => /via-proxy-42/.test(outputOf(f)) && /\/dev\/pts\//.test(outputOf(f)) && /\/tmp\r\n/.test(outputOf(f)));
+    ws.sendText(JSON.stringify({ type: "ping" }));
+    await ws.waitFor((f) => jsonFrames(f).some((j) => j.type === "pong"));
+    // a 64 KiB paste arrives whole (stdin back-pressure through two proxies)
+    ws.sendBinary(Buffer.concat([Buffer.from([0]), Buffer.from(`cat > /tmp/paste-${id} <<'EOF'\n` + "p".repeat(1000).concat("\n").repeat(64) + "EOF\nwc -c < /tmp/paste-" + id + "\n")]));
+    await ws.waitFor((f) => /\b64064\b/.test(outputOf(f)), 20000);
+    ws.sendBinary(Buffer.concat([Buffer.from([0]), Buffer.from("exit 5\n")]));
+    assert.deepEqual(await ws.closed, { code: 1000, reason: "process exited" });
+    assert.deepEqual(jsonFrames(ws.frames).at(-1), { type: "exit", exit_code: 5 });
+    r = await fetch(`${base}/pty/${id}`, { headers: H });
+    assert.equal((await r.json()).running, false);
+    r = await fetch(`${base}/pty/${id}`, { method: "DELETE", headers: H });
+    assert.equal(r.status, 200);
+    await assertAlive("a PTY session");
   });
 
   test("the agent's /proxy/{port}: HTTP and a WebSocket to a backend in the sandbox", { skip: !HAVE_WS && `${WS_IMAGE} not found (tests/images/build-ws-echo.sh builds it)` }, async () => {
