@@ -19,6 +19,7 @@ local middleware = require("api.middleware")
 local parse = require("api.parse")
 local respond = require("api.respond")
 local proxy = require("api.proxy")
+local diagnostics = require("api.diagnostics")
 local router = require("api.router")
 local sandboxes = require("api.sandboxes")
 local system = require("api.system")
@@ -80,6 +81,7 @@ function M.new(deps)
         system = sys,
         docs = docs.new(deps),
         proxy = proxy.new(deps),
+        diagnostics = diagnostics.new(deps),
     })
     local keys = deps.keys or middleware.keys_from_config(deps.config)
     local authenticate = middleware.authenticator(keys,

@@ -31,7 +31,7 @@ local M = {}
 local Store = {}
 Store.__index = Store
 
-local SCHEMA_VERSION = 5
+local SCHEMA_VERSION = 6
 
 -- Record fields and their column kinds: "text", "int" (exact 64-bit) or "json" (any JSON value).
 local COLUMNS = {
@@ -55,6 +55,7 @@ local COLUMNS = {
     { "provision", "json" },
     { "nano_cpus", "int" },
     { "memory", "int" },
+    { "transitions", "json" },
 }
 
 -- Each migration brings the schema from version i-1 to version i.
@@ -120,6 +121,11 @@ local MIGRATIONS = {
     {
         "ALTER TABLE sandboxes ADD COLUMN nano_cpus INTEGER",
         "ALTER TABLE sandboxes ADD COLUMN memory INTEGER",
+    },
+    -- 6: the status changes the server saw (model.lua `transitions`: a bounded JSON array), the lifecycle
+    -- events of the diagnostics API. Older rows have none (NULL).
+    {
+        "ALTER TABLE sandboxes ADD COLUMN transitions TEXT",
     },
 }
 

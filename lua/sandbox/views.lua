@@ -192,6 +192,14 @@ function P:proxy_target(id, port, ctx, req)
         addr = checked
     end
     local target = { host = addr.host, port = addr.port, record = rec }
+    -- renew on access (sandbox/access_renew.lua): one compare unless a renewal is due
+    local due = self.renew_due[id]
+    if due then
+        local now = self:now_us()
+        if now >= due then
+            self:access_renew(id, now)
+        end
+    end
     if self.hooks then
         local decision, herr = self.hooks:on_proxy_request(ctx, model.sandbox_view(rec), req or { port = port })
         if herr then
