@@ -175,19 +175,22 @@ local function event_lines(events)
     return lines
 end
 
--- merges two time-ordered event lists (events without a time keep their place after the timed ones before)
+-- both lists in one, ordered by time (stable: equal times keep lifecycle before runtime and their own
+-- order; events without a time go last)
 local function merge(a, b)
-    local out, i, j = {}, 1, 1
-    while i <= #a or j <= #b do
-        local x, y = a[i], b[j]
-        if y == nil or (x ~= nil and (x.at_us or 0) <= (y.at_us or 0)) then
-            out[#out + 1] = x
-            i = i + 1
-        else
-            out[#out + 1] = y
-            j = j + 1
+    local out = {}
+    for _, list in ipairs({ a, b }) do
+        for _, ev in ipairs(list) do
+            out[#out + 1] = { at_us = ev.at_us, text = ev.text, seq = #out + 1 }
         end
     end
+    table.sort(out, function(x, y)
+        local tx, ty = x.at_us or math.maxinteger, y.at_us or math.maxinteger
+        if tx ~= ty then
+            return tx < ty
+        end
+        return x.seq < y.seq
+    end)
     return out
 end
 
@@ -223,9 +226,6 @@ function P:diagnostic_events(id, scope, ctx)
             else
                 return nil, self:runtime_error(err, "SANDBOX::DIAGNOSTICS_FAILED", "read the events of")
             end
-            table.sort(rt, function(x, y)
-                return (x.at_us or 0) < (y.at_us or 0)
-            end)
         end
     end
     local text, cut = P.bounded_text(event_lines(merge(life, rt)), lim.max_bytes)
