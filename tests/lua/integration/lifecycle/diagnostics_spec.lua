@@ -11,9 +11,11 @@ local function path(id, suffix)
     return "/v1/sandboxes/" .. id .. (suffix or "")
 end
 
--- GET a diagnostics descriptor; asserts 200 and the descriptor's shape
+-- GET a diagnostics descriptor; asserts 200 and the descriptor's shape (the admin key by default: servers
+-- without keys ignore it)
 local function diag(srv, id, kind, scope, headers)
-    local res = H.call(srv, "GET", path(id, "/diagnostics/" .. kind .. "?scope=" .. scope), nil, headers)
+    local res = H.call(srv, "GET", path(id, "/diagnostics/" .. kind .. "?scope=" .. scope), nil,
+        headers or { ["OPEN-SANDBOX-API-KEY"] = ADMIN })
     assert.are.equal(200, res.status, res.body)
     local d = res.json
     assert.are.equal(id, d.sandboxId)
@@ -77,20 +79,24 @@ describe("diagnostics #integration #docker", function()
         return H.call(srv, method, p, body, headers or ADM)
     end
 
-    local function create_running(over, headers)
-        local res = call("POST", "/v1/sandboxes", H.body(over), headers)
-        assert.are.equal(202, res.status, res.body)
-        local id = res.json.id
+    -- waits (as the admin) until the sandbox is in `state`
+    local function wait_state(id, state)
         local sb
         for _ = 1, 240 do
-            sb = call("GET", path(id), nil, headers).json
-            if sb and sb.status and sb.status.state ~= "Pending" then
-                break
+            sb = call("GET", path(id)).json
+            if sb and sb.status and sb.status.state == state then
+                return sb
             end
             H.sleep(0.25)
         end
-        assert.are.equal("Running", sb.status.state)
-        return id
+        error("sandbox " .. id .. " never reached " .. state .. ": " .. H.json.encode(sb))
+    end
+
+    local function create_running(over, headers)
+        local res = call("POST", "/v1/sandboxes", H.body(over), headers)
+        assert.are.equal(202, res.status, res.body)
+        wait_state(res.json.id, "Running")
+        return res.json.id
     end
 
     it("gives the container's stdout and stderr, each line marked with its stream", function()
@@ -155,9 +161,9 @@ describe("diagnostics #integration #docker", function()
     it("lists the lifecycle (Pending, Running, pause, resume) and the runtime's events", function()
         local id = create_running()
         assert.are.equal(202, call("POST", path(id, "/pause")).status)
-        H.wait_state(srv, id, "Paused", 10)
+        wait_state(id, "Paused")
         assert.are.equal(202, call("POST", path(id, "/resume")).status)
-        H.wait_state(srv, id, "Running", 10)
+        wait_state(id, "Running")
         local d = diag(srv, id, "events", "lifecycle")
         local order = {}
         for line in d.content:gmatch("[^\n]+") do
@@ -191,7 +197,7 @@ describe("diagnostics #integration #docker", function()
         local res = call("POST", "/v1/sandboxes", H.body({ entrypoint = { "sh", "-c", "sleep 1; exit 3" } }))
         assert.are.equal(202, res.status, res.body)
         local id = res.json.id
-        H.wait_state(srv, id, "Failed", 60)
+        wait_state(id, "Failed")
         local d = diag(srv, id, "events", "all")
         assert.is_true(has(d.content, "lifecycle Failed CONTAINER_EXITED_ERROR: Sandbox container exited with code 3."),
             d.content)
