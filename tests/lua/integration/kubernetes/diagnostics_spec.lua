@@ -21,8 +21,10 @@ local function count_lines(text)
     return n
 end
 
-local function start(sections)
-    local cfg = K.config()
+-- a server with its own instance label (servers of this file do not share each other's pods) and more
+-- configuration sections
+local function start(instance, sections)
+    local cfg = K.config({ instance = instance })
     for k, v in pairs(sections or {}) do
         cfg[k] = v
     end
@@ -61,7 +63,7 @@ describe("kubernetes diagnostics #integration #kubernetes", function()
     end)
 
     it("reads the pod's log (stdout and stderr), bounded by max_log_lines, truncated only when cut", function()
-        local srv = start({ diagnostics = { max_log_lines = 3 } })
+        local srv = start("diag-logs", { diagnostics = { max_log_lines = 3 } })
         local id = K.create(srv, { entrypoint = { "sh", "-c",
             "echo k8s-out-1; echo k8s-err-1 >&2; echo k8s-out-2; exec sleep 600" } })
         K.wait_state(srv, id, "Running", 90)
@@ -80,7 +82,7 @@ describe("kubernetes diagnostics #integration #kubernetes", function()
         assert.are.equal(3, count_lines(d.content))
         assert.is_false(has(d.content, "many-1\n"))
         -- the first sandbox's output fits: not truncated (unless the agent wrote more lines than the bound)
-        local wide = start({ diagnostics = { max_log_lines = 1000 } })
+        local wide = start("diag-wide", { diagnostics = { max_log_lines = 1000 } })
         local w = K.create(wide, { entrypoint = { "sh", "-c", "echo only-line; exec sleep 600" } })
         K.wait_state(wide, w, "Running", 90)
         d = diag_until(wide, w, "logs", "container", function(x)
@@ -90,7 +92,7 @@ describe("kubernetes diagnostics #integration #kubernetes", function()
     end)
 
     it("lists the lifecycle, the pod's Events and an exit's code", function()
-        local srv = start()
+        local srv = start("diag-events")
         local id = K.create(srv)
         K.wait_state(srv, id, "Running", 90)
         local life = diag(srv, id, "events", "lifecycle")
@@ -114,7 +116,7 @@ describe("kubernetes diagnostics #integration #kubernetes", function()
     end)
 
     it("renews on proxy traffic, in the store and the Pod's annotation, once per cooldown", function()
-        local srv = start({ renew_intent = { min_interval_seconds = 4 } })
+        local srv = start("diag-renew", { renew_intent = { min_interval_seconds = 4 } })
         local id = K.create(srv, { timeout = 60, extensions = { ["access.renew.extend.seconds"] = "300" } })
         local before = K.wait_state(srv, id, "Running", 90).expiresAt
         local ep = K.call(srv, "GET", path(id, "/endpoints/44772?use_server_proxy=true")).json
