@@ -192,14 +192,6 @@ function P:proxy_target(id, port, ctx, req)
         addr = checked
     end
     local target = { host = addr.host, port = addr.port, record = rec }
-    -- renew on access (sandbox/access_renew.lua): one compare unless a renewal is due
-    local due = self.renew_due[id]
-    if due then
-        local now = self:now_us()
-        if now >= due then
-            self:access_renew(id, now)
-        end
-    end
     if self.hooks then
         local decision, herr = self.hooks:on_proxy_request(ctx, model.sandbox_view(rec), req or { port = port })
         if herr then
@@ -212,6 +204,15 @@ function P:proxy_target(id, port, ctx, req)
             if rec.expires_us - now < renew * 1e6 / 2 and want > rec.expires_us then
                 self:extend_expiry(id, want)
             end
+        end
+    end
+    -- renew on access (sandbox/access_renew.lua), for traffic the hooks let through: one compare unless a
+    -- renewal is due
+    local due = self.renew_due[id]
+    if due then
+        local now = self:now_us()
+        if now >= due then
+            self:access_renew(id, now)
         end
     end
     return target

@@ -244,6 +244,24 @@ describe("sandbox.service renew on access", function()
         assert.is_nil(env2.svc.renew_last[p])
     end)
 
+    it("does not renew for traffic an on_proxy_request hook refuses", function()
+        local hooks = S.hooks()
+        local env = S.env({ hooks = hooks })
+        local id = env:running(ext(1800))
+        local allow = hooks.on_proxy_request
+        hooks.on_proxy_request = function()
+            return nil, { status = 403, code = "HOOK::REJECTED", message = "no" }
+        end
+        local _, err = env.svc:proxy_target(id, 8080, {})
+        assert.are.equal("no", err.message)
+        env:run()
+        assert.are.equal(S.T0 + 600 * 1000000, env.svc.records[id].expires_us)
+        hooks.on_proxy_request = allow
+        assert(env.svc:proxy_target(id, 8080, {}))
+        env:run()
+        assert.are.equal(S.T0 + 1800 * 1000000, env.svc.records[id].expires_us)
+    end)
+
     it("writes the renewal where the runtime keeps expiries, and skips it when that fails", function()
         local rt = require("runtimes.fake").new({ fake = { keeps_expiry = true } })
         local env = S.env({ runtime = rt })
