@@ -91,7 +91,8 @@ end
 M.MAX_TRANSITIONS = 64
 
 -- Appends a status change to rec.transitions, copying the array (records are never changed in place: the
--- previous record still holds the old one).
+-- previous record still holds the old one). Times never go back in the list: a runtime's time of a change
+-- can be coarser than ours (a Pod's startedAt has whole seconds) and would put Running before Pending.
 local function note_transition(rec, st)
     local old = rec.transitions or {}
     local list = json.array()
@@ -100,6 +101,10 @@ local function note_transition(rec, st)
         list[#list + 1] = old[i]
     end
     local at = math.tointeger(st.transition_us)
+    local prev = old[#old] and math.tointeger(tonumber(old[#old].at))
+    if at and prev and at < prev then
+        at = prev
+    end
     list[#list + 1] = { at = at and string.format("%d", at) or nil, state = st.state, reason = st.reason,
         message = st.message }
     rec.transitions = list

@@ -32,6 +32,11 @@ describe("model transitions", function()
         end
         assert.are.equal(model.MAX_TRANSITIONS, #rec.transitions)
         assert.are.equal("m" .. (model.MAX_TRANSITIONS + 10), rec.transitions[model.MAX_TRANSITIONS].message)
+        -- an earlier time (a runtime's coarser clock) does not go back in the list
+        model.apply_status(rec, model.status("Paused", "P", "p", S.T0))
+        local last = rec.transitions[#rec.transitions]
+        assert.are.equal("p", last.message)
+        assert.are.equal(string.format("%d", S.T0 + 10 + model.MAX_TRANSITIONS + 10), last.at)
     end)
 end)
 
