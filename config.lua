@@ -225,4 +225,24 @@ return {
         -- Prometheus on a private network (e.g. "127.0.0.1:9464"). nil: no second listener.
         listen = nil,
     },
+
+    diagnostics = {
+        -- GET /sandboxes/{id}/diagnostics/logs and /events answer inline text of at most this many bytes
+        -- (the newest are kept; the reply says `truncated: true` when something was cut).
+        max_bytes = 262144,
+        -- Lines of the sandbox container's stdout/stderr asked of the runtime at most (the newest).
+        max_log_lines = 2000,
+        -- Runtime events (Docker's event buffer, Kubernetes Events) asked of the runtime at most (the newest).
+        max_events = 500,
+    },
+
+    renew_intent = {
+        -- Renew on access (upstream OSEP-0009, server proxy mode): a sandbox created with
+        -- extensions = { ["access.renew.extend.seconds"] = "1800" } (300..86400) gets expiresAt = now + 1800
+        -- when a request goes through the server proxy (/sandboxes/{id}/proxy/{port}/...) and that moves
+        -- the expiry later, at most once per min_interval_seconds per sandbox. The new expiry is stored like
+        -- a renew-expiration. false: proxy traffic never renews (the extension is still accepted).
+        enabled = true,
+        min_interval_seconds = 60,
+    },
 }

@@ -20,6 +20,7 @@ local middleware = require("api.middleware")
 local parse = require("api.parse")
 local respond = require("api.respond")
 local proxy = require("api.proxy")
+local diagnostics = require("api.diagnostics")
 local router = require("api.router")
 local sandboxes = require("api.sandboxes")
 local system = require("api.system")
@@ -87,6 +88,7 @@ function M.new(deps)
         docs = docs.new(deps),
         proxy = proxy.new(deps),
         metrics = metrics.new(deps),
+        diagnostics = diagnostics.new(deps),
     })
     local measure = metrics.enabled(deps.config) and deps.now
     local now = deps.now

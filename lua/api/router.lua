@@ -50,6 +50,20 @@ local routes = {
         slash = true,
         summary = "Merge-patch a sandbox's metadata",
     },
+    {
+        "GET",
+        "/sandboxes/{id}/diagnostics/logs",
+        "diagnostics.logs",
+        slash = true,
+        summary = "Get a sandbox's diagnostic logs",
+    },
+    {
+        "GET",
+        "/sandboxes/{id}/diagnostics/events",
+        "diagnostics.events",
+        slash = true,
+        summary = "Get a sandbox's diagnostic events",
+    },
 }
 for _, pattern in ipairs({ "/sandboxes/{id}/proxy/{port}", "/sandboxes/{id}/proxy/{port}/{path*}" }) do
     for _, method in ipairs(PROXY_METHODS) do

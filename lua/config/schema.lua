@@ -119,6 +119,22 @@ M.sections = {
         -- "host:port" ("[v6]:port"): a second listener serving only GET /metrics, without an API key
         listen = { type = "string" },
     },
+    -- GET /sandboxes/{id}/diagnostics/logs and /events (sandbox/diagnostics.lua)
+    diagnostics = {
+        -- bytes of text one reply carries at most (the newest are kept; `truncated` says when cut)
+        max_bytes = { type = "integer", default = 262144, min = 1024, max = 16777216 },
+        -- lines of the container's output asked of the runtime at most (the newest)
+        max_log_lines = { type = "integer", default = 2000, min = 1, max = 1000000 },
+        -- runtime events asked of the runtime at most (the newest)
+        max_events = { type = "integer", default = 500, min = 1, max = 100000 },
+    },
+    -- renew on access (OSEP-0009, server proxy mode): a sandbox created with
+    -- extensions["access.renew.extend.seconds"] = "N" gets expiresAt = now + N when traffic goes through the
+    -- server proxy, at most once per min_interval_seconds (sandbox/access_renew.lua)
+    renew_intent = {
+        enabled = { type = "boolean", default = true },
+        min_interval_seconds = { type = "integer", default = 60, min = 0, max = 86400 },
+    },
 }
 
 return M

@@ -27,6 +27,10 @@
 --   volumes         {volume}? the create request's volumes, normalised (sandbox/volumes.lua; host ones with
 --                   their resolved `source`); nil = none. Removal deletes the pvc ones marked
 --                   deleteOnSandboxTermination that this server created
+--   transitions     {table}? the status changes seen by this server, oldest first, at most MAX_TRANSITIONS:
+--                   { at = "<microseconds, decimal text>", state, reason, message } (the lifecycle events of
+--                   GET /sandboxes/{id}/diagnostics/events; kept in the record's row, so they cost no write
+--                   of their own and go with the record). nil for a record restored from the runtime alone
 --
 --   provision       table?   while Pending: what provisioning needs beyond the fields above, to resume after a
 --                   crash (resume_spec: the runtime object's name, resources); nil once provisioning ended
@@ -86,10 +90,36 @@ function M.status(state, reason, message, at_us)
     return { state = state, reason = reason, message = message, transition_us = at_us }
 end
 
---- Puts a status on a record. lastTransitionAt changes only when the state does. Returns true when the
---- state changed.
+-- how many status changes a record keeps (the oldest go first; the diagnostics say so)
+M.MAX_TRANSITIONS = 64
+
+-- Appends a status change to rec.transitions, copying the array (records are never changed in place: the
+-- previous record still holds the old one). Times never go back in the list: a runtime's time of a change
+-- can be coarser than ours (a Pod's startedAt has whole seconds) and would put Running before Pending.
+local function note_transition(rec, st)
+    local old = rec.transitions or {}
+    local list = json.array()
+    local first = #old >= M.MAX_TRANSITIONS and (#old - M.MAX_TRANSITIONS + 2) or 1
+    for i = first, #old do
+        list[#list + 1] = old[i]
+    end
+    local at = math.tointeger(st.transition_us)
+    local prev = old[#old] and math.tointeger(tonumber(old[#old].at))
+    if at and prev and at < prev then
+        at = prev
+    end
+    list[#list + 1] = { at = at and string.format("%d", at) or nil, state = st.state, reason = st.reason,
+        message = st.message }
+    rec.transitions = list
+end
+
+--- Puts a status on a record (and notes it in rec.transitions when the state, reason or message changes).
+--- lastTransitionAt changes only when the state does. Returns true when the state changed.
 function M.apply_status(rec, st)
     local changed = rec.state ~= st.state
+    if changed or rec.reason ~= st.reason or rec.message ~= st.message then
+        note_transition(rec, st)
+    end
     if changed or rec.transition_us == nil then
         rec.transition_us = st.transition_us
     end

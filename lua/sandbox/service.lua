@@ -11,6 +11,8 @@
 --   sandbox/expiry.lua        expiry timers and the periodic sweep (§6.3)
 --   sandbox/reconcile.lua     reconciliation with the runtime, adoption, runtime changes (§6.3, §6.5)
 --   sandbox/views.lua         reads, encoded views, endpoints and the proxy target (§2.2, §2.3, §7)
+--   sandbox/access_renew.lua  renew on access through the server proxy (OSEP-0009)
+--   sandbox/diagnostics.lua   the diagnostics API: logs and events of a sandbox
 --
 -- Concurrency model: every public method runs in the calling request's task and may yield (runtime calls,
 -- lock waits). Mutations of one sandbox take its lock; reads (get, list) never do and are served from
@@ -37,7 +39,7 @@ local Service = {}
 Service.__index = Service
 
 local PARTS = { "sandbox.state", "sandbox.provisioning", "sandbox.operations", "sandbox.expiry",
-    "sandbox.reconcile", "sandbox.views" }
+    "sandbox.reconcile", "sandbox.views", "sandbox.access_renew", "sandbox.diagnostics" }
 for _, name in ipairs(PARTS) do
     for k, fn in pairs(require(name)) do
         assert(Service[k] == nil, "sandbox.service: " .. name .. " defines " .. k .. " twice")
@@ -70,6 +72,8 @@ function M.new(deps)
     self.timers = {} -- id -> timer handle
     self.removing = {} -- handle -> true while we remove it ourselves
     self.unsaved = {} -- id -> true: memory is ahead of the store (a fact whose store write failed)
+    self.renew_due = {} -- id -> when renew on access is next due (us; sandbox/access_renew.lua)
+    self.renew_last = {} -- id -> the last renew-on-access attempt (us)
     self.available = false -- runtime reachable and reconciled
     self.restored = false -- the start-up restoration (§6.5) has run
     self.unavailable_reason = "not checked yet"

@@ -48,6 +48,7 @@ end
 function P:set_record(id, rec)
     self.records[id] = rec
     self.counters:update(id, rec)
+    self:renew_policy(id, rec)
 end
 
 --- What the live sandboxes matching `filter` use (sandbox/counters.lua; opensandbox.usage of the hooks):

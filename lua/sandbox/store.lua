@@ -32,7 +32,7 @@ local M = {}
 local Store = {}
 Store.__index = Store
 
-local SCHEMA_VERSION = 6
+local SCHEMA_VERSION = 7
 
 -- Record fields and their column kinds: "text", "int" (exact 64-bit) or "json" (any JSON value).
 local COLUMNS = {
@@ -57,6 +57,7 @@ local COLUMNS = {
     { "nano_cpus", "int" },
     { "memory", "int" },
     { "volumes", "json" },
+    { "transitions", "json" },
 }
 
 -- Each migration brings the schema from version i-1 to version i.
@@ -134,6 +135,11 @@ local MIGRATIONS = {
             sandbox_id TEXT NOT NULL,        -- the sandbox whose create made it
             created_us INTEGER NOT NULL
         )]],
+    },
+    -- 7: the status changes the server saw (model.lua `transitions`: a bounded JSON array), the lifecycle
+    -- events of the diagnostics API. Older rows have none (NULL).
+    {
+        "ALTER TABLE sandboxes ADD COLUMN transitions TEXT",
     },
 }
 

@@ -206,6 +206,15 @@ function P:proxy_target(id, port, ctx, req)
             end
         end
     end
+    -- renew on access (sandbox/access_renew.lua), for traffic the hooks let through: one compare unless a
+    -- renewal is due
+    local due = self.renew_due[id]
+    if due then
+        local now = self:now_us()
+        if now >= due then
+            self:access_renew(id, now)
+        end
+    end
     return target
 end
 

@@ -712,4 +712,7 @@ function Docker:proxy_check(rec, port, addr)
     return nil, why
 end
 
+-- the optional diagnostics of the contract (docker/diagnostics.lua)
+require("runtimes.docker.diagnostics")(Docker)
+
 return M

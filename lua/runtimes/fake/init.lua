@@ -13,6 +13,8 @@
 --                                    yield (so specs can change the service meanwhile)
 --   rt.calls                         every call, as "method id-or-handle" strings ("take handle" when a
 --                                    provision took an object an interrupted one had made)
+--   rt:write(handle, line)           a line of the sandbox's output (diagnostic_logs)
+--   rt:event(handle, at_us, text)    a runtime event of the sandbox (diagnostic_events)
 --   rt.crash_after = step            the next provisionings stop for good after "image", "create" or
 --                                    "start" (a server killed there); rt.pulls, rt.starts count steps done
 -- watch() returns at once with "unavailable" unless `rt.wait` (a function that yields until more changes
@@ -339,7 +341,55 @@ function Fake.address(_, rec, port, from)
 end
 
 ---------------------------------------------------------------------------------------------------------
+-- diagnostics (optional methods of the contract)
+
+--- The newest `lim.max_lines` lines the object wrote (truncated when it wrote more).
+function Fake:diagnostic_logs(rec, lim)
+    local err = self:_call("diagnostic_logs", rec.handle)
+    if err then
+        return nil, err
+    end
+    local obj = self.objects[rec.handle]
+    if not obj then
+        return nil, rterrors.new("not_found", "no object " .. tostring(rec.handle))
+    end
+    local out = obj.output or {}
+    local first = math.max(1, #out - lim.max_lines + 1)
+    return { lines = table.move(out, first, #out, 1, {}), truncated = first > 1 }
+end
+
+--- The newest `lim.max_events` events of the object.
+function Fake:diagnostic_events(rec, lim)
+    local err = self:_call("diagnostic_events", rec.handle)
+    if err then
+        return nil, err
+    end
+    local obj = self.objects[rec.handle]
+    if not obj then
+        return nil, rterrors.new("not_found", "no object " .. tostring(rec.handle))
+    end
+    local evs = obj.events or {}
+    local first = math.max(1, #evs - lim.max_events + 1)
+    return { events = table.move(evs, first, #evs, 1, {}), truncated = first > 1,
+        warnings = obj.event_warnings }
+end
+
+---------------------------------------------------------------------------------------------------------
 -- what specs drive from outside
+
+--- Adds a line to what the object wrote (its stdout/stderr).
+function Fake:write(handle, line)
+    local obj = assert(self.objects[handle], "fake: no object " .. tostring(handle))
+    obj.output = obj.output or {}
+    obj.output[#obj.output + 1] = line
+end
+
+--- Adds a runtime event of the object.
+function Fake:event(handle, at_us, text)
+    local obj = assert(self.objects[handle], "fake: no object " .. tostring(handle))
+    obj.events = obj.events or {}
+    obj.events[#obj.events + 1] = { at_us = at_us, text = text }
+end
 
 --- Changes an object's status (as if the sandbox exited, was paused by someone else, ...) and reports it.
 function Fake:set_status(handle, state, reason, message)

@@ -198,7 +198,8 @@ function Api:_token()
 end
 
 --- Sends one request (rate limited). opts = { body = table (JSON) | string, content_type, timeout,
---- on_data }. Returns the response { status, headers, body } or nil and an "unavailable" error.
+--- on_data, accept (the Accept header; default application/json) }. Returns the response { status,
+--- headers, body } or nil and an "unavailable" error.
 --- A 401 with a token from a file (a rotated, revoked or replaced token) has the file read again at once;
 --- when that gives another token, a request without on_data is sent once more with it.
 function Api:request(method, path, opts)
@@ -224,7 +225,7 @@ function Api:_send(method, path, opts)
     else
         self.reads:take()
     end
-    local headers = { Accept = "application/json" }
+    local headers = { Accept = opts.accept or "application/json" }
     local token = self:_token()
     if token then
         headers.Authorization = "Bearer " .. token

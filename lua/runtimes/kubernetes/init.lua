@@ -244,6 +244,7 @@ end
 
 -- provisioning (provision.lua): the agent ConfigMap, the pull Secret, the pod, the wait until it runs
 require("runtimes.kubernetes.provision")(Kube, M, { status = status })
+require("runtimes.kubernetes.diagnostics")(Kube) -- the optional diagnostics of the contract
 
 ------------------------------------------------------------------------------------------------------------
 -- operations on a provisioned sandbox (rec.handle is the pod's name)

@@ -6,7 +6,6 @@ import pytest
 from opensandbox.exceptions import SandboxException
 from opensandbox.models.filesystem import DirectoryListEntry, WriteEntry
 
-pytestmark = pytest.mark.pending_feature
 BASE = "/tmp/conf-lines"
 
 

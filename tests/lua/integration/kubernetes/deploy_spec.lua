@@ -114,6 +114,12 @@ describe("kubernetes: the server deployed in the cluster #integration #kubernete
             K.sleep(0.1)
         end
         assert.is_true(answered, "the agent did not answer through the in-cluster server's proxy")
+        -- diagnostics with the Role of rbac.yaml (pods/log get, events list)
+        local logs = K.call(srv, "GET", "/v1/sandboxes/" .. id .. "/diagnostics/logs?scope=container")
+        assert.are.equal(200, logs.status, logs.body)
+        local evs = K.call(srv, "GET", "/v1/sandboxes/" .. id .. "/diagnostics/events?scope=runtime")
+        assert.are.equal(200, evs.status, evs.body)
+        assert.truthy(evs.json.content:find("kubernetes Normal Scheduled", 1, true), evs.body)
         assert.are.equal(204, K.call(srv, "DELETE", "/v1/sandboxes/" .. id).status)
         local gone = false
         for _ = 1, 150 do

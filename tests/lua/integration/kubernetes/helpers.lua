@@ -66,6 +66,13 @@ function K.start(over, opts)
     return H.start(opts)
 end
 
+--- A server with a whole configuration (K.config() plus other sections) on the test cluster.
+function K.start_with(cfg, opts)
+    opts = opts or {}
+    opts.config = cfg
+    return H.start(opts)
+end
+
 --- The pod of a sandbox as JSON, or nil when there is none.
 function K.pod(id)
     local out, ok = K.kubectl("-n " .. K.namespace() .. " get pod sandbox-" .. id .. " -o json")

@@ -74,7 +74,7 @@ function F.service(answers)
         end
     end
     for _, name in ipairs({ "create", "get", "list", "delete", "pause", "resume", "renew", "endpoint",
-        "patch_metadata", "proxy_target", "proxy_token" }) do
+        "patch_metadata", "proxy_target", "proxy_token", "diagnostic_logs", "diagnostic_events" }) do
         svc[name] = method(name)
     end
     return svc

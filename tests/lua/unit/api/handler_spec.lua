@@ -304,6 +304,38 @@ describe("api handler", function()
             s = call(deps, { method = "PATCH", path = "/v1/sandboxes/x/metadata", body = "null", headers = KEY })
             assert.equal(400, s)
         end)
+
+        it("diagnostics: checks the scope, then asks the service with the caller's context", function()
+            local d = { sandboxId = "x", kind = "logs", scope = "container", delivery = "inline",
+                contentType = "text/plain; charset=utf-8", content = "a\n", contentLength = 2, truncated = false }
+            deps.service = F.service({ diagnostic_logs = d, diagnostic_events = d })
+            local s, _, _, v = call(deps, { path = "/v1/sandboxes/x/diagnostics/logs", query = "scope=container",
+                headers = KEY })
+            assert.equal(200, s)
+            assert.same(d, v)
+            local c = deps.service.calls[1]
+            assert.equal("diagnostic_logs", c.name)
+            assert.equal("x", c.args[1])
+            assert.equal("container", c.args[2])
+            assert.equal("default", c.args[3].principal)
+            s = call(deps, { path = "/sandboxes/x/diagnostics/events/", query = "scope=all", headers = KEY })
+            assert.equal(200, s)
+            assert.equal("diagnostic_events", deps.service.calls[2].name)
+            assert.equal("all", deps.service.calls[2].args[2])
+            -- scope missing, empty, unknown, or not one of this kind's: 400 and no service call
+            for _, q in ipairs({ "", "scope=", "scope=network", "scope=lifecycle" }) do
+                local b
+                s, _, b = call(deps, { path = "/v1/sandboxes/x/diagnostics/logs", query = q, headers = KEY })
+                assert.equal(400, s, q)
+                assert.equal("SANDBOX::INVALID_PARAMETER", json.decode(b).code)
+            end
+            s = call(deps, { path = "/v1/sandboxes/x/diagnostics/events", query = "scope=container", headers = KEY })
+            assert.equal(400, s)
+            assert.equal(2, #deps.service.calls)
+            -- auth like every lifecycle route
+            s = call(deps, { path = "/v1/sandboxes/x/diagnostics/logs", query = "scope=container" })
+            assert.equal(401, s)
+        end)
     end)
 end)
 

@@ -45,7 +45,7 @@ describe("api.router", function()
             "/pools",
             "/v1/pools/p1",
             "/sandboxes/abc/snapshots",
-            "/v1/sandboxes/abc/diagnostics/logs",
+            "/v1/sandboxes/abc/diagnostics/inspect",
             "/sandboxes//pause",
         }) do
             assert.same({ nil, "not_found" }, { router.match("GET", p) }, p)

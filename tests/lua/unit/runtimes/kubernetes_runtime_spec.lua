@@ -877,3 +877,68 @@ describe("kubernetes runtime: collecting orphaned ConfigMaps and Secrets", funct
         assert.is_true(rt.agent_ready["opensandbox-agent-abc"])
     end)
 end)
+
+describe("kubernetes runtime: diagnostics", function()
+    local REC = { id = ID, handle = POD, created_us = CREATED_US }
+
+    it("reads the pod's log with tailLines one above max_lines and limitBytes, truncated only when cut", function()
+        local k = fake_kube.new()
+        local rt = connected(k)
+        k:on("GET", "/pods/" .. lit(POD) .. "/log%?", { body = "2026-01-01T00:00:01Z one\n2026-01-01T00:00:02Z two\n" })
+        local res = assert(rt:diagnostic_logs(REC, { max_lines = 2, max_bytes = 1024 }))
+        assert.are.same({ "2026-01-01T00:00:01Z one", "2026-01-01T00:00:02Z two" }, res.lines)
+        assert.is_false(res.truncated)
+        assert.are.same({ "GET " .. NS .. "/pods/" .. POD .. "/log?container=sandbox&timestamps=true&tailLines=3"
+            .. "&limitBytes=4096" }, paths(k))
+        assert.matches("text/plain", k.requests[1].headers.Accept, 1, true)
+        k:on("GET", "/pods/" .. lit(POD) .. "/log%?", { body = "a\nb\nc\n" })
+        res = assert(rt:diagnostic_logs(REC, { max_lines = 2, max_bytes = 1024 }))
+        assert.are.same({ "b", "c" }, res.lines)
+        assert.is_true(res.truncated)
+        -- a container that has not started: no lines, the apiserver's reason as a warning
+        k:on("GET", "/pods/" .. lit(POD) .. "/log%?", { status = 400, json = { kind = "Status",
+            message = 'container "sandbox" in pod is waiting to start: ContainerCreating' } })
+        res = assert(rt:diagnostic_logs(REC, { max_lines = 2, max_bytes = 1024 }))
+        assert.are.same({}, res.lines)
+        assert.matches("waiting to start", res.warnings[1], 1, true)
+        k:on("GET", "/pods/" .. lit(POD) .. "/log%?", { status = 404,
+            json = { kind = "Status", message = "not found" } })
+        local _, err = rt:diagnostic_logs(REC, { max_lines = 2, max_bytes = 1024 })
+        assert.are.equal("not_found", err.kind)
+    end)
+
+    it("lists the pod's Events by time and the container's state", function()
+        local k = fake_kube.new()
+        local rt = connected(k)
+        k:on("GET", "/events%?", { json = { items = {
+            { type = "Normal", reason = "Started", message = "Started container sandbox",
+              lastTimestamp = "2026-01-01T00:00:03Z" },
+            { type = "Normal", reason = "Scheduled", message = "Successfully assigned",
+              eventTime = "2026-01-01T00:00:01.000000Z" },
+            { type = "Warning", reason = "BackOff", message = "Back-off", lastTimestamp = "2026-01-01T00:00:05Z",
+              count = 3 },
+        } } })
+        k:on("GET", "/pods/" .. lit(POD) .. "$", { json = { status = { containerStatuses = { { name = "sandbox",
+            restartCount = 0, state = { terminated = { exitCode = 137, reason = "OOMKilled",
+            finishedAt = "2026-01-01T00:00:09Z" } } } } } } })
+        local res = assert(rt:diagnostic_events(REC, { max_events = 10 }))
+        assert.are.equal("GET " .. NS .. "/events?fieldSelector=involvedObject.kind%3DPod%2CinvolvedObject.name%3D"
+            .. POD, paths(k)[1])
+        local texts = {}
+        for _, e in ipairs(res.events) do
+            texts[#texts + 1] = e.text
+        end
+        assert.are.same({ "kubernetes Normal Scheduled Successfully assigned",
+            "kubernetes Normal Started Started container sandbox", "kubernetes Warning BackOff Back-off (x3)",
+            "kubernetes state: container terminated with exit code 137 (OOMKilled): out of memory" }, texts)
+        assert.is_false(res.truncated)
+        assert.is_nil(res.warnings)
+        -- the newest max_events; a list without the Scheduled event warns of the apiserver's retention
+        res = assert(rt:diagnostic_events(REC, { max_events = 1 }))
+        assert.is_true(res.truncated)
+        assert.are.equal("kubernetes Warning BackOff Back-off (x3)", res.events[1].text)
+        k:on("GET", "/events%?", { json = { items = {} } })
+        res = assert(rt:diagnostic_events(REC, { max_events = 1 }))
+        assert.matches("event%-ttl", res.warnings[1])
+    end)
+end)

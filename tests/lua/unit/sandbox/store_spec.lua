@@ -36,6 +36,10 @@ local function full_record(id, created)
         access_token = string.rep("ab", 32),
         failed_us = nil,
         principal = "team-a",
+        transitions = {
+            { at = "1767225600000001", state = "Pending", reason = "CONTAINER_STARTING", message = "starting" },
+            { at = "1767225600000002", state = "Running", reason = "CONTAINER_RUNNING", message = "running" },
+        },
     }
 end
 
@@ -347,7 +351,7 @@ describe("sandbox.store", function()
         assert.is_nil(rows.container_id)
         assert.is_nil(rows.host_ports)
         assert.is_true(rows.handle and rows.place)
-        assert.equal(6, store.SCHEMA_VERSION)
+        assert.equal(7, store.SCHEMA_VERSION)
         -- version 3: a migrated store gets an identity at its first use, like a new one
         assert.is_nil(s:meta("server_identity"))
         assert.equal("id-1", s:identity(function() return "id-1" end))
