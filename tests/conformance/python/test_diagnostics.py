@@ -1,4 +1,4 @@
-"""Diagnostics (issue 17; pending_feature until the diagnostics branch is merged): the container's output
+"""Diagnostics (issue 17, diagnostic-api.yml): the container's output
 as `logs` (scope container) and the sandbox's transitions as `events` (scope lifecycle)."""
 
 import time
@@ -6,8 +6,6 @@ from datetime import timedelta
 
 import pytest
 from opensandbox.exceptions import SandboxApiException
-
-pytestmark = pytest.mark.pending_feature
 
 
 def test_logs_and_events(make_sandbox, manager):
