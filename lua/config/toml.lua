@@ -47,8 +47,8 @@ local EGRESS = "networkPolicy (the egress sidecar) is not supported by this serv
     .. "is refused with 400"
 local NOT_PODS = "this server runs one plain Pod per sandbox (no BatchSandbox, agent-sandbox or fast-sandbox "
     .. "resources); pod settings go in kubernetes.pod_template_file"
-local RENEW = "no server switch here: renew on access is asked per sandbox with "
-    .. 'extensions["access.renew.extend.seconds"] (through the server proxy)'
+local RENEW = "renew on access works through the server proxy: a sandbox asks for it with "
+    .. 'extensions["access.renew.extend.seconds"]'
 
 -- Rules, per upstream section and key:
 --   to = "section.key"        the value becomes that key of ours (checked by the schema)
@@ -101,8 +101,8 @@ local RULES = {
         export_interval_millis = { ignore = "OpenTelemetry metrics are not exported by this server" },
     },
     renew_intent = {
-        enabled = { ignore = RENEW },
-        min_interval_seconds = { ignore = RENEW },
+        enabled = { to = "renew_intent.enabled" },
+        min_interval_seconds = { to = "renew_intent.min_interval_seconds" },
         redis = { ignore = "no Redis renew-intent consumer here (" .. RENEW .. ")" },
     },
     runtime = {

@@ -95,9 +95,13 @@ describe("TOML configuration: upstream's examples", function()
         assert.is_nil(cfg.docker.seccomp_profile)
         assert.equal("/home/u/.opensandbox/opensandbox.db", cfg.store.path)
         for _, key in ipairs({ "docker.port_range_min", "docker.port_range_max", "egress.image", "egress.mode",
-            "egress.readiness_timeout_seconds", "renew_intent.enabled", "renew_intent.min_interval_seconds" }) do
+            "egress.readiness_timeout_seconds" }) do
             assert.is_true(has(w, key .. ": ignored: "), key .. " not warned about:\n" .. table.concat(w, "\n"))
         end
+        -- renew on access maps onto ours (upstream's example turns it off)
+        assert.is_false(cfg.renew_intent.enabled)
+        assert.equal(60, cfg.renew_intent.min_interval_seconds)
+        assert.is_false(has(w, "renew_intent.enabled"))
         -- what this server does anyway is accepted silently
         for _, key in ipairs({ "proxy.resolve_internal", "ingress.mode", "store.type", "log.level", "server.port" }) do
             assert.is_false(has(w, key), key)
