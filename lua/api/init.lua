@@ -21,6 +21,7 @@ local respond = require("api.respond")
 local proxy = require("api.proxy")
 local router = require("api.router")
 local sandboxes = require("api.sandboxes")
+local snapshots = require("api.snapshots")
 local system = require("api.system")
 
 local M = {}
@@ -77,6 +78,7 @@ function M.new(deps)
     local sys = system.new(deps)
     local bound = bind_routes({
         sandboxes = sandboxes.new(deps),
+        snapshots = snapshots.new(deps),
         system = sys,
         docs = docs.new(deps),
         proxy = proxy.new(deps),

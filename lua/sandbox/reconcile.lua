@@ -31,6 +31,7 @@ function P:adopt(obs)
         principal = s.principal,
         nano_cpus = s.nano_cpus,
         memory = s.memory,
+        snapshot_id = s.snapshot_id,
     }
     local st = obs.status
     model.apply_status(rec, model.status(st.state, st.reason, st.message, st.at_us or s.created_us))

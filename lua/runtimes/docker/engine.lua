@@ -616,5 +616,6 @@ local util = { urlencode = urlencode, seg = seg, decode_body = decode_body, http
     docker_message = docker_message, OK200 = OK200, line_failure = line_failure }
 require("runtimes.docker.images")(Adapter, M, util)
 require("runtimes.docker.volumes")(Adapter, M, util)
+require("runtimes.docker.snapshots")(Adapter, M, util)
 
 return M
