@@ -470,8 +470,8 @@ describe("sandbox.validate.create", function()
         end)
 
         it("refuses malformed ids, both sources, and a bad entrypoint", function()
-            local function bad(body, message)
-                local spec, err = validate.create(assert(json.decode(body)), OPTS)
+            local function bad(text, message)
+                local spec, err = validate.create(assert(json.decode(text)), OPTS)
                 assert.is_nil(spec)
                 assert_error(400, "SANDBOX::INVALID_PARAMETER", message, nil, err)
             end
