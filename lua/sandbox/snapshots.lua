@@ -128,6 +128,7 @@ function P:commit_snapshot(snap, fact)
             return nil, self:store_error(err)
         end
         self.snapshots_unsaved[snap.id] = true
+        self:arm_snapshot_retry()
     else
         self.snapshots_unsaved[snap.id] = nil
     end

@@ -358,3 +358,27 @@ describe("sandbox.snapshots after a restart", function()
         assert.is_nil(env.rt.snapshot_images["fake-snapshots:" .. sid])
     end)
 end)
+
+describe("sandbox.snapshots and the store", function()
+    it("refuses a snapshot with 503 when the store cannot take it; writes a capture's outcome later", function()
+        local env = S.env()
+        local id = env:running(S.spec(), ALICE)
+        env.store.full = true
+        local snap, err = env:op("create_snapshot", id, {}, ALICE)
+        assert.is_nil(snap)
+        assert.are.equal(503, err.status)
+        assert.are.equal("STORE::UNAVAILABLE", err.code)
+        assert.are.same({}, env.svc.snapshots)
+        assert.is_false(env.svc.locks[id]:busy())
+        env.store.full = false
+        local sid = assert(env:op("create_snapshot", id, {}, ALICE)).id
+        env.store.full = true
+        env:run()
+        -- the capture happened: memory says Ready, the store catches up when it has room
+        assert.are.equal("Ready", env.svc.snapshots[sid].state)
+        assert.are.equal("Creating", env.store.snaps[sid].state)
+        env.store.full = false
+        env:advance(5)
+        assert.are.equal("Ready", env.store.snaps[sid].state)
+    end)
+end)
