@@ -449,8 +449,10 @@ start_comp() { # name binary args...
     {
         echo "==== $(date -u +%FT%TZ) $exe $*"
     } >>"$LOGS/$name.log"
-    # own session (no signals from the caller's terminal), no inherited stdout/lock fd
-    setsid "$exe" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 3>&- 9>&- &
+    # own session (no signals from the caller's terminal), no inherited descriptors beyond 0-2: a caller run
+    # under `flock LOCK cmd` (or two nested ones) has its locks on 3, 4, ...; a component that kept one held
+    # the lock for as long as the cluster ran (it happened: every later test waited on it)
+    setsid "$exe" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
     local pid=$! i argv0
     echo "$pid $exe" >"$(pidfile "$name")"
     # until setsid has exec'd the component, /proc/$pid/cmdline still says setsid (and comp_pid would take
