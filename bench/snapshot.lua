@@ -72,7 +72,8 @@ end
 -- raw: docker commit of the same container, not paused (as ours)
 local function raw_commit(cid, i)
     local t0 = core.monotonic()
-    local res = docker("POST", "/commit?container=" .. cid .. "&repo=" .. RAW_REPO .. "&tag=" .. i .. "&pause=false", {})
+    local res = docker("POST", "/commit?container=" .. cid .. "&repo=" .. RAW_REPO .. "&tag=" .. i
+        .. "&pause=false", {})
     assert(res.status == 201, res.body)
     local ms = (core.monotonic() - t0) * 1000
     raw_images[#raw_images + 1] = RAW_REPO .. ":" .. i
