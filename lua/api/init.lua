@@ -23,6 +23,7 @@ local proxy = require("api.proxy")
 local diagnostics = require("api.diagnostics")
 local router = require("api.router")
 local sandboxes = require("api.sandboxes")
+local snapshots = require("api.snapshots")
 local system = require("api.system")
 
 local M = {}
@@ -84,6 +85,7 @@ function M.new(deps)
     local sys = system.new(deps)
     local bound = bind_routes({
         sandboxes = sandboxes.new(deps),
+        snapshots = snapshots.new(deps),
         system = sys,
         docs = docs.new(deps),
         proxy = proxy.new(deps),

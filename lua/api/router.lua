@@ -64,6 +64,16 @@ local routes = {
         slash = true,
         summary = "Get a sandbox's diagnostic events",
     },
+    {
+        "POST",
+        "/sandboxes/{id}/snapshots",
+        "snapshots.create",
+        slash = true,
+        summary = "Create a snapshot of a running sandbox",
+    },
+    { "GET", "/snapshots", "snapshots.list", slash = true, summary = "List snapshots" },
+    { "GET", "/snapshots/{id}", "snapshots.get", slash = true, summary = "Get a snapshot" },
+    { "DELETE", "/snapshots/{id}", "snapshots.delete", slash = true, summary = "Delete a snapshot" },
 }
 for _, pattern in ipairs({ "/sandboxes/{id}/proxy/{port}", "/sandboxes/{id}/proxy/{port}/{path*}" }) do
     for _, method in ipairs(PROXY_METHODS) do

@@ -494,6 +494,7 @@ function Hooks:before_create(ctx, spec)
         return nil, err
     end
     work.image = image
+    work.snapshot_id = spec.snapshot_id -- (like the image: the startup source is the request's)
     return work
 end
 

@@ -31,6 +31,8 @@
 --                   { at = "<microseconds, decimal text>", state, reason, message } (the lifecycle events of
 --                   GET /sandboxes/{id}/diagnostics/events; kept in the record's row, so they cost no write
 --                   of their own and go with the record). nil for a record restored from the runtime alone
+--   snapshot_id     string?  the snapshot the sandbox was created from (sandbox/snapshots.lua); its view then
+--                   shows `snapshotId` instead of `image` (image_uri is the snapshot's artifact)
 --
 --   provision       table?   while Pending: what provisioning needs beyond the fields above, to resume after a
 --                   crash (resume_spec: the runtime object's name, resources); nil once provisioning ended
@@ -141,6 +143,7 @@ function M.new_record(id, spec, now_us)
         nano_cpus = spec.nano_cpus,
         memory = spec.memory,
         volumes = spec.volumes and #spec.volumes > 0 and spec.volumes or nil,
+        snapshot_id = spec.snapshot_id,
     }
     M.apply_status(rec, M.status(M.STATE.PENDING, M.REASON.CONTAINER_STARTING, M.MESSAGE.STARTING, now_us))
     return rec
@@ -196,7 +199,8 @@ end
 function M.sandbox_view(rec)
     return {
         id = rec.id,
-        image = { uri = rec.image_uri },
+        image = not rec.snapshot_id and { uri = rec.image_uri } or nil,
+        snapshotId = rec.snapshot_id,
         platform = rec.platform and { os = rec.platform.os, arch = rec.platform.arch } or nil,
         status = status_view(rec),
         metadata = rec.metadata or {},
@@ -206,10 +210,11 @@ function M.sandbox_view(rec)
     }
 end
 
---- The 202 body of create (`CreateSandboxResponse`, §2.1): like the Sandbox, without `image`.
+--- The 202 body of create (`CreateSandboxResponse`, §2.1): like the Sandbox, without `image` (or
+--- `snapshotId`: the startup source is not part of the create response).
 function M.create_view(rec)
     local v = M.sandbox_view(rec)
-    v.image = nil
+    v.image, v.snapshotId = nil, nil
     return v
 end
 

@@ -64,6 +64,11 @@ function P:create(spec, ctx)
     if not ok then
         return nil, err
     end
+    -- a snapshotId becomes the snapshot's image (sandbox/snapshots.lua); the hooks see both
+    ok, err = self:resolve_source(spec, ctx)
+    if not ok then
+        return nil, err
+    end
     if self.hooks then
         local hspec, herr = self.hooks:before_create(ctx, spec)
         if not hspec then
@@ -85,6 +90,12 @@ function P:create(spec, ctx)
     -- restart, even after kill -9, resumes it. The secrets first: a crash between the two writes leaves
     -- sealed secrets without a record, which load() deletes; never a record that cannot be resumed.
     rec.provision = model.resume_spec(spec, name)
+    if spec.snapshot_id then -- (the hooks may have yielded: deleted meanwhile?)
+        ok, err = self:snapshot_ready(spec.snapshot_id)
+        if not ok then
+            return nil, err
+        end
+    end
     local sealed, serr = self.store:seal(id, { env = spec.env or {}, auth = spec.image.auth })
     if not sealed then
         self.log.error("store write failed", { sandbox_id = id, error = tostring(serr) })
@@ -188,6 +199,7 @@ function P:resume_provisioning()
                 gpu = p.gpu,
                 platform = rec.platform,
                 volumes = rec.volumes,
+                snapshot_id = rec.snapshot_id,
             }
             self.log.info("resuming interrupted provisioning", { sandbox_id = id })
             self:start_provisioning(id, spec, p.name)
@@ -210,6 +222,7 @@ function P:provision(id, spec, name)
         principal = rec.principal,
         platform = rec.platform,
         access_token = rec.access_token,
+        snapshot_id = rec.snapshot_id,
     }
     -- a private image needs proof of access from this principal (sandbox.image_access)
     local verify, repo, aerr = image_access.must_verify(self.store, rec.principal, spec)

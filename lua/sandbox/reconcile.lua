@@ -50,6 +50,7 @@ function P:adopt(obs)
         nano_cpus = s.nano_cpus,
         memory = s.memory,
         volumes = s.volumes,
+        snapshot_id = s.snapshot_id,
     }
     self:adopt_volumes(rec)
     local st = obs.status

@@ -13,6 +13,7 @@
 --   sandbox/views.lua         reads, encoded views, endpoints and the proxy target (§2.2, §2.3, §7)
 --   sandbox/access_renew.lua  renew on access through the server proxy (OSEP-0009)
 --   sandbox/diagnostics.lua   the diagnostics API: logs and events of a sandbox
+--   sandbox/snapshots.lua     snapshots: capture, list, delete, create-from-snapshot, restart recovery
 --
 -- Concurrency model: every public method runs in the calling request's task and may yield (runtime calls,
 -- lock waits). Mutations of one sandbox take its lock; reads (get, list) never do and are served from
@@ -39,7 +40,7 @@ local Service = {}
 Service.__index = Service
 
 local PARTS = { "sandbox.state", "sandbox.provisioning", "sandbox.operations", "sandbox.expiry",
-    "sandbox.reconcile", "sandbox.views", "sandbox.access_renew", "sandbox.diagnostics" }
+    "sandbox.reconcile", "sandbox.views", "sandbox.access_renew", "sandbox.diagnostics", "sandbox.snapshots" }
 for _, name in ipairs(PARTS) do
     for k, fn in pairs(require(name)) do
         assert(Service[k] == nil, "sandbox.service: " .. name .. " defines " .. k .. " twice")
@@ -74,6 +75,10 @@ function M.new(deps)
     self.unsaved = {} -- id -> true: memory is ahead of the store (a fact whose store write failed)
     self.renew_due = {} -- id -> when renew on access is next due (us; sandbox/access_renew.lua)
     self.renew_last = {} -- id -> the last renew-on-access attempt (us)
+    self.snapshots = {} -- snapshot id -> snapshot record (sandbox/snapshots.lua)
+    self.snapshot_tasks = {} -- snapshot id -> true while its capture runs in this process
+    self.snapshot_removing = {} -- snapshot id -> true while its artifact is being removed
+    self.snapshots_unsaved = {} -- snapshot id -> true: a fact the store refused
     self.available = false -- runtime reachable and reconciled
     self.restored = false -- the start-up restoration (§6.5) has run
     self.unavailable_reason = "not checked yet"
@@ -234,6 +239,10 @@ function Service:connect(startup)
     for _, id in ipairs(due or {}) do -- what was due at start-up; removal needs the runtime available
         self:expire(id)
     end
+    -- snapshots a restart interrupted, and deletions waiting for their image to be unused
+    if self:recover_snapshots() then
+        self:arm_snapshot_retry()
+    end
     return true
 end
 
@@ -264,6 +273,10 @@ function Service:load()
         self:set_record(rec.id, rec)
     end
     self:mark_resumable()
+    local _, serr = self:load_snapshots()
+    if serr then
+        return nil, serr
+    end
     return #all
 end
 

@@ -32,7 +32,7 @@ local M = {}
 local Store = {}
 Store.__index = Store
 
-local SCHEMA_VERSION = 7
+local SCHEMA_VERSION = 8
 
 -- Record fields and their column kinds: "text", "int" (exact 64-bit) or "json" (any JSON value).
 local COLUMNS = {
@@ -58,6 +58,21 @@ local COLUMNS = {
     { "memory", "int" },
     { "volumes", "json" },
     { "transitions", "json" },
+    { "snapshot_id", "text" },
+}
+
+-- Snapshot record fields (sandbox/snapshots.lua) and their column kinds, as for COLUMNS.
+local SNAPSHOT_COLUMNS = {
+    { "id", "text" },
+    { "sandbox_id", "text" },
+    { "name", "text" },
+    { "principal", "json" },
+    { "image", "text" },
+    { "state", "text" },
+    { "reason", "text" },
+    { "message", "text" },
+    { "transition_us", "int" },
+    { "created_us", "int" },
 }
 
 -- Each migration brings the schema from version i-1 to version i.
@@ -141,6 +156,23 @@ local MIGRATIONS = {
     {
         "ALTER TABLE sandboxes ADD COLUMN transitions TEXT",
     },
+    -- 8: snapshots (sandbox/snapshots.lua): one row per snapshot, and the snapshot a sandbox was created
+    -- from (NULL: created from an image).
+    {
+        [[CREATE TABLE snapshots (
+            id            TEXT PRIMARY KEY,
+            sandbox_id    TEXT NOT NULL,    -- the source sandbox (it may be gone since)
+            name          TEXT,
+            principal     TEXT,             -- JSON value: who made it (visibility)
+            image         TEXT,             -- the runtime's artifact (Docker: an image reference); NULL until Ready
+            state         TEXT NOT NULL,    -- Creating, Ready, Failed, Deleting
+            reason        TEXT NOT NULL,
+            message       TEXT NOT NULL,
+            transition_us INTEGER NOT NULL,
+            created_us    INTEGER NOT NULL
+        )]],
+        "ALTER TABLE sandboxes ADD COLUMN snapshot_id TEXT",
+    },
 }
 
 local SQL_PUT, SQL_SELECT
@@ -155,6 +187,19 @@ do
     SQL_SELECT = string.format("SELECT %s FROM sandboxes", table.concat(selects, ", "))
 end
 local SQL_GET = SQL_SELECT .. " WHERE id = ?"
+local SQL_SNAP_PUT, SQL_SNAP_ALL
+do
+    local names, marks, selects = {}, {}, {}
+    for i, c in ipairs(SNAPSHOT_COLUMNS) do
+        names[i], marks[i] = c[1], "?"
+        selects[i] = c[2] == "int" and string.format("CAST(%s AS TEXT) AS %s", c[1], c[1]) or c[1]
+    end
+    SQL_SNAP_PUT = string.format("INSERT OR REPLACE INTO snapshots (%s) VALUES (%s)", table.concat(names, ", "),
+        table.concat(marks, ", "))
+    SQL_SNAP_ALL = string.format("SELECT %s FROM snapshots ORDER BY created_us DESC, id ASC",
+        table.concat(selects, ", "))
+end
+local SQL_SNAP_DELETE = "DELETE FROM snapshots WHERE id = ?"
 local SQL_ALL = SQL_SELECT .. " ORDER BY created_us DESC, id ASC"
 local SQL_DELETE = "DELETE FROM sandboxes WHERE id = ?"
 local SQL_VOL_PUT = "INSERT OR IGNORE INTO created_volumes (name, sandbox_id, created_us) VALUES (?, ?, ?)"
@@ -268,9 +313,9 @@ local function int_text(v, field)
     return string.format("%d", i)
 end
 
-local function row_values(rec)
+local function row_values(rec, columns)
     local vals = {}
-    for i, c in ipairs(COLUMNS) do
+    for i, c in ipairs(columns or COLUMNS) do
         local name, kind = c[1], c[2]
         local v = rec[name]
         if kind == "int" then
@@ -312,9 +357,9 @@ local function integers(v)
     return out
 end
 
-local function to_record(row)
+local function to_fields(row, columns)
     local rec = {}
-    for _, c in ipairs(COLUMNS) do
+    for _, c in ipairs(columns) do
         local name, kind = c[1], c[2]
         local v = row[name]
         if kind == "int" then
@@ -325,6 +370,11 @@ local function to_record(row)
             rec[name] = v
         end
     end
+    return rec
+end
+
+local function to_record(row)
+    local rec = to_fields(row, COLUMNS)
     rec.metadata = rec.metadata or {}
     rec.extensions = rec.extensions or {}
     rec.entrypoint = rec.entrypoint or {}
@@ -724,6 +774,47 @@ function Store:close()
         self.db = nil
     end
     return true
+end
+
+---------------------------------------------------------------------------------------------------------
+-- Snapshots
+---------------------------------------------------------------------------------------------------------
+
+--- Inserts or replaces a snapshot record (keyed by snap.id; fields as SNAPSHOT_COLUMNS). Returns true or
+--- nil, err.
+function Store:put_snapshot(snap)
+    local n = #SNAPSHOT_COLUMNS
+    local st, err = run(self, SQL_SNAP_PUT, n, table.unpack(row_values(snap, SNAPSHOT_COLUMNS), 1, n))
+    if not st then
+        return nil, err
+    end
+    return true
+end
+
+--- Deletes the snapshot record with this id (a missing one is not an error). Returns true or nil, err.
+function Store:delete_snapshot(id)
+    local st, err = run(self, SQL_SNAP_DELETE, 1, id)
+    if not st then
+        return nil, err
+    end
+    return true
+end
+
+--- Every snapshot record (createdAt descending, then id). Returns the array or nil, err.
+function Store:all_snapshots()
+    local st, err = run(self, SQL_SNAP_ALL, 0)
+    if not st then
+        return nil, err
+    end
+    local rows
+    rows, err = fetch_all(self, SQL_SNAP_ALL, st)
+    if not rows then
+        return nil, err
+    end
+    for i, row in ipairs(rows) do
+        rows[i] = to_fields(row, SNAPSHOT_COLUMNS)
+    end
+    return rows
 end
 
 M.SCHEMA_VERSION = SCHEMA_VERSION

@@ -555,7 +555,7 @@ local function check_extensions(v)
 end
 
 local function check_unsupported(body)
-    for _, f in ipairs({ "snapshotId", "networkPolicy" }) do
+    for _, f in ipairs({ "networkPolicy" }) do
         if not absent(body[f]) then
             return not_supported(f)
         end
@@ -580,14 +580,28 @@ function M.create(body, opts)
         return invalid(BODY_NOT_OBJECT)
     end
     local spec = {}
-    local err
-    spec.image, err = check_image(body.image)
-    if not spec.image then
+    local snapshot_id, err = M.snapshot_source(body)
+    if snapshot_id == nil then
         return nil, err
     end
-    spec.entrypoint, err = check_entrypoint(body.entrypoint)
+    if snapshot_id then
+        -- a create from a snapshot (upstream's CreateSandboxRequest): the service resolves the snapshot to
+        -- the image to run (sandbox/snapshots.lua); the entrypoint is optional
+        spec.snapshot_id = snapshot_id
+        if absent(body.entrypoint) then
+            spec.entrypoint = { table.unpack(M.SNAPSHOT_ENTRYPOINT) }
+        end
+    else
+        spec.image, err = check_image(body.image)
+        if not spec.image then
+            return nil, err
+        end
+    end
     if not spec.entrypoint then
-        return nil, err
+        spec.entrypoint, err = check_entrypoint(body.entrypoint)
+        if not spec.entrypoint then
+            return nil, err
+        end
     end
     local timeout
     timeout, err = check_timeout(body.timeout, opts)
@@ -720,6 +734,98 @@ function M.list_query(params)
         if not filter.page_size then
             return invalid("pageSize must be an integer between 1 and 200.")
         end
+    end
+    return filter
+end
+
+---------------------------------------------------------------------------------------------------------
+-- snapshots (upstream sandbox-lifecycle.yml: CreateSnapshotRequest, GET /snapshots, snapshotId on create)
+---------------------------------------------------------------------------------------------------------
+
+--- The entrypoint of a sandbox created from a snapshot when the request names none (upstream's default).
+M.SNAPSHOT_ENTRYPOINT = { "tail", "-f", "/dev/null" }
+
+local SNAPSHOT_NAME_MAX = 256
+
+-- A snapshot id as a client may name it: our ids are UUIDs; anything of 1-128 characters of [A-Za-z0-9_.-]
+-- is looked up (and is then a 404 when unknown).
+local function is_snapshot_id(s)
+    return #s >= 1 and #s <= 128 and s:find("^[A-Za-z0-9][A-Za-z0-9_.-]*$") ~= nil
+end
+
+--- The startup source of a create body: the snapshot id (a string) when `snapshotId` is given, false when it
+--- is absent (the create names an `image`), or nil and an error (a malformed id, or both sources given).
+function M.snapshot_source(body)
+    local v = body.snapshotId
+    if absent(v) then
+        return false
+    end
+    if type(v) ~= "string" then
+        return invalid("snapshotId must be a string.")
+    end
+    local id = trim(v)
+    if id == "" then
+        return invalid("snapshotId must not be blank.")
+    end
+    if not is_snapshot_id(id) then
+        return invalid("snapshotId must be 1-128 characters of letters, digits, '_', '.' or '-'.")
+    end
+    if not absent(body.image) then
+        return invalid("image and snapshotId are mutually exclusive: provide exactly one.")
+    end
+    return id
+end
+
+--- Validates the body of POST /sandboxes/{id}/snapshots (optional: an empty body is {}). Returns
+--- { name = s|nil } or nil and an error object. Unknown fields are ignored (§1.4).
+function M.snapshot_create(body)
+    if body == nil then
+        return {}
+    end
+    if not is_object(body) then
+        return invalid(BODY_NOT_OBJECT)
+    end
+    local name = body.name
+    if absent(name) then
+        return {}
+    end
+    if type(name) ~= "string" then
+        return invalid("name must be a string.")
+    end
+    if name == "" then
+        return invalid("name must not be empty.")
+    end
+    if #name > SNAPSHOT_NAME_MAX then
+        return invalid("name must be at most %d bytes.", SNAPSHOT_NAME_MAX)
+    end
+    if name:find("%c") then
+        return invalid("name must not contain control characters.")
+    end
+    return { name = name }
+end
+
+local SNAPSHOT_STATES = { creating = true, ready = true, failed = true, deleting = true }
+
+--- Validates the query of GET /snapshots: `sandboxId`, `state` (repeatable, OR, case-insensitive), `page`,
+--- `pageSize` (as for sandboxes). Returns { sandbox_id = s|nil, states = {lowercase = true}|nil, page,
+--- page_size } or nil and an error object. A state that is not a snapshot state matches nothing.
+function M.snapshot_list_query(params)
+    params = params or {}
+    local filter, err = M.list_query({ state = params.state, page = params.page, pageSize = params.pageSize })
+    if not filter then
+        return nil, err
+    end
+    local sid = last(params, "sandboxId")
+    if sid ~= nil and trim(sid) ~= "" then
+        filter.sandbox_id = trim(sid)
+    end
+    if filter.states then
+        local states = {}
+        for s in pairs(filter.states) do
+            -- (a state no snapshot has keeps the filter on as "", which matches none)
+            states[SNAPSHOT_STATES[s] and s or ""] = true
+        end
+        filter.states = states
     end
     return filter
 end

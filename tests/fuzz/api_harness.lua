@@ -19,7 +19,10 @@ local view = {
 }
 local service = {}
 function service.create(_, spec)
-    assert(type(spec) == "table" and spec.image and spec.entrypoint, "service got an unvalidated spec")
+    assert(type(spec) == "table" and (spec.image or spec.snapshot_id) and spec.entrypoint,
+        "service got an unvalidated spec")
+    assert(not (spec.image and spec.snapshot_id), "both startup sources")
+    assert(spec.snapshot_id == nil or spec.snapshot_id:find("^[A-Za-z0-9][A-Za-z0-9_.-]*$"), "bad snapshot id")
     -- env in request order (api.parse.member_key_order): each key once, every value a string
     local seen = {}
     for _, kv in ipairs(spec.env) do
@@ -68,6 +71,22 @@ function service.endpoint()
 end
 function service.patch_metadata()
     return view
+end
+-- snapshots (lua/api/snapshots.lua)
+local snap_view = { id = "s", sandboxId = "x", status = { state = "Creating" }, createdAt = view.createdAt }
+function service.create_snapshot(_, _, opts)
+    assert(type(opts) == "table" and (opts.name == nil or (type(opts.name) == "string" and opts.name ~= "")))
+    return snap_view
+end
+function service.get_snapshot(_, id)
+    return nil, errors.new(404, "SNAPSHOT::NOT_FOUND", "Snapshot " .. id .. " not found.")
+end
+service.delete_snapshot = service.get_snapshot
+function service.list_snapshots(_, filter)
+    assert(filter.page >= 1 and filter.page_size >= 1 and filter.page_size <= 200)
+    assert(filter.sandbox_id == nil or type(filter.sandbox_id) == "string")
+    return { items = json.array(), pagination = { page = filter.page, pageSize = filter.page_size, totalItems = 0,
+        totalPages = 0, hasNextPage = false } }
 end
 function service.proxy_target(_, id)
     return nil, errors.not_found(id)

@@ -625,5 +625,6 @@ local util = { urlencode = urlencode, seg = seg, decode_body = decode_body, http
 require("runtimes.docker.images")(Adapter, M, util)
 require("runtimes.docker.volumes")(Adapter, M, util)
 require("runtimes.docker.logs")(Adapter, M, util)
+require("runtimes.docker.snapshots")(Adapter, M, util)
 
 return M

@@ -10,6 +10,7 @@ local engine_mod = require("runtimes.docker.engine")
 local mapping = require("runtimes.docker.mapping")
 local agent_mod = require("runtimes.docker.agent")
 local hostports = require("runtimes.docker.hostports")
+local imageref = require("runtimes.docker.imageref")
 local rterrors = require("runtimes.errors")
 local json = require("common.json")
 local timefmt = require("common.timefmt")
@@ -57,6 +58,7 @@ function M.new(cfg, deps)
         instance = instance, -- written into the label of every container this server makes
         owned = owned, -- instances whose containers are this server's (its own and those taken over)
         name = "docker",
+        capabilities = { snapshots = true }, -- snapshots are committed images (see "snapshots" below)
         engine = engine,
         config = dcfg,
         log = deps.log,
@@ -170,7 +172,17 @@ function Docker:provision(sandbox, spec)
         last = t
     end
     local uri = spec.image.uri
-    local ok, err = e:ensure_image(uri, spec.image.auth, spec.platform, spec.image.verify)
+    local ok, err
+    if spec.snapshot_id then
+        -- a snapshot's image exists only on this daemon: never pulled (a registry could serve another image
+        -- under its name)
+        ok, err = e:image_exists(uri)
+        if ok == false then
+            err = string.format("the image of snapshot %s is gone", spec.snapshot_id)
+        end
+    else
+        ok, err = e:ensure_image(uri, spec.image.auth, spec.platform, spec.image.verify)
+    end
     step("image")
     if not ok then
         return failure("image", string.format("Failed to pull image '%s': %s", uri, msg(err)), err)
@@ -211,6 +223,7 @@ function Docker:provision(sandbox, spec)
         expires_us = sandbox.expires_us,
         metadata = sandbox.metadata,
         principal = sandbox.principal,
+        snapshot_id = sandbox.snapshot_id,
         instance = self.instance,
         volumes = spec.volumes,
     }
@@ -231,9 +244,13 @@ function Docker:provision(sandbox, spec)
         step("agent_volume")
     end
     local cid, failed
-    cid, err, failed = e:create_from_image(uri, spec.image.auth, spec.platform, function()
-        return e:create_container(cspec)
-    end)
+    if spec.snapshot_id then
+        cid, err = e:create_container(cspec)
+    else
+        cid, err, failed = e:create_from_image(uri, spec.image.auth, spec.platform, function()
+            return e:create_container(cspec)
+        end)
+    end
     if failed == "pull" then -- the image had gone since it was seen, and pulling it again failed
         return fail("image", string.format("Failed to pull image '%s': %s", uri, msg(err)), nil, err)
     end
@@ -466,11 +483,87 @@ function Docker:remove(rec)
 end
 
 ------------------------------------------------------------------------------------------------------------
+-- snapshots (the optional snapshot methods of the contract): a snapshot is the container's filesystem
+-- committed to the local image `opensandbox-snapshots:{snapshot id}` (upstream's naming), made and removed
+-- only by this server. Volumes (the agent's, a user's) are not part of a commit, so a sandbox made from the
+-- snapshot gets the agent like any other. The commit blanks the container's reserved labels (Docker merges a
+-- container's labels into the image's, and an image's into every container made from it: a sandbox made from
+-- the snapshot must not inherit the source's expiry, metadata or principal) and the agent token in its
+-- environment; the rest of the environment, the working directory and the user stay as the source had them.
+
+M.SNAPSHOT_REPOSITORY = "opensandbox-snapshots"
+local SNAPSHOT_REPO_CANONICAL = "docker.io/library/" .. M.SNAPSHOT_REPOSITORY
+
+local function snapshot_ref(id)
+    return M.SNAPSHOT_REPOSITORY .. ":" .. id
+end
+
+--- Commits the sandbox's container (it keeps running) to the snapshot's image. `snap = { id, sandbox_id }`.
+--- Returns { image = reference, ms = commit time } or nil, err.
+function Docker:snapshot(rec, snap)
+    local e = self.engine
+    local info, err = e:inspect(rec.handle)
+    if not info then
+        return nil, err
+    end
+    local labels = {}
+    for k in pairs(info.labels or {}) do
+        if k:sub(1, #mapping.LABEL_PREFIX) == mapping.LABEL_PREFIX then
+            labels[k] = ""
+        end
+    end
+    labels[mapping.LABEL_SNAPSHOT] = snap.id
+    labels["opensandbox.io/snapshot-of"] = snap.sandbox_id
+    if self.instance then
+        labels[mapping.LABEL_INSTANCE] = self.instance
+    end
+    local clock = self.core.now_s or os.time
+    local t0 = clock()
+    local id
+    id, err = e:commit(rec.handle, M.SNAPSHOT_REPOSITORY, snap.id,
+        { Labels = labels, Env = json.array({ "EXECD_ACCESS_TOKEN=" }) })
+    if not id then
+        return nil, err
+    end
+    return { image = snapshot_ref(snap.id), ms = math.floor((clock() - t0) * 1e6) / 1000 }
+end
+
+--- Whether the snapshot's image exists (a restart interrupted its capture): { state = "ready", image } or
+--- { state = "missing" }, or nil, err.
+function Docker:snapshot_state(snap)
+    local ref = snap.image or snapshot_ref(snap.id)
+    local ok, err = self.engine:image_exists(ref)
+    if ok == nil then
+        return nil, err
+    end
+    return ok and { state = "ready", image = ref } or { state = "missing" }
+end
+
+--- Removes the snapshot's image: true (also when gone), or a `conflict` while a container uses it.
+function Docker:delete_snapshot(snap)
+    return self.engine:delete_image(snap.image or snapshot_ref(snap.id))
+end
+
+--- Pure: whether `uri` names a snapshot image (refused as a create's image.uri: snapshotId is the way in).
+function Docker.is_snapshot_image(_, uri)
+    local ref = imageref.parse(uri)
+    return ref ~= nil and imageref.repository(ref) == SNAPSHOT_REPO_CANONICAL
+end
+
+------------------------------------------------------------------------------------------------------------
 -- what exists
 
 -- The sandbox identity written into the labels (§8.3), read back; nil when the labels are not adoptable
 -- (no valid id, created-at, and expires-at or manual-cleanup=true).
-local function identity_of(labels, info)
+local function identity_of(all_labels, info)
+    -- a container made from a snapshot inherits the snapshot image's labels, whose reserved ones the commit
+    -- blanked (see "snapshots" below): an empty value counts as absent
+    local labels = {}
+    for k, v in pairs(all_labels) do
+        if v ~= "" then
+            labels[k] = v
+        end
+    end
     local id = labels[mapping.LABEL_ID]
     local created = labels["opensandbox.io/created-at"] and timefmt.parse(labels["opensandbox.io/created-at"])
     local expires = labels["opensandbox.io/expires-at"] and timefmt.parse(labels["opensandbox.io/expires-at"])
@@ -490,6 +583,7 @@ local function identity_of(labels, info)
         access_token = info.access_token,
         nano_cpus = info.nano_cpus,
         memory = info.memory,
+        snapshot_id = labels[mapping.LABEL_SNAPSHOT],
     }
     if labels["opensandbox.io/platform-os"] then
         s.platform = { os = labels["opensandbox.io/platform-os"], arch = labels["opensandbox.io/platform-arch"] }

@@ -16,6 +16,8 @@ M.LABEL_ID = "opensandbox.io/id"
 -- The identity of the server that made the container (docker.instance, else the UUID kept in its store):
 -- servers sharing one daemon see only their own containers.
 M.LABEL_INSTANCE = "opensandbox.io/instance"
+-- The snapshot a sandbox was made from (and, on a snapshot's image, the snapshot's own id).
+M.LABEL_SNAPSHOT = "opensandbox.io/snapshot-id"
 
 -- §8.5 and §9 defaults, used for keys the (already validated) config leaves nil.
 M.DEFAULT_CONFIG = {
@@ -68,6 +70,9 @@ function M.labels_for(rec)
     if type(rec.principal) == "string" and rec.principal ~= "" then
         -- the tenant that created it, so that a store rebuilt from labels keeps tenancy
         labels["opensandbox.io/principal"] = rec.principal
+    end
+    if type(rec.snapshot_id) == "string" then
+        labels[M.LABEL_SNAPSHOT] = rec.snapshot_id
     end
     if rec.platform then
         labels["opensandbox.io/platform-os"] = rec.platform.os

@@ -43,8 +43,13 @@ function M.new(cfg)
         next_handle = 0,
         down = false,
         no_pause = fcfg.no_pause, -- answer pause and resume with "unsupported", like a runtime that has none
-        capabilities = { pause = not fcfg.no_pause },
+        capabilities = { pause = not fcfg.no_pause, snapshots = not fcfg.no_snapshots },
+        snapshot_images = {}, -- snapshot reference -> { from = handle }
     }, Fake)
+    if fcfg.no_snapshots then -- like Kubernetes: no snapshot methods at all
+        self.snapshot, self.snapshot_state, self.delete_snapshot, self.is_snapshot_image = nil, nil, nil, nil
+        self.capabilities.snapshots = nil
+    end
     if fcfg.keeps_expiry then -- like Kubernetes: renewals written where the sandbox is (set_expiry, expiry_of)
         self.set_expiry = M.set_expiry
         self.expiry_of = M.expiry_of
@@ -282,6 +287,51 @@ function Fake:remove(rec)
         self:_emit({ id = obj.id, handle = obj.handle, gone = true })
     end
     return true
+end
+
+-- snapshots (optional methods of the contract): an image per snapshot, "fake-snapshots:{id}"; its removal
+-- is refused (conflict) while an object made from it exists
+M.SNAPSHOT_PREFIX = "fake-snapshots:"
+
+function Fake:snapshot(rec, snap)
+    local err = self:_call("snapshot", rec.handle, rec, snap)
+    if err then
+        return nil, err
+    end
+    if not self.objects[rec.handle] then
+        return nil, rterrors.new("not_found", "no such sandbox object " .. tostring(rec.handle))
+    end
+    local ref = M.SNAPSHOT_PREFIX .. snap.id
+    self.snapshot_images[ref] = { from = rec.handle }
+    return { image = ref, ms = 0 }
+end
+
+function Fake:snapshot_state(snap)
+    local err = self:_call("snapshot_state", snap.id, snap)
+    if err then
+        return nil, err
+    end
+    local ref = snap.image or (M.SNAPSHOT_PREFIX .. snap.id)
+    return self.snapshot_images[ref] and { state = "ready", image = ref } or { state = "missing" }
+end
+
+function Fake:delete_snapshot(snap)
+    local err = self:_call("delete_snapshot", snap.id, snap)
+    if err then
+        return nil, err
+    end
+    local ref = snap.image or (M.SNAPSHOT_PREFIX .. snap.id)
+    for _, o in pairs(self.objects) do
+        if o.spec and o.spec.image and o.spec.image.uri == ref then
+            return nil, rterrors.new("conflict", "image " .. ref .. " is used by " .. o.handle, { status = 409 })
+        end
+    end
+    self.snapshot_images[ref] = nil
+    return true
+end
+
+function Fake.is_snapshot_image(_, uri)
+    return type(uri) == "string" and uri:sub(1, #M.SNAPSHOT_PREFIX) == M.SNAPSHOT_PREFIX
 end
 
 function Fake:list()

@@ -1,7 +1,7 @@
 -- Integration: runtime.type = "kubernetes" against the real one-node cluster of tests/k8s/cluster.sh
 -- (kube-apiserver, scheduler, controller-manager, kubelet, containerd), through the real server binary:
 -- create to Running, the Pod we make, the agent through the server proxy, exits, image failures, pause
--- refused, renew, delete, a pod deleted behind the server's back, adoption after a restart without the
+-- and snapshots refused, renew, delete, a pod deleted behind the server's back, adoption after a restart without the
 -- store, and an unreachable apiserver.
 local K = require("kubernetes.helpers")
 local json = K.json
@@ -218,6 +218,15 @@ echo $max
         K.assert_error(res, 400, "SANDBOX::API_NOT_SUPPORTED", function(m)
             return m:find("pause", 1, true) ~= nil
         end)
+        assert.are.equal("Running", K.call(srv, "GET", path(id)).json.status.state)
+        -- snapshots are not supported on Kubernetes: refused before anything is made
+        res = K.call(srv, "POST", path(id, "/snapshots"), { name = "x" })
+        K.assert_error(res, 400, "SANDBOX::API_NOT_SUPPORTED", "Snapshots are not supported by the kubernetes runtime.")
+        res = K.call(srv, "POST", "/v1/sandboxes", { snapshotId = "s1", resourceLimits = {} })
+        K.assert_error(res, 400, "SANDBOX::API_NOT_SUPPORTED", "snapshotId is not supported by the kubernetes runtime.")
+        res = K.call(srv, "GET", "/v1/snapshots")
+        assert.are.equal(200, res.status, res.body)
+        assert.are.equal(0, res.json.pagination.totalItems)
         assert.are.equal("Running", K.call(srv, "GET", path(id)).json.status.state)
         local want = K.iso(3600)
         res = K.call(srv, "POST", path(id, "/renew-expiration"), { expiresAt = want })

@@ -40,11 +40,8 @@ describe("api.router", function()
         for _, p in ipairs({
             "/",
             "/nope",
-            "/snapshots",
-            "/v1/snapshots/s1",
             "/pools",
             "/v1/pools/p1",
-            "/sandboxes/abc/snapshots",
             "/v1/sandboxes/abc/diagnostics/inspect",
             "/sandboxes//pause",
         }) do

@@ -295,6 +295,19 @@ describe("hooks points", function()
         assert.equal("u", out.image.auth.username)
     end)
 
+    it("shows the snapshot a create starts from, and keeps the request's snapshot id", function()
+        local h
+        h, _, dir = new({ ["a.lua"] = S.hook("a", 1, [[before_create = function(ctx, spec)
+            spec.metadata.from = spec.snapshot_id
+            spec.snapshot_id = "another"
+        end,]]) })
+        local spec = S.spec()
+        spec.snapshot_id = "snap-1"
+        local out = assert(h:before_create(CTX, spec))
+        assert.equal("snap-1", out.metadata.from)
+        assert.equal("snap-1", out.snapshot_id)
+    end)
+
     it("checks what hooks change: label rules give 400, other breakage 500 naming the hook", function()
         local h
         h, _, dir = new({ ["a.lua"] = S.hook("labels", 1, [[before_create = function(ctx, spec)

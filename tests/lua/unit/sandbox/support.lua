@@ -202,7 +202,7 @@ S.csync = {
 }
 package.loaded["core.sync"] = S.csync
 -- modules that captured another core.sync (another spec's stub) are loaded again
-for _, name in ipairs({ "common.sync", "sandbox.service", "sandbox.provisioning" }) do
+for _, name in ipairs({ "common.sync", "sandbox.service", "sandbox.provisioning", "sandbox.snapshots" }) do
     package.loaded[name] = nil
 end
 
@@ -279,6 +279,28 @@ function S.store()
     function store.drop_created_volume(_, name)
         store.created[name] = nil
         return true
+    end
+    store.snaps = {} -- snapshot records (sandbox/snapshots.lua)
+    function store.put_snapshot(_, snap)
+        if store.full then
+            return nil, "database or disk is full"
+        end
+        store.snaps[snap.id] = deep_copy(snap)
+        return true
+    end
+    function store.delete_snapshot(_, id)
+        if store.full then
+            return nil, "database or disk is full"
+        end
+        store.snaps[id] = nil
+        return true
+    end
+    function store.all_snapshots()
+        local out = {}
+        for _, snap in pairs(store.snaps) do
+            out[#out + 1] = deep_copy(snap)
+        end
+        return out
     end
     function store.all()
         local out = {}

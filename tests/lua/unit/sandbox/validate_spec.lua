@@ -444,8 +444,6 @@ describe("sandbox.validate.create", function()
                 assert_error(400, "SANDBOX::API_NOT_SUPPORTED", field .. " is not supported by this server.",
                     create(extra))
             end
-            unsupported("snapshotId", '"snapshotId":"s1"')
-            unsupported("snapshotId", '"snapshotId":""')
             unsupported("networkPolicy", '"networkPolicy":{}')
             unsupported("credentialProxy", '"credentialProxy":{"enabled":true}')
             assert.is_not_nil(create('"snapshotId":null,"networkPolicy":null,"volumes":[],'
@@ -454,11 +452,50 @@ describe("sandbox.validate.create", function()
         end)
     end)
 
+    describe("snapshotId (create from a snapshot)", function()
+        it("takes a snapshot id instead of an image, with a default entrypoint", function()
+            local spec = assert(validate.create(assert(json.decode(
+                '{"snapshotId":" 0b6f3c1e-2a4d-4f6b-9c1d-3e5f7a9b1c2d ","resourceLimits":{}}')), OPTS))
+            assert.equal("0b6f3c1e-2a4d-4f6b-9c1d-3e5f7a9b1c2d", spec.snapshot_id)
+            assert.is_nil(spec.image)
+            assert.same({ "tail", "-f", "/dev/null" }, spec.entrypoint)
+            spec = assert(validate.create(assert(json.decode(
+                '{"snapshotId":"snap_123","entrypoint":["sleep","60"],"resourceLimits":{}}')), OPTS))
+            assert.same({ "sleep", "60" }, spec.entrypoint)
+            -- the default is a copy: changing one spec's entrypoint changes no other
+            local a = assert(validate.create(assert(json.decode('{"snapshotId":"a","resourceLimits":{}}')), OPTS))
+            a.entrypoint[1] = "x"
+            assert.same({ "tail", "-f", "/dev/null" }, validate.SNAPSHOT_ENTRYPOINT)
+        end)
+
+        it("refuses malformed ids, both sources, and a bad entrypoint", function()
+            local function bad(text, message)
+                local spec, err = validate.create(assert(json.decode(text)), OPTS)
+                assert.is_nil(spec)
+                assert_error(400, "SANDBOX::INVALID_PARAMETER", message, nil, err)
+            end
+            bad('{"snapshotId":1,"resourceLimits":{}}', "snapshotId must be a string.")
+            bad('{"snapshotId":"  ","resourceLimits":{}}', "snapshotId must not be blank.")
+            bad('{"snapshotId":"a/b","resourceLimits":{}}',
+                "snapshotId must be 1-128 characters of letters, digits, '_', '.' or '-'.")
+            bad('{"snapshotId":"' .. string.rep("a", 129) .. '","resourceLimits":{}}',
+                "snapshotId must be 1-128 characters of letters, digits, '_', '.' or '-'.")
+            bad('{"snapshotId":"s","image":{"uri":"busybox"},"entrypoint":["sh"],"resourceLimits":{}}',
+                "image and snapshotId are mutually exclusive: provide exactly one.")
+            bad('{"snapshotId":"s","entrypoint":[],"resourceLimits":{}}',
+                "entrypoint must be a non-empty array of strings.")
+            bad('{"snapshotId":"s"}', "resourceLimits is required.")
+            -- neither source: the image is what is missing
+            bad('{"entrypoint":["sh"],"resourceLimits":{}}', "image is required.")
+        end)
+    end)
+
     it("reports only the first failure, in the documented order", function()
         local all_bad = '"image":{"uri":"BAD"},"entrypoint":[],"timeout":1,"resourceLimits":{"cpu":"x"},'
             .. '"env":{"=":"x"},"metadata":{"Bad Key":"v"},"platform":{"os":"windows"},'
             .. '"extensions":{"poolRef":"p"},"secureAccess":true,"snapshotId":"s"'
         local order = {
+            { "snapshotId", "image and snapshotId are mutually exclusive" },
             { "image", "image.uri 'BAD' is not a valid image reference." },
             { "entrypoint", "entrypoint must be a non-empty array of strings." },
             { "timeout", "timeout must be an integer >= 60." },
@@ -468,7 +505,6 @@ describe("sandbox.validate.create", function()
             { "platform", "platform.os 'windows' is not supported" },
             { "extensions", "poolRef is not supported" },
             { "secureAccess", "secureAccess is only supported" },
-            { "snapshotId", "snapshotId is not supported" },
         }
         local good = {
             image = '"image":{"uri":"busybox"}', entrypoint = '"entrypoint":["sh"]', timeout = '"timeout":60',
@@ -602,5 +638,31 @@ describe("sandbox.validate.endpoint", function()
         assert_error(400, "SANDBOX::API_NOT_SUPPORTED", "expires is not supported by this server.",
             validate.endpoint("80", { use_server_proxy = { "false" }, expires = { "123" } }))
         assert_error(400, "SANDBOX::API_NOT_SUPPORTED", nil, validate.endpoint("80", { expires = { "" } }))
+    end)
+end)
+
+describe("sandbox.validate snapshots", function()
+    it("takes an optional name in the create-snapshot body", function()
+        assert.same({}, validate.snapshot_create(nil))
+        assert.same({}, validate.snapshot_create({}))
+        assert.same({}, validate.snapshot_create(assert(json.decode('{"name":null,"other":1}'))))
+        assert.same({ name = "before import" }, validate.snapshot_create({ name = "before import" }))
+        invalid("name must be a string.", validate.snapshot_create({ name = 5 }))
+        invalid("name must not be empty.", validate.snapshot_create({ name = "" }))
+        invalid("name must be at most 256 bytes.", validate.snapshot_create({ name = string.rep("n", 257) }))
+        invalid("name must not contain control characters.", validate.snapshot_create({ name = "a\nb" }))
+        invalid("Request body must be a JSON object.", validate.snapshot_create(assert(json.decode("[1]"))))
+    end)
+
+    it("reads the list query: sandboxId, states, paging", function()
+        assert.same({ page = 1, page_size = 20 }, validate.snapshot_list_query({}))
+        local f = assert(validate.snapshot_list_query({ sandboxId = { "x", " sb-1 " }, state = { "Ready", "failed" },
+            page = { "2" }, pageSize = { "5" }, metadata = { "bad" } }))
+        assert.same({ page = 2, page_size = 5, sandbox_id = "sb-1", states = { ready = true, failed = true } }, f)
+        -- a state no snapshot has matches nothing (rather than everything)
+        f = assert(validate.snapshot_list_query({ state = { "Running" } }))
+        assert.same({ [""] = true }, f.states)
+        invalid("pageSize must be an integer between 1 and 200.", validate.snapshot_list_query({ pageSize = { "0" } }))
+        invalid("page must be an integer >= 1.", validate.snapshot_list_query({ page = { "x" } }))
     end)
 end)
