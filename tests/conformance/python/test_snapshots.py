@@ -1,4 +1,4 @@
-"""Snapshots (issue 17; pending_feature until the snapshots branch is merged): snapshot a running sandbox,
+"""Snapshots (issue 17, sandbox-lifecycle.yml): snapshot a running sandbox,
 wait for Ready, list with filters, restore a new sandbox from it (no image), delete."""
 
 import time
@@ -7,7 +7,6 @@ import pytest
 from opensandbox.exceptions import SandboxApiException
 from opensandbox.models.sandboxes import SnapshotFilter
 
-pytestmark = pytest.mark.pending_feature
 
 
 def wait_ready(manager, snapshot_id, seconds=120):
