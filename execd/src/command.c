@@ -87,7 +87,9 @@ struct cmd {
 static struct cmd *g_cmds;
 static int g_ncmds;
 
-static void cmd_gen_id(char *out)
+/* A fresh 32-hex-digit id (commands, sessions, PTYs): 16 bytes of /dev/urandom, else of the clock.
+ */
+void execd_new_id(char out[33])
 {
     unsigned char r[16];
     static const char hex[] = "0123456789abcdef";
@@ -709,7 +711,7 @@ void cmd_handle_run(struct conn *conn)
         conn_reply_error(conn, 500, "RUNTIME_ERROR", "out of memory");
         goto out;
     }
-    cmd_gen_id(c->id);
+    execd_new_id(c->id);
     c->fds[0] = c->fds[1] = -1;
     c->content = strdup(command->str);
     c->background = bg && bg->type == JSON_TRUE;
@@ -769,7 +771,7 @@ struct cmd *cmd_stream_new(struct conn *conn, const char *content, long long tim
         conn_reply_error(conn, 500, "RUNTIME_ERROR", "out of memory");
         return NULL;
     }
-    cmd_gen_id(c->id);
+    execd_new_id(c->id);
     c->fds[0] = c->fds[1] = -1;
     c->pid = pid;
     c->running = 1;

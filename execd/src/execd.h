@@ -151,6 +151,10 @@ void cmd_conn_gone(struct conn *c);
 int64_t cmd_tick(int64_t now); /* returns the next deadline (ms) or INT64_MAX */
 /* Finds bash (returns 1) or sh (returns 0) on PATH into out. */
 int cmd_find_shell(char *out, size_t n);
+void execd_new_id(char out[33]); /* a fresh 32-hex-digit id (command.c) */
+/* The agent's environment without its access token, for a child (entries shared, the array is not;
+ * free() it): session.c */
+char **execd_child_env(void);
 /* For session runs: starts a foreground event stream on conn for a command whose output the
  * caller feeds with cmd_output and ends with cmd_complete. Timeouts and DELETE /command signal
  * the process group of pid. NULL (after a 500 reply) when out of memory. */

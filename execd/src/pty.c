@@ -73,26 +73,6 @@ static struct pty_sess *g_ptys;
 
 /* ---- sessions ------------------------------------------------------------------------------ */
 
-static void gen_id(char out[33])
-{
-    unsigned char r[16];
-    static const char hex[] = "0123456789abcdef";
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC), i;
-
-    if (fd < 0 || read(fd, r, sizeof(r)) != (ssize_t)sizeof(r)) {
-        int64_t t = wall_ns();
-        for (i = 0; i < 16; i++)
-            r[i] = (unsigned char)((t >> (i % 8 * 8)) ^ (i * 131) ^ getpid());
-    }
-    if (fd >= 0)
-        close(fd);
-    for (i = 0; i < 16; i++) {
-        out[i * 2] = hex[r[i] >> 4];
-        out[i * 2 + 1] = hex[r[i] & 15];
-    }
-    out[32] = '\0';
-}
-
 static struct pty_sess *pty_find(const char *id)
 {
     struct pty_sess *s;
@@ -277,29 +257,13 @@ static void ring_replay(struct pty_sess *s, struct conn *c, int64_t since)
 
 /* ---- the shell ----------------------------------------------------------------------------- */
 
-static char **pty_env(void)
-{
-    size_t n = 0, k = 0, i;
-    char **env;
-
-    while (environ[n])
-        n++;
-    env = calloc(n + 1, sizeof(char *));
-    if (!env)
-        return NULL;
-    for (i = 0; i < n; i++)
-        if (strncmp(environ[i], "EXECD_ACCESS_TOKEN=", 19) != 0)
-            env[k++] = environ[i];
-    return env;
-}
-
 /* Starts the shell (pty or pipe mode). 0, or -1 with a reason in why. */
 static int pty_spawn(struct pty_sess *s, int want_pty, char *why, size_t whylen)
 {
     int master = -1, slave = -1, in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
     int ep[2] = {-1, -1}, rc = -1;
     char shell[4096], msg[300];
-    char **env = pty_env();
+    char **env = execd_child_env();
     struct winsize wsz = {24, 80, 0, 0};
     ssize_t n;
     pid_t pid;
@@ -705,7 +669,7 @@ void pty_handle_create(struct conn *c)
         conn_reply_error(c, 500, "RUNTIME_ERROR", "out of memory");
         return;
     }
-    gen_id(s->id);
+    execd_new_id(s->id);
     s->cwd = cwd && cwd->len ? strdup(cwd->str) : NULL;
     s->command = cmd && cmd->len ? strdup(cmd->str) : NULL;
     s->exit_code = -1;

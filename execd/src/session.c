@@ -69,26 +69,6 @@ static struct session *session_find(const char *id)
     return NULL;
 }
 
-static void session_gen_id(char *out)
-{
-    static const char hex[] = "0123456789abcdef";
-    unsigned char r[16];
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC), i;
-
-    if (fd < 0 || read(fd, r, sizeof(r)) != (ssize_t)sizeof(r)) {
-        int64_t t = wall_ns();
-        for (i = 0; i < 16; i++)
-            r[i] = (unsigned char)((t >> (i % 8 * 8)) ^ (i * 97) ^ g_nsessions);
-    }
-    if (fd >= 0)
-        close(fd);
-    for (i = 0; i < 16; i++) {
-        out[i * 2] = hex[r[i] >> 4];
-        out[i * 2 + 1] = hex[r[i] & 15];
-    }
-    out[32] = '\0';
-}
-
 static void session_close_fd(struct session *s, int which)
 {
     if (s->fds[which] < 0)
@@ -171,7 +151,7 @@ static void session_write(struct session *s)
 }
 
 /* The agent's environment without its access token (entries are shared, the array is not). */
-static char **session_env(void)
+char **execd_child_env(void)
 {
     size_t n = 0, k = 0, i;
     char **env;
@@ -192,7 +172,7 @@ static int session_spawn(struct session *s, char *why, size_t whylen)
 {
     int p[S_NFD][2], ep[2] = {-1, -1}, i, rc = -1;
     char shell[4096], msg[256];
-    char **env = session_env();
+    char **env = execd_child_env();
     ssize_t n;
     pid_t pid;
 
@@ -448,7 +428,7 @@ void session_handle_create(struct conn *conn)
     }
     for (i = 0; i < S_NFD; i++)
         s->fds[i] = -1;
-    session_gen_id(s->id);
+    execd_new_id(s->id);
     s->next = g_sessions;
     g_sessions = s;
     g_nsessions++;

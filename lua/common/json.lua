@@ -135,4 +135,38 @@ end
 
 M.null = cjson.null
 
+--- Whether `v` is a decoded JSON object: a table whose keys are all strings (a JSON array has integer keys).
+--- The empty table is both an object and an array.
+function M.is_object(v)
+    if type(v) ~= "table" or v == M.null then
+        return false
+    end
+    for k in pairs(v) do
+        if type(k) ~= "string" then
+            return false
+        end
+    end
+    return true
+end
+
+--- Whether `v` is a decoded JSON array: keys exactly 1..n.
+function M.is_array(v)
+    if type(v) ~= "table" or v == M.null then
+        return false
+    end
+    local n = 0
+    for k in pairs(v) do
+        if math.type(k) ~= "integer" or k < 1 then
+            return false
+        end
+        n = n + 1
+    end
+    return n == #v
+end
+
+--- Whether a decoded JSON field is absent: missing or null.
+function M.absent(v)
+    return v == nil or v == M.null
+end
+
 return M

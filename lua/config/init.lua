@@ -50,19 +50,7 @@ local function sorted_keys(t)
     return keys
 end
 
-local function lua_type(v)
-    if math.type(v) == "integer" then
-        return "integer"
-    end
-    return type(v)
-end
-
-local function quote(v)
-    if type(v) == "string" then
-        return string.format("%q", v)
-    end
-    return tostring(v)
-end
+local lua_type, quote = toml.lua_type, toml.quote
 
 local function copy(v)
     if type(v) ~= "table" then

@@ -16,19 +16,24 @@
 -- as config.lua reports one.
 local M = {}
 
+-- The type name of a value as the configuration's messages say it ("integer" apart from "number"); also
+-- config/init.lua's.
 local function lua_type(v)
     if math.type(v) == "integer" then
         return "integer"
     end
     return type(v)
 end
+M.lua_type = lua_type
 
+-- A value as the configuration's messages quote it; also config/init.lua's.
 local function quote(v)
     if type(v) == "string" then
         return string.format("%q", v)
     end
     return tostring(v)
 end
+M.quote = quote
 
 local function sorted_keys(t)
     local keys = {}

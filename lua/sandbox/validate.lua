@@ -11,6 +11,7 @@ local errors = require("common.errors")
 local json = require("common.json")
 local timefmt = require("common.timefmt")
 local volumes = require("sandbox.volumes")
+local is_object, is_array, absent = json.is_object, json.is_array, json.absent
 
 local M = {}
 
@@ -30,39 +31,6 @@ end
 
 local function label_error(message)
     return nil, errors.new(400, "SANDBOX::INVALID_METADATA_LABEL", message)
-end
-
--- A decoded JSON object: a table whose keys are all strings (a JSON array has integer keys). The empty
--- table is both.
-local function is_object(v)
-    if type(v) ~= "table" or v == null then
-        return false
-    end
-    for k in pairs(v) do
-        if type(k) ~= "string" then
-            return false
-        end
-    end
-    return true
-end
-
--- A decoded JSON array: keys exactly 1..n.
-local function is_array(v)
-    if type(v) ~= "table" or v == null then
-        return false
-    end
-    local n = 0
-    for k in pairs(v) do
-        if math.type(k) ~= "integer" or k < 1 then
-            return false
-        end
-        n = n + 1
-    end
-    return n == #v
-end
-
-local function absent(v)
-    return v == nil or v == null
 end
 
 local function sorted_keys(t)

@@ -13,46 +13,16 @@
 local errors = require("common.errors")
 local json = require("common.json")
 local lfs = require("lfs")
+local is_object, is_array, absent = json.is_object, json.is_array, json.absent
 
 local M = {}
 
-local null = json.null
 M.MAX_VOLUMES = 64
 -- where the agent lives in every sandbox (API.md §8.4): no volume may cover it
 M.AGENT_DIR = "/opt/opensandbox"
 
 local function fail(code, fmt, ...)
     return nil, errors.new(400, code, string.format(fmt, ...))
-end
-
-local function absent(v)
-    return v == nil or v == null
-end
-
-local function is_object(v)
-    if type(v) ~= "table" or v == null then
-        return false
-    end
-    for k in pairs(v) do
-        if type(k) ~= "string" then
-            return false
-        end
-    end
-    return true
-end
-
-local function is_array(v)
-    if type(v) ~= "table" or v == null then
-        return false
-    end
-    local n = 0
-    for k in pairs(v) do
-        if math.type(k) ~= "integer" or k < 1 then
-            return false
-        end
-        n = n + 1
-    end
-    return n == #v
 end
 
 local function sorted_keys(t)
