@@ -10,6 +10,7 @@
 --     and the create counter after a create request.
 -- The create through Docker (a sandbox that runs, provisioning counters): lifecycle/metrics_spec.lua.
 local server = require("support.server")
+local prometheus = require("support.prometheus")
 local curl = require("support.curl_client")
 local json = require("common.json")
 
@@ -71,7 +72,7 @@ local function seed(path)
 end
 
 describe("metrics #integration", function()
-    local srv, mbase, dir, prom_pid, prom_base
+    local srv, mbase, dir, prom
 
     local function scrape()
         local res = assert(curl.request({ url = mbase .. "/metrics", timeout = 10 }))
@@ -80,15 +81,7 @@ describe("metrics #integration", function()
     end
 
     local function promql(q)
-        local res = curl.request({ url = prom_base .. "/api/v1/query?query=" .. q:gsub("[^%w%-_.~]", function(c)
-            return string.format("%%%02X", c:byte())
-        end), timeout = 5 })
-        if not res or res.status ~= 200 then
-            return nil
-        end
-        local doc = json.decode(res.body)
-        local r = doc and doc.data and doc.data.result and doc.data.result[1]
-        return r and tonumber(r.value[2]) or nil
+        return prom:query(q)
     end
 
     setup(function()
@@ -107,9 +100,8 @@ describe("metrics #integration", function()
     end)
 
     teardown(function()
-        if prom_pid then
-            server.sh("kill " .. prom_pid .. " 2>/dev/null; for i in $(seq 50); do kill -0 " .. prom_pid
-                .. " 2>/dev/null || break; sleep 0.1; done")
+        if prom then
+            prom:stop()
         end
         if srv then
             srv:stop()
@@ -194,29 +186,7 @@ describe("metrics #integration", function()
     end)
 
     it("a real Prometheus scrapes the listener and a PromQL query sees a create request", function()
-        local pport = math.random(47001, 49000)
-        prom_base = "http://127.0.0.1:" .. pport
-        local cfg = dir .. "/prometheus.yml"
-        local f = assert(io.open(cfg, "w"))
-        f:write(string.format([[
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-scrape_configs:
-  - job_name: opensandbox
-    static_configs:
-      - targets: ["%s"]
-]], mbase:gsub("^http://", "")))
-        f:close()
-        local out = server.sh(string.format(
-            "/usr/bin/prometheus --config.file=%s --storage.tsdb.path=%s --web.listen-address=127.0.0.1:%d "
-                .. ">%s 2>&1 & echo $!",
-            server.quote(cfg), server.quote(dir .. "/prom-data"), pport, server.quote(dir .. "/prometheus.log")))
-        prom_pid = assert(tonumber(out), out)
-        wait_until("Prometheus to be ready", 30, function()
-            local r = curl.request({ url = prom_base .. "/-/ready", timeout = 1 })
-            return r and r.status == 200
-        end)
+        prom = prometheus.start(dir, (mbase:gsub("^http://", "")))
         wait_until("the stored sandboxes in Prometheus", 30, function()
             return promql('up{job="opensandbox"}') == 1
                 and promql('sum(opensandbox_sandboxes{job="opensandbox",state="Running"})') == 3

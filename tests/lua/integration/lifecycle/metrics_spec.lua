@@ -9,7 +9,7 @@
 --   flock /tmp/osb-docker.lock lua5.4 /usr/bin/busted --lpath='lua/?.lua;lua/?/init.lua;tests/lua/integration/?.lua' \
 --       tests/lua/integration/lifecycle/metrics_spec.lua
 local H = require("lifecycle.helpers")
-local json = H.json
+local prometheus = require("support.prometheus")
 
 local KEY = "metrics-spec-key"
 local AUTH = { ["OPEN-SANDBOX-API-KEY"] = KEY }
@@ -59,7 +59,7 @@ local function delete(srv, id)
 end
 
 describe("metrics #integration #docker", function()
-    local srv, mport, mbase, dir, prom_pid, prom_base
+    local srv, mport, mbase, dir, prom
 
     local function scrape()
         local res = assert(H.curl({ url = mbase .. "/metrics", timeout = 10 }))
@@ -69,15 +69,7 @@ describe("metrics #integration #docker", function()
 
     -- A PromQL instant query; returns the first result's value (a number) or nil.
     local function promql(q)
-        local res = H.curl({ url = prom_base .. "/api/v1/query?query=" .. q:gsub("[^%w%-_.~]", function(c)
-            return string.format("%%%02X", c:byte())
-        end), timeout = 5 })
-        if not res or res.status ~= 200 then
-            return nil
-        end
-        local doc = json.decode(res.body)
-        local r = doc and doc.data and doc.data.result and doc.data.result[1]
-        return r and tonumber(r.value[2]) or nil
+        return prom:query(q)
     end
 
     -- this spec's server has its own docker.instance and removes only the containers labelled with it, so
@@ -97,9 +89,8 @@ describe("metrics #integration #docker", function()
     end)
 
     teardown(function()
-        if prom_pid then
-            H.sh("kill " .. prom_pid .. " 2>/dev/null; for i in $(seq 50); do kill -0 " .. prom_pid
-                .. " 2>/dev/null || break; sleep 0.1; done")
+        if prom then
+            prom:stop()
         end
         H.stop_all()
         remove_own_containers()
@@ -151,29 +142,7 @@ describe("metrics #integration #docker", function()
     end)
 
     it("a real Prometheus scrapes the listener and a PromQL query sees a create", function()
-        local pport = math.random(47001, 49000)
-        prom_base = "http://127.0.0.1:" .. pport
-        local cfg = dir .. "/prometheus.yml"
-        local f = assert(io.open(cfg, "w"))
-        f:write(string.format([[
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-scrape_configs:
-  - job_name: opensandbox
-    static_configs:
-      - targets: ["127.0.0.1:%d"]
-]], mport))
-        f:close()
-        local out = H.sh(string.format(
-            "/usr/bin/prometheus --config.file=%s --storage.tsdb.path=%s --web.listen-address=127.0.0.1:%d "
-                .. ">%s 2>&1 & echo $!",
-            H.quote(cfg), H.quote(dir .. "/prom-data"), pport, H.quote(dir .. "/prometheus.log")))
-        prom_pid = assert(tonumber(out), out)
-        wait_until("Prometheus to be ready", 30, function()
-            local r = H.curl({ url = prom_base .. "/-/ready", timeout = 1 })
-            return r and r.status == 200
-        end)
+        prom = prometheus.start(dir, "127.0.0.1:" .. mport)
         -- scraped, and no sandbox running yet
         wait_until("a first scrape", 30, function()
             return promql('up{job="opensandbox"}') == 1
