@@ -120,7 +120,7 @@ function M.serve(hub, s, who, filter, last_id, opts)
         elseif hub.closed then
             why = "shutdown"
         else
-            -- a ping when nothing was written for a heartbeat (events this client does not see count not)
+            -- a ping when nothing was written for a heartbeat (events this client does not see do not count)
             sub.waiter:wait(math.max(0.001, opts.heartbeat - (now() - last_write)))
             if now() - last_write >= opts.heartbeat and not hub.closed then
                 put(": ping\n\n")
