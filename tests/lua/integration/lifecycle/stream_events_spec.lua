@@ -22,7 +22,7 @@ describe("GET /v1/events #integration #docker", function()
     setup(function()
         H.ensure_image()
         H.remove_all_containers()
-        srv = F.start({ events = { buffer = 256, max_pending_bytes = 1024, heartbeat_seconds = 1 } })
+        srv = F.start({ events = { buffer = 256, max_pending_bytes = 4096, heartbeat_seconds = 1 } })
     end)
 
     teardown(function()
@@ -219,7 +219,7 @@ describe("GET /v1/events #integration #docker", function()
         end, 10)
         local dropped0 = metric("opensandbox_event_clients_dropped_total")
         local rss0 = rss_kb()
-        -- events until the stalled client's socket buffers and then max_pending_bytes (1 KiB) are full
+        -- events until the stalled client's socket buffers and then max_pending_bytes (4 KiB) are full
         local id = F.create_running(srv, "a", { metadata = { team = "pause" } })
         local cycles = 0
         while metric("opensandbox_event_clients_dropped_total") == dropped0 do
@@ -248,14 +248,14 @@ describe("GET /v1/events #integration #docker", function()
         local got = events_of({ file = out }, nil)
         local last = got[#got]
         assert.are.equal("overflow", last.event)
-        assert.is_true(last.data.pendingBytes > 1024)
+        assert.is_true(last.data.pendingBytes > 4096)
         -- the reader got every pause and resume, in order, without gaps
         local mine = events_of(reader, id)
         assert.is_true(#mine >= 2 + 2 * cycles, "reader events: " .. #mine .. " for " .. cycles .. " cycles")
         for i = 2, #mine do
             assert.are.equal(mine[i - 1].id + 1, mine[i].id)
         end
-        -- a hundred clients that never read, each resuming from 0 (a replay far beyond 1 KiB): each is
+        -- a hundred clients that never read, each resuming from 0 (a replay far beyond 4 KiB): each is
         -- dropped at once and the server's memory does not grow with them
         local before = metric("opensandbox_event_clients_dropped_total")
         local gone = srv.dir .. "/never"
