@@ -9,10 +9,10 @@
 -- The principal sees what GET /sandboxes shows it (a tenant only its own sandboxes and snapshots).
 --
 -- Backpressure: every frame is written without parking the task (s:write(frame, true)), so the loop always
--- comes back to its waiter; after each batch it reads s:pending(), the bytes the client has not taken yet.
--- Past `max_pending_bytes` the client is dropped: one `overflow` event, then the body ends. So a stream
--- costs at most max_pending_bytes plus one batch, however slow its reader, and a ring's worth of replay
--- never waits on it.
+-- comes back to its waiter; each time it wakes, before writing more, it reads s:pending(), the bytes the
+-- client has not taken yet. Past `max_pending_bytes` the client is dropped: one `overflow` event, then the
+-- body ends. So a stream costs at most max_pending_bytes plus one batch (at most the ring), however slow its
+-- reader, a burst such as a replay is not a drop by itself, and no writer ever waits on a client.
 local errors = require("common.errors")
 local hub_mod = require("sandbox.events")
 local metrics = require("common.metrics")
@@ -97,15 +97,8 @@ function M.serve(hub, s, who, filter, last_id, opts)
         cursor = math.min(last_id, hub.seq)
     end
     while not why do
-        for e in hub:after(cursor) do
-            cursor = e.seq
-            if visible(e, who) and matches(e, filter) and not put(e.frame) then
-                break
-            end
-        end
-        if why then
-            break
-        end
+        -- what the client left unread since the last round decides: a burst (a replay) is never dropped by
+        -- itself, only a client that does not take it
         local pending = s:pending()
         if not pending then
             why = "closed"
@@ -117,13 +110,22 @@ function M.serve(hub, s, who, filter, last_id, opts)
             }), true)
             DROPPED:inc()
             why = "overflow"
-        elseif hub.closed then
-            why = "shutdown"
         else
-            -- a ping when nothing was written for a heartbeat (events this client does not see do not count)
-            sub.waiter:wait(math.max(0.001, opts.heartbeat - (now() - last_write)))
-            if now() - last_write >= opts.heartbeat and not hub.closed then
-                put(": ping\n\n")
+            for e in hub:after(cursor) do
+                cursor = e.seq
+                if visible(e, who) and matches(e, filter) and not put(e.frame) then
+                    break
+                end
+            end
+            if hub.closed then
+                why = why or "shutdown"
+            elseif not why then
+                -- a ping when nothing was written for a heartbeat (events this client does not see do not
+                -- count)
+                sub.waiter:wait(math.max(0.001, opts.heartbeat - (now() - last_write)))
+                if now() - last_write >= opts.heartbeat and not hub.closed then
+                    put(": ping\n\n")
+                end
             end
         end
     end

@@ -385,10 +385,15 @@ describe("api.events serve", function()
         assert.are.equal(10, #fast:events())
         assert.are.equal(1, hub:clients())
         -- the slow client reconnects where it was dropped and gets the rest
-        -- (a replay is written at once: it counts against max_pending_bytes like any burst)
-        local again = start(env, hub, ADMIN, {}, last.data.lastEventId, { heartbeat = 15, max_pending = 65536 })
+        -- (a replay beyond max_pending_bytes is written at once and is no drop by itself)
+        local again, again_res = start(env, hub, ADMIN, {}, last.data.lastEventId)
+        assert.is_true(again.unread > 4096)
         assert.are.equal(10, again:events()[#again:events()].id)
         assert.are.equal(10 - last.data.lastEventId, #again:events())
+        assert.is_nil(again_res.why)
+        -- ... but leaving it unread is: at the next heartbeat it is dropped
+        env:advance(16)
+        assert.are.equal("overflow", again_res.why)
     end)
 
     it("ends when the client has gone, and when the hub closes (shutdown)", function()
