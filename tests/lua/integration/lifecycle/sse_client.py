@@ -1,7 +1,7 @@
 # TEST-ONLY. A GET /v1/events client that does not read (for stream_events_spec.lua): it connects with a tiny
 # receive buffer, sends the request and reads nothing until the file GO exists; then it reads to the end of
 # the response and writes the de-chunked body to OUT. Exits 0 when the server ended the body (the last
-# chunk came), 2 when it did not within the time given.
+# chunk came), 2 when it did not within the time given; the exit code is also written to OUT.rc.
 #   python3 sse_client.py PORT PATH KEY LAST_EVENT_ID(or "") OUT GO SECONDS
 import os
 import socket
@@ -19,6 +19,8 @@ if last:
 s.sendall((head + "\r\n").encode())
 while not os.path.exists(go):
     if time.time() > deadline:
+        with open(out + ".rc", "w") as f:
+            f.write("2\n")
         sys.exit(2)
     time.sleep(0.05)
 data = b""
@@ -43,4 +45,6 @@ while rest:
     rest = rest[n + 2:]
 with open(out, "wb") as f:
     f.write(body)
+with open(out + ".rc", "w") as f:
+    f.write("0\n" if complete else "2\n")
 sys.exit(0 if complete else 2)
