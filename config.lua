@@ -245,4 +245,18 @@ return {
         enabled = true,
         min_interval_seconds = 60,
     },
+
+    events = {
+        -- GET /events (Server-Sent Events): sandbox and snapshot state changes as they happen, filtered by
+        -- the caller's principal (as GET /sandboxes) and optionally ?sandboxId= / ?metadata=k=v&k2=v2.
+        -- The last `buffer` events are kept in memory for clients that resume with Last-Event-ID (an older
+        -- id gets a `reset` event first: some events were lost).
+        buffer = 1024,
+        -- A client that leaves more than this many bytes unread is dropped: an `overflow` event, then the
+        -- stream ends (it may reconnect with Last-Event-ID). Bounds the memory one slow client costs.
+        max_pending_bytes = 1048576,
+        -- A `: ping` comment is sent after this many seconds without output, so that proxies keep the
+        -- stream open.
+        heartbeat_seconds = 15,
+    },
 }

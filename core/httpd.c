@@ -848,11 +848,12 @@ static int s_write(lua_State *L)
         lua_pushliteral(L, "closed");
         return 2;
     }
+    int nowait = lua_toboolean(L, 3);
     if (n && buf_append(&c->sbuf, data, n) < 0)
         return luaL_error(L, "out of memory");
     if (c->reader_suspended)
         httpd_ctx_resume(c);
-    if (buf_avail(&c->sbuf) > STREAM_HIGH && task_of(L) && lua_isyieldable(L)) {
+    if (!nowait && buf_avail(&c->sbuf) > STREAM_HIGH && task_of(L) && lua_isyieldable(L)) {
         task *t = task_of(L);
         c->writer = t;
         t->wait = c;
@@ -860,6 +861,20 @@ static int s_write(lua_State *L)
         return lua_yield(L, 0);
     }
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* s:pending() -> the bytes written and not yet handed to the client's connection, or nil, "closed".
+ */
+static int s_pending(lua_State *L)
+{
+    struct reqctx *c = stream_ctx(L);
+    if (c->completed) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    lua_pushinteger(L, (lua_Integer)buf_avail(&c->sbuf));
     return 1;
 }
 
@@ -1322,8 +1337,11 @@ static int l_proxy_stats(lua_State *L)
 
 int luaopen_core_http(lua_State *L)
 {
-    static const luaL_Reg stream_methods[] = {
-        {"write", s_write}, {"close", s_close}, {"__gc", s_gc}, {NULL, NULL}};
+    static const luaL_Reg stream_methods[] = {{"write", s_write},
+                                              {"pending", s_pending},
+                                              {"close", s_close},
+                                              {"__gc", s_gc},
+                                              {NULL, NULL}};
     static const luaL_Reg req_methods[] = {
         {"header", r_header}, {"headers", r_headers}, {NULL, NULL}};
     static const luaL_Reg fns[] = {{"listen", l_listen},           {"listen_extra", l_listen_extra},

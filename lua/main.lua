@@ -150,8 +150,16 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         end
         log.info("hooks loaded", { dir = hooks_obj.dir, hooks = table.concat(hooks_obj:names(), ",") })
     end
+    -- the GET /events hub: the service publishes every committed state change into it
+    local events_hub = require("sandbox.events").new({
+        buffer = cfg.events.buffer,
+        now = core.now,
+        waiter = require("core.sync").waiter,
+        count = require("api.events").count,
+    })
     service = require("sandbox.service").new({
         hooks = hooks_obj,
+        events = events_hub,
         runtime = runtime,
         store = store,
         log = log,
@@ -190,6 +198,7 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         uuid = uuid,
         now = core.now,
         http = http,
+        events = events_hub,
         root = core.paths.root,
         ncpu = function()
             return service.ncpu
@@ -230,6 +239,12 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
     if pf then
         pf:write(tostring(core.getpid()), "\n")
         pf:close()
+    end
+    -- a shutdown ends the event streams at once (they would otherwise hold the drain for drain_timeout)
+    for _, sig in ipairs({ "TERM", "INT" }) do
+        core.on_signal(sig, function()
+            events_hub:close_all()
+        end)
     end
     core.on_signal("HUP", function()
         log.info("SIGHUP: reloading")

@@ -21,6 +21,7 @@ local parse = require("api.parse")
 local respond = require("api.respond")
 local proxy = require("api.proxy")
 local diagnostics = require("api.diagnostics")
+local events = require("api.events")
 local router = require("api.router")
 local sandboxes = require("api.sandboxes")
 local snapshots = require("api.snapshots")
@@ -91,6 +92,7 @@ function M.new(deps)
         proxy = proxy.new(deps),
         metrics = metrics.new(deps),
         diagnostics = diagnostics.new(deps),
+        events = events.new(deps),
     })
     local measure = metrics.enabled(deps.config) and deps.now
     local now = deps.now

@@ -74,6 +74,7 @@ local routes = {
     { "GET", "/snapshots", "snapshots.list", slash = true, summary = "List snapshots" },
     { "GET", "/snapshots/{id}", "snapshots.get", slash = true, summary = "Get a snapshot" },
     { "DELETE", "/snapshots/{id}", "snapshots.delete", slash = true, summary = "Delete a snapshot" },
+    { "GET", "/events", "events.stream", slash = true, summary = "Stream lifecycle events (Server-Sent Events)" },
 }
 for _, pattern in ipairs({ "/sandboxes/{id}/proxy/{port}", "/sandboxes/{id}/proxy/{port}/{path*}" }) do
     for _, method in ipairs(PROXY_METHODS) do

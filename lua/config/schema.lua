@@ -135,6 +135,15 @@ M.sections = {
         enabled = { type = "boolean", default = true },
         min_interval_seconds = { type = "integer", default = 60, min = 0, max = 86400 },
     },
+    -- GET /events, the lifecycle event stream (sandbox/events.lua, api/events.lua)
+    events = {
+        -- events kept for Last-Event-ID resumes (a ring: the oldest go first)
+        buffer = { type = "integer", default = 1024, min = 1, max = 1048576 },
+        -- bytes a client may leave unread before it is dropped (an `overflow` event, then the end)
+        max_pending_bytes = { type = "integer", default = 1048576, min = 1024, max = 1073741824 },
+        -- a `: ping` comment after this many seconds without output, for proxies that close idle streams
+        heartbeat_seconds = { type = "number", default = 15, min = 0.05, max = 3600 },
+    },
 }
 
 return M

@@ -60,6 +60,7 @@ function M.new(deps)
     self.config = deps.config
     self.failure_ttl = deps.failure_ttl or 3600
     self.hooks = deps.hooks
+    self.events = deps.events -- the GET /events hub (sandbox/events.lua), or nil
     -- authentication is on (a key or tenants configured): the server proxy then needs a key or the
     -- sandbox's capability, which endpoint replies hand out (views.lua)
     local server = deps.config and deps.config.server or {}
@@ -269,9 +270,12 @@ function Service:load()
     if not all then
         return nil, err
     end
+    local events = self.events -- loading what the store has is no state change: no events
+    self.events = nil
     for _, rec in ipairs(all) do
         self:set_record(rec.id, rec)
     end
+    self.events = events
     self:mark_resumable()
     local _, serr = self:load_snapshots()
     if serr then

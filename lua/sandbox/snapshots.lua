@@ -132,8 +132,19 @@ function P:commit_snapshot(snap, fact)
     else
         self.snapshots_unsaved[snap.id] = nil
     end
+    local old = self.snapshots[snap.id]
     self.snapshots[snap.id] = snap
+    self:snapshot_event(old, snap)
     return snap
+end
+
+-- Tells the event stream (sandbox/events.lua) of a snapshot change; a metadata filter matches the metadata
+-- of the source sandbox while it exists.
+function P:snapshot_event(old, new)
+    if self.events then
+        local src = self.records[(new or old).sandbox_id]
+        self.events:snapshot(old, new, src and src.metadata)
+    end
 end
 
 function P:forget_snapshot(id)
@@ -142,8 +153,12 @@ function P:forget_snapshot(id)
         self.log.error("store delete failed", { snapshot_id = id, error = tostring(err) })
         return nil, err
     end
+    local old = self.snapshots[id]
     self.snapshots[id] = nil
     self.snapshots_unsaved[id] = nil
+    if old then
+        self:snapshot_event(old, nil)
+    end
     return true
 end
 

@@ -45,10 +45,15 @@ end
 
 --- Puts `rec` in memory as the record of `id` (nil: none), keeping the usage counters in step. Every
 --- change of self.records goes through here.
+--- It is also where the event stream learns of every committed state change (sandbox/events.lua).
 function P:set_record(id, rec)
+    local old = self.records[id]
     self.records[id] = rec
     self.counters:update(id, rec)
     self:renew_policy(id, rec)
+    if self.events then
+        self.events:sandbox(old, rec)
+    end
 end
 
 --- What the live sandboxes matching `filter` use (sandbox/counters.lua; opensandbox.usage of the hooks):

@@ -7,6 +7,8 @@ local client = require("core.client")
 local timer = require("core.timer")
 local spawn = require("core.spawn")
 
+local nowait = {}
+
 local function handler(req)
     local p = req.path
     if p == "/echo" then
@@ -42,6 +44,27 @@ local function handler(req)
                 return
             end
         end
+        s:close()
+        return
+    elseif p == "/nowait" then
+        local s = http.stream(req, 200, { ["Content-Type"] = "application/octet-stream" })
+        local chunk = string.rep("y", 32768)
+        for _ = 1, 8 do -- 256 KiB without yielding: nothing reaches the client in between
+            assert(s:write(chunk, true))
+        end
+        nowait.pending = s:pending()
+        while true do -- the reader drains it; pending counts down to 0, or the client goes
+            local left, why = s:pending()
+            if not left then
+                nowait.closed = why
+                return
+            end
+            if left == 0 then
+                break
+            end
+            timer.sleep(0.005)
+        end
+        nowait.drained = true
         s:close()
         return
     elseif p == "/slow" then
@@ -121,6 +144,23 @@ local total = 0
 res = assert(client.request({ url = base .. "/big", on_data = function(c) total = total + #c end }))
 assert(res.status == 200)
 assert(total == 320 * 32768, "big stream bytes: " .. total)
+
+-- s:write(data, true) never parks the writer; s:pending() tells what waits, nil once the client is gone
+total = 0
+res = assert(client.request({ url = base .. "/nowait", on_data = function(c) total = total + #c end }))
+assert(res.status == 200 and total == 8 * 32768, "nowait stream bytes: " .. total)
+assert(nowait.pending == 8 * 32768, "pending after unparked writes: " .. tostring(nowait.pending))
+assert(nowait.drained and not nowait.closed)
+nowait = {}
+res, err = client.request({ url = base .. "/nowait", on_data = function() return false end })
+assert(not res and err.kind == "aborted", tostring(err and err.kind))
+for _ = 1, 200 do
+    if nowait.closed then
+        break
+    end
+    timer.sleep(0.01)
+end
+assert(nowait.closed == "closed" and not nowait.drained, "pending after the client left: " .. tostring(nowait.closed))
 
 -- on_data returning false aborts
 local res2

@@ -386,7 +386,7 @@ Env.__index = Env
 
 --- opts: hooks (true for S.hooks(), or an object), config, failure_ttl, runtime (a runtimes.fake object),
 --- store (an S.store()), load (svc:load() first: the records of the store), connect (default true:
---- svc:connect(true) runs, so the service is available and restored).
+--- svc:connect(true) runs, so the service is available and restored), events (a sandbox.events hub).
 function S.env(opts)
     opts = opts or {}
     local sched = new_sched()
@@ -436,6 +436,7 @@ function S.env(opts)
         config = env.config,
         failure_ttl = opts.failure_ttl,
         hooks = env.hooks,
+        events = opts.events,
     })
     if opts.load then
         assert(env.svc:load())
