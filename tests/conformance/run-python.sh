@@ -28,7 +28,11 @@ export PATH=$venv/bin:$PATH OPENSANDBOX_DISABLE_METRICS=1 SANDBOX_IMAGE=${SANDBO
 # a host directory the volume tests may bind-mount (storage.allowed_host_paths), removed afterwards
 host_dir=$(mktemp -d /tmp/osb-conformance-host.XXXXXX)
 export CONFORMANCE_HOST_DIR=$host_dir
-export CONFORMANCE_EXTRA_CONFIG="storage = { allowed_host_paths = { \"$host_dir\" } },"
+extra_paths=
+for p in ${CONFORMANCE_EXTRA_HOST_PATHS:-}; do # upstream-e2e.sh: the directories upstream's suite mounts
+    extra_paths="$extra_paths, \"$p\""
+done
+export CONFORMANCE_EXTRA_CONFIG="storage = { allowed_host_paths = { \"$host_dir\"$extra_paths } },"
 
 # shellcheck source=tests/conformance/server.sh
 . "$here/server.sh"
