@@ -11,6 +11,7 @@
 -- The create through Docker (a sandbox that runs, provisioning counters): lifecycle/metrics_spec.lua.
 local server = require("support.server")
 local prometheus = require("support.prometheus")
+local value_of, wait_until = prometheus.value_of, prometheus.wait_until
 local curl = require("support.curl_client")
 local json = require("common.json")
 
@@ -21,30 +22,6 @@ local IDS = {
     "5a1e0000-0000-4000-8000-000000000002",
     "5a1e0000-0000-4000-8000-000000000003",
 }
-
-local function value_of(text, series)
-    for l in text:gmatch("[^\n]+") do
-        local head, v = l:match("^(.-) (%S+)$")
-        if head == series then
-            return tonumber(v)
-        end
-    end
-    return nil
-end
-
-local function wait_until(what, timeout, fn)
-    local deadline = os.time() + timeout
-    while true do
-        local v = fn()
-        if v then
-            return v
-        end
-        if os.time() > deadline then
-            error("timed out waiting for " .. what)
-        end
-        server.sh("sleep 0.25")
-    end
-end
 
 local function read(path)
     local f = assert(io.open(path, "r"))

@@ -10,34 +10,10 @@
 --       tests/lua/integration/lifecycle/metrics_spec.lua
 local H = require("lifecycle.helpers")
 local prometheus = require("support.prometheus")
+local value_of, wait_until = prometheus.value_of, prometheus.wait_until
 
 local KEY = "metrics-spec-key"
 local AUTH = { ["OPEN-SANDBOX-API-KEY"] = KEY }
-
--- The value of the one sample line `series` (name{labels}) in `text`, or nil.
-local function value_of(text, series)
-    for l in text:gmatch("[^\n]+") do
-        local head, v = l:match("^(.-) (%S+)$")
-        if head == series then
-            return tonumber(v)
-        end
-    end
-    return nil
-end
-
-local function wait_until(what, timeout, fn)
-    local deadline = os.time() + timeout
-    while true do
-        local v = fn()
-        if v then
-            return v
-        end
-        if os.time() > deadline then
-            error("timed out waiting for " .. what)
-        end
-        H.sleep(0.25)
-    end
-end
 
 -- create + wait for Running, with the key (the lifecycle helpers send none)
 local function create_running(srv)

@@ -10,6 +10,32 @@ local server = require("support.server")
 
 local M = {}
 local Prom = {}
+
+--- The value of the one sample line `series` (name{labels}) in exposition `text`, or nil.
+function M.value_of(text, series)
+    for l in text:gmatch("[^\n]+") do
+        local head, v = l:match("^(.-) (%S+)$")
+        if head == series then
+            return tonumber(v)
+        end
+    end
+    return nil
+end
+
+--- Calls fn() every 0.25 s until it returns a true value (returned), or raises after `timeout` seconds.
+function M.wait_until(what, timeout, fn)
+    local deadline = os.time() + timeout
+    while true do
+        local v = fn()
+        if v then
+            return v
+        end
+        if os.time() > deadline then
+            error("timed out waiting for " .. what)
+        end
+        server.sh("sleep 0.25")
+    end
+end
 Prom.__index = Prom
 
 local function free_port()
