@@ -109,6 +109,25 @@ void execd_new_id(char out[33])
     out[32] = '\0';
 }
 
+/* After a fork whose child reports a failed exec through the close-on-exec pipe `ep`: closes the
+ * write end, then reads. 1: the child wrote why (into msg, NUL-terminated) and has been reaped; 0:
+ * it exec'd. */
+int execd_exec_failed(int ep[2], pid_t pid, char *msg, size_t len)
+{
+    ssize_t n;
+    close(ep[1]);
+    ep[1] = -1;
+    do {
+        n = read(ep[0], msg, len - 1);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return 0;
+    msg[n] = '\0';
+    int st;
+    waitpid(pid, &st, 0);
+    return 1;
+}
+
 static struct cmd *cmd_find(const char *id)
 {
     struct cmd *c;
@@ -572,7 +591,6 @@ static int cmd_spawn(struct cmd *c, const struct spawn_args *a, char **why)
 {
     int out[2] = {-1, -1}, err[2] = {-1, -1}, ep[2] = {-1, -1}, i;
     char msg[512];
-    ssize_t n;
     pid_t pid;
 
     if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0) {
@@ -591,19 +609,12 @@ static int cmd_spawn(struct cmd *c, const struct spawn_args *a, char **why)
     setpgid(pid, pid); /* also in the parent, so kill(-pid) works at once */
     close(out[1]);
     close(err[1]);
-    close(ep[1]);
-    out[1] = err[1] = ep[1] = -1;
-    do {
-        n = read(ep[0], msg, sizeof(msg) - 1);
-    } while (n < 0 && errno == EINTR);
+    out[1] = err[1] = -1;
+    int failed = execd_exec_failed(ep, pid, msg, sizeof(msg));
     close(ep[0]);
     ep[0] = -1;
-    if (n > 0) {
-        int st;
-        msg[n] = '\0';
-        waitpid(pid, &st, 0);
+    if (failed)
         goto fail;
-    }
     c->pid = pid;
     c->running = 1;
     c->fds[0] = out[0];

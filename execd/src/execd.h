@@ -152,6 +152,8 @@ int64_t cmd_tick(int64_t now); /* returns the next deadline (ms) or INT64_MAX */
 /* Finds bash (returns 1) or sh (returns 0) on PATH into out. */
 int cmd_find_shell(char *out, size_t n);
 void execd_new_id(char out[33]); /* a fresh 32-hex-digit id (command.c) */
+/* 1 when a forked child reported a failed exec through the CLOEXEC pipe ep (command.c) */
+int execd_exec_failed(int ep[2], pid_t pid, char *msg, size_t len);
 /* The agent's environment without its access token, for a child (entries shared, the array is not;
  * free() it): session.c */
 char **execd_child_env(void);

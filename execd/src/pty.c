@@ -265,7 +265,6 @@ static int pty_spawn(struct pty_sess *s, int want_pty, char *why, size_t whylen)
     char shell[4096], msg[300];
     char **env = execd_child_env();
     struct winsize wsz = {24, 80, 0, 0};
-    ssize_t n;
     pid_t pid;
     int bash = cmd_find_shell(shell, sizeof(shell)), k = 0;
     char *argv[6];
@@ -336,15 +335,7 @@ static int pty_spawn(struct pty_sess *s, int want_pty, char *why, size_t whylen)
     }
     if (!want_pty)
         setpgid(pid, pid);
-    close(ep[1]);
-    ep[1] = -1;
-    do {
-        n = read(ep[0], msg, sizeof(msg) - 1);
-    } while (n < 0 && errno == EINTR);
-    if (n > 0) {
-        int st;
-        msg[n] = '\0';
-        waitpid(pid, &st, 0);
+    if (execd_exec_failed(ep, pid, msg, sizeof(msg))) {
         snprintf(why, whylen, "%s", msg);
         goto out;
     }

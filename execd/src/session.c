@@ -173,7 +173,6 @@ static int session_spawn(struct session *s, char *why, size_t whylen)
     int p[S_NFD][2], ep[2] = {-1, -1}, i, rc = -1;
     char shell[4096], msg[256];
     char **env = execd_child_env();
-    ssize_t n;
     pid_t pid;
 
     for (i = 0; i < S_NFD; i++)
@@ -231,15 +230,7 @@ static int session_spawn(struct session *s, char *why, size_t whylen)
         }
     }
     setpgid(pid, pid);
-    close(ep[1]);
-    ep[1] = -1;
-    do {
-        n = read(ep[0], msg, sizeof(msg) - 1);
-    } while (n < 0 && errno == EINTR);
-    if (n > 0) {
-        int st;
-        msg[n] = '\0';
-        waitpid(pid, &st, 0);
+    if (execd_exec_failed(ep, pid, msg, sizeof(msg))) {
         snprintf(why, whylen, "%s", msg);
         goto out;
     }
