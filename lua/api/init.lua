@@ -21,6 +21,7 @@ local parse = require("api.parse")
 local respond = require("api.respond")
 local proxy = require("api.proxy")
 local diagnostics = require("api.diagnostics")
+local egress = require("api.egress")
 local events = require("api.events")
 local router = require("api.router")
 local sandboxes = require("api.sandboxes")
@@ -93,6 +94,7 @@ function M.new(deps)
         metrics = metrics.new(deps),
         diagnostics = diagnostics.new(deps),
         events = events.new(deps),
+        egress = egress.new(deps),
     })
     local measure = metrics.enabled(deps.config) and deps.now
     local now = deps.now
@@ -155,6 +157,20 @@ function M.new(deps)
                     respond.error(errors.new(401, "MISSING_API_KEY", proxy.MISSING_CREDENTIALS)))
             end
         end
+        -- The egress API: the sandbox's egress token (checked by the service), or a valid key that can see
+        -- the sandbox. A key that fails with no token sent is answered as on any other route.
+        local by_key
+        if route.egress and auth_on then
+            local key = req:header(middleware.API_KEY_HEADER)
+            if key and key ~= "" then
+                principal, err = authenticate(req)
+                if principal then
+                    admin, by_key = err, true
+                elseif not req:header(egress.TOKEN_HEADER) then
+                    return with_route(route, respond.error(err))
+                end
+            end
+        end
         if req.body_too_large and not route.raw_body then
             return with_route(route, respond.error(parse.too_large()))
         end
@@ -167,6 +183,7 @@ function M.new(deps)
             admin = admin,
             request_id = request_id,
             proxy_token = proxy_token,
+            by_key = by_key,
         }, lazy_ctx)
         local res
         res, err = bound[route.handler](ctx)

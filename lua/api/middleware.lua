@@ -50,10 +50,16 @@ function M.is_exempt_proxy(decoded)
     return rest ~= nil and (rest == "" or rest:sub(1, 1) == "/")
 end
 
---- Whether the raw request path needs no API key: the exact paths of §1.2, "/docs/*", and proxy paths.
+--- Whether the raw request path needs no API key: the exact paths of §1.2, "/docs/*", proxy paths, and the
+--- egress API's /sandboxes/{id}/egress/policy (its handler checks the sandbox's egress token instead).
 function M.is_exempt(raw_path)
     local p = router.unescape(raw_path)
     if EXEMPT[p] or find(p, "^/docs/") then
+        return true
+    end
+    -- the egress API checks its own credential (lua/api/egress.lua)
+    if find(p, "/egress/policy", 1, true)
+        and (find(p, "^/sandboxes/[^/]+/egress/policy/?$") or find(p, "^/v1/sandboxes/[^/]+/egress/policy/?$")) then
         return true
     end
     -- the full proxy check only for paths that can be one (most requests are not)

@@ -15,6 +15,7 @@ local PROXY_METHODS = { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTION
 -- exempt: no API key needed (the proxy's exemption depends on the path and is decided by the middleware).
 -- slash: a single trailing "/" is ignored (the lifecycle routes).
 -- raw_body: the route takes any body (no 1 MiB limit, no parsing): the proxy.
+-- egress: the egress API; its own credential (lua/api/init.lua, lua/api/egress.lua).
 local routes = {
     { "GET", "/health", "system.health", exempt = true, summary = "Health check" },
     { "GET", "/openapi.json", "docs.openapi", exempt = true, summary = "OpenAPI description of this API" },
@@ -75,6 +76,34 @@ local routes = {
     { "GET", "/snapshots/{id}", "snapshots.get", slash = true, summary = "Get a snapshot" },
     { "DELETE", "/snapshots/{id}", "snapshots.delete", slash = true, summary = "Delete a snapshot" },
     { "GET", "/events", "events.stream", slash = true, summary = "Stream lifecycle events (Server-Sent Events)" },
+    -- the egress API (lua/api/egress.lua): no API key needed, the handler checks the sandbox's egress token
+    {
+        "GET",
+        "/sandboxes/{id}/egress/policy",
+        "egress.get",
+        exempt = true,
+        egress = true,
+        slash = true,
+        summary = "Get a sandbox's egress policy",
+    },
+    {
+        "PATCH",
+        "/sandboxes/{id}/egress/policy",
+        "egress.patch",
+        exempt = true,
+        egress = true,
+        slash = true,
+        summary = "Merge egress rules into a sandbox's policy",
+    },
+    {
+        "DELETE",
+        "/sandboxes/{id}/egress/policy",
+        "egress.delete",
+        exempt = true,
+        egress = true,
+        slash = true,
+        summary = "Remove egress rules from a sandbox's policy by target",
+    },
 }
 for _, pattern in ipairs({ "/sandboxes/{id}/proxy/{port}", "/sandboxes/{id}/proxy/{port}/{path*}" }) do
     for _, method in ipairs(PROXY_METHODS) do
@@ -127,13 +156,15 @@ for i, r in ipairs(routes) do
         exempt = r.exempt or false,
         slash = r.slash or false,
         raw_body = r.raw_body or false,
+        egress = r.egress or false,
         summary = r.summary,
         segs = segs,
         rest = rest,
     }
 end
 
---- The route table: an array of { method, pattern, handler, exempt, slash, raw_body, summary }. Read-only use.
+--- The route table: an array of { method, pattern, handler, exempt, slash, raw_body, egress, summary }.
+--- Read-only use.
 function M.routes()
     local out = {}
     for i, r in ipairs(compiled) do
@@ -144,6 +175,7 @@ function M.routes()
             exempt = r.exempt,
             slash = r.slash,
             raw_body = r.raw_body,
+            egress = r.egress,
             summary = r.summary,
         }
     end

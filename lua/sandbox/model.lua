@@ -33,6 +33,9 @@
 --                   of their own and go with the record). nil for a record restored from the runtime alone
 --   snapshot_id     string?  the snapshot the sandbox was created from (sandbox/snapshots.lua); its view then
 --                   shows `snapshotId` instead of `image` (image_uri is the snapshot's artifact)
+--   network_policy  table?   the sandbox's current egress policy, normalised (sandbox/netpolicy.lua): set at
+--                   create, changed through the egress API (sandbox/egress.lua); nil = none (no enforcement)
+--   egress_token    string?  OPENSANDBOX-EGRESS-AUTH of the sandbox's egress API (never logged); set with a policy
 --
 --   provision       table?   while Pending: what provisioning needs beyond the fields above, to resume after a
 --                   crash (resume_spec: the runtime object's name, resources); nil once provisioning ended
@@ -144,6 +147,7 @@ function M.new_record(id, spec, now_us)
         memory = spec.memory,
         volumes = spec.volumes and #spec.volumes > 0 and spec.volumes or nil,
         snapshot_id = spec.snapshot_id,
+        network_policy = spec.network_policy,
     }
     M.apply_status(rec, M.status(M.STATE.PENDING, M.REASON.CONTAINER_STARTING, M.MESSAGE.STARTING, now_us))
     return rec

@@ -80,10 +80,15 @@ function P:create(spec, ctx)
     if not vok then
         return nil, verr
     end
+    vok, verr = self:check_network_policy(spec) -- (sandbox/egress.lua)
+    if not vok then
+        return nil, verr
+    end
     local id = self.core.uuid.v4()
     local rec = model.new_record(id, spec, self:now_us())
     rec.principal = ctx and ctx.principal or nil
     rec.access_token = self.core.uuid.random_hex(32)
+    rec.egress_token = spec.network_policy and self.core.uuid.random_hex(32) or nil
     -- the name a hook chose for the runtime object
     local name = self.hooks and self.hooks:sandbox_name(ctx, spec, rec) or nil
     -- A 202 is a promise (§6.5 step 4): what provisioning needs is durable before the reply, so that a
@@ -200,6 +205,7 @@ function P:resume_provisioning()
                 platform = rec.platform,
                 volumes = rec.volumes,
                 snapshot_id = rec.snapshot_id,
+                network_policy = rec.network_policy,
             }
             self.log.info("resuming interrupted provisioning", { sandbox_id = id })
             self:start_provisioning(id, spec, p.name)

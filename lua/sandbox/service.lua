@@ -14,6 +14,7 @@
 --   sandbox/access_renew.lua  renew on access through the server proxy (OSEP-0009)
 --   sandbox/diagnostics.lua   the diagnostics API: logs and events of a sandbox
 --   sandbox/snapshots.lua     snapshots: capture, list, delete, create-from-snapshot, restart recovery
+--   sandbox/egress.lua        network policy: the create check, the egress API, re-applying after a restart
 --
 -- Concurrency model: every public method runs in the calling request's task and may yield (runtime calls,
 -- lock waits). Mutations of one sandbox take its lock; reads (get, list) never do and are served from
@@ -40,7 +41,8 @@ local Service = {}
 Service.__index = Service
 
 local PARTS = { "sandbox.state", "sandbox.provisioning", "sandbox.operations", "sandbox.expiry",
-    "sandbox.reconcile", "sandbox.views", "sandbox.access_renew", "sandbox.diagnostics", "sandbox.snapshots" }
+    "sandbox.reconcile", "sandbox.views", "sandbox.access_renew", "sandbox.diagnostics", "sandbox.snapshots",
+    "sandbox.egress" }
 for _, name in ipairs(PARTS) do
     for k, fn in pairs(require(name)) do
         assert(Service[k] == nil, "sandbox.service: " .. name .. " defines " .. k .. " twice")
@@ -218,7 +220,11 @@ function Service:connect(startup)
         self:mark_unavailable(type(due) == "table" and due.message or due)
         return nil, due
     end
+    local first = not self.restored
     self.restored = true
+    if first then -- the runtime forgets nothing, but its enforcement may have (a restarted host or module)
+        self:reapply_network_policies()
+    end
     if not self.available then
         self.log.info("runtime is reachable", { runtime = self.runtime.name })
     end

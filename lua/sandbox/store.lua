@@ -32,7 +32,7 @@ local M = {}
 local Store = {}
 Store.__index = Store
 
-local SCHEMA_VERSION = 8
+local SCHEMA_VERSION = 9
 
 -- Record fields and their column kinds: "text", "int" (exact 64-bit) or "json" (any JSON value).
 local COLUMNS = {
@@ -59,6 +59,8 @@ local COLUMNS = {
     { "volumes", "json" },
     { "transitions", "json" },
     { "snapshot_id", "text" },
+    { "network_policy", "json" },
+    { "egress_token", "text" },
 }
 
 -- Snapshot record fields (sandbox/snapshots.lua) and their column kinds, as for COLUMNS.
@@ -172,6 +174,12 @@ local MIGRATIONS = {
             created_us    INTEGER NOT NULL
         )]],
         "ALTER TABLE sandboxes ADD COLUMN snapshot_id TEXT",
+    },
+    -- 9: network policy (sandbox/netpolicy.lua, sandbox/egress.lua): the sandbox's current egress policy
+    -- (JSON; NULL: none, no enforcement) and the token of its egress API (OPENSANDBOX-EGRESS-AUTH).
+    {
+        "ALTER TABLE sandboxes ADD COLUMN network_policy TEXT",
+        "ALTER TABLE sandboxes ADD COLUMN egress_token TEXT",
     },
 }
 

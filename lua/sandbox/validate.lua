@@ -11,6 +11,7 @@ local errors = require("common.errors")
 local json = require("common.json")
 local timefmt = require("common.timefmt")
 local volumes = require("sandbox.volumes")
+local netpolicy = require("sandbox.netpolicy")
 local is_object, is_array, absent = json.is_object, json.is_array, json.absent
 
 local M = {}
@@ -523,11 +524,6 @@ local function check_extensions(v)
 end
 
 local function check_unsupported(body)
-    for _, f in ipairs({ "networkPolicy" }) do
-        if not absent(body[f]) then
-            return not_supported(f)
-        end
-    end
     local cp = body.credentialProxy
     if type(cp) == "table" and cp ~= null and cp.enabled == true then
         return not_supported("credentialProxy")
@@ -541,7 +537,8 @@ end
 ---     manual cleanup), nano_cpus = int|nil, memory = bytes|nil, gpu = n|-1 (all)|nil,
 ---     env = { {k, v}, ... } in `opts.env_order` (the request's key order, §8.2; parse.member_key_order),
 ---       else sorted by key, metadata = {k=v},
----     platform = {os=, arch=}|nil, extensions = {k=v}, volumes = { normalised Volume, ... } (sandbox/volumes.lua) }
+---     platform = {os=, arch=}|nil, extensions = {k=v}, volumes = { normalised Volume, ... } (sandbox/volumes.lua),
+---     network_policy = normalised policy (sandbox/netpolicy.lua) | nil }
 --- or nil and an error object.
 function M.create(body, opts)
     if not is_object(body) then
@@ -614,6 +611,12 @@ function M.create(body, opts)
     spec.volumes, err = volumes.validate(body.volumes) -- (sandbox/volumes.lua; {} when none)
     if not spec.volumes then
         return nil, err
+    end
+    if not absent(body.networkPolicy) then -- (sandbox/netpolicy.lua; nil when absent)
+        spec.network_policy, err = netpolicy.validate(body.networkPolicy)
+        if not spec.network_policy then
+            return nil, err
+        end
     end
     return spec
 end

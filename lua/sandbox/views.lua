@@ -122,6 +122,15 @@ function P:endpoint(id, port, use_server_proxy, ctx)
     if model.is_provisioning_failure(rec) then
         return nil, self.not_running_error()
     end
+    if port == C.EGRESS_PORT and rec.network_policy then
+        -- the egress API of a sandbox with a network policy is this server's (sandbox/egress.lua), in both
+        -- forms: GET/PATCH/DELETE {endpoint}/policy with the sandbox's egress token
+        local base = eip(self.config) or (ctx and ctx.host) or "127.0.0.1:8080"
+        return {
+            endpoint = string.format("%s/sandboxes/%s/egress", base, id),
+            headers = { [C.EGRESS_AUTH_HEADER] = rec.egress_token },
+        }
+    end
     local agent_headers = { ["X-EXECD-ACCESS-TOKEN"] = rec.access_token }
     if use_server_proxy then
         local base = eip(self.config) or (ctx and ctx.host) or "127.0.0.1:8080"

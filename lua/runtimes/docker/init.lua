@@ -12,6 +12,7 @@ local agent_mod = require("runtimes.docker.agent")
 local hostports = require("runtimes.docker.hostports")
 local imageref = require("runtimes.docker.imageref")
 local rterrors = require("runtimes.errors")
+local netpolicy = require("runtimes.docker.netpolicy")
 local json = require("common.json")
 local timefmt = require("common.timefmt")
 
@@ -471,6 +472,23 @@ end
 
 function Docker:resume(rec)
     return self.engine:unpause(rec.handle)
+end
+
+-- network policy (lua/runtimes/README.md): thin calls into runtimes.docker.netpolicy, the enforcement
+
+--- Whether spec.network_policy can be enforced: never with the host's network (no namespace of its own);
+--- else what the enforcement module says of this host.
+function Docker:network_policy_support(spec)
+    if self.host_mode then
+        return nil, 'networkPolicy is not supported with docker.network_mode = "host": the sandbox shares the '
+            .. "host's network, so its egress cannot be filtered."
+    end
+    return netpolicy.support(spec, self.config)
+end
+
+--- Puts `policy` in force for the provisioned sandbox `rec` (its container is rec.handle).
+function Docker.set_network_policy(_, rec, policy)
+    return netpolicy.apply(rec.handle, policy, rec)
 end
 
 --- Removes the container (a paused one is unpaused and removed, §6.3); gone already counts as removed.

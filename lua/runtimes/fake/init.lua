@@ -45,6 +45,9 @@ function M.new(cfg)
         no_pause = fcfg.no_pause, -- answer pause and resume with "unsupported", like a runtime that has none
         capabilities = { pause = not fcfg.no_pause, snapshots = not fcfg.no_snapshots },
         snapshot_images = {}, -- snapshot reference -> { from = handle }
+        applied = {}, -- set_network_policy calls: { handle, policy }
+        policies = {}, -- handle -> the policy in force (set_network_policy, or provision's spec)
+        no_policy_reason = fcfg.no_network_policy and "networkPolicy is not supported by the fake runtime." or nil,
     }, Fake)
     if fcfg.no_snapshots then -- like Kubernetes: no snapshot methods at all
         self.snapshot, self.snapshot_state, self.delete_snapshot, self.is_snapshot_image = nil, nil, nil, nil
@@ -196,6 +199,7 @@ function Fake:provision(sandbox, spec)
         self.starts = (self.starts or 0) + 1
     end
     self:_crash_point("start")
+    self.policies[obj.handle] = spec.network_policy
     local made = {}
     for _, v in ipairs(spec.volumes or {}) do
         local name = v.pvc and v.pvc.claimName
@@ -286,6 +290,33 @@ function Fake:remove(rec)
         self.objects[rec.handle] = nil
         self:_emit({ id = obj.id, handle = obj.handle, gone = true })
     end
+    return true
+end
+
+-- network policy: supported unless cfg.fake.no_network_policy (then refused with `rt.no_policy_reason`);
+-- every set_network_policy is recorded in `rt.applied` ({ handle, policy } in call order) and the policy
+-- in force per handle in `rt.policies`
+function Fake:network_policy_support(spec)
+    local err = self:_call("network_policy_support", nil, spec)
+    if err then
+        return nil, err
+    end
+    if self.no_policy_reason then
+        return nil, self.no_policy_reason
+    end
+    return true
+end
+
+function Fake:set_network_policy(rec, policy)
+    local err = self:_call("set_network_policy", rec.handle, rec, policy)
+    if err then
+        return nil, err
+    end
+    if not self.objects[rec.handle] then
+        return nil, rterrors.new("not_found", "no such sandbox object: " .. tostring(rec.handle))
+    end
+    self.applied[#self.applied + 1] = { handle = rec.handle, policy = policy }
+    self.policies[rec.handle] = policy
     return true
 end
 

@@ -344,6 +344,18 @@ function Kube.resume()
     return nil, rterrors.new("unsupported", NO_PAUSE)
 end
 
+M.NO_NETWORK_POLICY = "networkPolicy is not supported on the kubernetes runtime."
+
+--- Network policy (lua/runtimes/README.md): not enforced on Kubernetes (no egress filter by name in a
+--- NetworkPolicy), so a create that asks for one is refused before anything is made.
+function Kube.network_policy_support()
+    return nil, M.NO_NETWORK_POLICY
+end
+
+function Kube.set_network_policy()
+    return nil, rterrors.new("unsupported", M.NO_NETWORK_POLICY)
+end
+
 --- Deletes the pod (its pull Secret goes with it); gone already counts as removed.
 function Kube:remove(rec)
     return self:_delete_pod(rec.handle)

@@ -444,11 +444,31 @@ describe("sandbox.validate.create", function()
                 assert_error(400, "SANDBOX::API_NOT_SUPPORTED", field .. " is not supported by this server.",
                     create(extra))
             end
-            unsupported("networkPolicy", '"networkPolicy":{}')
             unsupported("credentialProxy", '"credentialProxy":{"enabled":true}')
             assert.is_not_nil(create('"snapshotId":null,"networkPolicy":null,"volumes":[],'
                 .. '"credentialProxy":{"enabled":false}'))
             assert.is_not_nil(create('"volumes":null,"credentialProxy":null'))
+        end)
+    end)
+
+    describe("networkPolicy (sandbox/netpolicy.lua)", function()
+        it("is normalised into spec.network_policy, nil when absent or null", function()
+            local spec = create('"networkPolicy":{"defaultAction":"Deny","egress":[{"action":"allow",'
+                .. '"target":"PyPI.org."},{"action":"allow","target":"10.1.0.0/16"}]}')
+            assert.are.same({ defaultAction = "deny", egress = { { action = "allow", target = "pypi.org" },
+                { action = "allow", target = "10.1.0.0/16" } } }, spec.network_policy)
+            assert.are.same({ defaultAction = "deny", egress = {} }, create('"networkPolicy":{}').network_policy)
+            assert.is_nil(create('"networkPolicy":null').network_policy)
+            assert.is_nil(create().network_policy)
+        end)
+
+        it("refuses a malformed policy with 400 naming the field", function()
+            invalid("networkPolicy.egress[1].target 'a..b' is not a valid domain name.",
+                create('"networkPolicy":{"egress":[{"action":"allow","target":"a.b"},'
+                    .. '{"action":"allow","target":"a..b"}]}'))
+            invalid("networkPolicy.defaultAction must be 'allow' or 'deny'.",
+                create('"networkPolicy":{"defaultAction":"drop"}'))
+            invalid("networkPolicy must be an object with defaultAction and egress.", create('"networkPolicy":"deny"'))
         end)
     end)
 
