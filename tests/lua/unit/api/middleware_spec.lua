@@ -196,6 +196,20 @@ describe("api.middleware exemptions", function()
     end)
 end)
 
+describe("api.middleware egress API", function()
+    it("exempts exactly /sandboxes/{id}/egress/policy (its handler checks the egress token)", function()
+        for _, p in ipairs({ "/sandboxes/abc/egress/policy", "/v1/sandboxes/abc/egress/policy",
+            "/sandboxes/abc/egress/policy/" }) do
+            assert.is_true(mw.is_exempt(p), p)
+        end
+        for _, p in ipairs({ "/sandboxes/abc/egress", "/sandboxes/abc/egress/policy/x", "/sandboxes//egress/policy",
+            "/sandboxes/a/b/egress/policy", "/v2/sandboxes/abc/egress/policy", "/x/sandboxes/abc/egress/policy",
+            "/sandboxes/abc/egress/policyx" }) do
+            assert.is_false(mw.is_exempt(p), p)
+        end
+    end)
+end)
+
 describe("api.middleware CORS", function()
     local function preflight(path, extra)
         local h = { Origin = "http://app.example", ["Access-Control-Request-Method"] = "POST" }

@@ -40,6 +40,10 @@ local function full_record(id, created)
             { at = "1767225600000001", state = "Pending", reason = "CONTAINER_STARTING", message = "starting" },
             { at = "1767225600000002", state = "Running", reason = "CONTAINER_RUNNING", message = "running" },
         },
+        -- version 9: the egress policy (sandbox/netpolicy.lua) and the egress API's token
+        network_policy = { defaultAction = "deny", egress = { { action = "allow", target = "*.pypi.org" },
+            { action = "deny", target = "10.0.0.0/8" } } },
+        egress_token = string.rep("cd", 32),
     }
 end
 
