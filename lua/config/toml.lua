@@ -48,8 +48,8 @@ end
 
 -- Reasons shared by several keys.
 local PYTHON = "a setting of upstream's Python server (uvicorn, anyio, Python logging); this server has no equivalent"
-local EGRESS = "networkPolicy (the egress sidecar) is not supported by this server: a create that asks for one "
-    .. "is refused with 400"
+local EGRESS = "this server enforces networkPolicy itself (no egress sidecar image, always DNS filtering plus a "
+    .. "packet filter, the egress API served by the server): the sidecar's settings have no use here"
 local NOT_PODS = "this server runs one plain Pod per sandbox (no BatchSandbox, agent-sandbox or fast-sandbox "
     .. "resources); pod settings go in kubernetes.pod_template_file"
 local RENEW = "renew on access works through the server proxy: a sandbox asks for it with "

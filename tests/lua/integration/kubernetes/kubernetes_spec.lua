@@ -237,6 +237,33 @@ echo $max
         assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
     end)
 
+    it("refuses networkPolicy before anything is made; 18080 stays an ordinary port", function()
+        local srv = K.start()
+        local function pods()
+            local out = K.kubectl("-n " .. K.namespace() .. " get pods -o name")
+            return select(2, out:gsub("pod/", ""))
+        end
+        local before = pods()
+        local res = K.call(srv, "POST", "/v1/sandboxes", K.body({ networkPolicy = { defaultAction = "deny",
+            egress = { { action = "allow", target = "pypi.org" } } } }))
+        K.assert_error(res, 400, "SANDBOX::INVALID_PARAMETER",
+            "networkPolicy is not supported on the kubernetes runtime.")
+        -- a malformed policy is refused by validation first, with the field named
+        res = K.call(srv, "POST", "/v1/sandboxes", K.body({ networkPolicy = {
+            egress = { { action = "x", target = "a" } } } }))
+        K.assert_error(res, 400, "SANDBOX::INVALID_PARAMETER",
+            "networkPolicy.egress[0].action must be 'allow' or 'deny'.")
+        assert.are.equal(0, K.call(srv, "GET", "/v1/sandboxes").json.pagination.totalItems)
+        assert.are.equal(before, pods(), "no pod was made")
+        local id = K.create_running(srv)
+        local ep = K.call(srv, "GET", path(id, "/endpoints/18080?use_server_proxy=true"))
+        assert.are.equal(200, ep.status, ep.body)
+        assert.is_nil(ep.json.headers and ep.json.headers["OPENSANDBOX-EGRESS-AUTH"])
+        K.assert_error(K.call(srv, "GET", "/sandboxes/" .. id .. "/egress/policy"), 404,
+            "SANDBOX::NETWORK_POLICY_NOT_FOUND")
+        assert.are.equal(204, K.call(srv, "DELETE", path(id)).status)
+    end)
+
     it("reports exits: Terminated on 0, Failed with the code otherwise", function()
         local srv = K.start()
         local ok_id = K.create(srv, { entrypoint = { "sh", "-c", "sleep 1; exit 0" } })
