@@ -152,7 +152,8 @@ describe("sandbox.service network policy", function()
         end)
 
         it("PATCH merges, puts the policy in force, then stores it", function()
-            local rules = assert(netpolicy.validate_rules({ rule("deny", "pypi.org"), rule("allow", "*.x.org") }, "body"))
+            local rules = assert(netpolicy.validate_rules({ rule("deny", "pypi.org"), rule("allow", "*.x.org") },
+                "body"))
             local res = assert(e:op("patch_egress", id, rules, token, false, {}))
             local want = { defaultAction = "deny", egress = { rule("deny", "pypi.org"), rule("allow", "*.x.org"),
                 rule("allow", "10.0.0.0/8") } }

@@ -7,7 +7,7 @@
 -- the Docker runtime's enforcement module (runtimes.docker.netpolicy), not here.
 --
 --   lua5.4 /usr/bin/busted --lpath='lua/?.lua;lua/?/init.lua;tests/lua/integration/?.lua' \
---       tests/lua/integration/lifecycle/netpolicy_spec.lua
+--       tests/lua/integration/lifecycle/egress_api_spec.lua
 local H = require("lifecycle.helpers")
 local json = H.json
 
