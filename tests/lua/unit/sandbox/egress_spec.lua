@@ -82,6 +82,20 @@ describe("sandbox.service network policy", function()
         refused_create(e, S.spec(), 400, "networkPolicy.egress[0].target 'bad..name' is not a valid domain name.")
     end)
 
+    it("a hook can impose a policy: it is normalised and kept, with a token", function()
+        local hooks = S.hooks()
+        function hooks.before_create(_, _, spec)
+            spec.network_policy = { egress = { rule("Allow", "Tenant.Example.") } }
+            return spec
+        end
+        local e = S.env({ hooks = hooks })
+        local id = e:running(S.spec())
+        assert.same(policy({ defaultAction = "deny", egress = { rule("allow", "tenant.example") } }),
+            e.store.rows[id].network_policy)
+        assert.is_string(e.store.rows[id].egress_token)
+        assert.same(e.store.rows[id].network_policy, e.rt.policies["fake-1"])
+    end)
+
     it("answers a runtime that is unreachable while checking with 503, nothing made", function()
         local e = S.env()
         e.rt:fail_next("network_policy_support", rterrors.new("unavailable", "gone"))
