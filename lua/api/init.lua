@@ -158,8 +158,9 @@ function M.new(deps)
             end
         end
         -- The egress API: the sandbox's egress token (checked by the service), or a valid key that can see
-        -- the sandbox. A key that fails with no token sent is answered as on any other route.
-        local by_key
+        -- the sandbox. A key that fails with no token sent is answered as on any other route. With no key
+        -- configured every route is open (§1.2), this one too.
+        local by_key = route.egress and not auth_on or nil
         if route.egress and auth_on then
             local key = req:header(middleware.API_KEY_HEADER)
             if key and key ~= "" then

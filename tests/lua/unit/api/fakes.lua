@@ -74,7 +74,8 @@ function F.service(answers)
         end
     end
     for _, name in ipairs({ "create", "get", "list", "delete", "pause", "resume", "renew", "endpoint",
-        "patch_metadata", "proxy_target", "proxy_token", "diagnostic_logs", "diagnostic_events" }) do
+        "patch_metadata", "proxy_target", "proxy_token", "diagnostic_logs", "diagnostic_events",
+        "egress_access", "egress_policy", "patch_egress", "remove_egress" }) do
         svc[name] = method(name)
     end
     return svc
