@@ -177,8 +177,9 @@ describe("lifecycle API #integration #docker", function()
             { "secureAccess not a boolean", { secureAccess = "yes" }, P, "secureAccess must be a boolean." },
             { "snapshotId beside image", { snapshotId = "snap-1" }, P,
                 "image and snapshotId are mutually exclusive: provide exactly one." },
-            { "networkPolicy", { networkPolicy = { defaultAction = "deny" } },
-                NS, "networkPolicy is not supported by this server." },
+            { "a malformed networkPolicy", { networkPolicy = { defaultAction = "deny", egress = { { action = "allow",
+                target = "*.*" } } } }, P, "networkPolicy.egress[0].target '*.*' is not a valid wildcard domain "
+                .. "(*.example.com)." },
             { "credentialProxy enabled", { credentialProxy = { enabled = true } }, NS,
                 "credentialProxy is not supported by this server." },
             { "a volume without mountPath", { volumes = { { name = "v", host = { path = "/tmp" } } } },
