@@ -104,6 +104,13 @@ describe("netpolicy.validate", function()
         end
     end)
 
+    it("answers a huge target (linear trimming and checks: a quadratic pattern would hang here)", function()
+        local huge = string.rep(" ", 500000) .. "x" .. string.rep(" a", 250000)
+        local _, err = np.validate({ egress = { rule("allow", huge) } })
+        assert.are.equal(400, err.status)
+        assert.is_true(#err.message < 200, "the message quotes a short prefix")
+    end)
+
     it("caps the number of rules", function()
         local many = {}
         for i = 1, np.MAX_RULES + 1 do
