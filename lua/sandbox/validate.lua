@@ -523,7 +523,7 @@ local function check_extensions(v)
 end
 
 local function check_unsupported(body)
-    for _, f in ipairs({ "networkPolicy" }) do
+    for _, f in ipairs({}) do
         if not absent(body[f]) then
             return not_supported(f)
         end
@@ -610,6 +610,9 @@ function M.create(body, opts)
     ok, err = check_unsupported(body)
     if not ok then
         return nil, err
+    end
+    if type(body.networkPolicy) == "table" then -- TEMPORARY (netenforce): netapi validates it
+        spec.network_policy = body.networkPolicy
     end
     spec.volumes, err = volumes.validate(body.volumes) -- (sandbox/volumes.lua; {} when none)
     if not spec.volumes then

@@ -8,6 +8,7 @@
 -- and its labels never leave this module.
 local engine_mod = require("runtimes.docker.engine")
 local mapping = require("runtimes.docker.mapping")
+local netpolicy_mod = require("runtimes.docker.netpolicy")
 local agent_mod = require("runtimes.docker.agent")
 local hostports = require("runtimes.docker.hostports")
 local imageref = require("runtimes.docker.imageref")
@@ -71,6 +72,26 @@ function M.new(cfg, deps)
         oom_seen = {}, -- container id -> true between an "oom" and its "die"
         last_event_s = nil, -- the watch resumes from here
     }, Docker)
+    local net = deps.net
+    if net == nil then
+        local ok, mod = pcall(require, "core.net")
+        net = ok and mod or false
+    end
+    self.netpolicy = netpolicy_mod.new({
+        net = net or nil,
+        log = deps.log,
+        engine = engine,
+        sleep = deps.sleep or function(sec)
+            require("core.timer").sleep(sec)
+        end,
+        spawn = deps.spawn or function(fn)
+            require("core.spawn")(fn)
+        end,
+        now = core.now_s,
+        network = mapping.config_value(dcfg, "network_mode"),
+        instance = instance,
+        policy_config = cfg.network_policy,
+    })
     self.agent = agent_mod.new({
         files = deps.agent_files,
         engine = engine,
@@ -226,6 +247,7 @@ function Docker:provision(sandbox, spec)
         snapshot_id = sandbox.snapshot_id,
         instance = self.instance,
         volumes = spec.volumes,
+        start_gate = spec.network_policy and netpolicy_mod.GATE_PATH or nil,
     }
     local verr0
     created_volumes, verr0 = self:_ensure_volumes(sandbox.id, spec.volumes)
@@ -328,6 +350,26 @@ function Docker:provision(sandbox, spec)
         return fail("start", "Failed to inspect container: " .. msg(err), cid, err)
     end
     step("inspect")
+    -- the network: isolated from the other sandboxes, and the policy in place before the entrypoint starts
+    if not self.host_mode and info.ip and not started then
+        local iok, ierr = self.netpolicy:isolate(sandbox.id, info.ip)
+        if not iok then
+            self.netpolicy:unisolate(sandbox.id)
+            return fail("start", "Failed to isolate the sandbox's network: " .. tostring(ierr), cid)
+        end
+    end
+    if spec.network_policy then
+        local pok, perr2 = self:_enforce(sandbox.id, info, spec.network_policy)
+        if pok and not started then
+            pok, perr2 = self.netpolicy:release(info.pid)
+        end
+        step("network_policy")
+        if not pok then
+            self.netpolicy:detach(sandbox.id)
+            self.netpolicy:unisolate(sandbox.id)
+            return fail("start", "Failed to enforce the network policy: " .. tostring(perr2), cid)
+        end
+    end
     local st = status(mapping.status_of(info))
     if not st or st.state == "Pending" then -- started a moment ago: Docker may not say so yet
         st = status("Running", "CONTAINER_RUNNING", mapping.MESSAGES.CONTAINER_RUNNING, nil)
@@ -478,8 +520,63 @@ function Docker:remove(rec)
     local ok, err = self.engine:remove(rec.handle)
     if ok then
         self:release_agent_port(rec)
+        self.netpolicy:detach(rec.id)
+        self.netpolicy:unisolate(rec.id, rec.place and rec.place.ip)
     end
     return ok, err
+end
+
+------------------------------------------------------------------------------------------------------------
+-- network policy (netpolicy.lua has the design)
+
+--- Whether a sandbox made from `spec` can have its `network_policy` enforced: true, or nil and the reason.
+function Docker:network_policy_support(_spec)
+    if self.host_mode then
+        return nil, "networkPolicy cannot be enforced with docker.network_mode = \"host\" "
+            .. "(the sandbox shares the host's network)"
+    end
+    local dropped = false
+    for _, c in ipairs(mapping.config_value(self.config, "drop_capabilities") or {}) do
+        if tostring(c):upper():gsub("^CAP_", "") == "NET_ADMIN" then
+            dropped = true
+        end
+    end
+    if not dropped then
+        return nil, "networkPolicy needs docker.drop_capabilities to include NET_ADMIN "
+            .. "(otherwise the sandbox could change its own firewall)"
+    end
+    if not self.netpolicy.net then
+        return nil, "networkPolicy needs the server's core.net module"
+    end
+    local ok, err = self.netpolicy:usable()
+    if not ok then
+        return nil, "networkPolicy cannot be enforced on this host (nftables: " .. tostring(err) .. ")"
+    end
+    return true
+end
+
+function Docker:_enforce(id, info, policy)
+    if not (info.running and info.pid and info.pid > 0) then
+        return true -- nothing runs: nothing to enforce; a sandbox that runs again is given it then
+    end
+    return self.netpolicy:attach(id, info.pid, info.ip, policy)
+end
+
+--- Makes a live sandbox enforce `policy` now (after a change, or once after a restart). A sandbox whose
+--- container does not run is left as it is. Returns true or nil, err.
+function Docker:set_network_policy(rec, policy)
+    local info, err = self.engine:inspect(rec.handle)
+    if not info then
+        if rterrors.is(err, "not_found") then
+            return true
+        end
+        return nil, err
+    end
+    local ok, perr = self:_enforce(rec.id, info, policy)
+    if not ok then
+        return nil, rterrors.new("api", perr)
+    end
+    return true
 end
 
 ------------------------------------------------------------------------------------------------------------
@@ -641,6 +738,20 @@ function Docker:list()
             out[#out + 1] = { id = sid, handle = c.id, foreign = foreign }
         end
     end
+    if not self.host_mode then
+        -- the isolation set holds exactly this server's running sandboxes (a restart may have missed changes)
+        local live = {}
+        for _, item in ipairs(out) do
+            if item.id and not item.foreign and item.place and item.place.ip and item.status
+                and (item.status.state == "Running" or item.status.state == "Paused") then
+                live[item.id] = item.place.ip
+            end
+        end
+        local ok, ierr = self.netpolicy:isolation_reconcile(live)
+        if not ok and self.log then
+            self.log.error("cannot update the sandbox isolation set", { error = tostring(ierr) })
+        end
+    end
     return out
 end
 
@@ -659,6 +770,9 @@ function Docker:change_of(ev)
         local code = ev.exit_code or 0
         local oom = self.oom_seen[ev.id or ""]
         self.oom_seen[ev.id or ""] = nil
+        -- the container's address goes back to Docker's pool: another container may get it
+        self.netpolicy:detach(ev.sandbox_id)
+        self.netpolicy:unisolate(ev.sandbox_id)
         if code == 0 and not oom then
             base.status = status("Terminated", "CONTAINER_EXITED", mapping.MESSAGES.CONTAINER_EXITED, at)
         else
@@ -670,6 +784,8 @@ function Docker:change_of(ev)
         base.status = status("Paused", "CONTAINER_PAUSED", mapping.MESSAGES.CONTAINER_PAUSED, at)
     elseif a == "destroy" then
         base.gone = true
+        self.netpolicy:detach(ev.sandbox_id)
+        self.netpolicy:unisolate(ev.sandbox_id)
         -- removed (perhaps behind the server's back, when remove() is never called): its agent port is free
         for p, sid in pairs(self.agent_ports) do
             if sid == ev.sandbox_id then
