@@ -1,4 +1,4 @@
--- Network policy enforcement for Docker sandboxes (issue 13; the design is in docs/network-policy.md).
+-- Network policy enforcement for Docker sandboxes (the design: NETWORK-POLICY.md).
 --
 -- One component per server, no sidecars:
 --   * each sandbox with a policy gets an nftables table `inet opensandbox` in its own network namespace
@@ -161,6 +161,9 @@ end
 
 --- Whether this server can enforce a policy at all: nftables usable (root, kernel support).
 function Enforcer:usable()
+    if not self.net then
+        return false, "the server's core.net module is missing"
+    end
     if self.usable_cache == nil then
         local ok, err = self.net.nft(0, "list tables")
         self.usable_cache = ok and true or false
@@ -425,7 +428,7 @@ end
 --- Makes the isolation table (shared by every server on the host; never removed by one). Returns true or
 --- nil, err.
 function Enforcer:isolation_setup()
-    if not self.isolation then
+    if not self.isolation or not self.net then
         return true
     end
     if self.isolation_ready then
@@ -441,7 +444,7 @@ end
 
 --- Puts sandbox `id`'s address into the isolation set. Returns true or nil, err.
 function Enforcer:isolate(id, ip)
-    if not self.isolation or not ip then
+    if not self.isolation or not ip or not self.net then
         return true
     end
     local ok, err = self:isolation_setup()
@@ -461,7 +464,7 @@ end
 function Enforcer:unisolate(id, ip)
     ip = self.isolated[id] or ip
     self.isolated[id] = nil
-    if not self.isolation or not ip then
+    if not self.isolation or not ip or not self.net then
         return true
     end
     local ok, err = self.net.nft(0, string.format("delete element bridge %s sandboxes { %s }\n",
@@ -475,7 +478,7 @@ end
 --- After a restart: the isolation set keeps this server's `live` sandboxes (id -> IP) and loses the
 --- addresses this server put there for sandboxes that are gone.
 function Enforcer:isolation_reconcile(live)
-    if not self.isolation then
+    if not self.isolation or not self.net then
         return true
     end
     local ok, err = self:isolation_setup()
@@ -484,7 +487,14 @@ function Enforcer:isolation_reconcile(live)
     end
     local _, text = self.net.nft(0, "list set bridge " .. M.ISOLATION_TABLE .. " sandboxes")
     local keep = {}
+    for _, ip in pairs(self.isolated) do -- put there by this process (a create may be under way)
+        keep[ip] = true
+    end
+    local missing = {}
     for id, ip in pairs(live) do
+        if not keep[ip] then
+            missing[ip] = true
+        end
         keep[ip] = true
         self.isolated[id] = ip
     end
@@ -495,10 +505,10 @@ function Enforcer:isolation_reconcile(live)
             stale[#stale + 1] = ip
         end
     end
-    local missing = {}
-    for ip in pairs(keep) do
+    local add = {}
+    for ip in pairs(missing) do
         if not present[ip] then
-            missing[#missing + 1] = string.format("%s comment \"%s\"", ip, self.instance)
+            add[#add + 1] = string.format("%s comment \"%s\"", ip, self.instance)
         end
     end
     local cmds = {}
@@ -506,9 +516,9 @@ function Enforcer:isolation_reconcile(live)
         cmds[#cmds + 1] = string.format("delete element bridge %s sandboxes { %s }", M.ISOLATION_TABLE,
             table.concat(stale, ", "))
     end
-    if #missing > 0 then
+    if #add > 0 then
         cmds[#cmds + 1] = string.format("add element bridge %s sandboxes { %s }", M.ISOLATION_TABLE,
-            table.concat(missing, ", "))
+            table.concat(add, ", "))
     end
     if #cmds == 0 then
         return true

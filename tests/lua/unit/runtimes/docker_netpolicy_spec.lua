@@ -275,3 +275,50 @@ describe("runtimes.docker.netpolicy", function()
         end)
     end)
 end)
+
+describe("runtimes.docker: a sandbox with a network policy", function()
+    local mapping = require("runtimes.docker.mapping")
+    local json = require("common.json")
+    local function body(over)
+        local spec = { id = "11111111-2222-4333-8444-555555555555", image_uri = "busybox", entrypoint = { "sh" },
+            created_us = 1, expires_us = 2, metadata = {} }
+        for k, v in pairs(over or {}) do
+            spec[k] = v
+        end
+        return json.decode(mapping.create_body(spec, {}))
+    end
+
+    it("waits at the start gate and has no IPv6", function()
+        local b = body({ start_gate = np.GATE_PATH })
+        local has
+        for _, e in ipairs(b.Env) do
+            has = has or e == np.GATE_ENV .. "=" .. np.GATE_PATH
+        end
+        assert.is_true(has)
+        assert.equal("1", b.HostConfig.Sysctls["net.ipv6.conf.all.disable_ipv6"])
+        local plain = body()
+        assert.is_nil(plain.HostConfig.Sysctls)
+        for _, e in ipairs(plain.Env) do
+            assert.not_matches(np.GATE_ENV, e)
+        end
+    end)
+
+    it("is refused where it cannot be enforced, with the reason", function()
+        package.loaded["core.sync"] = package.loaded["core.sync"] or {}
+        local docker_runtime = require("runtimes.docker")
+        local function rt(docker_cfg, net)
+            return docker_runtime.new({ docker = docker_cfg, network_policy = {} }, {
+                engine = { host = "unix:///x" }, net = net, agent_files = {}, core = {} })
+        end
+        local ok, why = rt({ network_mode = "host" }, fake_net()):network_policy_support({})
+        assert.is_nil(ok)
+        assert.matches("network_mode = \"host\"", why, 1, true)
+        ok, why = rt({ drop_capabilities = { "MKNOD" } }, fake_net()):network_policy_support({})
+        assert.is_nil(ok)
+        assert.matches("NET_ADMIN", why, 1, true)
+        ok, why = rt({}, fake_net({ nft_fail = true })):network_policy_support({})
+        assert.is_nil(ok)
+        assert.matches("cannot be enforced on this host", why, 1, true)
+        assert.is_true(rt({}, fake_net()):network_policy_support({}))
+    end)
+end)
