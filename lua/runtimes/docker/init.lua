@@ -247,7 +247,9 @@ function Docker:provision(sandbox, spec)
         snapshot_id = sandbox.snapshot_id,
         instance = self.instance,
         volumes = spec.volumes,
-        start_gate = spec.network_policy and netpolicy_mod.GATE_PATH or nil,
+        -- the entrypoint waits until the sandbox's network rules are in place (isolation, policy)
+        start_gate = self:_gated(spec) and netpolicy_mod.GATE_PATH or nil,
+        no_ipv6 = spec.network_policy ~= nil or nil, -- the policy's rules and DNS filter speak IPv4
     }
     local verr0
     created_volumes, verr0 = self:_ensure_volumes(sandbox.id, spec.volumes)
@@ -351,23 +353,19 @@ function Docker:provision(sandbox, spec)
     end
     step("inspect")
     -- the network: isolated from the other sandboxes, and the policy in place before the entrypoint starts
-    if not self.host_mode and info.ip and not started then
-        local iok, ierr = self.netpolicy:isolate(sandbox.id, info.ip)
-        if not iok then
-            self.netpolicy:unisolate(sandbox.id)
-            return fail("start", "Failed to isolate the sandbox's network: " .. tostring(ierr), cid)
-        end
-    end
-    if spec.network_policy then
+    if not self.host_mode and self.netpolicy:wants_table(spec.network_policy) then
         local pok, perr2 = self:_enforce(sandbox.id, info, spec.network_policy)
-        if pok and not started then
-            pok, perr2 = self.netpolicy:release(info.pid)
+        if pok and cspec.start_gate then
+            -- a container taken over (started by an interrupted provisioning) may have passed its gate already
+            pok, perr2 = self.netpolicy:release(info.pid, started and 0.5 or 10)
+            if started then
+                pok = true
+            end
         end
-        step("network_policy")
+        step("network")
         if not pok then
             self.netpolicy:detach(sandbox.id)
-            self.netpolicy:unisolate(sandbox.id)
-            return fail("start", "Failed to enforce the network policy: " .. tostring(perr2), cid)
+            return fail("start", "Failed to put the sandbox's network rules in place: " .. tostring(perr2), cid)
         end
     end
     local st = status(mapping.status_of(info))
@@ -521,7 +519,6 @@ function Docker:remove(rec)
     if ok then
         self:release_agent_port(rec)
         self.netpolicy:detach(rec.id)
-        self.netpolicy:unisolate(rec.id, rec.place and rec.place.ip)
     end
     return ok, err
 end
@@ -545,8 +542,9 @@ function Docker:network_policy_support(_spec)
         return nil, "networkPolicy needs docker.drop_capabilities to include NET_ADMIN "
             .. "(otherwise the sandbox could change its own firewall)"
     end
-    if not self.netpolicy.net then
-        return nil, "networkPolicy needs the server's core.net module"
+    if self.agent.execd_image then
+        return nil, "networkPolicy needs the built-in agent (runtime.execd_image is set): its bootstrap holds "
+            .. "the entrypoint until the policy is in place"
     end
     local ok, err = self.netpolicy:usable()
     if not ok then
@@ -555,11 +553,18 @@ function Docker:network_policy_support(_spec)
     return true
 end
 
+-- whether a sandbox made from `spec` waits at the start gate for its network rules (the built-in agent's
+-- bootstrap knows the gate; an upstream-style agent image's does not: isolation is then put in place right
+-- after the start, and a policy is refused by network_policy_support)
+function Docker:_gated(spec)
+    return not self.host_mode and not self.agent.execd_image and self.netpolicy:wants_table(spec.network_policy)
+end
+
 function Docker:_enforce(id, info, policy)
     if not (info.running and info.pid and info.pid > 0) then
         return true -- nothing runs: nothing to enforce; a sandbox that runs again is given it then
     end
-    return self.netpolicy:attach(id, info.pid, info.ip, policy)
+    return self.netpolicy:apply(id, info.pid, info.ip, policy)
 end
 
 --- Makes a live sandbox enforce `policy` now (after a change, or once after a restart). A sandbox whose
@@ -738,20 +743,6 @@ function Docker:list()
             out[#out + 1] = { id = sid, handle = c.id, foreign = foreign }
         end
     end
-    if not self.host_mode then
-        -- the isolation set holds exactly this server's running sandboxes (a restart may have missed changes)
-        local live = {}
-        for _, item in ipairs(out) do
-            if item.id and not item.foreign and item.place and item.place.ip and item.status
-                and (item.status.state == "Running" or item.status.state == "Paused") then
-                live[item.id] = item.place.ip
-            end
-        end
-        local ok, ierr = self.netpolicy:isolation_reconcile(live)
-        if not ok and self.log then
-            self.log.error("cannot update the sandbox isolation set", { error = tostring(ierr) })
-        end
-    end
     return out
 end
 
@@ -772,7 +763,6 @@ function Docker:change_of(ev)
         self.oom_seen[ev.id or ""] = nil
         -- the container's address goes back to Docker's pool: another container may get it
         self.netpolicy:detach(ev.sandbox_id)
-        self.netpolicy:unisolate(ev.sandbox_id)
         if code == 0 and not oom then
             base.status = status("Terminated", "CONTAINER_EXITED", mapping.MESSAGES.CONTAINER_EXITED, at)
         else
@@ -785,7 +775,6 @@ function Docker:change_of(ev)
     elseif a == "destroy" then
         base.gone = true
         self.netpolicy:detach(ev.sandbox_id)
-        self.netpolicy:unisolate(ev.sandbox_id)
         -- removed (perhaps behind the server's back, when remove() is never called): its agent port is free
         for p, sid in pairs(self.agent_ports) do
             if sid == ev.sandbox_id then

@@ -163,7 +163,7 @@ function M.create_body(spec, config)
         end
     end
     env[#env + 1] = "OPENSANDBOX_EXECD_PORT=" .. agent_port
-    if spec.start_gate then -- the entrypoint waits until the server opens this FIFO (network policy in place)
+    if spec.start_gate then -- the entrypoint waits until the server opens this FIFO (network rules in place)
         env[#env + 1] = "OPENSANDBOX_START_GATE=" .. spec.start_gate
     end
     if spec.access_token then
@@ -202,7 +202,7 @@ function M.create_body(spec, config)
             host.PortBindings[p] = json.array({ { HostIp = cfg(config, "host_ip"), HostPort = "" } })
         end
     end
-    if spec.start_gate then
+    if spec.no_ipv6 then
         -- a sandbox with a network policy has no IPv6: its rules and its DNS filter speak IPv4
         host.Sysctls = { ["net.ipv6.conf.all.disable_ipv6"] = "1", ["net.ipv6.conf.default.disable_ipv6"] = "1" }
     end

@@ -10,8 +10,9 @@
 --     adds its IPv4 addresses to the set of the rule that allowed the name; so a connection succeeds only to
 --     an address an allowed name resolved to (or an allowed IP/CIDR rule, or the default);
 --   * IPv6 is switched off in a sandbox with a policy (sysctl at create), AAAA questions get an empty answer;
---   * sandbox-to-sandbox isolation: one host table `bridge opensandbox_isolation` drops every bridged packet
---     addressed to a sandbox (sandboxes are reached by the host: the server proxy and the agent calls).
+--   * sandbox-to-sandbox isolation: the same table's input chain accepts new connections from the host (the
+--     network's gateway: the server proxy, the agent calls) and drops those from the rest of the sandbox
+--     network (other sandboxes, other containers) and over IPv6; answers to the sandbox's own connections pass.
 -- The user's entrypoint starts only after the table is in place: the bootstrap waits on a FIFO (the start
 -- gate) that `release` opens.
 local netpolicy = require("sandbox.netpolicy")
@@ -19,7 +20,6 @@ local netpolicy = require("sandbox.netpolicy")
 local M = {}
 
 M.TABLE = "opensandbox"
-M.ISOLATION_TABLE = "opensandbox_isolation"
 M.GATE_PATH = "/tmp/.opensandbox-gate"
 M.GATE_ENV = "OPENSANDBOX_START_GATE"
 M.DENY = "reject with icmpx type admin-prohibited" -- a refused connection fails at once, not by timeout
@@ -56,45 +56,57 @@ local function verdict(action)
     return action == "allow" and "accept" or M.DENY
 end
 
---- The nft script (one transaction) that makes a sandbox's namespace enforce `policy`. `dns` = { ip, port }
---- of the DNS filter. `old_sets` (name -> true) are the sets the table has now: sets of rules that remain are
---- kept (addresses learned for a name survive a policy change), the others are deleted. Returns the script
---- and the set of set names the table has afterwards.
-function M.script(policy, dns, old_sets)
+--- The nft script (one transaction) that makes a sandbox's namespace enforce `policy` (nil: none) and, with
+--- `net.isolate`, the isolation. `net` = { dns_ip, dns_port (the DNS filter), subnet (the sandbox network's,
+--- "172.17.0.0/16"), gateway, isolate = bool }. `old_sets` (name -> true) are the sets the table has now:
+--- sets of rules that remain are kept (addresses learned for a name survive a policy change), the others are
+--- deleted. Returns the script and the set of set names the table has afterwards.
+function M.script(policy, net, old_sets)
     local T = "inet " .. M.TABLE
     local out, sets = {}, {}
     local function add(fmt, ...)
         out[#out + 1] = string.format(fmt, ...)
     end
     add("add table %s", T)
+    add("add chain %s ingress { type filter hook input priority 0; policy accept; }", T)
     add("add chain %s egress { type filter hook output priority 0; policy accept; }", T)
     -- before Docker's own output NAT (-100), so a query to any resolver reaches the filter
     add("add chain %s dns { type nat hook output priority -101; policy accept; }", T)
+    add("flush chain %s ingress", T)
     add("flush chain %s egress", T)
     add("flush chain %s dns", T)
-    add("add rule %s egress ct state established,related accept", T)
-    add("add rule %s egress oifname \"lo\" accept", T)
-    add("add rule %s egress ip daddr %s udp dport %d accept", T, dns.ip, dns.port)
-    -- DNS that the filter cannot see: over TCP (the filter answers UDP only) and over TLS
-    add("add rule %s egress meta l4proto { tcp, udp } th dport { 53, 853 } %s", T, M.DENY)
-    for _, rule in ipairs(policy.egress or {}) do
-        local name, kind = M.set_name(rule.target)
-        if not sets[name] then
-            sets[name] = true
-            if kind == "domain" or kind == "wildcard" then
-                add("add set %s %s { type ipv4_addr; flags timeout; }", T, name)
-            else
-                local v6 = kind == "ipv6" or kind == "cidr6"
-                add("add set %s %s { type %s; flags interval; }", T, name, v6 and "ipv6_addr" or "ipv4_addr")
-                add("flush set %s %s", T, name)
-                add("add element %s %s { %s }", T, name, rule.target)
-            end
-            local fam = (kind == "ipv6" or kind == "cidr6") and "ip6" or "ip"
-            add("add rule %s egress %s daddr @%s %s", T, fam, name, verdict(rule.action))
-        end
+    if net.isolate then
+        add("add rule %s ingress ct state established,related accept", T)
+        add("add rule %s ingress iifname \"lo\" accept", T)
+        add("add rule %s ingress ip saddr %s accept", T, net.gateway)
+        add("add rule %s ingress meta nfproto ipv6 drop", T)
+        add("add rule %s ingress ip saddr %s drop", T, net.subnet)
     end
-    add("add rule %s egress %s", T, verdict(policy.defaultAction))
-    add("add rule %s dns meta nfproto ipv4 udp dport 53 dnat ip to %s:%d", T, dns.ip, dns.port)
+    if policy then
+        add("add rule %s egress ct state established,related accept", T)
+        add("add rule %s egress oifname \"lo\" accept", T)
+        add("add rule %s egress ip daddr %s udp dport %d accept", T, net.dns_ip, net.dns_port)
+        -- DNS that the filter cannot see: over TCP (the filter answers UDP only) and over TLS
+        add("add rule %s egress meta l4proto { tcp, udp } th dport { 53, 853 } %s", T, M.DENY)
+        for _, rule in ipairs(policy.egress or {}) do
+            local name, kind = M.set_name(rule.target)
+            if not sets[name] then
+                sets[name] = true
+                if kind == "domain" or kind == "wildcard" then
+                    add("add set %s %s { type ipv4_addr; flags timeout; }", T, name)
+                else
+                    local v6 = kind == "ipv6" or kind == "cidr6"
+                    add("add set %s %s { type %s; flags interval; }", T, name, v6 and "ipv6_addr" or "ipv4_addr")
+                    add("flush set %s %s", T, name)
+                    add("add element %s %s { %s }", T, name, rule.target)
+                end
+                local fam = (kind == "ipv6" or kind == "cidr6") and "ip6" or "ip"
+                add("add rule %s egress %s daddr @%s %s", T, fam, name, verdict(rule.action))
+            end
+        end
+        add("add rule %s egress %s", T, verdict(policy.defaultAction))
+        add("add rule %s dns meta nfproto ipv4 udp dport 53 dnat ip to %s:%d", T, net.dns_ip, net.dns_port)
+    end
     for name in pairs(old_sets or {}) do
         if not sets[name] then
             add("delete set %s %s", T, name)
@@ -149,7 +161,6 @@ function M.new(opts)
         by_ip = {}, -- sandbox IP -> entry
         by_id = {}, -- sandbox id -> entry
         dns = nil, -- { ip, port, sock } once listening
-        isolated = {}, -- sandbox id -> IP in the isolation set
     }, Enforcer)
 end
 
@@ -205,15 +216,28 @@ function Enforcer:_upstream()
     return nil
 end
 
+--- The sandbox network: { gateway, subnet } (looked up once).
+function Enforcer:_network()
+    if self.nw then
+        return self.nw
+    end
+    local nw, err = self.engine:network(self.network)
+    if not nw or not nw.subnet then
+        return nil, string.format("cannot find the gateway and subnet of network %s: %s", self.network,
+            tostring(err and err.message or err or "no subnet"))
+    end
+    self.nw = nw
+    return nw
+end
+
 --- Starts the DNS filter on the sandbox network's gateway (once). Returns { ip, port } or nil, err.
 function Enforcer:_dns()
     if self.dns then
         return self.dns
     end
-    local nw, err = self.engine:network(self.network)
+    local nw, err = self:_network()
     if not nw then
-        return nil, string.format("cannot find the gateway of network %s: %s", self.network,
-            tostring(err and err.message or err))
+        return nil, err
     end
     local sock, berr = self.net.udp_bind(nw.gateway, self.dns_port)
     if not sock then
@@ -255,7 +279,7 @@ function Enforcer:answer(query, from_ip)
     if not q or q.qr or q.opcode ~= 0 or q.qdcount ~= 1 or not q.qend then
         return M.empty_answer(query, q and q.qend and q or nil, RCODE_REFUSED)
     end
-    if not entry then
+    if not (entry and entry.policy) then
         return M.empty_answer(query, q, RCODE_REFUSED) -- not a sandbox with a policy of this server
     end
     local name = q.qname:lower():gsub("%.$", "")
@@ -327,17 +351,34 @@ function Enforcer:_learn(entry, set, answers)
     return ok, err
 end
 
---- Makes sandbox `id` (main process `pid`, address `ip`) enforce `policy`. Idempotent: a sandbox already
---- enforcing gets the new policy; after a server restart the table in its namespace is taken over (the
---- addresses it learned are kept). Returns true or nil, err.
-function Enforcer:attach(id, pid, ip, policy)
+--- Whether sandboxes get a table at all (isolation on, or a policy): then they wait at the start gate.
+--- (Without core.net, in the adapter's unit specs on a fake engine, there is nothing to put anywhere.)
+function Enforcer:wants_table(policy)
+    return self.net ~= nil and (self.isolation or policy ~= nil)
+end
+
+--- Makes sandbox `id` (main process `pid`, address `ip`) isolated (when configured) and enforce `policy`
+--- (nil: none). Idempotent: a sandbox already enforcing gets the new policy; after a server restart the table
+--- in its namespace is taken over (the addresses it learned are kept). Returns true or nil, err.
+function Enforcer:apply(id, pid, ip, policy)
+    if not self:wants_table(policy) then
+        return true
+    end
     local ok, uerr = self:usable()
     if not ok then
         return nil, "nftables is not usable on this host: " .. tostring(uerr)
     end
-    local dns, derr = self:_dns()
-    if not dns then
-        return nil, derr
+    local nw, nerr = self:_network()
+    if not nw then
+        return nil, nerr
+    end
+    local net = { isolate = self.isolation, gateway = nw.gateway, subnet = nw.subnet }
+    if policy then
+        local dns, derr = self:_dns()
+        if not dns then
+            return nil, derr
+        end
+        net.dns_ip, net.dns_port = dns.ip, dns.port
     end
     local entry = self.by_id[id]
     if entry and entry.pid ~= pid then
@@ -351,10 +392,10 @@ function Enforcer:attach(id, pid, ip, policy)
         local listed, listing = self.net.nft(pid, "list table inet " .. M.TABLE)
         old_sets = listed and M.sets_of_listing(listing) or {}
     end
-    local script, sets = M.script(policy, dns, old_sets)
+    local script, sets = M.script(policy, net, old_sets)
     local aok, aerr = self.net.nft(pid, script)
     if not aok then
-        return nil, "cannot install the network policy: " .. tostring(aerr):gsub("%s+$", "")
+        return nil, "cannot install the sandbox's network rules: " .. tostring(aerr):gsub("%s+$", "")
     end
     if entry then
         -- addresses learned for rules that are gone are forgotten with their sets
@@ -392,7 +433,9 @@ function Enforcer:policy_of(id)
 end
 
 --- Opens the start gate of the sandbox whose main process is `pid`: its entrypoint starts. Waits (up to
---- `timeout` s) for the bootstrap to get there. Returns true or nil, err.
+--- `timeout` s) for the bootstrap to get there. Returns true or nil, err (a sandbox whose gate was opened
+--- before, by an earlier server, never gets there: the caller of a taken-over container gives a short timeout
+--- and goes on).
 function Enforcer:release(pid, timeout)
     local deadline = self.now() + (timeout or 10)
     while true do
@@ -408,122 +451,6 @@ function Enforcer:release(pid, timeout)
         end
         self.sleep(0.002)
     end
-end
-
--- isolation -------------------------------------------------------------------------------------------------
-
-local function isolation_setup_script()
-    local T = "bridge " .. M.ISOLATION_TABLE
-    return table.concat({
-        string.format("add table %s", T),
-        string.format("add set %s sandboxes { type ipv4_addr; }", T),
-        string.format("add chain %s forward { type filter hook forward priority 0; policy accept; }", T),
-        string.format("flush chain %s forward", T),
-        -- a frame one bridge port sends to another (container to container) addressed to a sandbox
-        string.format("add rule %s forward ether type ip ip daddr @sandboxes drop", T),
-        "",
-    }, "\n")
-end
-
---- Makes the isolation table (shared by every server on the host; never removed by one). Returns true or
---- nil, err.
-function Enforcer:isolation_setup()
-    if not self.isolation or not self.net then
-        return true
-    end
-    if self.isolation_ready then
-        return true
-    end
-    local ok, err = self.net.nft(0, isolation_setup_script())
-    if ok then
-        self.isolation_ready = true
-        return true
-    end
-    return nil, tostring(err):gsub("%s+$", "")
-end
-
---- Puts sandbox `id`'s address into the isolation set. Returns true or nil, err.
-function Enforcer:isolate(id, ip)
-    if not self.isolation or not ip or not self.net then
-        return true
-    end
-    local ok, err = self:isolation_setup()
-    if not ok then
-        return nil, err
-    end
-    ok, err = self.net.nft(0, string.format("add element bridge %s sandboxes { %s comment \"%s\" }\n",
-        M.ISOLATION_TABLE, ip, self.instance))
-    if ok then
-        self.isolated[id] = ip
-        return true
-    end
-    return nil, tostring(err):gsub("%s+$", "")
-end
-
---- Takes sandbox `id`'s address out of the isolation set (when it put it there).
-function Enforcer:unisolate(id, ip)
-    ip = self.isolated[id] or ip
-    self.isolated[id] = nil
-    if not self.isolation or not ip or not self.net then
-        return true
-    end
-    local ok, err = self.net.nft(0, string.format("delete element bridge %s sandboxes { %s }\n",
-        M.ISOLATION_TABLE, ip))
-    if not ok and not tostring(err):find("No such file or directory", 1, true) then
-        return nil, err
-    end
-    return true
-end
-
---- After a restart: the isolation set keeps this server's `live` sandboxes (id -> IP) and loses the
---- addresses this server put there for sandboxes that are gone.
-function Enforcer:isolation_reconcile(live)
-    if not self.isolation or not self.net then
-        return true
-    end
-    local ok, err = self:isolation_setup()
-    if not ok then
-        return nil, err
-    end
-    local _, text = self.net.nft(0, "list set bridge " .. M.ISOLATION_TABLE .. " sandboxes")
-    local keep = {}
-    for _, ip in pairs(self.isolated) do -- put there by this process (a create may be under way)
-        keep[ip] = true
-    end
-    local missing = {}
-    for id, ip in pairs(live) do
-        if not keep[ip] then
-            missing[ip] = true
-        end
-        keep[ip] = true
-        self.isolated[id] = ip
-    end
-    local present, stale = {}, {}
-    for ip, inst in (text or ""):gmatch("([%d%.]+) comment \"([^\"]*)\"") do
-        present[ip] = inst
-        if inst == self.instance and not keep[ip] then
-            stale[#stale + 1] = ip
-        end
-    end
-    local add = {}
-    for ip in pairs(missing) do
-        if not present[ip] then
-            add[#add + 1] = string.format("%s comment \"%s\"", ip, self.instance)
-        end
-    end
-    local cmds = {}
-    if #stale > 0 then
-        cmds[#cmds + 1] = string.format("delete element bridge %s sandboxes { %s }", M.ISOLATION_TABLE,
-            table.concat(stale, ", "))
-    end
-    if #add > 0 then
-        cmds[#cmds + 1] = string.format("add element bridge %s sandboxes { %s }", M.ISOLATION_TABLE,
-            table.concat(add, ", "))
-    end
-    if #cmds == 0 then
-        return true
-    end
-    return self.net.nft(0, table.concat(cmds, "\n") .. "\n")
 end
 
 return M
