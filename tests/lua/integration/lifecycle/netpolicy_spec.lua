@@ -230,7 +230,7 @@ describe("network policy (real traffic)", function()
         assert.is_true(ok, out)
         -- the host's end of the sandbox's network interface
         local veth = in_sandbox(id, "cat /sys/class/net/eth0/iflink"):match("(%d+)")
-        X
+        assert.matches("^" .. veth .. ":", (H.run("ip -o link show | grep '^" .. veth .. ":'")))
         assert.not_matches("opensandbox", (H.run("nft list tables")))
         assert.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. id).status)
         H.wait_gone(srv, id, 30)
