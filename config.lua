@@ -209,6 +209,18 @@ return {
         memory_budget_mb = 64,
     },
 
+    -- Network policy (networkPolicy on create, the /policy API) and sandbox isolation, Docker runtime. The
+    -- server enforces both itself (nftables in each sandbox's network namespace, a DNS filter on the sandbox
+    -- network's gateway, a host table keeping sandboxes apart): it must run as root.
+    network_policy = {
+        -- The resolver allowed names are forwarded to: "ip" or "ip:port". nil: the host's first nameserver.
+        dns_upstream = nil,
+        -- UDP port of the DNS filter on the sandbox network's gateway; 0: one the kernel picks.
+        dns_port = 0,
+        -- Sandboxes cannot reach each other's addresses, only through the server proxy. false: they can.
+        isolate_sandboxes = true,
+    },
+
     proxy = {
         -- Seconds to wait for a connection to a sandbox port through the server proxy.
         connect_timeout = 10,

@@ -95,6 +95,7 @@ int engine_run(const char *script)
     preload(L, "core.sync", luaopen_core_sync);
     preload(L, "core.hookguard", luaopen_core_hookguard);
     preload(L, "core.toml", luaopen_core_toml);
+    preload(L, "core.net", luaopen_core_net);
     task_init(L);
 
     if (luaL_loadfile(L, script) != LUA_OK) {

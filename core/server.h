@@ -38,6 +38,7 @@ int luaopen_core_client(lua_State *L);
 int luaopen_core_sync(lua_State *L);
 int luaopen_core_hookguard(lua_State *L);
 int luaopen_core_toml(lua_State *L); /* ltoml.cpp */
+int luaopen_core_net(lua_State *L);  /* net.c */
 /* The Lua state's allocator: counts and refuses past an armed hook's memory budget (hookguard.c).
  */
 void *hookguard_alloc(void *ud, void *ptr, size_t osize, size_t nsize);

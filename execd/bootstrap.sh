@@ -16,6 +16,19 @@ else
 fi
 unset EXECD_ACCESS_TOKEN
 
+# A sandbox with a network policy: the user's process starts only once the server has put the policy
+# in place (it opens this FIFO then). A gate that fails (or is never opened) ends the sandbox: never run
+# without the policy.
+if [ -n "${OPENSANDBOX_START_GATE:-}" ]; then
+    gate=$OPENSANDBOX_START_GATE
+    unset OPENSANDBOX_START_GATE
+    if ! "$EXECD" --wait-gate "$gate"; then
+        echo "bootstrap: the start gate was not opened; not starting the entrypoint" >>/tmp/execd.log
+        exit 125
+    fi
+    unset gate
+fi
+
 if [ "$#" -eq 0 ]; then
     # no entrypoint given: keep the container alive, and exit promptly on SIGTERM
     trap 'exit 0' TERM INT

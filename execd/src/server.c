@@ -34,6 +34,7 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1117,6 +1118,36 @@ static long env_long(const char *name, long def)
     return *end || n < 1 ? def : n;
 }
 
+/* `execd --wait-gate PATH` (bootstrap.sh, network policy): makes a FIFO at PATH and waits until the
+ * server opens it and writes "1", then exits 0. Gives up after GATE_TIMEOUT_S (exit 1): a sandbox
+ * whose policy was never put in place must not start its entrypoint. */
+#define GATE_TIMEOUT_S 600
+static int wait_gate(const char *path)
+{
+    char c = 0;
+    int fd;
+    ssize_t n;
+
+    unlink(path);
+    if (mkfifo(path, 0600) < 0) {
+        log_msg("start gate: mkfifo %s: %s", path, strerror(errno));
+        return 1;
+    }
+    alarm(GATE_TIMEOUT_S); /* the default action of SIGALRM ends this process */
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        log_msg("start gate: open %s: %s", path, strerror(errno));
+        unlink(path);
+        return 1;
+    }
+    do
+        n = read(fd, &c, 1);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    unlink(path);
+    return n == 1 && c == '1' ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     const char *p = getenv("OPENSANDBOX_EXECD_PORT");
@@ -1124,8 +1155,8 @@ int main(int argc, char **argv)
     sigset_t mask;
     int lfd, sfd;
 
-    (void)argc;
-    (void)argv;
+    if (argc == 3 && strcmp(argv[1], "--wait-gate") == 0)
+        return wait_gate(argv[2]);
     if (p && *p) {
         char *end;
         long v = strtol(p, &end, 10);

@@ -108,6 +108,16 @@ M.sections = {
         instruction_budget = { type = "integer", default = 10000000, min = 1000 },
         memory_budget_mb = { type = "integer", default = 64, min = 1 },
     },
+    -- network policy enforcement and sandbox isolation (Docker; lua/runtimes/docker/netpolicy.lua)
+    network_policy = {
+        -- the resolver the DNS filter forwards allowed names to: "ip" or "ip:port"; nil: the first
+        -- nameserver of the host's /etc/resolv.conf
+        dns_upstream = { type = "string" },
+        -- UDP port of the DNS filter on the sandbox network's gateway; 0: one the kernel picks
+        dns_port = { type = "integer", default = 0, min = 0, max = 65535 },
+        -- sandboxes cannot reach each other's addresses (only through the server proxy)
+        isolate_sandboxes = { type = "boolean", default = true },
+    },
     proxy = {
         connect_timeout = { type = "number", default = 10, min = 0 },
         -- seconds to wait for the backend's response head (504 after); 0: no limit (API.md: no read timeout)

@@ -354,6 +354,22 @@ function Adapter:info()
     }
 end
 
+--- GET /networks/{name} -> `{ gateway = "172.17.0.1", subnet = "172.17.0.0/16" }` (its first IPv4 pool), or
+--- nil, err.
+function Adapter:network(name)
+    local doc, err = self:_get_json("/networks/" .. seg(name))
+    if not doc then
+        return nil, err
+    end
+    local pools = type(doc.IPAM) == "table" and type(doc.IPAM.Config) == "table" and doc.IPAM.Config or {}
+    for _, pool in ipairs(pools) do
+        if type(pool) == "table" and type(pool.Gateway) == "string" and pool.Gateway:find("^%d+%.%d+%.%d+%.%d+$") then
+            return { gateway = pool.Gateway, subnet = pool.Subnet, name = doc.Name }
+        end
+    end
+    return nil, M.error("not_found", nil, "network " .. name .. " has no IPv4 gateway")
+end
+
 ------------------------------------------------------------------------------------------------------------
 -- containers
 

@@ -8,11 +8,11 @@
 -- and its labels never leave this module.
 local engine_mod = require("runtimes.docker.engine")
 local mapping = require("runtimes.docker.mapping")
+local netpolicy_mod = require("runtimes.docker.netpolicy")
 local agent_mod = require("runtimes.docker.agent")
 local hostports = require("runtimes.docker.hostports")
 local imageref = require("runtimes.docker.imageref")
 local rterrors = require("runtimes.errors")
-local netpolicy = require("runtimes.docker.netpolicy")
 local json = require("common.json")
 local timefmt = require("common.timefmt")
 
@@ -72,6 +72,26 @@ function M.new(cfg, deps)
         oom_seen = {}, -- container id -> true between an "oom" and its "die"
         last_event_s = nil, -- the watch resumes from here
     }, Docker)
+    local net = deps.net
+    if net == nil then
+        local ok, mod = pcall(require, "core.net")
+        net = ok and mod or false
+    end
+    self.netpolicy = netpolicy_mod.new({
+        net = net or nil,
+        log = deps.log,
+        engine = engine,
+        sleep = deps.sleep or function(sec)
+            require("core.timer").sleep(sec)
+        end,
+        spawn = deps.spawn or function(fn)
+            require("core.spawn")(fn)
+        end,
+        now = core.now_s,
+        network = mapping.config_value(dcfg, "network_mode"),
+        instance = instance,
+        policy_config = cfg.network_policy,
+    })
     self.agent = agent_mod.new({
         files = deps.agent_files,
         engine = engine,
@@ -227,6 +247,9 @@ function Docker:provision(sandbox, spec)
         snapshot_id = sandbox.snapshot_id,
         instance = self.instance,
         volumes = spec.volumes,
+        -- the entrypoint waits until the sandbox's network rules are in place (isolation, policy)
+        start_gate = self:_gated(spec) and netpolicy_mod.GATE_PATH or nil,
+        no_ipv6 = spec.network_policy ~= nil or nil, -- the policy's rules and DNS filter speak IPv4
     }
     local verr0
     created_volumes, verr0 = self:_ensure_volumes(sandbox.id, spec.volumes)
@@ -329,6 +352,22 @@ function Docker:provision(sandbox, spec)
         return fail("start", "Failed to inspect container: " .. msg(err), cid, err)
     end
     step("inspect")
+    -- the network: isolated from the other sandboxes, and the policy in place before the entrypoint starts
+    if not self.host_mode and self.netpolicy:wants_table(spec.network_policy) then
+        local pok, perr2 = self:_enforce(sandbox.id, info, spec.network_policy)
+        if pok and cspec.start_gate then
+            -- a container taken over (started by an interrupted provisioning) may have passed its gate already
+            pok, perr2 = self.netpolicy:release(info.pid, started and 0.5 or 10)
+            if started then
+                pok = true
+            end
+        end
+        step("network")
+        if not pok then
+            self.netpolicy:detach(sandbox.id)
+            return fail("start", "Failed to put the sandbox's network rules in place: " .. tostring(perr2), cid)
+        end
+    end
     local st = status(mapping.status_of(info))
     if not st or st.state == "Pending" then -- started a moment ago: Docker may not say so yet
         st = status("Running", "CONTAINER_RUNNING", mapping.MESSAGES.CONTAINER_RUNNING, nil)
@@ -474,30 +513,75 @@ function Docker:resume(rec)
     return self.engine:unpause(rec.handle)
 end
 
--- network policy (lua/runtimes/README.md): thin calls into runtimes.docker.netpolicy, the enforcement
-
---- Whether spec.network_policy can be enforced: never with the host's network (no namespace of its own);
---- else what the enforcement module says of this host.
-function Docker:network_policy_support(spec)
-    if self.host_mode then
-        return nil, 'networkPolicy is not supported with docker.network_mode = "host": the sandbox shares the '
-            .. "host's network, so its egress cannot be filtered."
-    end
-    return netpolicy.support(spec, self.config)
-end
-
---- Puts `policy` in force for the provisioned sandbox `rec` (its container is rec.handle).
-function Docker.set_network_policy(_, rec, policy)
-    return netpolicy.apply(rec.handle, policy, rec)
-end
-
 --- Removes the container (a paused one is unpaused and removed, §6.3); gone already counts as removed.
 function Docker:remove(rec)
     local ok, err = self.engine:remove(rec.handle)
     if ok then
         self:release_agent_port(rec)
+        self.netpolicy:detach(rec.id)
     end
     return ok, err
+end
+
+------------------------------------------------------------------------------------------------------------
+-- network policy (netpolicy.lua has the design)
+
+--- Whether a sandbox made from `spec` can have its `network_policy` enforced: true, or nil and the reason.
+function Docker:network_policy_support(_spec)
+    if self.host_mode then
+        return nil, "networkPolicy cannot be enforced with docker.network_mode = \"host\" "
+            .. "(the sandbox shares the host's network)"
+    end
+    local dropped = false
+    for _, c in ipairs(mapping.config_value(self.config, "drop_capabilities") or {}) do
+        if tostring(c):upper():gsub("^CAP_", "") == "NET_ADMIN" then
+            dropped = true
+        end
+    end
+    if not dropped then
+        return nil, "networkPolicy needs docker.drop_capabilities to include NET_ADMIN "
+            .. "(otherwise the sandbox could change its own firewall)"
+    end
+    if self.agent.execd_image then
+        return nil, "networkPolicy needs the built-in agent (runtime.execd_image is set): its bootstrap holds "
+            .. "the entrypoint until the policy is in place"
+    end
+    local ok, err = self.netpolicy:usable()
+    if not ok then
+        return nil, "networkPolicy cannot be enforced on this host (nftables: " .. tostring(err) .. ")"
+    end
+    return true
+end
+
+-- whether a sandbox made from `spec` waits at the start gate for its network rules (the built-in agent's
+-- bootstrap knows the gate; an upstream-style agent image's does not: isolation is then put in place right
+-- after the start, and a policy is refused by network_policy_support)
+function Docker:_gated(spec)
+    return not self.host_mode and not self.agent.execd_image and self.netpolicy:wants_table(spec.network_policy)
+end
+
+function Docker:_enforce(id, info, policy)
+    if not (info.running and info.pid and info.pid > 0) then
+        return true -- nothing runs: nothing to enforce; a sandbox that runs again is given it then
+    end
+    return self.netpolicy:apply(id, info.pid, info.ip, policy)
+end
+
+--- Makes a live sandbox enforce `policy` now (after a change, or once after a restart). A sandbox whose
+--- container does not run is left as it is. Returns true or nil, err.
+function Docker:set_network_policy(rec, policy)
+    local info, err = self.engine:inspect(rec.handle)
+    if not info then
+        if rterrors.is(err, "not_found") then
+            return true
+        end
+        return nil, err
+    end
+    local ok, perr = self:_enforce(rec.id, info, policy)
+    if not ok then
+        return nil, rterrors.new("api", perr)
+    end
+    return true
 end
 
 ------------------------------------------------------------------------------------------------------------
@@ -677,6 +761,8 @@ function Docker:change_of(ev)
         local code = ev.exit_code or 0
         local oom = self.oom_seen[ev.id or ""]
         self.oom_seen[ev.id or ""] = nil
+        -- the container's address goes back to Docker's pool: another container may get it
+        self.netpolicy:detach(ev.sandbox_id)
         if code == 0 and not oom then
             base.status = status("Terminated", "CONTAINER_EXITED", mapping.MESSAGES.CONTAINER_EXITED, at)
         else
@@ -688,6 +774,7 @@ function Docker:change_of(ev)
         base.status = status("Paused", "CONTAINER_PAUSED", mapping.MESSAGES.CONTAINER_PAUSED, at)
     elseif a == "destroy" then
         base.gone = true
+        self.netpolicy:detach(ev.sandbox_id)
         -- removed (perhaps behind the server's back, when remove() is never called): its agent port is free
         for p, sid in pairs(self.agent_ports) do
             if sid == ev.sandbox_id then

@@ -163,6 +163,9 @@ function M.create_body(spec, config)
         end
     end
     env[#env + 1] = "OPENSANDBOX_EXECD_PORT=" .. agent_port
+    if spec.start_gate then -- the entrypoint waits until the server opens this FIFO (network rules in place)
+        env[#env + 1] = "OPENSANDBOX_START_GATE=" .. spec.start_gate
+    end
     if spec.access_token then
         env[#env + 1] = "EXECD_ACCESS_TOKEN=" .. spec.access_token
     end
@@ -198,6 +201,10 @@ function M.create_body(spec, config)
             body.ExposedPorts[p] = {}
             host.PortBindings[p] = json.array({ { HostIp = cfg(config, "host_ip"), HostPort = "" } })
         end
+    end
+    if spec.no_ipv6 then
+        -- a sandbox with a network policy has no IPv6: its rules and its DNS filter speak IPv4
+        host.Sysctls = { ["net.ipv6.conf.all.disable_ipv6"] = "1", ["net.ipv6.conf.default.disable_ipv6"] = "1" }
     end
     if spec.nano_cpus then
         host.NanoCpus = int(spec.nano_cpus)
@@ -352,6 +359,7 @@ function M.normalize_inspect(doc, network_mode)
         name = type(doc.Name) == "string" and doc.Name:gsub("^/", "") or nil,
         status = state.Status,
         running = state.Running == true,
+        pid = int_or_nil(state.Pid), -- the main process on the host (0 when not running)
         paused = state.Paused == true,
         restarting = state.Restarting == true,
         exit_code = int_or_nil(state.ExitCode),

@@ -1,0 +1,563 @@
+/*
+ * net.c: the `core.net` Lua module: what network policy enforcement needs from the kernel.
+ *
+ *   nft(pid, script)        runs an nftables script (libnftables) in the network namespace of
+ *                           process `pid` (0: the server's own); the main thread joins that
+ *                           namespace for the call and returns to its own before it returns
+ *   gate(pid, path)         opens the FIFO at `path` inside process `pid`'s root (no symlink leaves
+ *                           that root) without blocking and writes one byte: the sandbox's start
+ * gate udp_bind(host, port)    a UDP socket; sock:recv() yields for the next datagram
+ *   udp_query(host, port, data, timeout)
+ *                           sends one datagram from a fresh socket (kernel-chosen port) and yields
+ *                           for the answer whose first two bytes (a DNS id) match
+ *   dns_parse(msg)          the parts of a DNS message the policy needs, parsed by glibc's
+ * libresolv
+ *
+ * The DNS filtering itself (which names resolve, which addresses get allowed) is Lua
+ * (lua/runtimes/docker/netpolicy.lua); this file only moves bytes and talks to the kernel.
+ */
+#define _GNU_SOURCE
+#include "loop.h"
+#include "task.h"
+
+#include <arpa/inet.h>
+#include <arpa/nameser.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <lauxlib.h>
+#include <linux/openat2.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <nftables/libnftables.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define UDP_MT "core.net.udp"
+#define DGRAM_MAX 65536
+
+static int push_fail(lua_State *L, const char *what)
+{
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", what, strerror(errno));
+    return 2;
+}
+
+/* ---------------------------------------------------------------- nftables in a namespace */
+
+static int l_nft(lua_State *L)
+{
+    lua_Integer pid = luaL_optinteger(L, 1, 0);
+    const char *script = luaL_checkstring(L, 2);
+    int self = -1, target = -1;
+
+    if (pid < 0)
+        return luaL_argerror(L, 1, "pid must be >= 0");
+    if (pid > 0) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%lld/ns/net", (long long)pid);
+        target = open(path, O_RDONLY | O_CLOEXEC);
+        if (target < 0)
+            return push_fail(L, "cannot open the sandbox's network namespace");
+        self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (self < 0) {
+            close(target);
+            return push_fail(L, "cannot open the server's network namespace");
+        }
+        if (setns(target, CLONE_NEWNET) < 0) {
+            int e = errno;
+            close(target);
+            close(self);
+            errno = e;
+            return push_fail(L, "cannot enter the sandbox's network namespace");
+        }
+        close(target);
+    }
+    struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+    int rc = -1;
+    if (ctx) {
+        nft_ctx_buffer_output(ctx);
+        nft_ctx_buffer_error(ctx);
+        rc = nft_run_cmd_from_buffer(ctx, script);
+        if (rc == 0) {
+            lua_pushboolean(L, 1);
+            lua_pushstring(L, nft_ctx_get_output_buffer(ctx));
+        } else {
+            const char *msg = nft_ctx_get_error_buffer(ctx);
+            lua_pushnil(L);
+            lua_pushstring(L, msg && *msg ? msg : "nft: the command failed");
+        }
+        nft_ctx_free(ctx);
+    } else {
+        lua_pushnil(L);
+        lua_pushstring(L, "nft: cannot create a context");
+    }
+    if (self >= 0) {
+        /* The main thread must never stay in a sandbox's namespace: every socket it opened later
+         * would live there. Nothing sensible is left to do if the way back fails. */
+        if (setns(self, CLONE_NEWNET) < 0) {
+            fprintf(stderr, "core.net: cannot return to the server's network namespace: %s\n",
+                    strerror(errno));
+            abort();
+        }
+        close(self);
+    }
+    return 2;
+}
+
+/* ---------------------------------------------------------------- the start gate */
+
+static int l_gate(lua_State *L)
+{
+    lua_Integer pid = luaL_checkinteger(L, 1);
+    const char *path = luaL_checkstring(L, 2);
+    char root[64];
+    struct open_how how;
+    struct stat st;
+
+    while (*path == '/')
+        path++;
+    snprintf(root, sizeof root, "/proc/%lld/root", (long long)pid);
+    int dfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return push_fail(L, "cannot open the sandbox's root");
+    memset(&how, 0, sizeof how);
+    how.flags = O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    int fd = (int)syscall(SYS_openat2, dfd, path, &how, sizeof how);
+    int e = errno;
+    close(dfd);
+    if (fd < 0) {
+        /* ENOENT: not made yet; ENXIO: made, nobody reading yet. Both mean "try again". */
+        lua_pushnil(L);
+        lua_pushstring(L, (e == ENOENT || e == ENXIO) ? "not ready" : strerror(e));
+        return 2;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISFIFO(st.st_mode)) {
+        close(fd);
+        lua_pushnil(L);
+        lua_pushstring(L, "the gate is not a FIFO");
+        return 2;
+    }
+    ssize_t n = write(fd, "1", 1);
+    e = errno;
+    close(fd);
+    if (n != 1) {
+        lua_pushnil(L);
+        lua_pushstring(L, strerror(e));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- addresses */
+
+static int parse_addr(lua_State *L, int idx, int port_idx, struct sockaddr_storage *ss,
+                      socklen_t *len)
+{
+    const char *host = luaL_checkstring(L, idx);
+    lua_Integer port = luaL_checkinteger(L, port_idx);
+    if (port < 0 || port > 65535)
+        return luaL_argerror(L, port_idx, "port out of range");
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        *len = sizeof *a4;
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *a6;
+    } else {
+        return luaL_argerror(L, idx, "not an IP address");
+    }
+    return 0;
+}
+
+static void push_addr(lua_State *L, const struct sockaddr_storage *ss)
+{
+    char buf[INET6_ADDRSTRLEN];
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, buf, sizeof buf);
+        lua_pushstring(L, buf);
+        lua_pushinteger(L, ntohs(a->sin_port));
+    } else {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof buf);
+        lua_pushstring(L, buf);
+        lua_pushinteger(L, ntohs(a->sin6_port));
+    }
+}
+
+/* ---------------------------------------------------------------- bound UDP sockets */
+
+struct udp {
+    loop_watch w;
+    task *waiter; /* the task parked in recv, if any */
+    int closed;
+};
+
+static unsigned char g_dgram[DGRAM_MAX];
+
+static void udp_ready(loop_watch *w, uint32_t events)
+{
+    struct udp *u = w->data;
+    (void)events;
+    if (!u->waiter)
+        return;
+    struct sockaddr_storage from;
+    socklen_t flen = sizeof from;
+    ssize_t n = recvfrom(u->w.fd, g_dgram, sizeof g_dgram, 0, (struct sockaddr *)&from, &flen);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    task *t = u->waiter;
+    u->waiter = NULL;
+    t->cancel = NULL;
+    t->wait = NULL;
+    loop_watch_mod(&u->w, 0);
+    if (n < 0) {
+        lua_pushnil(t->L);
+        lua_pushstring(t->L, strerror(errno));
+        task_resume(t, 2);
+        return;
+    }
+    lua_pushlstring(t->L, (const char *)g_dgram, (size_t)n);
+    push_addr(t->L, &from);
+    task_resume(t, 3);
+}
+
+static void udp_cancel(task *t)
+{
+    struct udp *u = t->wait;
+    u->waiter = NULL;
+    loop_watch_mod(&u->w, 0);
+}
+
+static int l_udp_bind(lua_State *L)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    parse_addr(L, 1, 2, &ss, &len);
+    int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return push_fail(L, "socket");
+    if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return push_fail(L, "bind");
+    }
+    struct udp *u = lua_newuserdatauv(L, sizeof *u, 0);
+    memset(u, 0, sizeof *u);
+    u->w.fd = fd;
+    u->w.events = 0;
+    u->w.cb = udp_ready;
+    u->w.data = u;
+    luaL_setmetatable(L, UDP_MT);
+    if (loop_watch_add(&u->w) < 0) {
+        close(fd);
+        u->closed = 1;
+        lua_pushnil(L);
+        lua_pushstring(L, "cannot watch the socket");
+        return 2;
+    }
+    return 1;
+}
+
+static struct udp *check_udp(lua_State *L)
+{
+    struct udp *u = luaL_checkudata(L, 1, UDP_MT);
+    if (u->closed)
+        luaL_error(L, "core.net: the socket is closed");
+    return u;
+}
+
+static int u_recv(lua_State *L)
+{
+    struct udp *u = check_udp(L);
+    task *t = task_check(L);
+    if (u->waiter)
+        return luaL_error(L, "core.net: another task is already receiving on this socket");
+    u->waiter = t;
+    t->wait = u;
+    t->cancel = udp_cancel;
+    loop_watch_mod(&u->w, EPOLLIN);
+    return lua_yield(L, 0);
+}
+
+static int u_send(lua_State *L)
+{
+    struct udp *u = check_udp(L);
+    size_t n;
+    const char *data = luaL_checklstring(L, 2, &n);
+    struct sockaddr_storage ss;
+    socklen_t len;
+    parse_addr(L, 3, 4, &ss, &len);
+    if (sendto(u->w.fd, data, n, 0, (struct sockaddr *)&ss, len) < 0)
+        return push_fail(L, "sendto");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int u_port(lua_State *L)
+{
+    struct udp *u = check_udp(L);
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(u->w.fd, (struct sockaddr *)&ss, &len) < 0)
+        return push_fail(L, "getsockname");
+    push_addr(L, &ss);
+    lua_remove(L, -2);
+    return 1;
+}
+
+static void udp_close(struct udp *u)
+{
+    if (u->closed)
+        return;
+    u->closed = 1;
+    if (u->waiter) {
+        task *t = u->waiter;
+        u->waiter = NULL;
+        t->cancel = NULL;
+        t->wait = NULL;
+        lua_pushnil(t->L);
+        lua_pushstring(t->L, "closed");
+        task_resume(t, 2);
+    }
+    loop_watch_del(&u->w);
+    close(u->w.fd);
+}
+
+static int u_close(lua_State *L)
+{
+    struct udp *u = luaL_checkudata(L, 1, UDP_MT);
+    udp_close(u);
+    return 0;
+}
+
+static int u_gc(lua_State *L)
+{
+    struct udp *u = luaL_checkudata(L, 1, UDP_MT);
+    /* no task can be waiting: a waiting task anchors nothing of the socket, but recv is only
+     * called through a live reference */
+    u->waiter = NULL;
+    udp_close(u);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- one query, one answer */
+
+struct query {
+    loop_watch w;
+    loop_timer timer;
+    task *t;
+    unsigned char id[2];
+};
+
+static void query_end(struct query *q)
+{
+    loop_timer_stop(&q->timer);
+    loop_watch_del(&q->w);
+    close(q->w.fd);
+    free(q);
+}
+
+static void query_ready(loop_watch *w, uint32_t events)
+{
+    struct query *q = w->data;
+    (void)events;
+    for (;;) {
+        ssize_t n = recv(q->w.fd, g_dgram, sizeof g_dgram, 0);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return;
+            /* ECONNREFUSED and friends: the server is not there */
+            task *t = q->t;
+            int e = errno;
+            t->cancel = NULL;
+            t->wait = NULL;
+            query_end(q);
+            lua_pushnil(t->L);
+            lua_pushstring(t->L, strerror(e));
+            task_resume(t, 2);
+            return;
+        }
+        if (n < 2 || memcmp(g_dgram, q->id, 2) != 0)
+            continue; /* not the answer to this question */
+        task *t = q->t;
+        t->cancel = NULL;
+        t->wait = NULL;
+        query_end(q);
+        lua_pushlstring(t->L, (const char *)g_dgram, (size_t)n);
+        task_resume(t, 1);
+        return;
+    }
+}
+
+static void query_timeout(loop_timer *lt)
+{
+    struct query *q = lt->data;
+    task *t = q->t;
+    t->cancel = NULL;
+    t->wait = NULL;
+    query_end(q);
+    lua_pushnil(t->L);
+    lua_pushstring(t->L, "timeout");
+    task_resume(t, 2);
+}
+
+static void query_cancel(task *t)
+{
+    query_end(t->wait);
+}
+
+static int l_udp_query(lua_State *L)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    size_t n;
+    parse_addr(L, 1, 2, &ss, &len);
+    const char *data = luaL_checklstring(L, 3, &n);
+    lua_Number timeout = luaL_optnumber(L, 4, 2.0);
+    if (n < 2)
+        return luaL_argerror(L, 3, "a query is at least 2 bytes");
+    if (!(timeout > 0) || timeout > 60)
+        return luaL_argerror(L, 4, "timeout must be in (0, 60] seconds");
+    task *t = task_check(L);
+    int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return push_fail(L, "socket");
+    if (connect(fd, (struct sockaddr *)&ss, len) < 0 || send(fd, data, n, 0) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return push_fail(L, "send");
+    }
+    struct query *q = calloc(1, sizeof *q);
+    if (!q) {
+        close(fd);
+        return luaL_error(L, "out of memory");
+    }
+    q->w.fd = fd;
+    q->w.events = EPOLLIN;
+    q->w.cb = query_ready;
+    q->w.data = q;
+    q->timer.cb = query_timeout;
+    q->timer.data = q;
+    q->t = t;
+    memcpy(q->id, data, 2);
+    if (loop_watch_add(&q->w) < 0) {
+        close(fd);
+        free(q);
+        lua_pushnil(L);
+        lua_pushstring(L, "cannot watch the socket");
+        return 2;
+    }
+    loop_timer_start(&q->timer, (uint64_t)llround(timeout * 1e9));
+    t->wait = q;
+    t->cancel = query_cancel;
+    return lua_yield(L, 0);
+}
+
+/* ---------------------------------------------------------------- DNS messages */
+
+/* dns_parse(msg) -> { id, qr, opcode, rcode, qname, qtype, qclass, qend, answers = {{name, type,
+ * ttl, addr}...} } or nil, err. `qend` is the offset just past the first question (1-based end
+ * index for string.sub), so a reply to the question can be made from msg:sub(1, qend). Only A and
+ * AAAA answers carry `addr`; other types are listed with their numeric type. */
+static int l_dns_parse(lua_State *L)
+{
+    size_t n;
+    const unsigned char *msg = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    ns_msg h;
+    ns_rr rr;
+    if (n > DGRAM_MAX || ns_initparse(msg, (int)n, &h) < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, "malformed DNS message");
+        return 2;
+    }
+    lua_createtable(L, 0, 10);
+    lua_pushinteger(L, ns_msg_id(h));
+    lua_setfield(L, -2, "id");
+    lua_pushboolean(L, ns_msg_getflag(h, ns_f_qr));
+    lua_setfield(L, -2, "qr");
+    lua_pushinteger(L, ns_msg_getflag(h, ns_f_opcode));
+    lua_setfield(L, -2, "opcode");
+    lua_pushinteger(L, ns_msg_getflag(h, ns_f_rcode));
+    lua_setfield(L, -2, "rcode");
+    lua_pushinteger(L, ns_msg_count(h, ns_s_qd));
+    lua_setfield(L, -2, "qdcount");
+    if (ns_msg_count(h, ns_s_qd) >= 1) {
+        if (ns_parserr(&h, ns_s_qd, 0, &rr) < 0) {
+            lua_pushnil(L);
+            lua_pushstring(L, "malformed DNS question");
+            return 2;
+        }
+        lua_pushstring(L, ns_rr_name(rr));
+        lua_setfield(L, -2, "qname");
+        lua_pushinteger(L, ns_rr_type(rr));
+        lua_setfield(L, -2, "qtype");
+        lua_pushinteger(L, ns_rr_class(rr));
+        lua_setfield(L, -2, "qclass");
+        /* after parsing the only question, the cursor points past it */
+        if (ns_msg_count(h, ns_s_qd) == 1) {
+            lua_pushinteger(L, (lua_Integer)(h._msg_ptr - msg));
+            lua_setfield(L, -2, "qend");
+        }
+    }
+    int an = ns_msg_count(h, ns_s_an);
+    lua_createtable(L, an, 0);
+    for (int i = 0; i < an; i++) {
+        if (ns_parserr(&h, ns_s_an, i, &rr) < 0)
+            break;
+        lua_createtable(L, 0, 4);
+        lua_pushstring(L, ns_rr_name(rr));
+        lua_setfield(L, -2, "name");
+        lua_pushinteger(L, ns_rr_type(rr));
+        lua_setfield(L, -2, "type");
+        lua_pushinteger(L, (lua_Integer)ns_rr_ttl(rr));
+        lua_setfield(L, -2, "ttl");
+        char buf[INET6_ADDRSTRLEN];
+        if (ns_rr_type(rr) == ns_t_a && ns_rr_rdlen(rr) == 4) {
+            inet_ntop(AF_INET, ns_rr_rdata(rr), buf, sizeof buf);
+            lua_pushstring(L, buf);
+            lua_setfield(L, -2, "addr");
+        } else if (ns_rr_type(rr) == ns_t_aaaa && ns_rr_rdlen(rr) == 16) {
+            inet_ntop(AF_INET6, ns_rr_rdata(rr), buf, sizeof buf);
+            lua_pushstring(L, buf);
+            lua_setfield(L, -2, "addr");
+        }
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "answers");
+    return 1;
+}
+
+int luaopen_core_net(lua_State *L)
+{
+    static const luaL_Reg methods[] = {{"recv", u_recv},   {"send", u_send}, {"port", u_port},
+                                       {"close", u_close}, {"__gc", u_gc},   {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"nft", l_nft},
+                                   {"gate", l_gate},
+                                   {"udp_bind", l_udp_bind},
+                                   {"udp_query", l_udp_query},
+                                   {"dns_parse", l_dns_parse},
+                                   {NULL, NULL}};
+    luaL_newmetatable(L, UDP_MT);
+    luaL_setfuncs(L, methods, 0);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    luaL_newlib(L, fns);
+    return 1;
+}

@@ -1,0 +1,117 @@
+-- Scenario: core.net on the real loop and the real kernel (root): nftables in another process's network
+-- namespace (made with unshare), the start gate on a FIFO, UDP sockets and one-shot queries, DNS parsing.
+local core = require("core")
+local net = require("core.net")
+local spawn = require("core.spawn")
+
+local function sh(cmd)
+    local p = assert(io.popen(cmd))
+    local out = p:read("a")
+    p:close()
+    return out
+end
+
+-- a process in a network namespace of its own
+local h = io.popen("exec unshare -n sh -c 'echo $$; exec sleep 30'")
+local pid = math.tointeger(tonumber(h:read("l")))
+assert(pid, "unshare failed")
+
+local ok, err = net.nft(pid, "add table inet osbscenario\n"
+    .. "add set inet osbscenario s { type ipv4_addr; flags timeout; }\n"
+    .. "add chain inet osbscenario o { type filter hook output priority 0; policy accept; }\n"
+    .. "add rule inet osbscenario o ip daddr @s accept\n")
+assert(ok, err)
+ok, err = net.nft(pid, "add element inet osbscenario s { 10.9.8.7 timeout 60s }\n")
+assert(ok, err)
+local listed, text = net.nft(pid, "list set inet osbscenario s")
+assert(listed and text:find("10.9.8.7", 1, true), text)
+-- the server's own namespace has no such table, and the server is back in it
+local _, own = net.nft(0, "list tables")
+assert(not own:find("osbscenario", 1, true), own)
+-- an error comes back as text
+ok, err = net.nft(pid, "add element inet osbscenario nosuchset { 1.2.3.4 }\n")
+assert(ok == nil and err:find("No such file or directory", 1, true), tostring(err))
+-- a process that is gone
+ok, err = net.nft(999999999, "list tables")
+assert(ok == nil and err:find("network namespace", 1, true), tostring(err))
+sh("kill " .. pid)
+h:close()
+
+-- the start gate: a reader blocked on a FIFO is released; no reader yet is "not ready"
+local dir = sh("mktemp -d"):gsub("%s+$", "")
+local fifo = dir .. "/gate"
+ok, err = net.gate(core.getpid(), fifo)
+assert(ok == nil and err == "not ready", tostring(err))
+sh("mkfifo " .. fifo)
+ok, err = net.gate(core.getpid(), fifo)
+assert(ok == nil and err == "not ready", tostring(err)) -- a FIFO nobody reads
+local reader = io.popen("cat " .. fifo .. " > " .. dir .. "/got; echo done")
+local released
+for _ = 1, 500 do
+    ok, err = net.gate(core.getpid(), fifo)
+    if ok then
+        released = true
+        break
+    end
+    assert(err == "not ready", err)
+    require("core.timer").sleep(0.01)
+end
+assert(released, "gate never opened")
+assert(reader:read("l") == "done")
+reader:close()
+assert(sh("cat " .. dir .. "/got") == "1")
+-- a regular file is not a gate
+sh("rm -f " .. fifo .. " && touch " .. fifo)
+ok, err = net.gate(core.getpid(), fifo)
+assert(ok == nil and err:find("not a FIFO", 1, true), tostring(err))
+sh("rm -rf " .. dir)
+
+-- UDP: an echo socket, a query that is answered, one that times out, one whose answer has another id
+local s = assert(net.udp_bind("127.0.0.1", 0))
+local port = s:port()
+assert(port > 0)
+spawn(function()
+    while true do
+        local d, ip, p = s:recv()
+        if not d then
+            return
+        end
+        if d:sub(3) == "wrong-id" then
+            s:send("zz" .. d, ip, p)
+        elseif d:sub(3) ~= "silent" then
+            s:send(d .. "!", ip, p)
+        end
+    end
+end)
+local reply = net.udp_query("127.0.0.1", port, "ab-hello", 1)
+assert(reply == "ab-hello!", tostring(reply))
+local none, why = net.udp_query("127.0.0.1", port, "cdsilent", 0.1)
+assert(none == nil and why == "timeout", tostring(why))
+none, why = net.udp_query("127.0.0.1", port, "efwrong-id", 0.1)
+assert(none == nil and why == "timeout", tostring(why))
+
+-- DNS: a query and an answer with two A records, parsed
+local function name(n)
+    local out = ""
+    for label in n:gmatch("[^.]+") do
+        out = out .. string.char(#label) .. label
+    end
+    return out .. "\0"
+end
+local q = string.pack(">I2I2I2I2I2I2", 0xbeef, 0x0100, 1, 0, 0, 0) .. name("Api.Example.test")
+    .. string.pack(">I2I2", 1, 1)
+local p = assert(net.dns_parse(q))
+assert(p.id == 0xbeef and p.qr == false and p.qname == "Api.Example.test" and p.qtype == 1 and p.qclass == 1)
+assert(p.qend == #q, tostring(p.qend))
+local ans = string.pack(">I2I2I2I2I2I2", 0xbeef, 0x8180, 1, 2, 0, 0) .. q:sub(13)
+    .. "\xc0\x0c" .. string.pack(">I2I2I4I2", 1, 1, 120, 4) .. "\10\0\0\7"
+    .. "\xc0\x0c" .. string.pack(">I2I2I4I2", 1, 1, 60, 4) .. "\10\0\0\8"
+p = assert(net.dns_parse(ans))
+assert(p.qr == true and #p.answers == 2, tostring(#p.answers))
+assert(p.answers[1].addr == "10.0.0.7" and p.answers[1].ttl == 120)
+assert(p.answers[2].addr == "10.0.0.8" and p.answers[2].ttl == 60)
+local bad, berr = net.dns_parse("\0\1\2")
+assert(bad == nil and berr, "short message parsed")
+
+s:close()
+core.stop(0)
