@@ -224,6 +224,54 @@ describe("network policy (real traffic)", function()
         assert.equal(200, H.call(srv, "GET", "/v1/sandboxes/" .. c .. "/proxy/8080/").status)
     end)
 
+    it("PATCH and DELETE on /policy change what a running sandbox reaches; a restart keeps it", function()
+        local id = create_with({ defaultAction = "deny", egress = { { action = "allow", target = "allowed.test" } } })
+        local out, ok = fetch(id, "api.wild.test")
+        assert.is_false(ok, out)
+        -- the SDK's way: the endpoint of port 18080 and its header
+        local ep = H.call(srv, "GET", "/v1/sandboxes/" .. id .. "/endpoints/18080").json
+        local function policy_call(method, body)
+            local url = ep.endpoint:find("^https?://") and ep.endpoint or ("http://" .. ep.endpoint)
+            return H.curl({ method = method, url = url .. "/policy", headers = ep.headers,
+                body = body and H.json.encode(body) or nil })
+        end
+        local res = policy_call("PATCH", { { action = "allow", target = "*.wild.test" } })
+        assert.equal(200, res.status, res.body)
+        out, ok = fetch(id, "api.wild.test")
+        assert.is_true(ok, out)
+        assert.matches("hello%-c", out)
+        -- removed again: the name no longer resolves, a new connection to its address is refused
+        res = policy_call("DELETE", { "*.wild.test" })
+        assert.equal(200, res.status, res.body)
+        out, ok = fetch(id, "api.wild.test")
+        assert.is_false(ok, out)
+        out, ok = fetch_ip(id, targets.c.ip)
+        assert.is_false(ok, out)
+        -- deny the allowed name by a rule ahead of it
+        res = policy_call("PATCH", { { action = "deny", target = "allowed.test" } })
+        assert.equal(200, res.status, res.body)
+        out, ok = fetch(id, "allowed.test")
+        assert.is_false(ok, out)
+        res = policy_call("PATCH", { { action = "allow", target = "allowed.test" },
+            { action = "allow", target = "other.test" } })
+        assert.equal(200, res.status, res.body)
+
+        -- a restart (same store): the sandbox keeps its current policy, and the new server's DNS filter serves it
+        srv:stop()
+        srv = H.start({ dir = srv.dir, port = srv.port, config = srv.config })
+        H.wait_state(srv, id, "Running", 30)
+        local got = policy_call("GET")
+        assert.equal(200, got.status, got.body)
+        out, ok = fetch(id, "allowed.test")
+        assert.is_true(ok, out)
+        out, ok = fetch(id, "other.test")
+        assert.is_true(ok, out)
+        out, ok = fetch(id, "blocked.test")
+        assert.is_false(ok, out)
+        out, ok = fetch_ip(id, targets.b.ip)
+        assert.is_false(ok, out)
+    end)
+
     it("leaves nothing on the host: no table, no rule, no interface of its own", function()
         local id = create_with({ defaultAction = "deny", egress = { { action = "allow", target = "allowed.test" } } })
         local out, ok = fetch(id, "allowed.test")
