@@ -420,8 +420,14 @@ local function cell(v, fmt)
     return v
 end
 local function ratio(a, b)
-    if type(a) == "number" and type(b) == "number" and b > 0 then
-        return string.format("%.2f×", a / b)
+    if type(a) == "number" and type(b) == "number" and b > 0 and a > 0 then
+        local r = a / b
+        if r >= 10 then
+            return string.format("%.0f×", r)
+        elseif r >= 0.1 then
+            return string.format("%.2f×", r)
+        end
+        return string.format("1/%.0f", 1 / r) -- upstream takes that many times as long
     end
     return "-"
 end
