@@ -206,7 +206,7 @@ function M.new(deps)
         end
         local ok, status, headers, body, route
         local path = req.path
-        if req.method == "GET" and (path == "/health" or path == "/v1/health") then
+        if req.method == "GET" and (path == "/health" or path == "/v1/health") and not req.body_too_large then
             ok, status, headers, body, route = true, handle_health(path == "/health" and health_route or health_v1)
         else
             ok, status, headers, body, route = xpcall(handle, traceback, req, request_id)
