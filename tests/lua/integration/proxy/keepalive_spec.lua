@@ -136,7 +136,8 @@ describe("server proxy keep-alive pool #integration #docker", function()
         for _ = 1, 200 do
             urls[#urls + 1] = P.q(srv.base .. px("/"))
         end
-        local out = P.sh("curl -sS --no-progress-meter -Z --parallel-max " .. POOL .. " -H " .. P.q("OPEN-SANDBOX-API-KEY: " .. KEY)
+        local out = P.sh("curl -sS --no-progress-meter -Z --parallel-max " .. POOL
+            .. " -H " .. P.q("OPEN-SANDBOX-API-KEY: " .. KEY)
             .. " -w '%{http_code}\\n' -o /dev/null " .. table.concat(urls, " -o /dev/null "))
         local ok200 = select(2, out:gsub("200\n", ""))
         assert.are.equal(200, ok200, "all 200 answered 200:\n" .. out)
