@@ -27,6 +27,9 @@ dur=${1:-5}
 work=$(mktemp -d /tmp/osb-bench-proxy.XXXXXX)
 KEY=bench-proxy-key
 KA=${PROXY_KEEPALIVE:-32}
+# With a key configured the proxy route needs it (or the sandbox's capability): every load generator sends it,
+# to the backend directly and through nginx as well (they ignore it), so that all three runs carry the same bytes
+AUTH="OPEN-SANDBOX-API-KEY: $KEY"
 OUR_PORT=$((20000 + RANDOM % 10000))
 NGINX_PORT=$((30000 + RANDOM % 10000))
 pids=()
@@ -62,9 +65,10 @@ sid=$(api POST /v1/sandboxes '{"image":{"uri":"local/ws-echo:latest"},"entrypoin
 [ -n "$sid" ] || { echo "create failed" >&2; exit 1; }
 ours="http://127.0.0.1:$OUR_PORT/sandboxes/$sid/proxy/8080"
 for _ in $(seq 1 300); do
-    [ "$(curl -s --max-time 2 "$ours/" 2>/dev/null)" = "ws-echo ok" ] && break
+    [ "$(curl -s --max-time 2 -H "$AUTH" "$ours/" 2>/dev/null)" = "ws-echo ok" ] && break
     sleep 0.2
 done
+[ "$(curl -s --max-time 2 -H "$AUTH" "$ours/")" = "ws-echo ok" ] || { echo "the proxy does not reach the backend" >&2; exit 1; }
 ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "sandbox-$sid")
 direct="http://$ip:8080"
 [ "$(curl -s "$direct/")" = "ws-echo ok" ] || { echo "backend not reachable at $direct" >&2; exit 1; }
@@ -100,7 +104,7 @@ nginx_worker=$(pgrep -P "$nginx_master" | head -1)
 
 wrk_line() { # conns duration url -> "rps|p50|p99|errors"
     local out
-    out=$(wrk -t1 -c"$1" -d"$2s" --latency "$3")
+    out=$(wrk -t1 -c"$1" -d"$2s" --latency -H "$AUTH" "$3")
     echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}')|$(echo "$out" | awk '$1=="50%" {print $2}')|$(
         echo "$out" | awk '$1=="99%" {print $2}')|$(echo "$out" | awk '/Non-2xx|Socket errors/' | tr '\n' ' ')"
 }
@@ -112,15 +116,15 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, in clo
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 best() { sort -n | tail -1; }
 download() { # url -> MiB/s of one 100 MiB download
-    curl -s --max-time 10 -o /dev/null -w '%{speed_download}' "$1/bytes?n=104857600" |
+    curl -s --max-time 10 -H "$AUTH" -o /dev/null -w '%{speed_download}' "$1/bytes?n=104857600" |
         awk '{printf "%.0f\n", $1 / 1048576}'
 }
 
 # The machine may be shared: runs of nginx and ours alternate, so that a burst of outside load hits both.
 errs=""
 echo "warming up" >&2
-wrk -t1 -c4 -d1s "$nginx/" >/dev/null
-wrk -t1 -c4 -d1s "$ours/" >/dev/null
+wrk -t1 -c4 -d1s -H "$AUTH" "$nginx/" >/dev/null
+wrk -t1 -c4 -d1s -H "$AUTH" "$ours/" >/dev/null
 
 # Latency first, in short runs, once fewer than 1000 host sockets towards the backend are in TIME_WAIT
 # (waits up to 70 s): every proxied request opens a backend connection, and once tens of thousands of
@@ -184,7 +188,7 @@ o_bw=$(printf '%s' "$o_list" | median)
 # the run is void when the sandbox went away under it (a shared Docker daemon) or a request failed
 valid=yes
 for u in "$direct/" "$nginx/" "$ours/"; do
-    [ "$(curl -s --max-time 5 "$u")" = "ws-echo ok" ] || valid="no: $u stopped answering"
+    [ "$(curl -s --max-time 5 -H "$AUTH" "$u")" = "ws-echo ok" ] || valid="no: $u stopped answering"
 done
 [ -z "${errs// /}" ] || valid="no: wrk reported errors: $errs"
 for v in "$d_bw" "$n_bw" "$o_bw"; do [ "${v:-0}" -gt 0 ] || valid="no: a download failed"; done
