@@ -206,7 +206,9 @@ static void pool_key_drop_if_empty(struct pool_key *k)
     free(k);
 }
 
-/* Takes an idle connection out of its list and the loop; returns its fd (the caller owns it). */
+/* Takes an idle connection out of its list; returns its fd (the caller owns it). The fd stays in
+ * the epoll set (under this connection's watch until the caller moves it with loop_watch_mod, or
+ * closes it): a taken connection costs one epoll_ctl, not two. */
 static int idle_unlink(struct idle_conn *ic)
 {
     struct pool_key *k = ic->k;
@@ -218,7 +220,6 @@ static int idle_unlink(struct idle_conn *ic)
         ic->next->prev = ic->prev;
     k->count--;
     pool.idle--;
-    loop_watch_del(&ic->w);
     loop_timer_stop(&ic->timer);
     int fd = ic->fd;
     ic->fd = -1;
@@ -231,6 +232,7 @@ static int idle_unlink(struct idle_conn *ic)
 
 static void idle_close(struct idle_conn *ic)
 {
+    loop_watch_del(&ic->w);
     int fd = idle_unlink(ic);
     if (fd >= 0)
         close(fd);
@@ -251,28 +253,26 @@ static void on_idle_timeout(loop_timer *t)
         idle_close(ic);
 }
 
-/* Gives a connection to the pool (or closes it when the backend's share is full). */
-static void pool_put(const char *tag, const char *host, int port, int fd)
+/* Offers a connection (still in the epoll set) to the pool: returns 0 when the pool took it (its
+ * watch now gets the fd's events), -1 when the backend's share is full (the caller closes it). */
+static int pool_put(const char *tag, const char *host, int port, int fd)
 {
     struct pool_key *k = pool.max_idle ? pool_find(tag, host, port, 1) : NULL;
     struct idle_conn *ic = k && k->count < pool.max_idle ? calloc(1, sizeof(*ic)) : NULL;
     if (!ic) {
         if (k)
             pool_key_drop_if_empty(k);
-        close(fd);
-        return;
+        return -1;
     }
     ic->k = k;
     ic->fd = fd;
     ic->w.fd = fd;
-    ic->w.events = EPOLLIN | EPOLLRDHUP;
     ic->w.cb = on_idle_event;
     ic->w.data = ic;
-    if (loop_watch_add(&ic->w) < 0) {
+    if (loop_watch_mod(&ic->w, EPOLLIN | EPOLLRDHUP) < 0) {
         free(ic);
         pool_key_drop_if_empty(k);
-        close(fd);
-        return;
+        return -1;
     }
     ic->timer.cb = on_idle_timeout;
     ic->timer.data = ic;
@@ -283,6 +283,7 @@ static void pool_put(const char *tag, const char *host, int port, int fd)
     k->head = ic;
     k->count++;
     pool.idle++;
+    return 0;
 }
 
 /* An idle connection to the backend that still looks alive, or -1. */
@@ -297,6 +298,8 @@ static int pool_take(const char *tag, const char *host, int port)
         ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return fd;
+        loop_watch del = {.fd = fd};
+        loop_watch_del(&del);
         close(fd); /* closed by the backend (0), failed, or unsolicited bytes */
         if (last)
             break;
@@ -651,12 +654,9 @@ static void px_body_complete(struct proxy *px)
     /* the exchange is complete on both sides and nothing else came: the connection can serve again
      */
     if (px->pool_ok && px->reusable && !px->extra && px->state == PX_BODY && px->req_done &&
-        !buf_avail(&px->out) && px->fd >= 0 && pool.max_idle) {
-        int fd = px->fd;
-        loop_watch_del(&px->w);
-        px->fd = -1;
-        pool_put(px->tag, px->host, px->port, fd);
-    }
+        !buf_avail(&px->out) && px->fd >= 0 && pool.max_idle &&
+        pool_put(px->tag, px->host, px->port, px->fd) == 0)
+        px->fd = -1; /* the pool's now (an event of ours still in this batch finds PX_DONE) */
     px_finish(px);
 }
 
@@ -1366,25 +1366,31 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
     px->out_whole = px->req_done;
 
     int fd = px->pool_ok ? pool_take(px->tag, host, port) : -1;
-    if (fd >= 0) { /* a pooled connection: the request goes out at once */
+    if (fd >= 0) { /* a pooled connection (still in the epoll set): the request goes out at once */
         px->fd = fd;
         px->reused = 1;
         px_stats.reused_total++;
         px->state = PX_HEAD;
         px->w.fd = fd;
-        px->w.events = EPOLLOUT | EPOLLIN | EPOLLRDHUP;
+        px->w.events = 0;
         px->w.cb = on_backend;
         px->w.data = px;
-        if (loop_watch_add(&px->w) < 0) {
-            close(fd);
-            px->fd = -1;
-            px_fail(px, "GENERAL::UNKNOWN_ERROR", 500,
-                    "An internal error occurred in the proxy: %s", "cannot watch the connection");
-            lua_pushboolean(L, 1);
-            return 1;
-        }
         if (px->header_timeout_ms)
             loop_timer_start(&px->header_timer, (uint64_t)px->header_timeout_ms * 1000000ull);
+        if (px_flush_out(px) < 0) {
+            if (!px_retry(px))
+                px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
+                        "Could not send the request to the backend sandbox %s: %s", px->target,
+                        strerror(errno));
+        } else if (loop_watch_mod(&px->w, EPOLLIN | EPOLLRDHUP |
+                                              (buf_avail(&px->out) ? EPOLLOUT : 0)) < 0) {
+            px_fail(px, "GENERAL::UNKNOWN_ERROR", 500,
+                    "An internal error occurred in the proxy: %s", "cannot watch the connection");
+        }
+        if (px->state != PX_DONE && c->suspended)
+            httpd_ctx_resume(c);
+        lua_pushboolean(L, 1);
+        return 1;
     } else if (px_start_connect(px) < 0) {
         px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
                 "Could not connect to the backend sandbox %s: %s", px->target, strerror(errno));
