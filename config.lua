@@ -62,6 +62,12 @@ return {
         -- Beyond it, every request from that address that needs a key gets 429 GENERAL::TOO_MANY_REQUESTS
         -- with Retry-After until its minute is over (a missing key is not counted). nil or false: no limit.
         auth_failure_limit = nil,
+        -- The server proxy keeps backend connections alive: at most this many idle connections per
+        -- sandbox port are kept for later requests (closed with the sandbox). 0: a new connection per
+        -- request (Connection: close upstream).
+        proxy_keepalive = 32,
+        -- Seconds an idle pooled backend connection is kept before it is closed.
+        proxy_keepalive_timeout = 30,
     },
 
     runtime = {

@@ -3,6 +3,8 @@
 # command, same run (absolute numbers drift on a shared machine, ratios do not).
 #   [ROUNDS=3] bench/engine.sh [DURATION_SECONDS]   (default 10 s per run; loopback only; bounded in time)
 # Prints a markdown table. Needs: build/ (scripts/build.sh), nginx-light, wrk, node.
+# The 1000 idle connections all come from 127.0.0.1: the server runs without its per-address connection limit
+# (server.max_connections_per_ip, default 256), which would otherwise refuse wrk's connections in those rows.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dur=${1:-10}
@@ -23,13 +25,14 @@ http {
     listen 127.0.0.1:$NGINX_PORT;
     location = /health { default_type application/json; return 200 '{"status":"healthy"}'; }
     location = /sandbox { default_type application/json; alias $work/sandbox.json; }
+    location = /list { default_type application/json; alias $work/list.json; }
   }
 }
 NGX
 nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 cat >"$work/config.lua" <<CFG
-return { server = { port = $OUR_PORT, api_key = "$KEY", log_level = "WARNING" },
+return { server = { port = $OUR_PORT, api_key = "$KEY", log_level = "WARNING", max_connections_per_ip = false },
          store = { path = "$work/state/db.sqlite" }, docker = { instance = "bench-$$" } }
 CFG
 "$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" &
@@ -69,7 +72,8 @@ sleep 2
 # nginx serves the very JSON our GET returns (same bytes), as a static file
 curl -fs "http://127.0.0.1:$OUR_PORT/v1/sandboxes/$sid" -H "OPEN-SANDBOX-API-KEY: $KEY" >"$work/sandbox.json"
 chmod 755 "$work" # nginx's worker runs as nobody
-chmod 644 "$work/sandbox.json"
+curl -fs "http://127.0.0.1:$OUR_PORT/v1/sandboxes?pageSize=1" -H "OPEN-SANDBOX-API-KEY: $KEY" >"$work/list.json"
+chmod 644 "$work/sandbox.json" "$work/list.json"
 curl -fs "http://127.0.0.1:$NGINX_PORT/sandbox" | cmp -s - "$work/sandbox.json" || { echo "nginx does not serve the JSON" >&2; exit 1; }
 # Rounds: each pair (nginx, ours) runs back to back in every round, and the table gives the median round
 # of each row, so a slow spell of the machine hits both sides of a ratio alike.
@@ -80,6 +84,7 @@ for r in $(seq 1 "$rounds"); do
     res[ours_h.$r]=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/health")
     res[nginx_json.$r]=$(run_wrk 64 "http://127.0.0.1:$NGINX_PORT/sandbox")
     res[ours_auth.$r]=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes/$sid" "OPEN-SANDBOX-API-KEY: $KEY")
+    res[nginx_list.$r]=$(run_wrk 64 "http://127.0.0.1:$NGINX_PORT/list")
     res[ours_list.$r]=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes?pageSize=1" "OPEN-SANDBOX-API-KEY: $KEY")
 done
 # the median round of a row (by req/s)
@@ -92,6 +97,7 @@ ours_h=$(med ours_h)
 nginx_json=$(med nginx_json)
 ours_auth=$(med ours_auth)
 ours_list=$(med ours_list)
+nginx_list=$(med nginx_list)
 ours_yield=$(run_wrk 256 "http://127.0.0.1:$YIELD_PORT/yield")
 node "$root/bench/idle_conns.mjs" 127.0.0.1 "$OUR_PORT" 1000 $((dur * 3 + 10)) &
 idle_pid=$!
@@ -113,6 +119,7 @@ row "nginx 1 worker, return 200 of /health's JSON (-c64) [$(all nginx_h)]" "$ngi
 row "ours GET /health through Lua (-c64) [$(all ours_h)]" "$ours_h"
 row "nginx 1 worker, the same sandbox JSON as a static file (-c64) [$(all nginx_json)]" "$nginx_json"
 row "ours GET /v1/sandboxes/{id}, key + router + middleware + handler + JSON (-c64) [$(all ours_auth)]" "$ours_auth"
+row "nginx 1 worker, the same list JSON as a static file (-c64) [$(all nginx_list)]" "$nginx_list"
 row "ours GET /v1/sandboxes?pageSize=1 (list: query parsing + validation + paging) (-c64) [$(all ours_list)]" "$ours_list"
 row "ours route that yields on a timer and resumes (-c256)" "$ours_yield"
 row "ours GET /health with 1000 idle keep-alive connections open (-c64)" "$ours_h_idle"
@@ -122,6 +129,9 @@ echo "- /health vs nginx /health: $(ratio "$ours_h" "$nginx_h")x"
 echo "- authenticated GET vs nginx serving the same JSON: $(ratio "$ours_auth" "$nginx_json")x;" \
     "vs nginx /health: $(ratio "$ours_auth" "$nginx_h")x; per round:" \
     "$(for r in $(seq 1 "$rounds"); do printf '%s ' "$(ratio "${res[ours_auth.$r]}" "${res[nginx_json.$r]}")"; done)"
-echo "- list vs nginx serving the same sandbox JSON: $(ratio "$ours_list" "$nginx_json")x"
+echo "- list vs nginx serving the same list JSON: $(ratio "$ours_list" "$nginx_list")x; per round:" \
+    "$(for r in $(seq 1 "$rounds"); do printf '%s ' "$(ratio "${res[ours_list.$r]}" "${res[nginx_list.$r]}")"; done);" \
+    "vs nginx serving the sandbox JSON: $(ratio "$ours_list" "$nginx_json")x"
+echo "- /health per round: $(for r in $(seq 1 "$rounds"); do printf '%s ' "$(ratio "${res[ours_h.$r]}" "${res[nginx_h.$r]}")"; done)"
 echo "- with 1000 idle connections: /health $(ratio "$ours_h_idle" "$ours_h")x of the run without them"
 echo "- server RSS: ${rss_idle} KiB idle after start; ${rss_busy} KiB with 1000 connections open after the runs"

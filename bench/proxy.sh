@@ -14,8 +14,11 @@
 #   - large download, GET /bytes?n=104857600 (100 MiB): curl -o /dev/null, speed_download, 3 rounds,
 #     median.
 # Total: about 5 * DURATION + 25 s plus the sandbox start.
-# Both proxies open one backend connection per request (ours always sends Connection: close upstream;
-# nginx's default upstream is HTTP/1.0 without keepalive), so the backend cost is the same for both.
+# Both proxies keep backend connections alive: nginx with an upstream block (`keepalive 32`, HTTP/1.1,
+# Connection cleared), ours with its default pool (server.proxy_keepalive = 32 idle connections per sandbox
+# port), so the backend cost is the same for both. PROXY_KEEPALIVE=0 runs both without (a new backend connection
+# per request: nginx's default HTTP/1.0 upstream, ours with proxy_keepalive = 0).
+# Also counts the host's sockets in TIME_WAIT towards the backend right after each proxy's throughput runs.
 # Prints a markdown table. Needs: build/ (opensandbox-server + execd), Docker, nginx-light, wrk, musl-gcc.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +26,10 @@ dur=${1:-5}
 [ "$dur" -gt 10 ] && dur=10
 work=$(mktemp -d /tmp/osb-bench-proxy.XXXXXX)
 KEY=bench-proxy-key
+KA=${PROXY_KEEPALIVE:-32}
+# With a key configured the proxy route needs it (or the sandbox's capability): every load generator sends it,
+# to the backend directly and through nginx as well (they ignore it), so that all three runs carry the same bytes
+AUTH="OPEN-SANDBOX-API-KEY: $KEY"
 OUR_PORT=$((20000 + RANDOM % 10000))
 NGINX_PORT=$((30000 + RANDOM % 10000))
 pids=()
@@ -43,7 +50,8 @@ trap cleanup EXIT
 sh "$root/tests/images/build-ws-echo.sh" >/dev/null
 
 cat >"$work/config.lua" <<CFG
-return { server = { host = "127.0.0.1", port = $OUR_PORT, api_key = "$KEY", log_level = "WARNING" },
+return { server = { host = "127.0.0.1", port = $OUR_PORT, api_key = "$KEY", log_level = "WARNING",
+                    proxy_keepalive = $KA },
          store = { path = "$work/state/db.sqlite" }, docker = { instance = "bench-proxy-$$" } }
 CFG
 "$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" >&2 &
@@ -57,13 +65,22 @@ sid=$(api POST /v1/sandboxes '{"image":{"uri":"local/ws-echo:latest"},"entrypoin
 [ -n "$sid" ] || { echo "create failed" >&2; exit 1; }
 ours="http://127.0.0.1:$OUR_PORT/sandboxes/$sid/proxy/8080"
 for _ in $(seq 1 300); do
-    [ "$(curl -s --max-time 2 "$ours/" 2>/dev/null)" = "ws-echo ok" ] && break
+    [ "$(curl -s --max-time 2 -H "$AUTH" "$ours/" 2>/dev/null)" = "ws-echo ok" ] && break
     sleep 0.2
 done
+[ "$(curl -s --max-time 2 -H "$AUTH" "$ours/")" = "ws-echo ok" ] || { echo "the proxy does not reach the backend" >&2; exit 1; }
 ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "sandbox-$sid")
 direct="http://$ip:8080"
 [ "$(curl -s "$direct/")" = "ws-echo ok" ] || { echo "backend not reachable at $direct" >&2; exit 1; }
 
+if [ "$KA" -gt 0 ]; then
+    upstream="upstream backend { server $ip:8080; keepalive $KA; }"
+    location="location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\";
+      proxy_buffering on; }"
+else
+    upstream=""
+    location="location / { proxy_pass $direct; proxy_buffering on; }"
+fi
 cat >"$work/nginx.conf" <<NGX
 worker_processes 1;
 pid $work/nginx.pid;
@@ -71,9 +88,10 @@ error_log $work/nginx-error.log;
 events { worker_connections 4096; }
 http {
   access_log off;
+  $upstream
   server {
     listen 127.0.0.1:$NGINX_PORT;
-    location / { proxy_pass $direct; proxy_buffering on; }
+    $location
   }
 }
 NGX
@@ -86,7 +104,7 @@ nginx_worker=$(pgrep -P "$nginx_master" | head -1)
 
 wrk_line() { # conns duration url -> "rps|p50|p99|errors"
     local out
-    out=$(wrk -t1 -c"$1" -d"$2s" --latency "$3")
+    out=$(wrk -t1 -c"$1" -d"$2s" --latency -H "$AUTH" "$3")
     echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}')|$(echo "$out" | awk '$1=="50%" {print $2}')|$(
         echo "$out" | awk '$1=="99%" {print $2}')|$(echo "$out" | awk '/Non-2xx|Socket errors/' | tr '\n' ' ')"
 }
@@ -98,15 +116,15 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, in clo
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 best() { sort -n | tail -1; }
 download() { # url -> MiB/s of one 100 MiB download
-    curl -s --max-time 10 -o /dev/null -w '%{speed_download}' "$1/bytes?n=104857600" |
+    curl -s --max-time 10 -H "$AUTH" -o /dev/null -w '%{speed_download}' "$1/bytes?n=104857600" |
         awk '{printf "%.0f\n", $1 / 1048576}'
 }
 
 # The machine may be shared: runs of nginx and ours alternate, so that a burst of outside load hits both.
 errs=""
 echo "warming up" >&2
-wrk -t1 -c4 -d1s "$nginx/" >/dev/null
-wrk -t1 -c4 -d1s "$ours/" >/dev/null
+wrk -t1 -c4 -d1s -H "$AUTH" "$nginx/" >/dev/null
+wrk -t1 -c4 -d1s -H "$AUTH" "$ours/" >/dev/null
 
 # Latency first, in short runs, once fewer than 1000 host sockets towards the backend are in TIME_WAIT
 # (waits up to 70 s): every proxied request opens a backend connection, and once tens of thousands of
@@ -136,16 +154,18 @@ echo "GET / throughput: c16, ${dur}s, direct once, nginx and ours twice each (be
 IFS='|' read -r d_rps _ _ e <<<"$(wrk_line 16 "$dur" "$direct/")"
 errs+=$e
 rss0=$(ps -o rss= -p "$ourpid" | tr -d ' ')
-n_list="" o_list="" n_cpu="" o_cpu=""
+n_list="" o_list="" n_cpu="" o_cpu="" n_tw="" o_tw=""
 hz=$(getconf CLK_TCK)
 for _ in 1 2; do
     t0=$(cpu_ticks "$nginx_worker")
     IFS='|' read -r r _ _ e <<<"$(wrk_line 16 "$dur" "$nginx/")"
+    n_tw+="$(tw) "
     n_list+="$r"$'\n' errs+=$e
     n_cpu+="$(awk -v t="$(($(cpu_ticks "$nginx_worker") - t0))" -v r="$r" -v d="$dur" -v hz="$hz" \
         'BEGIN { printf "%.1f", t / hz * 1e6 / (r * d) }')"$'\n'
     t0=$(cpu_ticks "$ourpid")
     IFS='|' read -r r _ _ e <<<"$(wrk_line 16 "$dur" "$ours/")"
+    o_tw+="$(tw) "
     o_list+="$r"$'\n' errs+=$e
     o_cpu+="$(awk -v t="$(($(cpu_ticks "$ourpid") - t0))" -v r="$r" -v d="$dur" -v hz="$hz" \
         'BEGIN { printf "%.1f", t / hz * 1e6 / (r * d) }')"$'\n'
@@ -168,7 +188,7 @@ o_bw=$(printf '%s' "$o_list" | median)
 # the run is void when the sandbox went away under it (a shared Docker daemon) or a request failed
 valid=yes
 for u in "$direct/" "$nginx/" "$ours/"; do
-    [ "$(curl -s --max-time 5 "$u")" = "ws-echo ok" ] || valid="no: $u stopped answering"
+    [ "$(curl -s --max-time 5 -H "$AUTH" "$u")" = "ws-echo ok" ] || valid="no: $u stopped answering"
 done
 [ -z "${errs// /}" ] || valid="no: wrk reported errors: $errs"
 for v in "$d_bw" "$n_bw" "$o_bw"; do [ "${v:-0}" -gt 0 ] || valid="no: a download failed"; done
@@ -185,7 +205,9 @@ echo "| CPU time per GET / of the proxy process, µs (c16 runs) | - | $n_cpu | $
 echo "| GET / p99 latency, ms (same runs) | $d_p99 | $n_p99 | $o_p99 | - |"
 echo "| 100 MiB download, MiB/s (curl, median of 3) | $d_bw | $n_bw | $o_bw | $(ratio "$o_bw" "$n_bw") |"
 echo
-echo "host sockets in TIME_WAIT towards the backend: $tw0 before the latency runs, $(tw) at the end"
+echo "host sockets in TIME_WAIT towards the backend: $tw0 before the latency runs; right after each c16 run:" \
+    "nginx $n_tw/ ours $o_tw(cumulative, 60 s each); $(tw) at the end"
+echo "backend keep-alive: nginx upstream keepalive and ours server.proxy_keepalive = $KA (0: none)"
 echo "server RSS before/after the c16 runs: ${rss0} -> ${rss1} KiB; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "valid run: $valid"
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores; $(nginx -v 2>&1); $(wrk -v 2>&1 | head -1)"

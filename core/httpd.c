@@ -1089,6 +1089,7 @@ void httpd_drain(int code)
 void httpd_free(void)
 {
     extra_close();
+    proxy_pool_free();
     if (!H.d)
         return;
     /* MHD must not be stopped with suspended connections: resume them all first. */
@@ -1335,6 +1336,16 @@ static int l_proxy_stats(lua_State *L)
     return lhttp_proxy_stats(L);
 }
 
+static int l_proxy_configure(lua_State *L)
+{
+    return lhttp_proxy_configure(L);
+}
+
+static int l_proxy_pool_close(lua_State *L)
+{
+    return lhttp_proxy_pool_close(L);
+}
+
 int luaopen_core_http(lua_State *L)
 {
     static const luaL_Reg stream_methods[] = {{"write", s_write},
@@ -1344,9 +1355,14 @@ int luaopen_core_http(lua_State *L)
                                               {NULL, NULL}};
     static const luaL_Reg req_methods[] = {
         {"header", r_header}, {"headers", r_headers}, {NULL, NULL}};
-    static const luaL_Reg fns[] = {{"listen", l_listen},           {"listen_extra", l_listen_extra},
-                                   {"stream", l_stream},           {"proxy", l_proxy},
-                                   {"proxy_stats", l_proxy_stats}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"listen", l_listen},
+                                   {"listen_extra", l_listen_extra},
+                                   {"stream", l_stream},
+                                   {"proxy", l_proxy},
+                                   {"proxy_stats", l_proxy_stats},
+                                   {"proxy_configure", l_proxy_configure},
+                                   {"proxy_pool_close", l_proxy_pool_close},
+                                   {NULL, NULL}};
     luaL_newmetatable(L, STREAM_MT);
     luaL_setfuncs(L, stream_methods, 0);
     lua_pushvalue(L, -1);

@@ -65,6 +65,11 @@ struct MHD_Response *httpd_stream_response(struct reqctx *c, uint64_t size);
 int lhttp_proxy(lua_State *L, struct reqctx *c);
 /* http.proxy_stats(): the proxy's counters as a table. */
 int lhttp_proxy_stats(lua_State *L);
+/* http.proxy_configure{keepalive=, keepalive_timeout=} and http.proxy_pool_close(tag?): the pool of
+ * idle backend connections. proxy_pool_free() closes them at shutdown. */
+int lhttp_proxy_configure(lua_State *L);
+int lhttp_proxy_pool_close(lua_State *L);
+void proxy_pool_free(void);
 /* Feeds request body bytes; returns 1 when the proxy wants the connection suspended (buffer full).
  */
 int proxy_upload(struct proxy *px, const char *data, size_t n);

@@ -15,9 +15,18 @@
  * that Lua streams use. When the client is slow and more than STREAM_HIGH bytes wait, reading from
  * the backend stops until the reader drained it (proxy_drained), so memory stays flat;
  *   - a 101 answer (WebSocket or any Upgrade) is relayed with MHD's upgrade support, then raw bytes
- * are tunnelled both ways until either side closes. The backend connection is not reused (we send
- * Connection: close); failures before the response head become ErrorResponse JSON (502 connect, 504
- * header timeout, 500 otherwise), after it the client connection is closed.
+ * are tunnelled both ways until either side closes; failures before the response head become
+ * ErrorResponse JSON (502 connect, 504 header timeout, 500 otherwise), after it the client
+ * connection is closed;
+ *   - backend connections are kept alive and pooled per (pool tag, host, port) when the pool is on
+ * (http.proxy_configure{keepalive = N}): a connection goes back to the pool only when the whole
+ * request was sent and the whole response read with nothing left over, the response was HTTP/1.1
+ * with a length or chunked framing and no `Connection: close`, and it was not an upgrade. An idle
+ * connection that the backend closes (or that sends anything) leaves the pool at once, one idle for
+ * longer than the idle timeout is closed. A pooled connection found dead when its request gets no
+ * response byte is replaced once by a fresh connection, when that is safe: nothing was sent on it
+ * yet, or the method is idempotent and the whole request is still in memory. The pool tag (the
+ * sandbox id for the server proxy) lets Lua close a sandbox's connections (http.proxy_pool_close).
  *
  * Hand-written HTTP/1.1 response parsing: no library here parses a response head incrementally on
  * our own sockets without taking over the loop (libcurl would buffer and own the connection, and
@@ -48,6 +57,10 @@
 #define UP_LOW (64 * 1024)
 #define HEAD_MAX (64 * 1024)
 #define READ_CHUNK (64 * 1024)
+
+#define POOL_BUCKETS 64
+#define POOL_TAG_MAX 128
+#define POOL_HOST_MAX 64
 
 enum px_state { PX_CONNECTING, PX_HEAD, PX_BODY, PX_TUNNEL, PX_DONE };
 enum px_framing { FR_NONE, FR_LENGTH, FR_CHUNKED, FR_CLOSE };
@@ -83,15 +96,31 @@ struct proxy {
     char target[320];
     char request_id[260];
     unsigned header_timeout_ms;
+    uint64_t connect_ns;
     /* tunnel */
     struct MHD_UpgradeResponseHandle *urh;
     int cfd;
     loop_watch cw;
     buf_t to_client, to_backend;
     int client_eof, backend_eof, client_shut, backend_shut;
+    /* keep-alive */
+    struct proxy *aprev, *anext; /* the list of active proxies (http.proxy_pool_close) */
+    char tag[POOL_TAG_MAX];
+    char host[POOL_HOST_MAX];
+    int port;
+    int pool_ok;      /* the connection may go back to the pool once the exchange is complete */
+    int reused;       /* the connection came from the pool */
+    int retried;      /* a stale pooled connection was already replaced */
+    int idempotent;   /* the method may be sent twice */
+    int out_whole;    /* `out` holds the whole request from byte 0 (nothing appended later) */
+    int got_response; /* a byte of the response arrived */
+    int reusable;     /* the response head allows keep-alive */
+    int extra;        /* the backend sent bytes after the response */
+    uint64_t sent;    /* bytes sent on the current connection */
 };
 
 static void px_tunnel_pump(struct proxy *px);
+static int px_retry(struct proxy *px);
 
 /* ---- counters (read by http.proxy_stats(); plain integer adds on the hot path) ---- */
 
@@ -101,7 +130,182 @@ static struct {
     uint64_t failures_total;    /* px_fail: connect error, timeout, bad or cut response */
     uint64_t bytes_to_backend;
     uint64_t bytes_from_backend;
+    uint64_t backend_connects_total; /* new TCP connections to backends */
+    uint64_t reused_total;           /* requests sent on a pooled connection */
+    uint64_t retries_total;          /* stale pooled connections replaced by a fresh one */
 } px_stats;
+
+/* ---- the pool of idle keep-alive backend connections ---- */
+
+struct pool_key;
+
+struct idle_conn {
+    struct idle_conn *prev, *next; /* in its key's list, the most recently used first */
+    struct pool_key *k;
+    int fd;
+    loop_watch w;
+    loop_timer timer;
+};
+
+struct pool_key { /* one backend: (tag, host, port) */
+    struct pool_key *next;
+    char tag[POOL_TAG_MAX];
+    char host[POOL_HOST_MAX];
+    int port;
+    struct idle_conn *head;
+    unsigned count;
+};
+
+static struct {
+    unsigned max_idle; /* idle connections kept per backend; 0: no pooling */
+    uint64_t idle_ns;  /* an idle connection is closed after this long */
+    unsigned idle;     /* idle connections now */
+    struct pool_key *buckets[POOL_BUCKETS];
+    struct proxy *active;
+} pool = {.max_idle = 0, .idle_ns = 30000000000ull};
+
+static unsigned pool_hash(const char *tag, const char *host, int port)
+{
+    unsigned h = 2166136261u;
+    for (const char *p = tag; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    for (const char *p = host; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    h = (h ^ (unsigned)port) * 16777619u;
+    return h % POOL_BUCKETS;
+}
+
+static struct pool_key *pool_find(const char *tag, const char *host, int port, int create)
+{
+    unsigned b = pool_hash(tag, host, port);
+    for (struct pool_key *k = pool.buckets[b]; k; k = k->next)
+        if (k->port == port && strcmp(k->host, host) == 0 && strcmp(k->tag, tag) == 0)
+            return k;
+    if (!create)
+        return NULL;
+    struct pool_key *k = calloc(1, sizeof(*k));
+    if (!k)
+        return NULL;
+    snprintf(k->tag, sizeof(k->tag), "%s", tag);
+    snprintf(k->host, sizeof(k->host), "%s", host);
+    k->port = port;
+    k->next = pool.buckets[b];
+    pool.buckets[b] = k;
+    return k;
+}
+
+static void pool_key_drop_if_empty(struct pool_key *k)
+{
+    if (k->count)
+        return;
+    struct pool_key **pp = &pool.buckets[pool_hash(k->tag, k->host, k->port)];
+    while (*pp && *pp != k)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = k->next;
+    free(k);
+}
+
+/* Takes an idle connection out of its list; returns its fd (the caller owns it). The fd stays in
+ * the epoll set (under this connection's watch until the caller moves it with loop_watch_mod, or
+ * closes it): a taken connection costs one epoll_ctl, not two. */
+static int idle_unlink(struct idle_conn *ic)
+{
+    struct pool_key *k = ic->k;
+    if (ic->prev)
+        ic->prev->next = ic->next;
+    else
+        k->head = ic->next;
+    if (ic->next)
+        ic->next->prev = ic->prev;
+    k->count--;
+    pool.idle--;
+    loop_timer_stop(&ic->timer);
+    int fd = ic->fd;
+    ic->fd = -1;
+    pool_key_drop_if_empty(k);
+    /* an epoll event for it may still be in this batch: free on the next turn */
+    if (loop_defer_ex(free, free, ic) < 0)
+        free(ic);
+    return fd;
+}
+
+static void idle_close(struct idle_conn *ic)
+{
+    loop_watch_del(&ic->w);
+    int fd = idle_unlink(ic);
+    if (fd >= 0)
+        close(fd);
+}
+
+static void on_idle_event(loop_watch *w, uint32_t events)
+{
+    struct idle_conn *ic = w->data;
+    (void)events;
+    if (ic->fd >= 0) /* the backend closed it, or sent something unasked: either way it is done */
+        idle_close(ic);
+}
+
+static void on_idle_timeout(loop_timer *t)
+{
+    struct idle_conn *ic = t->data;
+    if (ic->fd >= 0)
+        idle_close(ic);
+}
+
+/* Offers a connection (still in the epoll set) to the pool: returns 0 when the pool took it (its
+ * watch now gets the fd's events), -1 when the backend's share is full (the caller closes it). */
+static int pool_put(const char *tag, const char *host, int port, int fd)
+{
+    struct pool_key *k = pool.max_idle ? pool_find(tag, host, port, 1) : NULL;
+    struct idle_conn *ic = k && k->count < pool.max_idle ? calloc(1, sizeof(*ic)) : NULL;
+    if (!ic) {
+        if (k)
+            pool_key_drop_if_empty(k);
+        return -1;
+    }
+    ic->k = k;
+    ic->fd = fd;
+    ic->w.fd = fd;
+    ic->w.cb = on_idle_event;
+    ic->w.data = ic;
+    if (loop_watch_mod(&ic->w, EPOLLIN | EPOLLRDHUP) < 0) {
+        free(ic);
+        pool_key_drop_if_empty(k);
+        return -1;
+    }
+    ic->timer.cb = on_idle_timeout;
+    ic->timer.data = ic;
+    loop_timer_start(&ic->timer, pool.idle_ns);
+    ic->next = k->head;
+    if (k->head)
+        k->head->prev = ic;
+    k->head = ic;
+    k->count++;
+    pool.idle++;
+    return 0;
+}
+
+/* An idle connection to the backend that still looks alive, or -1. */
+static int pool_take(const char *tag, const char *host, int port)
+{
+    struct pool_key *k = pool_find(tag, host, port, 0);
+    while (k && k->head) {
+        struct pool_key *kk = k;
+        int last = kk->count == 1;
+        int fd = idle_unlink(kk->head); /* may free k when it was the last one */
+        char b;
+        ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return fd;
+        loop_watch del = {.fd = fd};
+        loop_watch_del(&del);
+        close(fd); /* closed by the backend (0), failed, or unsolicited bytes */
+        if (last)
+            break;
+    }
+    return -1;
+}
 
 /* ---- lifetime ---- */
 
@@ -131,6 +335,13 @@ static void px_finish(struct proxy *px)
         return;
     px->state = PX_DONE;
     px_stats.active--;
+    if (px->aprev)
+        px->aprev->anext = px->anext;
+    else if (pool.active == px)
+        pool.active = px->anext;
+    if (px->anext)
+        px->anext->aprev = px->aprev;
+    px->aprev = px->anext = NULL;
     loop_timer_stop(&px->connect_timer);
     loop_timer_stop(&px->header_timer);
     px_close_fd(px);
@@ -200,6 +411,7 @@ static int px_flush_out(struct proxy *px)
         ssize_t n = send(px->fd, px->out.data + px->out.off, buf_avail(&px->out), MSG_NOSIGNAL);
         if (n > 0) {
             px->out.off += (size_t)n;
+            px->sent += (uint64_t)n;
             px_stats.bytes_to_backend += (uint64_t)n;
             continue;
         }
@@ -244,6 +456,8 @@ int proxy_upload(struct proxy *px, const char *data, size_t n)
     }
     if (px->state != PX_CONNECTING) {
         if (px_flush_out(px) < 0) {
+            if (px->state == PX_HEAD && px_retry(px))
+                return 0;
             px_fail(px, "GENERAL::UNKNOWN_ERROR", 500,
                     "An internal error occurred in the proxy: writing to %s: %s", px->target,
                     strerror(errno));
@@ -267,6 +481,8 @@ void proxy_upload_done(struct proxy *px)
         buf_append(&px->out, "0\r\n\r\n", 5);
     if (px->state != PX_CONNECTING && px->fd >= 0) {
         if (px_flush_out(px) < 0) {
+            if (px->state == PX_HEAD && px_retry(px))
+                return;
             px_fail(px, "GENERAL::UNKNOWN_ERROR", 500,
                     "An internal error occurred in the proxy: writing to %s: %s", px->target,
                     strerror(errno));
@@ -307,6 +523,7 @@ static int hop_by_hop(const char *name, const char *connection)
 
 struct parsed_head {
     int status;
+    int minor;   /* HTTP/1.x */
     char *lines; /* the header block, NUL-separated name/value pairs */
     int nhdr;
     const char *names[128];
@@ -323,6 +540,7 @@ static int parse_head(char *head, size_t len, struct parsed_head *ph)
     if (!isdigit((unsigned char)head[9]) || !isdigit((unsigned char)head[10]) ||
         !isdigit((unsigned char)head[11]))
         return -1;
+    ph->minor = head[7] - '0';
     ph->status = (head[9] - '0') * 100 + (head[10] - '0') * 10 + (head[11] - '0');
     ph->nhdr = 0;
     char *p = eol + 1;
@@ -433,6 +651,12 @@ static void px_body_complete(struct proxy *px)
         c->stream_eof = 1;
         httpd_ctx_resume(c);
     }
+    /* the exchange is complete on both sides and nothing else came: the connection can serve again
+     */
+    if (px->pool_ok && px->reusable && !px->extra && px->state == PX_BODY && px->req_done &&
+        !buf_avail(&px->out) && px->fd >= 0 && pool.max_idle &&
+        pool_put(px->tag, px->host, px->port, px->fd) == 0)
+        px->fd = -1; /* the pool's now (an event of ours still in this batch finds PX_DONE) */
     px_finish(px);
 }
 
@@ -447,10 +671,15 @@ static int px_body(struct proxy *px, const char *p, size_t n)
         size_t take = n < px->remaining ? n : (size_t)px->remaining;
         px_deliver(px, p, take);
         px->remaining -= take;
+        if (take < n)
+            px->extra = 1;
         return px->remaining == 0;
     }
-    if (px->framing == FR_NONE)
+    if (px->framing == FR_NONE) {
+        if (n)
+            px->extra = 1;
         return 1;
+    }
     /* chunked */
     size_t i = 0;
     while (i < n) {
@@ -518,6 +747,8 @@ static int px_body(struct proxy *px, const char *p, size_t n)
             if (ch == '\n') {
                 if (px->remaining == 0) { /* empty line: done */
                     px->ch = CH_DONE;
+                    if (i + 1 < n)
+                        px->extra = 1;
                     return 1;
                 }
                 px->remaining = 0;
@@ -527,6 +758,7 @@ static int px_body(struct proxy *px, const char *p, size_t n)
             i++;
             break;
         case CH_DONE:
+            px->extra = 1;
             return 1;
         }
     }
@@ -569,6 +801,7 @@ static void px_on_head(struct proxy *px, size_t hlen)
                 "out of memory");
         return;
     }
+    px->reusable = ph.status != 101 && ph.minor >= 1 && !has_token(connection, "close");
     struct MHD_Response *r;
     if (ph.status == 101) {
         r = MHD_create_response_for_upgrade(on_upgraded, px);
@@ -602,6 +835,7 @@ static void px_on_head(struct proxy *px, size_t hlen)
             size = v;
         } else {
             px->framing = FR_CLOSE;
+            px->reusable = 0;
         }
         r = httpd_stream_response(c, size);
     }
@@ -658,6 +892,30 @@ static void px_on_head(struct proxy *px, size_t hlen)
     }
 }
 
+static int px_start_connect(struct proxy *px);
+
+/* A pooled connection turned out dead before any byte of the response: sends the request once more
+ * on a fresh connection when that is safe. Returns 1 when it took over (retrying, or failed). */
+static int px_retry(struct proxy *px)
+{
+    if (!px->reused || px->retried || px->got_response || px->state != PX_HEAD)
+        return 0;
+    if (px->sent && !(px->idempotent && px->out_whole))
+        return 0;
+    px->retried = 1;
+    px->reused = 0;
+    px_stats.retries_total++;
+    loop_timer_stop(&px->header_timer);
+    px_close_fd(px);
+    px->out.off = 0; /* the whole request again (out_whole), or nothing of it was sent */
+    px->sent = 0;
+    px->head.off = px->head.len = 0;
+    if (px_start_connect(px) < 0)
+        px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
+                "Could not connect to the backend sandbox %s: %s", px->target, strerror(errno));
+    return 1;
+}
+
 static void px_read(struct proxy *px)
 {
     char tmp[READ_CHUNK];
@@ -665,8 +923,10 @@ static void px_read(struct proxy *px)
         if (px->state == PX_DONE || px->read_paused)
             return;
         ssize_t n = recv(px->fd, tmp, sizeof(tmp), 0);
-        if (n > 0)
+        if (n > 0) {
             px_stats.bytes_from_backend += (uint64_t)n;
+            px->got_response = 1;
+        }
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -674,6 +934,8 @@ static void px_read(struct proxy *px)
                 return;
         }
         if (n <= 0) { /* the backend closed (or failed) */
+            if (px->state == PX_HEAD && px_retry(px))
+                return;
             if (px->state == PX_HEAD) {
                 px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
                         "The backend sandbox %s closed the connection without a response",
@@ -751,6 +1013,10 @@ static void on_backend(loop_watch *w, uint32_t events)
         int err = 0;
         socklen_t len = sizeof(err);
         getsockopt(px->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof(peer);
+        if (!err && getpeername(px->fd, (struct sockaddr *)&peer, &plen) < 0)
+            return; /* not connected yet (an event of the connection this one replaced) */
         if (err) {
             px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
                     "Could not connect to the backend sandbox %s: %s", px->target, strerror(err));
@@ -767,6 +1033,8 @@ static void on_backend(loop_watch *w, uint32_t events)
     }
     if ((events & EPOLLOUT) && buf_avail(&px->out)) {
         if (px_flush_out(px) < 0) {
+            if (px->state == PX_HEAD && px_retry(px))
+                return;
             if (px->state == PX_HEAD)
                 px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
                         "Could not send the request to the backend sandbox %s: %s", px->target,
@@ -950,6 +1218,27 @@ static int connect_to(struct proxy *px, const char *host, int port)
     }
     freeaddrinfo(res);
     px->fd = fd;
+    px_stats.backend_connects_total++;
+    return 0;
+}
+
+/* A fresh connection to px->host:px->port, watched until it is established. */
+static int px_start_connect(struct proxy *px)
+{
+    if (connect_to(px, px->host, px->port) < 0)
+        return -1;
+    px->state = PX_CONNECTING;
+    px->w.fd = px->fd;
+    px->w.events = EPOLLOUT;
+    px->w.cb = on_backend;
+    px->w.data = px;
+    if (loop_watch_add(&px->w) < 0) {
+        close(px->fd);
+        px->fd = -1;
+        errno = ENOMEM;
+        return -1;
+    }
+    loop_timer_start(&px->connect_timer, px->connect_ns);
     return 0;
 }
 
@@ -991,6 +1280,24 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
     px->c = c;
     px_stats.connections_total++;
     px_stats.active++;
+    px->anext = pool.active;
+    if (pool.active)
+        pool.active->aprev = px;
+    pool.active = px;
+    const char *tag = opt_string(L, 2, "pool", "");
+    lua_getfield(L, 2, "upgrade");
+    int upgrade = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    /* pooled: keep-alive is on, not an upgrade, and the key fits */
+    px->pool_ok = pool.max_idle && !upgrade && strlen(tag) < sizeof(px->tag) &&
+                  strlen(host) < sizeof(px->host);
+    snprintf(px->tag, sizeof(px->tag), "%s", tag);
+    snprintf(px->host, sizeof(px->host), "%s", host);
+    px->port = port;
+    px->connect_ns = (uint64_t)(cto * 1e9);
+    px->idempotent = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 ||
+                     strcmp(method, "PUT") == 0 || strcmp(method, "DELETE") == 0 ||
+                     strcmp(method, "OPTIONS") == 0 || strcmp(method, "TRACE") == 0;
     httpd_ctx_ref(c);
     c->px = px;
     px->is_head = strcmp(method, "HEAD") == 0;
@@ -1044,10 +1351,7 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
         buf_append(&px->out, cl, strlen(cl));
         buf_append(&px->out, "\r\n", 2);
     }
-    lua_getfield(L, 2, "upgrade");
-    int upgrade = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (!upgrade)
+    if (!upgrade && !px->pool_ok)
         buf_append(&px->out, "Connection: close\r\n", 19);
     buf_append(&px->out, "\r\n", 2);
     /* body bytes that arrived while Lua decided */
@@ -1059,20 +1363,40 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
         if (px->req_chunked && c->upload_done)
             buf_append(&px->out, "0\r\n\r\n", 5);
     }
+    px->out_whole = px->req_done;
 
-    if (connect_to(px, host, port) < 0) {
+    int fd = px->pool_ok ? pool_take(px->tag, host, port) : -1;
+    if (fd >= 0) { /* a pooled connection (still in the epoll set): the request goes out at once */
+        px->fd = fd;
+        px->reused = 1;
+        px_stats.reused_total++;
+        px->state = PX_HEAD;
+        px->w.fd = fd;
+        px->w.events = 0;
+        px->w.cb = on_backend;
+        px->w.data = px;
+        if (px->header_timeout_ms)
+            loop_timer_start(&px->header_timer, (uint64_t)px->header_timeout_ms * 1000000ull);
+        if (px_flush_out(px) < 0) {
+            if (!px_retry(px))
+                px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
+                        "Could not send the request to the backend sandbox %s: %s", px->target,
+                        strerror(errno));
+        } else if (loop_watch_mod(&px->w, EPOLLIN | EPOLLRDHUP |
+                                              (buf_avail(&px->out) ? EPOLLOUT : 0)) < 0) {
+            px_fail(px, "GENERAL::UNKNOWN_ERROR", 500,
+                    "An internal error occurred in the proxy: %s", "cannot watch the connection");
+        }
+        if (px->state != PX_DONE && c->suspended)
+            httpd_ctx_resume(c);
+        lua_pushboolean(L, 1);
+        return 1;
+    } else if (px_start_connect(px) < 0) {
         px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
                 "Could not connect to the backend sandbox %s: %s", px->target, strerror(errno));
         lua_pushboolean(L, 1);
         return 1;
     }
-    px->state = PX_CONNECTING;
-    px->w.fd = px->fd;
-    px->w.events = EPOLLOUT;
-    px->w.cb = on_backend;
-    px->w.data = px;
-    loop_watch_add(&px->w);
-    loop_timer_start(&px->connect_timer, (uint64_t)(cto * 1e9));
     if (c->suspended) /* it waited for this decision with body bytes unconsumed */
         httpd_ctx_resume(c);
     lua_pushboolean(L, 1);
@@ -1083,7 +1407,7 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
  * bytes_from_backend }: the proxy's counters since the start. */
 int lhttp_proxy_stats(lua_State *L)
 {
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 9);
     lua_pushinteger(L, (lua_Integer)px_stats.connections_total);
     lua_setfield(L, -2, "connections_total");
     lua_pushinteger(L, (lua_Integer)px_stats.active);
@@ -1094,5 +1418,89 @@ int lhttp_proxy_stats(lua_State *L)
     lua_setfield(L, -2, "bytes_to_backend");
     lua_pushinteger(L, (lua_Integer)px_stats.bytes_from_backend);
     lua_setfield(L, -2, "bytes_from_backend");
+    lua_pushinteger(L, (lua_Integer)px_stats.backend_connects_total);
+    lua_setfield(L, -2, "backend_connects_total");
+    lua_pushinteger(L, (lua_Integer)px_stats.reused_total);
+    lua_setfield(L, -2, "reused_total");
+    lua_pushinteger(L, (lua_Integer)px_stats.retries_total);
+    lua_setfield(L, -2, "retries_total");
+    lua_pushinteger(L, (lua_Integer)pool.idle);
+    lua_setfield(L, -2, "pool_idle");
     return 1;
+}
+
+/* Closes the idle connections of pool tag `tag` (every tag when NULL), and keeps the ones in use
+ * with it from going back. Returns how many idle connections were closed. */
+static unsigned pool_close(const char *tag)
+{
+    unsigned n = 0;
+    for (int b = 0; b < POOL_BUCKETS; b++) {
+        struct pool_key *k = pool.buckets[b];
+        while (k) {
+            struct pool_key *next = k->next;
+            if (!tag || strcmp(k->tag, tag) == 0) {
+                while (k->head) {
+                    int last = k->count == 1;
+                    idle_close(k->head); /* frees k with its last connection */
+                    n++;
+                    if (last)
+                        break;
+                }
+            }
+            k = next;
+        }
+    }
+    for (struct proxy *px = pool.active; px; px = px->anext)
+        if (!tag || strcmp(px->tag, tag) == 0)
+            px->pool_ok = 0;
+    return n;
+}
+
+/* http.proxy_configure{ keepalive = N, keepalive_timeout = seconds }: idle connections kept per
+ * backend (0: none, the proxy then sends Connection: close) and how long one may stay idle. */
+int lhttp_proxy_configure(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer n = (lua_Integer)opt_number(L, 1, "keepalive", pool.max_idle);
+    lua_Number t = opt_number(L, 1, "keepalive_timeout", (lua_Number)pool.idle_ns / 1e9);
+    if (n < 0 || n > 100000)
+        return luaL_argerror(L, 1, "keepalive must be in 0..100000");
+    if (!(t > 0) || t > 86400)
+        return luaL_argerror(L, 1, "keepalive_timeout must be in (0, 86400] seconds");
+    pool.max_idle = (unsigned)n;
+    pool.idle_ns = (uint64_t)(t * 1e9);
+    if (!pool.max_idle)
+        pool_close(NULL);
+    return 0;
+}
+
+/* http.proxy_pool_close(tag?) -> n: closes the pooled connections of a tag (all without one). */
+int lhttp_proxy_pool_close(lua_State *L)
+{
+    const char *tag = luaL_optstring(L, 1, NULL);
+    lua_pushinteger(L, (lua_Integer)pool_close(tag));
+    return 1;
+}
+
+/* At shutdown (the loop no longer runs): closes every idle connection. */
+void proxy_pool_free(void)
+{
+    for (int b = 0; b < POOL_BUCKETS; b++) {
+        struct pool_key *k = pool.buckets[b];
+        while (k) {
+            struct pool_key *next = k->next;
+            for (struct idle_conn *ic = k->head; ic;) {
+                struct idle_conn *in = ic->next;
+                loop_watch_del(&ic->w);
+                loop_timer_stop(&ic->timer);
+                close(ic->fd);
+                free(ic);
+                ic = in;
+            }
+            free(k);
+            k = next;
+        }
+        pool.buckets[b] = NULL;
+    }
+    pool.idle = 0;
 }

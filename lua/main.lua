@@ -174,6 +174,7 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
             uuid = uuid,
             trim_memory = core.trim_memory,
             hmac_sha256 = core.hmac_sha256,
+            proxy_pool_close = http.proxy_pool_close,
         },
     })
     local n, lerr = service:load()
@@ -210,6 +211,10 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         proxy_stats = http.proxy_stats,
     }
     local handler = require("api").new(api_deps)
+    http.proxy_configure({
+        keepalive = cfg.server.proxy_keepalive,
+        keepalive_timeout = cfg.server.proxy_keepalive_timeout,
+    })
     local port = http.listen({
         host = cfg.server.host,
         port = cfg.server.port,

@@ -207,13 +207,28 @@ function M.new(deps)
         return debug.traceback(tostring(e), 2)
     end
 
+    -- GET /health is what load balancers poll: answered without the router and the middleware chain
+    -- (no key, no parameters, no CORS preflight for GET), with the same headers and metrics as through them
+    local health_route = router.match("GET", "/health")
+    local health_v1 = router.match("GET", "/v1/health")
+    local health = bound[health_route.handler]
+    local function handle_health(route)
+        return with_route(route, respond.render(health()))
+    end
+
     return function(req)
         local started = measure and now()
         local request_id = middleware.request_id(req:header("X-Request-ID"), deps.uuid.hex)
         if log.set_request_id then
             log.set_request_id(request_id)
         end
-        local ok, status, headers, body, route = xpcall(handle, traceback, req, request_id)
+        local ok, status, headers, body, route
+        local path = req.path
+        if req.method == "GET" and (path == "/health" or path == "/v1/health") and not req.body_too_large then
+            ok, status, headers, body, route = true, handle_health(path == "/health" and health_route or health_v1)
+        else
+            ok, status, headers, body, route = xpcall(handle, traceback, req, request_id)
+        end
         if not ok then
             if log.error then
                 log.error("unhandled error in request handler", {

@@ -103,7 +103,11 @@ local UPTIME = registry:gauge("opensandbox_uptime_seconds", "Seconds since the s
 local BUILD = registry:gauge("opensandbox_build_info", "Always 1; the labels name the build.", { "version" })
 local PROXY = {
     connections_total = registry:counter("opensandbox_proxy_connections_total",
-        "Connections the server proxy opened to sandboxes."),
+        "Requests the server proxy forwarded to sandboxes (on a new or a pooled keep-alive connection)."),
+    backend_connects_total = registry:counter("opensandbox_proxy_backend_connects_total",
+        "TCP connections the server proxy opened to sandboxes (the other requests reused pooled ones)."),
+    pool_idle = registry:gauge("opensandbox_proxy_idle_connections",
+        "Idle keep-alive connections to sandboxes in the server proxy's pool now."),
     active = registry:gauge("opensandbox_proxy_active_connections",
         "Server proxy connections to sandboxes open now (tunnels included)."),
     failures_total = registry:counter("opensandbox_proxy_failures_total",

@@ -148,6 +148,7 @@ function M.new(deps)
             target = path,
             headers = headers,
             upgrade = is_upgrade,
+            pool = ctx.params.id, -- its pooled connections are closed with the sandbox
             connect_timeout = pcfg.connect_timeout or 10,
             header_timeout = pcfg.header_timeout or 0,
         })

@@ -39,6 +39,9 @@ M.sections = {
         drain_timeout = { type = "number", default = 10, min = 0 },
         -- failed API key attempts allowed per client address per minute; nil/false: no limit
         auth_failure_limit = { type = "integer", min = 1, false_ok = true },
+        -- idle keep-alive connections the server proxy keeps per sandbox port (0: none), and for how long
+        proxy_keepalive = { type = "integer", default = 32, min = 0, max = 100000 },
+        proxy_keepalive_timeout = { type = "number", default = 30, min = 0.001, max = 86400 },
     },
     runtime = {
         type = { type = "enum", values = { "docker", "kubernetes" }, default = "docker" },

@@ -127,6 +127,12 @@ function Hooks:reload(opts)
     return true
 end
 
+--- Whether a loaded hook implements `point` (callers skip building its arguments otherwise).
+function Hooks:has(point)
+    local list = self.set.by_point[point]
+    return list ~= nil and #list > 0
+end
+
 --- Names of the loaded hooks, in the order they run.
 function Hooks:names()
     local out = {}

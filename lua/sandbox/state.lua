@@ -64,6 +64,9 @@ end
 
 function P:drop_from_memory(id)
     self:set_record(id, nil)
+    if self.core.proxy_pool_close then -- the server proxy's idle connections to it
+        self.core.proxy_pool_close(id)
+    end
     local t = self.timers[id]
     if t then
         t:cancel()

@@ -201,7 +201,8 @@ function P:proxy_target(id, port, ctx, req)
         addr = checked
     end
     local target = { host = addr.host, port = addr.port, record = rec }
-    if self.hooks then
+    -- (the sandbox's view is built only when a hook will see it: this runs for every proxied request)
+    if self.hooks and (not self.hooks.has or self.hooks:has("on_proxy_request")) then
         local decision, herr = self.hooks:on_proxy_request(ctx, model.sandbox_view(rec), req or { port = port })
         if herr then
             return nil, herr

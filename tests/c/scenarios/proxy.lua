@@ -60,6 +60,8 @@ for _ = 1, 300 do -- node takes a moment to start, several seconds on a loaded m
 end
 assert(eready, "the node body backend did not start on port " .. eport)
 
+-- with the pool of keep-alive backend connections on, as the server runs it (proxy_pool.lua checks the pool)
+http.proxy_configure({ keepalive = 8, keepalive_timeout = 30 })
 local port = http.listen({ host = "127.0.0.1", port = 0, early_paths = { "/p/" }, handler = function(req)
     if req.path:sub(1, 3) ~= "/p/" then
         return 404, nil, "not proxied"

@@ -47,7 +47,7 @@ describe("GET /metrics", function()
             end,
             proxy_stats = function()
                 return { connections_total = 3, active = 1, failures_total = 2, bytes_to_backend = 100,
-                    bytes_from_backend = 2000 }
+                    bytes_from_backend = 2000, backend_connects_total = 1, pool_idle = 1 }
             end,
         })
         handler = api.new(deps)
@@ -95,6 +95,8 @@ describe("GET /metrics", function()
         assert.equal(2, value_of(text, "opensandbox_proxy_failures_total"))
         assert.equal(100, value_of(text, "opensandbox_proxy_sent_bytes_total"))
         assert.equal(2000, value_of(text, "opensandbox_proxy_received_bytes_total"))
+        assert.equal(1, value_of(text, "opensandbox_proxy_backend_connects_total"))
+        assert.equal(1, value_of(text, "opensandbox_proxy_idle_connections"))
         -- a record that goes away is no longer counted at the next scrape
         deps.service.records.a = nil
         text = scrape(handler)

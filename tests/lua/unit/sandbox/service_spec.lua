@@ -282,6 +282,20 @@ describe("sandbox.service delete", function()
         assert.is_nil(env.svc.records[id])
     end)
 
+    it("closes the server proxy's pooled connections of the sandbox (core.proxy_pool_close)", function()
+        local env = S.env()
+        local closed = {}
+        env.core.proxy_pool_close = function(tag)
+            closed[#closed + 1] = tag
+        end
+        local id = env:running()
+        local other = env:running()
+        assert.are.same({}, closed)
+        assert.is_true(env:op("delete", id))
+        assert.are.same({ id }, closed, "only the deleted sandbox's pool tag")
+        assert.is_not_nil(env.svc.records[other])
+    end)
+
     it("forgets a failed provisioning without asking the runtime, even when it is unavailable", function()
         local env = S.env()
         env.rt:fail_next("provision", rterrors.new("api", "no", { step = "image" }))
