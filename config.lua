@@ -62,6 +62,12 @@ return {
         -- Beyond it, every request from that address that needs a key gets 429 GENERAL::TOO_MANY_REQUESTS
         -- with Retry-After until its minute is over (a missing key is not counted). nil or false: no limit.
         auth_failure_limit = nil,
+        -- Operator routes: a directory of Lua route modules (every *.lua file in it) adding HTTP routes
+        -- with the API's authentication, request id and error envelope; loaded at startup (a broken file
+        -- stops the start) and reloaded on SIGHUP or `opensandbox-server --reload` (a broken file keeps
+        -- the previous routes). nil or false: none. Writing routes: README.md, "Operator routes"; a sample
+        -- is routes/hello.lua.
+        routes_dir = nil,
     },
 
     runtime = {

@@ -39,6 +39,8 @@ M.sections = {
         drain_timeout = { type = "number", default = 10, min = 0 },
         -- failed API key attempts allowed per client address per minute; nil/false: no limit
         auth_failure_limit = { type = "integer", min = 1, false_ok = true },
+        -- operator routes: a directory of Lua route modules (README "Operator routes"); nil/false: none
+        routes_dir = { type = "string", false_ok = true },
     },
     runtime = {
         type = { type = "enum", values = { "docker", "kubernetes" }, default = "docker" },
