@@ -1,13 +1,13 @@
 /*
- * engine.c: the engine as a library (include/opensandbox.h). One engine is a Lua state with the core
- * modules preloaded and package.path pointing at the Lua tree, the boot script (lua/main.lua) run as
- * the first task, and the loop. opensandbox-server's main() is a thin user of this API; the C test
- * runner uses engine_run() with test scenarios.
+ * engine.c: the engine as a library (include/opensandbox.h). One engine is a Lua state with the
+ * core modules preloaded and package.path pointing at the Lua tree, the boot script (lua/main.lua)
+ * run as the first task, and the loop. opensandbox-server's main() is a thin user of this API; the
+ * C test runner uses engine_run() with test scenarios.
  *
- * The boot script learns what the host asked for through `core.embed` (config text, extra routes) and
- * hands back what the host calls: the in-process dispatcher (embed.serve) and a failure message
- * (embed.fail). The core keeps process-wide state (loop, HTTP daemon, HTTP client), hence one engine
- * at a time; teardown resets it so that another can follow.
+ * The boot script learns what the host asked for through `core.embed` (config text, extra routes)
+ * and hands back what the host calls: the in-process dispatcher (embed.serve) and a failure message
+ * (embed.fail). The core keeps process-wide state (loop, HTTP daemon, HTTP client), hence one
+ * engine at a time; teardown resets it so that another can follow.
  */
 #define _GNU_SOURCE
 #include "engine.h"
@@ -378,7 +378,8 @@ static int on_panic(lua_State *L)
     return 0; /* then Lua aborts */
 }
 
-/* core.embed.info() -> { embedded =, config_text =, config_format =, routes = {{name=, source=}...} }
+/* core.embed.info() -> { embedded =, config_text =, config_format =, routes = {{name=, source=}...}
+ * }
  */
 static int l_embed_info(lua_State *L)
 {
@@ -459,7 +460,8 @@ static void teardown(osb_engine *e)
         return;
     e->tearing_down = 1;
     httpd_free();
-    task_shutdown(); /* cancels waits (client transfers and in-process calls) before the client goes */
+    task_shutdown(); /* cancels waits (client transfers and in-process calls) before the client goes
+                      */
     client_free();
     lua_close(e->L);
     e->L = NULL;
@@ -510,8 +512,10 @@ static void set_argv(osb_engine *e)
 static int boot(osb_engine *e)
 {
     if (!e->script && find_root(e) < 0) {
-        set_error(e, "cannot find lua/main.lua (set OPENSANDBOX_ROOT or call osb_set_root); tried from %s",
-                  server_paths.exe);
+        set_error(
+            e,
+            "cannot find lua/main.lua (set OPENSANDBOX_ROOT or call osb_set_root); tried from %s",
+            server_paths.exe);
         return -1;
     }
     if (!e->script)
@@ -665,7 +669,9 @@ int osb_step(osb_engine *e, int *timeout_ms)
         return 0;
     if (timeout_ms) {
         int64_t ns = loop_next_timeout();
-        *timeout_ms = ns < 0 ? -1 : (int)((ns + 999999) / 1000000 > 3600000 ? 3600000 : (ns + 999999) / 1000000);
+        *timeout_ms =
+            ns < 0 ? -1
+                   : (int)((ns + 999999) / 1000000 > 3600000 ? 3600000 : (ns + 999999) / 1000000);
     }
     return 1;
 }
@@ -752,8 +758,9 @@ static void call_done(task *t, int status, int nres)
     if (status != LUA_OK || nres < 2 || !lua_isinteger(t->L, -nres)) {
         /* the dispatcher raised (logged), or the task was abandoned at shutdown */
         if (!c->e->tearing_down)
-            call_finish(c, 500,
-                        "{\"code\":\"GENERAL::UNKNOWN_ERROR\",\"message\":\"Internal server error.\"}");
+            call_finish(
+                c, 500,
+                "{\"code\":\"GENERAL::UNKNOWN_ERROR\",\"message\":\"Internal server error.\"}");
         else
             call_finish(c, 0, NULL);
         return;
@@ -763,7 +770,7 @@ static void call_done(task *t, int status, int nres)
     call_finish(c, st, body ? body : "");
 }
 
-static const char *const OPS[] = {"create", "get",   "list",  "delete",         "pause",
+static const char *const OPS[] = {"create", "get",   "list",           "delete", "pause",
                                   "resume", "renew", "patch_metadata", NULL};
 
 static struct call *call_begin(osb_engine *e, const char *op, const char *arg, const char *body,
@@ -805,8 +812,14 @@ static struct call *call_begin(osb_engine *e, const char *op, const char *arg, c
     return c;
 }
 
-int osb_call_async(osb_engine *e, const char *op, const char *arg, const char *body, osb_done_cb done,
-                   void *ud)
+static void start_deferred(void *data)
+{
+    task *t = data;
+    task_start(t, t->start_nargs);
+}
+
+int osb_call_async(osb_engine *e, const char *op, const char *arg, const char *body,
+                   osb_done_cb done, void *ud)
 {
     if (!done) {
         if (e)
@@ -819,7 +832,10 @@ int osb_call_async(osb_engine *e, const char *op, const char *arg, const char *b
         return -1;
     c->done = done;
     c->ud = ud;
-    task_start(t, 3);
+    /* started on the loop's next turn, so that `done` never runs inside this call */
+    t->start_nargs = 3;
+    if (loop_defer(start_deferred, t) < 0)
+        task_start(t, 3);
     return 0;
 }
 

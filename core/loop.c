@@ -86,7 +86,8 @@ void loop_free(void)
     L.heap = NULL;
     L.defer = L.defer_run = NULL;
     L.heap_len = L.heap_cap = L.defer_len = L.defer_cap = L.defer_run_cap = 0;
-    /* a later loop_init starts a fresh loop (an embedding program may run one engine after another) */
+    /* a later loop_init starts a fresh loop (an embedding program may run one engine after another)
+     */
     L.nprepare = 0;
     L.stopping = 0;
     L.exit_code = 0;

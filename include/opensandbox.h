@@ -8,17 +8,17 @@
  *
  *   osb_engine *e = osb_new();
  *   osb_config_string(e, "return { server = { port = 0 } }", "lua");
- *   osb_add_routes(e, "hello.lua", "return { { method = 'GET', path = '/hello', handler = ... } }");
- *   if (osb_start(e) != 0) { fprintf(stderr, "%s\n", osb_error(e)); osb_free(e); return 1; }
+ *   osb_add_routes(e, "hello.lua", "return { { method = 'GET', path = '/hello', handler = ... }
+ * }"); if (osb_start(e) != 0) { fprintf(stderr, "%s\n", osb_error(e)); osb_free(e); return 1; }
  *   char *out = NULL;
  *   int status = osb_sandbox_create(e, "{\"image\":{\"uri\":\"busybox\"}, ...}", &out);
  *   free(out);
  *   osb_free(e);   // drains, stops and releases everything
  *
  * Threads: an engine, and every call on it, belongs to the thread that created it. One engine per
- * process at a time (the core keeps process-wide state: the loop, the HTTP daemon, the HTTP client);
- * after osb_free another may be created. Functions returning int return 0 on success and -1 on
- * error unless stated; osb_error(e) then tells why.
+ * process at a time (the core keeps process-wide state: the loop, the HTTP daemon, the HTTP
+ * client); after osb_free another may be created. Functions returning int return 0 on success and
+ * -1 on error unless stated; osb_error(e) then tells why.
  */
 #ifndef OPENSANDBOX_H
 #define OPENSANDBOX_H
@@ -35,9 +35,9 @@ typedef struct osb_engine osb_engine;
 typedef int (*osb_lua_open)(struct lua_State *L);
 
 /* The completion of an asynchronous in-process call (osb_call_async). status is the HTTP status the
- * same request would have had (202, 200, 204, 400, 404, ...), or 0 when the engine stopped before the
- * call finished; body is the JSON response body ("" for none; NULL when status is 0). body belongs to
- * the library and is valid during the callback only. */
+ * same request would have had (202, 200, 204, 400, 404, ...), or 0 when the engine stopped before
+ * the call finished; body is the JSON response body ("" for none; NULL when status is 0). body
+ * belongs to the library and is valid during the callback only. */
 typedef void (*osb_done_cb)(void *ud, int status, const char *body);
 
 /* The library's version ("0.1.0"). */
@@ -71,7 +71,8 @@ int osb_set_args(osb_engine *e, int argc, char **argv);
 int osb_set_signals(osb_engine *e, int on);
 
 /* An extra Lua module that the engine's Lua code (routes, hooks are sandboxed and cannot) can
- * require(name): a C opener, or Lua source text (compiled at osb_start; a syntax error fails it). */
+ * require(name): a C opener, or Lua source text (compiled at osb_start; a syntax error fails it).
+ */
 int osb_add_module(osb_engine *e, const char *name, osb_lua_open open);
 int osb_add_lua_module(osb_engine *e, const char *name, const char *source);
 
@@ -83,20 +84,20 @@ int osb_add_routes(osb_engine *e, const char *name, const char *source);
 
 /* ---- running ---- */
 
-/* Boots the server: reads the configuration, opens the store, connects the runtime, listens. Runs the
- * loop until the server is ready (0) or the boot failed (-1, osb_error tells why, the engine is then
- * stopped; osb_exit_code gives the server's exit code: 1 invalid configuration, 2 refused by the
- * auth guard). */
+/* Boots the server: reads the configuration, opens the store, connects the runtime, listens. Runs
+ * the loop until the server is ready (0) or the boot failed (-1, osb_error tells why, the engine is
+ * then stopped; osb_exit_code gives the server's exit code: 1 invalid configuration, 2 refused by
+ * the auth guard). */
 int osb_start(osb_engine *e);
 
-/* Runs the engine until it stops (osb_stop, core.stop, a signal); starts it first if needed. Returns
- * the exit code (0 after a clean stop). */
+/* Runs the engine until it stops (osb_stop, core.stop, a signal); starts it first if needed.
+ * Returns the exit code (0 after a clean stop). */
 int osb_run(osb_engine *e);
 
-/* For the host's own loop: a file descriptor to watch for readability (-1 when not running), and one
- * step that never blocks. osb_step returns 1 while the engine runs, 0 once it has stopped (then
- * osb_exit_code), -1 on misuse. *timeout_ms (may be NULL) receives how long the host may wait before
- * the next step when the fd stays quiet (-1: until the fd is readable). */
+/* For the host's own loop: a file descriptor to watch for readability (-1 when not running), and
+ * one step that never blocks. osb_step returns 1 while the engine runs, 0 once it has stopped (then
+ * osb_exit_code), -1 on misuse. *timeout_ms (may be NULL) receives how long the host may wait
+ * before the next step when the fd stays quiet (-1: until the fd is readable). */
 int osb_fd(const osb_engine *e);
 int osb_step(osb_engine *e, int *timeout_ms);
 
@@ -120,8 +121,8 @@ void osb_free(osb_engine *e);
 /* Calls one lifecycle operation without HTTP, with the same validation, semantics and JSON as the
  * API (API.md), as the admin principal "default". op: "create" (body: CreateSandboxRequest),
  * "get", "delete", "pause", "resume" (arg: sandbox id), "renew" (arg: id, body:
- * {"expiresAt": ...}), "patch_metadata" (arg: id, body: the patch), "list" (arg: the query string of
- * GET /v1/sandboxes, e.g. "state=Running&pageSize=10", or NULL).
+ * {"expiresAt": ...}), "patch_metadata" (arg: id, body: the patch), "list" (arg: the query string
+ * of GET /v1/sandboxes, e.g. "state=Running&pageSize=10", or NULL).
  *
  * Synchronous: the service waits on the runtime (a create pulls and starts a container), so
  * osb_call runs the engine's loop until the call is done; the server keeps serving meanwhile. Call
@@ -131,10 +132,11 @@ void osb_free(osb_engine *e);
 int osb_call(osb_engine *e, const char *op, const char *arg, const char *body, char **out);
 
 /* The same without waiting: `done` runs later, inside osb_step/osb_run/osb_call, when the call has
- * finished (or with status 0 when the engine stopped first). Returns 0 or -1 (then done never runs).
+ * finished (or with status 0 when the engine stopped first). Returns 0 or -1 (then done never
+ * runs).
  */
-int osb_call_async(osb_engine *e, const char *op, const char *arg, const char *body, osb_done_cb done,
-                   void *ud);
+int osb_call_async(osb_engine *e, const char *op, const char *arg, const char *body,
+                   osb_done_cb done, void *ud);
 
 /* Shorthands of osb_call. */
 int osb_sandbox_create(osb_engine *e, const char *request_json, char **out);
