@@ -20,6 +20,7 @@
 #include "task.h"
 
 #include <lauxlib.h>
+#include <dlfcn.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -312,9 +313,26 @@ static int use_root(const char *dir)
     return 0;
 }
 
+/* <dir>/, <dir>/.., <dir>/../share/opensandbox and <dir>/../../share/opensandbox (a library in
+ * lib/<multiarch>/) */
+static int root_near(const char *file)
+{
+    char buf[PATH_MAX], cand[PATH_MAX + 64];
+    snprintf(buf, sizeof(buf), "%s", file);
+    char *d = dirname(buf);
+    static const char *const rel[] = {"", "/..", "/../share/opensandbox",
+                                      "/../../share/opensandbox"};
+    for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
+        snprintf(cand, sizeof(cand), "%s%s", d, rel[i]);
+        if (use_root(cand) == 0)
+            return 0;
+    }
+    return -1;
+}
+
 static int find_root(osb_engine *e)
 {
-    char exe[PATH_MAX], dir[PATH_MAX];
+    char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     if (n < 0) {
         const char *a0 = e->argc > 0 ? e->argv[0] : "";
@@ -329,16 +347,11 @@ static int find_root(osb_engine *e)
     const char *env = getenv("OPENSANDBOX_ROOT");
     if (env && *env)
         return use_root(env);
-    snprintf(dir, sizeof(dir), "%s", exe);
-    char *d = dirname(dir);
-    char cand[PATH_MAX + 32];
-    if (use_root(d) == 0)
+    if (root_near(exe) == 0)
         return 0;
-    snprintf(cand, sizeof(cand), "%s/..", d);
-    if (use_root(cand) == 0)
-        return 0;
-    snprintf(cand, sizeof(cand), "%s/../share/opensandbox", d);
-    if (use_root(cand) == 0)
+    /* next to the shared library this code is in (an install prefix other than the configured one) */
+    Dl_info info;
+    if (dladdr((void *)osb_new, &info) && info.dli_fname && root_near(info.dli_fname) == 0)
         return 0;
     return use_root(OSB_DATADIR);
 }
