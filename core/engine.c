@@ -349,7 +349,8 @@ static int find_root(osb_engine *e)
         return use_root(env);
     if (root_near(exe) == 0)
         return 0;
-    /* next to the shared library this code is in (an install prefix other than the configured one) */
+    /* next to the shared library this code is in (an install prefix other than the configured one)
+     */
     Dl_info info;
     if (dladdr((void *)osb_new, &info) && info.dli_fname && root_near(info.dli_fname) == 0)
         return 0;
@@ -681,7 +682,9 @@ int osb_step(osb_engine *e, int *timeout_ms)
     if (step(e, 0))
         return 0;
     if (timeout_ms) {
+        e->stepping++; /* the prepare hooks may run work (libmicrohttpd) */
         int64_t ns = loop_next_timeout();
+        e->stepping--;
         *timeout_ms =
             ns < 0 ? -1
                    : (int)((ns + 999999) / 1000000 > 3600000 ? 3600000 : (ns + 999999) / 1000000);
