@@ -49,11 +49,14 @@ if [ -n "${BASE_BIN:-}" ]; then
     start base "$BASE_BIN" $P1
     start ours "$root/build/opensandbox-server" $P2
     declare -A r
+    # the order alternates between rounds (base first, then ours first), so that neither side always
+    # runs right after the other's load
     for i in $(seq 1 "$rounds"); do
-        r[bh]+="$(rps "http://127.0.0.1:$P1/health") "
-        r[oh]+="$(rps "http://127.0.0.1:$P2/health") "
-        r[bl]+="$(rps "http://127.0.0.1:$P1/v1/sandboxes" "OPEN-SANDBOX-API-KEY: $KEY") "
-        r[ol]+="$(rps "http://127.0.0.1:$P2/v1/sandboxes" "OPEN-SANDBOX-API-KEY: $KEY") "
+        for side in $( [ $((i % 2)) -eq 1 ] && echo "b o" || echo "o b"); do
+            port=$([ "$side" = b ] && echo $P1 || echo $P2)
+            r[${side}h]+="$(rps "http://127.0.0.1:$port/health") "
+            r[${side}l]+="$(rps "http://127.0.0.1:$port/v1/sandboxes" "OPEN-SANDBOX-API-KEY: $KEY") "
+        done
     done
     echo "| request (wrk -t2 -c64, ${dur} s, median of $rounds) | base req/s | libopensandbox main req/s | ratio |"
     echo "|---|---|---|---|"
