@@ -68,6 +68,12 @@ return {
         proxy_keepalive = 32,
         -- Seconds an idle pooled backend connection is kept before it is closed.
         proxy_keepalive_timeout = 30,
+        -- Operator routes: a directory of Lua route modules (every *.lua file in it) adding HTTP routes
+        -- with the API's authentication, request id and error envelope; loaded at startup (a broken file
+        -- stops the start) and reloaded on SIGHUP or `opensandbox-server --reload` (a broken file keeps
+        -- the previous routes). nil or false: none. Writing routes: README.md, "Operator routes"; a sample
+        -- is routes/hello.lua.
+        routes_dir = nil,
     },
 
     runtime = {

@@ -652,6 +652,7 @@ void client_free(void)
     C.npool = 0;
     curl_global_cleanup();
     C.inited = 0;
+    C.closing = 0; /* a later engine in the same process starts from a clean state */
 }
 
 int luaopen_core_client(lua_State *L)

@@ -1113,6 +1113,12 @@ void httpd_free(void)
     if (H.listen_fd >= 0)
         close(H.listen_fd);
     H.listen_fd = -1;
+    /* a later engine in the same process (libopensandbox) starts from a clean state */
+    H.draining = 0;
+    H.inflight = 0;
+    H.needs_run = 0;
+    H.handler_ref = LUA_NOREF;
+    X.handler_ref = LUA_NOREF;
 }
 
 /* libmicrohttpd's own messages (malformed requests it answers itself, ...) go to our log as DEBUG

@@ -60,7 +60,7 @@ void server_shutdown(int code)
     httpd_drain(code);
 }
 
-static void run_signal_handlers(const char *name)
+void server_run_signal(const char *name)
 {
     lua_State *L = task_main_state();
     lua_getfield(L, LUA_REGISTRYINDEX, "core.signals");
@@ -88,7 +88,7 @@ static void on_signal_pipe(loop_watch *w, uint32_t events)
         for (ssize_t i = 0; i < n; i++) {
             const char *name = signo[i] == SIGHUP ? "HUP" : signo[i] == SIGTERM ? "TERM" : "INT";
             log_write(LOG_INFO, NULL, "signal received", "signal", name, NULL);
-            run_signal_handlers(name);
+            server_run_signal(name);
             if (signo[i] != SIGHUP)
                 server_shutdown(0);
         }
@@ -145,11 +145,23 @@ int server_signals_init(void)
     return loop_watch_add(&sig_watch);
 }
 
+int server_sigpipe_init(void)
+{
+    struct sigaction cur;
+    if (sigaction(SIGPIPE, NULL, &cur) < 0)
+        return -errno;
+    if (cur.sa_handler == SIG_DFL && set_handler(SIGPIPE, ignore_signal) < 0)
+        return -errno;
+    return 0;
+}
+
 void server_signals_free(void)
 {
-    set_handler(SIGTERM, SIG_DFL);
-    set_handler(SIGINT, SIG_DFL);
-    set_handler(SIGHUP, SIG_DFL);
+    if (sig_pipe_w >= 0) { /* only ours: an embedding program keeps its own handlers */
+        set_handler(SIGTERM, SIG_DFL);
+        set_handler(SIGINT, SIG_DFL);
+        set_handler(SIGHUP, SIG_DFL);
+    }
     if (sig_watch.fd >= 0)
         close(sig_watch.fd);
     if (sig_pipe_w >= 0)

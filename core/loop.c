@@ -86,6 +86,11 @@ void loop_free(void)
     L.heap = NULL;
     L.defer = L.defer_run = NULL;
     L.heap_len = L.heap_cap = L.defer_len = L.defer_cap = L.defer_run_cap = 0;
+    /* a later loop_init starts a fresh loop (an embedding program may run one engine after another)
+     */
+    L.nprepare = 0;
+    L.stopping = 0;
+    L.exit_code = 0;
 }
 
 void loop_stop(int code)
@@ -270,37 +275,75 @@ static int wait_events(struct epoll_event *evs, int64_t timeout_ns)
     return epoll_wait(L.epfd, evs, LOOP_MAX_EVENTS, ms);
 }
 
-int loop_run(void)
+/* One turn: deferred calls, prepare hooks, a wait of at most the computed timeout (capped by
+ * max_wait_ns when that is >= 0), watchers, expired timers. */
+static int loop_turn(int64_t max_wait_ns)
 {
     struct epoll_event evs[LOOP_MAX_EVENTS];
+    while (run_deferred() && !L.stopping)
+        ;
+    int64_t timeout = loop_next_timeout();
+    if (max_wait_ns >= 0 && (timeout < 0 || timeout > max_wait_ns))
+        timeout = max_wait_ns;
+    int n = wait_events(evs, timeout);
+    if (n < 0) {
+        if (errno == EINTR)
+            return 0;
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        loop_watch *w = evs[i].data.ptr;
+        w->cb(w, evs[i].events);
+    }
+    run_timers(loop_now_ns());
+    return 0;
+}
+
+int64_t loop_next_timeout(void)
+{
+    int64_t timeout = -1;
+    for (int i = 0; i < L.nprepare; i++) {
+        int64_t t = L.prepare[i].cb(L.prepare[i].data);
+        if (t >= 0 && (timeout < 0 || t < timeout))
+            timeout = t;
+    }
+    if (L.defer_len || L.stopping)
+        timeout = 0;
+    if (L.heap_len) {
+        uint64_t now = loop_now_ns();
+        int64_t t = L.heap[1]->deadline > now ? (int64_t)(L.heap[1]->deadline - now) : 0;
+        if (timeout < 0 || t < timeout)
+            timeout = t;
+    }
+    return timeout;
+}
+
+int loop_fd(void)
+{
+    return L.epfd;
+}
+
+int loop_step(int64_t max_wait_ns)
+{
+    if (L.stopping)
+        return 1;
+    if (loop_turn(max_wait_ns) < 0) {
+        L.stopping = 1;
+        L.exit_code = 70; /* EX_SOFTWARE: epoll itself failed */
+    }
+    return L.stopping;
+}
+
+int loop_exit_code(void)
+{
+    return L.exit_code;
+}
+
+int loop_run(void)
+{
     while (!L.stopping) {
-        while (run_deferred() && !L.stopping)
-            ;
-        int64_t timeout = -1;
-        for (int i = 0; i < L.nprepare; i++) {
-            int64_t t = L.prepare[i].cb(L.prepare[i].data);
-            if (t >= 0 && (timeout < 0 || t < timeout))
-                timeout = t;
-        }
-        if (L.defer_len || L.stopping)
-            timeout = 0;
-        if (L.heap_len) {
-            uint64_t now = loop_now_ns();
-            int64_t t = L.heap[1]->deadline > now ? (int64_t)(L.heap[1]->deadline - now) : 0;
-            if (timeout < 0 || t < timeout)
-                timeout = t;
-        }
-        int n = wait_events(evs, timeout);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
+        if (loop_turn(-1) < 0)
             return 70; /* EX_SOFTWARE: epoll itself failed */
-        }
-        for (int i = 0; i < n; i++) {
-            loop_watch *w = evs[i].data.ptr;
-            w->cb(w, evs[i].events);
-        }
-        run_timers(loop_now_ns());
     }
     return L.exit_code;
 }

@@ -45,6 +45,15 @@ void loop_free(void);
 int loop_run(void);
 void loop_stop(int code);
 int loop_stopping(void);
+int loop_exit_code(void);
+
+/* For a host program's own loop (include/opensandbox.h): the epoll fd to watch for readability, one
+ * turn that waits at most max_wait_ns (0: do not block; -1: as long as the loop wants), returning 1
+ * once the loop has stopped, and how long the loop may sleep now (ns, -1 for "until an fd is
+ * ready"; runs the prepare hooks, which may do pending work). */
+int loop_fd(void);
+int loop_step(int64_t max_wait_ns);
+int64_t loop_next_timeout(void);
 
 int loop_watch_add(loop_watch *w);
 int loop_watch_mod(loop_watch *w, uint32_t events);

@@ -25,7 +25,17 @@ void server_shutdown(int code);
 /* Sets up signalfd for TERM, INT and HUP. Returns 0 or -errno. */
 int server_signals_init(void);
 
+/* Without server_signals_init (an embedding program owns its signals): SIGPIPE gets an empty
+ * handler only when it has the default disposition, so that a write to a closed socket fails with
+ * EPIPE instead of killing the host. Returns 0 or -errno. */
+int server_sigpipe_init(void);
+
+/* Restores the default handlers when server_signals_init installed them; resets the shutdown. */
 void server_signals_free(void);
+
+/* Runs the Lua functions registered with core.on_signal(name, fn), each in a new task, as if the
+ * signal had arrived (without the drain of TERM/INT). */
+void server_run_signal(const char *name);
 
 void server_set_argv(int argc, char **argv);
 

@@ -7,7 +7,10 @@
 --    to the runtime and reconcile before serving (if it is unreachable the server starts anyway and
 --    reconnects in the background).
 -- 4. HTTP: the API handler (lua/api) on server.host:server.port; GET /metrics alone on metrics.listen.
--- 5. Signals: TERM/INT drain (in the core); HUP is handed to the hook reloader when there is one.
+-- 5. Signals: TERM/INT drain (in the core); HUP reloads the operator routes and the hooks.
+-- Embedded (libopensandbox, include/opensandbox.h): core.embed tells what the host program gave (config text,
+-- route modules); the boot hands back its failure message (embed.fail) and the in-process call dispatcher
+-- (embed.serve, lua/api/inproc.lua).
 local core = require("core")
 local log = require("core.log")
 local uuid = require("core.uuid")
@@ -16,10 +19,24 @@ local client = require("core.client")
 local timer = require("core.timer")
 local spawn = require("core.spawn")
 local config = require("config")
+local embed = require("core.embed")
+local embedded = embed.info()
 
 local function die(msg, code)
     io.stderr:write("opensandbox-server: ", msg, "\n")
+    embed.fail(msg)
     core.stop(code or 1)
+end
+
+-- the configuration: from the command line's file, or the text an embedding program gave
+local function load_config()
+    return config.load(config.path_from_args(core.argv), nil, {
+        warn = function(m)
+            log.warn(m)
+        end,
+        text = embedded.config_text,
+        format = embedded.config_format,
+    })
 end
 
 local function has_flag(name)
@@ -48,11 +65,7 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
 ]])
         return core.stop(0)
     end
-    local cfg, err, code = config.load(config.path_from_args(core.argv), nil, {
-        warn = function(m)
-            log.warn(m)
-        end,
-    })
+    local cfg, err, code = load_config()
     if not cfg then
         return die(err, code)
     end
@@ -210,11 +223,28 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         process_stats = core.process_stats,
         proxy_stats = http.proxy_stats,
     }
+    -- operator routes: server.routes_dir and the route modules of an embedding program
+    local operator_routes
+    if cfg.server.routes_dir or #embedded.routes > 0 then
+        operator_routes = require("api.operator_routes").new({
+            dir = cfg.server.routes_dir or nil,
+            sources = embedded.routes,
+            log = log,
+            extra_ctx = { service = service, config = cfg, log = log },
+        })
+        local rok, rerr = operator_routes:load()
+        if not rok then
+            return die("operator routes: " .. tostring(rerr), 1)
+        end
+        log.info("operator routes loaded", { dir = cfg.server.routes_dir or nil, routes = #operator_routes.routes })
+    end
+    api_deps.operator_routes = operator_routes
     local handler = require("api").new(api_deps)
     http.proxy_configure({
         keepalive = cfg.server.proxy_keepalive,
         keepalive_timeout = cfg.server.proxy_keepalive_timeout,
     })
+    embed.serve(require("api.inproc").new(api_deps))
     local port = http.listen({
         host = cfg.server.host,
         port = cfg.server.port,
@@ -253,15 +283,19 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
     end
     core.on_signal("HUP", function()
         log.info("SIGHUP: reloading")
+        if operator_routes then
+            local rok, rerr = operator_routes:load()
+            if rok then
+                log.info("operator routes reloaded", { routes = #operator_routes.routes })
+            else
+                log.error("operator routes reload failed; the previous routes stay active", { error = tostring(rerr) })
+            end
+        end
         if not service.hooks then
             return
         end
         -- re-read the configuration so that a changed hooks.config applies too
-        local c, lerr2 = config.load(config.path_from_args(core.argv), nil, {
-            warn = function(m)
-                log.warn(m)
-            end,
-        })
+        local c, lerr2 = load_config()
         if not c then
             log.error("config re-read failed; reloading hooks with the old hooks.config", { error = tostring(lerr2) })
         end

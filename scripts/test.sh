@@ -50,10 +50,10 @@ busted_run() {
 lint() {
     local rc=0
     local cfiles
-    cfiles=$(ls core/*.c core/*.cpp core/*.h tests/c/*.c execd/src/*.c execd/src/*.h execd/tests/*.c execd/fuzz/*.c 2>/dev/null)
+    cfiles=$(ls core/*.c core/*.cpp core/*.h include/*.h examples/embed/*.c tests/c/*.c execd/src/*.c execd/src/*.h execd/tests/*.c execd/fuzz/*.c 2>/dev/null)
     # shellcheck disable=SC2086
     clang-format --dry-run -Werror $cfiles || rc=1
-    luacheck -q lua hooks tests/lua tests/c/scenarios config.lua || rc=1
+    luacheck -q lua hooks routes tests/lua tests/c/scenarios config.lua || rc=1
     return $rc
 }
 

@@ -12,7 +12,8 @@
 -- Nothing here requires core.*: everything that touches the engine comes in through `deps`, so the whole
 -- surface runs under busted with fakes. Optional deps: `validate` (default require "sandbox.validate"),
 -- `ncpu`, `keys` (a list of {key=, principal=}; default from config), `auth_limiter` (default from
--- server.auth_failure_limit), `openapi_path`, `docs_dir`, `root`.
+-- server.auth_failure_limit), `openapi_path`, `docs_dir`, `root`, `operator_routes` (a set from
+-- lua/api/operator_routes.lua: tried after the built-in routes, served the same way).
 local docs = require("api.docs")
 local errors = require("common.errors")
 local metrics = require("api.metrics")
@@ -102,6 +103,7 @@ function M.new(deps)
     local authenticate = middleware.authenticator(keys,
         deps.auth_limiter or middleware.limiter_from_config(deps.config, deps.now))
     local auth_on = #keys > 0
+    local operator_routes = deps.operator_routes
 
     local function handle(req, request_id)
         if middleware.is_preflight(req) then
@@ -119,6 +121,14 @@ function M.new(deps)
         end
 
         local route, params, allow = router.match(req.method, req.path)
+        if not route and operator_routes then
+            local oroute, oparams, oallow = operator_routes:match(req.method, req.path)
+            if oroute then
+                route, params = oroute, oparams
+            elseif oparams == "method_not_allowed" and params ~= "method_not_allowed" then
+                params, allow = oparams, oallow
+            end
+        end
         if not route then
             if params == "method_not_allowed" then
                 return respond.error(method_not_allowed(allow))
@@ -187,7 +197,7 @@ function M.new(deps)
             by_key = by_key,
         }, lazy_ctx)
         local res
-        res, err = bound[route.handler](ctx)
+        res, err = (route.fn or bound[route.handler])(ctx)
         if not res then
             if not (type(err) == "table" and type(err.status) == "number" and type(err.code) == "string") then
                 if log.error then

@@ -17,6 +17,8 @@
 -- `env` is a table name -> value or a function(name) -> value; default os.getenv.
 -- opts.unknown = "warn" turns unknown sections/keys into warnings instead of errors (the default is error).
 -- opts.toml_parse = function(text, name) -> table | nil, err replaces core.toml's parser (unit specs).
+-- opts.text (with opts.format "lua" or "toml") is the configuration itself instead of a file (an embedding
+-- program's osb_config_string); `path_or_nil` is then ignored and cfg.source is "(config string)".
 local schema = require("config.schema")
 local toml = require("config.toml")
 
@@ -296,13 +298,16 @@ end
 local INSTRUCTION_BUDGET = 10000000
 
 --- Runs the config file at `path` and returns its table, or nil and a message. Missing file -> nil, msg, true.
-function M.read_file(path, getenv)
-    local f, ferr = io.open(path, "rb")
-    if not f then
-        return nil, string.format("cannot open config file %s: %s", path, tostring(ferr)), true
+--- With `src`, that text is run instead of the file's (`path` then only names it in messages).
+function M.read_file(path, getenv, _, src)
+    if not src then
+        local f, ferr = io.open(path, "rb")
+        if not f then
+            return nil, string.format("cannot open config file %s: %s", path, tostring(ferr)), true
+        end
+        src = f:read("a")
+        f:close()
     end
-    local src = f:read("a")
-    f:close()
     local chunk, lerr = load(src, "@" .. path, "t", sandbox_env(getenv or os.getenv))
     if not chunk then
         return nil, string.format("config file %s: %s", path, lerr)
@@ -331,13 +336,15 @@ end
 
 --- Reads and parses the TOML file at `path` (parse: core.toml's by default). Returns the document, or nil
 --- and a message (missing file: nil, msg, true).
-function M.read_toml(path, _, parse)
-    local f, ferr = io.open(path, "rb")
-    if not f then
-        return nil, string.format("cannot open config file %s: %s", path, tostring(ferr)), true
+function M.read_toml(path, _, parse, text)
+    if not text then
+        local f, ferr = io.open(path, "rb")
+        if not f then
+            return nil, string.format("cannot open config file %s: %s", path, tostring(ferr)), true
+        end
+        text = f:read("a")
+        f:close()
     end
-    local text = f:read("a")
-    f:close()
     parse = parse or require("core.toml").parse
     local doc, perr = parse(text, path)
     if not doc then
@@ -490,6 +497,7 @@ function M.finish(cfg, getenv, warn)
 
     local home = getenv("HOME")
     for _, k in ipairs({ { "store", "path" }, { "hooks", "dir" }, { "server", "docs_assets_dir" },
+        { "server", "routes_dir" },
         { "kubernetes", "kubeconfig_path" }, { "kubernetes", "pod_template_file" } }) do
         local v = cfg[k[1]][k[2]]
         if v then
@@ -523,10 +531,14 @@ function M.load(path, env, opts)
         io.stderr:write("config: warning: ", msg, "\n")
     end
     local explicit
-    path, explicit = M.config_path(path, getenv, opts.exists)
+    if opts.text then -- the configuration as text (libopensandbox's osb_config_string): "lua" or "toml"
+        path, explicit = opts.format == "toml" and "(config string).toml" or "(config string)", true
+    else
+        path, explicit = M.config_path(path, getenv, opts.exists)
+    end
     local source = path
     local read = M.is_toml(path) and M.read_toml or M.read_file
-    local tbl, err, missing = read(path, getenv, opts.toml_parse)
+    local tbl, err, missing = read(path, getenv, opts.toml_parse, opts.text)
     if not tbl then
         if missing and not explicit then
             tbl, source = {}, nil

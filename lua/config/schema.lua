@@ -42,6 +42,8 @@ M.sections = {
         -- idle keep-alive connections the server proxy keeps per sandbox port (0: none), and for how long
         proxy_keepalive = { type = "integer", default = 32, min = 0, max = 100000 },
         proxy_keepalive_timeout = { type = "number", default = 30, min = 0.001, max = 86400 },
+        -- operator routes: a directory of Lua route modules (README "Operator routes"); nil/false: none
+        routes_dir = { type = "string", false_ok = true },
     },
     runtime = {
         type = { type = "enum", values = { "docker", "kubernetes" }, default = "docker" },

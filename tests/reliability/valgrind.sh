@@ -1,5 +1,6 @@
 #!/bin/sh
-# The C tests under valgrind (memcheck): the core's unit test (test_timer_heap), every core scenario run
+# The C tests under valgrind (memcheck): the core's unit test (test_timer_heap), libopensandbox's C API
+# (test_embed: engines started, driven, stopped and freed one after another), every core scenario run
 # by the real engine (tests/c/scenarios/*.lua through core_scenario) and the agent's unit suites
 # (execd_unit). Any memcheck error or definite/indirect leak fails the run (exit 1); the log of a failing
 # program is printed. Bounded: each program gets at most VALGRIND_TIMEOUT seconds (default 120).
@@ -34,6 +35,7 @@ run() { # name, command...
 }
 
 run timer_heap ./test_timer_heap
+run embed_api ./test_embed
 for s in "$root"/tests/c/scenarios/*.lua; do
     name=$(basename "$s" .lua)
     run "scenario_$name" ./core_scenario "$s"

@@ -186,6 +186,32 @@ describe("config.load", function()
 
     local ENV = { HOME = "/home/u" }
 
+    it("loads the configuration from text (osb_config_string): Lua or TOML, ignoring any path", function()
+        local c, err = config.load("/nonexistent/ignored.lua", ENV, {
+            warn = warn,
+            text = 'return { server = { port = 9001, routes_dir = "~/routes" } }',
+            format = "lua",
+        })
+        assert.is_table(c, err)
+        assert.equal(9001, c.server.port)
+        assert.equal("/home/u/routes", c.server.routes_dir)
+        assert.equal("(config string)", c.source)
+        c, err = config.load(nil, ENV, { warn = warn, text = "[server]\nport = 9002\n", format = "toml",
+            toml_parse = function()
+                return { server = { port = 9002 } }
+            end })
+        assert.is_table(c, err)
+        assert.equal(9002, c.server.port)
+        local code
+        c, err, code = config.load(nil, ENV, { warn = warn, text = "return {", format = "lua" })
+        assert.is_nil(c)
+        assert.truthy(err:find("config file (config string): (config string):1:", 1, true), err)
+        assert.equal(1, code)
+        c, err = config.load(nil, ENV, { warn = warn, text = "return { server = { routes_dir = 1 } }" })
+        assert.is_nil(c)
+        assert.truthy(err:find("server.routes_dir", 1, true), err)
+    end)
+
     it("loads an explicit file, merges defaults and expands ~", function()
         local p = tmpfile('return { server = { port = 9000 }, store = { path = "~/db/s.db" }, hooks = { dir = "~" } }')
         local c, err = config.load(p, ENV, { warn = warn })
