@@ -62,7 +62,7 @@ set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS
              ${CMAKE_SOURCE_DIR}/config.lua ${CMAKE_SOURCE_DIR}/deploy/systemd/opensandbox.service)
 
 file(READ ${CMAKE_SOURCE_DIR}/deploy/systemd/opensandbox.service OSB_UNIT)
-foreach(pair "ExecStart=/usr/bin/opensandbox-server|ExecStart=${CMAKE_INSTALL_FULL_BINDIR}/opensandbox-server"
+foreach(pair "=/usr/bin/opensandbox-server |=${CMAKE_INSTALL_FULL_BINDIR}/opensandbox-server "
              "--config /etc/opensandbox/config.lua|--config ${OSB_ETC_FULL}/config.lua"
              "file:/usr/share/doc/|file:${CMAKE_INSTALL_FULL_DATADIR}/doc/")
   string(REPLACE "|" ";" pair "${pair}")

@@ -124,6 +124,8 @@ describe("cmake --install layout #integration #docker", function()
         local configured = cache:match("CMAKE_INSTALL_PREFIX:PATH=([^\n]*)")
         assert.matches("ExecStart=" .. configured .. "/bin/opensandbox-server --config " .. configured
             .. "/etc/opensandbox/config.lua\n", unit, 1, true)
+        assert.matches("ExecReload=" .. configured .. "/bin/opensandbox-server --config " .. configured
+            .. "/etc/opensandbox/config.lua --reload\n", unit, 1, true)
         for _, line in ipairs({ "After=network-online.target docker.service", "Restart=on-failure",
             "StateDirectory=opensandbox", "User=opensandbox", "ProtectSystem=strict", "NoNewPrivileges=yes",
             "WantedBy=multi-user.target" }) do
