@@ -38,6 +38,7 @@ container=""
 image=""
 identity=""
 volumes_before=""
+lock_wait=0
 
 log() { echo "package-test: $*" >&2; }
 fail() {
@@ -121,7 +122,9 @@ if [ ! -s "$tarball" ]; then
 fi
 if [ -n "${PACKAGE_TEST_LOCK:-}" ]; then
     exec 8>"$PACKAGE_TEST_LOCK"
+    lock_wait=$SECONDS
     flock 8
+    lock_wait=$((SECONDS - lock_wait))
 fi
 docker image inspect "$image_uri" >/dev/null 2>&1 || fail "$image_uri is missing (tests/images/build-busybox.sh)"
 volumes_before=$(docker volume ls -q --filter label=opensandbox.io/agent=true | sort)
@@ -232,4 +235,4 @@ if in_ct test -e /etc/opensandbox/config.lua || in_ct test -e /var/lib/opensandb
     fail "purge left /etc/opensandbox/config.lua or /var/lib/opensandbox"
 fi
 log "removed (stopped) and purged (configuration and state gone)"
-log "PASS"
+log "PASS ($((SECONDS - lock_wait)) s, plus $lock_wait s waiting for ${PACKAGE_TEST_LOCK:-no} lock)"
