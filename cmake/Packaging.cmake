@@ -114,7 +114,8 @@ set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 # the Lua modules the code requires (lua/): cjson, DBI (SQLite), lfs, lyaml, basexx; useradd (passwd) and
 # deb-systemd-helper (init-system-helpers) are in every Debian system
-set(CPACK_DEBIAN_PACKAGE_DEPENDS "lua-cjson, lua-dbi-sqlite3, lua-filesystem, lua-yaml, lua-basexx, passwd, init-system-helpers")
+set(CPACK_DEBIAN_PACKAGE_DEPENDS
+    "lua-cjson, lua-dbi-sqlite3, lua-filesystem, lua-yaml, lua-basexx, passwd, init-system-helpers")
 set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "docker.io")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
     ${CMAKE_BINARY_DIR}/packaging/conffiles ${CMAKE_SOURCE_DIR}/deploy/debian/postinst

@@ -63,8 +63,10 @@ cleanup() {
     fi
     # agent volumes made during this run (by this server) and used by nothing: removed; `volume rm`
     # refuses a volume in use
-    [ -n "$image" ] && comm -13 <(echo "$volumes_before") <(docker volume ls -q --filter label=opensandbox.io/agent=true | sort) |
-        xargs -r docker volume rm >/dev/null 2>&1
+    if [ -n "$image" ]; then
+        comm -13 <(echo "$volumes_before") <(docker volume ls -q --filter label=opensandbox.io/agent=true | sort) |
+            xargs -r docker volume rm >/dev/null 2>&1
+    fi
     if [ -n "$image" ]; then
         docker rmi "$image" >/dev/null 2>&1
     fi
@@ -76,7 +78,7 @@ trap cleanup EXIT
 in_ct() { docker exec "$container" "$@"; }
 server_identity() {
     in_ct journalctl -u opensandbox -o cat --no-pager 2>/dev/null |
-        sed -n 's/.*"msg":"server identity".*"identity":"\([0-9a-f-]*\)".*/\1/p; s/.*"identity":"\([0-9a-f-]*\)".*"msg":"server identity".*/\1/p' |
+        sed -n 's/.*"msg":"server identity".*"identity":"\([0-9a-f-]*\)".*/\1/p' |
         head -1
 }
 # commands in the container's network namespace (the server listens on its loopback)
@@ -112,7 +114,8 @@ if [ ! -s "$tarball" ]; then
         if [ ! -s "$tarball" ]; then
             rootfs=$cache/rootfs.$$
             rm -rf "$rootfs"
-            debootstrap --variant=minbase --include="$include" "$suite" "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+            debootstrap --variant=minbase --include="$include" "$suite" "$rootfs" "$mirror" \
+                >"$work/debootstrap.log" 2>&1 ||
                 { tail -20 "$work/debootstrap.log" >&2; rm -rf "$rootfs"; exit 1; }
             rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*_Packages
             tar -C "$rootfs" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
@@ -178,7 +181,8 @@ identity=$(server_identity)
 log "active as user opensandbox, identity $identity; systemd-analyze verify clean"
 
 # a sandbox on the host's daemon, through the packaged server
-res=$(api POST /v1/sandboxes "{\"image\":{\"uri\":\"$image_uri\"},\"entrypoint\":[\"sleep\",\"600\"],\"timeout\":600,\"resourceLimits\":{}}")
+body="{\"image\":{\"uri\":\"$image_uri\"},\"entrypoint\":[\"sleep\",\"600\"],\"timeout\":600,\"resourceLimits\":{}}"
+res=$(api POST /v1/sandboxes "$body")
 [ "${res%% *}" = 202 ] || fail "create: $res"
 id=$(json_get "${res#* }" id)
 for _ in $(seq 1 150); do
@@ -209,7 +213,8 @@ in_ct journalctl -u opensandbox -o cat --no-pager | grep -q '"msg":"hooks reload
 # ---- /docs and /redoc in headless Chromium --------------------------------------------------------------
 chrome() {
     in_net chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run \
-        --user-data-dir="$work/chromium" --window-size=1280,900 --virtual-time-budget=15000 "$@" 2>>"$work/chromium.log" 8>&-
+        --user-data-dir="$work/chromium" --window-size=1280,900 --virtual-time-budget=15000 "$@" \
+        2>>"$work/chromium.log" 8>&-
 }
 chrome --screenshot="$work/docs.png" http://127.0.0.1:8080/docs >/dev/null || fail "chromium /docs"
 "$py" "$root/tests/package/png_check.py" "$work/docs.png" || fail "/docs rendered blank"
