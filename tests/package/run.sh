@@ -240,4 +240,4 @@ if in_ct test -e /etc/opensandbox/config.lua || in_ct test -e /var/lib/opensandb
     fail "purge left /etc/opensandbox/config.lua or /var/lib/opensandbox"
 fi
 log "removed (stopped) and purged (configuration and state gone)"
-log "PASS ($((SECONDS - lock_wait)) s, plus $lock_wait s waiting for ${PACKAGE_TEST_LOCK:-no} lock)"
+log "PASS ($((SECONDS - lock_wait)) s, plus $lock_wait s waiting for the lock ${PACKAGE_TEST_LOCK:-(none)})"
