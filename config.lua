@@ -44,7 +44,8 @@ return {
         -- Seconds a failed-provisioning record is kept before it is deleted (0: at the next sweep).
         pending_failure_ttl = 3600,
         -- Directory the /docs and /redoc asset files are served from (filled by scripts/docs-assets.sh).
-        -- nil: <install root>/build/docs-assets.
+        -- nil: <install root>/docs-assets in an install (cmake --install, the .deb), else
+        -- <install root>/build/docs-assets (a source tree).
         docs_assets_dir = nil,
         -- HTTP engine limits: concurrent connections, memory per connection (bytes; bounds the request
         -- header size), idle connection timeout (seconds), and how long a shutdown waits for requests

@@ -8,7 +8,8 @@
 # scripts disabled and peer dependencies skipped (we only need the prebuilt bundles inside the two packages).
 # Then the four files /docs and /redoc load are copied to OUT_DIR:
 #   swagger-ui-bundle.js  swagger-ui-standalone-preset.js  swagger-ui.css  redoc.standalone.js
-# The server reads them from config `server.docs_assets_dir` (default <install root>/build/docs-assets).
+# The server reads them from config `server.docs_assets_dir` (default <install root>/build/docs-assets in a
+# source tree; `cmake --install` copies them to <prefix>/share/opensandbox/docs-assets, cmake/Packaging.cmake).
 # Needs node and npm (Debian: apt-get install -y npm) and access to the npm registry.
 set -eu
 

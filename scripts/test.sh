@@ -103,6 +103,9 @@ stage "SDK conformance: lifecycle" bash tests/conformance/run.sh lifecycle-smoke
 stage "SDK conformance: execd" bash tests/conformance/run.sh execd-smoke.mjs
 stage "SDK conformance: execd through the server proxy" env OPENSANDBOX_USE_SERVER_PROXY=1 \
     bash tests/conformance/run.sh execd-smoke.mjs
+# the .deb (scripts/package.sh) installed and started by systemd in a container of a debootstrapped Debian 12
+# (root file system cached under /var/cache/opensandbox-ci), /docs rendered in headless Chromium
+stage "package: .deb on Debian 12 (systemd, Docker, /docs in Chromium)" bash tests/package/run.sh
 # the Python SDK, CLI and MCP server of upstream (pinned in tests/conformance/python/requirements.txt)
 stage "SDK conformance: Python" bash tests/conformance/run-python.sh pytest
 stage "SDK conformance: CLI" bash tests/conformance/run-python.sh cli

@@ -3,7 +3,8 @@
 --
 -- The pages are ours; the JavaScript and CSS come from the npm packages swagger-ui-dist and redoc, copied at
 -- build time by scripts/docs-assets.sh into a directory (config `server.docs_assets_dir`, default
--- `<root>/build/docs-assets`). Nothing is loaded from a CDN. Files are read on first use and kept in memory.
+-- `<root>/docs-assets` in an install (`cmake --install`, the .deb), else `<root>/build/docs-assets` in a source
+-- tree). Nothing is loaded from a CDN. Files are read on first use and kept in memory.
 -- Only the names in ASSETS are ever served, so no request path reaches the file system.
 local errors = require("common.errors")
 
@@ -79,9 +80,18 @@ function M.default_openapi_path()
     return here() .. "/openapi.json"
 end
 
---- The default assets directory: `<root>/build/docs-assets`, root being two levels above this module's dir.
+--- The default assets directory, root being the install root (default: two levels above this module's dir):
+--- `<root>/docs-assets` when it holds the assets (an installed layout), else `<root>/build/docs-assets` (a
+--- source tree, where scripts/build.sh puts them). Decided once, when the handlers are made.
 function M.default_assets_dir(root)
-    return (root or (here() .. "/../..")) .. "/build/docs-assets"
+    root = root or (here() .. "/../..")
+    local installed = root .. "/docs-assets"
+    local f = io.open(installed .. "/swagger-ui-bundle.js", "rb")
+    if f then
+        f:close()
+        return installed
+    end
+    return root .. "/build/docs-assets"
 end
 
 --- Handlers. deps: config, log, and optionally openapi_path, docs_dir, root (the install root).

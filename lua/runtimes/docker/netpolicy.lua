@@ -354,7 +354,25 @@ end
 --- Whether sandboxes get a table at all (isolation on, or a policy): then they wait at the start gate.
 --- (Without core.net, in the adapter's unit specs on a fake engine, there is nothing to put anywhere.)
 function Enforcer:wants_table(policy)
-    return self.net ~= nil and (self.isolation or policy ~= nil)
+    if self.net == nil then
+        return false
+    elseif policy ~= nil then
+        return true
+    elseif not self.isolation then
+        return false
+    end
+    local ok, uerr = self:usable()
+    if not ok then
+        -- isolation alone is not worth refusing every sandbox for (a server without root or CAP_NET_ADMIN, such
+        -- as the packaged service): said once, loudly; a policy is refused instead (network_policy_support)
+        if not self.isolation_warned and self.log then
+            self.isolation_warned = true
+            self.log.error("sandbox isolation is OFF: nftables is not usable by this server (run it as root, or "
+                .. "set network_policy.isolate_sandboxes = false to silence this)", { error = tostring(uerr) })
+        end
+        return false
+    end
+    return true
 end
 
 --- Makes sandbox `id` (main process `pid`, address `ip`) isolated (when configured) and enforce `policy`
