@@ -246,6 +246,17 @@ describe("runtimes.docker.netpolicy", function()
             assert.matches("nftables is not usable", err)
         end)
 
+        it("without usable nftables: no isolation (said once), a policy still wants its table", function()
+            local logged = 0
+            local e = np.new({ net = fake_net({ nft_fail = true }), log = { error = function() logged = logged + 1 end },
+                engine = {}, policy_config = {} })
+            assert.is_false(e:wants_table(nil))
+            assert.is_false(e:wants_table(nil))
+            assert.equal(1, logged)
+            assert.is_true(e:wants_table({ defaultAction = "deny", egress = {} }))
+            assert.is_true(enforcer(fake_net()):wants_table(nil))
+        end)
+
         it("detach forgets the sandbox's address", function()
             local net = fake_net()
             local e = enforcer(net)
