@@ -248,8 +248,8 @@ describe("runtimes.docker.netpolicy", function()
 
         it("without usable nftables: no isolation (said once), a policy still wants its table", function()
             local logged = 0
-            local e = np.new({ net = fake_net({ nft_fail = true }), log = { error = function() logged = logged + 1 end },
-                engine = {}, policy_config = {} })
+            local log = { error = function() logged = logged + 1 end }
+            local e = np.new({ net = fake_net({ nft_fail = true }), log = log, engine = {}, policy_config = {} })
             assert.is_false(e:wants_table(nil))
             assert.is_false(e:wants_table(nil))
             assert.equal(1, logged)
