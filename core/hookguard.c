@@ -37,6 +37,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef OSB_MIMALLOC
+#include <mimalloc.h>
+/* The Lua state's heap lives in mimalloc (see the comment at hookguard_alloc). Debian's shared
+ * libmimalloc also exports malloc and free, so linking it makes it the whole process's malloc;
+ * calling mi_realloc/mi_free here keeps the Lua heap in mimalloc also where something (valgrind's
+ * --soname-synonyms in tests/reliability/valgrind.sh) replaces malloc itself. */
+#define LUA_HEAP_REALLOC mi_realloc
+#define LUA_HEAP_FREE mi_free
+#else
+#define LUA_HEAP_REALLOC realloc
+#define LUA_HEAP_FREE free
+#endif
 
 enum { TRIP_MEMORY = 1, TRIP_TIME = 2 };
 enum { K_PLAIN, K_REP, K_FIND, K_MATCH, K_GMATCH, K_GSUB, K_SORT, K_MOVE };
@@ -62,12 +74,19 @@ static double mono(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/*
+ * The allocator of the server's Lua state. The heap is mimalloc's (Debian's libmimalloc-dev;
+ * CMakeLists.txt, OPENSANDBOX_MIMALLOC): beside tens of MB of long-lived records, glibc's malloc
+ * and free became a large part of a request that allocates a few KB of short-lived tables (a create
+ * through the three default hooks; README, "Benchmarks", bench/hooks_quota.lua). Sanitizer builds
+ * keep glibc so that ASan sees the Lua heap too.
+ */
 void *hookguard_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     (void)ud;
     size_t old = ptr ? osize : 0; /* without ptr, osize tells the kind of object */
     if (nsize == 0) {
-        free(ptr);
+        LUA_HEAP_FREE(ptr);
         if (G.armed)
             G.net -= (long long)old;
         return NULL;
@@ -76,7 +95,7 @@ void *hookguard_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         G.tripped |= TRIP_MEMORY;
         return NULL; /* Lua collects in emergency mode, retries, then raises a memory error */
     }
-    void *p = realloc(ptr, nsize);
+    void *p = LUA_HEAP_REALLOC(ptr, nsize);
     if (p && G.armed)
         G.net += (long long)nsize - (long long)old;
     return p;

@@ -355,13 +355,14 @@ local function is_int(v, min)
     return math.type(v) == "integer" and v >= min
 end
 
--- Metadata entries already found valid ("k\0v" -> true); cleared when it grows past LABEL_MEMO_MAX.
+-- Metadata entries already found valid (key -> value -> true; no string built per lookup); cleared when
+-- it holds more than LABEL_MEMO_MAX entries.
 local label_memo, label_memo_n = {}, 0
 local LABEL_MEMO_MAX = 4096
 
 local function check_label(k, v)
-    local key = k .. "\0" .. v
-    if label_memo[key] then
+    local values = label_memo[k]
+    if values and values[v] then
         return true
     end
     local ok, err = validate.metadata_label(k, v)
@@ -369,9 +370,13 @@ local function check_label(k, v)
         return nil, err
     end
     if label_memo_n >= LABEL_MEMO_MAX then
-        label_memo, label_memo_n = {}, 0
+        label_memo, label_memo_n, values = {}, 0, nil
     end
-    label_memo[key], label_memo_n = true, label_memo_n + 1
+    if not values then
+        values = {}
+        label_memo[k] = values
+    end
+    values[v], label_memo_n = true, label_memo_n + 1
     return true
 end
 
@@ -483,7 +488,12 @@ function Hooks:before_create(ctx, spec)
         return spec
     end
     local image = spec.image
-    local work = deep_copy(spec) -- every table a hook gets is a copy of its own
+    -- every table a hook gets is a copy of its own (made in C when core.hookguard is there; a spec with a
+    -- metatable other than the JSON array tag, which validate never makes, is copied in Lua)
+    local copied, work = pcall(budget.raw_copy, spec)
+    if not copied then
+        work = deep_copy(spec)
+    end
     work.image = { uri = image.uri } -- hooks never see the registry credentials
     work.env = work.env or {}
     work.metadata = work.metadata or {}
