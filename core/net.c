@@ -4,9 +4,9 @@
  *   nft(pid, script)        runs an nftables script (libnftables) in the network namespace of
  *                           process `pid` (0: the server's own); the main thread joins that
  *                           namespace for the call and returns to its own before it returns
- *   gate(pid, path)         opens the FIFO at `path` inside process `pid`'s root (no symlink leaves
- *                           that root) without blocking and writes one byte: the sandbox's start
- * gate udp_bind(host, port)    a UDP socket; sock:recv() yields for the next datagram
+ *   gate(pid, path)         writes one byte to the FIFO at `path` inside process `pid`'s root
+ *                           (no symbolic link followed, never blocking): the start gate
+ *   udp_bind(host, port)    a UDP socket; sock:recv() yields for the next datagram
  *   udp_query(host, port, data, timeout)
  *                           sends one datagram from a fresh socket (kernel-chosen port) and yields
  *                           for the answer whose first two bytes (a DNS id) match
@@ -25,7 +25,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lauxlib.h>
-#include <linux/openat2.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <nftables/libnftables.h>
@@ -35,7 +34,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #define UDP_MT "core.net.udp"
@@ -112,24 +110,60 @@ static int l_nft(lua_State *L)
 
 /* ---------------------------------------------------------------- the start gate */
 
+/* Opens `path` (relative) under the directory `dfd` for writing without blocking, following no
+ * symbolic link and no "..": each directory is opened with O_NOFOLLOW, so a link planted anywhere
+ * on the way (the image's files) cannot lead outside the sandbox's root. Written by hand because
+ * openat2's RESOLVE_IN_ROOT needs Linux 5.6 and is unknown to valgrind. Returns the fd or -1 with
+ * errno. */
+static int open_beneath(int dfd, const char *path)
+{
+    char comp[256];
+    int cur = dup(dfd);
+    while (cur >= 0) {
+        while (*path == '/')
+            path++;
+        size_t n = strcspn(path, "/");
+        if (n == 0 || n >= sizeof comp) {
+            close(cur);
+            errno = EINVAL;
+            return -1;
+        }
+        memcpy(comp, path, n);
+        comp[n] = 0;
+        path += n;
+        while (*path == '/')
+            path++;
+        if (strcmp(comp, "..") == 0 || strcmp(comp, ".") == 0) {
+            close(cur);
+            errno = EINVAL;
+            return -1;
+        }
+        int last = *path == 0;
+        int next = openat(cur, comp,
+                          last ? O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW
+                               : O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int e = errno;
+        close(cur);
+        errno = e;
+        if (last || next < 0)
+            return next;
+        cur = next;
+    }
+    return -1;
+}
+
 static int l_gate(lua_State *L)
 {
     lua_Integer pid = luaL_checkinteger(L, 1);
     const char *path = luaL_checkstring(L, 2);
     char root[64];
-    struct open_how how;
     struct stat st;
 
-    while (*path == '/')
-        path++;
     snprintf(root, sizeof root, "/proc/%lld/root", (long long)pid);
     int dfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0)
         return push_fail(L, "cannot open the sandbox's root");
-    memset(&how, 0, sizeof how);
-    how.flags = O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY;
-    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-    int fd = (int)syscall(SYS_openat2, dfd, path, &how, sizeof how);
+    int fd = open_beneath(dfd, path);
     int e = errno;
     close(dfd);
     if (fd < 0) {

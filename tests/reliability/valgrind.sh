@@ -29,7 +29,8 @@ run() { # name, command...
     # libraries stays checked (the Lua state's own mi_realloc/mi_free calls are not seen)
     if timeout "$limit" valgrind -q --error-exitcode=1 --leak-check=full --show-leak-kinds=definite,indirect \
         --errors-for-leak-kinds=definite,indirect --track-fds=no --soname-synonyms='somalloc=libmimalloc.so*' \
-        --suppressions="$root/tests/reliability/valgrind-mimalloc.supp" --log-file="$log" "$@" >"$log.out" 2>&1; then
+        --suppressions="$root/tests/reliability/valgrind-mimalloc.supp" \
+        --suppressions="$root/tests/reliability/valgrind-libnftables.supp" --log-file="$log" "$@" >"$log.out" 2>&1; then
         echo "valgrind: $name clean"
     else
         echo "valgrind: $name FAILED (exit $?)"
