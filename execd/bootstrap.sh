@@ -9,6 +9,12 @@
 # container.
 EXECD=${OPENSANDBOX_EXECD_BIN:-/opt/opensandbox/execd}
 
+# A warm pool member (the server's pools): no entrypoint yet. The agent's process stays the main
+# process until a claim hands it the entrypoint to exec (execd/src/pool.c).
+if [ -n "${OPENSANDBOX_POOL_MEMBER:-}" ] && [ -x "$EXECD" ]; then
+    exec "$EXECD" --pool-member
+fi
+
 if [ -x "$EXECD" ]; then
     "$EXECD" >>/tmp/execd.log 2>&1 </dev/null &
 else
