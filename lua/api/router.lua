@@ -75,6 +75,11 @@ local routes = {
     { "GET", "/snapshots/{id}", "snapshots.get", slash = true, summary = "Get a snapshot" },
     { "DELETE", "/snapshots/{id}", "snapshots.delete", slash = true, summary = "Delete a snapshot" },
     { "GET", "/events", "events.stream", slash = true, summary = "Stream lifecycle events (Server-Sent Events)" },
+    { "POST", "/pools", "pools.create", slash = true, summary = "Create a warm pool" },
+    { "GET", "/pools", "pools.list", slash = true, summary = "List warm pools" },
+    { "GET", "/pools/{name}", "pools.get", slash = true, summary = "Get a warm pool" },
+    { "PUT", "/pools/{name}", "pools.update", slash = true, summary = "Change a warm pool's capacity" },
+    { "DELETE", "/pools/{name}", "pools.delete", slash = true, summary = "Delete a warm pool" },
 }
 for _, pattern in ipairs({ "/sandboxes/{id}/proxy/{port}", "/sandboxes/{id}/proxy/{port}/{path*}" }) do
     for _, method in ipairs(PROXY_METHODS) do

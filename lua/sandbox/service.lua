@@ -14,6 +14,7 @@
 --   sandbox/access_renew.lua  renew on access through the server proxy (OSEP-0009)
 --   sandbox/diagnostics.lua   the diagnostics API: logs and events of a sandbox
 --   sandbox/snapshots.lua     snapshots: capture, list, delete, create-from-snapshot, restart recovery
+--   sandbox/pools.lua         warm pools: the /pools API, members, refill, claims (extensions.poolRef)
 --
 -- Concurrency model: every public method runs in the calling request's task and may yield (runtime calls,
 -- lock waits). Mutations of one sandbox take its lock; reads (get, list) never do and are served from
@@ -40,7 +41,8 @@ local Service = {}
 Service.__index = Service
 
 local PARTS = { "sandbox.state", "sandbox.provisioning", "sandbox.operations", "sandbox.expiry",
-    "sandbox.reconcile", "sandbox.views", "sandbox.access_renew", "sandbox.diagnostics", "sandbox.snapshots" }
+    "sandbox.reconcile", "sandbox.views", "sandbox.access_renew", "sandbox.diagnostics", "sandbox.snapshots",
+    "sandbox.pools" }
 for _, name in ipairs(PARTS) do
     for k, fn in pairs(require(name)) do
         assert(Service[k] == nil, "sandbox.service: " .. name .. " defines " .. k .. " twice")
@@ -80,6 +82,9 @@ function M.new(deps)
     self.snapshot_tasks = {} -- snapshot id -> true while its capture runs in this process
     self.snapshot_removing = {} -- snapshot id -> true while its artifact is being removed
     self.snapshots_unsaved = {} -- snapshot id -> true: a fact the store refused
+    self.pools = {} -- pool name -> pool (sandbox/pools.lua)
+    self.pool_members = {} -- member id -> member: warm sandboxes not yet claimed (in memory and the runtime)
+    self.pool_inflight = 0 -- members being made now (all pools)
     self.available = false -- runtime reachable and reconciled
     self.restored = false -- the start-up restoration (§6.5) has run
     self.unavailable_reason = "not checked yet"
@@ -281,6 +286,10 @@ function Service:load()
     if serr then
         return nil, serr
     end
+    _, serr = self:load_pools()
+    if serr then
+        return nil, serr
+    end
     return #all
 end
 
@@ -314,6 +323,7 @@ function Service:start_background()
             timer.sleep(self.available and 5 or 2)
         end
     end)
+    self:start_pool_refill()
     self.sweeper = timer.every(C.SWEEP_INTERVAL, function()
         self:sweep()
         local before_kb = collectgarbage("count")

@@ -351,7 +351,7 @@ describe("sandbox.store", function()
         assert.is_nil(rows.container_id)
         assert.is_nil(rows.host_ports)
         assert.is_true(rows.handle and rows.place)
-        assert.equal(8, store.SCHEMA_VERSION)
+        assert.equal(9, store.SCHEMA_VERSION)
         -- version 3: a migrated store gets an identity at its first use, like a new one
         assert.is_nil(s:meta("server_identity"))
         assert.equal("id-1", s:identity(function() return "id-1" end))
