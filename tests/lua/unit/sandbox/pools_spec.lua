@@ -192,7 +192,7 @@ describe("sandbox.pools claims", function()
         return env
     end
 
-    it("hands out a ready member: Running at once, its own id, a fresh token, the claim's entrypoint and env", function()
+    it("hands out a ready member: Running at once, its id, a fresh token, the claim's entrypoint and env", function()
         local env = ready_pool()
         local before = {}
         for id, m in pairs(env.svc.pool_members) do
@@ -296,11 +296,7 @@ describe("sandbox.pools claims", function()
 
     it("replaces a member that crashed, and never hands it out", function()
         local env = ready_pool()
-        local crashed
-        for _, m in pairs(env.svc.pool_members) do
-            crashed = m
-            break
-        end
+        local _, crashed = next(env.svc.pool_members)
         env.rt:set_status(crashed.handle, "Failed", "CONTAINER_EXITED_ERROR", "exited with code 137.")
         env:watch()
         env:run()

@@ -431,8 +431,8 @@ describe("sandbox.validate.create", function()
                 OPTS)
             assert.equal(400, err.status)
             assert.equal("snapshotId cannot be combined with extensions.poolRef.", err.message)
-            _, err = validate.create(assert(json.decode('{"extensions":{"poolRef":"p1"},"resourceLimits":{"cpu":"x"}}')),
-                OPTS)
+            _, err = validate.create(assert(json.decode(
+                '{"extensions":{"poolRef":"p1"},"resourceLimits":{"cpu":"x"}}')), OPTS)
             assert.matches("resourceLimits.cpu 'x' is invalid", err.message, 1, true)
         end)
 
