@@ -371,7 +371,9 @@ function P:pool_listed(obs)
     local m = self.pool_members[obs.id]
     local running = obs.status and obs.status.state == STATE.RUNNING
     if m then
-        if obs.status and not running and m.state ~= "claimed" then
+        -- (one still being made may be listed Pending: only an ended or paused one is dropped)
+        local st = obs.status and obs.status.state
+        if st and st ~= STATE.RUNNING and st ~= STATE.PENDING and m.state ~= "claimed" and m.handle == obs.handle then
             self:pool_drop_member(m, true)
         end
         return
