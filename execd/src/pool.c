@@ -5,13 +5,13 @@
  * entrypoint. A pool member is started before anyone asked for it, so there is no entrypoint yet:
  * bootstrap.sh execs `execd --pool-member` instead, and this file splits that process in two.
  *
- *   pool_member_split()  called first thing in main(). Makes a pipe and forks. The child returns
- *                        and becomes the agent as usual (its output to /tmp/execd.log), keeping the
- *                        pipe's write end. The parent stays the container's main process (PID 1),
- *                        blocked reading the pipe until the claim arrives, then execs the
- * entrypoint with the claim's environment: from then on it is exactly what a cold sandbox's main
- * process is (its exit status is the container's). pool_handle_claim()  POST /pool/claim,
- * authenticated with the member's boot token:
+ *   pool_member_split()  called first thing in main() (OPENSANDBOX_EXECD_LOG: another log file,
+ * tests). Makes a pipe and forks. The child returns and becomes the agent as usual (its output to
+ * /tmp/execd.log), keeping the pipe's write end. The parent stays the container's main process (PID
+ * 1), blocked reading the pipe until the claim arrives, then execs the entrypoint with the claim's
+ * environment: from then on it is exactly what a cold sandbox's main process is (its exit status is
+ * the container's). pool_handle_claim()  POST /pool/claim, authenticated with the member's boot
+ * token:
  *                        {"token": new token, "entrypoint": [argv...], "env": ["K=V", ...]}.
  *                        Writes argv and env to the pipe and closes it, adds env to the agent's own
  *                        environment (commands see it, as in a cold sandbox), and switches the
@@ -120,6 +120,7 @@ void pool_member_split(void)
 {
     int p[2], fd;
     pid_t pid;
+    const char *log;
 
     if (pipe2(p, O_CLOEXEC) < 0) {
         fprintf(stderr, "execd: pool member: pipe: %s\n", strerror(errno));
@@ -142,7 +143,9 @@ void pool_member_split(void)
     g_member = 1;
     unsetenv("OPENSANDBOX_POOL_MEMBER");
     /* the agent's output goes where a cold sandbox's does (bootstrap.sh) */
-    fd = open("/tmp/execd.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    log = getenv("OPENSANDBOX_EXECD_LOG"); /* (tests) */
+    fd =
+        open(log && *log ? log : "/tmp/execd.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd >= 0) {
         dup2(fd, 1);
         dup2(fd, 2);
