@@ -139,6 +139,25 @@ describe("sandbox.pools API", function()
     end)
 end)
 
+describe("sandbox.pools on Kubernetes", function()
+    it("answers 400 on the kubernetes runtime (no pools there yet), before any API call", function()
+        package.path = "tests/lua/unit/runtimes/?.lua;" .. package.path
+        local fake_kube = require("support.fake_kube")
+        local k = fake_kube.new()
+        local rt = require("runtimes").new({ runtime = { type = "kubernetes" }, kubernetes = {} }, { client = k })
+        local env = S.env({ runtime = rt, connect = false })
+        env.svc.available = true -- (as if connected: the claim's check comes after the runtime's availability)
+        for _, call in ipairs({ { "create_pool", body(), ALICE }, { "create", claim("py"), ALICE } }) do
+            local view, err = env:op(table.unpack(call))
+            assert.is_nil(view)
+            assert.equal(400, err.status)
+            assert.equal("SANDBOX::API_NOT_SUPPORTED", err.code)
+            assert.equal("Pools are not supported by the kubernetes runtime.", err.message)
+        end
+        assert.same({}, k.requests or {})
+    end)
+end)
+
 describe("sandbox.pools refill", function()
     it("fills the buffer with waiting members of the template, at most refill_concurrency at once", function()
         local env = env_with({ refill_concurrency = 2 })
