@@ -31,6 +31,7 @@ local json = require("common.json")
 local model = require("sandbox.model")
 local counters = require("sandbox.counters")
 local pool_validate = require("sandbox.pool_validate")
+local image_access = require("sandbox.image_access")
 
 local STATE = model.STATE
 
@@ -343,7 +344,13 @@ function P:pool_add_member(pool)
         access_token = m.access_token, pool = pool.name }
     local spec = { image = { uri = t.image.uri, auth = t.image.auth }, entrypoint = { "true" }, env = t.env or {},
         nano_cpus = t.nano_cpus, memory = t.memory, gpu = t.gpu, volumes = t.volumes, pool_member = true }
+    -- a private image pulled by another tenant needs proof of access from the pool's owner (as a create)
+    local verify, repo = image_access.must_verify(self.store, pool.principal, spec)
+    spec.image.verify = verify or nil
     local placed, err = self.runtime:provision(sandbox, spec)
+    if placed and verify then
+        image_access.granted(self.store, repo, pool.principal, true)
+    end
     if not placed then
         pool.failures = (pool.failures or 0) + 1
         local wait = math.min(2 ^ (pool.failures - 1), P.BACKOFF_MAX)
