@@ -126,6 +126,26 @@ describe("sandbox.pools API", function()
         assert.same({}, env:calls("provision"))
     end)
 
+    it("publishes pool.changed events (created, updated, deleted) to the owner's streams", function()
+        local hub = require("sandbox.events").new({ buffer = 16, now = function()
+            return 1767225600
+        end, waiter = function()
+            return S.csync.waiter()
+        end })
+        local env = env_with(nil, { events = hub })
+        assert(env:op("create_pool", body(), ALICE))
+        assert(env:op("update_pool", "py", { capacitySpec = { bufferMin = 0, bufferMax = 0, poolMin = 0,
+            poolMax = 1 } }, ALICE))
+        assert.is_true(env:op("delete_pool", "py", ALICE))
+        local changes = {}
+        for e in hub:after(0) do
+            assert.equal("pool.changed", e.kind)
+            assert.equal("alice", e.principal)
+            changes[#changes + 1] = e.frame:match('"change":"(%a+)"')
+        end
+        assert.same({ "created", "updated", "deleted" }, changes)
+    end)
+
     it("refuses pools on a runtime without them (400), like Kubernetes", function()
         local env = S.env({ runtime = require("runtimes.fake").new({ fake = { no_pools = true } }) })
         local view, err = env:op("create_pool", body(), ALICE)
