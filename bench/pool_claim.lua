@@ -9,7 +9,9 @@
 -- here: the server runs with pools.on_empty = "error", so an empty pool is a 503), or no Running within 10 s.
 --
 -- Env: BENCH_URL (required), BENCH_KEY, CLAIMS (default 1000), RATE (default 10), POLL_MS (default 2),
---      POOL (default "bench"), SANDBOX_IMAGE.
+--      POOL (default "bench"), SANDBOX_IMAGE, BUFFER_MIN / BUFFER_MAX (the pool's buffer, default 200 / 300),
+--      POOL_MAX (default 400), KEEP=1 (delete the claimed sandboxes after the run instead of each one once
+--      it runs: dockerd then only refills during the run).
 local core = require("core")
 local client = require("core.client")
 local timer = require("core.timer")
@@ -43,8 +45,11 @@ local function percentile(t, p)
 end
 
 local ok, err = pcall(function()
-    local cap = { bufferMin = tonumber(os.getenv("BUFFER_MIN") or "20"),
-        bufferMax = tonumber(os.getenv("BUFFER_MAX") or "40"), poolMin = 0, poolMax = 200 }
+    local cap = { bufferMin = tonumber(os.getenv("BUFFER_MIN") or "200"),
+        bufferMax = tonumber(os.getenv("BUFFER_MAX") or "300"), poolMin = 0,
+        poolMax = tonumber(os.getenv("POOL_MAX") or "400") }
+    local keep = os.getenv("KEEP") == "1"
+    local kept = {}
     local res = assert(request("POST", "/v1/pools", { name = pool, capacitySpec = cap,
         template = { image = { uri = image }, resourceLimits = { cpu = "0.25", memory = "32Mi" } } }))
     assert(res.status == 201, res.body)
@@ -90,6 +95,10 @@ local ok, err = pcall(function()
             end
             timer.sleep(poll_s)
         end
+        if keep then
+            kept[#kept + 1] = id
+            return
+        end
         local d = request("DELETE", "/v1/sandboxes/" .. id, nil, 120)
         if d and d.status == 204 then
             deletes = deletes + 1
@@ -122,6 +131,8 @@ local ok, err = pcall(function()
         timer.sleep(0.1)
     end
     local wall = core.monotonic() - start
+    print(string.format("| pool | bufferMin %d, bufferMax %d, poolMax %d; claimed sandboxes deleted %s |",
+        cap.bufferMin, cap.bufferMax, cap.poolMax, keep and "after the run" or "as soon as they run"))
     print(string.format("| claims (at %g/s, refill running) | %d in %.1f s |", rate, claims, wall))
     print(string.format("| claim -> Running seen by a client polling every %g ms: median | %.2f ms |", poll_s * 1000,
         percentile(running, 0.5)))
@@ -137,7 +148,22 @@ local ok, err = pcall(function()
     end
     -- the deletes of the last claims finish, then the pool goes (its idle members with it)
     local t1 = core.monotonic()
-    while deletes < #running and core.monotonic() - t1 < 120 do
+    if keep then
+        local left = #kept
+        for i = 1, #kept do
+            spawn(function()
+                request("DELETE", "/v1/sandboxes/" .. kept[i], nil, 300)
+                left = left - 1
+            end)
+            if i % 8 == 0 then
+                timer.sleep(0.05)
+            end
+        end
+        while left > 0 and core.monotonic() - t1 < 900 do
+            timer.sleep(0.2)
+        end
+    end
+    while not keep and deletes < #running and core.monotonic() - t1 < 120 do
         timer.sleep(0.2)
     end
     request("DELETE", "/v1/pools/" .. pool)

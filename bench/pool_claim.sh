@@ -5,6 +5,7 @@
 # pools.on_empty = "error" so that an empty pool is an error, not a slow cold create) and removes
 # everything it created. Loopback and the Docker socket only. Run under the Docker lock:
 #   flock -o /tmp/osb-docker.lock bench/pool_claim.sh [CLAIMS] [RATE]
+# Env (bench/pool_claim.lua): BUFFER_MIN, BUFFER_MAX, POOL_MAX, KEEP=1, REFILL_CONCURRENCY (default 4).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/osb-bench-pool.XXXXXX)
@@ -14,7 +15,7 @@ cat >"$work/config.lua" <<CFG
 return { server = { port = $PORT, api_key = "$KEY", log_level = "INFO" },
          store = { path = "$work/state/db.sqlite" },
          docker = { instance = "$instance" },
-         pools = { on_empty = "error", refill_concurrency = ${REFILL_CONCURRENCY:-4} } }
+         pools = { on_empty = "error", refill_concurrency = ${REFILL_CONCURRENCY:-4}, max_pool_size = 2000 } }
 CFG
 "$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" &
 spid=$!
