@@ -227,8 +227,10 @@ describe("warm pools #integration #docker", function()
         assert.is_false(H.container_exists("sandbox-" .. crashed))
         wait_pool(srv, "bb", available(2), 60)
         local claimed = {}
-        for _ = 1, 3 do
-            local id = H.create(srv, claim_body())
+        for _ = 1, 3 do -- (one at a time, each from a full pool: a claim of an empty pool would be a cold create)
+            wait_pool(srv, "bb", available(2), 60)
+            local id, res = H.create(srv, claim_body())
+            assert.are.equal("Running", res.json.status.state)
             assert.are_not.equal(crashed, id)
             assert.is_nil(claimed[id])
             claimed[id] = true
