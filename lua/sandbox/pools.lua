@@ -100,6 +100,14 @@ function P:load_pools()
         return nil, err
     end
     for _, row in ipairs(rows) do
+        -- (JSON numbers come back as floats: the limits and capacities are integers again)
+        for _, t in ipairs({ row.template, row.capacity }) do
+            for k, v in pairs(t) do
+                if type(v) == "number" then
+                    t[k] = math.tointeger(v) or v
+                end
+            end
+        end
         row.members, row.ready = {}, {}
         self.pools[row.name] = row
     end

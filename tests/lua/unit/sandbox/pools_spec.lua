@@ -352,8 +352,13 @@ describe("sandbox.pools claims", function()
     it("never hands a member out twice, also after a restart; the others are adopted", function()
         local env = ready_pool()
         local first = assert(env:create(claim("py"), ALICE))
+        -- (the store gives JSON numbers back as floats, as SQLite's JSON columns do)
+        env.store.pools.py.template.nano_cpus = 1e9
+        env.store.pools.py.capacity.poolMax = 5.0
         -- a new server on the same store and runtime
         local env2 = env_with({}, { store = env.store, runtime = env.rt, load = true })
+        assert.equal("integer", math.type(env2.svc.pools.py.template.nano_cpus))
+        assert.equal("integer", math.type(env2.svc.pools.py.capacity.poolMax))
         env2:run()
         assert.equal("Running", env2.svc.records[first.id].state)
         assert.equal(1, members(env2, "py").ready, "the unclaimed member was adopted")

@@ -445,3 +445,28 @@ describe("sandbox.store", function()
         assert.equal(store.SCHEMA_VERSION, rows[1].version)
     end)
 end)
+
+describe("sandbox.store pools (schema version 9)", function()
+    it("keeps pools and a sandbox's pool across a reopen, and deletes them", function()
+        local s = assert(store.open(":memory:"))
+        local pool = { name = "py", principal = "alice", template = { image = { uri = "busybox" },
+            nano_cpus = 500000000, memory = 67108864 }, capacity = { bufferMin = 1, bufferMax = 2, poolMin = 0,
+            poolMax = 4 }, revision = 3, created_us = 1767225600123456 }
+        assert.is_true(s:put_pool(pool))
+        local rows = assert(s:all_pools())
+        assert.equal(1, #rows)
+        assert.equal("py", rows[1].name)
+        assert.equal("alice", rows[1].principal)
+        assert.equal(3, rows[1].revision)
+        assert.equal(1767225600123456, rows[1].created_us)
+        assert.equal("busybox", rows[1].template.image.uri)
+        assert.equal(500000000, rows[1].template.nano_cpus)
+        assert.same(pool.capacity, rows[1].capacity)
+        assert.is_true(s:put({ id = "a", created_us = 1, image_uri = "x", entrypoint = {}, metadata = {},
+            extensions = {}, state = "Running", reason = "r", message = "m", transition_us = 1, pool = "py" }))
+        assert.equal("py", assert(s:get("a")).pool)
+        assert.is_true(s:delete_pool("py"))
+        assert.same({}, assert(s:all_pools()))
+        s:close()
+    end)
+end)
