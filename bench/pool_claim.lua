@@ -26,6 +26,9 @@ local poll_s = tonumber(os.getenv("POLL_MS") or "2") / 1000
 local pool = os.getenv("POOL") or "bench"
 local image = os.getenv("SANDBOX_IMAGE") or "local/busybox:latest"
 local H = { ["OPEN-SANDBOX-API-KEY"] = key, ["Content-Type"] = "application/json" }
+-- every claim's poll and DELETE run at once: without this, slow DELETEs (dockerd removing containers) hold
+-- the client's 16 connections and new claims wait in the client, not in the server
+client.configure({ max_host_connections = 1024 })
 
 local function request(method, path, body, timeout)
     return client.request({ method = method, url = base .. path, headers = H, timeout = timeout or 30,
