@@ -14,7 +14,8 @@
 --   sandbox/access_renew.lua  renew on access through the server proxy (OSEP-0009)
 --   sandbox/diagnostics.lua   the diagnostics API: logs and events of a sandbox
 --   sandbox/snapshots.lua     snapshots: capture, list, delete, create-from-snapshot, restart recovery
---   sandbox/pools.lua         warm pools: the /pools API, members, refill, claims (extensions.poolRef)
+--   sandbox/pools.lua         warm pools: the /pools API, members, refill
+--   sandbox/pool_claims.lua   claims of warm pool members (a create with extensions.poolRef)
 --
 -- Concurrency model: every public method runs in the calling request's task and may yield (runtime calls,
 -- lock waits). Mutations of one sandbox take its lock; reads (get, list) never do and are served from
@@ -42,7 +43,7 @@ Service.__index = Service
 
 local PARTS = { "sandbox.state", "sandbox.provisioning", "sandbox.operations", "sandbox.expiry",
     "sandbox.reconcile", "sandbox.views", "sandbox.access_renew", "sandbox.diagnostics", "sandbox.snapshots",
-    "sandbox.pools" }
+    "sandbox.pools", "sandbox.pool_claims" }
 for _, name in ipairs(PARTS) do
     for k, fn in pairs(require(name)) do
         assert(Service[k] == nil, "sandbox.service: " .. name .. " defines " .. k .. " twice")

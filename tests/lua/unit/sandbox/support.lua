@@ -203,7 +203,7 @@ S.csync = {
 package.loaded["core.sync"] = S.csync
 -- modules that captured another core.sync (another spec's stub) are loaded again
 for _, name in ipairs({ "common.sync", "sandbox.service", "sandbox.provisioning", "sandbox.snapshots",
-    "sandbox.pools" }) do
+    "sandbox.pools", "sandbox.pool_claims" }) do
     package.loaded[name] = nil
 end
 
