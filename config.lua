@@ -284,4 +284,18 @@ return {
         -- stream open.
         heartbeat_seconds = 15,
     },
+
+    pools = {
+        -- Warm pools (POST /pools): sandboxes started ahead of time from a pool's template, handed out by a
+        -- create with extensions.poolRef in a few milliseconds. A claim of a pool with no warm member
+        -- "cold"-creates from the template, or answers 503 POOL::EMPTY with "error".
+        on_empty = "cold",
+        -- Members being made at once, all pools together: a burst of claims refills in the background
+        -- without starving the API or the runtime.
+        refill_concurrency = 2,
+        -- The largest capacitySpec.poolMax a pool may ask for.
+        max_pool_size = 100,
+        -- Seconds a new member may take until its agent answers; then it is removed and replaced.
+        ready_timeout_seconds = 30,
+    },
 }

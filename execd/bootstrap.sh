@@ -9,6 +9,12 @@
 # container.
 EXECD=${OPENSANDBOX_EXECD_BIN:-/opt/opensandbox/execd}
 
+# A warm pool member (the server's pools): no entrypoint yet. The agent's process stays the main
+# process until a claim hands it the entrypoint to exec (execd/src/pool.c).
+if [ -n "${OPENSANDBOX_POOL_MEMBER:-}" ] && [ -x "$EXECD" ]; then
+    exec "$EXECD" --pool-member
+fi
+
 if [ -x "$EXECD" ]; then
     "$EXECD" >>/tmp/execd.log 2>&1 </dev/null &
 else
@@ -16,9 +22,9 @@ else
 fi
 unset EXECD_ACCESS_TOKEN
 
-# A sandbox with a network policy: the user's process starts only once the server has put the policy
-# in place (it opens this FIFO then). A gate that fails (or is never opened) ends the sandbox: never run
-# without the policy.
+# The start gate: the user's process starts only once the server has put the sandbox's network rules
+# (isolation, network policy) in place (it opens this FIFO then). A gate that fails (or is never opened)
+# ends the sandbox: never run without them.
 if [ -n "${OPENSANDBOX_START_GATE:-}" ]; then
     gate=$OPENSANDBOX_START_GATE
     unset OPENSANDBOX_START_GATE

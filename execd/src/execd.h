@@ -212,6 +212,11 @@ void proxy_client_writable(struct conn *c);
 void proxy_free(struct conn *c);
 int64_t proxy_tick(struct conn *c, int64_t now);
 
+/* pool.c: a warm pool member (bootstrap.sh runs `execd --pool-member`) and POST /pool/claim */
+void pool_member_split(void); /* returns in the agent; the member's main process execs the claim */
+void pool_handle_claim(struct conn *c);
+void execd_set_token(const char *token); /* server.c: the claim's token replaces the boot token */
+
 /* metrics.c */
 void metrics_init(void);
 void metrics_handle(struct conn *c);

@@ -480,6 +480,16 @@ static void conn_free(struct conn *c)
 
 /* ---- routing ------------------------------------------------------------------------------- */
 
+/* The claim of a pool member (pool.c) replaces the boot token: the old one stops working at once.
+ */
+void execd_set_token(const char *token)
+{
+    char *t = token && *token ? strdup(token) : NULL;
+
+    if (t)
+        g_token = t; /* (the previous one is the environment's or an earlier claim's: kept) */
+}
+
 static int token_ok(const char *got)
 {
     size_t a, b, i;
@@ -615,6 +625,7 @@ static const struct route routes[] = {
     {"GET", "/metrics/watch", metrics_watch_handle, BODY_DISCARD},
     {"POST", "/session", session_handle_create, BODY_BUFFER},
     {"POST", "/pty", pty_handle_create, BODY_BUFFER},
+    {"POST", "/pool/claim", pool_handle_claim, BODY_BUFFER},
 };
 
 /* 1: /pty/{id}/ws, 2: /pty/{id}, 0: neither ({id} is one non-empty segment). */
@@ -1157,6 +1168,8 @@ int main(int argc, char **argv)
 
     if (argc == 3 && strcmp(argv[1], "--wait-gate") == 0)
         return wait_gate(argv[2]);
+    if (argc > 1 && strcmp(argv[1], "--pool-member") == 0)
+        pool_member_split(); /* returns in the agent; the main process waits for the claim */
     if (p && *p) {
         char *end;
         long v = strtol(p, &end, 10);

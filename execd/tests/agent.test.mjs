@@ -864,6 +864,52 @@ function dockerOk() {
   }
 }
 
+// A warm pool member (execd --pool-member, pool.c): the process splits into the agent and a main process
+// that waits for POST /pool/claim, then execs the claim's entrypoint with its env; the claim's token
+// replaces the boot token.
+describe("pool member", () => {
+  test("pool: the claim's entrypoint becomes the main process; the boot token stops working", async () => {
+    const port = await freePort();
+    const base = `http://127.0.0.1:${port}`;
+    const boot = { "X-EXECD-ACCESS-TOKEN": "boot-" + TOKEN };
+    const logFile = path.join(os.tmpdir(), `execd-pool-${process.pid}.log`);
+    const child = spawn(BIN, ["--pool-member"], { env: { ...process.env, OPENSANDBOX_EXECD_PORT: String(port),
+      EXECD_ACCESS_TOKEN: boot["X-EXECD-ACCESS-TOKEN"], OPENSANDBOX_POOL_MEMBER: "1", OPENSANDBOX_EXECD_LOG: logFile },
+      stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    const exited = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
+    try {
+      await waitPing(base, boot);
+      const claim = (headers, body) => fetch(`${base}/pool/claim`, { method: "POST",
+        headers: { ...headers, "content-type": "application/json" }, body: JSON.stringify(body) });
+      assert.equal((await claim({}, { token: "x", entrypoint: ["true"] })).status, 401);
+      let r = await claim(boot, { token: "new", entrypoint: [] });
+      assert.equal(r.status, 400);
+      assert.equal((await r.json()).code, "INVALID_REQUEST_BODY");
+      assert.equal((await claim(boot, { token: "new", entrypoint: ["true"], env: ["NOEQUALS"] })).status, 400);
+      r = await claim(boot, { token: "new-" + TOKEN, env: ["CLAIM=c"], entrypoint: ["sh", "-c",
+        'echo "hello $CLAIM"; [ -z "$EXECD_ACCESS_TOKEN$OPENSANDBOX_POOL_MEMBER" ] && echo clean; exit 7'] });
+      assert.equal(r.status, 200);
+      assert.equal(await exited, 7, "the entrypoint's exit status is the main process's");
+      assert.match(out, /hello c/);
+      assert.match(out, /clean/);
+      // the agent goes on with the new token only, and takes no second claim
+      const fresh = { "X-EXECD-ACCESS-TOKEN": "new-" + TOKEN };
+      assert.equal((await fetch(`${base}/ping`, { headers: boot })).status, 401);
+      assert.equal((await fetch(`${base}/ping`, { headers: fresh })).status, 200);
+      assert.equal((await claim(fresh, { token: "again", entrypoint: ["true"] })).status, 409);
+      const cmd = await run(base, fresh, { command: "echo env=$CLAIM" });
+      assert.ok(cmd.events.some((e) => e.type === "stdout" && e.text === "env=c"), cmd.text);
+      // the agent outlived its parent (as in a container); stop it through itself
+      await run(base, fresh, { command: "kill $PPID" }).catch(() => {});
+    } finally {
+      child.kill("SIGKILL");
+      fs.rmSync(logFile, { force: true });
+    }
+  });
+});
+
 describe("busybox container", { skip: !dockerOk() && "no Docker daemon" }, () => {
   const ctx = { fileDir: "/tmp" };
   let cid;

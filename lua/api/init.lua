@@ -27,6 +27,7 @@ local events = require("api.events")
 local router = require("api.router")
 local sandboxes = require("api.sandboxes")
 local snapshots = require("api.snapshots")
+local pools = require("api.pools")
 local system = require("api.system")
 
 local M = {}
@@ -89,6 +90,7 @@ function M.new(deps)
     local bound = bind_routes({
         sandboxes = sandboxes.new(deps),
         snapshots = snapshots.new(deps),
+        pools = pools.new(deps),
         system = sys,
         docs = docs.new(deps),
         proxy = proxy.new(deps),

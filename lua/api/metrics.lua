@@ -10,8 +10,7 @@
 --   store write failures                                lua/sandbox/store.lua
 --   proxy connections and bytes                         core/proxy.c (http.proxy_stats), read at scrape time
 --   process (RSS, fds, Lua heap, uptime, build info)    here, at scrape time
---   pools                                               none yet: a pool feature registers its gauges
---                                                       (opensandbox_pool_size{pool,state}) in its own module
+--   pools (members by state, claims)                    lua/sandbox/pools.lua
 --
 -- deps (all optional, for specs): service, config, now, version, started (the start time, seconds),
 -- process_stats() -> { rss_bytes, open_fds }, proxy_stats() -> { connections_total, ... }, registry.

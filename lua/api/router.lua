@@ -104,6 +104,11 @@ local routes = {
         slash = true,
         summary = "Remove egress rules from a sandbox's policy by target",
     },
+    { "POST", "/pools", "pools.create", slash = true, summary = "Create a warm pool" },
+    { "GET", "/pools", "pools.list", slash = true, summary = "List warm pools" },
+    { "GET", "/pools/{name}", "pools.get", slash = true, summary = "Get a warm pool" },
+    { "PUT", "/pools/{name}", "pools.update", slash = true, summary = "Change a warm pool's capacity" },
+    { "DELETE", "/pools/{name}", "pools.delete", slash = true, summary = "Delete a warm pool" },
 }
 for _, pattern in ipairs({ "/sandboxes/{id}/proxy/{port}", "/sandboxes/{id}/proxy/{port}/{path*}" }) do
     for _, method in ipairs(PROXY_METHODS) do

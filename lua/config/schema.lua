@@ -159,6 +159,18 @@ M.sections = {
         -- a `: ping` comment after this many seconds without output, for proxies that close idle streams
         heartbeat_seconds = { type = "number", default = 15, min = 0.05, max = 3600 },
     },
+    -- warm pools (sandbox/pools.lua, api/pools.lua)
+    pools = {
+        -- a claim (extensions.poolRef) of a pool with no warm member: "cold" creates the sandbox from the
+        -- pool's template as usual, "error" answers 503 POOL::EMPTY
+        on_empty = { type = "enum", values = { "cold", "error" }, default = "cold" },
+        -- members being made at once, all pools together (refill never starves the API or the daemon)
+        refill_concurrency = { type = "integer", default = 2, min = 1, max = 64 },
+        -- the largest capacitySpec.poolMax a pool may ask for
+        max_pool_size = { type = "integer", default = 100, min = 1, max = 10000 },
+        -- seconds a new member may take to answer its agent's /ping before it is replaced
+        ready_timeout_seconds = { type = "number", default = 30, min = 1, max = 600 },
+    },
 }
 
 return M

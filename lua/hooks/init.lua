@@ -511,6 +511,7 @@ function Hooks:before_create(ctx, spec)
     end
     work.image = image
     work.snapshot_id = spec.snapshot_id -- (like the image: the startup source is the request's)
+    work.pool = spec.pool -- (the pool a claim takes from: the request's, seen but never changed)
     return work
 end
 

@@ -25,6 +25,7 @@ M.KIND = {
     DELETED = "sandbox.deleted", -- a sandbox is gone (from = its last state)
     SNAPSHOT = "snapshot.transition", -- a snapshot changed state (from = null: it was accepted)
     SNAPSHOT_DELETED = "snapshot.deleted", -- a snapshot is gone
+    POOL = "pool.changed", -- a warm pool was created, updated (capacity) or deleted (sandbox/pools.lua)
     RESET = "reset", -- first event of a resume whose Last-Event-ID is older than the window
     OVERFLOW = "overflow", -- last event of a stream dropped for not reading fast enough
 }
@@ -165,6 +166,17 @@ function Hub:snapshot(old, new, md)
         time = time_text(self),
         metadata = md_or_null(md),
     }, { principal = snap.principal, sandbox_id = snap.sandbox_id, metadata = md })
+end
+
+--- A warm pool was created, updated or deleted (`what`); `view` is its Pool object then.
+function Hub:pool(pool, what, view)
+    self:publish(M.KIND.POOL, {
+        pool = pool.name,
+        change = what,
+        capacitySpec = view.capacitySpec,
+        status = view.status,
+        time = time_text(self),
+    }, { principal = pool.principal })
 end
 
 --- Whether the caller `ctx` ({principal, admin}) may see event `e`: the rule of GET /sandboxes (views.lua:

@@ -69,12 +69,24 @@ function P:create(spec, ctx)
     if not ok then
         return nil, err
     end
+    -- a claim of a warm pool (sandbox/pools.lua): the template's image and limits, seen by the hooks
+    local pool
+    pool, err = self:resolve_pool(spec, ctx)
+    if pool == nil then
+        return nil, err
+    end
     if self.hooks then
         local hspec, herr = self.hooks:before_create(ctx, spec)
         if not hspec then
             return nil, herr
         end
         spec = hspec
+    end
+    if pool then
+        local view, cerr = self:claim_member(spec, ctx, pool)
+        if view or cerr then
+            return view, cerr
+        end -- (none to give: a cold create from the template, below)
     end
     local vok, verr = self:check_volumes(spec)
     if not vok then

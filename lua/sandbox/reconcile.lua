@@ -147,6 +147,8 @@ function P:reconcile(startup)
                     self:refresh(rec, obs)
                 end
             end
+        elseif obs.sandbox and obs.sandbox.pool and not had[sid] then
+            self:pool_listed(obs) -- a warm pool member (sandbox/pools.lua), not a sandbox
         elseif not self.provisioning[sid] and not had[sid] and obs.status and self:adoptable_now(obs.status)
             and not obs.foreign then -- (foreign: perhaps another server's, kept only for a record we have)
             -- (an object whose details could not be read is judged by a later sweep, not removed blind)
@@ -191,6 +193,9 @@ end
 function P:on_change(change)
     local id = change.id
     local rec = id and self.records[id]
+    if not rec and id and self.pool_members[id] then
+        return self:pool_member_change(change) -- a warm pool member (sandbox/pools.lua)
+    end
     if not rec and id and change.sandbox and change.status and not change.gone and not self.provisioning[id]
         and not self:removed_lately(id) and self:adoptable_now(change.status) then
         -- a sandbox another replica made (a runtime whose changes carry identity: Kubernetes): adopted at

@@ -15,6 +15,8 @@
 --   sandbox/diagnostics.lua   the diagnostics API: logs and events of a sandbox
 --   sandbox/snapshots.lua     snapshots: capture, list, delete, create-from-snapshot, restart recovery
 --   sandbox/egress.lua        network policy: the create check, the egress API, re-applying after a restart
+--   sandbox/pools.lua         warm pools: the /pools API, members, refill
+--   sandbox/pool_claims.lua   claims of warm pool members (a create with extensions.poolRef)
 --
 -- Concurrency model: every public method runs in the calling request's task and may yield (runtime calls,
 -- lock waits). Mutations of one sandbox take its lock; reads (get, list) never do and are served from
@@ -42,7 +44,8 @@ Service.__index = Service
 
 local PARTS = { "sandbox.state", "sandbox.provisioning", "sandbox.operations", "sandbox.expiry",
     "sandbox.reconcile", "sandbox.views", "sandbox.access_renew", "sandbox.diagnostics", "sandbox.snapshots",
-    "sandbox.egress" }
+    "sandbox.egress",
+    "sandbox.pools", "sandbox.pool_claims" }
 for _, name in ipairs(PARTS) do
     for k, fn in pairs(require(name)) do
         assert(Service[k] == nil, "sandbox.service: " .. name .. " defines " .. k .. " twice")
@@ -82,6 +85,9 @@ function M.new(deps)
     self.snapshot_tasks = {} -- snapshot id -> true while its capture runs in this process
     self.snapshot_removing = {} -- snapshot id -> true while its artifact is being removed
     self.snapshots_unsaved = {} -- snapshot id -> true: a fact the store refused
+    self.pools = {} -- pool name -> pool (sandbox/pools.lua)
+    self.pool_members = {} -- member id -> member: warm sandboxes not yet claimed (in memory and the runtime)
+    self.pool_inflight = 0 -- members being made now (all pools)
     self.available = false -- runtime reachable and reconciled
     self.restored = false -- the start-up restoration (§6.5) has run
     self.unavailable_reason = "not checked yet"
@@ -287,6 +293,10 @@ function Service:load()
     if serr then
         return nil, serr
     end
+    _, serr = self:load_pools()
+    if serr then
+        return nil, serr
+    end
     return #all
 end
 
@@ -320,6 +330,7 @@ function Service:start_background()
             timer.sleep(self.available and 5 or 2)
         end
     end)
+    self:start_pool_refill()
     self.sweeper = timer.every(C.SWEEP_INTERVAL, function()
         self:sweep()
         local before_kb = collectgarbage("count")

@@ -32,7 +32,7 @@ local M = {}
 local Store = {}
 Store.__index = Store
 
-local SCHEMA_VERSION = 9
+local SCHEMA_VERSION = 10
 
 -- Record fields and their column kinds: "text", "int" (exact 64-bit) or "json" (any JSON value).
 local COLUMNS = {
@@ -61,6 +61,7 @@ local COLUMNS = {
     { "snapshot_id", "text" },
     { "network_policy", "json" },
     { "egress_token", "text" },
+    { "pool", "text" },
 }
 
 -- Snapshot record fields (sandbox/snapshots.lua) and their column kinds, as for COLUMNS.
@@ -181,6 +182,30 @@ local MIGRATIONS = {
         "ALTER TABLE sandboxes ADD COLUMN network_policy TEXT",
         "ALTER TABLE sandboxes ADD COLUMN egress_token TEXT",
     },
+    -- 10: warm pools (sandbox/pools.lua): one row per pool, and the pool a sandbox was claimed from (NULL:
+    -- not a claim). A sandbox's row is its claim: the member it took has the sandbox's id, and a member
+    -- with a row is never handed out again, also after a restart.
+    {
+        [[CREATE TABLE pools (
+            name       TEXT PRIMARY KEY,
+            principal  TEXT,                -- JSON value: who made it (visibility)
+            template   TEXT NOT NULL,       -- JSON: the validated template, without image.auth
+            capacity   TEXT NOT NULL,       -- JSON: capacitySpec
+            revision   INTEGER NOT NULL,    -- bumped by every update
+            created_us INTEGER NOT NULL
+        )]],
+        "ALTER TABLE sandboxes ADD COLUMN pool TEXT",
+    },
+}
+
+-- Pool record fields (sandbox/pools.lua) and their column kinds, as for COLUMNS.
+local POOL_COLUMNS = {
+    { "name", "text" },
+    { "principal", "json" },
+    { "template", "json" },
+    { "capacity", "json" },
+    { "revision", "int" },
+    { "created_us", "int" },
 }
 
 local SQL_PUT, SQL_SELECT
@@ -208,6 +233,11 @@ do
         table.concat(selects, ", "))
 end
 local SQL_SNAP_DELETE = "DELETE FROM snapshots WHERE id = ?"
+local SQL_POOL_PUT = "INSERT OR REPLACE INTO pools (name, principal, template, capacity, revision, created_us) "
+    .. "VALUES (?, ?, ?, ?, ?, ?)"
+local SQL_POOL_ALL = "SELECT name, principal, template, capacity, CAST(revision AS TEXT) AS revision, "
+    .. "CAST(created_us AS TEXT) AS created_us FROM pools ORDER BY created_us ASC, name ASC"
+local SQL_POOL_DELETE = "DELETE FROM pools WHERE name = ?"
 local SQL_ALL = SQL_SELECT .. " ORDER BY created_us DESC, id ASC"
 local SQL_DELETE = "DELETE FROM sandboxes WHERE id = ?"
 local SQL_VOL_PUT = "INSERT OR IGNORE INTO created_volumes (name, sandbox_id, created_us) VALUES (?, ?, ?)"
@@ -821,6 +851,46 @@ function Store:all_snapshots()
     end
     for i, row in ipairs(rows) do
         rows[i] = to_fields(row, SNAPSHOT_COLUMNS)
+    end
+    return rows
+end
+
+---------------------------------------------------------------------------------------------------------
+-- Pools
+---------------------------------------------------------------------------------------------------------
+
+--- Inserts or replaces a pool (keyed by pool.name; fields as POOL_COLUMNS). Returns true or nil, err.
+function Store:put_pool(pool)
+    local n = #POOL_COLUMNS
+    local st, err = run(self, SQL_POOL_PUT, n, table.unpack(row_values(pool, POOL_COLUMNS), 1, n))
+    if not st then
+        return nil, err
+    end
+    return true
+end
+
+--- Deletes the pool with this name (a missing one is not an error). Returns true or nil, err.
+function Store:delete_pool(name)
+    local st, err = run(self, SQL_POOL_DELETE, 1, name)
+    if not st then
+        return nil, err
+    end
+    return true
+end
+
+--- Every pool (oldest first). Returns the array or nil, err.
+function Store:all_pools()
+    local st, err = run(self, SQL_POOL_ALL, 0)
+    if not st then
+        return nil, err
+    end
+    local rows
+    rows, err = fetch_all(self, SQL_POOL_ALL, st)
+    if not rows then
+        return nil, err
+    end
+    for i, row in ipairs(rows) do
+        rows[i] = to_fields(row, POOL_COLUMNS)
     end
     return rows
 end

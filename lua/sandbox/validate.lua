@@ -509,9 +509,8 @@ local function check_extensions(v)
         end
         out[k] = v[k]
     end
-    if out.poolRef and trim(out.poolRef) ~= "" then
-        return nil, errors.new(400, "SANDBOX::UNSUPPORTED_POOL_REF",
-            "poolRef is not supported by the Docker provider. Use Kubernetes BatchSandbox provider instead.")
+    if out.poolRef and trim(out.poolRef) ~= "" and not M.is_pool_name(trim(out.poolRef)) then
+        return invalid("extensions.poolRef '%s' is not a valid pool name.", out.poolRef)
     end
     local ext = out[RENEW_EXTEND_KEY]
     if ext then
@@ -549,7 +548,25 @@ function M.create(body, opts)
     if snapshot_id == nil then
         return nil, err
     end
-    if snapshot_id then
+    -- a claim of a warm pool (extensions.poolRef, sandbox/pools.lua): image, entrypoint and resourceLimits
+    -- are optional (the pool's template has them)
+    local pool = M.pool_ref(body)
+    if pool then
+        if snapshot_id then
+            return invalid("snapshotId cannot be combined with extensions.poolRef.")
+        end
+        spec.pool = pool
+        if absent(body.image) then
+            snapshot_id = false
+            spec.image = false -- (the service fills in the template's)
+        end
+        if absent(body.entrypoint) then
+            spec.entrypoint = { table.unpack(M.SNAPSHOT_ENTRYPOINT) }
+        end
+    end
+    if spec.image == false then
+        spec.image = nil
+    elseif snapshot_id then
         -- a create from a snapshot (upstream's CreateSandboxRequest): the service resolves the snapshot to
         -- the image to run (sandbox/snapshots.lua); the entrypoint is optional
         spec.snapshot_id = snapshot_id
@@ -574,8 +591,10 @@ function M.create(body, opts)
         return nil, err
     end
     spec.timeout = timeout or nil
-    local ok
-    ok, err = check_resources(body.resourceLimits, opts, spec)
+    local ok = true
+    if not (pool and absent(body.resourceLimits)) then
+        ok, err = check_resources(body.resourceLimits, opts, spec)
+    end
     if not ok then
         return nil, err
     end
@@ -620,6 +639,27 @@ function M.create(body, opts)
     end
     return spec
 end
+
+--- The pool a create claims: extensions.poolRef when it is a valid pool name (trimmed), else nil.
+function M.pool_ref(body)
+    local ext = is_object(body) and body.extensions
+    local ref = is_object(ext) and ext.poolRef
+    if type(ref) == "string" and M.is_pool_name(trim(ref)) then
+        return trim(ref)
+    end
+    return nil -- (an invalid name is reported in the order of the checks, with extensions)
+end
+
+--- Whether `s` is a valid pool name (upstream: a Kubernetes resource name, at most 253 characters).
+function M.is_pool_name(s)
+    return type(s) == "string" and #s <= 253 and s:find("^[a-z0-9]$") ~= nil
+        or (type(s) == "string" and #s <= 253 and s:find("^[a-z0-9][-a-z0-9]*[a-z0-9]$") ~= nil)
+end
+
+-- the create checks a pool template shares (sandbox/pool_validate.lua)
+M.check_image = check_image
+M.check_resources = check_resources
+M.check_env = check_env
 
 ---------------------------------------------------------------------------------------------------------
 -- §2.2 / §5 list query

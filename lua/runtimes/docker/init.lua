@@ -59,7 +59,9 @@ function M.new(cfg, deps)
         instance = instance, -- written into the label of every container this server makes
         owned = owned, -- instances whose containers are this server's (its own and those taken over)
         name = "docker",
-        capabilities = { snapshots = true }, -- snapshots are committed images (see "snapshots" below)
+        -- snapshots are committed images (see "snapshots" below); pools: members wait in the agent ("pools")
+        capabilities = { snapshots = true, pools = true },
+        client = deps.client,
         engine = engine,
         config = dcfg,
         log = deps.log,
@@ -245,6 +247,8 @@ function Docker:provision(sandbox, spec)
         metadata = sandbox.metadata,
         principal = sandbox.principal,
         snapshot_id = sandbox.snapshot_id,
+        pool = sandbox.pool,
+        pool_member = spec.pool_member,
         instance = self.instance,
         volumes = spec.volumes,
         -- the entrypoint waits until the sandbox's network rules are in place (isolation, policy)
@@ -557,7 +561,9 @@ end
 -- bootstrap knows the gate; an upstream-style agent image's does not: isolation is then put in place right
 -- after the start, and a policy is refused by network_policy_support)
 function Docker:_gated(spec)
-    return not self.host_mode and not self.agent.execd_image and self.netpolicy:wants_table(spec.network_policy)
+    -- (a warm pool member runs no user code before its claim: its rules go in right after the start)
+    return not self.host_mode and not self.agent.execd_image and not spec.pool_member
+        and self.netpolicy:wants_table(spec.network_policy)
 end
 
 function Docker:_enforce(id, info, policy)
@@ -686,6 +692,7 @@ local function identity_of(all_labels, info)
         nano_cpus = info.nano_cpus,
         memory = info.memory,
         snapshot_id = labels[mapping.LABEL_SNAPSHOT],
+        pool = labels[mapping.LABEL_POOL],
     }
     if labels["opensandbox.io/platform-os"] then
         s.platform = { os = labels["opensandbox.io/platform-os"], arch = labels["opensandbox.io/platform-arch"] }
@@ -909,6 +916,71 @@ function Docker:proxy_check(rec, port, addr)
         return { host = ports[port], port = port }
     end
     return nil, why
+end
+
+------------------------------------------------------------------------------------------------------------
+-- pools (sandbox/pools.lua): a member is provisioned with spec.pool_member (bootstrap.sh then execs
+-- `execd --pool-member`, execd/src/pool.c); these two talk to its agent, never to dockerd
+
+M.AGENT_TIMEOUT = 5
+
+-- one request to the sandbox's agent: res or nil, err (unavailable when it cannot be reached)
+function Docker:_agent_request(rec, method, path, body, token)
+    local addr, aerr = self:address(rec, M.AGENT_PORT, "proxy")
+    if not addr then
+        return nil, aerr
+    end
+    if not self.client then
+        return nil, rterrors.new("unavailable", "no HTTP client")
+    end
+    local res, err = self.client.request({
+        method = method,
+        url = string.format("http://%s:%d%s", bracket(addr.host), addr.port, path),
+        headers = { ["X-EXECD-ACCESS-TOKEN"] = token, ["Content-Type"] = body and "application/json" or nil },
+        body = body,
+        timeout = M.AGENT_TIMEOUT,
+        connect_timeout = M.AGENT_TIMEOUT,
+    })
+    if not res then
+        return nil, rterrors.new("unavailable", "the agent cannot be reached: " .. tostring(type(err) == "table"
+            and (err.message or err.kind) or err))
+    end
+    return res
+end
+
+--- Whether the member's agent answers (with its boot token). true or nil, err. May yield.
+function Docker:pool_ping(rec)
+    local res, err = self:_agent_request(rec, "GET", "/ping", nil, rec.access_token)
+    if not res then
+        return nil, err
+    end
+    if res.status ~= 200 then
+        return nil, rterrors.new("api", "the agent answered " .. tostring(res.status), { status = res.status })
+    end
+    return true
+end
+
+--- Hands the member `rec` (its boot token in rec.access_token) its claim: { token, entrypoint, env = {"K=V"} }.
+--- The agent execs the entrypoint as the main process and takes the new token. true or nil, err. May yield.
+function Docker:pool_claim(rec, claim)
+    local env = json.array()
+    for i, kv in ipairs(claim.env or {}) do
+        env[i] = kv
+    end
+    local ep = json.array()
+    for i, a in ipairs(claim.entrypoint) do
+        ep[i] = a
+    end
+    local res, err = self:_agent_request(rec, "POST", "/pool/claim",
+        json.encode({ token = claim.token, entrypoint = ep, env = env }), rec.access_token)
+    if not res then
+        return nil, err
+    end
+    if res.status ~= 200 then
+        return nil, rterrors.new(res.status == 409 and "conflict" or "api", string.format(
+            "the agent refused the claim (%d): %s", res.status, tostring(res.body)), { status = res.status })
+    end
+    return true
 end
 
 -- the optional diagnostics of the contract (docker/diagnostics.lua)

@@ -18,6 +18,7 @@ M.LABEL_ID = "opensandbox.io/id"
 M.LABEL_INSTANCE = "opensandbox.io/instance"
 -- The snapshot a sandbox was made from (and, on a snapshot's image, the snapshot's own id).
 M.LABEL_SNAPSHOT = "opensandbox.io/snapshot-id"
+M.LABEL_POOL = "opensandbox.io/pool" -- a warm pool's member (and, once claimed, the sandbox it became)
 
 -- §8.5 and §9 defaults, used for keys the (already validated) config leaves nil.
 M.DEFAULT_CONFIG = {
@@ -73,6 +74,9 @@ function M.labels_for(rec)
     end
     if type(rec.snapshot_id) == "string" then
         labels[M.LABEL_SNAPSHOT] = rec.snapshot_id
+    end
+    if type(rec.pool) == "string" then
+        labels[M.LABEL_POOL] = rec.pool
     end
     if rec.platform then
         labels["opensandbox.io/platform-os"] = rec.platform.os
@@ -165,6 +169,8 @@ function M.create_body(spec, config)
     env[#env + 1] = "OPENSANDBOX_EXECD_PORT=" .. agent_port
     if spec.start_gate then -- the entrypoint waits until the server opens this FIFO (network rules in place)
         env[#env + 1] = "OPENSANDBOX_START_GATE=" .. spec.start_gate
+    if spec.pool_member then -- bootstrap.sh waits for the claim's entrypoint (execd/src/pool.c)
+        env[#env + 1] = "OPENSANDBOX_POOL_MEMBER=1"
     end
     if spec.access_token then
         env[#env + 1] = "EXECD_ACCESS_TOKEN=" .. spec.access_token

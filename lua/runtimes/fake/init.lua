@@ -43,7 +43,7 @@ function M.new(cfg)
         next_handle = 0,
         down = false,
         no_pause = fcfg.no_pause, -- answer pause and resume with "unsupported", like a runtime that has none
-        capabilities = { pause = not fcfg.no_pause, snapshots = not fcfg.no_snapshots },
+        capabilities = { pause = not fcfg.no_pause, snapshots = not fcfg.no_snapshots, pools = not fcfg.no_pools },
         snapshot_images = {}, -- snapshot reference -> { from = handle }
         applied = {}, -- set_network_policy calls: { handle, policy }
         policies = {}, -- handle -> the policy in force (set_network_policy, or provision's spec)
@@ -382,7 +382,7 @@ function Fake:list()
                 -- the limits: from the spec it was made with (an injected object may carry them in `sandbox`)
                 nano_cpus = s.nano_cpus or obj.spec and obj.spec.nano_cpus,
                 memory = s.memory or obj.spec and obj.spec.memory,
-                volumes = s.volumes or obj.spec and obj.spec.volumes }
+                volumes = s.volumes or obj.spec and obj.spec.volumes, pool = s.pool }
         end
         out[#out + 1] = { id = obj.id, handle = handle, place = obj.place, status = obj.status or nil,
             sandbox = identity, foreign = obj.foreign }
@@ -391,6 +391,40 @@ function Fake:list()
         return a.handle < b.handle
     end)
     return out
+end
+
+-- pools: a member (provisioned with spec.pool_member) answers pool_ping while it runs, and takes one claim
+-- with its boot token (`obj.claim` keeps it; the object's token becomes the claim's, as the agent's does)
+function Fake:pool_ping(rec)
+    local err = self:_call("pool_ping", rec.handle, rec)
+    if err then
+        return nil, err
+    end
+    local obj = self.objects[rec.handle]
+    if not obj or obj.status.state ~= "Running" or obj.sandbox.access_token ~= rec.access_token then
+        return nil, rterrors.new("unavailable", "the agent cannot be reached")
+    end
+    return true
+end
+
+function Fake:pool_claim(rec, claim)
+    local err = self:_call("pool_claim", rec.handle, rec, claim)
+    if err then
+        return nil, err
+    end
+    local obj = self.objects[rec.handle]
+    if not obj or obj.status.state ~= "Running" then
+        return nil, rterrors.new("unavailable", "the agent cannot be reached")
+    end
+    if obj.sandbox.access_token ~= rec.access_token then
+        return nil, rterrors.new("api", "the agent answered 401", { status = 401 })
+    end
+    if obj.claim then
+        return nil, rterrors.new("conflict", "claimed already", { status = 409 })
+    end
+    obj.claim = claim
+    obj.sandbox.access_token = claim.token
+    return true
 end
 
 function Fake:watch(on_change)

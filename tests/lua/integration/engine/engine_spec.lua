@@ -113,7 +113,7 @@ describe("engine #integration", function()
         assert.truthy(res.headers["allow"]:find("POST", 1, true))
         envelope(authed("GET", "/v1/sandboxes/unknown-id"), 404, "DOCKER::SANDBOX_NOT_FOUND",
             "Sandbox unknown-id not found.")
-        envelope(authed("GET", "/v1/pools"), 404, "GENERAL::NOT_FOUND")
+        envelope(authed("GET", "/v1/poolz"), 404, "GENERAL::NOT_FOUND")
     end)
 
     it("limits bodies to 1 MiB with 413", function()

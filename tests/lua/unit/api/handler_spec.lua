@@ -80,7 +80,7 @@ describe("api handler", function()
     end)
 
     it("answers 404 for the routes that are not implemented", function()
-        local unimplemented = { "/pools/x", "/v1/sandboxes/x/diagnostics/a" }
+        local unimplemented = { "/poolz/x", "/v1/sandboxes/x/diagnostics/a" }
         for _, p in ipairs(unimplemented) do
             local s, h, b = call(deps, { path = p, headers = KEY })
             assert_error(404, "GENERAL::NOT_FOUND", "Not Found", s, h, b)

@@ -40,8 +40,6 @@ describe("api.router", function()
         for _, p in ipairs({
             "/",
             "/nope",
-            "/pools",
-            "/v1/pools/p1",
             "/v1/sandboxes/abc/diagnostics/inspect",
             "/sandboxes//pause",
         }) do

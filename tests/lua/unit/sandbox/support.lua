@@ -202,7 +202,8 @@ S.csync = {
 }
 package.loaded["core.sync"] = S.csync
 -- modules that captured another core.sync (another spec's stub) are loaded again
-for _, name in ipairs({ "common.sync", "sandbox.service", "sandbox.provisioning", "sandbox.snapshots" }) do
+for _, name in ipairs({ "common.sync", "sandbox.service", "sandbox.provisioning", "sandbox.snapshots",
+    "sandbox.pools", "sandbox.pool_claims" }) do
     package.loaded[name] = nil
 end
 
@@ -299,6 +300,28 @@ function S.store()
         local out = {}
         for _, snap in pairs(store.snaps) do
             out[#out + 1] = deep_copy(snap)
+        end
+        return out
+    end
+    store.pools = {} -- pool records (sandbox/pools.lua)
+    function store.put_pool(_, pool)
+        if store.full then
+            return nil, "database or disk is full"
+        end
+        store.pools[pool.name] = deep_copy(pool)
+        return true
+    end
+    function store.delete_pool(_, name)
+        if store.full then
+            return nil, "database or disk is full"
+        end
+        store.pools[name] = nil
+        return true
+    end
+    function store.all_pools()
+        local out = {}
+        for _, pool in pairs(store.pools) do
+            out[#out + 1] = deep_copy(pool)
         end
         return out
     end

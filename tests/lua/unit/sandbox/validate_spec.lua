@@ -409,10 +409,31 @@ describe("sandbox.validate.create", function()
             assert.same({}, create('"extensions":null').extensions)
         end)
 
-        it("rejects a non-blank poolRef", function()
-            assert_error(400, "SANDBOX::UNSUPPORTED_POOL_REF",
-                "poolRef is not supported by the Docker provider. Use Kubernetes BatchSandbox provider instead.",
-                create('"extensions":{"poolRef":"pool-1"}'))
+        it("takes a poolRef as the pool a create claims, and refuses an invalid pool name", function()
+            local spec = create('"extensions":{"poolRef":" pool-1 "}')
+            assert.equal("pool-1", spec.pool)
+            assert_error(400, "SANDBOX::INVALID_PARAMETER", "extensions.poolRef 'Pool_1' is not a valid pool name.",
+                create('"extensions":{"poolRef":"Pool_1"}'))
+        end)
+
+        it("makes image, entrypoint and resourceLimits optional with a poolRef (the template has them)", function()
+            local spec = assert(validate.create(assert(json.decode('{"extensions":{"poolRef":"p1"}}')), OPTS))
+            assert.equal("p1", spec.pool)
+            assert.is_nil(spec.image)
+            assert.same({ "tail", "-f", "/dev/null" }, spec.entrypoint)
+            assert.is_nil(spec.nano_cpus)
+            spec = assert(validate.create(assert(json.decode('{"extensions":{"poolRef":"p1"},'
+                .. '"image":{"uri":"busybox"},"entrypoint":["sh"],"resourceLimits":{"cpu":"500m"}}')), OPTS))
+            assert.equal("busybox", spec.image.uri)
+            assert.same({ "sh" }, spec.entrypoint)
+            assert.equal(500000000, spec.nano_cpus)
+            local _, err = validate.create(assert(json.decode('{"extensions":{"poolRef":"p1"},"snapshotId":"s1"}')),
+                OPTS)
+            assert.equal(400, err.status)
+            assert.equal("snapshotId cannot be combined with extensions.poolRef.", err.message)
+            _, err = validate.create(assert(json.decode(
+                '{"extensions":{"poolRef":"p1"},"resourceLimits":{"cpu":"x"}}')), OPTS)
+            assert.matches("resourceLimits.cpu 'x' is invalid", err.message, 1, true)
         end)
 
         it("checks access.renew.extend.seconds", function()
@@ -513,7 +534,7 @@ describe("sandbox.validate.create", function()
     it("reports only the first failure, in the documented order", function()
         local all_bad = '"image":{"uri":"BAD"},"entrypoint":[],"timeout":1,"resourceLimits":{"cpu":"x"},'
             .. '"env":{"=":"x"},"metadata":{"Bad Key":"v"},"platform":{"os":"windows"},'
-            .. '"extensions":{"poolRef":"p"},"secureAccess":true,"snapshotId":"s"'
+            .. '"extensions":{"poolRef":"P!"},"secureAccess":true,"snapshotId":"s"'
         local order = {
             { "snapshotId", "image and snapshotId are mutually exclusive" },
             { "image", "image.uri 'BAD' is not a valid image reference." },
@@ -523,7 +544,7 @@ describe("sandbox.validate.create", function()
             { "env", "env key '=' is invalid" },
             { "metadata", "Metadata key 'Bad Key' is invalid" },
             { "platform", "platform.os 'windows' is not supported" },
-            { "extensions", "poolRef is not supported" },
+            { "extensions", "extensions.poolRef 'P!' is not a valid pool name." },
             { "secureAccess", "secureAccess is only supported" },
         }
         local good = {

@@ -1,0 +1,177 @@
+-- Warm pool claims (sandbox/pools.lua): CLAIMS creates with extensions.poolRef at RATE per second while the
+-- pool refills in the background, each followed by a client polling GET every POLL_MS until it sees
+-- Running; then the sandbox is deleted (in the background, so that 1000 claims do not pile up 1000
+-- containers). Run by bench/pool_claim.sh through the tests' core_scenario binary (our own engine: libcurl
+-- with kept-alive connections).
+--
+-- Reports claim -> Running as the polling client sees it (median, p99, max), the POST answer time, and the
+-- errors: any answer but a 202 that says Running (a cold create from an empty pool counts as an error
+-- here: the server runs with pools.on_empty = "error", so an empty pool is a 503), or no Running within 10 s.
+--
+-- Env: BENCH_URL (required), BENCH_KEY, CLAIMS (default 1000), RATE (default 10), POLL_MS (default 2),
+--      POOL (default "bench"), SANDBOX_IMAGE, BUFFER_MIN / BUFFER_MAX (the pool's buffer, default 200 / 300),
+--      POOL_MAX (default 400), KEEP=1 (delete the claimed sandboxes after the run instead of each one once
+--      it runs: dockerd then only refills during the run).
+local core = require("core")
+local client = require("core.client")
+local timer = require("core.timer")
+local spawn = require("core.spawn")
+local json = require("common.json")
+
+local base = assert(os.getenv("BENCH_URL"), "BENCH_URL is required")
+local key = os.getenv("BENCH_KEY") or ""
+local claims = tonumber(os.getenv("CLAIMS") or "1000")
+local rate = tonumber(os.getenv("RATE") or "10")
+local poll_s = tonumber(os.getenv("POLL_MS") or "2") / 1000
+local pool = os.getenv("POOL") or "bench"
+local image = os.getenv("SANDBOX_IMAGE") or "local/busybox:latest"
+local H = { ["OPEN-SANDBOX-API-KEY"] = key, ["Content-Type"] = "application/json" }
+-- every claim's poll and DELETE run at once: without this, slow DELETEs (dockerd removing containers) hold
+-- the client's 16 connections and new claims wait in the client, not in the server
+client.configure({ max_host_connections = 1024 })
+
+local function request(method, path, body, timeout)
+    return client.request({ method = method, url = base .. path, headers = H, timeout = timeout or 30,
+        body = body and json.encode(body) or nil })
+end
+
+local function percentile(t, p)
+    local s = {}
+    for i, v in ipairs(t) do
+        s[i] = v
+    end
+    table.sort(s)
+    if #s == 0 then
+        return 0 / 0
+    end
+    return s[math.min(#s, math.max(1, math.ceil(#s * p)))]
+end
+
+local ok, err = pcall(function()
+    local cap = { bufferMin = tonumber(os.getenv("BUFFER_MIN") or "200"),
+        bufferMax = tonumber(os.getenv("BUFFER_MAX") or "300"), poolMin = 0,
+        poolMax = tonumber(os.getenv("POOL_MAX") or "400") }
+    local keep = os.getenv("KEEP") == "1"
+    local kept = {}
+    local res = assert(request("POST", "/v1/pools", { name = pool, capacitySpec = cap,
+        template = { image = { uri = image }, resourceLimits = { cpu = "0.25", memory = "32Mi" } } }))
+    assert(res.status == 201, res.body)
+    -- warm up: the buffer full
+    local t0 = core.monotonic()
+    while true do
+        local g = json.decode(assert(request("GET", "/v1/pools/" .. pool)).body)
+        if g.status.available >= cap.bufferMin and g.status.total == g.status.available then
+            break
+        end
+        assert(core.monotonic() - t0 < 300, "the pool did not fill")
+        timer.sleep(0.2)
+    end
+
+    local running, answers, errors, done, min_avail = {}, {}, {}, 0, math.huge
+    local deletes = 0
+    local function claim(i)
+        local t = core.monotonic()
+        local r, rerr = request("POST", "/v1/sandboxes", { extensions = { poolRef = pool }, timeout = 600,
+            entrypoint = { "sleep", "600" }, env = { N = tostring(i) }, metadata = { n = tostring(i) } }, 10)
+        local answered = core.monotonic()
+        if not r or r.status ~= 202 or not r.body:find('"state":"Running"', 1, true) then
+            errors[#errors + 1] = r and (r.status .. " " .. r.body:sub(1, 120)) or tostring(rerr)
+            if r and r.status == 202 then -- (a cold create: remove it too)
+                local id = json.decode(r.body).id
+                spawn(function()
+                    request("DELETE", "/v1/sandboxes/" .. id, nil, 120)
+                end)
+            end
+            return
+        end
+        answers[#answers + 1] = (answered - t) * 1000
+        local id = json.decode(r.body).id
+        while true do
+            local g = request("GET", "/v1/sandboxes/" .. id, nil, 10)
+            if g and g.body:find('"state":"Running"', 1, true) then
+                running[#running + 1] = (core.monotonic() - t) * 1000
+                break
+            end
+            if core.monotonic() - t > 10 then
+                errors[#errors + 1] = "no Running within 10 s: " .. tostring(g and g.body)
+                break
+            end
+            timer.sleep(poll_s)
+        end
+        if keep then
+            kept[#kept + 1] = id
+            return
+        end
+        local d = request("DELETE", "/v1/sandboxes/" .. id, nil, 120)
+        if d and d.status == 204 then
+            deletes = deletes + 1
+        end
+    end
+
+    local start = core.monotonic()
+    for i = 1, claims do
+        local due = start + (i - 1) / rate
+        local wait = due - core.monotonic()
+        if wait > 0 then
+            timer.sleep(wait)
+        end
+        spawn(function()
+            local cok, cerr = pcall(claim, i)
+            if not cok then
+                errors[#errors + 1] = tostring(cerr)
+            end
+            done = done + 1
+        end)
+        if i % 50 == 0 then
+            local g = request("GET", "/v1/pools/" .. pool)
+            local a = g and json.decode(g.body).status.available
+            if a and a < min_avail then
+                min_avail = a
+            end
+        end
+    end
+    while done < claims and core.monotonic() - start < claims / rate + 180 do
+        timer.sleep(0.1)
+    end
+    local wall = core.monotonic() - start
+    print(string.format("| pool | bufferMin %d, bufferMax %d, poolMax %d; claimed sandboxes deleted %s |",
+        cap.bufferMin, cap.bufferMax, cap.poolMax, keep and "after the run" or "as soon as they run"))
+    print(string.format("| claims (at %g/s, refill running) | %d in %.1f s |", rate, claims, wall))
+    print(string.format("| claim -> Running seen by a client polling every %g ms: median | %.2f ms |", poll_s * 1000,
+        percentile(running, 0.5)))
+    print(string.format("| claim -> Running: p99 / max | %.2f ms / %.2f ms |", percentile(running, 0.99),
+        percentile(running, 1)))
+    print(string.format("| POST answer (already Running): median / p99 | %.2f ms / %.2f ms |",
+        percentile(answers, 0.5), percentile(answers, 0.99)))
+    print(string.format("| errors (not a warm claim, or not Running) | %d |", #errors))
+    print(string.format("| fewest available members seen (every 50 claims) | %s |",
+        min_avail == math.huge and "-" or tostring(min_avail)))
+    for i = 1, math.min(5, #errors) do
+        io.stderr:write("error: " .. errors[i] .. "\n")
+    end
+    -- the deletes of the last claims finish, then the pool goes (its idle members with it)
+    local t1 = core.monotonic()
+    if keep then
+        local left = #kept
+        for i = 1, #kept do
+            spawn(function()
+                request("DELETE", "/v1/sandboxes/" .. kept[i], nil, 300)
+                left = left - 1
+            end)
+            if i % 8 == 0 then
+                timer.sleep(0.05)
+            end
+        end
+        while left > 0 and core.monotonic() - t1 < 900 do
+            timer.sleep(0.2)
+        end
+    end
+    while not keep and deletes < #running and core.monotonic() - t1 < 120 do
+        timer.sleep(0.2)
+    end
+    request("DELETE", "/v1/pools/" .. pool)
+end)
+if not ok then
+    io.stderr:write("pool_claim: " .. tostring(err) .. "\n")
+    os.exit(1)
+end

@@ -1,0 +1,37 @@
+#!/bin/bash
+# Warm pool claims (issue 15): CLAIMS (default 1000) creates with extensions.poolRef at RATE (default 10)
+# per second while the pool refills, through a client polling every 2 ms (bench/pool_claim.lua, on our own
+# engine); claim -> Running median/p99 and errors. Starts its own server (docker.instance of its own,
+# pools.on_empty = "error" so that an empty pool is an error, not a slow cold create) and removes
+# everything it created. Loopback and the Docker socket only. Run under the Docker lock:
+#   flock -o /tmp/osb-docker.lock bench/pool_claim.sh [CLAIMS] [RATE]
+# Env (bench/pool_claim.lua): BUFFER_MIN, BUFFER_MAX, POOL_MAX, KEEP=1, REFILL_CONCURRENCY (default 4).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /tmp/osb-bench-pool.XXXXXX)
+PORT=18293 KEY=bench-key
+instance="bench-pool-$$"
+cat >"$work/config.lua" <<CFG
+return { server = { port = $PORT, api_key = "$KEY", log_level = "INFO" },
+         store = { path = "$work/state/db.sqlite" },
+         docker = { instance = "$instance" },
+         pools = { on_empty = "error", refill_concurrency = ${REFILL_CONCURRENCY:-4}, max_pool_size = 2000 } }
+CFG
+"$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" &
+spid=$!
+cleanup() {
+    kill $spid 2>/dev/null || true
+    wait $spid 2>/dev/null || true
+    docker ps -aq --filter "label=opensandbox.io/instance=$instance" | xargs -r docker rm -f -v >/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
+echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest, refill_concurrency=${REFILL_CONCURRENCY:-4}"
+echo
+echo "| measure | value |"
+echo "|---|---|"
+BENCH_URL="http://127.0.0.1:$PORT" BENCH_KEY=$KEY CLAIMS=${1:-1000} RATE=${2:-10} \
+    OPENSANDBOX_ROOT=$root timeout 1800 "$root/build/tests/c/core_scenario" "$root/bench/pool_claim.lua" 2>"$work/client.log" ||
+    { tail -20 "$work/client.log" >&2; tail -20 "$work/server.log" >&2; exit 1; }
+cat "$work/client.log" >&2
