@@ -44,8 +44,7 @@ Service.__index = Service
 
 local PARTS = { "sandbox.state", "sandbox.provisioning", "sandbox.operations", "sandbox.expiry",
     "sandbox.reconcile", "sandbox.views", "sandbox.access_renew", "sandbox.diagnostics", "sandbox.snapshots",
-    "sandbox.egress",
-    "sandbox.pools", "sandbox.pool_claims" }
+    "sandbox.egress", "sandbox.pools", "sandbox.pool_claims" }
 for _, name in ipairs(PARTS) do
     for k, fn in pairs(require(name)) do
         assert(Service[k] == nil, "sandbox.service: " .. name .. " defines " .. k .. " twice")

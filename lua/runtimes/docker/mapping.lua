@@ -169,6 +169,7 @@ function M.create_body(spec, config)
     env[#env + 1] = "OPENSANDBOX_EXECD_PORT=" .. agent_port
     if spec.start_gate then -- the entrypoint waits until the server opens this FIFO (network rules in place)
         env[#env + 1] = "OPENSANDBOX_START_GATE=" .. spec.start_gate
+    end
     if spec.pool_member then -- bootstrap.sh waits for the claim's entrypoint (execd/src/pool.c)
         env[#env + 1] = "OPENSANDBOX_POOL_MEMBER=1"
     end
