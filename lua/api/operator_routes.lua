@@ -28,40 +28,13 @@
 --   set:load()                   -> true or nil, message (the previous routes stay on any error)
 --   set:match(method, raw_path)  -> route, params | nil, "not_found" | nil, "method_not_allowed", allow
 local errors = require("common.errors")
+local files_mod = require("common.files")
 
 local M = {}
 
 local METHODS = { GET = true, POST = true, PUT = true, PATCH = true, DELETE = true }
 local ROUTE_FIELDS = { method = true, path = true, handler = true, summary = true }
 local MODULE_FIELDS = { routes = true }
-
-local function list_dir(dir)
-    local lfs = require("lfs")
-    local files = {}
-    local ok, err = pcall(function()
-        for entry in lfs.dir(dir) do
-            local path = dir .. "/" .. entry
-            if entry:sub(-4) == ".lua" and entry:sub(1, 1) ~= "." and lfs.attributes(path, "mode") == "file" then
-                files[#files + 1] = entry
-            end
-        end
-    end)
-    if not ok then
-        return nil, string.format("routes directory %s: %s", dir, tostring(err))
-    end
-    table.sort(files)
-    return files
-end
-
-local function read(path)
-    local f, err = io.open(path, "rb")
-    if not f then
-        return nil, err
-    end
-    local src = f:read("a")
-    f:close()
-    return src
-end
 
 -- "/a/{b}/{c*}" -> segments { {lit="a"}, {param="b"} }, rest "c"; or nil, message
 local function compile_path(path)
@@ -259,12 +232,12 @@ end
 function Set:load()
     local modules = {}
     if self.dir then
-        local files, err = list_dir(self.dir)
+        local files, err = files_mod.lua_files(self.dir, "routes")
         if not files then
             return nil, err
         end
         for _, f in ipairs(files) do
-            local src, rerr = read(self.dir .. "/" .. f)
+            local src, rerr = files_mod.read(self.dir .. "/" .. f)
             if not src then
                 return nil, string.format("%s: cannot read: %s", f, tostring(rerr))
             end

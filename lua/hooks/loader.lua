@@ -14,6 +14,7 @@
 -- A set is { hooks = {hook...} (ordered), by_point = { point = { {name=, fn=, hook=}... } }, warnings = {} }.
 local budget = require("hooks.budget")
 local env = require("hooks.env")
+local files_mod = require("common.files")
 
 local M = {}
 
@@ -40,33 +41,7 @@ M.deep_copy = deep_copy
 
 --- The `*.lua` files of `dir`, sorted by name; or nil, message.
 function M.list_dir(dir)
-    local lfs = require("lfs")
-    local files = {}
-    local ok, err = pcall(function()
-        for entry in lfs.dir(dir) do
-            if entry:sub(-4) == ".lua" and entry:sub(1, 1) ~= "." then
-                local path = dir .. "/" .. entry
-                if lfs.attributes(path, "mode") == "file" then
-                    files[#files + 1] = entry
-                end
-            end
-        end
-    end)
-    if not ok then
-        return nil, string.format("hooks directory %s: %s", dir, tostring(err))
-    end
-    table.sort(files)
-    return files
-end
-
-local function read(path)
-    local f, err = io.open(path, "rb")
-    if not f then
-        return nil, err
-    end
-    local src = f:read("a")
-    f:close()
-    return src
+    return files_mod.lua_files(dir, "hooks")
 end
 
 -- Checks the table a hook file returned. Returns true or nil, message.
@@ -97,7 +72,7 @@ end
 
 -- Loads one file. Returns the hook table or nil, message (naming the file).
 local function load_file(dir, file, opts)
-    local src, rerr = read(dir .. "/" .. file)
+    local src, rerr = files_mod.read(dir .. "/" .. file)
     if not src then
         return nil, string.format("%s: cannot read: %s", file, tostring(rerr))
     end
