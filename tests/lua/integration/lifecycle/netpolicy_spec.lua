@@ -224,6 +224,44 @@ describe("network policy (real traffic)", function()
         assert.equal(200, H.call(srv, "GET", "/v1/sandboxes/" .. c .. "/proxy/8080/").status)
     end)
 
+    it("two tenants' sandboxes cannot reach each other; one tenant's key does not proxy into the other's", function()
+        local keys = { { key = "key-np-team-a", principal = "team-a" },
+            { key = "key-np-team-b", principal = "team-b" } }
+        local t = H.start({ config = { server = { api_keys = keys }, docker = { instance = INSTANCE .. "-tenants" },
+            network_policy = { dns_upstream = "127.0.0.1:" .. dns.port } } })
+        local serve = { entrypoint = { "sh", "-c",
+            "mkdir -p /w && echo sandbox > /w/index.html && exec httpd -f -p 8080 -h /w" } }
+        local function create_as(key)
+            local res = H.call(t, "POST", "/v1/sandboxes", H.body(serve), { ["OPEN-SANDBOX-API-KEY"] = key })
+            assert.equal(202, res.status, res.body)
+            local id = res.json.id
+            for _ = 1, 300 do
+                local g = H.call(t, "GET", "/v1/sandboxes/" .. id, nil, { ["OPEN-SANDBOX-API-KEY"] = key })
+                if g.json and g.json.status and g.json.status.state == "Running" then
+                    return id
+                end
+                H.sleep(0.1)
+            end
+            error("sandbox " .. id .. " did not run")
+        end
+        local a = create_as(keys[1].key)
+        local b = create_as(keys[2].key)
+        local out, ok = fetch_ip(a, ip_of("sandbox-" .. b), 8080)
+        assert.is_false(ok, out)
+        out, ok = fetch_ip(b, ip_of("sandbox-" .. a), 8080)
+        assert.is_false(ok, out)
+        local proxied = "/v1/sandboxes/" .. b .. "/proxy/8080/"
+        local res = H.call(t, "GET", proxied, nil, { ["OPEN-SANDBOX-API-KEY"] = keys[1].key })
+        assert.equal(404, res.status)
+        res = H.call(t, "GET", proxied, nil, { ["OPEN-SANDBOX-API-KEY"] = keys[2].key })
+        assert.equal(200, res.status)
+        assert.matches("sandbox", res.body)
+        for _, pair in ipairs({ { a, keys[1].key }, { b, keys[2].key } }) do
+            H.call(t, "DELETE", "/v1/sandboxes/" .. pair[1], nil, { ["OPEN-SANDBOX-API-KEY"] = pair[2] })
+        end
+        t:stop()
+    end)
+
     it("PATCH and DELETE on /policy change what a running sandbox reaches; a restart keeps it", function()
         local id = create_with({ defaultAction = "deny", egress = { { action = "allow", target = "allowed.test" } } })
         local out, ok = fetch(id, "api.wild.test")
