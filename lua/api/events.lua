@@ -54,7 +54,7 @@ function M.parse(query, last_event_id, validate)
     filter.metadata = lf.metadata
     local last_id
     if last_event_id ~= nil then
-        local s = last_event_id:match("^%s*(.-)%s*$")
+        local s = require("common.strings").trim(last_event_id)
         if s ~= "" then -- an empty Last-Event-ID is "none" (an SSE client sends what it last saw)
             if not s:find("^%d+$") or #s > 15 then
                 return nil, errors.invalid("Last-Event-ID must be an event id (a non-negative integer).")

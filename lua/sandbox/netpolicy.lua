@@ -28,19 +28,7 @@ local function invalid(fmt, ...)
     return nil, errors.invalid(string.format(fmt, ...))
 end
 
--- trimmed of white space at both ends, in linear time whatever the input (a pattern such as "%s+$" can
--- take quadratic time on a long run of spaces)
-local WS = { [9] = true, [10] = true, [11] = true, [12] = true, [13] = true, [32] = true }
-local function trim(s)
-    local a, b = 1, #s
-    while a <= b and WS[s:byte(a)] do
-        a = a + 1
-    end
-    while b >= a and WS[s:byte(b)] do
-        b = b - 1
-    end
-    return s:sub(a, b)
-end
+local trim = require("common.strings").trim
 
 ---------------------------------------------------------------------------------------------------------
 -- addresses

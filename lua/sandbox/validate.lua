@@ -43,9 +43,7 @@ local function sorted_keys(t)
     return keys
 end
 
-local function trim(s)
-    return (s:gsub("^%s+", ""):gsub("%s+$", ""))
-end
+local trim = require("common.strings").trim
 
 -- A string of decimal digits as an integer, or nil when it does not fit in a Lua integer.
 local function parse_digits(s)
