@@ -22,6 +22,7 @@
 
 #include <arpa/inet.h>
 #include <arpa/nameser.h>
+#include <linux/netlink.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <lauxlib.h>
@@ -76,8 +77,19 @@ static int l_nft(lua_State *L)
         }
         close(target);
     }
-    struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+    /* libnftables ends the whole process (exit) when it cannot open its netlink socket (no such
+     * address family: a seccomp filter, a systemd RestrictAddressFamilies=, a kernel without
+     * nf_tables): try one first, so that this is an error the caller sees instead. */
+    int probe = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+    struct nft_ctx *ctx = NULL;
     int rc = -1;
+    if (probe < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot open a netfilter netlink socket: %s", strerror(errno));
+    } else {
+        close(probe);
+        ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+    }
     if (ctx) {
         nft_ctx_buffer_output(ctx);
         nft_ctx_buffer_error(ctx);
@@ -91,7 +103,7 @@ static int l_nft(lua_State *L)
             lua_pushstring(L, msg && *msg ? msg : "nft: the command failed");
         }
         nft_ctx_free(ctx);
-    } else {
+    } else if (probe >= 0) {
         lua_pushnil(L);
         lua_pushstring(L, "nft: cannot create a context");
     }
