@@ -147,8 +147,9 @@ describe("containment from inside a sandbox #integration #docker", function()
         -- isolate_sandboxes, on by default) drops the connection before any agent sees it
         local ip_b = H.inspect("sandbox-" .. b).NetworkSettings.IPAddress
         assert.is_string(ip_b)
-        local out = R.exec(srv, a, string.format("wget -q -T 3 -O- --header 'X-EXECD-ACCESS-TOKEN: %s' "
-            .. "--post-data '{\"command\":\"echo pwned\"}' http://%s:44772/command 2>&1; echo rc=$?", token_a, ip_b))
+        local body = '{"command":"echo pwned"}'
+        local out = R.exec(srv, a, string.format("printf 'POST /command HTTP/1.0\\r\\nX-EXECD-ACCESS-TOKEN: %s\\r\\n"
+            .. "Content-Length: %d\\r\\n\\r\\n%s' | nc -w 3 %s 44772 2>&1; echo rc=$?", token_a, #body, body, ip_b))
         assert.is_nil(out.stdout:find("pwned\"", 1, true) and out.stdout:find("stdout", 1, true), out.stdout)
         assert.is_nil(out.stdout:find("401", 1, true), out.stdout) -- never got to b's agent
         assert.truthy(out.stdout:find("timed out", 1, true), out.stdout)
