@@ -25,6 +25,7 @@ M.GATE_ENV = "OPENSANDBOX_START_GATE"
 M.DENY = "reject with icmpx type admin-prohibited" -- a refused connection fails at once, not by timeout
 M.MIN_TTL = 300 -- seconds a learned address stays allowed at least (clients cache names for a while)
 M.MAX_TTL = 86400
+M.MAX_INFLIGHT = 256 -- DNS queries the filter answers at once (all sandboxes together); more are dropped
 
 local QTYPE_A, QTYPE_AAAA = 1, 28
 local RCODE_SERVFAIL, RCODE_NXDOMAIN, RCODE_REFUSED = 2, 3, 5
@@ -253,18 +254,28 @@ function Enforcer:_dns()
     return self.dns
 end
 
+--- Answers the datagrams of `sock`, each in a task of its own, at most M.MAX_INFLIGHT at a time: a sandbox that
+--- floods the filter (each query may wait up to 2 s on the upstream resolver) gets its excess dropped, as a
+--- busy resolver would, instead of growing the server's tasks and memory.
 function Enforcer:_serve(sock)
+    self.inflight = 0
     while true do
         local data, ip, port = sock:recv()
         if not data then
             return -- closed
         end
-        self.spawn(function()
-            local answer = self:answer(data, ip)
-            if answer then
-                sock:send(answer, ip, port)
-            end
-        end)
+        if self.inflight < M.MAX_INFLIGHT then
+            self.inflight = self.inflight + 1
+            self.spawn(function()
+                local ok, answer = pcall(self.answer, self, data, ip)
+                self.inflight = self.inflight - 1
+                if not ok then
+                    self:_warn("network policy: DNS answer failed", { error = tostring(answer) })
+                elseif answer then
+                    sock:send(answer, ip, port)
+                end
+            end)
+        end
     end
 end
 
@@ -442,12 +453,6 @@ function Enforcer:detach(id)
             self.by_ip[entry.ip] = nil
         end
     end
-end
-
---- The policy sandbox `id` enforces now (nil when none).
-function Enforcer:policy_of(id)
-    local entry = self.by_id[id]
-    return entry and entry.policy
 end
 
 --- Opens the start gate of the sandbox whose main process is `pid`: its entrypoint starts. Waits (up to

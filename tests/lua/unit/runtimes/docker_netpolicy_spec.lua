@@ -314,3 +314,30 @@ describe("runtimes.docker: a sandbox with a network policy", function()
         assert.is_true(rt({}, fake_net()):network_policy_support({}))
     end)
 end)
+
+describe("runtimes.docker.netpolicy DNS filter", function()
+    it("answers at most MAX_INFLIGHT queries at once and drops the rest (a flooding sandbox)", function()
+        local pending, sent = {}, 0
+        local e = np.new({ net = fake_net(), engine = {}, policy_config = {},
+            spawn = function(fn) pending[#pending + 1] = fn end })
+        local n = np.MAX_INFLIGHT + 50
+        local sock = {
+            recv = function()
+                if n == 0 then
+                    return nil, "closed"
+                end
+                n = n - 1
+                return "too short", "172.17.0.5", 5353
+            end,
+            send = function() sent = sent + 1 end,
+        }
+        e:_serve(sock)
+        assert.equal(np.MAX_INFLIGHT, #pending)
+        -- once they are answered, there is room again
+        for _, fn in ipairs(pending) do
+            fn()
+        end
+        assert.equal(0, e.inflight)
+        assert.equal(0, sent) -- (a datagram shorter than a DNS header gets no answer)
+    end)
+end)
