@@ -49,6 +49,7 @@ end
 function P:set_record(id, rec)
     local old = self.records[id]
     self.records[id] = rec
+    self.records_version = (self.records_version or 0) + 1 -- what cached list pages are checked against
     self.counters:update(id, rec)
     self:renew_policy(id, rec)
     if self.events then

@@ -51,26 +51,64 @@ end
 
 -- The page of `filter` among the sandboxes `ctx` may see: listing.apply's { items = records, pagination }.
 function P:page(filter, ctx)
-    local all = {}
+    local all, n = {}, 0
+    local restricted = ctx and ctx.admin == false -- P.visible, inlined
+    local who = restricted and ctx.principal
     for _, rec in pairs(self.records) do
-        if self:visible(rec, ctx) then
-            all[#all + 1] = rec
+        if not restricted or rec.principal == who then
+            n = n + 1
+            all[n] = rec
         end
     end
     return listing.apply(all, filter)
 end
 
---- list() already encoded: the API's GET /sandboxes body.
-function P:list_json(filter, ctx)
+-- Encoded list pages, by the caller's visibility and the raw query string, each valid for one version of
+-- the records (state.lua's set_record counts every change): a client polling the same page is answered
+-- without parsing, filtering or encoding again. Bounded in entries and in the size of a page kept.
+local PAGE_CACHE_ENTRIES = 32
+local PAGE_CACHE_MAX_BYTES = 64 * 1024
+
+--- The cache key of a list request: who sees what (P.visible) and the raw query string.
+function P.list_key(ctx, raw_query)
+    local who = (ctx and ctx.admin == false) and ("p" .. tostring(ctx.principal)) or "*"
+    return who .. "?" .. (raw_query or "")
+end
+
+--- The cached body for `key` if the records have not changed since it was encoded; else nil.
+function P:cached_list(key)
+    local cache = self.list_pages
+    local e = cache and cache[key]
+    if e and e.version == self.records_version then
+        return e.body
+    end
+    return nil
+end
+
+--- list() already encoded: the API's GET /sandboxes body. `key` (P.list_key), when given, keeps the body
+--- for P:cached_list.
+function P:list_json(filter, ctx, key)
     local res = self:page(filter, ctx)
     local items = {}
     for i, rec in ipairs(res.items) do
         items[i] = sandbox_json(rec)
     end
     local p = res.pagination
-    return string.format('{"items":[%s],"pagination":{"page":%d,"pageSize":%d,"totalItems":%d,' ..
+    local body = string.format('{"items":[%s],"pagination":{"page":%d,"pageSize":%d,"totalItems":%d,' ..
         '"totalPages":%d,"hasNextPage":%s}}', table.concat(items, ","), p.page, p.pageSize, p.totalItems,
         p.totalPages, tostring(p.hasNextPage))
+    if key and #body <= PAGE_CACHE_MAX_BYTES then
+        local cache = self.list_pages
+        if not cache or (not cache[key] and self.list_pages_n >= PAGE_CACHE_ENTRIES) then
+            cache = {}
+            self.list_pages, self.list_pages_n = cache, 0
+        end
+        if not cache[key] then
+            self.list_pages_n = self.list_pages_n + 1
+        end
+        cache[key] = { version = self.records_version, body = body }
+    end
+    return body
 end
 
 function P:list(filter, ctx)

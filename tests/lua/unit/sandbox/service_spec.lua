@@ -970,6 +970,52 @@ describe("sandbox.service hooks", function()
         assert.are.equal(2, count(env.svc.records))
         assert.are.equal(calls, #env.rt.calls)
     end)
+
+    it("serves a cached list page only while no record changed, per caller", function()
+        local cjson = require("cjson")
+        local env = S.env()
+        local a = env:running()
+        local svc = env.svc
+        local filter = { page = 1, page_size = 20 }
+        local admin = { admin = true }
+        local key = svc.list_key(admin, "pageSize=20")
+        assert.is_nil(svc:cached_list(key))
+        local body = svc:list_json(filter, admin, key)
+        assert.are.equal(body, svc:cached_list(key))
+        assert.are.equal(a, cjson.decode(body).items[1].id)
+        -- a new sandbox, a state change, a removal: each makes the cached page stale
+        local b = env:running()
+        assert.is_nil(svc:cached_list(key))
+        body = svc:list_json(filter, admin, key)
+        assert.are.equal(2, #cjson.decode(body).items)
+        env:op("pause", b)
+        env:run()
+        assert.is_nil(svc:cached_list(key))
+        body = svc:list_json(filter, admin, key)
+        local states = {}
+        for _, item in ipairs(cjson.decode(body).items) do
+            states[item.id] = item.status.state
+        end
+        assert.are.equal("Paused", states[b])
+        env:op("delete", b)
+        env:run()
+        assert.is_nil(svc:cached_list(key))
+        -- another principal has a key of its own, and sees only its sandboxes
+        local other = { admin = false, principal = "someone-else" }
+        local okey = svc.list_key(other, "pageSize=20")
+        assert.are_not.equal(key, okey)
+        assert.are.equal(0, #cjson.decode(svc:list_json(filter, other, okey)).items)
+        assert.is_not_nil(svc:cached_list(okey))
+        -- bounded: many distinct queries never keep more than the cache's entries
+        for i = 1, 100 do
+            svc:list_json(filter, admin, svc.list_key(admin, "page=" .. i))
+        end
+        local n = 0
+        for _ in pairs(svc.list_pages) do
+            n = n + 1
+        end
+        assert.is_true(n <= 32)
+    end)
 end)
 
 describe("sandbox.service with replicas (a runtime that elects a leader)", function()
