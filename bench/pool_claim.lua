@@ -175,3 +175,5 @@ if not ok then
     io.stderr:write("pool_claim: " .. tostring(err) .. "\n")
     os.exit(1)
 end
+-- the scenario runner's loop would go on: the run is over
+core.stop(0)

@@ -35,3 +35,26 @@ BENCH_URL="http://127.0.0.1:$PORT" BENCH_KEY=$KEY CLAIMS=${1:-1000} RATE=${2:-10
     OPENSANDBOX_ROOT=$root timeout 1800 "$root/build/tests/c/core_scenario" "$root/bench/pool_claim.lua" 2>"$work/client.log" ||
     { tail -20 "$work/client.log" >&2; tail -20 "$work/server.log" >&2; exit 1; }
 cat "$work/client.log" >&2
+# where the claims' time went inside the server: the "sandbox claimed from pool" log lines' store_ms (the
+# durable write) and agent_ms (the member's agent taking the claim)
+python3 - "$work/server.log" <<'PY'
+import json, sys
+store, agent = [], []
+for line in open(sys.argv[1], errors="replace"):
+    if '"sandbox claimed from pool"' not in line:
+        continue
+    try:
+        o = json.loads(line)
+    except ValueError:
+        continue
+    store.append(float(o.get("store_ms", 0)))
+    agent.append(float(o.get("agent_ms", 0)))
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, max(0, int(len(v) * p + 0.999999) - 1))] if v else float("nan")
+if store:
+    print("| in the server, per claim: durable write median / p99 / max | %.2f / %.2f / %.2f ms |"
+          % (pct(store, .5), pct(store, .99), max(store)))
+    print("| in the server, per claim: agent call median / p99 / max | %.2f / %.2f / %.2f ms |"
+          % (pct(agent, .5), pct(agent, .99), max(agent)))
+PY

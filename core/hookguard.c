@@ -505,7 +505,17 @@ static void copy_at(lua_State *L, int idx, int depth, int fdepth)
                     "a table returned by a hook has a metatable (its metamethods would run outside "
                     "the hook's budget)");
         }
-        lua_newtable(L);
+        /* Sized from the start (a first pass counts the entries): growing a table key by key
+         * rehashes it at every power of two, which cost more than the copy itself. */
+        int n = 0;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            lua_pop(L, 1);
+            n++;
+        }
+        lua_Unsigned border = lua_rawlen(L, idx);
+        int na = border < (lua_Unsigned)n ? (int)border : n;
+        lua_createtable(L, na, n - na);
         int dst = lua_gettop(L);
         lua_pushnil(L);
         while (lua_next(L, idx)) {

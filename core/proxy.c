@@ -57,6 +57,7 @@
 #define UP_LOW (64 * 1024)
 #define HEAD_MAX (64 * 1024)
 #define READ_CHUNK (64 * 1024)
+#define SMALL_BODY (16 * 1024) /* a body up to this size read with its head is sent with it */
 
 #define POOL_BUCKETS 64
 #define POOL_TAG_MAX 128
@@ -117,6 +118,9 @@ struct proxy {
     int reusable;     /* the response head allows keep-alive */
     int extra;        /* the backend sent bytes after the response */
     uint64_t sent;    /* bytes sent on the current connection */
+    /* a pooled connection in use: its fd stays registered under the pool entry's watch (which
+     * forwards the events here), so taking it and giving it back cost no epoll_ctl */
+    struct idle_conn *borrow;
 };
 
 static void px_tunnel_pump(struct proxy *px);
@@ -141,10 +145,11 @@ struct pool_key;
 
 struct idle_conn {
     struct idle_conn *prev, *next; /* in its key's list, the most recently used first */
-    struct pool_key *k;
+    struct pool_key *k;            /* NULL while a proxy has borrowed it */
     int fd;
     loop_watch w;
     loop_timer timer;
+    struct proxy *px; /* the proxy using it (its events go there), or NULL while idle */
 };
 
 struct pool_key { /* one backend: (tag, host, port) */
@@ -206,10 +211,9 @@ static void pool_key_drop_if_empty(struct pool_key *k)
     free(k);
 }
 
-/* Takes an idle connection out of its list; returns its fd (the caller owns it). The fd stays in
- * the epoll set (under this connection's watch until the caller moves it with loop_watch_mod, or
- * closes it): a taken connection costs one epoll_ctl, not two. */
-static int idle_unlink(struct idle_conn *ic)
+/* Takes an idle connection out of its list and stops its timer; its fd stays in the epoll set under
+ * its watch. */
+static void idle_detach(struct idle_conn *ic)
 {
     struct pool_key *k = ic->k;
     if (ic->prev)
@@ -221,14 +225,31 @@ static int idle_unlink(struct idle_conn *ic)
     k->count--;
     pool.idle--;
     loop_timer_stop(&ic->timer);
+    ic->k = NULL;
+    ic->prev = ic->next = NULL;
+    pool_key_drop_if_empty(k); /* may free k when it was the last one */
+}
+
+/* Frees a pool entry no longer in a list, and returns its fd (the caller owns it, still in the
+ * epoll set). */
+static int idle_free(struct idle_conn *ic)
+{
     int fd = ic->fd;
     ic->fd = -1;
-    pool_key_drop_if_empty(k);
+    ic->px = NULL;
     /* an epoll event for it may still be in this batch: free on the next turn */
     if (loop_defer_ex(free, free, ic) < 0)
         free(ic);
     return fd;
 }
+
+static int idle_unlink(struct idle_conn *ic)
+{
+    idle_detach(ic);
+    return idle_free(ic);
+}
+
+static void on_backend(loop_watch *w, uint32_t events);
 
 static void idle_close(struct idle_conn *ic)
 {
@@ -241,8 +262,11 @@ static void idle_close(struct idle_conn *ic)
 static void on_idle_event(loop_watch *w, uint32_t events)
 {
     struct idle_conn *ic = w->data;
-    (void)events;
-    if (ic->fd >= 0) /* the backend closed it, or sent something unasked: either way it is done */
+    if (ic->px) { /* borrowed: the proxy's event */
+        on_backend(&ic->px->w, events);
+        return;
+    }
+    if (ic->fd >= 0 && ic->k) /* the backend closed it, or sent something unasked: it is done */
         idle_close(ic);
 }
 
@@ -254,26 +278,33 @@ static void on_idle_timeout(loop_timer *t)
 }
 
 /* Offers a connection (still in the epoll set) to the pool: returns 0 when the pool took it (its
- * watch now gets the fd's events), -1 when the backend's share is full (the caller closes it). */
-static int pool_put(const char *tag, const char *host, int port, int fd)
+ * watch now gets the fd's events), -1 when the backend's share is full (the caller closes it).
+ * `reuse`: the pool entry the connection was borrowed from (its watch is the fd's already), or
+ * NULL. */
+static int pool_put(const char *tag, const char *host, int port, int fd, struct idle_conn *reuse)
 {
     struct pool_key *k = pool.max_idle ? pool_find(tag, host, port, 1) : NULL;
-    struct idle_conn *ic = k && k->count < pool.max_idle ? calloc(1, sizeof(*ic)) : NULL;
+    struct idle_conn *ic = NULL;
+    if (k && k->count < pool.max_idle)
+        ic = reuse ? reuse : calloc(1, sizeof(*ic));
     if (!ic) {
         if (k)
             pool_key_drop_if_empty(k);
         return -1;
     }
-    ic->k = k;
+    ic->px = NULL;
     ic->fd = fd;
     ic->w.fd = fd;
     ic->w.cb = on_idle_event;
     ic->w.data = ic;
-    if (loop_watch_mod(&ic->w, EPOLLIN | EPOLLRDHUP) < 0) {
-        free(ic);
+    if ((!reuse || ic->w.events != (EPOLLIN | EPOLLRDHUP)) &&
+        loop_watch_mod(&ic->w, EPOLLIN | EPOLLRDHUP) < 0) {
+        if (!reuse)
+            free(ic);
         pool_key_drop_if_empty(k);
         return -1;
     }
+    ic->k = k;
     ic->timer.cb = on_idle_timeout;
     ic->timer.data = ic;
     loop_timer_start(&ic->timer, pool.idle_ns);
@@ -286,25 +317,35 @@ static int pool_put(const char *tag, const char *host, int port, int fd)
     return 0;
 }
 
-/* An idle connection to the backend that still looks alive, or -1. */
-static int pool_take(const char *tag, const char *host, int port)
+/* An idle connection to the backend, or -1. With `peek`, one that still looks alive (a MSG_PEEK
+ * finds no EOF and no unsolicited byte); without, the caller can send the request again on a fresh
+ * connection if this one turns out closed (px_retry), and saves the syscall. A backend's close
+ * that the loop already saw has removed the connection either way (on_idle_event). */
+static struct idle_conn *pool_take(const char *tag, const char *host, int port, int peek)
 {
     struct pool_key *k = pool_find(tag, host, port, 0);
     while (k && k->head) {
-        struct pool_key *kk = k;
-        int last = kk->count == 1;
-        int fd = idle_unlink(kk->head); /* may free k when it was the last one */
+        int last = k->count == 1;
+        struct idle_conn *ic = k->head;
+        idle_detach(ic); /* may free k when it was the last one */
+        if (!peek)
+            return ic;
         char b;
-        ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        ssize_t n = recv(ic->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return fd;
-        loop_watch del = {.fd = fd};
-        loop_watch_del(&del);
-        close(fd); /* closed by the backend (0), failed, or unsolicited bytes */
+            return ic;
+        loop_watch_del(&ic->w);
+        close(idle_free(ic)); /* closed by the backend (0), failed, or unsolicited bytes */
         if (last)
             break;
     }
-    return -1;
+    return NULL;
+}
+
+/* The watch the proxy's backend fd is registered under: its own, or its borrowed pool entry's. */
+static loop_watch *px_watch(struct proxy *px)
+{
+    return px->borrow ? &px->borrow->w : &px->w;
 }
 
 /* ---- lifetime ---- */
@@ -312,9 +353,13 @@ static int pool_take(const char *tag, const char *host, int port)
 static void px_close_fd(struct proxy *px)
 {
     if (px->fd >= 0) {
-        loop_watch_del(&px->w);
+        loop_watch_del(px_watch(px));
         close(px->fd);
         px->fd = -1;
+    }
+    if (px->borrow) {
+        idle_free(px->borrow);
+        px->borrow = NULL;
     }
 }
 
@@ -401,8 +446,9 @@ static void px_set_events(struct proxy *px)
         ev |= EPOLLOUT;
     if (px->state != PX_CONNECTING && !px->read_paused)
         ev |= EPOLLIN | EPOLLRDHUP;
-    if (ev != px->w.events)
-        loop_watch_mod(&px->w, ev);
+    loop_watch *w = px_watch(px);
+    if (ev != w->events)
+        loop_watch_mod(w, ev);
 }
 
 static int px_flush_out(struct proxy *px)
@@ -655,8 +701,10 @@ static void px_body_complete(struct proxy *px)
      */
     if (px->pool_ok && px->reusable && !px->extra && px->state == PX_BODY && px->req_done &&
         !buf_avail(&px->out) && px->fd >= 0 && pool.max_idle &&
-        pool_put(px->tag, px->host, px->port, px->fd) == 0)
+        pool_put(px->tag, px->host, px->port, px->fd, px->borrow) == 0) {
         px->fd = -1; /* the pool's now (an event of ours still in this batch finds PX_DONE) */
+        px->borrow = NULL;
+    }
     px_finish(px);
 }
 
@@ -803,6 +851,7 @@ static void px_on_head(struct proxy *px, size_t hlen)
     }
     px->reusable = ph.status != 101 && ph.minor >= 1 && !has_token(connection, "close");
     struct MHD_Response *r;
+    int small = 0;
     if (ph.status == 101) {
         r = MHD_create_response_for_upgrade(on_upgraded, px);
     } else {
@@ -833,11 +882,17 @@ static void px_on_head(struct proxy *px, size_t hlen)
             px->framing = v ? FR_LENGTH : FR_NONE;
             px->remaining = v;
             size = v;
+            /* A small body already read whole leaves with its head in one send (a buffer response),
+             * not through the stream callback (the head, then the body: two sends, two wakeups of
+             * the client). */
+            small = v && v <= SMALL_BODY && buf_avail(&px->head) >= v;
         } else {
             px->framing = FR_CLOSE;
             px->reusable = 0;
         }
-        r = httpd_stream_response(c, size);
+        r = small ? MHD_create_response_from_buffer((size_t)size, px->head.data + px->head.off,
+                                                    MHD_RESPMEM_MUST_COPY)
+                  : httpd_stream_response(c, size);
     }
     if (!r) {
         free(head);
@@ -871,6 +926,15 @@ static void px_on_head(struct proxy *px, size_t hlen)
         px->head.off = px->head.len;
         px->read_paused = 1; /* until MHD hands us the client socket */
         px_set_events(px);
+    } else if (small) { /* the whole body is in the response already */
+        px->head.off += (size_t)px->remaining;
+        px->remaining = 0;
+        if (buf_avail(&px->head))
+            px->extra = 1; /* bytes after the body: the connection is not reused */
+        px->state = PX_BODY;
+        httpd_ctx_resume(c);
+        px_body_complete(px);
+        return;
     } else {
         c->streaming = 1;
         px->state = PX_BODY;
@@ -1134,8 +1198,9 @@ static void px_tunnel_pump(struct proxy *px)
         cev |= EPOLLIN | EPOLLRDHUP;
     if (buf_avail(&px->to_client))
         cev |= EPOLLOUT;
-    if (bev != px->w.events)
-        loop_watch_mod(&px->w, bev);
+    loop_watch *bw = px_watch(px);
+    if (bev != bw->events)
+        loop_watch_mod(bw, bev);
     if (cev != px->cw.events)
         loop_watch_mod(&px->cw, cev);
 }
@@ -1365,13 +1430,17 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
     }
     px->out_whole = px->req_done;
 
-    int fd = px->pool_ok ? pool_take(px->tag, host, port) : -1;
-    if (fd >= 0) { /* a pooled connection (still in the epoll set): the request goes out at once */
-        px->fd = fd;
+    /* a request that can be sent again (px_retry) skips the liveness peek */
+    struct idle_conn *ic =
+        px->pool_ok ? pool_take(px->tag, host, port, !(px->idempotent && px->out_whole)) : NULL;
+    if (ic) { /* a pooled connection (still in the epoll set): the request goes out at once */
+        px->fd = ic->fd;
+        px->borrow = ic;
+        ic->px = px; /* its watch forwards the fd's events to on_backend(&px->w) */
         px->reused = 1;
         px_stats.reused_total++;
         px->state = PX_HEAD;
-        px->w.fd = fd;
+        px->w.fd = ic->fd;
         px->w.events = 0;
         px->w.cb = on_backend;
         px->w.data = px;
@@ -1382,7 +1451,10 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
                 px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
                         "Could not send the request to the backend sandbox %s: %s", px->target,
                         strerror(errno));
-        } else if (loop_watch_mod(&px->w, EPOLLIN | EPOLLRDHUP |
+        } else if (px->state != PX_DONE && px->borrow) {
+            px_set_events(px); /* no epoll_ctl unless the request did not all go out */
+        } else if (px->state != PX_DONE && !px->borrow &&
+                   loop_watch_mod(&px->w, EPOLLIN | EPOLLRDHUP |
                                               (buf_avail(&px->out) ? EPOLLOUT : 0)) < 0) {
             px_fail(px, "GENERAL::UNKNOWN_ERROR", 500,
                     "An internal error occurred in the proxy: %s", "cannot watch the connection");
