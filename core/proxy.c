@@ -1384,11 +1384,17 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
     buf_append(&px->out, " HTTP/1.1\r\n", 11);
     lua_getfield(L, 2, "headers");
     if (lua_istable(L, -1)) {
+        /* either {name, value} pairs or a flat name, value, name, value, ... list */
         lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
         for (lua_Integer i = 1; i <= n; i++) {
-            lua_rawgeti(L, -1, i);
-            lua_rawgeti(L, -1, 1);
-            lua_rawgeti(L, -2, 2);
+            if (lua_rawgeti(L, -1, i) == LUA_TTABLE) {
+                lua_rawgeti(L, -1, 1);
+                lua_rawgeti(L, -2, 2);
+            } else {
+                lua_pushnil(L); /* (the slot a pair would take) */
+                lua_insert(L, -2);
+                lua_rawgeti(L, -3, ++i);
+            }
             size_t nl, vl;
             const char *name = lua_tolstring(L, -2, &nl);
             const char *value = lua_tolstring(L, -1, &vl);

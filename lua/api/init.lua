@@ -59,6 +59,10 @@ local lazy_ctx = {
         local v
         if k == "query" then
             v = parse.query(ctx.req.query)
+        elseif k == "host" then -- (what a service context has: the API ctx can stand in for one)
+            v = ctx.req:header("Host")
+        elseif k == "remote_addr" then
+            v = ctx.req.remote_addr
         elseif k == "svc" then
             local req = ctx.req
             v = {

@@ -43,68 +43,100 @@ local DROP = {
     host = true,
 }
 
+local NO_TOKENS = {} -- (never written to)
+
 local function tokens(v)
+    if v == nil or v == "" then
+        return NO_TOKENS -- most requests: no table made
+    end
     local set = {}
-    for t in (v or ""):gmatch("[^,%s]+") do
+    for t in v:gmatch("[^,%s]+") do
         set[t:lower()] = true
     end
     return set
 end
 
---- The raw path after /proxy/{port} (percent-encoding untouched), "/" when empty.
-function M.raw_tail(path)
-    local rest = path:match("^/v1/sandboxes/[^/]+/proxy/[^/]+(.*)$") or path:match("^/sandboxes/[^/]+/proxy/[^/]+(.*)$")
-    if not rest or rest == "" then
-        return "/"
+-- Header names in lower case, remembered: clients send the same few names again and again, so no string is
+-- made per header per request. Bounded (emptied when full).
+local lower_memo, lower_n = {}, 0
+local LOWER_MAX = 1024
+
+local function lower(name)
+    local l = lower_memo[name]
+    if l then
+        return l
     end
-    return rest
+    l = name:lower()
+    if lower_n >= LOWER_MAX then
+        lower_memo, lower_n = {}, 0
+    end
+    lower_memo[name], lower_n = l, lower_n + 1
+    return l
 end
 
---- The header list sent upstream (see the rules at the top), and whether this is an upgrade.
+--- The header list sent upstream (see the rules at the top) as a flat array (name, value, name, value, ...:
+--- what http.proxy takes, one table instead of one per header), and whether this is an upgrade.
 function M.upstream_headers(req, target_host)
     local conn = tokens(req:header("connection"))
     local upgrade = req:header("upgrade")
     local is_upgrade = conn.upgrade and upgrade ~= nil
-    local out, seen = {}, {}
+    local out, n = {}, 0
+    local xff, host, has_proto, has_fwd_host
     for _, h in ipairs(req:headers()) do
         local name = h[1]
-        local lname = name:lower()
-        if not DROP[lname] and not conn[lname] then
-            out[#out + 1] = { name, h[2] }
-            seen[lname] = true
-        end
-    end
-    out[#out + 1] = { "Host", target_host }
-    -- X-Forwarded-For: the client's own value (a proxy chain in front of us) with the address the
-    -- connection really comes from appended, never only what the client claims
-    local xff = req:header("x-forwarded-for")
-    local peer = req.remote_addr or ""
-    if xff and xff:find("%S") then
-        for i = #out, 1, -1 do
-            if out[i][1]:lower() == "x-forwarded-for" then
-                table.remove(out, i)
+        local lname = lower(name)
+        if lname == "x-forwarded-for" then
+            xff = xff and (xff .. ", " .. h[2]) or h[2] -- (sent once, below, with the peer appended)
+        elseif lname == "host" then
+            host = h[2]
+        elseif not DROP[lname] and not conn[lname] then
+            out[n + 1], out[n + 2], n = name, h[2], n + 2
+            if lname == "x-forwarded-proto" then
+                has_proto = true
+            elseif lname == "x-forwarded-host" then
+                has_fwd_host = true
             end
         end
-        out[#out + 1] = { "X-Forwarded-For", xff .. ", " .. peer }
+    end
+    out[n + 1], out[n + 2], n = "Host", target_host, n + 2
+    -- X-Forwarded-For: the client's own value (a proxy chain in front of us) with the address the
+    -- connection really comes from appended, never only what the client claims
+    local peer = req.remote_addr or ""
+    if xff and xff:find("%S") then
+        out[n + 1], out[n + 2], n = "X-Forwarded-For", xff .. ", " .. peer, n + 2
     else
-        out[#out + 1] = { "X-Forwarded-For", peer }
+        out[n + 1], out[n + 2], n = "X-Forwarded-For", peer, n + 2
     end
-    if not seen["x-forwarded-proto"] then
-        out[#out + 1] = { "X-Forwarded-Proto", "http" }
+    if not has_proto then
+        out[n + 1], out[n + 2], n = "X-Forwarded-Proto", "http", n + 2
     end
-    if not seen["x-forwarded-host"] and req:header("host") then
-        out[#out + 1] = { "X-Forwarded-Host", req:header("host") }
+    if host and not has_fwd_host then
+        out[n + 1], out[n + 2], n = "X-Forwarded-Host", host, n + 2
     end
     if is_upgrade then
-        out[#out + 1] = { "Upgrade", upgrade }
-        out[#out + 1] = { "Connection", "Upgrade" }
+        out[n + 1], out[n + 2], n = "Upgrade", upgrade, n + 2
+        out[n + 1], out[n + 2] = "Connection", "Upgrade"
     end
     return out, is_upgrade
 end
 
+-- The raw tail of a proxy path whose route parameters are `id` and `port_s` (the router matched it: the
+-- path is ["/v1"] "/sandboxes/" id "/proxy/" port_s tail), "/" when empty. Found by length, no pattern.
+local function tail_of(path, id, port_s)
+    local skip = (path:byte(2) == 118 and 3 or 0) + 11 + #id + 7 + #port_s -- (118: "v")
+    if #path <= skip then
+        return "/"
+    end
+    return path:sub(skip + 1)
+end
+M.tail_of = tail_of
+
 --- deps = { service, http = core.http-like (proxy), config }
 function M.new(deps)
     local h = {}
+    -- the options of http.proxy, one table filled again for every request: the core reads them before it
+    -- returns and keeps none of them
+    local opts = {}
 
     function h.forward(ctx)
         local req = ctx.req
@@ -124,8 +156,10 @@ function M.new(deps)
                 return nil, errors.new(401, "INVALID_API_KEY", M.INVALID_TOKEN)
             end
         end
-        local target, err = svc:proxy_target(ctx.params.id, port, ctx.svc,
-            { port = port, method = req.method, path = M.raw_tail(req.path) })
+        local id = ctx.params.id
+        local tail = tail_of(req.path, id, port_s)
+        -- (the API ctx has what the service reads: principal, admin, and for hooks host and remote_addr)
+        local target, err = svc:proxy_target(id, port, ctx, { port = port, method = req.method, path = tail })
         if not target then
             return nil, err
         end
@@ -136,22 +170,22 @@ function M.new(deps)
         local host = target.host
         local host_hdr = (host:find(":", 1, true) and ("[" .. host .. "]") or host) .. ":" .. target.port
         local headers, is_upgrade = M.upstream_headers(req, host_hdr)
-        local path = M.raw_tail(req.path)
+        local path = tail
         if req.query and req.query ~= "" then
             path = path .. "?" .. req.query
         end
         local pcfg = deps.config and deps.config.proxy or {}
-        deps.http.proxy(req, {
-            host = host,
-            port = target.port,
-            method = req.method,
-            target = path,
-            headers = headers,
-            upgrade = is_upgrade,
-            pool = ctx.params.id, -- its pooled connections are closed with the sandbox
-            connect_timeout = pcfg.connect_timeout or 10,
-            header_timeout = pcfg.header_timeout or 0,
-        })
+        opts.host = host
+        opts.port = target.port
+        opts.method = req.method
+        opts.target = path
+        opts.headers = headers
+        opts.upgrade = is_upgrade
+        opts.pool = id -- its pooled connections are closed with the sandbox
+        opts.connect_timeout = pcfg.connect_timeout or 10
+        opts.header_timeout = pcfg.header_timeout or 0
+        deps.http.proxy(req, opts)
+        opts.headers = nil
         -- the core answers from here on; what is returned below is ignored
         return { status = 200 }
     end
