@@ -291,7 +291,7 @@ return {
         -- "cold"-creates from the template, or answers 503 POOL::EMPTY with "error".
         on_empty = "cold",
         -- Members being made at once, all pools together: a burst of claims refills in the background
-        -- without starving the API or the runtime.
+        -- without starving the API or the runtime (one at a time while claims arrive).
         refill_concurrency = 2,
         -- The largest capacitySpec.poolMax a pool may ask for.
         max_pool_size = 100,

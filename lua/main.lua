@@ -103,6 +103,7 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         mkdir = function(dir, mode)
             return core.mkdirs(dir, mode)
         end,
+        fsync = require("core.fsync"), -- the log flushed on a thread (store.lua, core/fsync.c)
     })
     if not store then
         return die(serr, 1)
@@ -222,6 +223,10 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         started = core.now(),
         process_stats = core.process_stats,
         proxy_stats = http.proxy_stats,
+        -- a request that may have written answers once its writes are on disk (store.lua, durable)
+        durable = function()
+            return store:durable()
+        end,
     }
     -- operator routes: server.routes_dir and the route modules of an embedding program
     local operator_routes

@@ -110,6 +110,7 @@ function M.new(deps)
         deps.auth_limiter or middleware.limiter_from_config(deps.config, deps.now))
     local auth_on = #keys > 0
     local operator_routes = deps.operator_routes
+    local durable = deps.durable
 
     local function handle(req, request_id)
         if middleware.is_preflight(req) then
@@ -244,6 +245,20 @@ function M.new(deps)
             ok, status, headers, body, route = true, handle_health(path == "/health" and health_route or health_v1)
         else
             ok, status, headers, body, route = xpcall(handle, traceback, req, request_id)
+        end
+        -- What the answer tells the client is on disk before it leaves: every request but a read waits for
+        -- the store's writes so far (at once when there were none, or they are flushed already).
+        local method = req.method
+        if durable and method ~= "GET" and method ~= "HEAD" and method ~= "OPTIONS" then
+            local dok, derr = durable()
+            if not dok then
+                if log.error then
+                    log.error("the state store could not flush its writes", { err = tostring(derr) })
+                end
+                ok, status, headers, body = true, respond.error(errors.new(503, "STORE::UNAVAILABLE",
+                    "The state store could not make the change durable: " .. tostring(derr),
+                    { ["Retry-After"] = "5" }))
+            end
         end
         if not ok then
             if log.error then

@@ -127,6 +127,7 @@ end
 -- (the member is dropped: try the next).
 function P:claim_one(spec, ctx, pool, m)
     m.state = "claimed"
+    self.pool_last_claim_us = self:now_us() -- the refill slows down while claims arrive (pools.lua)
     local t = pool.template
     local now = self:now_us()
     local rec = model.new_record(m.id, spec, now)

@@ -1,10 +1,15 @@
 -- The durable sandbox store (API.md §6.4): one SQLite database, one row per sandbox record (the record
 -- shape is documented in sandbox/model.lua), reached through lua-dbi (Debian lua-dbi-sqlite3).
 --
--- Durability: the database runs in WAL mode with synchronous=FULL, and every write is its own autocommit
--- transaction, so a write that returned true is on disk (a renewal survives a crash right after the HTTP
--- reply). Writes return true or nil, err; failures such as a full disk or a read-only file come back as
--- errors, never as raises.
+-- Durability: the database runs in WAL mode and every write is its own autocommit transaction. Without
+-- opts.fsync, synchronous=FULL: a write that returned true is on disk. In the server, opts.fsync is
+-- core.fsync (core/fsync.c): synchronous=NORMAL, and every write asks a thread of its own to fdatasync the
+-- write-ahead log right away, so the event loop never waits on the disk and concurrent writes share
+-- flushes; Store:durable() waits (yielding the task) until every write made so far is on disk. The API
+-- calls it before it answers any request that may have written (lua/api/init.lua), so what a client was
+-- told survives a crash of the machine right after the reply, as with FULL; a server process killed at
+-- any moment loses nothing either way (the log is in the kernel's cache). Writes return true or nil, err;
+-- failures such as a full disk or a read-only file come back as errors, never as raises.
 --
 -- image.auth and env are not part of a record. So that a create answered 202 can be resumed after a crash
 -- (API.md §6.5 step 4), they are kept apart in the `sealed` table from just before the record is first
@@ -270,6 +275,12 @@ end
 
 -- Executes `sql` with the given parameters on a cached prepared statement. Returns the statement (ready
 -- to fetch), or nil, err.
+local IS_WRITE = setmetatable({}, { __index = function(t, sql)
+    local w = WRITE_OPS[sql:match("^%s*(%a+)") or ""] ~= nil
+    t[sql] = w
+    return w
+end })
+
 local function run(self, sql, n, ...)
     if not self.db then
         count_failure(sql)
@@ -287,6 +298,9 @@ local function run(self, sql, n, ...)
     end
     local ok, res, err = pcall(st.execute, st, table.unpack({ ... }, 1, n))
     if ok and res then
+        if self.flusher and IS_WRITE[sql] then
+            self.write_gen = self.flusher:request() -- on disk soon; Store:durable() waits for it
+        end
         return st
     end
     self.stmts[sql] = nil
@@ -546,7 +560,8 @@ function M.open(path, opts)
     if mode ~= "wal" and path ~= ":memory:" then
         return fail("journal_mode is " .. tostring(mode) .. ", not wal")
     end
-    rows, err = exec_once(db, "PRAGMA synchronous = FULL")
+    rows, err = exec_once(db, opts.fsync and path ~= ":memory:" and "PRAGMA synchronous = NORMAL"
+        or "PRAGMA synchronous = FULL")
     if not rows then
         return fail(err)
     end
@@ -558,7 +573,38 @@ function M.open(path, opts)
     if not rows then
         return fail(err)
     end
-    return setmetatable({ db = db, path = path, stmts = {} }, Store)
+    local flusher
+    if opts.fsync and path ~= ":memory:" then
+        -- (the log exists once the database has been read in WAL mode, as migrate did)
+        flusher = opts.fsync.open(path .. "-wal")
+        if not flusher then
+            rows, err = exec_once(db, "PRAGMA synchronous = FULL") -- every write flushes in place, as before
+            if not rows then
+                return fail(err)
+            end
+        end
+    end
+    return setmetatable({ db = db, path = path, stmts = {}, flusher = flusher, write_gen = 0, durable_gen = 0 },
+        Store)
+end
+
+--- Waits until every write made so far is on disk: at once without core.fsync (each write was flushed in
+--- place) or when it already is; otherwise yields the calling task until the flusher's thread reports it
+--- (outside a task it flushes in place). Returns true, or nil, err when a flush failed (then no later
+--- one vouches for this write either: see core/fsync.c).
+function Store:durable()
+    local f, g = self.flusher, self.write_gen
+    if not f or g <= self.durable_gen then
+        return true
+    end
+    local ok, err = f:wait(g)
+    if not ok then
+        return nil, err
+    end
+    if g > self.durable_gen then
+        self.durable_gen = g
+    end
+    return true
 end
 
 ---------------------------------------------------------------------------------------------------------
@@ -803,6 +849,11 @@ end
 
 --- Closes the database. The store cannot be used afterwards.
 function Store:close()
+    if self.flusher then -- what was written is flushed before the thread stops
+        self.flusher:request()
+        self.flusher:close()
+        self.flusher = nil
+    end
     for sql, st in pairs(self.stmts) do
         pcall(st.close, st)
         self.stmts[sql] = nil

@@ -267,6 +267,22 @@ describe("sandbox.pools claims", function()
         assert.equal("Terminated", env.svc.records[view.id].state)
     end)
 
+    it("refills one member at a time while claims arrive, refill_concurrency again once they stop", function()
+        local env = ready_pool({ refill_concurrency = 3 })
+        assert(env:op("update_pool", "py", { capacitySpec = { bufferMin = 6, bufferMax = 8, poolMin = 0,
+            poolMax = 20 } }, ALICE))
+        env:run()
+        assert(env:create(claim("py"), ALICE))
+        env.svc:pool_refill()
+        assert.equal(1, env.svc.pool_inflight, "a claim just happened: one at a time")
+        env:run()
+        env:advance(2.5) -- no claim for longer than the window
+        env:run()
+        env.svc:pool_refill()
+        assert.equal(3, env.svc.pool_inflight, "claims stopped: refill_concurrency again")
+        env:run()
+    end)
+
     it("answers 400 for a claim it cannot serve, and takes no member", function()
         local env = ready_pool()
         local cases = {
