@@ -249,7 +249,9 @@ function M.new(deps)
         -- What the answer tells the client is on disk before it leaves: every request but a read waits for
         -- the store's writes so far (at once when there were none, or they are flushed already).
         local method = req.method
-        if durable and method ~= "GET" and method ~= "HEAD" and method ~= "OPTIONS" then
+        -- (the server proxy's answer is the backend's, already on its way: nothing to hold back)
+        if durable and method ~= "GET" and method ~= "HEAD" and method ~= "OPTIONS"
+            and not (route and route.raw_body) then
             local dok, derr = durable()
             if not dok then
                 if log.error then
