@@ -255,6 +255,28 @@ describe("api handler", function()
             assert.equal("5", h["Retry-After"])
         end)
 
+        it("answers a request that may have written only once the store says it is durable; reads never wait",
+            function()
+                deps.service = F.service({ delete = true, get = { id = "x" } })
+                local waits = 0
+                deps.durable = function()
+                    waits = waits + 1
+                    return true
+                end
+                assert.equal(200, (call(deps, { path = "/v1/sandboxes/x", headers = KEY })))
+                assert.equal(0, waits, "a GET does not wait")
+                assert.equal(204, (call(deps, { method = "DELETE", path = "/v1/sandboxes/x", headers = KEY })))
+                assert.equal(1, waits)
+                -- a flush that failed: the change is not promised, 503 STORE::UNAVAILABLE instead of the 204
+                deps.durable = function()
+                    return nil, "fdatasync failed: Input/output error"
+                end
+                local s, h, b = call(deps, { method = "DELETE", path = "/v1/sandboxes/x", headers = KEY })
+                assert_error(503, "STORE::UNAVAILABLE",
+                    "The state store could not make the change durable: fdatasync failed: Input/output error", s, h, b)
+                assert.equal("5", h["Retry-After"])
+            end)
+
         it("delete 204, pause and resume 202, all without a body", function()
             deps.service = F.service({ delete = true, pause = true, resume = true })
             for _, r in ipairs({ { "DELETE", "/v1/sandboxes/x", 204 }, { "POST", "/v1/sandboxes/x/pause", 202 },
