@@ -8,7 +8,7 @@ liblua5.4-dev lua5.4 lua-cjson lua-dbi-sqlite3 lua-filesystem lua-busted lua-che
 libmicrohttpd-dev libcurl4-openssl-dev libssl-dev uuid-dev libsqlite3-dev g++ libtomlplusplus-dev
 docker.io busybox-static musl-tools wrk nginx-light docker-registry apache2-utils valgrind
 libclang-rt-14-dev prometheus python3 python3-venv libnftables-dev nftables dnsmasq-base debootstrap
-chromium libmimalloc-dev"
+chromium libmimalloc-dev libnftnl-dev libmnl-dev"
 
 missing=""
 for p in $PKGS; do

@@ -325,7 +325,11 @@ function Enforcer:answer(query, from_ip)
     return reply
 end
 
--- adds the A records of `answers` to set `set` of the sandbox (skipping addresses added recently)
+M.NL_CHUNK = 256 -- elements per core.net netlink call (its limit)
+
+-- adds the A records of `answers` to set `set` of the sandbox (skipping addresses added recently); an address
+-- added before is removed and added again, for its new timeout. Through the sandbox's kept netlink socket
+-- (entry.nl) when it has one, else with libnftables.
 function Enforcer:_learn(entry, set, answers)
     local now = self.now()
     local learned = entry.learned[set]
@@ -333,25 +337,42 @@ function Enforcer:_learn(entry, set, answers)
         learned = {}
         entry.learned[set] = learned
     end
-    local cmds = {}
+    local adds, dels = {}, {}
     for _, a in ipairs(answers) do
         if a.type == QTYPE_A and a.addr then
             local ttl = math.max(M.MIN_TTL, math.min(M.MAX_TTL, a.ttl or 0))
             local until_s = learned[a.addr]
             if not until_s or until_s - now < ttl / 2 then
-                local el = string.format("inet %s %s { %s timeout %ds }", M.TABLE, set, a.addr, ttl)
                 if until_s and until_s > now + 1 then
-                    cmds[#cmds + 1] = "delete element " .. string.format("inet %s %s { %s }", M.TABLE, set, a.addr)
+                    dels[#dels + 1] = a.addr
                 end
-                cmds[#cmds + 1] = "add element " .. el
+                adds[#adds + 1] = { a.addr, ttl }
                 learned[a.addr] = now + ttl
             end
         end
     end
-    if #cmds == 0 then
+    if #adds == 0 then
         return true
     end
-    local ok, err = self.net.nft(entry.pid, table.concat(cmds, "\n") .. "\n")
+    local ok, err
+    if entry.nl then
+        for i = 1, math.max(#adds, #dels), M.NL_CHUNK do
+            local a, d = table.move(adds, i, i + M.NL_CHUNK - 1, 1, {}), table.move(dels, i, i + M.NL_CHUNK - 1, 1, {})
+            ok, err = entry.nl:elements(M.TABLE, set, a, d)
+            if not ok then
+                break
+            end
+        end
+    else
+        local cmds = {}
+        for _, addr in ipairs(dels) do
+            cmds[#cmds + 1] = string.format("delete element inet %s %s { %s }", M.TABLE, set, addr)
+        end
+        for _, el in ipairs(adds) do
+            cmds[#cmds + 1] = string.format("add element inet %s %s { %s timeout %ds }", M.TABLE, set, el[1], el[2])
+        end
+        ok, err = self.net.nft(entry.pid, table.concat(cmds, "\n") .. "\n")
+    end
     if not ok then
         for _, a in ipairs(answers) do
             if a.addr then
@@ -441,16 +462,43 @@ function Enforcer:apply(id, pid, ip, policy)
     if ip then
         self.by_ip[ip] = entry
     end
+    self:_keep_socket(entry)
     return true
 end
 
---- Forgets sandbox `id` (its namespace, and the table in it, go with the container).
+-- A sandbox with a policy keeps a netlink socket in its namespace for the DNS filter's set updates (opened
+-- here, also for a sandbox taken over after a restart; closed by detach or when the policy goes). Without
+-- one (core.net too old, or the socket cannot be opened) the updates go through libnftables.
+function Enforcer:_keep_socket(entry)
+    if not entry.policy then
+        if entry.nl then
+            entry.nl:close()
+            entry.nl = nil
+        end
+    elseif not entry.nl and self.net.nl_open then
+        local nl, err = self.net.nl_open(entry.pid)
+        if nl then
+            entry.nl = nl
+        else
+            self:_warn("network policy: no netlink socket kept for the sandbox (set updates use libnftables)",
+                { sandbox_id = entry.id, error = tostring(err) })
+        end
+    end
+end
+
+--- Forgets sandbox `id` (its namespace, and the table in it, go with the container) and closes its netlink
+--- socket.
 function Enforcer:detach(id)
     local entry = self.by_id[id]
     if entry then
         self.by_id[id] = nil
         if entry.ip and self.by_ip[entry.ip] == entry then
             self.by_ip[entry.ip] = nil
+        end
+        if entry.nl then
+            -- the socket holds the namespace: closed now, not whenever the collector gets to it
+            entry.nl:close()
+            entry.nl = nil
         end
     end
 end

@@ -34,6 +34,64 @@ assert(ok == nil and err:find("No such file or directory", 1, true), tostring(er
 -- a process that is gone
 ok, err = net.nft(999999999, "list tables")
 assert(ok == nil and err:find("network namespace", 1, true), tostring(err))
+
+-- the kept netlink socket: opened once in the namespace, adds and removes set elements there (and only there)
+-- with no setns per call; it is one file descriptor, gone when closed
+local lfs = require("lfs")
+local function fds()
+    local n = 0
+    for _ in lfs.dir("/proc/self/fd") do
+        n = n + 1
+    end
+    return n
+end
+local fds0 = fds()
+local nl = assert(net.nl_open(pid))
+assert(fds() == fds0 + 1, "nl_open: " .. fds() .. " fds, was " .. fds0)
+ok, err = nl:elements("osbscenario", "s", { { "10.1.2.3", 120 }, { "10.1.2.4", 3600 } })
+assert(ok, err)
+_, text = net.nft(pid, "list set inet osbscenario s")
+assert(text:find("10.1.2.3 timeout 2m", 1, true) and text:find("10.1.2.4 timeout 1h", 1, true), text)
+_, own = net.nft(0, "list tables")
+assert(not own:find("osbscenario", 1, true), own)
+-- a new timeout: removed and added again in one batch
+ok, err = nl:elements("osbscenario", "s", { { "10.1.2.3", 600 } }, { "10.1.2.3" })
+assert(ok, err)
+_, text = net.nft(pid, "list set inet osbscenario s")
+assert(text:find("10.1.2.3 timeout 10m", 1, true), text)
+-- the kernel's refusal is an error, and nothing of the batch stays (10.1.2.9 was in it)
+ok, err = nl:elements("osbscenario", "s", { { "10.1.2.9", 60 } }, { "10.1.2.200" })
+assert(ok == nil and err:find("No such file or directory", 1, true), tostring(err))
+ok, err = nl:elements("osbscenario", "nosuchset", { { "10.1.2.9", 60 } })
+assert(ok == nil and err:find("No such file or directory", 1, true), tostring(err))
+_, text = net.nft(pid, "list set inet osbscenario s")
+assert(not text:find("10.1.2.9", 1, true), text)
+-- after an error the socket still works (the answers were all read)
+assert(nl:elements("osbscenario", "s", { { "10.1.2.5", 60 } }))
+_, text = net.nft(pid, "list set inet osbscenario s")
+assert(text:find("10.1.2.5", 1, true), text)
+-- bad elements are caller errors
+assert(not pcall(nl.elements, nl, "osbscenario", "s", { { "not-an-ip", 60 } }))
+assert(not pcall(nl.elements, nl, "osbscenario", "s", { { "10.1.2.6", 0 } }))
+local many = {}
+for i = 1, 257 do
+    many[i] = { "10.3.0." .. (i % 250), 60 }
+end
+assert(not pcall(nl.elements, nl, "osbscenario", "s", many))
+nl:close()
+nl:close() -- twice is fine
+assert(fds() == fds0, "after close: " .. fds() .. " fds, was " .. fds0)
+assert(not pcall(nl.elements, nl, "osbscenario", "s", { { "10.1.2.7", 60 } }))
+-- one the collector finds is closed by it
+do
+    local _ = assert(net.nl_open(pid))
+end
+collectgarbage()
+collectgarbage()
+assert(fds() == fds0, "after collection: " .. fds() .. " fds, was " .. fds0)
+ok, err = net.nl_open(999999999)
+assert(ok == nil and err:find("network namespace", 1, true), tostring(err))
+assert(fds() == fds0, "after a failed open: " .. fds() .. " fds, was " .. fds0)
 sh("kill " .. pid)
 h:close()
 

@@ -95,6 +95,40 @@ local function ip_of(container)
     return H.run("docker inspect -f '{{.NetworkSettings.IPAddress}}' " .. container):match("([%d%.]+)")
 end
 
+-- The netfilter netlink sockets of sandbox `id`'s network namespace (its /proc/net/netlink, protocol 12) that the
+-- server holds (the DNS filter's socket kept per sandbox): a list of socket inodes.
+local function server_nl_sockets(id)
+    local cpid = H.run("docker inspect -f '{{.State.Pid}}' sandbox-" .. id):match("(%d+)")
+    local inodes = {}
+    for line in H.run("cat /proc/" .. cpid .. "/net/netlink"):gmatch("[^\n]+") do
+        local f = {}
+        for w in line:gmatch("%S+") do
+            f[#f + 1] = w
+        end
+        if f[2] == "12" and f[10] then
+            inodes[f[10]] = true
+        end
+    end
+    local held = {}
+    for inode in H.run("ls -l /proc/" .. srv.pid .. "/fd"):gmatch("socket:%[(%d+)%]") do
+        if inodes[inode] then
+            held[#held + 1] = inode
+        end
+    end
+    return held
+end
+
+-- whether the server holds any of the sockets `inodes`
+local function server_holds(inodes)
+    local fds = H.run("ls -l /proc/" .. srv.pid .. "/fd")
+    for _, inode in ipairs(inodes) do
+        if fds:find("socket:[" .. inode .. "]", 1, true) then
+            return true
+        end
+    end
+    return false
+end
+
 describe("network policy (real traffic)", function()
     setup(function()
         H.ensure_image()
@@ -295,9 +329,12 @@ describe("network policy (real traffic)", function()
         assert.equal(200, res.status, res.body)
 
         -- a restart (same store): the sandbox keeps its current policy, and the new server's DNS filter serves it
+        assert.equal(1, #server_nl_sockets(id))
         srv:stop()
         srv = H.start({ dir = srv.dir, port = srv.port, config = srv.config })
         H.wait_state(srv, id, "Running", 30)
+        -- the new server keeps a netlink socket of its own in the sandbox's namespace (taken over at start-up)
+        assert.equal(1, #server_nl_sockets(id))
         local got = policy_call("GET")
         assert.equal(200, got.status, got.body)
         out, ok = fetch(id, "allowed.test")
@@ -310,16 +347,20 @@ describe("network policy (real traffic)", function()
         assert.is_false(ok, out)
     end)
 
-    it("leaves nothing on the host: no table, no rule, no interface of its own", function()
+    it("leaves nothing on the host: no table, no rule, no interface, no socket of its own", function()
         local id = create_with({ defaultAction = "deny", egress = { { action = "allow", target = "allowed.test" } } })
         local out, ok = fetch(id, "allowed.test")
         assert.is_true(ok, out)
+        -- the DNS filter's netlink socket in the sandbox's namespace (it holds the namespace while open)
+        local held = server_nl_sockets(id)
+        assert.equal(1, #held)
         -- the host's end of the sandbox's network interface
         local veth = in_sandbox(id, "cat /sys/class/net/eth0/iflink"):match("(%d+)")
         assert.matches("^" .. veth .. ":", (H.run("ip -o link show | grep '^" .. veth .. ":'")))
         assert.not_matches("opensandbox", (H.run("nft list tables")))
         assert.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. id).status)
         H.wait_gone(srv, id, 30)
+        assert.is_false(server_holds(held))
         assert.not_matches("opensandbox", (H.run("nft list ruleset")))
         assert.equal("", (H.run("ip -o link show | grep '^" .. veth .. ":'")))
     end)

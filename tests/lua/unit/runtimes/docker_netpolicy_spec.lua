@@ -225,6 +225,122 @@ describe("runtimes.docker.netpolicy", function()
         end)
     end)
 
+    describe("the kept netlink socket", function()
+        local policy = { defaultAction = "deny", egress = { { action = "allow", target = "*.example.com" } } }
+        -- fake_net with nl_open: sockets record their calls; opts.nl_fail makes nl_open fail, opts.el_fail elements
+        local function nl_net(opts)
+            local net = fake_net(opts)
+            net.sockets = {}
+            net.nl_open = function(pid)
+                if opts.nl_fail then
+                    return nil, "no netlink here"
+                end
+                local sock = { pid = pid, calls = {}, closed = false }
+                function sock.elements(self, tbl, set, adds, dels)
+                    assert(not self.closed, "used after close")
+                    self.calls[#self.calls + 1] = { table = tbl, set = set, adds = adds, dels = dels }
+                    if opts.el_fail then
+                        return nil, "netfilter refused the set elements: No such file or directory"
+                    end
+                    return true
+                end
+                function sock.close(self)
+                    self.closed = true
+                end
+                net.sockets[#net.sockets + 1] = sock
+                return sock
+            end
+            return net
+        end
+
+        it("is opened once per sandbox with a policy and takes the addresses instead of libnftables", function()
+            local net = nl_net({ answers = { { type = 1, addr = "10.0.0.7", ttl = 30 },
+                { type = 1, addr = "10.0.0.8", ttl = 600 }, { type = 5 } } })
+            local e = enforcer(net)
+            assert.is_true(e:apply("sb1", 42, "172.17.0.5", policy))
+            assert.is_true(e:apply("sb1", 42, "172.17.0.5", policy)) -- a PATCH: the same socket
+            assert.equal(1, #net.sockets)
+            assert.equal(42, net.sockets[1].pid)
+            local n = #net.calls
+            assert.equal("REPLY", e:answer(query("api.example.com"), "172.17.0.5"))
+            assert.equal(n + 1, #net.calls) -- the upstream query; no libnftables call
+            assert.same({ { table = "opensandbox", set = np.set_name("*.example.com"),
+                adds = { { "10.0.0.7", np.MIN_TTL }, { "10.0.0.8", 600 } }, dels = {} } }, net.sockets[1].calls)
+        end)
+
+        it("re-adds an address whose time is half gone, removing it first (a new timeout)", function()
+            local net = nl_net({ answers = { { type = 1, addr = "10.0.0.7", ttl = 30 } } })
+            local e = enforcer(net)
+            local t = 1000
+            e.now = function() return t end
+            assert.is_true(e:apply("sb1", 42, "172.17.0.5", policy))
+            e:answer(query("api.example.com"), "172.17.0.5")
+            t = t + np.MIN_TTL / 2 + 1
+            e:answer(query("api.example.com"), "172.17.0.5")
+            local calls = net.sockets[1].calls
+            assert.equal(2, #calls)
+            assert.same({ "10.0.0.7" }, calls[2].dels)
+            assert.same({ { "10.0.0.7", np.MIN_TTL } }, calls[2].adds)
+        end)
+
+        it("a refused update answers SERVFAIL and the address is tried again next time", function()
+            local net = nl_net({ answers = { { type = 1, addr = "10.0.0.7", ttl = 30 } }, el_fail = true })
+            local e = enforcer(net)
+            assert.is_true(e:apply("sb1", 42, "172.17.0.5", policy))
+            local a = e:answer(query("api.example.com"), "172.17.0.5")
+            assert.equal(2, string.unpack(">I2", a, 3) & 0xF)
+            e:answer(query("api.example.com"), "172.17.0.5")
+            assert.equal(2, #net.sockets[1].calls)
+        end)
+
+        it("long answers go in chunks the C side accepts", function()
+            local answers = {}
+            for i = 1, np.NL_CHUNK + 3 do
+                answers[i] = { type = 1, addr = string.format("10.0.%d.%d", i // 200, i % 200), ttl = 600 }
+            end
+            local net = nl_net({ answers = answers })
+            local e = enforcer(net)
+            assert.is_true(e:apply("sb1", 42, "172.17.0.5", policy))
+            e:answer(query("api.example.com"), "172.17.0.5")
+            local calls = net.sockets[1].calls
+            assert.equal(2, #calls)
+            assert.equal(np.NL_CHUNK, #calls[1].adds)
+            assert.equal(3, #calls[2].adds)
+        end)
+
+        it("is closed on detach, when the policy goes, and when the sandbox's process changes", function()
+            local net = nl_net({})
+            local e = enforcer(net)
+            assert.is_true(e:apply("sb1", 42, "172.17.0.5", policy))
+            e:detach("sb1")
+            assert.is_true(net.sockets[1].closed)
+            assert.is_nil(next(e.by_id))
+            -- a policy removed by DELETE /policy: isolation stays, the socket goes
+            assert.is_true(e:apply("sb2", 43, "172.17.0.6", policy))
+            assert.is_true(e:apply("sb2", 43, "172.17.0.6", nil))
+            assert.is_true(net.sockets[2].closed)
+            assert.is_true(e:apply("sb2", 43, "172.17.0.6", policy)) -- and comes back with one
+            assert.is_false(net.sockets[3].closed)
+            -- the container restarted (another main process): a socket in the new namespace
+            assert.is_true(e:apply("sb2", 44, "172.17.0.6", policy))
+            assert.is_true(net.sockets[3].closed)
+            assert.equal(44, net.sockets[4].pid)
+            assert.is_false(net.sockets[4].closed)
+        end)
+
+        it("without a socket (it cannot be opened) the addresses go through libnftables", function()
+            local warned
+            local net = nl_net({ answers = { { type = 1, addr = "10.0.0.7", ttl = 30 } }, nl_fail = true })
+            local e = enforcer(net)
+            e.log = { warn = function(msg) warned = msg end, info = function() end }
+            assert.is_true(e:apply("sb1", 42, "172.17.0.5", policy))
+            assert.matches("no netlink socket", warned)
+            e:answer(query("api.example.com"), "172.17.0.5")
+            assert.equal(string.format("add element inet opensandbox %s { 10.0.0.7 timeout %ds }\n",
+                np.set_name("*.example.com"), np.MIN_TTL), net.calls[#net.calls].script)
+        end)
+    end)
+
     describe("attach", function()
         it("takes over the sets an earlier server left in the namespace", function()
             local keep = np.set_name("a.test")
