@@ -22,7 +22,7 @@ spid=$!
 cleanup() {
     kill $spid 2>/dev/null || true
     wait $spid 2>/dev/null || true
-    docker ps -aq --filter "label=opensandbox.io/instance=$instance" | xargs -r docker rm -f -v >/dev/null
+    docker ps -aq --filter "label=opensandbox.io/instance=$instance" | xargs -r docker rm -f -v >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT

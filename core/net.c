@@ -58,35 +58,53 @@ static int push_fail(lua_State *L, const char *what)
     return 2;
 }
 
+/* Enters the network namespace of process `pid` on this thread. *self gets an fd of the namespace
+ * left (setns back to it, then close it). Returns 0, or -1 with errno set and *why naming the step.
+ */
+static int netns_enter(long long pid, int *self, const char **why)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%lld/ns/net", pid);
+    int target = open(path, O_RDONLY | O_CLOEXEC);
+    if (target < 0) {
+        *why = "cannot open the sandbox's network namespace";
+        return -1;
+    }
+    *self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (*self < 0) {
+        int e = errno;
+        close(target);
+        errno = e;
+        *why = "cannot open the server's network namespace";
+        return -1;
+    }
+    if (setns(target, CLONE_NEWNET) < 0) {
+        int e = errno;
+        close(target);
+        close(*self);
+        *self = -1;
+        errno = e;
+        *why = "cannot enter the sandbox's network namespace";
+        return -1;
+    }
+    close(target);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- nftables in a namespace */
 
 static int l_nft(lua_State *L)
 {
     lua_Integer pid = luaL_optinteger(L, 1, 0);
     const char *script = luaL_checkstring(L, 2);
-    int self = -1, target = -1;
+    int self = -1;
 
     if (pid < 0)
         return luaL_argerror(L, 1, "pid must be >= 0");
     if (pid > 0) {
-        char path[64];
-        snprintf(path, sizeof path, "/proc/%lld/ns/net", (long long)pid);
-        target = open(path, O_RDONLY | O_CLOEXEC);
-        if (target < 0)
-            return push_fail(L, "cannot open the sandbox's network namespace");
-        self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-        if (self < 0) {
-            close(target);
-            return push_fail(L, "cannot open the server's network namespace");
-        }
-        if (setns(target, CLONE_NEWNET) < 0) {
-            int e = errno;
-            close(target);
-            close(self);
-            errno = e;
-            return push_fail(L, "cannot enter the sandbox's network namespace");
-        }
-        close(target);
+        const char *why;
+        if (netns_enter((long long)pid, &self, &why) < 0)
+            return push_fail(L, why);
     }
     /* libnftables ends the whole process (exit) when it cannot open its netlink socket (no such
      * address family: a seccomp filter, a systemd RestrictAddressFamilies=, a kernel without
@@ -151,29 +169,15 @@ struct nl {
 static int l_nl_open(lua_State *L)
 {
     lua_Integer pid = luaL_checkinteger(L, 1);
-    char path[64];
     if (pid <= 0)
         return luaL_argerror(L, 1, "pid must be > 0");
     struct nl *h = lua_newuserdatauv(L, sizeof *h, 0);
     memset(h, 0, sizeof *h);
     luaL_setmetatable(L, NL_MT);
-    snprintf(path, sizeof path, "/proc/%lld/ns/net", (long long)pid);
-    int target = open(path, O_RDONLY | O_CLOEXEC);
-    if (target < 0)
-        return push_fail(L, "cannot open the sandbox's network namespace");
-    int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    if (self < 0) {
-        close(target);
-        return push_fail(L, "cannot open the server's network namespace");
-    }
-    if (setns(target, CLONE_NEWNET) < 0) {
-        int e = errno;
-        close(target);
-        close(self);
-        errno = e;
-        return push_fail(L, "cannot enter the sandbox's network namespace");
-    }
-    close(target);
+    int self;
+    const char *why;
+    if (netns_enter((long long)pid, &self, &why) < 0)
+        return push_fail(L, why);
     /* a netlink socket belongs to the namespace it was made in, wherever it is used later */
     h->sock = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
     int e = errno;
