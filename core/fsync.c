@@ -98,14 +98,15 @@ static void waiter_cancel(task *t)
 }
 
 /* Resumes every waiter whose generation is on disk; all of them when closing (the thread flushed
- * everything requested before it stopped) or once a flush failed. */
+ * everything requested before it stopped) or once a flush failed. The ready ones are taken off the
+ * list first: a resumed task may wait again, or close the file, before the next is resumed. */
 static void wake_ready(struct fsfile *f, int closing)
 {
     pthread_mutex_lock(&f->mu);
     uint64_t done = f->done;
     int err = f->err;
     pthread_mutex_unlock(&f->mu);
-    struct fwait **pp = &f->waiters;
+    struct fwait *ready = NULL, **pp = &f->waiters;
     while (*pp) {
         struct fwait *w = *pp;
         if (!closing && !err && w->gen > done) {
@@ -113,10 +114,16 @@ static void wake_ready(struct fsfile *f, int closing)
             continue;
         }
         *pp = w->next;
+        w->next = ready;
+        ready = w;
+        w->t->wait = NULL; /* (no longer cancellable through the list) */
+        w->t->cancel = NULL;
+    }
+    while (ready) {
+        struct fwait *w = ready;
+        ready = w->next;
         task *t = w->t;
         free(w);
-        t->wait = NULL;
-        t->cancel = NULL;
         if (err) {
             lua_pushnil(t->L);
             lua_pushfstring(t->L, "fdatasync failed: %s", strerror(err));
