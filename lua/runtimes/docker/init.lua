@@ -178,6 +178,15 @@ local function failure(step, message, err)
     return nil, rterrors.at_step(step, err, message)
 end
 
+-- Whether a container an interrupted provisioning had made ended without running the sandbox's entrypoint:
+-- its start failed (Docker never set StartedAt), or its start gate did (bootstrap.sh's exit status for it).
+local function never_ran(info, gated)
+    if info.status ~= "exited" and info.status ~= "dead" then
+        return false
+    end
+    return info.started_us == nil or (gated ~= nil and info.exit_code == netpolicy_mod.GATE_FAILED_EXIT)
+end
+
 local function msg(err)
     return tostring(type(err) == "table" and err.message or err)
 end
@@ -291,6 +300,18 @@ function Docker:provision(sandbox, spec)
         if not existing and not rterrors.is(oerr, "not_found") then -- (not_found: gone since; say the conflict)
             err = oerr
         end
+        if existing and never_ran(existing, cspec.start_gate) then
+            -- its start failed, or its gate did (the crash came between the gate's open and its write): the
+            -- entrypoint never ran, so this provisioning makes it again rather than report that exit
+            if self.log then
+                self.log.warn("the container an interrupted provisioning had made never ran its entrypoint; "
+                    .. "making it again", { sandbox_id = sandbox.id, container_id = existing.id,
+                        exit_code = existing.exit_code })
+            end
+            remove_half_created(existing.id)
+            existing = nil
+            cid, err = e:create_container(cspec)
+        end
         if existing then
             cid = existing.id
             local had = tonumber(existing.labels["opensandbox.io/execd-port"])
@@ -308,7 +329,7 @@ function Docker:provision(sandbox, spec)
         return fail("create", "Failed to create container: " .. msg(err), nil, err)
     end
     -- a container taken that had started already (or ran and ended) is not given the agent or started again
-    local started = existing and existing.status ~= "created"
+    local started = existing ~= nil and existing.status ~= "created"
     if started then
         ok = true
     elseif not cspec.agent_volume then
@@ -361,10 +382,7 @@ function Docker:provision(sandbox, spec)
         local pok, perr2 = self:_enforce(sandbox.id, info, spec.network_policy)
         if pok and cspec.start_gate then
             -- a container taken over (started by an interrupted provisioning) may have passed its gate already
-            pok, perr2 = self.netpolicy:release(info.pid, started and 0.5 or 10)
-            if started then
-                pok = true
-            end
+            pok, perr2 = self.netpolicy:release(info.pid, 10, started)
         end
         step("network")
         if not pok then

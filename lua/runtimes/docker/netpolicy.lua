@@ -16,12 +16,14 @@
 -- The user's entrypoint starts only after the table is in place: the bootstrap waits on a FIFO (the start
 -- gate) that `release` opens.
 local netpolicy = require("sandbox.netpolicy")
+local BOOTSTRAP = require("runtimes.docker.mapping").BOOTSTRAP
 
 local M = {}
 
 M.TABLE = "opensandbox"
 M.GATE_PATH = "/tmp/.opensandbox-gate"
 M.GATE_ENV = "OPENSANDBOX_START_GATE"
+M.GATE_FAILED_EXIT = 125 -- bootstrap.sh's exit status when its gate was not opened
 M.DENY = "reject with icmpx type admin-prohibited" -- a refused connection fails at once, not by timeout
 M.MIN_TTL = 300 -- seconds a learned address stays allowed at least (clients cache names for a while)
 M.MAX_TTL = 86400
@@ -503,12 +505,32 @@ function Enforcer:detach(id)
     end
 end
 
+--- Whether a process command line (/proc/PID/cmdline: NUL-separated) is bootstrap.sh's: the script is argv[0]
+--- or, run through its #! line, argv[1].
+function M.is_bootstrap_cmdline(s)
+    local a0, a1 = s:match("^([^%z]*)%z([^%z]*)")
+    return (a0 or s) == BOOTSTRAP or a1 == BOOTSTRAP
+end
+
+--- Whether process `pid` (a sandbox's main process) still runs bootstrap.sh: it has not passed its start gate
+--- (bootstrap.sh execs the entrypoint right after it). False when the process is gone.
+function M.in_bootstrap(pid)
+    local f = io.open("/proc/" .. tostring(pid) .. "/cmdline", "rb")
+    if not f then
+        return false
+    end
+    local s = f:read(4096) or ""
+    f:close()
+    return M.is_bootstrap_cmdline(s)
+end
+
 --- Opens the start gate of the sandbox whose main process is `pid`: its entrypoint starts. Waits (up to
---- `timeout` s) for the bootstrap to get there. Returns true or nil, err (a sandbox whose gate was opened
---- before, by an earlier server, never gets there: the caller of a taken-over container gives a short timeout
---- and goes on).
-function Enforcer:release(pid, timeout)
+--- `timeout` s) for the bootstrap to get there. `taken`: the container was started by an earlier server (a
+--- provisioning a crash interrupted), which may have opened the gate already: then a main process that no
+--- longer runs the bootstrap counts as released. Returns true or nil, err.
+function Enforcer:release(pid, timeout, taken)
     local deadline = self.now() + (timeout or 10)
+    local in_bootstrap = self.in_bootstrap or M.in_bootstrap
     while true do
         local ok, err = self.net.gate(pid, M.GATE_PATH)
         if ok then
@@ -516,6 +538,9 @@ function Enforcer:release(pid, timeout)
         end
         if err ~= "not ready" then
             return nil, "cannot open the start gate: " .. tostring(err)
+        end
+        if taken and not in_bootstrap(pid) then
+            return true
         end
         if self.now() > deadline then
             return nil, "the sandbox did not reach its start gate"

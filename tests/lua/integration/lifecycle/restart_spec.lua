@@ -192,6 +192,103 @@ describe("restarts #integration #docker", function()
             srv2:stop()
         end)
 
+    -- A provisioning a kill -9 cut while the container waited at its start gate (bootstrap.sh holds the
+    -- entrypoint until the server has put the network rules in place, then opens the gate). The server is
+    -- frozen (SIGSTOP) the moment Docker reports the container started, so that it has not opened the gate
+    -- yet, then killed. Returns the sandbox id and its container's main pid, or nil when the server was faster.
+    local function cut_at_gate(srv)
+        H.run(string.format("(timeout 20 docker events --filter event=start --filter label=opensandbox.io/id "
+            .. "--format x | (read -r _; kill -STOP %d)) >/dev/null 2>&1 &", srv.pid))
+        H.sleep(0.5) -- (the event stream is open)
+        local id = H.create(srv)
+        local stopped
+        for _ = 1, 200 do
+            local stat = H.run("cat /proc/" .. srv.pid .. "/stat")
+            if stat:match("^%d+ %b() T") then
+                stopped = true
+                break
+            end
+            H.sleep(0.05)
+        end
+        assert.is_true(stopped, "the server was not frozen at the container's start")
+        local cpid = tonumber((H.run("docker inspect -f '{{.State.Pid}}' sandbox-" .. id)))
+        local cmdline = H.run("cat /proc/" .. cpid .. "/cmdline"):gsub("%z", " ")
+        srv:kill()
+        if not cmdline:find("/opt/opensandbox/bootstrap.sh", 1, true) then
+            return nil -- past its gate already
+        end
+        return id, cpid
+    end
+
+    it("resumes a provisioning a kill -9 cut at the start gate: the gate is opened, or the container made "
+        .. "again when its gate had failed", function()
+        -- the gate never opened: the restarted server opens it, the entrypoint runs in the same container
+        local srv, id, cpid
+        for _ = 1, 5 do
+            srv = H.start({ dir = srv and srv.dir })
+            id, cpid = cut_at_gate(srv)
+            if id then
+                break
+            end
+        end
+        assert.is_truthy(id, "the server always opened the gate before it could be frozen")
+        local cid = H.inspect("sandbox-" .. id).Id
+        srv = H.start({ dir = srv.dir })
+        H.wait_state(srv, id, "Running", 30)
+        assert.are.equal(cid, H.inspect("sandbox-" .. id).Id)
+        local main
+        for _ = 1, 50 do
+            main = H.run("cat /proc/" .. cpid .. "/cmdline"):gsub("%z", " ")
+            if main == "sleep 600 " then
+                break
+            end
+            H.sleep(0.1)
+        end
+        assert.are.equal("sleep 600 ", main, "the entrypoint runs")
+        srv:kill()
+
+        -- the gate failed (as when the crash comes between the gate's open and its write: the bootstrap
+        -- reads end-of-file and exits 125): the restarted server makes the container again, never reports
+        -- that exit as the sandbox's
+        for _ = 1, 5 do
+            srv = H.start({ dir = srv.dir })
+            id, cpid = cut_at_gate(srv)
+            if id then
+                break
+            end
+        end
+        assert.is_truthy(id, "the server always opened the gate before it could be frozen")
+        cid = H.inspect("sandbox-" .. id).Id
+        local out, ok = H.run("sh -c 'exec 3>/proc/" .. cpid .. "/root/tmp/.opensandbox-gate'")
+        assert.is_true(ok, out)
+        local ins
+        for _ = 1, 50 do
+            ins = H.inspect("sandbox-" .. id)
+            if not ins.State.Running then
+                break
+            end
+            H.sleep(0.1)
+        end
+        assert.are.same({ "exited", 125 }, { ins.State.Status, ins.State.ExitCode })
+        srv = H.start({ dir = srv.dir })
+        local sb = H.wait_state(srv, id, "Running", 30)
+        assert.are.equal("Running", sb.status.state)
+        ins = H.inspect("sandbox-" .. id)
+        assert.are_not.equal(cid, ins.Id, "made again")
+        assert.is_true(ins.State.Running)
+        assert.are.equal(ins.Id:sub(1, 12), (H.run("docker ps -aq --filter label=opensandbox.io/id=" .. id)
+            :gsub("%s+$", "")), "one container for it")
+        for _ = 1, 50 do
+            main = H.run("cat /proc/" .. math.tointeger(ins.State.Pid) .. "/cmdline"):gsub("%z", " ")
+            if main == "sleep 600 " then
+                break
+            end
+            H.sleep(0.1)
+        end
+        assert.are.equal("sleep 600 ", main, "the entrypoint runs")
+        srv:stop()
+    end)
+
     it("finishes at the restart a delete that a kill -9 cut short", function()
         local srv = H.start()
         local id = H.create_running(srv)

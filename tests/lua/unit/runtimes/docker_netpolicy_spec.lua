@@ -74,6 +74,70 @@ local function enforcer(net)
     })
 end
 
+describe("runtimes.docker.netpolicy start gate", function()
+    local function gate_enforcer(gate_answers, in_bootstrap)
+        local t, gates = 1000, 0
+        local e = np.new({
+            net = { gate = function()
+                gates = gates + 1
+                local a = table.remove(gate_answers, 1) or "not ready"
+                if a == true then
+                    return true
+                end
+                return nil, a
+            end },
+            sleep = function() t = t + 1 end,
+            now = function() return t end,
+        })
+        e.in_bootstrap = in_bootstrap
+        return e, function() return gates end
+    end
+
+    it("opens the gate once the bootstrap waits at it, and gives up at the timeout", function()
+        local e, gates = gate_enforcer({ "not ready", "not ready", true })
+        assert.is_true(e:release(42, 10))
+        assert.are.equal(3, gates())
+        e = gate_enforcer({}, function() return false end)
+        local ok, err = e:release(42, 5) -- (not taken over: a process past the bootstrap does not count)
+        assert.is_nil(ok)
+        assert.are.equal("the sandbox did not reach its start gate", err)
+        ok, err = gate_enforcer({ "Permission denied" }):release(42, 5)
+        assert.is_nil(ok)
+        assert.are.equal("cannot open the start gate: Permission denied", err)
+    end)
+
+    it("taken over after a crash: released when the main process is past the bootstrap, else waits for it",
+        function()
+            -- the earlier server had opened it: the entrypoint runs
+            local e, gates = gate_enforcer({}, function() return false end)
+            assert.is_true(e:release(42, 10, true))
+            assert.are.equal(1, gates())
+            -- started just before the crash: the bootstrap has not made its FIFO yet, then does
+            local n = 0
+            e, gates = gate_enforcer({ "not ready", "not ready", true }, function()
+                n = n + 1
+                return true
+            end)
+            assert.is_true(e:release(42, 10, true))
+            assert.are.equal(3, gates())
+            assert.are.equal(2, n)
+            -- never gets there (and never gets past): an error, not a sandbox without its rules
+            local ok = gate_enforcer({}, function() return true end):release(42, 5, true)
+            assert.is_nil(ok)
+        end)
+
+    it("tells bootstrap.sh's command line from the entrypoint's", function()
+        assert.is_true(np.is_bootstrap_cmdline("/bin/sh\0/opt/opensandbox/bootstrap.sh\0sleep\0003600\0"))
+        assert.is_true(np.is_bootstrap_cmdline("/opt/opensandbox/bootstrap.sh\0"))
+        assert.is_false(np.is_bootstrap_cmdline("sleep\0003600\0"))
+        assert.is_false(np.is_bootstrap_cmdline("/bin/sh\0-c\0/opt/opensandbox/bootstrap.sh\0"))
+        assert.is_false(np.in_bootstrap(-1), "a process that is gone")
+        -- the real /proc: this process is not the bootstrap
+        local self_pid = io.open("/proc/self/stat"):read("l"):match("^(%d+)")
+        assert.is_false(np.in_bootstrap(tonumber(self_pid)))
+    end)
+end)
+
 describe("runtimes.docker.netpolicy", function()
     describe("script", function()
         it("evaluates the rules in order, then the default, and sends DNS to the filter", function()

@@ -567,6 +567,43 @@ describe("runtimes.docker (runtime): provision resumed after a crash (API.md §6
             placed.place)
     end)
 
+    it("makes again a container a crash left exited without running its entrypoint (start or gate failed)",
+        function()
+            -- the start failed: Docker never set StartedAt
+            local rt, engine = make()
+            leftover(engine, "exited", sandbox())
+            engine.inspects.old.exit_code = 128
+            local placed = assert(rt:provision(sandbox(), spec()))
+            assert.are.equal("c1", placed.handle)
+            assert.are.equal("Running", placed.status.state)
+            assert.are.equal(1, engine:count("remove"))
+            assert.is_truthy(table.concat(engine.calls, ","):find("remove old", 1, true))
+            assert.are.equal(1, #engine.specs, "made once more, one container in the end")
+
+            -- it started, but its start gate failed (bootstrap.sh's exit status): gated sandboxes only
+            rt, engine = make()
+            local released = {}
+            rt.netpolicy = { wants_table = function() return true end, detach = function() end,
+                release = function(_, pid, _, taken)
+                    released[#released + 1] = { pid, taken }
+                    return true
+                end }
+            leftover(engine, "exited", sandbox())
+            engine.inspects.old.started_us, engine.inspects.old.exit_code = STARTED_US, 125
+            placed = assert(rt:provision(sandbox(), spec()))
+            assert.are.equal("c1", placed.handle)
+            assert.are.same({ { nil, false } }, released)
+
+            -- an entrypoint that ran and ended is what the sandbox did: reported, not run again
+            rt, engine = make()
+            leftover(engine, "exited", sandbox())
+            engine.inspects.old.started_us, engine.inspects.old.exit_code = STARTED_US, 125
+            placed = assert(rt:provision(sandbox(), spec())) -- (not gated: 125 is the entrypoint's own)
+            assert.are.equal("old", placed.handle)
+            assert.are.equal(0, engine:count("remove"))
+            assert.are.equal(0, engine:count("start"))
+        end)
+
     it("host mode: keeps the agent port the container was made with, and frees the one it had just taken",
         function()
             local rt, engine = make({ docker = { network_mode = "host" }, ports = { 40001, 40002 } })
