@@ -75,6 +75,12 @@ return {
         -- the previous routes). nil or false: none. Writing routes: README.md, "Operator routes"; a sample
         -- is routes/hello.lua.
         routes_dir = nil,
+        -- The server's scheduling priority (a nice value, -20..19), set at start-up. The default puts it
+        -- ahead of the container daemons and of the sandboxes' processes, so that the API, warm pool
+        -- claims and the proxy stay fast while dockerd and runc make containers (raising it needs root or
+        -- CAP_SYS_NICE: otherwise a warning, and the server runs as started). false: left as started.
+        -- A program embedding the engine (libopensandbox) keeps its own priority.
+        nice = -10,
     },
 
     runtime = {

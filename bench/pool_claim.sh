@@ -17,7 +17,7 @@ return { server = { port = $PORT, api_key = "$KEY", log_level = "INFO" },
          docker = { instance = "$instance" },
          pools = { on_empty = "error", refill_concurrency = ${REFILL_CONCURRENCY:-4}, max_pool_size = 2000 } }
 CFG
-"$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" &
+${SERVER_NICE:+nice -n "$SERVER_NICE"} "$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" &
 spid=$!
 cleanup() {
     kill $spid 2>/dev/null || true

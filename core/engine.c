@@ -392,8 +392,8 @@ static int on_panic(lua_State *L)
     return 0; /* then Lua aborts */
 }
 
-/* core.embed.info() -> { embedded =, config_text =, config_format =, routes = {{name=, source=}...}
- * }
+/* core.embed.info() -> { embedded =, own_process =, config_text =, config_format =, routes =
+ * {{name=, source=}...} }
  */
 static int l_embed_info(lua_State *L)
 {
@@ -403,6 +403,9 @@ static int l_embed_info(lua_State *L)
         return 1;
     lua_pushboolean(L, e->script == NULL);
     lua_setfield(L, -2, "embedded");
+    lua_pushboolean(
+        L, e->signals); /* the process is the engine's own (the binary), not a host program's */
+    lua_setfield(L, -2, "own_process");
     if (e->config_text) {
         lua_pushstring(L, e->config_text);
         lua_setfield(L, -2, "config_text");

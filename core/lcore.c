@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 #include <dirent.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -263,6 +264,23 @@ static int l_process_stats(lua_State *L)
     return 1;
 }
 
+/* core.set_nice(n): the scheduling priority (nice value, -20..19) of the calling thread, which
+ * threads made afterwards inherit (on Linux setpriority(PRIO_PROCESS, 0) is per thread), so
+ * main.lua calls it before the store's flush thread exists. Returns true, or nil and the reason (a
+ * raise needs CAP_SYS_NICE). */
+static int l_set_nice(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, n >= -20 && n <= 19, 1, "a nice value is -20..19");
+    if (setpriority(PRIO_PROCESS, 0, (int)n) != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, strerror(errno));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static int l_getpid(lua_State *L)
 {
     lua_pushinteger(L, getpid());
@@ -361,6 +379,7 @@ int luaopen_core(lua_State *L)
                                    {"stop", l_stop},
                                    {"free_tcp_port", l_free_tcp_port},
                                    {"getpid", l_getpid},
+                                   {"set_nice", l_set_nice},
                                    {"process_stats", l_process_stats},
                                    {"mkdirs", l_mkdirs},
                                    {"kill", l_kill},

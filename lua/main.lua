@@ -94,6 +94,18 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         return core.stop(0)
     end
 
+    -- the scheduling priority, before any thread is made (threads inherit it); a host program embedding the
+    -- engine keeps its own
+    if cfg.server.nice and embedded.own_process then
+        local nok, nerr = core.set_nice(cfg.server.nice)
+        if nok then
+            log.info("scheduling priority set", { nice = cfg.server.nice })
+        else
+            log.warn("cannot set the scheduling priority; running at the one it was started with",
+                { nice = cfg.server.nice, error = nerr })
+        end
+    end
+
     -- state
     local ok, merr = core.mkdirs(state_dir, tonumber("700", 8))
     if not ok then

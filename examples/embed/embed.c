@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -171,6 +172,9 @@ int main(int argc, char **argv)
         }
     }
     printf("embed: sandbox %s is %s\n", id, state);
+    /* the engine left this program's scheduling priority alone (server.nice is the binary's) */
+    errno = 0;
+    printf("embed: nice %d\n", getpriority(PRIO_PROCESS, 0));
     if (strcmp(state, "Running") != 0)
         goto done;
     status = osb_sandbox_list(e, "metadata=example%3Dembed", &out);

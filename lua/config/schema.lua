@@ -44,6 +44,10 @@ M.sections = {
         proxy_keepalive_timeout = { type = "number", default = 30, min = 0.001, max = 86400 },
         -- operator routes: a directory of Lua route modules (README "Operator routes"); nil/false: none
         routes_dir = { type = "string", false_ok = true },
+        -- the server's scheduling priority (nice value; README "Configuration"): above the runtime's daemons
+        -- and the sandboxes' processes, so that claims and the API stay fast while dockerd makes containers;
+        -- false: left as started
+        nice = { type = "integer", default = -10, min = -20, max = 19, false_ok = true },
     },
     runtime = {
         type = { type = "enum", values = { "docker", "kubernetes" }, default = "docker" },

@@ -127,7 +127,7 @@ describe("cmake --install layout #integration #docker", function()
         assert.matches("ExecReload=" .. configured .. "/bin/opensandbox-server --config " .. configured
             .. "/etc/opensandbox/config.lua --reload\n", unit, 1, true)
         for _, line in ipairs({ "After=network-online.target docker.service", "Restart=on-failure",
-            "StateDirectory=opensandbox", "User=opensandbox", "ProtectSystem=strict", "NoNewPrivileges=yes",
+            "StateDirectory=opensandbox", "User=opensandbox", "ProtectSystem=strict", "NoNewPrivileges=yes", "Nice=-10",
             "WantedBy=multi-user.target" }) do
             assert.matches(line, unit, 1, true)
         end
