@@ -5,7 +5,9 @@
 # pools.on_empty = "error" so that an empty pool is an error, not a slow cold create) and removes
 # everything it created. Loopback and the Docker socket only. Run under the Docker lock:
 #   flock -o /tmp/osb-docker.lock bench/pool_claim.sh [CLAIMS] [RATE]
-# Env (bench/pool_claim.lua): BUFFER_MIN, BUFFER_MAX, POOL_MAX, KEEP=1, REFILL_CONCURRENCY (default 4).
+# Env (bench/pool_claim.lua): BUFFER_MIN, BUFFER_MAX, POOL_MAX, KEEP=1, REFILL_CONCURRENCY (default 4);
+# SERVER_NICE (run the server under nice -n); RAISE_NEIGH=0 (keep the host's neighbour table limits).
+# The server's log is left in /tmp/osb-bench-pool-server.log.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/osb-bench-pool.XXXXXX)
@@ -19,15 +21,27 @@ return { server = { port = $PORT, api_key = "$KEY", log_level = "INFO" },
 CFG
 ${SERVER_NICE:+nice -n "$SERVER_NICE"} "$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" &
 spid=$!
+# ~1000 containers on one bridge overflow the kernel's neighbour (ARP) table at its defaults (gc_thresh3 1024,
+# and entries over gc_thresh2 512 are collected after 5 s): connections to members then wait for ARP or
+# are dropped ("neighbor table overflow" in dmesg; a claim's agent call took 1 s, some 10 s). A host meant for
+# that many sandboxes raises them (README "Warm pools"); this run does, and puts the old values back after.
+neigh=/proc/sys/net/ipv4/neigh/default
+old_gc="$(cat $neigh/gc_thresh1) $(cat $neigh/gc_thresh2) $(cat $neigh/gc_thresh3)"
+if [ "${RAISE_NEIGH:-1}" = 1 ]; then
+    echo 4096 >$neigh/gc_thresh1 && echo 8192 >$neigh/gc_thresh2 && echo 16384 >$neigh/gc_thresh3
+fi
 cleanup() {
     kill $spid 2>/dev/null || true
     wait $spid 2>/dev/null || true
+    cp "$work/server.log" /tmp/osb-bench-pool-server.log 2>/dev/null || true
+    read -r g1 g2 g3 <<<"$old_gc"
+    echo "$g1" >$neigh/gc_thresh1; echo "$g2" >$neigh/gc_thresh2; echo "$g3" >$neigh/gc_thresh3
     docker ps -aq --filter "label=opensandbox.io/instance=$instance" | xargs -r docker rm -f -v >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
-echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest, refill_concurrency=${REFILL_CONCURRENCY:-4}"
+echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest, refill_concurrency=${REFILL_CONCURRENCY:-4}, neighbour table gc_thresh1/2/3 $(cat $neigh/gc_thresh1)/$(cat $neigh/gc_thresh2)/$(cat $neigh/gc_thresh3)"
 echo
 echo "| measure | value |"
 echo "|---|---|"

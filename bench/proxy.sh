@@ -95,7 +95,9 @@ http {
   }
 }
 NGX
-nginx -c "$work/nginx.conf" -g 'daemon off;' &
+# nginx runs at the scheduling priority our server gives itself (server.nice, default -10): the same
+# footing against wrk and the backend
+nice -n -10 nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 nginx="http://127.0.0.1:$NGINX_PORT"
 nginx_master=${pids[-1]}

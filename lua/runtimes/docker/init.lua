@@ -740,12 +740,47 @@ end
 --- inspected), inspected: `{ id, handle, place, status, sandbox = identity | nil, foreign = true | nil }`.
 --- A container removed between the list and its inspection is left out; one whose inspection failed
 --- otherwise is listed with status and place nil.
+-- The kernel's neighbour (ARP) table: with its defaults (gc_thresh2 512, gc_thresh3 1024) a host with about a
+-- thousand containers on one bridge overflows it ("neighbor table overflow" in dmesg), and connections to
+-- sandboxes (agent calls, pool claims, the proxy) wait for ARP or are dropped: a claim's agent call took 1 s
+-- and some 10 s at 1000 pool members. Docker does not raise it; the operator does (README "Warm pools").
+-- Says so once an hour while a local daemon's bridge holds more of ours than the table keeps (gc_thresh2).
+M.NEIGH_DIR = "/proc/sys/net/ipv4/neigh/default/"
+
+local function read_int(path)
+    local f = io.open(path, "r")
+    if not f then
+        return nil
+    end
+    local v = tonumber(f:read("l") or "")
+    f:close()
+    return v
+end
+
+function Docker:_check_neighbours(n)
+    if self.host_mode or not tostring(self.engine.host or ""):find("^unix:") or not self.log then
+        return
+    end
+    local now = (self.core.now_s or os.time)()
+    if self.neigh_warned_s and now - self.neigh_warned_s < 3600 then
+        return
+    end
+    local t2, t3 = read_int(M.NEIGH_DIR .. "gc_thresh2"), read_int(M.NEIGH_DIR .. "gc_thresh3")
+    if t2 and n > t2 then
+        self.neigh_warned_s = now
+        self.log.warn("more sandbox containers on the bridge than the kernel's neighbour table keeps: raise "
+            .. "net.ipv4.neigh.default.gc_thresh1/2/3 (sysctl), or connections to sandboxes wait for ARP or fail",
+            { containers = n, gc_thresh2 = t2, gc_thresh3 = t3 })
+    end
+end
+
 function Docker:list()
     local e = self.engine
     local containers, err = e:list()
     if not containers then
         return nil, err
     end
+    self:_check_neighbours(#containers)
     local out = {}
     for _, c in ipairs(containers) do
         local sid = c.labels and c.labels[mapping.LABEL_ID]

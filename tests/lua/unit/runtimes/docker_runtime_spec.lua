@@ -631,6 +631,65 @@ describe("runtimes.docker (runtime): provision resumed after a crash (API.md §6
     end)
 end)
 
+describe("runtimes.docker (runtime): the kernel's neighbour table", function()
+    local dir
+    before_each(function()
+        dir = os.tmpname()
+        os.remove(dir)
+        assert(os.execute("mkdir -p " .. dir))
+        for name, v in pairs({ gc_thresh2 = 2, gc_thresh3 = 4 }) do
+            local f = assert(io.open(dir .. "/" .. name, "w"))
+            f:write(v, "\n")
+            f:close()
+        end
+        docker_runtime.NEIGH_DIR = dir .. "/"
+    end)
+    after_each(function()
+        docker_runtime.NEIGH_DIR = "/proc/sys/net/ipv4/neigh/default/"
+        os.execute("rm -rf " .. dir)
+    end)
+
+    local function warnings(log)
+        local n = 0
+        for _, l in ipairs(log.lines) do
+            if l.level == "warn" and l.msg:find("neighbour table", 1, true) then
+                n = n + 1
+                assert.are.same({ containers = 3, gc_thresh2 = 2, gc_thresh3 = 4 }, l.fields)
+            end
+        end
+        return n
+    end
+
+    it("warns once an hour when a local daemon's bridge holds more sandboxes than gc_thresh2", function()
+        local t = 1000
+        local rt, engine, log = make({ now_s = function() return t end })
+        engine.host = "unix:///var/run/docker.sock"
+        engine.containers = { { id = "a", labels = {} }, { id = "b", labels = {} } }
+        assert(rt:list())
+        assert.are.equal(0, warnings(log), "two are not more than 2")
+        engine.containers[3] = { id = "c", labels = {} }
+        assert(rt:list())
+        assert(rt:list())
+        assert.are.equal(1, warnings(log))
+        t = t + 3601
+        assert(rt:list())
+        assert.are.equal(2, warnings(log))
+    end)
+
+    it("says nothing for a remote daemon or in host mode", function()
+        local rt, engine, log = make()
+        engine.host = "tcp://10.0.0.5:2376"
+        engine.containers = { { id = "a", labels = {} }, { id = "b", labels = {} }, { id = "c", labels = {} } }
+        assert(rt:list())
+        assert.are.equal(0, warnings(log))
+        rt, engine, log = make({ docker = { network_mode = "host" } })
+        engine.host = "unix:///var/run/docker.sock"
+        engine.containers = { { id = "a", labels = {} }, { id = "b", labels = {} }, { id = "c", labels = {} } }
+        assert(rt:list())
+        assert.are.equal(0, warnings(log))
+    end)
+end)
+
 describe("runtimes.docker (runtime): host network mode", function()
     local HOST = { network_mode = "host" }
 
