@@ -36,7 +36,7 @@ cleanup() {
     cp "$work/server.log" /tmp/osb-bench-pool-server.log 2>/dev/null || true
     read -r g1 g2 g3 <<<"$old_gc"
     echo "$g1" >$neigh/gc_thresh1; echo "$g2" >$neigh/gc_thresh2; echo "$g3" >$neigh/gc_thresh3
-    docker ps -aq --filter "label=opensandbox.io/instance=$instance" | xargs -r docker rm -f -v >/dev/null 2>&1 || true
+    docker ps -aq --filter "label=opensandbox.io/instance=$instance" | xargs -r -n 25 -P 4 docker rm -f -v >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
