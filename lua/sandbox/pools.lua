@@ -178,7 +178,12 @@ function P:create_pool(body, ctx)
     end
     local s = self:pool_settings()
     local req
-    req, err = pool_validate.create(body, { ncpu = self.ncpu, max_size = s.max_size })
+    local rt = self.runtime
+    req, err = pool_validate.create(body, { ncpu = self.ncpu, max_size = s.max_size,
+        -- a runtime's own template shape (Kubernetes: a PodTemplateSpec), turned into ours
+        runtime_template = rt.pool_template and function(v, name)
+            return rt:pool_template(v, name)
+        end or nil })
     if not req then
         return nil, err
     end
@@ -351,7 +356,8 @@ function P:pool_add_member(pool)
     local sandbox = { id = id, created_us = m.created_us, metadata = {}, principal = pool.principal,
         access_token = m.access_token, pool = pool.name }
     local spec = { image = { uri = t.image.uri, auth = t.image.auth }, entrypoint = { "true" }, env = t.env or {},
-        nano_cpus = t.nano_cpus, memory = t.memory, gpu = t.gpu, volumes = t.volumes, pool_member = true }
+        nano_cpus = t.nano_cpus, memory = t.memory, gpu = t.gpu, volumes = t.volumes, pool_member = true,
+        runtime_template = t.runtime_template }
     -- a private image pulled by another tenant needs proof of access from the pool's owner (as a create)
     local verify, repo = image_access.must_verify(self.store, pool.principal, spec)
     spec.image.verify = verify or nil
