@@ -374,3 +374,27 @@ describe("sandbox.pools on the kubernetes runtime", function()
         assert.same({}, env.store.pools)
     end)
 end)
+
+describe("sandbox.pools on the kubernetes runtime: the watch", function()
+    it("never adopts a member it does not hold as a sandbox from a change (one just dropped)", function()
+        local c = cluster()
+        local env = env_on(c)
+        assert(env:op("create_pool", pts_body(), ALICE))
+        refill(env)
+        local name = member_pods(c)[1]
+        local pod = c.pods[name]
+        local id = pod.metadata.labels["opensandbox.io/id"]
+        local m = env.svc.pool_members[id]
+        env.svc:pool_drop_member(m, false) -- (as a DELETE /pools does, before its removal lands)
+        local mapping = require("runtimes.kubernetes.mapping")
+        env.svc:on_change({ id = id, handle = name, status = { state = "Running", reason = "CONTAINER_RUNNING" },
+            sandbox = mapping.identity_of(pod), place = { ip = pod.status.podIP } })
+        assert.is_nil(env.svc.records[id])
+        -- a sandbox (no pool) another replica made is adopted from its change, as before
+        local other = S.deep_copy(pod)
+        other.metadata.labels["opensandbox.io/pool"] = nil
+        env.svc:on_change({ id = id, handle = name, status = { state = "Running", reason = "CONTAINER_RUNNING" },
+            sandbox = mapping.identity_of(other), place = { ip = pod.status.podIP } })
+        assert.is_table(env.svc.records[id])
+    end)
+end)
