@@ -48,6 +48,18 @@ local function cluster()
         create.json = pod
     end
     k:on("POST", "^" .. NS .. "/pods$", create)
+    -- a dry run (a pool's check of its member pod): accepted, or refused with c.refuse = { code, message }
+    local dry = {}
+    dry.run = function(req)
+        c.dry_runs = (c.dry_runs or 0) + 1
+        c.last_dry_run = req
+        if c.refuse then
+            dry.status, dry.json = c.refuse[1], fake_kube.status(c.refuse[1], "Invalid", c.refuse[2])
+        else
+            dry.status, dry.json = 201, req.json
+        end
+    end
+    k:on("POST", "^" .. NS .. "/pods%?dryRun=All&fieldValidation=Strict$", dry)
     local list = {}
     list.run = function()
         local items = {}
@@ -199,6 +211,11 @@ describe("sandbox.pools on the kubernetes runtime", function()
         assert.equal("py", view.name)
         assert.equal("python:3.12", env.store.pools.py.template.image.uri)
         assert.equal("ssd", env.store.pools.py.template.runtime_template.spec.nodeSelector.disk, "kept durable")
+        -- the API server checked a member's pod first, without making it
+        assert.equal(1, c.dry_runs)
+        assert.equal("py", c.last_dry_run.json.metadata.labels["opensandbox.io/pool"])
+        assert.equal("ssd", c.last_dry_run.json.spec.nodeSelector.disk)
+        assert.same({}, c.pods)
         refill(env)
         assert.equal(2, ready(env))
         assert.same({ total = 2, allocated = 0, available = 2, revision = "1" },
@@ -282,6 +299,26 @@ describe("sandbox.pools on the kubernetes runtime", function()
         assert.same({}, env.store.pools)
         assert.same({}, env.svc.pools)
         assert.equal(0, count(c, "POST", "/pods$"))
+        assert.is_nil(c.dry_runs, "nothing asked of the API server for what the server refuses itself")
+        -- what only the API server knows: its refusal, in its words, and still nothing created
+        c.refuse = { 422, 'Pod "sandbox-x" is invalid: metadata.labels: Invalid value: "a b": a valid label '
+            .. 'must be ...' }
+        bad({ metadata = { labels = { team = "a b" } }, spec = { containers = { { image = "x" } } } },
+            "template: the Kubernetes API server refuses a member's pod: " .. c.refuse[2])
+        c.refuse = { 400, 'strict decoding error: unknown field "spec.nodeSelectr"' }
+        bad({ spec = { nodeSelectr = { a = "b" }, containers = { { image = "x" } } } },
+            "template: the Kubernetes API server refuses a member's pod: " .. c.refuse[2])
+        assert.equal(2, c.dry_runs)
+        assert.same({}, env.store.pools)
+        assert.same({}, c.pods)
+        -- an API server that cannot be reached: 503, nothing created
+        c.refuse = nil
+        c.k:on("POST", "dryRun=All", { err = { kind = "connect", message = "refused" } })
+        local view, err = env:op("create_pool", pts_body(), ALICE)
+        assert.is_nil(view)
+        assert.equal(503, err.status)
+        assert.equal("KUBERNETES::UNAVAILABLE", err.code)
+        assert.same({}, env.store.pools)
     end)
 
     it("takes the Docker-shaped template too", function()
