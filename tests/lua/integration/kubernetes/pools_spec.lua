@@ -161,6 +161,18 @@ describe("warm pools on kubernetes #integration #kubernetes", function()
             resources = { limits = { cpu = "lots" } } } } } },
             "template.spec.containers[0].resources.limits.cpu 'lots' is invalid: use millicores such as '500m' or "
                 .. "cores such as '0.5' (at most 9 decimals).")
+        -- what only the API server knows, from its dry run of a member's pod
+        local function refused(template, what)
+            K.assert_error(K.call(srv, "POST", "/v1/pools", pool_body({ template = template })), 400,
+                "SANDBOX::INVALID_PARAMETER", function(m)
+                    return m:find("template: the Kubernetes API server refuses a member's pod: ", 1, true) == 1
+                        and m:find(what, 1, true) ~= nil
+                end)
+        end
+        refused({ metadata = { labels = { team = "not a label" } }, spec = { containers = { { name = "main",
+            image = K.IMAGE } } } }, "metadata.labels")
+        refused({ spec = { nodeSelectr = { a = "b" }, containers = { { name = "main", image = K.IMAGE } } } },
+            "nodeSelectr")
         K.assert_error(K.create_raw(srv, claim_body()), 400, "SANDBOX::INVALID_PARAMETER",
             "extensions.poolRef: pool 'kp' does not exist.")
         assert.are.same({ items = {} }, K.call(srv, "GET", "/v1/pools").json)
