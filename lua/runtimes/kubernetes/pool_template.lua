@@ -139,7 +139,7 @@ local function sandbox_container(c)
         return fail("template.%s must be an object.", where)
     end
     for _, f in ipairs(CLAIM_FIELDS) do
-        if not absent(c[f]) then
+        if not absent(c[f]) and not (type(c[f]) == "table" and next(c[f]) == nil) then -- ([] says nothing)
             return fail("template.%s.%s is not part of a pool template: set entrypoint on each create with "
                 .. "extensions.poolRef.", where, f)
         end
@@ -200,6 +200,7 @@ local function sandbox_container(c)
     end
     local rest = copy(c)
     rest.image, rest.resources, rest.env = nil, nil, #rest_env > 0 and rest_env or nil
+    rest.command, rest.args = nil, nil
     rest.name = mapping.CONTAINER -- (it lies under our container, whatever the template called it)
     return { image = c.image, limits = limits, env = env, order = order, rest = rest }
 end
