@@ -358,6 +358,23 @@ describe("sandbox.pools on the kubernetes runtime", function()
         assert.equal("side", pod.spec.containers[2].name)
     end)
 
+    it("a cold create's provisioning resumed after a crash still gets the pool's pod template", function()
+        local c = cluster()
+        local env = env_on(c)
+        assert(env:op("create_pool", pts_body({ capacitySpec = { bufferMin = 0, bufferMax = 0, poolMin = 0,
+            poolMax = 0 } }), ALICE))
+        local view = assert(env:op("create", claim(), ALICE)) -- (its provisioning never runs: a crash)
+        assert.equal("ssd", env.store.rows[view.id].provision.runtime_template.spec.nodeSelector.disk)
+        assert.same({}, c.pods)
+        local env2 = env_on(c, { store = env.store, load = true })
+        env2:run()
+        assert.equal("Running", env2.svc.records[view.id].state)
+        local pod = c.pods["sandbox-" .. view.id]
+        assert.equal("ssd", pod.spec.nodeSelector.disk)
+        assert.equal("side", pod.spec.containers[2].name)
+        assert.is_nil(env2.store.rows[view.id].provision, "dropped once provisioned")
+    end)
+
     it("adopts the members after a restart and never hands one out twice", function()
         local c = cluster()
         local env = env_on(c)
