@@ -449,7 +449,9 @@ function P:pool_member_change(change)
     if not m or m.state == "claimed" or (change.handle and m.handle and change.handle ~= m.handle) then
         return
     end
-    if change.gone or (change.status and change.status.state ~= STATE.RUNNING) then
+    -- (a member still being made may be reported Pending: Kubernetes' watch sees the pod before it runs)
+    local st = change.status and change.status.state
+    if change.gone or (st and st ~= STATE.RUNNING and st ~= STATE.PENDING) then
         self.log.warn("pool member stopped; replacing it", { pool = m.pool, sandbox_id = m.id,
             status = change.status and change.status.message or "removed" })
         self:pool_drop_member(m, not change.gone and m.handle ~= nil)

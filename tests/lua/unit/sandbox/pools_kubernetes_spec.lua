@@ -430,6 +430,21 @@ describe("sandbox.pools on the kubernetes runtime", function()
 end)
 
 describe("sandbox.pools on the kubernetes runtime: the watch", function()
+    it("keeps a member the watch reports Pending (the pod before it runs); drops one that ended", function()
+        local c = cluster()
+        local env = env_on(c)
+        assert(env:op("create_pool", pts_body(), ALICE))
+        refill(env)
+        local name = member_pods(c)[1]
+        local id = c.pods[name].metadata.labels["opensandbox.io/id"]
+        local m = env.svc.pool_members[id]
+        m.state = "warming"
+        env.svc:on_change({ id = id, handle = name, status = { state = "Pending", reason = "CONTAINER_STARTING" } })
+        assert.equal(m, env.svc.pool_members[id])
+        env.svc:on_change({ id = id, handle = name, status = { state = "Failed", reason = "CONTAINER_EXITED_ERROR" } })
+        assert.is_nil(env.svc.pool_members[id])
+    end)
+
     it("never adopts a member it does not hold as a sandbox from a change (one just dropped)", function()
         local c = cluster()
         local env = env_on(c)
