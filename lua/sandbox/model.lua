@@ -156,7 +156,8 @@ end
 --- The part of a validated create spec a Pending record keeps so that its provisioning can resume after a
 --- crash (the rest is in the record; env and image.auth are sealed apart): { name, nano_cpus, memory, gpu }.
 function M.resume_spec(spec, name)
-    return { name = name, nano_cpus = spec.nano_cpus, memory = spec.memory, gpu = spec.gpu }
+    return { name = name, nano_cpus = spec.nano_cpus, memory = spec.memory, gpu = spec.gpu,
+        runtime_template = spec.runtime_template } -- (a cold create from a pool: the runtime's part of its template)
 end
 
 --- Whether two plain values (strings, numbers, booleans, tables of them) are equal, tables by content.

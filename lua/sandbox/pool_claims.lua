@@ -118,6 +118,7 @@ function P:claim_member(spec, ctx, pool)
     end
     spec.env = env
     spec.volumes = t.volumes
+    spec.runtime_template = t.runtime_template -- (the runtime's own part of the template, rt:pool_template)
     spec.pool = nil -- a cold sandbox is not one of the pool's members
     return nil, nil
 end

@@ -57,8 +57,22 @@ function M.capacity(v, max_size)
     return out
 end
 
+-- a message about the converted body, in the runtime's own field names (names = { {ours, theirs}, ... })
+local function renamed(message, names)
+    for _, n in ipairs(names or {}) do
+        if message:sub(1, #n[1]) == n[1] then
+            return n[2] .. message:sub(#n[1] + 1)
+        end
+    end
+    return message
+end
+
 --- The Docker template -> { image = { uri, auth? }, nano_cpus?, memory?, gpu?, env = { {k, v}, ... },
---- volumes = { ... }, resource_limits = { the request's strings } }, or nil, err. opts = { ncpu, env_order }.
+--- volumes = { ... }, resource_limits = { the request's strings }, runtime_template = ... | nil }, or nil,
+--- err. opts = { ncpu, env_order, runtime_template = fn(v, name) | nil, name }.
+--- With opts.runtime_template (the runtime's rt:pool_template: a template of its own shape, such as
+--- Kubernetes' PodTemplateSpec), `v` may be that shape: the runtime turns it into the Docker-shaped body
+--- checked here, and its own part (JSON-able) is kept as `runtime_template` for the members' provisioning.
 function M.template(v, opts)
     opts = opts or {}
     if absent(v) then
@@ -66,6 +80,21 @@ function M.template(v, opts)
     end
     if not is_object(v) then
         return invalid("template must be an object.")
+    end
+    if opts.runtime_template then
+        local conv, cerr = opts.runtime_template(v, opts.name)
+        if conv == nil then
+            return invalid("%s", tostring(cerr))
+        end
+        if conv then
+            local t, err = M.template(conv.body, { ncpu = opts.ncpu, env_order = conv.env_order })
+            if not t then
+                return nil, errors.new(err.status, err.code, "template." .. renamed(err.message:sub(#"template." + 1),
+                    conv.names))
+            end
+            t.runtime_template = conv.template
+            return t
+        end
     end
     for _, f in ipairs(CLAIM_FIELDS) do
         if not absent(v[f]) then
@@ -123,7 +152,12 @@ function M.create(body, opts)
         return nil, err
     end
     local template
-    template, err = M.template(body.template, opts)
+    local topts = {}
+    for k, x in pairs(opts or {}) do
+        topts[k] = x
+    end
+    topts.name = name
+    template, err = M.template(body.template, topts)
     if not template then
         return nil, err
     end

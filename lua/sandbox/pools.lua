@@ -178,7 +178,12 @@ function P:create_pool(body, ctx)
     end
     local s = self:pool_settings()
     local req
-    req, err = pool_validate.create(body, { ncpu = self.ncpu, max_size = s.max_size })
+    local rt = self.runtime
+    req, err = pool_validate.create(body, { ncpu = self.ncpu, max_size = s.max_size,
+        -- a runtime's own template shape (Kubernetes: a PodTemplateSpec), turned into ours
+        runtime_template = rt.pool_template and function(v, name)
+            return rt:pool_template(v, name)
+        end or nil })
     if not req then
         return nil, err
     end
@@ -189,11 +194,15 @@ function P:create_pool(body, ctx)
     if not ok then
         return nil, err
     end
-    if self.pools[req.name] then -- (check_volumes may have yielded)
-        return nil, errors.new(409, "POOL::ALREADY_EXISTS", string.format("Pool '%s' already exists.", req.name))
-    end
     local pool = { name = req.name, principal = ctx and ctx.principal or nil, template = req.template,
         capacity = req.capacity, revision = 1, created_us = self:now_us(), members = {}, ready = {} }
+    ok, err = self:pool_check(pool) -- (the runtime's own checks of a member, nothing made)
+    if not ok then
+        return nil, err
+    end
+    if self.pools[req.name] then -- (check_volumes and pool_check may have yielded)
+        return nil, errors.new(409, "POOL::ALREADY_EXISTS", string.format("Pool '%s' already exists.", req.name))
+    end
     ok, err = self.store:put_pool(stored(pool))
     if not ok then
         return nil, self:store_error(err)
@@ -340,6 +349,32 @@ function P:pool_await_ready(m)
     self:pool_kick()
 end
 
+-- the contract's `sandbox` and `spec` of member `m` of `pool` (the template in waiting mode)
+local function member_of(pool, m)
+    local t = pool.template
+    local sandbox = { id = m.id, created_us = m.created_us, metadata = {}, principal = pool.principal,
+        access_token = m.access_token, pool = pool.name }
+    local spec = { image = { uri = t.image.uri, auth = t.image.auth }, entrypoint = { "true" }, env = t.env or {},
+        nano_cpus = t.nano_cpus, memory = t.memory, gpu = t.gpu, volumes = t.volumes, pool_member = true,
+        runtime_template = t.runtime_template }
+    return sandbox, spec
+end
+
+-- Before a pool is created: whether the runtime could make a member of it (rt:pool_check, optional: a
+-- Kubernetes API server validates the whole pod, template included, without creating it). true or nil, err.
+function P:pool_check(pool)
+    if not self.runtime.pool_check then
+        return true
+    end
+    local sandbox, spec = member_of(pool, { id = self.core.uuid.v4(), created_us = self:now_us(),
+        access_token = self.core.uuid.random_hex(32) })
+    local ok, err = self.runtime:pool_check(sandbox, spec)
+    if not ok then
+        return nil, self:runtime_error(err, "DOCKER::SANDBOX_START_FAILED", "check")
+    end
+    return true
+end
+
 -- Makes one member of `pool` (in a refill task): the runtime provisions the template in waiting mode.
 function P:pool_add_member(pool)
     local id = self.core.uuid.v4()
@@ -347,11 +382,7 @@ function P:pool_add_member(pool)
         access_token = self.core.uuid.random_hex(32) }
     self.pool_members[id] = m
     pool.members[id] = m
-    local t = pool.template
-    local sandbox = { id = id, created_us = m.created_us, metadata = {}, principal = pool.principal,
-        access_token = m.access_token, pool = pool.name }
-    local spec = { image = { uri = t.image.uri, auth = t.image.auth }, entrypoint = { "true" }, env = t.env or {},
-        nano_cpus = t.nano_cpus, memory = t.memory, gpu = t.gpu, volumes = t.volumes, pool_member = true }
+    local sandbox, spec = member_of(pool, m)
     -- a private image pulled by another tenant needs proof of access from the pool's owner (as a create)
     local verify, repo = image_access.must_verify(self.store, pool.principal, spec)
     spec.image.verify = verify or nil
@@ -418,7 +449,9 @@ function P:pool_member_change(change)
     if not m or m.state == "claimed" or (change.handle and m.handle and change.handle ~= m.handle) then
         return
     end
-    if change.gone or (change.status and change.status.state ~= STATE.RUNNING) then
+    -- (a member still being made may be reported Pending: Kubernetes' watch sees the pod before it runs)
+    local st = change.status and change.status.state
+    if change.gone or (st and st ~= STATE.RUNNING and st ~= STATE.PENDING) then
         self.log.warn("pool member stopped; replacing it", { pool = m.pool, sandbox_id = m.id,
             status = change.status and change.status.message or "removed" })
         self:pool_drop_member(m, not change.gone and m.handle ~= nil)

@@ -218,6 +218,7 @@ function P:resume_provisioning()
                 volumes = rec.volumes,
                 snapshot_id = rec.snapshot_id,
                 network_policy = rec.network_policy,
+                runtime_template = p.runtime_template,
             }
             self.log.info("resuming interrupted provisioning", { sandbox_id = id })
             self:start_provisioning(id, spec, p.name)

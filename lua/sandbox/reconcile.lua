@@ -196,8 +196,10 @@ function P:on_change(change)
     if not rec and id and self.pool_members[id] then
         return self:pool_member_change(change) -- a warm pool member (sandbox/pools.lua)
     end
+    -- (a warm pool member we do not hold is never adopted as a sandbox from a change: one just dropped, whose
+    -- removal is under way; the sweep's reconcile judges the others, sandbox/pools.lua pool_listed)
     if not rec and id and change.sandbox and change.status and not change.gone and not self.provisioning[id]
-        and not self:removed_lately(id) and self:adoptable_now(change.status) then
+        and not change.sandbox.pool and not self:removed_lately(id) and self:adoptable_now(change.status) then
         -- a sandbox another replica made (a runtime whose changes carry identity: Kubernetes): adopted at
         -- once, so that any replica serves it (the sweep would adopt it within SWEEP_INTERVAL)
         if self:adopt({ id = id, handle = change.handle, place = change.place, status = change.status,

@@ -13,6 +13,7 @@ local agent_mod = require("runtimes.docker.agent")
 local hostports = require("runtimes.docker.hostports")
 local imageref = require("runtimes.docker.imageref")
 local rterrors = require("runtimes.errors")
+local pool_agent = require("runtimes.pool_agent")
 local json = require("common.json")
 local timefmt = require("common.timefmt")
 
@@ -868,12 +869,7 @@ end
 ------------------------------------------------------------------------------------------------------------
 -- addresses (§7.1, §7.3)
 
-local function bracket(host)
-    if host:find(":", 1, true) and not host:find("^%[") then
-        return "[" .. host .. "]"
-    end
-    return host
-end
+local bracket = pool_agent.bracket
 
 -- docker.host_ip as an endpoint host, unless it is empty or a wildcard
 function Docker:public_host()
@@ -975,66 +971,7 @@ end
 -- pools (sandbox/pools.lua): a member is provisioned with spec.pool_member (bootstrap.sh then execs
 -- `execd --pool-member`, execd/src/pool.c); these two talk to its agent, never to dockerd
 
-M.AGENT_TIMEOUT = 5
-
--- one request to the sandbox's agent: res or nil, err (unavailable when it cannot be reached)
-function Docker:_agent_request(rec, method, path, body, token)
-    local addr, aerr = self:address(rec, M.AGENT_PORT, "proxy")
-    if not addr then
-        return nil, aerr
-    end
-    if not self.client then
-        return nil, rterrors.new("unavailable", "no HTTP client")
-    end
-    local res, err = self.client.request({
-        method = method,
-        url = string.format("http://%s:%d%s", bracket(addr.host), addr.port, path),
-        headers = { ["X-EXECD-ACCESS-TOKEN"] = token, ["Content-Type"] = body and "application/json" or nil },
-        body = body,
-        timeout = M.AGENT_TIMEOUT,
-        connect_timeout = M.AGENT_TIMEOUT,
-    })
-    if not res then
-        return nil, rterrors.new("unavailable", "the agent cannot be reached: " .. tostring(type(err) == "table"
-            and (err.message or err.kind) or err))
-    end
-    return res
-end
-
---- Whether the member's agent answers (with its boot token). true or nil, err. May yield.
-function Docker:pool_ping(rec)
-    local res, err = self:_agent_request(rec, "GET", "/ping", nil, rec.access_token)
-    if not res then
-        return nil, err
-    end
-    if res.status ~= 200 then
-        return nil, rterrors.new("api", "the agent answered " .. tostring(res.status), { status = res.status })
-    end
-    return true
-end
-
---- Hands the member `rec` (its boot token in rec.access_token) its claim: { token, entrypoint, env = {"K=V"} }.
---- The agent execs the entrypoint as the main process and takes the new token. true or nil, err. May yield.
-function Docker:pool_claim(rec, claim)
-    local env = json.array()
-    for i, kv in ipairs(claim.env or {}) do
-        env[i] = kv
-    end
-    local ep = json.array()
-    for i, a in ipairs(claim.entrypoint) do
-        ep[i] = a
-    end
-    local res, err = self:_agent_request(rec, "POST", "/pool/claim",
-        json.encode({ token = claim.token, entrypoint = ep, env = env }), rec.access_token)
-    if not res then
-        return nil, err
-    end
-    if res.status ~= 200 then
-        return nil, rterrors.new(res.status == 409 and "conflict" or "api", string.format(
-            "the agent refused the claim (%d): %s", res.status, tostring(res.body)), { status = res.status })
-    end
-    return true
-end
+pool_agent.install(Docker, { port = M.AGENT_PORT }) -- pool_ping, pool_claim
 
 -- the optional diagnostics of the contract (docker/diagnostics.lua)
 require("runtimes.docker.diagnostics")(Docker)

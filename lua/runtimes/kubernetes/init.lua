@@ -11,6 +11,8 @@ local api_mod = require("runtimes.kubernetes.api")
 local kubeconfig = require("runtimes.kubernetes.kubeconfig")
 local mapping = require("runtimes.kubernetes.mapping")
 local template_mod = require("runtimes.kubernetes.template")
+local pool_template = require("runtimes.kubernetes.pool_template")
+local pool_agent = require("runtimes.pool_agent")
 local rterrors = require("runtimes.errors")
 local timefmt = require("common.timefmt")
 
@@ -57,7 +59,8 @@ function M.new(cfg, deps)
     return setmetatable({
         name = "kubernetes",
         codes = M.CODES,
-        capabilities = { pause = false }, -- pause/resume answer `unsupported` (see pause below)
+        -- pause/resume answer `unsupported` (see pause below); pools: members wait in the agent ("pools")
+        capabilities = { pause = false, pools = true },
         config = kcfg,
         log = deps.log,
         client = deps.client,
@@ -628,6 +631,26 @@ function Kube:watch(on_change)
             return nil, lerr
         end
     end
+end
+
+------------------------------------------------------------------------------------------------------------
+-- pools (sandbox/pools.lua): a member is a pod provisioned with spec.pool_member (mapping.pod: env
+-- OPENSANDBOX_POOL_MEMBER=1, no args, so bootstrap.sh runs `execd --pool-member`, execd/src/pool.c) and
+-- labelled with its pool; pool_ping and pool_claim talk to its agent at the pod IP, never to the apiserver
+
+pool_agent.install(Kube, { port = M.AGENT_PORT })
+
+M.POOL_NAME_MAX = 63 -- a pool's name is a label value
+
+--- A pool's template on this runtime (pure): a PodTemplateSpec (runtimes.kubernetes.pool_template) or, when
+--- `v` is not one, false (the Docker-shaped template). `name` is the pool's: a label value, at most 63
+--- characters. Returns the parts, false, or nil and a message (a 400).
+function Kube.pool_template(_, v, name)
+    if type(name) == "string" and #name > M.POOL_NAME_MAX then
+        return nil, string.format("name must be at most %d characters on the kubernetes runtime (it is a label "
+            .. "value).", M.POOL_NAME_MAX)
+    end
+    return pool_template.parse(v)
 end
 
 ------------------------------------------------------------------------------------------------------------

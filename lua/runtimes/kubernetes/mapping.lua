@@ -28,6 +28,7 @@ M.LABEL_MANAGED_BY = "opensandbox.io/managed-by"
 M.MANAGED_BY = "opensandbox-server"
 M.LABEL_INSTANCE = "opensandbox.io/instance"
 M.LABEL_AGENT_TAG = "opensandbox.io/agent-tag"
+M.LABEL_POOL = "opensandbox.io/pool" -- a warm pool's member (and, once claimed, the sandbox it became)
 M.ANN = {
     created = "opensandbox.io/created-at",
     expires = "opensandbox.io/expires-at",
@@ -95,6 +96,8 @@ end
 --- opts = { agent_configmap = name (required), agent_has_execd = bool, pull_secret = name | nil,
 ---          image_pull_policy, service_account, instance, drop_capabilities (default: the Docker list),
 ---          template = runtimes.kubernetes.template result | nil }.
+--- spec.pool_member: the pod waits for a claim (env OPENSANDBOX_POOL_MEMBER=1, no args); sandbox.pool: the
+--- label opensandbox.io/pool; spec.runtime_template: a pool's pod template (laid under the operator's).
 --- Returns the manifest, or nil and a message for a spec Kubernetes cannot express (gpu = all).
 function M.pod(sandbox, spec, opts)
     assert(type(sandbox.id) == "string", "mapping.pod: sandbox.id required")
@@ -104,6 +107,9 @@ function M.pod(sandbox, spec, opts)
 
     local labels = owned_labels(opts.instance)
     labels[M.LABEL_ID] = sandbox.id
+    if str(sandbox.pool) then
+        labels[M.LABEL_POOL] = sandbox.pool
+    end
     local ann = { [M.ANN.created] = timefmt.format(sandbox.created_us) }
     if sandbox.expires_us then
         ann[M.ANN.expires] = timefmt.format(sandbox.expires_us)
@@ -123,11 +129,14 @@ function M.pod(sandbox, spec, opts)
     local env = json.array()
     for _, kv in ipairs(spec.env or {}) do
         local k, v = kv[1], kv[2]
-        if k ~= "OPENSANDBOX_EXECD_PORT" and k ~= "EXECD_ACCESS_TOKEN" then
+        if k ~= "OPENSANDBOX_EXECD_PORT" and k ~= "EXECD_ACCESS_TOKEN" and k ~= "OPENSANDBOX_POOL_MEMBER" then
             env[#env + 1] = { name = k, value = v }
         end
     end
     env[#env + 1] = { name = "OPENSANDBOX_EXECD_PORT", value = tostring(M.AGENT_PORT) }
+    if spec.pool_member then -- bootstrap.sh runs `execd --pool-member`: the claim brings the entrypoint
+        env[#env + 1] = { name = "OPENSANDBOX_POOL_MEMBER", value = "1" }
+    end
     if sandbox.access_token then
         env[#env + 1] = { name = "EXECD_ACCESS_TOKEN", value = sandbox.access_token }
     end
@@ -164,7 +173,7 @@ function M.pod(sandbox, spec, opts)
         drop[i] = c
     end
     local args = json.array()
-    for i, a in ipairs(spec.entrypoint or {}) do
+    for i, a in ipairs(not spec.pool_member and spec.entrypoint or {}) do
         args[i] = a
     end
 
@@ -225,7 +234,9 @@ function M.pod(sandbox, spec, opts)
         metadata = { name = M.pod_name(sandbox), labels = labels, annotations = ann },
         spec = podspec,
     }
-    return template.merge(opts.template, pod)
+    -- a pool's pod template (spec.runtime_template, runtimes.kubernetes.pool_template) lies under the
+    -- operator's (kubernetes.pod_template_file), and both under ours
+    return template.merge(template.layer(spec.runtime_template, opts.template), pod)
 end
 
 ------------------------------------------------------------------------------------------------------------
@@ -496,6 +507,7 @@ function M.identity_of(pod)
         metadata = type(md) == "table" and md or {},
         principal = str(ann[M.ANN.principal]),
         access_token = M.token_of(pod),
+        pool = str(labels[M.LABEL_POOL]),
     }
     s.nano_cpus, s.memory = limits_of(c)
     if str(ann[M.ANN.platform_os]) then

@@ -192,6 +192,59 @@ return function(Kube, M, u)
         end
     end
 
+    -- the pod manifest of a sandbox (mapping.pod with this runtime's settings), or nil, message
+    function Kube:_manifest(sandbox, spec, cm, has_execd, secret)
+        return mapping.pod(sandbox, spec, {
+            agent_configmap = cm,
+            agent_has_execd = has_execd,
+            pull_secret = secret,
+            -- a caller that has not proved access to a private image (spec.image.verify, sandbox.image_access):
+            -- the kubelet asks the registry, with this pod's pull secret or none, even when the node has it
+            image_pull_policy = (spec.image.verify and self.config.image_pull_policy ~= "Never") and "Always"
+                or self.config.image_pull_policy,
+            service_account = self.config.service_account,
+            instance = self.instance,
+            template = self.template or nil,
+        })
+    end
+
+    --- Before a warm pool is created (lua/sandbox/pools.lua): whether a member of it can be made, asked of
+    --- the API server without making it: the member's pod (the pool's template under the operator's and
+    --- ours) POSTed with dryRun=All and fieldValidation=Strict, so that a template the API server refuses
+    --- (an unknown field, a bad label, a wrong type) is a 400 naming its words, and nothing is created.
+    --- 1 request (+1 per half-second while a new namespace has no default ServiceAccount yet). true or nil,
+    --- err (kind "invalid" for a refusal).
+    function Kube:pool_check(sandbox, spec)
+        if not self.api then -- (never connected: the credentials could not be read)
+            return nil, rterrors.new("unavailable", self.init_error or "not connected")
+        end
+        local cm, has_execd = self:_ensure_agent()
+        if not cm then
+            return nil, has_execd
+        end
+        local manifest, merr = self:_manifest(sandbox, spec, cm, has_execd,
+            spec.image.auth and mapping.pull_secret_name(mapping.pod_name(sandbox)) or nil)
+        if not manifest then
+            return nil, rterrors.new("invalid", "template: " .. tostring(merr), { status = 400 })
+        end
+        local path = self:_path("pods") .. api_mod.query({ { "dryRun", "All" }, { "fieldValidation", "Strict" } })
+        local _, err = self.api:create(path, manifest)
+        local tries = 0
+        while err and err.status == 403 and tries < M.SA_WAIT_TRIES
+            and tostring(err.message):find("error looking up service account", 1, true) do
+            tries = tries + 1
+            self:_sleep(0.5)
+            _, err = self.api:create(path, manifest)
+        end
+        if err and (err.status == 400 or err.status == 422) then
+            return nil, rterrors.new("invalid", "template: the Kubernetes API server refuses a member's pod: "
+                .. msg(err), { status = 400 })
+        elseif err then
+            return nil, err
+        end
+        return true
+    end
+
     --- Provisions the sandbox: the agent ConfigMap (once), the pull Secret (with image.auth), the pod, the
     --- Secret's ownerReference to the pod, then a wait (kubernetes.create_timeout) until the pod's container
     --- runs or cannot start. On a failure the pod (and with it the Secret) is deleted before the error returns.
@@ -215,18 +268,7 @@ return function(Kube, M, u)
         if spec.image.auth then
             secret = mapping.pull_secret_name(pod_name)
         end
-        local manifest, merr = mapping.pod(sandbox, spec, {
-            agent_configmap = cm,
-            agent_has_execd = has_execd,
-            pull_secret = secret,
-            -- a caller that has not proved access to a private image (spec.image.verify, sandbox.image_access):
-            -- the kubelet asks the registry, with this pod's pull secret or none, even when the node has it
-            image_pull_policy = (spec.image.verify and self.config.image_pull_policy ~= "Never") and "Always"
-                or self.config.image_pull_policy,
-            service_account = self.config.service_account,
-            instance = self.instance,
-            template = self.template or nil,
-        })
+        local manifest, merr = self:_manifest(sandbox, spec, cm, has_execd, secret)
         if not manifest then
             return failure("create", merr, rterrors.new("unsupported", merr))
         end

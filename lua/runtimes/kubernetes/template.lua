@@ -39,9 +39,10 @@ local function is_array(t)
     return true
 end
 
--- YAML data -> plain tables for JSON: nulls and empty collections dropped, sequences marked as arrays
+-- YAML (or decoded JSON) data -> plain tables for JSON: nulls and empty collections dropped, sequences marked
+-- as arrays
 local function clean(v)
-    if v == lyaml.null then
+    if v == lyaml.null or v == json.null then
         return nil
     end
     if type(v) ~= "table" then
@@ -105,6 +106,18 @@ function M.parse(text, where)
     return {
         metadata = { labels = drop_reserved(meta.labels), annotations = drop_reserved(meta.annotations) },
         spec = spec or {},
+    }
+end
+
+--- The template of a decoded object { metadata = { labels, annotations }, spec } (a pool's PodTemplateSpec,
+--- runtimes.kubernetes.pool_template, already checked): cleaned as a file's, labels and annotations under
+--- opensandbox.io/ dropped.
+function M.from_object(doc)
+    doc = clean(doc) or {}
+    local meta = type(doc.metadata) == "table" and doc.metadata or {}
+    return {
+        metadata = { labels = drop_reserved(meta.labels), annotations = drop_reserved(meta.annotations) },
+        spec = type(doc.spec) == "table" and doc.spec or {},
     }
 end
 
@@ -175,6 +188,21 @@ function merge(base, ours)
     return out
 end
 M.merge_values = merge
+
+--- `over` laid over `under` (two templates, either may be nil or false): the template of both.
+function M.layer(under, over)
+    if not under then
+        return over or nil
+    end
+    if not over then
+        return under
+    end
+    return {
+        metadata = { labels = merge(under.metadata.labels, over.metadata.labels),
+            annotations = merge(under.metadata.annotations, over.metadata.annotations) },
+        spec = merge(under.spec, over.spec),
+    }
+end
 
 --- The pod manifest `pod` laid over `template` (nil: `pod` itself).
 function M.merge(template, pod)

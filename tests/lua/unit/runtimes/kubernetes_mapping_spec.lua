@@ -396,3 +396,165 @@ describe("kubernetes identity", function()
         assert.is_nil(mapping.identity_of(p))
     end)
 end)
+
+describe("kubernetes warm pool members", function()
+    local pool_template = require("runtimes.kubernetes.pool_template")
+
+    local function env_of(p)
+        local out = {}
+        for _, e in ipairs(p.spec.containers[1].env) do
+            out[#out + 1] = e.name .. "=" .. tostring(e.value)
+        end
+        return out
+    end
+
+    it("waits for its claim (OPENSANDBOX_POOL_MEMBER=1, no args) and is labelled with its pool", function()
+        local p = pod_json(sandbox({ pool = "py" }), spec({ pool_member = true,
+            env = { { "T", "1" }, { "OPENSANDBOX_POOL_MEMBER", "0" } } }))
+        assert.equal("py", p.metadata.labels["opensandbox.io/pool"])
+        assert.same({}, p.spec.containers[1].args)
+        assert.same({ "/opt/opensandbox/bootstrap.sh" }, p.spec.containers[1].command)
+        assert.same({ "T=1", "OPENSANDBOX_EXECD_PORT=44772", "OPENSANDBOX_POOL_MEMBER=1", "EXECD_ACCESS_TOKEN=tok123" },
+            env_of(p))
+        -- read back: the identity carries the pool (a restarted server adopts its members)
+        p.status = { podIP = "10.244.0.9" }
+        assert.equal("py", mapping.identity_of(p).pool)
+        -- a cold sandbox has neither
+        p = pod_json()
+        assert.is_nil(p.metadata.labels["opensandbox.io/pool"])
+        assert.same({ "python", "-m", "http.server" }, p.spec.containers[1].args)
+        for _, e in ipairs(env_of(p)) do
+            assert.is_nil(e:find("POOL", 1, true), e)
+        end
+        assert.is_nil(mapping.identity_of(p).pool)
+    end)
+
+    -- a pool's PodTemplateSpec, as a request decodes it
+    local function pts(over)
+        local t = json.decode([[{
+          "metadata": {"labels": {"team": "ml", "opensandbox.io/id": "forged"}, "annotations": {"note": "n"}},
+          "spec": {
+            "nodeSelector": {"pool": "warm"},
+            "tolerations": [{"key": "warm", "operator": "Exists", "effect": "NoSchedule"}],
+            "terminationGracePeriodSeconds": 5,
+            "containers": [
+              {"name": "main", "image": "python:3.12", "workingDir": "/work",
+               "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}, "requests": {"cpu": "100m"}},
+               "env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"},
+                       {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
+              {"name": "side", "image": "busybox", "command": ["sleep", "1d"]}
+            ]
+          }
+        }]])
+        for k, v in pairs(over or {}) do
+            t[k] = v
+        end
+        return t
+    end
+
+    it("turns a PodTemplateSpec into the template's image, limits and env, in order", function()
+        local got = assert(pool_template.parse(pts()))
+        assert.same({ image = { uri = "python:3.12" }, resourceLimits = { cpu = "500m", memory = "256Mi" },
+            env = { B = "2", A = "1" } }, got.body)
+        assert.same({ "B", "A" }, got.env_order)
+        -- the rest: the first container (renamed to ours, without image, resources and env values), the sidecar
+        local c = got.template.spec.containers
+        assert.equal(2, #c)
+        assert.equal("sandbox", c[1].name)
+        assert.equal("/work", c[1].workingDir)
+        assert.is_nil(c[1].image)
+        assert.is_nil(c[1].resources)
+        assert.same({ { name = "POD", valueFrom = { fieldRef = { fieldPath = "metadata.name" } } } }, c[1].env)
+        assert.equal("side", c[2].name)
+        assert.same({ team = "ml" }, got.template.metadata.labels, "opensandbox.io/ labels are dropped")
+        -- numbers as quantities; a GPU limit
+        got = assert(pool_template.parse(json.decode([[{"spec": {"containers": [{"image": "x",
+            "resources": {"limits": {"cpu": 1, "memory": "1Gi", "nvidia.com/gpu": 2}}}]}}]])))
+        assert.same({ cpu = "1", memory = "1Gi", gpu = "2" }, got.body.resourceLimits)
+        -- the Docker-shaped template is not one
+        assert.is_false(pool_template.parse({ image = { uri = "x" }, resourceLimits = {} }))
+    end)
+
+    it("lays the pool's template under the operator's, and both under ours", function()
+        local got = assert(pool_template.parse(pts()))
+        local operator = assert(template.parse("spec:\n  nodeSelector:\n    pool: operator\n  priorityClassName: low\n",
+            "op.yaml"))
+        local p = json.decode(json.encode(assert(mapping.pod(sandbox({ pool = "py" }),
+            spec({ pool_member = true, runtime_template = got.template }),
+            { agent_configmap = "cm", template = operator }))))
+        assert.equal("operator", p.spec.nodeSelector.pool, "the operator's file wins over a pool's template")
+        assert.equal("low", p.spec.priorityClassName)
+        assert.equal(5, p.spec.terminationGracePeriodSeconds)
+        assert.equal("warm", p.spec.tolerations[1].key)
+        assert.equal("ml", p.metadata.labels.team)
+        assert.equal(ID, p.metadata.labels["opensandbox.io/id"])
+        assert.equal("n", p.metadata.annotations.note)
+        local c = p.spec.containers
+        assert.equal(2, #c)
+        assert.equal("sandbox", c[1].name)
+        assert.equal("python:3.12", c[1].image)
+        assert.equal("/work", c[1].workingDir)
+        assert.same({ "/opt/opensandbox/bootstrap.sh" }, c[1].command)
+        assert.equal(false, c[1].securityContext.allowPrivilegeEscalation)
+        local names = {}
+        for _, e in ipairs(c[1].env) do
+            names[#names + 1] = e.name
+        end
+        assert.same({ "B", "A", "OPENSANDBOX_EXECD_PORT", "OPENSANDBOX_POOL_MEMBER", "EXECD_ACCESS_TOKEN", "POD" },
+            names)
+        assert.equal("side", c[2].name)
+        -- without a pool's template: the operator's alone, as before
+        p = json.decode(json.encode(assert(mapping.pod(sandbox(), spec(),
+            { agent_configmap = "cm", template = operator }))))
+        assert.is_nil(p.spec.tolerations)
+    end)
+
+    it("refuses what a pool's template cannot set, with the field named", function()
+        local function refused(t, msg)
+            local got, err = pool_template.parse(t)
+            assert.is_nil(got)
+            assert.equal(msg, err)
+        end
+        local function spec_with(fields, first)
+            local s = { containers = { first or { image = "x" } } }
+            for k, v in pairs(fields) do
+                s[k] = v
+            end
+            return { spec = s }
+        end
+        refused({ metadata = {} }, "template.spec must be an object (a PodSpec).")
+        refused({ spec = { containers = {} } },
+            "template.spec.containers must be a non-empty array: the first container is the sandbox.")
+        refused(spec_with({}, { name = "main" }), "template.spec.containers[0].image is required (a non-empty string).")
+        refused(spec_with({}, { image = "x", command = { "sh" } }), "template.spec.containers[0].command is not part "
+            .. "of a pool template: set entrypoint on each create with extensions.poolRef.")
+        refused(spec_with({}, { image = "x", resources = { limits = { ["ephemeral-storage"] = "1Gi" } } }),
+            "template.spec.containers[0].resources.limits.ephemeral-storage is not supported: only cpu, memory and "
+                .. "nvidia.com/gpu.")
+        refused(spec_with({}, { image = "x", env = { { name = "A", value = 1 } } }),
+            "template.spec.containers[0].env[0].value must be a string.")
+        refused(spec_with({ hostNetwork = true }), "template.spec.hostNetwork is not allowed in a pool template.")
+        refused(spec_with({ hostPID = true }), "template.spec.hostPID is not allowed in a pool template.")
+        refused(spec_with({ serviceAccountName = "admin" }), "template.spec.serviceAccountName is not allowed in a "
+            .. "pool template (the server's kubernetes.service_account applies).")
+        refused(spec_with({ volumes = { { name = "h", hostPath = { path = "/" } } } }), "template.spec.volumes[0]."
+            .. "hostPath is not allowed in a pool template (use the pool's volumes with storage.allowed_host_paths).")
+        refused(spec_with({ volumes = { { name = "t", projected = { sources = { { serviceAccountToken = {
+            path = "t" } } } } } } }), "template.spec.volumes[0].projected: a serviceAccountToken is not allowed in "
+            .. "a pool template.")
+        refused(spec_with({}, { image = "x", securityContext = { privileged = true } }),
+            "template.spec.containers[0].securityContext.privileged is not allowed in a pool template.")
+        refused(spec_with({ containers = { { image = "x" }, { name = "s", image = "y",
+            securityContext = { capabilities = { add = { "SYS_ADMIN" } } } } } }),
+            "template.spec.containers[1].securityContext.capabilities.add is not allowed in a pool template.")
+        refused(spec_with({ initContainers = { { name = "i", image = "y",
+            securityContext = { allowPrivilegeEscalation = true } } } }),
+            "template.spec.initContainers[0].securityContext.allowPrivilegeEscalation is not allowed in a pool "
+                .. "template.")
+        refused(spec_with({ containers = { { image = "x" }, { name = "sandbox", image = "y" } } }),
+            "template.spec.containers[1]: the name 'sandbox' is the sandbox's (the first container's).")
+        refused({ image = { uri = "x" }, spec = { containers = { { image = "x" } } } }, "template.image cannot be "
+            .. "combined with a PodTemplateSpec (template.spec): set the first container's fields, or use {image, "
+            .. "resourceLimits, env} without spec.")
+    end)
+end)

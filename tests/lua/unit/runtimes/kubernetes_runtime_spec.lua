@@ -942,3 +942,112 @@ describe("kubernetes runtime: diagnostics", function()
         assert.matches("event%-ttl", res.warnings[1])
     end)
 end)
+
+describe("kubernetes runtime: warm pools", function()
+    local k, rt
+    before_each(function()
+        k = fake_kube.new()
+        rt = connected(k)
+    end)
+
+    local member = { id = ID, handle = POD, place = { ip = "10.244.0.7" }, access_token = "boot" }
+
+    it("declares pools, and is a complete pools runtime for the service", function()
+        assert.is_true(rt.capabilities.pools)
+        assert.is_false(rt.capabilities.pause)
+        assert.is_function(rt.pool_ping)
+        assert.is_function(rt.pool_claim)
+        assert.is_function(rt.pool_template)
+        assert.is_function(rt.pool_check)
+    end)
+
+    it("provisions a member: a pod waiting for its claim, labelled with its pool, listed back with it", function()
+        local obj = pod_object("100", RUNNING)
+        obj.metadata.labels["opensandbox.io/pool"] = "py"
+        k:on("POST", "^" .. NS .. "/pods$", { status = 201, json = obj })
+        local placed = assert(rt:provision(sandbox({ pool = "py" }), spec({ pool_member = true })))
+        assert.equal(POD, placed.handle)
+        assert.equal("Running", placed.status.state)
+        assert.equal(1, #k.requests, "a pod that runs at once: no watch")
+        local body = k.requests[1].json
+        assert.equal("py", body.metadata.labels["opensandbox.io/pool"])
+        local c = body.spec.containers[1]
+        assert.same({}, c.args)
+        local member_env
+        for _, e in ipairs(c.env) do
+            if e.name == "OPENSANDBOX_POOL_MEMBER" then
+                member_env = e.value
+            end
+        end
+        assert.equal("1", member_env)
+        k:on("GET", "/pods%?labelSelector", { json = { metadata = { resourceVersion = "5" }, items = { obj } } })
+        local entries = assert(rt:list())
+        assert.equal("py", entries[1].sandbox.pool)
+    end)
+
+    it("pings the member's agent at the pod IP with the boot token, never the apiserver", function()
+        k:on("GET", "^/ping$", { status = 200, body = "" })
+        assert.is_true(rt:pool_ping(member))
+        local r = k.requests[1]
+        assert.equal("http://10.244.0.7:44772/ping", r.url)
+        assert.equal("boot", r.headers["X-EXECD-ACCESS-TOKEN"])
+        assert.is_nil(r.tls)
+        k:on("GET", "^/ping$", { status = 401, body = "{}" })
+        local ok, err = rt:pool_ping(member)
+        assert.is_nil(ok)
+        assert.equal("api", err.kind)
+        k:on("GET", "^/ping$", { err = { kind = "connect", message = "refused" } })
+        ok, err = rt:pool_ping(member)
+        assert.is_nil(ok)
+        assert.equal("unavailable", err.kind)
+        -- a member without an IP yet has no address
+        ok, err = rt:pool_ping({ id = ID, handle = POD, place = {}, access_token = "boot" })
+        assert.is_nil(ok)
+        assert.equal("conflict", err.kind)
+        assert.equal(3, #k.requests)
+    end)
+
+    it("hands the claim to the agent: entrypoint, env and the new token, with the boot token", function()
+        k:on("POST", "^/pool/claim$", { status = 200, body = "" })
+        assert.is_true(rt:pool_claim(member, { token = "fresh", entrypoint = { "sh", "-c", "x" }, env = { "A=1" } }))
+        local r = k.requests[1]
+        assert.equal("http://10.244.0.7:44772/pool/claim", r.url)
+        assert.equal("boot", r.headers["X-EXECD-ACCESS-TOKEN"])
+        assert.same({ token = "fresh", entrypoint = { "sh", "-c", "x" }, env = { "A=1" } }, r.json)
+        -- an empty env is a JSON array
+        assert.is_true(rt:pool_claim(member, { token = "f2", entrypoint = { "true" } }))
+        assert.truthy(k.requests[2].body:find('"env":[]', 1, true), k.requests[2].body)
+        k:on("POST", "^/pool/claim$", { status = 409, body = "already claimed" })
+        local ok, err = rt:pool_claim(member, { token = "f3", entrypoint = { "true" } })
+        assert.is_nil(ok)
+        assert.equal("conflict", err.kind)
+        assert.equal("the agent refused the claim (409): already claimed", err.message)
+    end)
+
+    it("checks a member's pod with one dry-run create: nothing made, a refusal is invalid", function()
+        k:on("POST", "^" .. NS .. "/pods%?dryRun=All&fieldValidation=Strict$", { status = 201, json = {} })
+        assert.is_true(rt:pool_check(sandbox({ pool = "py" }), spec({ pool_member = true })))
+        assert.same({ "POST " .. NS .. "/pods?dryRun=All&fieldValidation=Strict" }, paths(k))
+        assert.equal("py", k.requests[1].json.metadata.labels["opensandbox.io/pool"])
+        k:on("POST", "dryRun=All", { status = 422, json = fake_kube.status(422, "Invalid", "bad label") })
+        local ok, err = rt:pool_check(sandbox({ pool = "py" }), spec({ pool_member = true }))
+        assert.is_nil(ok)
+        assert.equal("invalid", err.kind)
+        assert.equal("template: the Kubernetes API server refuses a member's pod: bad label", err.message)
+        k:on("POST", "dryRun=All", { status = 403, json = fake_kube.status(403, "Forbidden", "no") })
+        ok, err = rt:pool_check(sandbox({ pool = "py" }), spec({ pool_member = true }))
+        assert.is_nil(ok)
+        assert.equal("api", err.kind)
+        assert.equal(3, #k.requests)
+    end)
+
+    it("takes a PodTemplateSpec or the Docker-shaped template; a pool name is a label value", function()
+        local got = assert(rt:pool_template({ spec = { containers = { { image = "python:3.12" } } } }, "py"))
+        assert.same({ uri = "python:3.12" }, got.body.image)
+        assert.is_false(rt:pool_template({ image = { uri = "x" }, resourceLimits = {} }, "py"))
+        local none, err = rt:pool_template({ image = { uri = "x" } }, string.rep("a", 64))
+        assert.is_nil(none)
+        assert.equal("name must be at most 63 characters on the kubernetes runtime (it is a label value).", err)
+        assert.same({}, k.requests)
+    end)
+end)
