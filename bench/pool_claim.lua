@@ -63,7 +63,8 @@ local ok, err = pcall(function()
         if g.status.available >= cap.bufferMin and g.status.total == g.status.available then
             break
         end
-        assert(core.monotonic() - t0 < 300, "the pool did not fill")
+        -- (about one member per second once a few hundred containers run: a big buffer needs longer)
+        assert(core.monotonic() - t0 < math.max(300, cap.bufferMax * 1.5), "the pool did not fill")
         timer.sleep(0.2)
     end
 

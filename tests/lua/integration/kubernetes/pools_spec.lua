@@ -45,25 +45,7 @@ local function claim_body(over)
     return b
 end
 
--- polls GET /v1/pools/{name} until pred(pool) holds; returns the pool
-local function wait_pool(srv, name, pred, timeout)
-    local deadline = os.time() + (timeout or 90)
-    local res
-    repeat
-        res = K.call(srv, "GET", "/v1/pools/" .. name)
-        if res.status == 200 and pred(res.json) then
-            return res.json
-        end
-        K.sleep(0.2)
-    until os.time() > deadline
-    error("pool " .. name .. " did not get there: " .. res.status .. " " .. res.body)
-end
-
-local function available(n)
-    return function(p)
-        return p.status.available == n and p.status.total - p.status.allocated == n
-    end
-end
+local wait_pool, available = K.wait_pool, K.pool_available
 
 -- the pods labelled with the pool, as JSON objects
 local function pool_pods(pool)

@@ -164,6 +164,27 @@ function H.create_running(srv, over)
     return id, H.wait_state(srv, id, "Running", 90)
 end
 
+--- Polls GET /v1/pools/{name} until pred(pool) holds; returns the pool (raises after `timeout` s, default 90).
+function H.wait_pool(srv, name, pred, timeout)
+    local deadline = os.time() + (timeout or 90)
+    local res
+    repeat
+        res = H.call(srv, "GET", "/v1/pools/" .. name)
+        if res.status == 200 and pred(res.json) then
+            return res.json
+        end
+        H.sleep(0.1)
+    until os.time() > deadline
+    error("pool " .. name .. " did not get there: " .. res.status .. " " .. res.body)
+end
+
+--- A wait_pool predicate: exactly `n` members ready and none being made.
+function H.pool_available(n)
+    return function(p)
+        return p.status.available == n and p.status.total - p.status.allocated == n
+    end
+end
+
 --- `docker inspect` of a container (by name or id); nil when it does not exist.
 function H.inspect(name)
     local out, ok = H.run("docker inspect " .. server.quote(name))

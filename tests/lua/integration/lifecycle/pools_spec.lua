@@ -33,25 +33,7 @@ local function claim_body(over)
     return b
 end
 
--- polls GET /v1/pools/{name} until pred(pool) holds; returns the pool
-local function wait_pool(srv, name, pred, timeout)
-    local deadline = os.time() + (timeout or 60)
-    local res
-    repeat
-        res = H.call(srv, "GET", "/v1/pools/" .. name)
-        if res.status == 200 and pred(res.json) then
-            return res.json
-        end
-        H.sleep(0.1)
-    until os.time() > deadline
-    error("pool " .. name .. " did not get there: " .. res.status .. " " .. res.body)
-end
-
-local function available(n)
-    return function(p)
-        return p.status.available == n and p.status.total - p.status.allocated == n
-    end
-end
+local wait_pool, available = H.wait_pool, H.pool_available
 
 -- the ids of the member containers of a pool (containers labelled with it that are not sandboxes)
 local function member_ids(srv, pool)

@@ -220,44 +220,48 @@ describe("restarts #integration #docker", function()
         return id, cpid
     end
 
-    it("resumes a provisioning a kill -9 cut at the start gate: the gate is opened, or the container made "
-        .. "again when its gate had failed", function()
-        -- the gate never opened: the restarted server opens it, the entrypoint runs in the same container
+    -- servers on `dir` until one is cut at a gate (cut_at_gate); returns the last server, the id and the pid
+    local function server_cut_at_gate(dir)
         local srv, id, cpid
         for _ = 1, 5 do
-            srv = H.start({ dir = srv and srv.dir })
+            srv = H.start({ dir = dir })
+            dir = srv.dir
             id, cpid = cut_at_gate(srv)
             if id then
-                break
+                return srv, id, cpid
             end
         end
-        assert.is_truthy(id, "the server always opened the gate before it could be frozen")
-        local cid = H.inspect("sandbox-" .. id).Id
-        srv = H.start({ dir = srv.dir })
-        H.wait_state(srv, id, "Running", 30)
-        assert.are.equal(cid, H.inspect("sandbox-" .. id).Id)
+        error("the server always opened the gate before it could be frozen")
+    end
+
+    -- the command line of process `pid` once it is the entrypoint `sleep 600` (or the last seen after 5 s)
+    local function entrypoint_of(pid)
         local main
         for _ = 1, 50 do
-            main = H.run("cat /proc/" .. cpid .. "/cmdline"):gsub("%z", " ")
+            main = H.run("cat /proc/" .. math.tointeger(pid) .. "/cmdline"):gsub("%z", " ")
             if main == "sleep 600 " then
                 break
             end
             H.sleep(0.1)
         end
-        assert.are.equal("sleep 600 ", main, "the entrypoint runs")
+        return main
+    end
+
+    it("resumes a provisioning a kill -9 cut at the start gate: the gate is opened, or the container made "
+        .. "again when its gate had failed", function()
+        -- the gate never opened: the restarted server opens it, the entrypoint runs in the same container
+        local srv, id, cpid = server_cut_at_gate(nil)
+        local cid = H.inspect("sandbox-" .. id).Id
+        srv = H.start({ dir = srv.dir })
+        H.wait_state(srv, id, "Running", 30)
+        assert.are.equal(cid, H.inspect("sandbox-" .. id).Id)
+        assert.are.equal("sleep 600 ", entrypoint_of(cpid), "the entrypoint runs")
         srv:kill()
 
         -- the gate failed (as when the crash comes between the gate's open and its write: the bootstrap
         -- reads end-of-file and exits 125): the restarted server makes the container again, never reports
         -- that exit as the sandbox's
-        for _ = 1, 5 do
-            srv = H.start({ dir = srv.dir })
-            id, cpid = cut_at_gate(srv)
-            if id then
-                break
-            end
-        end
-        assert.is_truthy(id, "the server always opened the gate before it could be frozen")
+        srv, id, cpid = server_cut_at_gate(srv.dir)
         cid = H.inspect("sandbox-" .. id).Id
         local out, ok = H.run("sh -c 'exec 3>/proc/" .. cpid .. "/root/tmp/.opensandbox-gate'")
         assert.is_true(ok, out)
@@ -278,14 +282,7 @@ describe("restarts #integration #docker", function()
         assert.is_true(ins.State.Running)
         assert.are.equal(ins.Id:sub(1, 12), (H.run("docker ps -aq --filter label=opensandbox.io/id=" .. id)
             :gsub("%s+$", "")), "one container for it")
-        for _ = 1, 50 do
-            main = H.run("cat /proc/" .. math.tointeger(ins.State.Pid) .. "/cmdline"):gsub("%z", " ")
-            if main == "sleep 600 " then
-                break
-            end
-            H.sleep(0.1)
-        end
-        assert.are.equal("sleep 600 ", main, "the entrypoint runs")
+        assert.are.equal("sleep 600 ", entrypoint_of(ins.State.Pid), "the entrypoint runs")
         srv:stop()
     end)
 
