@@ -69,6 +69,11 @@ return {
         proxy_keepalive = 32,
         -- Seconds an idle pooled backend connection is kept before it is closed.
         proxy_keepalive_timeout = 30,
+        -- Seconds for which the server proxy forwards more requests of the same client credentials to the
+        -- same sandbox port without running the Lua route again (the route's decision is remembered in C;
+        -- any change of the sandbox, a reload and a due renewal forget it). Not used when an
+        -- on_proxy_request hook exists or in host network mode. 0: every request runs the route.
+        proxy_remember = 2,
         -- Operator routes: a directory of Lua route modules (every *.lua file in it) adding HTTP routes
         -- with the API's authentication, request id and error envelope; loaded at startup (a broken file
         -- stops the start) and reloaded on SIGHUP or `opensandbox-server --reload` (a broken file keeps

@@ -374,20 +374,27 @@ void httpd_handle_release(struct reqhandle *h)
     handle_free_list = h;
 }
 
+void httpd_peer_addr(struct reqctx *c, char *out, size_t size)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    out[0] = '\0';
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)size);
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out,
+                      (socklen_t)size);
+    }
+}
+
 static void push_request(lua_State *L, struct reqctx *c, const char *method)
 {
     const char *q = strchr(c->uri, '?');
     size_t plen = q ? (size_t)(q - c->uri) : strlen(c->uri);
-    char addr[INET6_ADDRSTRLEN] = "";
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    if (ci && ci->client_addr) {
-        const struct sockaddr *sa = ci->client_addr;
-        if (sa->sa_family == AF_INET)
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, addr, sizeof(addr));
-        else if (sa->sa_family == AF_INET6)
-            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof(addr));
-    }
+    char addr[INET6_ADDRSTRLEN];
+    httpd_peer_addr(c, addr, sizeof(addr));
     lua_createtable(L, 0, 10);
     lua_pushstring(L, method);
     lua_setfield(L, -2, "method");
@@ -680,7 +687,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (H.nearly && is_early(c->uri)) {
             c->early = 1;
             c->state = RS_RUNNING;
-            start_handler(c, method);
+            if (!proxy_fast(c,
+                            method)) /* (a remembered decision of the proxy route, proxy_fast.c) */
+                start_handler(c, method);
         }
         return MHD_YES; /* a response is queued on the next call at the earliest */
     case RS_BODY:
@@ -1090,6 +1099,7 @@ void httpd_free(void)
 {
     extra_close();
     proxy_pool_free();
+    proxy_fast_free();
     if (!H.d)
         return;
     /* MHD must not be stopped with suspended connections: resume them all first. */
@@ -1368,6 +1378,7 @@ int luaopen_core_http(lua_State *L)
                                    {"proxy_stats", l_proxy_stats},
                                    {"proxy_configure", l_proxy_configure},
                                    {"proxy_pool_close", l_proxy_pool_close},
+                                   {"proxy_forget", lhttp_proxy_forget},
                                    {NULL, NULL}};
     luaL_newmetatable(L, STREAM_MT);
     luaL_setfuncs(L, stream_methods, 0);

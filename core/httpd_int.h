@@ -69,6 +69,25 @@ int lhttp_proxy_stats(lua_State *L);
  * idle backend connections. proxy_pool_free() closes them at shutdown. */
 int lhttp_proxy_configure(lua_State *L);
 int lhttp_proxy_pool_close(lua_State *L);
+/* The client's address as text ("" when unknown), into out. */
+void httpd_peer_addr(struct reqctx *c, char *out, size_t size);
+/* proxy.c, for proxy_fast.c: a proxy whose head so far is the request line; its headers; then the
+ * framing, the body and the backend connection. */
+struct proxy *proxy_begin_fast(struct reqctx *c, const char *host, int port, const char *method,
+                               const char *target, size_t target_len, const char *tag, double cto,
+                               double hto, const char *request_id);
+void proxy_header(struct proxy *px, const char *name, size_t nl, const char *value, size_t vl);
+void proxy_launch(struct proxy *px);
+/* proxy_fast.c: remembered decisions of the Lua route. proxy_fast() forwards request c at headers
+ * time when one applies (1), else leaves it to Lua (0). proxy_fast_remember() keeps the decision
+ * http.proxy was given for c. */
+int proxy_fast(struct reqctx *c, const char *method);
+void proxy_fast_remember(struct reqctx *c, const char *host, int port, const char *tag, double cto,
+                         double hto, double seconds);
+int lhttp_proxy_forget(lua_State *L);
+void proxy_fast_stats(lua_State *L);
+void proxy_fast_configure(const char *key_header, const char *token_header);
+void proxy_fast_free(void);
 void proxy_pool_free(void);
 /* Feeds request body bytes; returns 1 when the proxy wants the connection suspended (buffer full).
  */

@@ -1323,23 +1323,16 @@ static lua_Number opt_number(lua_State *L, int idx, const char *k, lua_Number de
     return v;
 }
 
-/* http.proxy(req, { host=, port=, method=, target= "/path?query", headers = {{name, value}, ...},
- *   connect_timeout = 10, header_timeout = 0 }) -> true. The core owns the response from here on.
- */
-int lhttp_proxy(lua_State *L, struct reqctx *c)
+/* The forwarding state of request c, up to the request line of the head; NULL when out of memory.
+ * Both ways into the proxy start here: http.proxy (Lua's decision) and proxy_fast (a remembered
+ * one). */
+static struct proxy *px_begin(struct reqctx *c, const char *host, int port, const char *method,
+                              const char *target, size_t target_len, const char *tag, int upgrade,
+                              double cto, double hto, const char *request_id)
 {
-    luaL_checktype(L, 2, LUA_TTABLE);
-    const char *host = opt_string(L, 2, "host", NULL);
-    int port = (int)opt_number(L, 2, "port", 0);
-    const char *method = opt_string(L, 2, "method", "GET");
-    const char *target = opt_string(L, 2, "target", "/");
-    lua_Number cto = opt_number(L, 2, "connect_timeout", 10);
-    lua_Number hto = opt_number(L, 2, "header_timeout", 0);
-    if (!host || port < 1 || port > 65535)
-        return luaL_argerror(L, 2, "host and a port in 1..65535 are required");
     struct proxy *px = calloc(1, sizeof(*px));
     if (!px)
-        return luaL_error(L, "out of memory");
+        return NULL;
     px->fd = -1;
     px->cfd = -1;
     px->c = c;
@@ -1349,10 +1342,6 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
     if (pool.active)
         pool.active->aprev = px;
     pool.active = px;
-    const char *tag = opt_string(L, 2, "pool", "");
-    lua_getfield(L, 2, "upgrade");
-    int upgrade = lua_toboolean(L, -1);
-    lua_pop(L, 1);
     /* pooled: keep-alive is on, not an upgrade, and the key fits */
     px->pool_ok = pool.max_idle && !upgrade && strlen(tag) < sizeof(px->tag) &&
                   strlen(host) < sizeof(px->host);
@@ -1365,6 +1354,7 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
                      strcmp(method, "OPTIONS") == 0 || strcmp(method, "TRACE") == 0;
     httpd_ctx_ref(c);
     c->px = px;
+    c->proxied = 1;
     px->is_head = strcmp(method, "HEAD") == 0;
     px->header_timeout_ms = hto > 0 ? (unsigned)(hto * 1000) : 0;
     px->connect_timer.cb = on_connect_timeout;
@@ -1373,42 +1363,32 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
     px->header_timer.data = px;
     snprintf(px->target, sizeof(px->target), "%s%s%s:%d", strchr(host, ':') ? "[" : "", host,
              strchr(host, ':') ? "]" : "", port);
-    task *t = task_of(L);
-    if (t)
-        memcpy(px->request_id, t->request_id, sizeof(px->request_id));
-
-    /* the request head */
+    if (request_id)
+        snprintf(px->request_id, sizeof(px->request_id), "%s", request_id);
     buf_append(&px->out, method, strlen(method));
     buf_append(&px->out, " ", 1);
-    buf_append(&px->out, target, strlen(target));
+    buf_append(&px->out, target, target_len);
     buf_append(&px->out, " HTTP/1.1\r\n", 11);
-    lua_getfield(L, 2, "headers");
-    if (lua_istable(L, -1)) {
-        /* either {name, value} pairs or a flat name, value, name, value, ... list */
-        lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
-        for (lua_Integer i = 1; i <= n; i++) {
-            if (lua_rawgeti(L, -1, i) == LUA_TTABLE) {
-                lua_rawgeti(L, -1, 1);
-                lua_rawgeti(L, -2, 2);
-            } else {
-                lua_pushnil(L); /* (the slot a pair would take) */
-                lua_insert(L, -2);
-                lua_rawgeti(L, -3, ++i);
-            }
-            size_t nl, vl;
-            const char *name = lua_tolstring(L, -2, &nl);
-            const char *value = lua_tolstring(L, -1, &vl);
-            if (name && value && !memchr(name, '\n', nl) && !memchr(value, '\n', vl) &&
-                !memchr(name, '\r', nl) && !memchr(value, '\r', vl)) {
-                buf_append(&px->out, name, nl);
-                buf_append(&px->out, ": ", 2);
-                buf_append(&px->out, value, vl);
-                buf_append(&px->out, "\r\n", 2);
-            }
-            lua_pop(L, 3);
-        }
-    }
-    lua_pop(L, 1);
+    return px;
+}
+
+/* One header line of the head to the backend; a name or value holding CR or LF is left out. */
+static void px_header(struct proxy *px, const char *name, size_t nl, const char *value, size_t vl)
+{
+    if (memchr(name, '\n', nl) || memchr(value, '\n', vl) || memchr(name, '\r', nl) ||
+        memchr(value, '\r', vl))
+        return;
+    buf_append(&px->out, name, nl);
+    buf_append(&px->out, ": ", 2);
+    buf_append(&px->out, value, vl);
+    buf_append(&px->out, "\r\n", 2);
+}
+
+/* The rest of the head (the body framing of the inbound request), then off to the backend: on a
+ * pooled connection at once, else a new connection. Failures answer the client (px_fail). */
+static void px_launch(struct proxy *px, int upgrade)
+{
+    struct reqctx *c = px->c;
     /* body framing follows the inbound request */
     const char *cl = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "Content-Length");
     const char *te = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "Transfer-Encoding");
@@ -1438,7 +1418,8 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
 
     /* a request that can be sent again (px_retry) skips the liveness peek */
     struct idle_conn *ic =
-        px->pool_ok ? pool_take(px->tag, host, port, !(px->idempotent && px->out_whole)) : NULL;
+        px->pool_ok ? pool_take(px->tag, px->host, px->port, !(px->idempotent && px->out_whole))
+                    : NULL;
     if (ic) { /* a pooled connection (still in the epoll set): the request goes out at once */
         px->fd = ic->fd;
         px->borrow = ic;
@@ -1467,18 +1448,91 @@ int lhttp_proxy(lua_State *L, struct reqctx *c)
         }
         if (px->state != PX_DONE && c->suspended)
             httpd_ctx_resume(c);
-        lua_pushboolean(L, 1);
-        return 1;
+        return;
     } else if (px_start_connect(px) < 0) {
         px_fail(px, "GENERAL::UNKNOWN_ERROR", 502,
                 "Could not connect to the backend sandbox %s: %s", px->target, strerror(errno));
-        lua_pushboolean(L, 1);
-        return 1;
+        return;
     }
     if (c->suspended) /* it waited for this decision with body bytes unconsumed */
         httpd_ctx_resume(c);
+}
+
+/* http.proxy(req, { host=, port=, method=, target= "/path?query", headers = {{name, value}, ...}
+ *   or a flat {name, value, name, value, ...}, upgrade = bool, pool = tag, connect_timeout = 10,
+ *   header_timeout = 0, remember = seconds }) -> true. The core owns the response from here on.
+ * `remember` > 0: the decision may be taken again without Lua for that long (proxy_fast.c). */
+int lhttp_proxy(lua_State *L, struct reqctx *c)
+{
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const char *host = opt_string(L, 2, "host", NULL);
+    int port = (int)opt_number(L, 2, "port", 0);
+    const char *method = opt_string(L, 2, "method", "GET");
+    size_t target_len;
+    lua_getfield(L, 2, "target");
+    const char *target = lua_isnil(L, -1) ? "/" : luaL_checklstring(L, -1, &target_len);
+    if (lua_isnil(L, -1))
+        target_len = 1;
+    lua_pop(L, 1); /* (the options table keeps the string alive) */
+    lua_Number cto = opt_number(L, 2, "connect_timeout", 10);
+    lua_Number hto = opt_number(L, 2, "header_timeout", 0);
+    lua_Number remember = opt_number(L, 2, "remember", 0);
+    if (!host || port < 1 || port > 65535)
+        return luaL_argerror(L, 2, "host and a port in 1..65535 are required");
+    const char *tag = opt_string(L, 2, "pool", "");
+    lua_getfield(L, 2, "upgrade");
+    int upgrade = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    task *t = task_of(L);
+    struct proxy *px = px_begin(c, host, port, method, target, target_len, tag, upgrade, cto, hto,
+                                t ? t->request_id : NULL);
+    if (!px)
+        return luaL_error(L, "out of memory");
+    lua_getfield(L, 2, "headers");
+    if (lua_istable(L, -1)) {
+        /* either {name, value} pairs or a flat name, value, name, value, ... list */
+        lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (lua_rawgeti(L, -1, i) == LUA_TTABLE) {
+                lua_rawgeti(L, -1, 1);
+                lua_rawgeti(L, -2, 2);
+            } else {
+                lua_pushnil(L); /* (the slot a pair would take) */
+                lua_insert(L, -2);
+                lua_rawgeti(L, -3, ++i);
+            }
+            size_t nl, vl;
+            const char *name = lua_tolstring(L, -2, &nl);
+            const char *value = lua_tolstring(L, -1, &vl);
+            if (name && value)
+                px_header(px, name, nl, value, vl);
+            lua_pop(L, 3);
+        }
+    }
+    lua_pop(L, 1);
+    if (remember > 0 && !upgrade)
+        proxy_fast_remember(c, host, port, tag, cto, hto, remember);
+    px_launch(px, upgrade);
     lua_pushboolean(L, 1);
     return 1;
+}
+
+/* The fast path's start (proxy_fast.c): the head is the method, target and headers it built. */
+struct proxy *proxy_begin_fast(struct reqctx *c, const char *host, int port, const char *method,
+                               const char *target, size_t target_len, const char *tag, double cto,
+                               double hto, const char *request_id)
+{
+    return px_begin(c, host, port, method, target, target_len, tag, 0, cto, hto, request_id);
+}
+
+void proxy_header(struct proxy *px, const char *name, size_t nl, const char *value, size_t vl)
+{
+    px_header(px, name, nl, value, vl);
+}
+
+void proxy_launch(struct proxy *px)
+{
+    px_launch(px, 0);
 }
 
 /* http.proxy_stats() -> { connections_total, active, failures_total, bytes_to_backend,
@@ -1504,6 +1558,7 @@ int lhttp_proxy_stats(lua_State *L)
     lua_setfield(L, -2, "retries_total");
     lua_pushinteger(L, (lua_Integer)pool.idle);
     lua_setfield(L, -2, "pool_idle");
+    proxy_fast_stats(L);
     return 1;
 }
 
@@ -1534,8 +1589,9 @@ static unsigned pool_close(const char *tag)
     return n;
 }
 
-/* http.proxy_configure{ keepalive = N, keepalive_timeout = seconds }: idle connections kept per
- * backend (0: none, the proxy then sends Connection: close) and how long one may stay idle. */
+/* http.proxy_configure{ keepalive = N, keepalive_timeout = seconds, key_header =, token_header = }:
+ * idle connections kept per backend (0: none, the proxy then sends Connection: close) and how long
+ * one may stay idle; the credential headers of the remembered decisions (proxy_fast.c). */
 int lhttp_proxy_configure(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -1547,6 +1603,10 @@ int lhttp_proxy_configure(lua_State *L)
         return luaL_argerror(L, 1, "keepalive_timeout must be in (0, 86400] seconds");
     pool.max_idle = (unsigned)n;
     pool.idle_ns = (uint64_t)(t * 1e9);
+    const char *kh = opt_string(L, 1, "key_header", NULL);
+    const char *th = opt_string(L, 1, "token_header", NULL);
+    if (kh || th)
+        proxy_fast_configure(kh, th);
     if (!pool.max_idle)
         pool_close(NULL);
     return 0;

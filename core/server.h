@@ -42,6 +42,9 @@ void server_set_argv(int argc, char **argv);
 int luaopen_core(lua_State *L);
 int luaopen_core_spawn(lua_State *L);
 int luaopen_core_uuid(lua_State *L);
+/* 32 lower-case hex digits of a random v4 UUID (the request ids); -1 when the kernel gives no
+ * randomness. */
+int uuid_hex(char out[32]);
 int luaopen_core_timer(lua_State *L);
 int luaopen_core_http(lua_State *L);
 int luaopen_core_client(lua_State *L);

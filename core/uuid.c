@@ -2,6 +2,8 @@
  * uuid.c: the `core.uuid` module: random (v4) UUIDs from libuuid, and random hex tokens from
  * getrandom(2).
  */
+#include "server.h"
+
 #include <lauxlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -41,18 +43,25 @@ static int pool_take(unsigned char out[16])
     return 0;
 }
 
-static int l_hex(lua_State *L)
+int uuid_hex(char out[32])
 {
     unsigned char u[16];
-    char out[32];
     if (pool_take(u) < 0)
-        return luaL_error(L, "getrandom failed");
+        return -1;
     u[6] = (unsigned char)((u[6] & 0x0f) | 0x40); /* the bits of a v4 UUID, as before */
     u[8] = (unsigned char)((u[8] & 0x3f) | 0x80);
     for (int i = 0; i < 16; i++) {
         out[2 * i] = hexdigits[u[i] >> 4];
         out[2 * i + 1] = hexdigits[u[i] & 15];
     }
+    return 0;
+}
+
+static int l_hex(lua_State *L)
+{
+    char out[32];
+    if (uuid_hex(out) < 0)
+        return luaL_error(L, "getrandom failed");
     lua_pushlstring(L, out, 32);
     return 1;
 }

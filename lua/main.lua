@@ -201,6 +201,7 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
             trim_memory = core.trim_memory,
             hmac_sha256 = core.hmac_sha256,
             proxy_pool_close = http.proxy_pool_close,
+            proxy_forget = http.proxy_forget,
         },
     })
     local n, lerr = service:load()
@@ -260,6 +261,9 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
     http.proxy_configure({
         keepalive = cfg.server.proxy_keepalive,
         keepalive_timeout = cfg.server.proxy_keepalive_timeout,
+        -- the credentials a remembered proxy decision is kept under (core/proxy_fast.c)
+        key_header = require("api.middleware").API_KEY_HEADER,
+        token_header = require("sandbox.constants").PROXY_TOKEN_HEADER,
     })
     embed.serve(require("api.inproc").new(api_deps))
     local port = http.listen({
@@ -300,6 +304,7 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
     end
     core.on_signal("HUP", function()
         log.info("SIGHUP: reloading")
+        http.proxy_forget() -- remembered proxy decisions assumed the old hooks (core/proxy_fast.c)
         if operator_routes then
             local rok, rerr = operator_routes:load()
             if rok then
@@ -317,6 +322,7 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
             log.error("config re-read failed; reloading hooks with the old hooks.config", { error = tostring(lerr2) })
         end
         local reloaded, rerr = service.hooks:reload(c and { config = c.hooks.config } or nil)
+        http.proxy_forget() -- (and any remembered while the reload ran)
         if reloaded then
             log.info("hooks reloaded", { hooks = table.concat(service.hooks:names(), ",") })
         else

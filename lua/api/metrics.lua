@@ -103,6 +103,9 @@ local BUILD = registry:gauge("opensandbox_build_info", "Always 1; the labels nam
 local PROXY = {
     connections_total = registry:counter("opensandbox_proxy_connections_total",
         "Requests the server proxy forwarded to sandboxes (on a new or a pooled keep-alive connection)."),
+    fast_total = registry:counter("opensandbox_proxy_remembered_requests_total",
+        "Requests the server proxy forwarded on a remembered decision, without running the Lua route "
+        .. "(server.proxy_remember)."),
     backend_connects_total = registry:counter("opensandbox_proxy_backend_connects_total",
         "TCP connections the server proxy opened to sandboxes (the other requests reused pooled ones)."),
     pool_idle = registry:gauge("opensandbox_proxy_idle_connections",
@@ -137,6 +140,42 @@ local function tenant_principals(config)
         set.default = true
     end
     return set
+end
+
+-- Requests the server proxy forwarded on a remembered decision (core/proxy_fast.c) never reach observe(): the
+-- core counts them by route, method and time spent, and each scrape adds what is new since the last one to the
+-- same series as the Lua route's (status 200, as observe() records a forwarded request; the time lands in the
+-- bucket of its average, microseconds).
+local fast_seen = {} -- "v1|tail|method" -> { count, seconds } already added
+
+function M.fold_fast(list)
+    for _, f in ipairs(list or {}) do
+        local v1, tail, method, count, seconds = f[1], f[2], f[3], f[4], f[5]
+        local k = (v1 and "v1" or "") .. "|" .. (tail and "t" or "") .. "|" .. method
+        local seen = fast_seen[k] or { 0, 0 }
+        local dn, ds = count - seen[1], seconds - seen[2]
+        if dn > 0 then
+            local route = router.match("GET", (v1 and "/v1" or "") .. "/sandboxes/x/proxy/1" .. (tail and "/" or ""))
+            local e = route and entry_for(route, method)
+            if e then
+                local c = e[200]
+                if not c then
+                    c = REQUESTS:labels(method, e.pattern, 200)
+                    e[200] = c
+                end
+                c.value = c.value + dn
+                local h = e.h
+                local b, i, nb, avg = h.bounds, 1, h.nb, ds / dn
+                while i <= nb and avg > b[i] do
+                    i = i + 1
+                end
+                h.counts[i] = h.counts[i] + dn
+                h.sum = h.sum + ds
+                h.count = h.count + dn
+            end
+            fast_seen[k] = { count, seconds }
+        end
+    end
 end
 
 -- What the scrape-time collector reads: set by the latest new() (one server per process; specs make more).
@@ -203,6 +242,7 @@ local function collect()
             for k, fam in pairs(PROXY) do
                 fam:get().value = px[k] or 0
             end
+            M.fold_fast(px.fast)
         end
     end
 end

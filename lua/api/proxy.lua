@@ -184,6 +184,8 @@ function M.new(deps)
         opts.pool = id -- its pooled connections are closed with the sandbox
         opts.connect_timeout = pcfg.connect_timeout or 10
         opts.header_timeout = pcfg.header_timeout or 0
+        -- the same decision for the same credentials again without Lua, for a while (core/proxy_fast.c)
+        opts.remember = target.remember
         deps.http.proxy(req, opts)
         opts.headers = nil
         -- the core answers from here on; what is returned below is ignored

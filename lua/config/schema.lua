@@ -42,6 +42,9 @@ M.sections = {
         -- idle keep-alive connections the server proxy keeps per sandbox port (0: none), and for how long
         proxy_keepalive = { type = "integer", default = 32, min = 0, max = 100000 },
         proxy_keepalive_timeout = { type = "number", default = 30, min = 0.001, max = 86400 },
+        -- seconds the server proxy may forward a sandbox's requests with the same credentials without running
+        -- the Lua route again (core/proxy_fast.c); 0: every request runs it
+        proxy_remember = { type = "number", default = 2, min = 0, max = 60 },
         -- operator routes: a directory of Lua route modules (README "Operator routes"); nil/false: none
         routes_dir = { type = "string", false_ok = true },
         -- the server's scheduling priority (nice value; README "Configuration"): above the runtime's daemons

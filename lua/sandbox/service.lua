@@ -70,6 +70,9 @@ function M.new(deps)
     local server = deps.config and deps.config.server or {}
     self.proxy_auth = (type(server.api_key) == "string" and server.api_key:find("%S") ~= nil)
         or (type(server.api_keys) == "table" and #server.api_keys > 0)
+    -- how long the server proxy may take a decision again without Lua (core/proxy_fast.c; views.lua)
+    local remember = tonumber(server.proxy_remember)
+    self.proxy_remember = remember and remember > 0 and remember or nil
     self.records = {} -- id -> record (committed state); changed only through set_record
     self.counters = counters.new() -- usage of the live records (sandbox/counters.lua), kept by set_record
     self.locks = {} -- id -> sync.lock

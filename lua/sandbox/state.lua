@@ -52,6 +52,9 @@ function P:set_record(id, rec)
     self.records_version = (self.records_version or 0) + 1 -- what cached list pages are checked against
     self.counters:update(id, rec)
     self:renew_policy(id, rec)
+    if self.core.proxy_forget then -- decisions the server proxy remembered for it (core/proxy_fast.c)
+        self.core.proxy_forget(id)
+    end
     if self.events then
         self.events:sandbox(old, rec)
     end

@@ -229,8 +229,10 @@ function P:proxy_target(id, port, ctx, req)
     if not addr then
         return nil, self.not_running_error()
     end
+    local per_request -- the runtime checks this target anew for every request
     if self.runtime.proxy_check then
-        local checked, why = self.runtime:proxy_check(rec, port, addr)
+        local checked, why, stable = self.runtime:proxy_check(rec, port, addr)
+        per_request = not stable
         if not checked then
             return nil, errors.new(403, "SANDBOX::PROXY_PORT_FORBIDDEN", string.format(
                 "Port %d is not served by sandbox %s: the proxy reaches only the sandbox's agent and the ports "
@@ -257,10 +259,26 @@ function P:proxy_target(id, port, ctx, req)
     -- renew on access (sandbox/access_renew.lua), for traffic the hooks let through: one compare unless a
     -- renewal is due
     local due = self.renew_due[id]
+    local now
     if due then
-        local now = self:now_us()
+        now = self:now_us()
         if now >= due then
             self:access_renew(id, now)
+            due = self.renew_due[id]
+        end
+    end
+    -- The same decision may be taken again without Lua (core/proxy_fast.c) for server.proxy_remember
+    -- seconds, or until a renewal is due, when nothing else in it can change per request: no hook sees the
+    -- request and the runtime's port check (host mode) does not apply. Any change of the record forgets it
+    -- (state.lua).
+    local remember = self.proxy_remember
+    if remember and not per_request
+        and not (self.hooks and (not self.hooks.has or self.hooks:has("on_proxy_request"))) then
+        if due then
+            remember = math.min(remember, (due - (now or self:now_us())) / 1e6)
+        end
+        if remember > 0 then
+            target.remember = remember
         end
     end
     return target

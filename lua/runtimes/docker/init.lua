@@ -925,10 +925,12 @@ M.LISTEN_CACHE_MAX = 4096
 --- The server proxy's check of a target (`addr`, from address(rec, port, "proxy")): in host network mode
 --- the target is the host's loopback, so only the sandbox's agent and the ports a process of its container
 --- listens on may be reached (hostports.lua); the host returned is that listener's address. Bridge mode
---- targets the container's own IP: nothing to check. Returns addr, or nil and a message. May yield.
+--- targets the container's own IP: nothing to check. Returns addr, or nil and a message; a third value true
+--- when the answer holds for as long as the sandbox is unchanged (bridge mode: the server proxy may then
+--- remember its decision, core/proxy_fast.c). May yield.
 function Docker:proxy_check(rec, port, addr)
     if not self.host_mode then
-        return addr
+        return addr, nil, true
     end
     local place = rec.place or {}
     if port == M.AGENT_PORT or (place.agent_port and port == place.agent_port) then

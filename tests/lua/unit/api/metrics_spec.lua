@@ -59,6 +59,38 @@ describe("GET /metrics", function()
         assert.equal(200, (handler(F.request({ path = "/v1/metrics", headers = KEY }))))
     end)
 
+    it("adds the proxy's remembered requests (counted in the core) to the proxy route's series", function()
+        local fast = {}
+        deps.proxy_stats = function()
+            return { connections_total = 3, fast_total = 0, fast = fast }
+        end
+        handler = api.new(deps)
+        local series = 'opensandbox_http_requests_total{method="GET",route="/sandboxes/{id}/proxy/{port}/{path*}",'
+            .. 'status="200"}'
+        -- (/v1 paths share the pattern label of their route)
+        local v1 = 'opensandbox_http_requests_total{method="POST",route="/sandboxes/{id}/proxy/{port}",'
+            .. 'status="200"}'
+        local count = 'opensandbox_http_request_duration_seconds_count{method="GET",'
+            .. 'route="/sandboxes/{id}/proxy/{port}/{path*}"}'
+        local text = scrape(handler)
+        local n0, c0 = value_of(text, series) or 0, value_of(text, count) or 0
+        fast[1] = { false, true, "GET", 5, 0.00001 }
+        fast[2] = { true, false, "POST", 2, 0.000004 }
+        deps.proxy_stats = function()
+            return { connections_total = 10, fast_total = 7, fast = fast }
+        end
+        text = scrape(handler)
+        assert.equal(n0 + 5, value_of(text, series))
+        assert.equal(c0 + 5, value_of(text, count))
+        assert.equal(2, value_of(text, v1))
+        assert.equal(7, value_of(text, "opensandbox_proxy_remembered_requests_total"))
+        -- a later scrape adds only what is new
+        fast[1] = { false, true, "GET", 8, 0.00002 }
+        text = scrape(handler)
+        assert.equal(n0 + 8, value_of(text, series))
+        assert.equal(2, value_of(text, v1))
+    end)
+
     it("counts requests by method, route pattern and status; never a sandbox id", function()
         local before = scrape(handler)
         local series = 'opensandbox_http_requests_total{method="GET",route="/sandboxes/{id}",status="200"}'

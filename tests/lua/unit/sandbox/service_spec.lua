@@ -863,6 +863,68 @@ describe("sandbox.service endpoints and proxy target", function()
         assert.are.equal(404, err.status)
     end)
 
+    it("lets the proxy remember a decision only when nothing in it changes per request", function()
+        -- server.proxy_remember (schema default 2; unset here: off)
+        local env = S.env({ config = { server = { proxy_remember = 2 }, docker = {} } })
+        local id = env:running()
+        assert.are.equal(2, assert(env.svc:proxy_target(id, 8080, {})).remember)
+        -- off
+        local off = S.env()
+        assert.is_nil(assert(off.svc:proxy_target(off:running(), 8080, {})).remember)
+        off = S.env({ config = { server = { proxy_remember = 0 }, docker = {} } })
+        assert.is_nil(assert(off.svc:proxy_target(off:running(), 8080, {})).remember)
+        -- an on_proxy_request hook sees every request: nothing remembered
+        local hooks = S.hooks()
+        local hooked = S.env({ hooks = hooks, config = { server = { proxy_remember = 2 }, docker = {} } })
+        assert.is_nil(assert(hooked.svc:proxy_target(hooked:running(), 8080, {})).remember)
+        -- a runtime that checks the port per request (Docker host mode): nothing remembered; one whose answer
+        -- stays (bridge mode) lets it
+        local env2 = S.env({ config = { server = { proxy_remember = 2 }, docker = {} } })
+        local id2 = env2:running()
+        env2.rt.proxy_check = function(_, _, _, addr)
+            return addr
+        end
+        assert.is_nil(assert(env2.svc:proxy_target(id2, 8080, {})).remember)
+        env2.rt.proxy_check = function(_, _, _, addr)
+            return addr, nil, true
+        end
+        assert.are.equal(2, assert(env2.svc:proxy_target(id2, 8080, {})).remember)
+    end)
+
+    it("remembers no longer than until a renewal on access is due", function()
+        local env = S.env({ config = { server = { proxy_remember = 5 }, docker = {} } })
+        local id = env:running(S.spec({ extensions = { ["access.renew.extend.seconds"] = "300" } }))
+        -- expires at T0 + 600, due from T0 + 300
+        env:advance(299)
+        assert.are.equal(1, assert(env.svc:proxy_target(id, 8080, {})).remember)
+        env:advance(0.5)
+        assert.are.equal(0.5, assert(env.svc:proxy_target(id, 8080, {})).remember)
+        -- due now: the renewal starts, and the decision is remembered only until the next one may start
+        env:advance(0.5)
+        local t = assert(env.svc:proxy_target(id, 8080, {}))
+        assert.is_true(t.remember > 0 and t.remember <= 5)
+    end)
+
+    it("forgets the proxy's remembered decisions for a sandbox on every change of its record", function()
+        local env = S.env()
+        local forgotten = {}
+        env.core.proxy_forget = function(id)
+            forgotten[#forgotten + 1] = id
+        end
+        local id = env:running()
+        local n = #forgotten
+        assert(env:op("pause", id))
+        assert.is_true(#forgotten > n)
+        assert.are.equal(id, forgotten[#forgotten])
+        n = #forgotten
+        assert(env:op("resume", id))
+        assert.is_true(#forgotten > n)
+        n = #forgotten
+        assert(env:op("delete", id))
+        assert.is_true(#forgotten > n)
+        assert.are.equal(id, forgotten[#forgotten])
+    end)
+
     it("renews on access when a hook asks and less than half of the time is left", function()
         local hooks = S.hooks()
         local env = S.env({ hooks = hooks })
