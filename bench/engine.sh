@@ -84,6 +84,8 @@ declare -A res
 for r in $(seq 1 "$rounds"); do
     res[nginx_h.$r]=$(run_wrk 64 "http://127.0.0.1:$NGINX_PORT/health")
     res[ours_h.$r]=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/health")
+    # with an Origin header /health goes through the Lua handler (CORS headers), not the core's static answer
+    res[ours_hl.$r]=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/health" "Origin: http://bench.test")
     res[nginx_json.$r]=$(run_wrk 64 "http://127.0.0.1:$NGINX_PORT/sandbox")
     res[ours_auth.$r]=$(run_wrk 64 "http://127.0.0.1:$OUR_PORT/v1/sandboxes/$sid" "OPEN-SANDBOX-API-KEY: $KEY")
     res[nginx_list.$r]=$(run_wrk 64 "http://127.0.0.1:$NGINX_PORT/list")
@@ -96,6 +98,7 @@ med() {
 all() { for r in $(seq 1 "$rounds"); do printf '%.0f ' "${res[$1.$r]%%|*}"; done; }
 nginx_h=$(med nginx_h)
 ours_h=$(med ours_h)
+ours_hl=$(med ours_hl)
 nginx_json=$(med nginx_json)
 ours_auth=$(med ours_auth)
 ours_list=$(med ours_list)
@@ -118,7 +121,8 @@ echo
 echo "| run | req/s | p50 | p99 | errors |"
 echo "|---|---|---|---|---|"
 row "nginx 1 worker, return 200 of /health's JSON (-c64) [$(all nginx_h)]" "$nginx_h"
-row "ours GET /health through Lua (-c64) [$(all ours_h)]" "$ours_h"
+row "ours GET /health, answered by the core (-c64) [$(all ours_h)]" "$ours_h"
+row "ours GET /health with an Origin: the Lua handler, CORS headers (-c64) [$(all ours_hl)]" "$ours_hl"
 row "nginx 1 worker, the same sandbox JSON as a static file (-c64) [$(all nginx_json)]" "$nginx_json"
 row "ours GET /v1/sandboxes/{id}, key + router + middleware + handler + JSON (-c64) [$(all ours_auth)]" "$ours_auth"
 row "nginx 1 worker, the same list JSON as a static file (-c64) [$(all nginx_list)]" "$nginx_list"
@@ -127,7 +131,7 @@ row "ours route that yields on a timer and resumes (-c256)" "$ours_yield"
 row "ours GET /health with 1000 idle keep-alive connections open (-c64)" "$ours_h_idle"
 row "ours GET /v1/sandboxes/{id} with 1000 idle connections open (-c64)" "$ours_auth_idle"
 echo
-echo "- /health vs nginx /health: $(ratio "$ours_h" "$nginx_h")x"
+echo "- /health vs nginx /health: $(ratio "$ours_h" "$nginx_h")x; through the Lua handler: $(ratio "$ours_hl" "$nginx_h")x"
 echo "- authenticated GET vs nginx serving the same JSON: $(ratio "$ours_auth" "$nginx_json")x;" \
     "vs nginx /health: $(ratio "$ours_auth" "$nginx_h")x; per round:" \
     "$(for r in $(seq 1 "$rounds"); do printf '%s ' "$(ratio "${res[ours_auth.$r]}" "${res[nginx_json.$r]}")"; done)"

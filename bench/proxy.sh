@@ -17,7 +17,8 @@
 # Both proxies keep backend connections alive: nginx with an upstream block (`keepalive 32`, HTTP/1.1,
 # Connection cleared), ours with its default pool (server.proxy_keepalive = 32 idle connections per sandbox
 # port), so the backend cost is the same for both. PROXY_KEEPALIVE=0 runs both without (a new backend connection
-# per request: nginx's default HTTP/1.0 upstream, ours with proxy_keepalive = 0).
+# per request: nginx's default HTTP/1.0 upstream, ours with proxy_keepalive = 0). PROXY_REMEMBER=0 makes every
+# request of ours run the Lua route (server.proxy_remember; default 2: steady traffic is forwarded from C).
 # Also counts the host's sockets in TIME_WAIT towards the backend right after each proxy's throughput runs.
 # Prints a markdown table. Needs: build/ (opensandbox-server + execd), Docker, nginx-light, wrk, musl-gcc.
 set -euo pipefail
@@ -51,7 +52,7 @@ sh "$root/tests/images/build-ws-echo.sh" >/dev/null
 
 cat >"$work/config.lua" <<CFG
 return { server = { host = "127.0.0.1", port = $OUR_PORT, api_key = "$KEY", log_level = "WARNING",
-                    proxy_keepalive = $KA },
+                    proxy_keepalive = $KA, proxy_remember = ${PROXY_REMEMBER:-2} },
          store = { path = "$work/state/db.sqlite" }, docker = { instance = "bench-proxy-$$" } }
 CFG
 "$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" >&2 &
@@ -210,6 +211,7 @@ echo
 echo "host sockets in TIME_WAIT towards the backend: $tw0 before the latency runs; right after each c16 run:" \
     "nginx $n_tw/ ours $o_tw(cumulative, 60 s each); $(tw) at the end"
 echo "backend keep-alive: nginx upstream keepalive and ours server.proxy_keepalive = $KA (0: none)"
+echo "remembered proxy decisions: server.proxy_remember = ${PROXY_REMEMBER:-2} (0: the Lua route for every request)"
 echo "server RSS before/after the c16 runs: ${rss0} -> ${rss1} KiB; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "valid run: $valid"
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores; $(nginx -v 2>&1); $(wrk -v 2>&1 | head -1)"

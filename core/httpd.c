@@ -36,6 +36,7 @@
 #include "httpd_int.h"
 #include "log.h"
 #include "loop.h"
+#include "server.h"
 #include "task.h"
 
 #include <arpa/inet.h>
@@ -660,6 +661,125 @@ static enum MHD_Result refuse_framing(struct reqctx *c, unsigned int status, con
     return ret;
 }
 
+void httpd_request_id(const char *given, char *out)
+{
+    if (given) {
+        while (*given == ' ' || *given == '\t')
+            given++;
+        size_t n = strlen(given);
+        while (n && (given[n - 1] == ' ' || given[n - 1] == '\t'))
+            n--;
+        int ok = n >= 1 && n <= 256;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = (unsigned char)given[i] >= 32 && (unsigned char)given[i] <= 126;
+        if (ok) {
+            memcpy(out, given, n);
+            out[n] = '\0';
+            return;
+        }
+    }
+    if (uuid_hex(out) < 0)
+        memset(out, '0', 32);
+    out[32] = '\0';
+}
+
+/* ---- static answers (http.listen{ static = { [path] = json } }) ----
+ * A GET of one of these paths (any query) on the main listener is answered here, without the Lua
+ * handler, with 200, Content-Type: application/json, X-Request-ID and the fixed body: what the
+ * handler would answer (the server's /health). Left to the handler: another method, a request body,
+ * an Origin header (the handler adds the CORS headers), an X-Request-ID header sent twice. Counted
+ * per path for the request metrics (http.static_stats). */
+#define STATIC_MAX 8
+
+static struct {
+    char *path;
+    char *body;
+    size_t len;
+    uint64_t count, ns;
+} S[STATIC_MAX];
+static int nstatic;
+
+struct static_hdrs {
+    const char *rid;
+    int nrid, origin;
+};
+
+static enum MHD_Result static_hdr_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    struct static_hdrs *h = cls;
+    (void)kind;
+    if (strcasecmp(key, "X-Request-ID") == 0) {
+        h->rid = value ? value : "";
+        h->nrid++;
+    } else if (strcasecmp(key, "Origin") == 0) {
+        h->origin = 1;
+    }
+    return MHD_YES;
+}
+
+/* Answers request c from the static table when it applies (1), else 0. */
+static int static_answer(struct reqctx *c, const char *method)
+{
+    if (!nstatic || strcmp(method, "GET") != 0 || c->too_large || c->body.len)
+        return 0;
+    size_t plen = strcspn(c->uri, "?");
+    int i = 0;
+    while (i < nstatic && !(strlen(S[i].path) == plen && memcmp(S[i].path, c->uri, plen) == 0))
+        i++;
+    if (i == nstatic || conn_is_extra(c->conn))
+        return 0;
+    uint64_t t0 = loop_now_ns();
+    struct static_hdrs h = {0};
+    MHD_get_connection_values(c->conn, MHD_HEADER_KIND, static_hdr_cb, &h);
+    if (h.origin || h.nrid > 1)
+        return 0;
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(S[i].len, S[i].body, MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return 0;
+    char rid[260];
+    httpd_request_id(h.rid, rid);
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    MHD_add_response_header(r, "X-Request-ID", rid);
+    if (c->resp)
+        MHD_destroy_response(c->resp);
+    c->resp = r;
+    c->status = 200;
+    if (log_enabled(LOG_DEBUG))
+        log_write(LOG_DEBUG, rid, "request", "method", method, "path", S[i].path, "static", "true",
+                  NULL);
+    S[i].count++;
+    S[i].ns += loop_now_ns() - t0;
+    return 1;
+}
+
+static void static_free(void)
+{
+    for (int i = 0; i < nstatic; i++) {
+        free(S[i].path);
+        free(S[i].body);
+    }
+    nstatic = 0;
+}
+
+/* http.static_stats() -> { {path, count, seconds}, ... }: the requests answered from the table. */
+static int l_static_stats(lua_State *L)
+{
+    lua_createtable(L, nstatic, 0);
+    for (int i = 0; i < nstatic; i++) {
+        lua_createtable(L, 3, 0);
+        lua_pushstring(L, S[i].path);
+        lua_rawseti(L, -2, 1);
+        lua_pushinteger(L, (lua_Integer)S[i].count);
+        lua_rawseti(L, -2, 2);
+        lua_pushnumber(L, (lua_Number)S[i].ns / 1e9);
+        lua_rawseti(L, -2, 3);
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls)
@@ -706,7 +826,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             return MHD_YES;
         }
         c->state = RS_RUNNING;
-        start_handler(c, method);
+        if (!static_answer(c, method))
+            start_handler(c, method);
         break;
     case RS_RUNNING:
     case RS_QUEUED:
@@ -1100,6 +1221,7 @@ void httpd_free(void)
     extra_close();
     proxy_pool_free();
     proxy_fast_free();
+    static_free();
     if (!H.d)
         return;
     /* MHD must not be stopped with suspended connections: resume them all first. */
@@ -1218,6 +1340,31 @@ static int l_listen(lua_State *L)
     lua_Integer per_ip = opt_int(L, "conn_limit_per_ip", 0);
     lua_getfield(L, 1, "drain_timeout");
     H.drain_timeout = luaL_optnumber(L, -1, 10);
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "static");
+    if (lua_istable(L, -1)) {
+        static_free();
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (nstatic == STATIC_MAX)
+                return luaL_error(L, "http.listen: at most %d static answers", STATIC_MAX);
+            size_t len;
+            const char *path = luaL_checkstring(L, -2);
+            const char *body = luaL_checklstring(L, -1, &len);
+            S[nstatic].path = strdup(path);
+            S[nstatic].body = malloc(len ? len : 1);
+            if (!S[nstatic].path || !S[nstatic].body) {
+                free(S[nstatic].path);
+                free(S[nstatic].body);
+                return luaL_error(L, "out of memory");
+            }
+            memcpy(S[nstatic].body, body, len);
+            S[nstatic].len = len;
+            S[nstatic].count = S[nstatic].ns = 0;
+            nstatic++;
+            lua_pop(L, 1);
+        }
+    }
     lua_pop(L, 1);
     lua_getfield(L, 1, "early_paths");
     if (lua_istable(L, -1)) {
@@ -1379,6 +1526,7 @@ int luaopen_core_http(lua_State *L)
                                    {"proxy_configure", l_proxy_configure},
                                    {"proxy_pool_close", l_proxy_pool_close},
                                    {"proxy_forget", lhttp_proxy_forget},
+                                   {"static_stats", l_static_stats},
                                    {NULL, NULL}};
     luaL_newmetatable(L, STREAM_MT);
     luaL_setfuncs(L, stream_methods, 0);

@@ -69,6 +69,10 @@ int lhttp_proxy_stats(lua_State *L);
  * idle backend connections. proxy_pool_free() closes them at shutdown. */
 int lhttp_proxy_configure(lua_State *L);
 int lhttp_proxy_pool_close(lua_State *L);
+/* The request id of a request: the client's X-Request-ID (given, may be NULL) without the blanks
+ * around it when that is 1-256 printable characters (as lua/api/middleware.lua request_id), else a
+ * new one (32 hex digits); into out (at least 257 bytes). */
+void httpd_request_id(const char *given, char *out);
 /* The client's address as text ("" when unknown), into out. */
 void httpd_peer_addr(struct reqctx *c, char *out, size_t size);
 /* proxy.c, for proxy_fast.c: a proxy whose head so far is the request line; its headers; then the

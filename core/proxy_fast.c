@@ -30,7 +30,6 @@
 #include "httpd_int.h"
 #include "log.h"
 #include "loop.h"
-#include "server.h"
 
 #include <lauxlib.h>
 #include <stdint.h>
@@ -369,30 +368,6 @@ static int dropped(const char *name, const struct tokens *conn)
     return 0;
 }
 
-/* X-Request-ID as the client sent it (blanks around it removed) when 1-256 printable characters,
- * else a new one; into out (at least 257 bytes). */
-static void request_id(const char *given, char *out)
-{
-    if (given) {
-        while (*given == ' ' || *given == '\t')
-            given++;
-        size_t n = strlen(given);
-        while (n && (given[n - 1] == ' ' || given[n - 1] == '\t'))
-            n--;
-        int ok = n >= 1 && n <= 256;
-        for (size_t i = 0; ok && i < n; i++)
-            ok = (unsigned char)given[i] >= 32 && (unsigned char)given[i] <= 126;
-        if (ok) {
-            memcpy(out, given, n);
-            out[n] = '\0';
-            return;
-        }
-    }
-    if (uuid_hex(out) < 0)
-        memset(out, '0', 32);
-    out[32] = '\0';
-}
-
 static int blank(const char *s)
 {
     for (; *s; s++)
@@ -418,7 +393,7 @@ int proxy_fast(struct reqctx *c, const char *method)
         return 0;
 
     char rid[260];
-    request_id(h.rid, rid);
+    httpd_request_id(h.rid, rid);
     /* the target: the tail ("/" when empty) and the query when not empty */
     size_t qlen = t.query ? strlen(t.query) : 0;
     char tbuf[2048], *target = tbuf;

@@ -236,6 +236,7 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         started = core.now(),
         process_stats = core.process_stats,
         proxy_stats = http.proxy_stats,
+        static_stats = http.static_stats,
         -- a request that may have written answers once its writes are on disk (store.lua, durable)
         durable = function()
             return store:durable()
@@ -278,6 +279,9 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         drain_timeout = cfg.server.drain_timeout,
         -- the server proxy's requests start at headers time so that their bodies can stream
         early_paths = { "/sandboxes/*/proxy/", "/v1/sandboxes/*/proxy/" },
+        -- what load balancers poll, answered by the core as the handler would (the handler still takes any
+        -- request with an Origin, a body or another method)
+        static = { ["/health"] = require("api.system").HEALTHY, ["/v1/health"] = require("api.system").HEALTHY },
     })
     -- the separate metrics listener (no API key: meant for a private network)
     if cfg.metrics.enabled and cfg.metrics.listen then

@@ -146,35 +146,49 @@ end
 -- core counts them by route, method and time spent, and each scrape adds what is new since the last one to the
 -- same series as the Lua route's (status 200, as observe() records a forwarded request; the time lands in the
 -- bucket of its average, microseconds).
-local fast_seen = {} -- "v1|tail|method" -> { count, seconds } already added
+-- The same for GET /health answered by the core (core/httpd.c static answers, http.static_stats).
+local fast_seen = {} -- "v1|tail|method" or a static path -> { count, seconds } already added
+
+-- adds what is new in (count, seconds) since the last scrape under `k` to the series of the route matching
+-- `path`, method `method`, status 200
+local function fold(k, path, method, count, seconds)
+    local seen = fast_seen[k] or { 0, 0 }
+    local dn, ds = count - seen[1], seconds - seen[2]
+    if dn <= 0 then
+        return
+    end
+    local route = router.match("GET", path)
+    local e = route and entry_for(route, method)
+    if e then
+        local c = e[200]
+        if not c then
+            c = REQUESTS:labels(method, e.pattern, 200)
+            e[200] = c
+        end
+        c.value = c.value + dn
+        local h = e.h
+        local b, i, nb, avg = h.bounds, 1, h.nb, ds / dn
+        while i <= nb and avg > b[i] do
+            i = i + 1
+        end
+        h.counts[i] = h.counts[i] + dn
+        h.sum = h.sum + ds
+        h.count = h.count + dn
+    end
+    fast_seen[k] = { count, seconds }
+end
 
 function M.fold_fast(list)
     for _, f in ipairs(list or {}) do
-        local v1, tail, method, count, seconds = f[1], f[2], f[3], f[4], f[5]
-        local k = (v1 and "v1" or "") .. "|" .. (tail and "t" or "") .. "|" .. method
-        local seen = fast_seen[k] or { 0, 0 }
-        local dn, ds = count - seen[1], seconds - seen[2]
-        if dn > 0 then
-            local route = router.match("GET", (v1 and "/v1" or "") .. "/sandboxes/x/proxy/1" .. (tail and "/" or ""))
-            local e = route and entry_for(route, method)
-            if e then
-                local c = e[200]
-                if not c then
-                    c = REQUESTS:labels(method, e.pattern, 200)
-                    e[200] = c
-                end
-                c.value = c.value + dn
-                local h = e.h
-                local b, i, nb, avg = h.bounds, 1, h.nb, ds / dn
-                while i <= nb and avg > b[i] do
-                    i = i + 1
-                end
-                h.counts[i] = h.counts[i] + dn
-                h.sum = h.sum + ds
-                h.count = h.count + dn
-            end
-            fast_seen[k] = { count, seconds }
-        end
+        local v1, tail, method = f[1], f[2], f[3]
+        fold((v1 and "v1" or "") .. "|" .. (tail and "t" or "") .. "|" .. method,
+            (v1 and "/v1" or "") .. "/sandboxes/x/proxy/1" .. (tail and "/" or ""), method, f[4], f[5])
+    end
+end
+
+function M.fold_static(list)
+    for _, f in ipairs(list or {}) do
+        fold(f[1], f[1], "GET", f[2], f[3])
     end
 end
 
@@ -244,6 +258,9 @@ local function collect()
             end
             M.fold_fast(px.fast)
         end
+    end
+    if deps.static_stats then
+        M.fold_static(deps.static_stats())
     end
 end
 registry:on_scrape(collect)

@@ -48,6 +48,47 @@ describe("engine #integration", function()
         end
     end)
 
+    it("answers a plain GET /health in the core exactly as the handler does, and counts it", function()
+        local function health_count()
+            local text = assert(srv:request("GET", "/metrics", { headers = { ["OPEN-SANDBOX-API-KEY"] = KEY } })).body
+            local n = 0
+            for v in text:gmatch('opensandbox_http_requests_total{method="GET",route="/health",status="200"} (%d+)') do
+                n = n + tonumber(v)
+            end
+            return n
+        end
+        local function static_lines()
+            local n = 0
+            for l in srv:log():gmatch("[^\n]+") do
+                if l:find('"msg":"request"', 1, true) and l:find('"static":"true"', 1, true) then
+                    n = n + 1
+                end
+            end
+            return n
+        end
+        local n0, s0 = health_count(), static_lines()
+        -- answered by the core (its DEBUG line says so): a query, /v1, a client's request id
+        local plain = assert(srv:request("GET", "/health?probe=1"))
+        local v1 = assert(srv:request("GET", "/v1/health", { headers = { ["X-Request-ID"] = " lb-check-1 " } }))
+        assert.are.equal(s0 + 2, static_lines())
+        -- left to the handler: an Origin (CORS headers), a body, another method
+        local cors = assert(srv:request("GET", "/health", { headers = { Origin = "http://example.test" } }))
+        local post = assert(srv:request("POST", "/health", { body = "{}" }))
+        assert.are.equal(s0 + 2, static_lines())
+        for _, r in ipairs({ plain, v1, cors }) do
+            assert.are.equal(200, r.status)
+            assert.are.equal('{"status":"healthy"}', r.body)
+            assert.are.equal("application/json", r.headers["content-type"])
+        end
+        assert.are.equal(405, post.status) -- the router's answer
+        assert.truthy(plain.headers["x-request-id"]:match("^" .. string.rep("%x", 32) .. "$"))
+        assert.are.equal("lb-check-1", v1.headers["x-request-id"])
+        assert.is_nil(plain.headers["access-control-allow-origin"])
+        assert.are.equal("http://example.test", cors.headers["access-control-allow-origin"])
+        -- the request metrics count both ways alike
+        assert.are.equal(n0 + 3, health_count())
+    end)
+
     it("answers 401 with the exact codes and messages", function()
         local res = assert(srv:request("GET", "/v1/sandboxes"))
         envelope(res, 401, "MISSING_API_KEY",

@@ -91,6 +91,23 @@ describe("GET /metrics", function()
         assert.equal(2, value_of(text, v1))
     end)
 
+    it("adds the GET /health answers of the core to the /health series", function()
+        local stats = { { "/health", 0, 0 }, { "/v1/health", 0, 0 } }
+        deps.static_stats = function()
+            return stats
+        end
+        handler = api.new(deps)
+        local series = 'opensandbox_http_requests_total{method="GET",route="/health",status="200"}'
+        local n0 = value_of(scrape(handler), series) or 0
+        stats[1][2], stats[1][3] = 4, 0.00002
+        stats[2][2], stats[2][3] = 1, 0.000005
+        local text = scrape(handler)
+        -- (/v1/health shares its route's pattern label; the scrape request itself goes through Lua)
+        assert.equal(n0 + 5, value_of(text, series))
+        text = scrape(handler)
+        assert.equal(n0 + 5, value_of(text, series))
+    end)
+
     it("counts requests by method, route pattern and status; never a sandbox id", function()
         local before = scrape(handler)
         local series = 'opensandbox_http_requests_total{method="GET",route="/sandboxes/{id}",status="200"}'
