@@ -46,10 +46,7 @@ describe("server proxy access #integration #docker", function()
         end)
 
         teardown(function()
-            if srv then
-                P.delete_created()
-                srv:stop()
-            end
+            P.finish(srv)
         end)
 
         local function get(path, headers, s)
@@ -126,10 +123,7 @@ describe("server proxy access #integration #docker", function()
             if other then
                 P.sh("docker rm -f osb-proxy-host-other-" .. other .. " >/dev/null 2>&1")
             end
-            if srv then
-                P.delete_created()
-                srv:stop()
-            end
+            P.finish(srv)
         end)
 
         local function px(p, path, headers)

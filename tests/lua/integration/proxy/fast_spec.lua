@@ -66,10 +66,7 @@ describe("server proxy remembered decisions #integration #docker", function()
     end)
 
     teardown(function()
-        if srv then
-            P.delete_created()
-            srv:stop()
-        end
+        P.finish(srv)
     end)
 
     it("sends the backend the same bytes as the Lua route, for every route form and a body", function()

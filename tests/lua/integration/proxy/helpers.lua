@@ -185,6 +185,14 @@ function P.delete_created()
     end
 end
 
+--- A spec's teardown: deletes the sandboxes made through create_echo, then stops `srv` (nil: nothing to do).
+function P.finish(srv)
+    if srv then
+        P.delete_created()
+        srv:stop()
+    end
+end
+
 --- The server's resident set size in KiB.
 function P.rss(pid)
     return tonumber((P.sh("ps -o rss= -p " .. pid)))

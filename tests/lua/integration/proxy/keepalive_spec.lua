@@ -60,10 +60,7 @@ describe("server proxy keep-alive pool #integration #docker", function()
 
     teardown(function()
         P.defaults = nil
-        if srv then
-            P.delete_created()
-            srv:stop()
-        end
+        P.finish(srv)
     end)
 
     it("sends 30 requests over one backend connection, without Connection: close", function()

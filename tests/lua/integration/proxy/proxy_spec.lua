@@ -51,10 +51,7 @@ describe("server proxy #integration #docker", function()
 
     teardown(function()
         P.defaults = nil
-        if srv then
-            P.delete_created()
-            srv:stop()
-        end
+        P.finish(srv)
     end)
 
     describe("methods and targets", function()
