@@ -6,7 +6,8 @@
 # everything it created. Loopback and the Docker socket only. Run under the Docker lock:
 #   flock -o /tmp/osb-docker.lock bench/pool_claim.sh [CLAIMS] [RATE]
 # Env (bench/pool_claim.lua): BUFFER_MIN, BUFFER_MAX, POOL_MAX, KEEP=1, REFILL_CONCURRENCY (default 4);
-# SERVER_NICE (run the server under nice -n); RAISE_NEIGH=0 (keep the host's neighbour table limits).
+# SERVER_NICE (run the server under nice -n); RAISE_NEIGH=0 (keep the host's neighbour table limits);
+# DOCKER_SHARES (cpu.shares of Docker's cgroup for the run, cgroup v1).
 # The server's log is left in /tmp/osb-bench-pool-server.log.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +31,17 @@ old_gc="$(cat $neigh/gc_thresh1) $(cat $neigh/gc_thresh2) $(cat $neigh/gc_thresh
 if [ "${RAISE_NEIGH:-1}" = 1 ]; then
     echo 4096 >$neigh/gc_thresh1 && echo 8192 >$neigh/gc_thresh2 && echo 16384 >$neigh/gc_thresh3
 fi
+# DOCKER_SHARES=N (cgroup v1 hosts without systemd): the cpu.shares of Docker's parent cgroup for the run (put
+# back after). There all containers together weigh as much as one task of the root cgroup (dockerd's threads,
+# containerd, the shims, runc), so a claim's agent waits behind the daemon making the refill's members.
+shares_file=/sys/fs/cgroup/cpu/docker/cpu.shares
+old_shares=
+if [ -n "${DOCKER_SHARES:-}" ] && [ -w "$shares_file" ]; then
+    old_shares=$(cat "$shares_file")
+    echo "$DOCKER_SHARES" >"$shares_file"
+fi
 cleanup() {
+    if [ -n "$old_shares" ]; then echo "$old_shares" >"$shares_file"; fi
     kill $spid 2>/dev/null || true
     wait $spid 2>/dev/null || true
     cp "$work/server.log" /tmp/osb-bench-pool-server.log 2>/dev/null || true
@@ -41,7 +52,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
-echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest, refill_concurrency=${REFILL_CONCURRENCY:-4}, neighbour table gc_thresh1/2/3 $(cat $neigh/gc_thresh1)/$(cat $neigh/gc_thresh2)/$(cat $neigh/gc_thresh3)"
+echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest, refill_concurrency=${REFILL_CONCURRENCY:-4}, neighbour table gc_thresh1/2/3 $(cat $neigh/gc_thresh1)/$(cat $neigh/gc_thresh2)/$(cat $neigh/gc_thresh3), Docker cgroup cpu.shares $(cat "$shares_file" 2>/dev/null || echo -)"
 echo
 echo "| measure | value |"
 echo "|---|---|"

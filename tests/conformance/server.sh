@@ -62,6 +62,13 @@ conformance_server_start() {
         conformance_ns=osb-conformance-$$
         bash "$conformance_root/tests/k8s/cluster.sh" kubectl create ns "$conformance_ns" >/dev/null
         bash "$conformance_root/tests/k8s/cluster.sh" kubectl label ns "$conformance_ns" opensandbox.test=1 >/dev/null
+        # pods are refused until the controller manager made the namespace's default ServiceAccount (slow
+        # right after the apiserver restarts of the Kubernetes fault spec): wait for it, up to 120 s
+        for _ in $(seq 1 120); do
+            bash "$conformance_root/tests/k8s/cluster.sh" kubectl -n "$conformance_ns" get serviceaccount default \
+                >/dev/null 2>&1 && break
+            sleep 1
+        done
         runtime_cfg="runtime = { type = \"kubernetes\" },
   kubernetes = { kubeconfig_path = \"$KUBECONFIG\", namespace = \"$conformance_ns\", image_pull_policy = \"Never\" },"
     fi

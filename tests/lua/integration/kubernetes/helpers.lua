@@ -43,6 +43,15 @@ function K.namespace()
     local out, ok = K.kubectl("create ns " .. K.ns)
     assert(ok, out)
     K.kubectl("label ns " .. K.ns .. " opensandbox.test=1")
+    -- pods are refused until the controller manager made the namespace's default ServiceAccount (slow right
+    -- after an apiserver restart): wait for it, up to 120 s
+    for _ = 1, 120 do
+        local _, sa = K.kubectl("-n " .. K.ns .. " get serviceaccount default")
+        if sa then
+            break
+        end
+        H.run("sleep 1")
+    end
     return K.ns
 end
 
