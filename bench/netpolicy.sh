@@ -12,7 +12,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/osb-bench-np.XXXXXX)
 PORT=${PORT:-18295} KEY=bench-key
-GW=$(docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}')
+# the gateway containers route through (dockerd 20.10 may report no IPAM Gateway for the default bridge)
+GW=$(docker run --rm local/busybox:latest ip route | awk '/^default/ {print $3; exit}')
 DNSPORT=${DNSPORT:-53}
 LABEL=opensandbox.bench.netpolicy=1
 musl-gcc -static -O2 -o "$work/netprobe" "$root/bench/netprobe.c"

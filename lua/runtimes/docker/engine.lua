@@ -354,8 +354,33 @@ function Adapter:info()
     }
 end
 
+local function ipv4(s)
+    local a, b, c, d = s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+    a, b, c, d = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+    if not (a and a < 256 and b < 256 and c < 256 and d < 256) then
+        return nil
+    end
+    return ((a * 256 + b) * 256 + c) * 256 + d
+end
+
+--- The first host address of an IPv4 CIDR ("172.17.0.0/16" -> "172.17.0.1"), or nil (not IPv4, or a
+--- prefix longer than /30, which has no room for a gateway and a container).
+function M.first_host(cidr)
+    local addr, bits = tostring(cidr):match("^([%d.]+)/(%d+)$")
+    local n, len = addr and ipv4(addr), tonumber(bits)
+    if not n or not len or len > 30 then
+        return nil
+    end
+    local host_bits = 32 - len
+    n = (n >> host_bits << host_bits) + 1
+    return string.format("%d.%d.%d.%d", n >> 24 & 255, n >> 16 & 255, n >> 8 & 255, n & 255)
+end
+
 --- GET /networks/{name} -> `{ gateway = "172.17.0.1", subnet = "172.17.0.0/16" }` (its first IPv4 pool), or
---- nil, err.
+--- nil, err. A pool without a Gateway (dockerd 20.10 reports none for the default bridge on some hosts,
+--- while its containers route through the subnet's first address) gets the one Docker's default IPAM
+--- gives: the first host address of the subnet (`derived = true`). A wrong guess fails loudly: the DNS
+--- filter cannot bind that address.
 function Adapter:network(name)
     local doc, err = self:_get_json("/networks/" .. seg(name))
     if not doc then
@@ -363,8 +388,14 @@ function Adapter:network(name)
     end
     local pools = type(doc.IPAM) == "table" and type(doc.IPAM.Config) == "table" and doc.IPAM.Config or {}
     for _, pool in ipairs(pools) do
-        if type(pool) == "table" and type(pool.Gateway) == "string" and pool.Gateway:find("^%d+%.%d+%.%d+%.%d+$") then
+        if type(pool) == "table" and type(pool.Gateway) == "string" and ipv4(pool.Gateway) then
             return { gateway = pool.Gateway, subnet = pool.Subnet, name = doc.Name }
+        end
+    end
+    for _, pool in ipairs(pools) do
+        local gw = type(pool) == "table" and type(pool.Subnet) == "string" and M.first_host(pool.Subnet)
+        if gw then
+            return { gateway = gw, subnet = pool.Subnet, name = doc.Name, derived = true }
         end
     end
     return nil, M.error("not_found", nil, "network " .. name .. " has no IPv4 gateway")

@@ -229,6 +229,20 @@ function Enforcer:_network()
         return nil, string.format("cannot find the gateway and subnet of network %s: %s", self.network,
             tostring(err and err.message or err or "no subnet"))
     end
+    if nw.derived then
+        -- Docker reported no gateway and the subnet's first address stands in: it must be this host's own
+        -- address on that network (the isolation accepts the host's connections by it), or nothing runs
+        local probe, perr = self.net.udp_bind(nw.gateway, 0)
+        if not probe then
+            return nil, string.format("network %s reports no gateway, and its subnet's first address %s is not "
+                .. "an address of this host (%s)", self.network, nw.gateway, tostring(perr))
+        end
+        probe:close()
+        if self.log then
+            self.log.info("network gateway taken as the subnet's first address (Docker reports none)",
+                { network = self.network, gateway = nw.gateway, subnet = nw.subnet })
+        end
+    end
     self.nw = nw
     return nw
 end

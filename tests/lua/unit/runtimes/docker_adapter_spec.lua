@@ -231,6 +231,27 @@ describe("runtimes.docker: containers", function()
         assert.are.same({ "not_found", 404, "No such container: nope" }, { err.kind, err.status, err.message })
     end)
 
+    it("reads a network's IPv4 gateway, derived from the subnet when dockerd reports none", function()
+        local a, fake = make()
+        fake:on("GET", "^/v1%.41/networks/withgw$", { body = json.encode({ Name = "withgw", IPAM = { Config = {
+            { Subnet = "fd00::/64", Gateway = "fd00::1" }, { Subnet = "10.9.0.0/24", Gateway = "10.9.0.254" } } } }) })
+        assert.are.same({ gateway = "10.9.0.254", subnet = "10.9.0.0/24", name = "withgw" }, a:network("withgw"))
+        -- dockerd 20.10 on a fresh host: the default bridge's pool has a Subnet and no Gateway
+        fake:on("GET", "^/v1%.41/networks/bridge$", { body = json.encode({ Name = "bridge", IPAM = { Config = {
+            { Subnet = "172.17.0.0/16" } } } }) })
+        assert.are.same({ gateway = "172.17.0.1", subnet = "172.17.0.0/16", name = "bridge", derived = true },
+            a:network("bridge"))
+        fake:on("GET", "^/v1%.41/networks/v6only$", { body = json.encode({ Name = "v6only", IPAM = { Config = {
+            { Subnet = "fd00::/64" } } } }) })
+        local none, err = a:network("v6only")
+        assert.is_nil(none)
+        assert.are.equal("network v6only has no IPv4 gateway", err.message)
+        assert.are.equal("192.168.4.65", docker.first_host("192.168.4.77/26"))
+        assert.is_nil(docker.first_host("10.0.0.0/31"))
+        assert.is_nil(docker.first_host("300.0.0.0/8"))
+        assert.is_nil(docker.first_host("fd00::/64"))
+    end)
+
     it("lists labelled containers", function()
         local a, fake = make()
         fake:on("GET", "^/v1%.41/containers/json%?", { body = json.encode({

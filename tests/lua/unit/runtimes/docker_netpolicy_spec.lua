@@ -437,6 +437,32 @@ describe("runtimes.docker.netpolicy", function()
             assert.is_true(enforcer(fake_net()):wants_table(nil))
         end)
 
+        it("a gateway Docker did not report is used only when it is an address of this host", function()
+            local net = fake_net()
+            local bound, closed = {}, 0
+            net.udp_bind = function(ip, port)
+                bound[#bound + 1] = ip .. ":" .. port
+                if ip ~= "172.17.0.1" then
+                    return nil, "Cannot assign requested address"
+                end
+                return { port = function() return DNS.port end, close = function() closed = closed + 1 end }
+            end
+            local infos = {}
+            local derived = { gateway = "172.17.0.1", subnet = "172.17.0.0/16", derived = true }
+            local e = np.new({ net = net, engine = { network = function() return derived end }, policy_config = {},
+                log = { info = function(msg) infos[#infos + 1] = msg end } })
+            assert.are.equal("172.17.0.1", assert(e:_network()).gateway)
+            assert.are.same({ "172.17.0.1:0" }, bound)
+            assert.are.equal(1, closed)
+            assert.matches("first address", infos[1])
+            derived = { gateway = "10.1.0.1", subnet = "10.1.0.0/24", derived = true }
+            local e2 = np.new({ net = net, engine = { network = function() return derived end }, policy_config = {} })
+            local nw, err = e2:_network()
+            assert.is_nil(nw)
+            assert.matches("reports no gateway, and its subnet's first address 10.1.0.1 is not an address of this "
+                .. "host %(Cannot assign requested address%)", err)
+        end)
+
         it("detach forgets the sandbox's address", function()
             local net = fake_net()
             local e = enforcer(net)
