@@ -13,6 +13,7 @@
 #include "loop.h"
 
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,10 +27,37 @@ static task *live_list;
 
 static void task_recycle_for_shutdown(task *t);
 
+/* Slow turns (OPENSANDBOX_SLOW_TURN_MS, off by default): a task turn that keeps the loop longer
+ * than that is logged with where it began and where it ended (the Lua positions of its thread), to
+ * find what holds the loop up (nothing else runs meanwhile: requests, timers, other tasks all
+ * wait). */
+static uint64_t slow_turn_ns;
+
 void task_init(lua_State *L)
 {
+    const char *slow = getenv("OPENSANDBOX_SLOW_TURN_MS");
     main_L = L;
     *(task **)lua_getextraspace(L) = NULL;
+    slow_turn_ns = slow && *slow ? (uint64_t)(strtod(slow, NULL) * 1e6) : 0;
+}
+
+/* "src:line < src:line < ..." of the first Lua levels of `L`'s stack (C levels skipped). */
+static void where(lua_State *L, char *out, size_t len)
+{
+    lua_Debug ar;
+    size_t n = 0;
+    out[0] = '\0';
+    for (int level = 0, shown = 0; shown < 3 && n + 1 < len && lua_getstack(L, level, &ar);
+         level++) {
+        if (!lua_getinfo(L, "Sl", &ar) || ar.currentline < 0)
+            continue;
+        int w =
+            snprintf(out + n, len - n, "%s%s:%d", shown ? " < " : "", ar.short_src, ar.currentline);
+        if (w < 0)
+            break;
+        n += (size_t)w < len - n ? (size_t)w : len - n - 1;
+        shown++;
+    }
 }
 
 lua_State *task_main_state(void)
@@ -143,7 +171,24 @@ static void task_failed(task *t, int status)
 static void task_run(task *t, int nargs)
 {
     int nres = 0;
+    uint64_t t0 = 0;
+    char from[320];
+    if (slow_turn_ns) {
+        where(t->L, from, sizeof(from));
+        t0 = loop_now_ns();
+    }
     int status = lua_resume(t->L, main_L, nargs, &nres);
+    if (slow_turn_ns) {
+        uint64_t dt = loop_now_ns() - t0;
+        if (dt >= slow_turn_ns) {
+            char to[320], ms[32];
+            where(t->L, to, sizeof(to));
+            snprintf(ms, sizeof(ms), "%.3f", (double)dt / 1e6);
+            log_write(LOG_WARNING, t->request_id, "slow task turn", "task", t->name ? t->name : "?",
+                      "ms", ms, "from", from[0] ? from : "(start)", "to",
+                      status == LUA_YIELD ? (to[0] ? to : "?") : "(end)", NULL);
+        }
+    }
     if (status == LUA_YIELD) {
         /* The yielding function pushed nothing we need; drop whatever it yielded. */
         lua_pop(t->L, nres);
