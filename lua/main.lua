@@ -195,6 +195,9 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
             now_us = function()
                 return math.floor(core.now() * 1e6)
             end,
+            monotonic_us = function() -- CLOCK_MONOTONIC, as the agents' (a pool claim's timings)
+                return math.floor(core.monotonic() * 1e6)
+            end,
             spawn = spawn,
             timer = timer,
             uuid = uuid,

@@ -75,6 +75,7 @@ struct conn {
     size_t head_scan; /* bytes of `in` already searched for the end of a head (no re-parse) */
     int64_t
         wait_since; /* monotonic ms: since when C_HEAD waits for a head, or C_BODY's last byte */
+    int64_t accepted_us; /* monotonic µs: when the connection was accepted (a claim's timings) */
 
     /* the current request */
     struct http_req req;
@@ -111,6 +112,7 @@ struct conn {
 
 /* server.c */
 int64_t now_ms(void);  /* monotonic */
+int64_t now_us(void);  /* monotonic, microseconds (the same clock as the host's CLOCK_MONOTONIC) */
 int64_t wall_ns(void); /* realtime */
 int64_t wall_ms(void);
 void fmt_time_ns(char *out, size_t n, int64_t ns); /* RFC 3339 UTC with nanoseconds */

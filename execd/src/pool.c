@@ -15,8 +15,9 @@
  *                        {"token": new token, "entrypoint": [argv...], "env": ["K=V", ...]}.
  *                        Writes argv and env to the pipe and closes it, adds env to the agent's own
  *                        environment (commands see it, as in a cold sandbox), and switches the
- * agent to the new token, so that the boot token is no longer valid. Answered 200 at once; a second
- * claim is 409.
+ * agent to the new token, so that the boot token is no longer valid. Answered 200 at once, with the
+ * monotonic µs at which the connection was accepted, the request handled and the reply made; a
+ * second claim is 409.
  *
  * The pipe carries NUL-terminated records: "a<arg>" for each argv element, then "e<K=V>" for each
  * variable. EOF without a record (the agent died) ends the member with status 1.
@@ -191,8 +192,10 @@ static const char *claim_message(const struct json *j, struct buf *msg)
 
 void pool_handle_claim(struct conn *c)
 {
+    int64_t handled_us = now_us();
     struct json *j;
     struct buf msg = {0};
+    char times[128];
     const struct json *env, *e;
     const char *bad;
 
@@ -236,5 +239,9 @@ void pool_handle_claim(struct conn *c)
     execd_set_token(json_get(j, "token")->str);
     json_free(j);
     buf_free(&msg);
-    conn_reply_empty(c);
+    /* where the claim's time went on this side, on the host's monotonic clock (the server logs
+     * them): accepted (the connection), handled (the request read), replied */
+    snprintf(times, sizeof(times), "{\"acceptedUs\":%lld,\"handledUs\":%lld,\"repliedUs\":%lld}",
+             (long long)c->accepted_us, (long long)handled_us, (long long)now_us());
+    conn_reply(c, 200, "application/json", times, strlen(times), NULL);
 }

@@ -64,6 +64,13 @@ int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 int64_t wall_ns(void)
 {
     struct timespec ts;
@@ -994,6 +1001,7 @@ static void accept_all(int lfd)
         c->events = EPOLLIN;
         c->keep_alive = 1;
         c->wait_since = now_ms();
+        c->accepted_us = now_us();
         if (loop_add(fd, EPOLLIN, &c->ev) < 0) {
             close(fd);
             free(c);

@@ -891,6 +891,9 @@ describe("pool member", () => {
       r = await claim(boot, { token: "new-" + TOKEN, env: ["CLAIM=c"], entrypoint: ["sh", "-c",
         'echo "hello $CLAIM"; [ -z "$EXECD_ACCESS_TOKEN$OPENSANDBOX_POOL_MEMBER" ] && echo clean; exit 7'] });
       assert.equal(r.status, 200);
+      const times = await r.json(); // the agent's side of the claim, on the host's monotonic clock
+      assert.ok(times.acceptedUs > 0 && times.acceptedUs <= times.handledUs && times.handledUs <= times.repliedUs,
+        JSON.stringify(times));
       assert.equal(await exited, 7, "the entrypoint's exit status is the main process's");
       assert.match(out, /hello c/);
       assert.match(out, /clean/);

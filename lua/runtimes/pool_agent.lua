@@ -30,6 +30,22 @@ local function reason(err)
     return tostring(type(err) == "table" and (err.message or err.kind) or err)
 end
 
+--- The agent's own timings in a claim's answer body: { accepted_us, handled_us, replied_us } or nil.
+function M.claim_times(body)
+    if type(body) ~= "string" or body:sub(1, 1) ~= "{" then
+        return nil
+    end
+    local ok, doc = pcall(json.decode, body)
+    if not ok or type(doc) ~= "table" then
+        return nil
+    end
+    local a, h, r = math.tointeger(doc.acceptedUs), math.tointeger(doc.handledUs), math.tointeger(doc.repliedUs)
+    if not (a and h and r) then
+        return nil
+    end
+    return { accepted_us = a, handled_us = h, replied_us = r }
+end
+
 --- Installs the three methods into `Class` (opts.port: the agent's port in the sandbox).
 function M.install(Class, opts)
     local port = assert(opts and opts.port, "pool_agent.install: opts.port required")
@@ -69,8 +85,9 @@ function M.install(Class, opts)
     end
 
     --- Hands the member `rec` (its boot token in rec.access_token) its claim: { token, entrypoint, env =
-    --- {"K=V"} }. The agent execs the entrypoint as the main process and takes the new token. true or nil,
-    --- err. May yield.
+    --- {"K=V"} }. The agent execs the entrypoint as the main process and takes the new token. true, times
+    --- or nil, err. May yield. `times` is what the agent says of its side on the host's monotonic clock
+    --- ({ accepted_us, handled_us, replied_us }, execd/src/pool.c), or nil from an agent that says nothing.
     function Class:pool_claim(rec, claim)
         local env = json.array()
         for i, kv in ipairs(claim.env or {}) do
@@ -89,7 +106,7 @@ function M.install(Class, opts)
             return nil, rterrors.new(res.status == 409 and "conflict" or "api", string.format(
                 "the agent refused the claim (%d): %s", res.status, tostring(res.body)), { status = res.status })
         end
-        return true
+        return true, M.claim_times(res.body)
     end
 end
 

@@ -150,11 +150,14 @@ function P:claim_one(spec, ctx, pool, m)
     for i, kv in ipairs(spec.env or {}) do
         env[i] = kv[1] .. "=" .. kv[2]
     end
-    local ok, err = self.runtime:pool_claim(member_rec(m), { token = rec.access_token,
+    local mono = self.core.monotonic_us
+    local t_sent = mono and mono()
+    local ok, got = self.runtime:pool_claim(member_rec(m), { token = rec.access_token,
         entrypoint = spec.entrypoint, env = env })
+    local t_back = mono and mono()
     if not ok then
         self.log.warn("pool member did not take its claim; dropping it", { pool = pool.name, sandbox_id = m.id,
-            error = tostring(type(err) == "table" and err.message or err) })
+            error = tostring(type(got) == "table" and got.message or got) })
         self:forget(rec.id)
         self:pool_drop_member(m, true)
         return nil, nil
@@ -162,10 +165,20 @@ function P:claim_one(spec, ctx, pool, m)
     self.pool_members[m.id] = nil
     pool.members[m.id] = nil
     CLAIMS:labels("claimed"):inc()
-    -- where a claim's time went: the durable write, then the agent taking the claim
+    -- where a claim's time went: the durable write, then the agent taking the claim; with the agent's own
+    -- timings (same monotonic clock), the agent call split into: until the agent accepted the connection,
+    -- until it had read the request, its work, and its answer's way back into this loop
     local t_end = self:now_us()
-    self.log.info("sandbox claimed from pool", { sandbox_id = m.id, pool = pool.name,
-        store_ms = (t_committed - now) / 1000, agent_ms = (t_end - t_committed) / 1000 })
+    local fields = { sandbox_id = m.id, pool = pool.name, store_ms = (t_committed - now) / 1000,
+        agent_ms = (t_end - t_committed) / 1000 }
+    local at = type(got) == "table" and got.accepted_us and got -- (the agent's timings, pool_agent.lua)
+    if at and t_sent then
+        fields.agent_accept_ms = (at.accepted_us - t_sent) / 1000
+        fields.agent_read_ms = (at.handled_us - at.accepted_us) / 1000
+        fields.agent_work_ms = (at.replied_us - at.handled_us) / 1000
+        fields.agent_back_ms = (t_back - at.replied_us) / 1000
+    end
+    self.log.info("sandbox claimed from pool", fields)
     rec = self.records[m.id] or rec
     self:notify_transition(rec, nil, rec.state)
     self:arm_timer(rec)
