@@ -293,4 +293,42 @@ describe("engine shutdown #integration", function()
             server.quote(server.root() .. "/config.lua") .. " 2>&1")
         assert.are.equal(0, code, out)
     end)
+    it("logs a task turn that holds the loop past OPENSANDBOX_SLOW_TURN_MS, with where it began and ended",
+        function()
+            local dir = server.tmpdir()
+            os.execute("mkdir -p " .. server.quote(dir .. "/routes"))
+            local f = assert(io.open(dir .. "/routes/spin.lua", "w"))
+            f:write([[
+return { routes = {
+    { method = "GET", path = "/ops/spin", handler = function()
+        local t0 = os.clock()
+        while os.clock() - t0 < 0.03 do end -- 30 ms without yielding
+        return { status = 200, json = { spun = true } }
+    end },
+    { method = "GET", path = "/ops/quick", handler = function() return { status = 200, json = {} } end },
+} }
+]])
+            f:close()
+            local s = server.start({ dir = dir, env = { OPENSANDBOX_SLOW_TURN_MS = "20" },
+                config = { server = { api_key = KEY, routes_dir = dir .. "/routes" },
+                    docker = { host = "unix:///nonexistent/docker.sock" } } })
+            local h = { headers = { ["OPEN-SANDBOX-API-KEY"] = KEY } }
+            assert.are.equal(200, assert(s:request("GET", "/ops/quick", h)).status)
+            assert.are.equal(200, assert(s:request("GET", "/ops/spin", h)).status)
+            local slow = {}
+            for l in s:log():gmatch("[^\n]+") do
+                -- (the boot task's first turn, loading every module, is slow too: requests only)
+                if l:find('"msg":"slow task turn"', 1, true) and l:find('"task":"http"', 1, true) then
+                    slow[#slow + 1] = assert(json.decode(l))
+                end
+            end
+            s:stop()
+            -- the spin, and not the quick request
+            assert.are.equal(1, #slow, json.encode(slow))
+            assert.are.equal("http", slow[1].task)
+            assert.is_true(tonumber(slow[1].ms) >= 30, slow[1].ms)
+            assert.are.equal("(start)", slow[1].from)
+            assert.are.equal("(end)", slow[1].to)
+            assert.is_string(slow[1].request_id)
+        end)
 end)
