@@ -11,7 +11,8 @@
 -- Env: BENCH_URL (required), BENCH_KEY, CLAIMS (default 1000), RATE (default 10), POLL_MS (default 2),
 --      POOL (default "bench"), SANDBOX_IMAGE, BUFFER_MIN / BUFFER_MAX (the pool's buffer, default 200 / 300),
 --      POOL_MAX (default 400), KEEP=1 (delete the claimed sandboxes after the run instead of each one once
---      it runs: dockerd then only refills during the run).
+--      it runs: dockerd then only refills during the run), REUSE_POOL=1 (a pool of that name that exists is
+--      used as it is, and left after the run: experiments against a server kept running).
 local core = require("core")
 local client = require("core.client")
 local timer = require("core.timer")
@@ -55,7 +56,8 @@ local ok, err = pcall(function()
     local kept = {}
     local res = assert(request("POST", "/v1/pools", { name = pool, capacitySpec = cap,
         template = { image = { uri = image }, resourceLimits = { cpu = "0.25", memory = "32Mi" } } }))
-    assert(res.status == 201, res.body)
+    -- REUSE_POOL=1: a pool of that name made earlier is taken as it is (experiments against a server left running)
+    assert(res.status == 201 or (res.status == 409 and os.getenv("REUSE_POOL") == "1"), res.body)
     -- warm up: the buffer full
     local t0 = core.monotonic()
     while true do
@@ -170,7 +172,9 @@ local ok, err = pcall(function()
     while not keep and deletes < #running and core.monotonic() - t1 < 120 do
         timer.sleep(0.2)
     end
-    request("DELETE", "/v1/pools/" .. pool)
+    if os.getenv("REUSE_POOL") ~= "1" then -- (a pool taken as it was is left as it is)
+        request("DELETE", "/v1/pools/" .. pool)
+    end
 end)
 if not ok then
     io.stderr:write("pool_claim: " .. tostring(err) .. "\n")

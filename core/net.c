@@ -2,8 +2,8 @@
  * net.c: the `core.net` Lua module: what network policy enforcement needs from the kernel.
  *
  *   nft(pid, script)        runs an nftables script (libnftables) in the network namespace of
- *                           process `pid` (0: the server's own); the main thread joins that
- *                           namespace for the call and returns to its own before it returns
+ *                           process `pid` (0: the server's own) on a worker thread, which joins
+ *                           that namespace for the call; yields (see "nftables in a namespace")
  *   gate(pid, path)         writes one byte to the FIFO at `path` inside process `pid`'s root
  *                           (no symbolic link followed, never blocking): the start gate
  *   nl_open(pid)            a netfilter netlink socket opened once in process `pid`'s network
@@ -40,10 +40,12 @@
 #include <linux/netfilter/nfnetlink.h>
 #include <nftables/libnftables.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -93,52 +95,91 @@ static int netns_enter(long long pid, int *self, const char **why)
 
 /* ---------------------------------------------------------------- nftables in a namespace */
 
-static int l_nft(lua_State *L)
-{
-    lua_Integer pid = luaL_optinteger(L, 1, 0);
-    const char *script = luaL_checkstring(L, 2);
-    int self = -1;
+/* A libnftables call costs 0.1-1 ms on an idle host and 5-40 ms while dockerd and runc keep both
+ * CPUs busy (a warm pool refilling: one table per new member); on the loop's thread every request
+ * waited that long. So the calls run on one worker thread of their own, in the order they were made
+ * (libnftables keeps some process-wide state: never two calls at once), and a task that calls
+ * core.net.nft yields until its call is done. A caller that is not a task (start-up code, a script)
+ * waits for the worker in place. The worker joins the sandbox's namespace for a call and returns to
+ * the server's before the next (setns changes only the calling thread's namespace). */
 
-    if (pid < 0)
-        return luaL_argerror(L, 1, "pid must be >= 0");
-    if (pid > 0) {
-        const char *why;
-        if (netns_enter((long long)pid, &self, &why) < 0)
-            return push_fail(L, why);
+struct nft_job {
+    struct nft_job *next;
+    long long pid;
+    char *script;
+    int ok;        /* the result: 1, or 0 with `text` the error */
+    char *text;    /* nft's output, or the error (malloc'd; NULL when it could not be had) */
+    task *t;       /* the waiting task; NULL once cancelled, or for a caller waiting in place */
+    int cancelled; /* (loop thread) the task went away: free the job when it comes back */
+    int done;      /* (under mu) for a caller waiting in place */
+};
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t work, finished_cv;
+    struct nft_job *head, *tail; /* to run */
+    struct nft_job *finished;    /* run, for the loop to hand back */
+    int efd;                     /* the worker's "a job is done" signal to the loop */
+    loop_watch w;
+    pthread_t th;
+    int started, stop;
+} NW = {.mu = PTHREAD_MUTEX_INITIALIZER,
+        .work = PTHREAD_COND_INITIALIZER,
+        .finished_cv = PTHREAD_COND_INITIALIZER,
+        .efd = -1};
+
+static char *dup_or_null(const char *a, const char *b)
+{
+    size_t na = a ? strlen(a) : 0, nb = b ? strlen(b) : 0;
+    char *out = malloc(na + nb + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, a ? a : "", na);
+    memcpy(out + na, b ? b : "", nb);
+    out[na + nb] = '\0';
+    return out;
+}
+
+/* Runs one job on the worker thread. */
+static void nft_run_job(struct nft_job *j)
+{
+    int self = -1;
+    const char *why;
+
+    j->ok = 0;
+    if (j->pid > 0 && netns_enter(j->pid, &self, &why) < 0) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s: %s", why, strerror(errno));
+        j->text = dup_or_null(msg, NULL);
+        return;
     }
     /* libnftables ends the whole process (exit) when it cannot open its netlink socket (no such
      * address family: a seccomp filter, a systemd RestrictAddressFamilies=, a kernel without
      * nf_tables): try one first, so that this is an error the caller sees instead. */
     int probe = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
-    struct nft_ctx *ctx = NULL;
-    int rc = -1;
     if (probe < 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot open a netfilter netlink socket: %s", strerror(errno));
+        j->text = dup_or_null("cannot open a netfilter netlink socket: ", strerror(errno));
     } else {
         close(probe);
-        ctx = nft_ctx_new(NFT_CTX_DEFAULT);
-    }
-    if (ctx) {
-        nft_ctx_buffer_output(ctx);
-        nft_ctx_buffer_error(ctx);
-        rc = nft_run_cmd_from_buffer(ctx, script);
-        if (rc == 0) {
-            lua_pushboolean(L, 1);
-            lua_pushstring(L, nft_ctx_get_output_buffer(ctx));
+        struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+        if (!ctx) {
+            j->text = dup_or_null("nft: cannot create a context", NULL);
         } else {
-            const char *msg = nft_ctx_get_error_buffer(ctx);
-            lua_pushnil(L);
-            lua_pushstring(L, msg && *msg ? msg : "nft: the command failed");
+            nft_ctx_buffer_output(ctx);
+            nft_ctx_buffer_error(ctx);
+            if (nft_run_cmd_from_buffer(ctx, j->script) == 0) {
+                j->ok = 1;
+                j->text = dup_or_null(nft_ctx_get_output_buffer(ctx), NULL);
+            } else {
+                const char *msg = nft_ctx_get_error_buffer(ctx);
+                j->text = dup_or_null(msg && *msg ? msg : "nft: the command failed", NULL);
+            }
+            nft_ctx_free(ctx);
         }
-        nft_ctx_free(ctx);
-    } else if (probe >= 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, "nft: cannot create a context");
     }
     if (self >= 0) {
-        /* The main thread must never stay in a sandbox's namespace: every socket it opened later
-         * would live there. Nothing sensible is left to do if the way back fails. */
+        /* The worker must never stay in a sandbox's namespace: the next call would run there.
+         * Nothing sensible is left to do if the way back fails. */
         if (setns(self, CLONE_NEWNET) < 0) {
             fprintf(stderr, "core.net: cannot return to the server's network namespace: %s\n",
                     strerror(errno));
@@ -146,6 +187,180 @@ static int l_nft(lua_State *L)
         }
         close(self);
     }
+}
+
+static void *nft_worker(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&NW.mu);
+    for (;;) {
+        while (!NW.stop && !NW.head)
+            pthread_cond_wait(&NW.work, &NW.mu);
+        if (!NW.head) /* stopping, nothing queued */
+            break;
+        struct nft_job *j = NW.head;
+        NW.head = j->next;
+        if (!NW.head)
+            NW.tail = NULL;
+        pthread_mutex_unlock(&NW.mu);
+        nft_run_job(j);
+        pthread_mutex_lock(&NW.mu);
+        if (j->t || j->cancelled) {
+            j->next = NW.finished;
+            NW.finished = j;
+            uint64_t one = 1;
+            ssize_t n = write(NW.efd, &one, sizeof(one));
+            (void)n; /* (a full counter already wakes the loop) */
+        } else {
+            j->done = 1; /* a caller waiting in place */
+            pthread_cond_broadcast(&NW.finished_cv);
+        }
+    }
+    pthread_mutex_unlock(&NW.mu);
+    return NULL;
+}
+
+static void nft_job_free(struct nft_job *j)
+{
+    free(j->script);
+    free(j->text);
+    free(j);
+}
+
+/* The loop side: hands each finished job back to its task (or drops a cancelled one). */
+static void nft_on_done(loop_watch *lw, uint32_t events)
+{
+    uint64_t v;
+    (void)lw;
+    (void)events;
+    ssize_t n = read(NW.efd, &v, sizeof(v));
+    (void)n;
+    pthread_mutex_lock(&NW.mu);
+    struct nft_job *done = NW.finished;
+    NW.finished = NULL;
+    pthread_mutex_unlock(&NW.mu);
+    while (done) {
+        struct nft_job *j = done;
+        done = j->next;
+        task *t = j->t;
+        if (t && !j->cancelled) {
+            t->wait = NULL;
+            t->cancel = NULL;
+            if (j->ok)
+                lua_pushboolean(t->L, 1);
+            else
+                lua_pushnil(t->L);
+            lua_pushstring(t->L, j->text ? j->text : "core.net: out of memory");
+            nft_job_free(j);
+            task_resume(t, 2);
+        } else {
+            nft_job_free(j);
+        }
+    }
+}
+
+static void nft_cancel(task *t)
+{
+    struct nft_job *j = t->wait;
+    /* (the worker may be running it: it comes back through the finished list and is freed there) */
+    pthread_mutex_lock(&NW.mu);
+    j->cancelled = 1;
+    j->t = NULL;
+    pthread_mutex_unlock(&NW.mu);
+}
+
+static int nft_start(void)
+{
+    if (NW.started)
+        return 0;
+    NW.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (NW.efd < 0)
+        return -1;
+    NW.w.fd = NW.efd;
+    NW.w.events = EPOLLIN;
+    NW.w.cb = nft_on_done;
+    NW.w.data = NULL;
+    if (loop_watch_add(&NW.w) < 0) {
+        close(NW.efd);
+        NW.efd = -1;
+        return -1;
+    }
+    NW.stop = 0;
+    if (pthread_create(&NW.th, NULL, nft_worker, NULL) != 0) {
+        loop_watch_del(&NW.w);
+        close(NW.efd);
+        NW.efd = -1;
+        return -1;
+    }
+    NW.started = 1;
+    return 0;
+}
+
+/* Stops the worker after what is queued (the module's __gc: at the Lua state's close). */
+static int nft_stop(lua_State *L)
+{
+    (void)L;
+    if (!NW.started)
+        return 0;
+    pthread_mutex_lock(&NW.mu);
+    NW.stop = 1;
+    pthread_cond_signal(&NW.work);
+    pthread_mutex_unlock(&NW.mu);
+    pthread_join(NW.th, NULL);
+    NW.started = 0;
+    loop_watch_del(&NW.w);
+    close(NW.efd);
+    NW.efd = -1;
+    while (NW.finished) { /* (their tasks are gone with the state) */
+        struct nft_job *j = NW.finished;
+        NW.finished = j->next;
+        nft_job_free(j);
+    }
+    return 0;
+}
+
+static int l_nft(lua_State *L)
+{
+    lua_Integer pid = luaL_optinteger(L, 1, 0);
+    size_t len;
+    const char *script = luaL_checklstring(L, 2, &len);
+
+    if (pid < 0)
+        return luaL_argerror(L, 1, "pid must be >= 0");
+    if (nft_start() < 0)
+        return push_fail(L, "core.net: cannot start the nftables worker");
+    struct nft_job *j = calloc(1, sizeof(*j));
+    if (!j || !(j->script = malloc(len + 1))) {
+        free(j);
+        return luaL_error(L, "core.net: out of memory");
+    }
+    memcpy(j->script, script, len + 1);
+    j->pid = (long long)pid;
+    task *t = task_of(L);
+    int in_task = t && lua_isyieldable(L);
+    j->t = in_task ? t : NULL;
+    pthread_mutex_lock(&NW.mu);
+    if (NW.tail)
+        NW.tail->next = j;
+    else
+        NW.head = j;
+    NW.tail = j;
+    pthread_cond_signal(&NW.work);
+    if (in_task) {
+        pthread_mutex_unlock(&NW.mu);
+        t->wait = j;
+        t->cancel = nft_cancel;
+        return lua_yield(L, 0);
+    }
+    while (!j->done) /* not a task: wait in place */
+        pthread_cond_wait(&NW.finished_cv, &NW.mu);
+    pthread_mutex_unlock(&NW.mu);
+    if (j->ok)
+        lua_pushboolean(L, 1);
+    else
+        lua_pushnil(L);
+    lua_pushstring(L, j->text ? j->text : "core.net: out of memory");
+    nft_job_free(j);
     return 2;
 }
 
@@ -882,5 +1097,12 @@ int luaopen_core_net(lua_State *L)
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     luaL_newlib(L, fns);
+    /* the worker stops with the Lua state: a sentinel whose __gc stops it, kept by the module */
+    lua_newuserdatauv(L, 1, 0);
+    lua_newtable(L);
+    lua_pushcfunction(L, nft_stop);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, -2, "_worker");
     return 1;
 }

@@ -47,7 +47,7 @@ static void where(lua_State *L, char *out, size_t len)
     lua_Debug ar;
     size_t n = 0;
     out[0] = '\0';
-    for (int level = 0, shown = 0; shown < 3 && n + 1 < len && lua_getstack(L, level, &ar);
+    for (int level = 0, shown = 0; shown < 6 && n + 1 < len && lua_getstack(L, level, &ar);
          level++) {
         if (!lua_getinfo(L, "Sl", &ar) || ar.currentline < 0)
             continue;
@@ -172,7 +172,7 @@ static void task_run(task *t, int nargs)
 {
     int nres = 0;
     uint64_t t0 = 0;
-    char from[320];
+    char from[640];
     if (slow_turn_ns) {
         where(t->L, from, sizeof(from));
         t0 = loop_now_ns();
@@ -181,7 +181,7 @@ static void task_run(task *t, int nargs)
     if (slow_turn_ns) {
         uint64_t dt = loop_now_ns() - t0;
         if (dt >= slow_turn_ns) {
-            char to[320], ms[32];
+            char to[640], ms[32];
             where(t->L, to, sizeof(to));
             snprintf(ms, sizeof(ms), "%.3f", (double)dt / 1e6);
             log_write(LOG_WARNING, t->request_id, "slow task turn", "task", t->name ? t->name : "?",

@@ -302,6 +302,25 @@ function Service:load()
     return #all
 end
 
+--- After a sweep: what a burst freed goes back to the system (glibc keeps it mapped otherwise). A full
+--- collection holds the loop while it traces the whole heap (tens of milliseconds at a few thousand
+--- sandboxes and pool members: every request waits), so it runs only when the heap (`heap_kb`) has grown to
+--- twice what the last one left live: after a burst, not every sweep of a steady server. Returns whether it
+--- collected.
+function Service:trim_memory(heap_kb)
+    if not self.core.trim_memory then
+        return false
+    end
+    local collected = false
+    if heap_kb > 2 * (self.gc_live_kb or 0) then
+        collectgarbage("collect")
+        self.gc_live_kb = collectgarbage("count")
+        collected = true
+    end
+    self.core.trim_memory()
+    return collected
+end
+
 --- Background loops: the runtime's change watch, the sweep, and the availability watcher.
 function Service:start_background()
     local timer = self.core.timer
@@ -336,11 +355,7 @@ function Service:start_background()
     self.sweeper = timer.every(C.SWEEP_INTERVAL, function()
         self:sweep()
         local before_kb = collectgarbage("count")
-        if self.core.trim_memory then
-            -- what a burst freed goes back to the system (glibc keeps it mapped otherwise)
-            collectgarbage("collect")
-            self.core.trim_memory()
-        end
+        self:trim_memory(before_kb)
         self.log.debug("swept", { lua_kb = math.floor(before_kb), lua_live_kb = math.floor(collectgarbage("count")) })
     end)
     if self.runtime.lead then

@@ -28,6 +28,42 @@ assert(listed and text:find("10.9.8.7", 1, true), text)
 -- the server's own namespace has no such table, and the server is back in it
 local _, own = net.nft(0, "list tables")
 assert(not own:find("osbscenario", 1, true), own)
+-- the call runs on a worker thread and yields: a task spawned after the caller runs before its answer comes
+local ran_meanwhile
+local during = false
+spawn(function()
+    local lok = net.nft(pid, "list set inet osbscenario s")
+    assert(lok)
+    ran_meanwhile = during
+end)
+spawn(function()
+    during = true
+end)
+-- where the caller cannot yield (across a C call), it waits for the worker in place
+local inplace
+string.gsub("x", "x", function()
+    inplace = { net.nft(pid, "list set inet osbscenario s") }
+end)
+assert(inplace[1] == true and inplace[2]:find("10.9.8.7", 1, true), tostring(inplace[2]))
+-- calls keep their order: many at once, each sees the elements the ones before it added
+local order_done = 0
+for i = 1, 20 do
+    spawn(function()
+        local aok, aerr = net.nft(pid, string.format("add element inet osbscenario s { 10.9.9.%d timeout 60s }\n", i))
+        assert(aok, aerr)
+        local _, set = net.nft(pid, "list set inet osbscenario s")
+        assert(set:find("10.9.9." .. i, 1, true), set)
+        order_done = order_done + 1
+    end)
+end
+local timer = require("core.timer")
+local waited = 0
+while (ran_meanwhile == nil or order_done < 20) and waited < 10 do
+    timer.sleep(0.01)
+    waited = waited + 0.01
+end
+assert(ran_meanwhile == true, "core.net.nft did not yield (a task spawned after it ran only after its answer)")
+assert(order_done == 20, "not every concurrent nft call finished: " .. order_done)
 -- an error comes back as text
 ok, err = net.nft(pid, "add element inet osbscenario nosuchset { 1.2.3.4 }\n")
 assert(ok == nil and err:find("No such file or directory", 1, true), tostring(err))

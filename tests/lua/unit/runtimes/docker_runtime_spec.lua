@@ -872,6 +872,91 @@ describe("runtimes.docker (runtime): list", function()
     end)
 end)
 
+describe("runtimes.docker (runtime): list without inspecting again", function()
+    local function inspects(engine)
+        local n = {}
+        for _, c in ipairs(engine.calls) do
+            local cid = c:match("^inspect (.*)$")
+            if cid then
+                n[#n + 1] = cid
+            end
+        end
+        engine.calls = {}
+        return table.concat(n, " ")
+    end
+
+    local function setup(now)
+        local rt, engine = make({ now_s = function() return now[1] end })
+        engine.containers = {
+            { id = "r", state = "running", labels = { ["opensandbox.io/id"] = "s-r" } },
+            { id = "p", state = "paused", labels = { ["opensandbox.io/id"] = "s-p" } },
+            { id = "x", state = "exited", labels = { ["opensandbox.io/id"] = "s-x" } },
+        }
+        engine.inspects.r = { id = "r", status = "running", labels = {}, host_ports = {}, ip = "172.17.0.2" }
+        engine.inspects.p = { id = "p", status = "paused", paused = true, labels = {}, host_ports = {} }
+        engine.inspects.x = { id = "x", status = "exited", exit_code = 1, labels = {}, host_ports = {} }
+        return rt, engine
+    end
+
+    it("inspects a settled container once, and again when its state, an event, a call or time says so", function()
+        local now = { 1000 }
+        local rt, engine = setup(now)
+        local first = assert(rt:list())
+        assert.are.equal("r p x", inspects(engine))
+        -- running and paused, unchanged: the same entries again; the exited one is always inspected
+        local second = assert(rt:list())
+        assert.are.equal("x", inspects(engine))
+        assert.are.equal(first[1], second[1])
+        assert.are.same(first, second)
+        -- the list shows another state: inspected
+        engine.containers[1].state = "paused"
+        engine.inspects.r.status, engine.inspects.r.paused = "paused", true
+        assert.are.equal("Paused", assert(rt:list())[1].status.state)
+        assert.are.equal("r x", inspects(engine))
+        -- an event on it, a call on it
+        engine.events_list = { { action = "unpause", id = "r", sandbox_id = "s-r", time_nano = 1 } }
+        rt:watch(function() end)
+        rt:list()
+        assert.are.equal("r p x", inspects(engine)) -- (a new watch forgets everything: events may be lost)
+        rt:list()
+        assert.are.equal("x", inspects(engine))
+        engine.events_list = {}
+        rt:pause({ handle = "p" })
+        rt:resume({ handle = "r" })
+        engine.calls = {}
+        rt:list()
+        assert.are.equal("r p x", inspects(engine))
+        rt:remove({ id = "s-p", handle = "p" })
+        engine.calls = {}
+        rt:list()
+        assert.are.equal("p x", inspects(engine))
+        -- at most REINSPECT_S after its inspection
+        now[1] = now[1] + docker_runtime.REINSPECT_S
+        rt:list()
+        assert.are.equal("r p x", inspects(engine))
+    end)
+
+    it("keeps nothing of a container changed while the list was inspecting, or seen otherwise than listed",
+        function()
+            local rt, engine = setup({ 1000 })
+            local inspect = engine.inspect
+            function engine.inspect(e, cid)
+                if cid == "x" then -- an event about r arrives while the list waits for this inspection
+                    rt:_forget_inspection("r")
+                end
+                return inspect(e, cid)
+            end
+            engine.inspects.p.status = "running" -- (changed between the list and its inspection)
+            rt:list()
+            assert.are.equal("r p x", inspects(engine))
+            engine.inspect = inspect
+            rt:list()
+            assert.are.equal("r p x", inspects(engine))
+            rt:list()
+            assert.are.equal("p x", inspects(engine)) -- (p listed paused, inspected running: never kept)
+        end)
+end)
+
 describe("runtimes.docker (runtime): private images", function()
     it("passes image.verify to the image step (a pull even when present)", function()
         local rt, engine = make()

@@ -714,6 +714,26 @@ describe("sandbox.service reconciliation", function()
     end)
 end)
 
+describe("sandbox.service memory after a sweep", function()
+    it("collects the whole heap only when it has doubled since the last collection, and trims every time", function()
+        local env = S.env()
+        local trims = 0
+        env.core.trim_memory = function()
+            trims = trims + 1
+        end
+        local svc = env.svc
+        assert.is_true(svc:trim_memory(collectgarbage("count"))) -- (the first: nothing known yet)
+        local live = svc.gc_live_kb
+        assert.is_true(live > 0)
+        assert.is_false(svc:trim_memory(live * 1.5)) -- a steady heap: no stop-the-world collection
+        assert.is_false(svc:trim_memory(live * 2))
+        assert.is_true(svc:trim_memory(live * 2 + 1)) -- after a burst
+        assert.are.equal(4, trims)
+        env.core.trim_memory = nil -- (a core without it: nothing to hand back, nothing collected)
+        assert.is_false(svc:trim_memory(live * 10))
+    end)
+end)
+
 describe("sandbox.service runtime changes", function()
     it("applies a status change", function()
         local hooks = S.hooks()
