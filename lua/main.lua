@@ -140,12 +140,17 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
 
     -- runtime and service
     client.configure({ max_host_connections = 16 })
+    -- a long loop over every sandbox (a sweep at thousands) calls this now and then: the task yields until
+    -- the loop's next turn, so that requests and other tasks are not held up behind it
+    local function breathe()
+        timer.sleep(0)
+    end
     local runtime = require("runtimes").new(cfg, {
         identity = { server = identity, adopted = adopted },
         client = client,
         log = log,
         agent_files = require("runtimes.agent_files").new({ root = core.paths.root, exe = core.paths.exe, log = log }),
-        core = { free_tcp_port = core.free_tcp_port, uuid = uuid, now_s = core.now },
+        core = { free_tcp_port = core.free_tcp_port, uuid = uuid, now_s = core.now, breathe = breathe },
     })
     require("api.respond").set_codes(runtime.codes) -- the runtime's names for the service's error codes
 
@@ -195,6 +200,7 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
             now_us = function()
                 return math.floor(core.now() * 1e6)
             end,
+            breathe = breathe,
             monotonic_us = function() -- CLOCK_MONOTONIC, as the agents' (a pool claim's timings)
                 return math.floor(core.monotonic() * 1e6)
             end,

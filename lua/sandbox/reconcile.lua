@@ -137,7 +137,16 @@ function P:reconcile(startup)
             listed[obs.id] = obs
         end
     end
+    -- at thousands of sandboxes this loop held the event loop for tens of milliseconds in one turn: it yields
+    -- every BREATHE_EVERY objects (core.breathe, in the server). What changes meanwhile is judged as for
+    -- the list's own yield above: records made meanwhile are provisioning or not in `had`, and a record gone
+    -- meanwhile is looked up again below.
+    local seen = 0
     for sid, obs in pairs(listed) do
+        seen = seen + 1
+        if seen % P.BREATHE_EVERY == 0 and self.core.breathe then
+            self.core.breathe()
+        end
         local rec = self.records[sid]
         if rec then
             if not self.provisioning[sid] then
@@ -246,6 +255,7 @@ end
 -- Sandboxes this server removed in the last minute: a change of one that the watch delivers late is not a
 -- new sandbox to adopt.
 P.REMOVED_MEMORY_S = 60
+P.BREATHE_EVERY = 100 -- listed objects between two yields of a reconcile (core.breathe, in the server)
 
 function P:note_removed(id)
     local now = self:now_us()

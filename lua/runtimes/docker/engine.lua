@@ -571,16 +571,12 @@ function Adapter:list(extra_labels)
     end
     local out = {}
     for _, c in ipairs(type(doc) == "table" and doc or {}) do
-        local labels = {}
-        for k, v in pairs(type(c.Labels) == "table" and c.Labels or {}) do
-            labels[k] = v
-        end
         local name = type(c.Names) == "table" and c.Names[1]
         out[#out + 1] = {
             id = c.Id,
             name = name and name:gsub("^/", "") or nil,
             image = c.Image,
-            labels = labels,
+            labels = type(c.Labels) == "table" and c.Labels or {}, -- (decoded for this call: no copy needed)
             state = c.State,
             status = c.State,
             status_text = c.Status,

@@ -753,6 +753,7 @@ end
 --- for tens of milliseconds. Events and calls on a container forget its entry; a new watch forgets them all,
 --- since events may have been missed.)
 M.REINSPECT_S = 600
+M.BREATHE_EVERY = 100 -- containers between two yields of a list (core.breathe, when the server gives it)
 local SETTLED = { running = true, paused = true }
 
 --- Forgets what list() remembers of container `cid` (an event or a call changed it).
@@ -805,7 +806,7 @@ function Docker:list()
     end
     self:_check_neighbours(#containers)
     local now = self.core.now_s and self.core.now_s() or os.time()
-    local known, kept = self.inspected, {}
+    local known, kept, hits = self.inspected, {}, 0
     self.touched = {}
     local out = {}
     for _, c in ipairs(containers) do
@@ -816,6 +817,10 @@ function Docker:list()
         if hit and hit.state == c.state and now - hit.at < M.REINSPECT_S then
             out[#out + 1] = hit.obs
             kept[c.id] = hit
+            hits = hits + 1
+            if hits % M.BREATHE_EVERY == 0 and self.core.breathe then
+                self.core.breathe() -- (thousands of hits in one turn held the loop for tens of ms)
+            end
         else
             local info, ierr
             if whose then

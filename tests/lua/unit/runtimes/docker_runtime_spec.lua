@@ -936,6 +936,24 @@ describe("runtimes.docker (runtime): list without inspecting again", function()
         assert.are.equal("r p x", inspects(engine))
     end)
 
+    it("yields now and then through a long list of containers it need not inspect (core.breathe)", function()
+        local rt, engine = make()
+        local breaths = 0
+        rt.core.breathe = function()
+            breaths = breaths + 1
+        end
+        engine.containers = {}
+        for i = 1, 250 do
+            local cid = "c" .. i
+            engine.containers[i] = { id = cid, state = "running", labels = { ["opensandbox.io/id"] = "s" .. i } }
+            engine.inspects[cid] = { id = cid, status = "running", labels = {}, host_ports = {} }
+        end
+        assert.are.equal(250, #assert(rt:list()))
+        assert.are.equal(0, breaths) -- (every container inspected: each inspection yields already)
+        assert.are.equal(250, #assert(rt:list()))
+        assert.are.equal(250 // docker_runtime.BREATHE_EVERY, breaths)
+    end)
+
     it("keeps nothing of a container changed while the list was inspecting, or seen otherwise than listed",
         function()
             local rt, engine = setup({ 1000 })

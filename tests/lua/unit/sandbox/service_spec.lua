@@ -734,6 +734,25 @@ describe("sandbox.service memory after a sweep", function()
     end)
 end)
 
+describe("sandbox.service reconciliation at scale", function()
+    it("yields now and then through a long list (core.breathe), and still adopts everything", function()
+        local env = S.env()
+        local breaths = 0
+        env.core.breathe = function()
+            breaths = breaths + 1
+        end
+        for i = 1, 250 do
+            local id = string.format("adopt-%03d", i)
+            env.rt:inject({ id = id, sandbox = { id = id, created_us = S.T0, expires_us = S.T0 + 3600 * 1000000,
+                image_uri = "x", entrypoint = { "run" }, metadata = {}, access_token = "t" .. i },
+                status = { state = STATE.RUNNING, reason = REASON.CONTAINER_RUNNING, message = MESSAGE.RUNNING } })
+        end
+        env:op("sweep")
+        assert.are.equal(250, count(env.svc.records))
+        assert.are.equal(250 // require("sandbox.reconcile").BREATHE_EVERY, breaths)
+    end)
+end)
+
 describe("sandbox.service runtime changes", function()
     it("applies a status change", function()
         local hooks = S.hooks()
