@@ -261,6 +261,15 @@ local SQL_ACCESS_PUT = "INSERT OR IGNORE INTO image_access (repository, principa
 -- Statements
 ---------------------------------------------------------------------------------------------------------
 
+-- How long requests waited for their writes to reach the disk (the flush thread's fdatasync of the
+-- write-ahead log, shared by every write made before it began): on a disk that dockerd keeps busy this,
+-- not the server, is the tail of a write's answer.
+local FLUSH_WAIT = metrics.default:histogram("opensandbox_store_flush_wait_seconds",
+    "Time requests that wrote waited for their writes to be on disk.", nil,
+    metrics.SECONDS)
+local has_core, core_mod = pcall(require, "core")
+local monotonic = has_core and type(core_mod) == "table" and core_mod.monotonic or os.clock
+
 local WRITE_FAILURES = metrics.default:counter("opensandbox_store_write_failures_total",
     "Statements that failed to change the store (SQLite), by statement kind.", { "op" })
 local WRITE_OPS = { INSERT = "insert", REPLACE = "insert", UPDATE = "update", DELETE = "delete" }
@@ -597,7 +606,9 @@ function Store:durable()
     if not f or g <= self.durable_gen then
         return true
     end
+    local t0 = monotonic()
     local ok, err = f:wait(g)
+    FLUSH_WAIT:get():observe(monotonic() - t0)
     if not ok then
         return nil, err
     end

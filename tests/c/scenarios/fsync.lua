@@ -70,11 +70,15 @@ local model = require("sandbox.model")
 local rec = { id = "a", created_us = 1, image_uri = "x", entrypoint = { "sh" }, metadata = {}, extensions = {},
     access_token = "t" }
 model.apply_status(rec, model.status("Running", "CONTAINER_RUNNING", "", 1))
+local waits = require("common.metrics").default:family("opensandbox_store_flush_wait_seconds"):get()
+local waited = waits.count
 assert(store:put(rec))
 assert(store.write_gen > 0)
 assert(store:durable() == true)
 assert(store.durable_gen == store.write_gen)
+assert(waits.count == waited + 1 and waits.sum > 0, "the wait for the flush is counted")
 assert(store:durable() == true)
+assert(waits.count == waited + 1, "nothing to wait for: not counted")
 assert(store:get("a").state == "Running")
 -- a reopened store finds what was written
 store:close()
