@@ -12,7 +12,8 @@
 --      POOL (default "bench"), SANDBOX_IMAGE, BUFFER_MIN / BUFFER_MAX (the pool's buffer, default 200 / 300),
 --      POOL_MAX (default 400), KEEP=1 (delete the claimed sandboxes after the run instead of each one once
 --      it runs: dockerd then only refills during the run), REUSE_POOL=1 (a pool of that name that exists is
---      used as it is, and left after the run: experiments against a server kept running).
+--      used as it is, and left after the run: experiments against a server kept running), CLAIM_LOG=path (one
+--      line per claim: sandbox id, start on the monotonic clock, POST answer ms, Running ms).
 local core = require("core")
 local client = require("core.client")
 local timer = require("core.timer")
@@ -71,6 +72,7 @@ local ok, err = pcall(function()
     end
 
     local running, answers, errors, done, min_avail = {}, {}, {}, 0, math.huge
+    local claim_log = {} -- CLAIM_LOG=path: one line per claim (id, start on the monotonic clock, answer, Running)
     local deletes = 0
     local function claim(i)
         local t = core.monotonic()
@@ -89,10 +91,13 @@ local ok, err = pcall(function()
         end
         answers[#answers + 1] = (answered - t) * 1000
         local id = json.decode(r.body).id
+        local entry = { id = id, t = t, answer_ms = (answered - t) * 1000 }
+        claim_log[#claim_log + 1] = entry
         while true do
             local g = request("GET", "/v1/sandboxes/" .. id, nil, 10)
             if g and g.body:find('"state":"Running"', 1, true) then
                 running[#running + 1] = (core.monotonic() - t) * 1000
+                entry.running_ms = running[#running]
                 break
             end
             if core.monotonic() - t > 10 then
@@ -149,21 +154,46 @@ local ok, err = pcall(function()
     print(string.format("| errors (not a warm claim, or not Running) | %d |", #errors))
     print(string.format("| fewest available members seen (every 50 claims) | %s |",
         min_avail == math.huge and "-" or tostring(min_avail)))
+    -- the server's flush waits (every write's answer waits for the disk: opensandbox_store_flush_wait_seconds)
+    local m = request("GET", "/metrics")
+    if m and m.status == 200 then
+        local total = tonumber(m.body:match("opensandbox_store_flush_wait_seconds_count (%d+)"))
+        local upto = tonumber(m.body:match('opensandbox_store_flush_wait_seconds_bucket{le="0.05"} (%d+)'))
+        local upto10 = tonumber(m.body:match('opensandbox_store_flush_wait_seconds_bucket{le="0.01"} (%d+)'))
+        if total and upto and upto10 then
+            print(string.format("| in the server: writes whose answer waited for the disk > 10 ms / > 50 ms "
+                .. "| %d / %d of %d |", total - upto10, total - upto, total))
+        end
+    end
+    if os.getenv("CLAIM_LOG") then
+        local f = assert(io.open(os.getenv("CLAIM_LOG"), "w"))
+        for _, c in ipairs(claim_log) do
+            f:write(string.format("%s %.6f %.3f %.3f\n", c.id, c.t, c.answer_ms, c.running_ms or -1))
+        end
+        f:close()
+    end
     for i = 1, math.min(5, #errors) do
         io.stderr:write("error: " .. errors[i] .. "\n")
     end
     -- the deletes of the last claims finish, then the pool goes (its idle members with it)
     local t1 = core.monotonic()
     if keep then
-        local left = #kept
+        -- at most 64 at once: the server refuses a client address more than server.max_connections_per_ip
+        -- (256) connections, and a refused DELETE left its sandbox behind
+        local left, inflight = #kept, 0
         for i = 1, #kept do
+            while inflight >= 64 do
+                timer.sleep(0.01)
+            end
+            inflight = inflight + 1
             spawn(function()
-                request("DELETE", "/v1/sandboxes/" .. kept[i], nil, 300)
+                local d = request("DELETE", "/v1/sandboxes/" .. kept[i], nil, 300)
+                if not (d and (d.status == 204 or d.status == 404)) then
+                    io.stderr:write("cleanup: DELETE " .. kept[i] .. " failed: " .. tostring(d and d.status) .. "\n")
+                end
+                inflight = inflight - 1
                 left = left - 1
             end)
-            if i % 8 == 0 then
-                timer.sleep(0.05)
-            end
         end
         while left > 0 and core.monotonic() - t1 < 900 do
             timer.sleep(0.2)
