@@ -53,7 +53,8 @@ for _, name in ipairs(PARTS) do
 end
 
 --- deps = { runtime = adapter (lua/runtimes/README.md), store = store, core = { now_us = fn, spawn = fn,
----   monotonic_us = fn (optional: a pool claim's timings), timer = core.timer-like, uuid = core.uuid-like },
+---   monotonic_us = fn (optional: a pool claim's timings), breathe = fn (optional: yields until the loop's
+---   next turn, for long loops), timer = core.timer-like, uuid = core.uuid-like },
 ---   log = core.log-like, config = validated config, failure_ttl = seconds, hooks = hook runner or nil }
 function M.new(deps)
     local self = setmetatable({}, Service)
