@@ -281,6 +281,77 @@ static int l_set_nice(lua_State *L)
     return 1;
 }
 
+/* core.json_elements(text): the texts of the elements of the JSON array `text`, as an array of
+ * strings, each to be decoded on its own (lua-cjson); nil, err when `text` is not one array. Only
+ * the element boundaries are found here (strings with their escapes, nesting): whether an element
+ * is valid JSON is for its decoder to say. Written here because lua-cjson decodes a document whole,
+ * in one C call: a container list of thousands (megabytes) held the event loop for tens of ms, and
+ * split, it is decoded a part at a time with the loop turning in between (docker/engine.lua). */
+static int l_json_elements(lua_State *L)
+{
+    size_t n, i = 0;
+    const char *s = luaL_checklstring(L, 1, &n);
+    lua_Integer count = 0;
+
+    while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t'))
+        i++;
+    if (i >= n || s[i] != '[') {
+        lua_pushnil(L);
+        lua_pushstring(L, "not a JSON array");
+        return 2;
+    }
+    i++;
+    lua_newtable(L);
+    for (;;) {
+        while (i < n &&
+               (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t' || s[i] == ','))
+            i++;
+        if (i >= n)
+            break;
+        if (s[i] == ']')
+            return 1;
+        size_t start = i;
+        int depth = 0, in_str = 0;
+        for (; i < n; i++) {
+            char c = s[i];
+            if (in_str) {
+                if (c == '\\')
+                    i++; /* the escaped character, whatever it is */
+                else if (c == '"')
+                    in_str = 0;
+            } else if (c == '"') {
+                in_str = 1;
+            } else if (c == '{' || c == '[') {
+                depth++;
+            } else if (c == '}' || c == ']') {
+                if (depth == 0)
+                    break; /* the array's own end, after a scalar element */
+                depth--;
+                if (depth == 0) {
+                    i++;
+                    break;
+                }
+            } else if (c == ',' && depth == 0) {
+                break; /* the end of a scalar element */
+            }
+        }
+        if (in_str || depth != 0 || i > n)
+            break;
+        size_t end = i;
+        while (end > start && (s[end - 1] == ' ' || s[end - 1] == '\n' || s[end - 1] == '\r' ||
+                               s[end - 1] == '\t'))
+            end--;
+        if (end > start) {
+            lua_pushlstring(L, s + start, end - start);
+            lua_rawseti(L, -2, ++count);
+        }
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_pushstring(L, "the JSON array is cut short");
+    return 2;
+}
+
 static int l_getpid(lua_State *L)
 {
     lua_pushinteger(L, getpid());
@@ -384,6 +455,7 @@ int luaopen_core(lua_State *L)
                                    {"mkdirs", l_mkdirs},
                                    {"kill", l_kill},
                                    {"trim_memory", l_trim_memory},
+                                   {"json_elements", l_json_elements},
                                    {"on_signal", l_on_signal},
                                    {"hmac_sha256", l_hmac_sha256},
                                    {NULL, NULL}};

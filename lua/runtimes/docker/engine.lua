@@ -125,6 +125,7 @@ function M.new(opts)
         log = opts.log,
         config = opts.config or {},
         sleep = opts.sleep,
+        breathe = opts.breathe, -- yields until the loop's next turn (list(): a few hundred containers a turn)
         new_event = opts.new_event,
         pulls = {}, -- pull key -> { done = bool, ok = true|nil, err = err|nil }
         -- images seen present (uri + platform -> true): provisioning skips the inspection for them; a create
@@ -269,6 +270,10 @@ local function line_failure(doc)
 end
 
 local OK200 = { [200] = true }
+
+local has_core, core_mod = pcall(require, "core")
+local json_elements = has_core and type(core_mod) == "table" and core_mod.json_elements or nil
+M.LIST_BATCH = 200 -- containers of a list decoded between two turns of the loop
 
 -- GET `path` expecting 200, its JSON body decoded (or nil, err). opts as for _expect.
 function Adapter:_get_json(path, opts)
@@ -565,12 +570,38 @@ function Adapter:list(extra_labels)
         label_filters[#label_filters + 1] = l
     end
     local filters = json.encode({ label = label_filters })
-    local doc, err = self:_get_json("/containers/json?all=true&filters=" .. urlencode(filters))
-    if not doc then
+    local res, err = self:_expect("GET", "/containers/json?all=true&filters=" .. urlencode(filters), OK200)
+    if not res then
         return nil, err
     end
+    -- Decoded a part at a time: thousands of containers are megabytes of JSON, and decoding them in one call
+    -- held the event loop for tens of milliseconds (core.json_elements; whole without it, in the unit specs).
+    local parts = json_elements and json_elements(res.body)
+    local doc
+    if not parts then
+        doc, err = decode_body(res)
+        if not doc then
+            return nil, err
+        end
+    end
     local out = {}
-    for _, c in ipairs(type(doc) == "table" and doc or {}) do
+    local n = parts and #parts or (type(doc) == "table" and #doc or 0)
+    for i = 1, n do
+        local c = doc and doc[i]
+        if parts then
+            local derr
+            c, derr = json.decode(parts[i])
+            if c == nil then
+                return nil, M.error("api", res.status, "invalid JSON from Docker: " .. tostring(derr))
+            end
+            parts[i] = false
+            if i % M.LIST_BATCH == 0 and self.breathe then
+                self.breathe()
+            end
+        end
+        if type(c) ~= "table" then
+            return nil, M.error("api", res.status, "invalid container list from Docker: an element is not an object")
+        end
         local name = type(c.Names) == "table" and c.Names[1]
         out[#out + 1] = {
             id = c.Id,

@@ -45,6 +45,7 @@ function M.new(cfg, deps)
         api_timeout = dcfg.api_timeout,
         log = deps.log,
         config = dcfg,
+        breathe = deps.core and deps.core.breathe,
     })
     local core = deps.core or {}
     local ident = deps.identity or {}
