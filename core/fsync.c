@@ -3,13 +3,8 @@
  * writes durable never blocks the event loop while the disk is slow, and concurrent writers share
  * flushes (group commit). The store (lua/sandbox/store.lua) uses it for its SQLite write-ahead log.
  *
- *   local f = fsync.open(path [, db])  -- or nil, err (the file must exist). With `db`, the SQLite
- *                                -- database whose write-ahead log `path` is: the thread also
- *                                -- checkpoints it (PASSIVE, every CHECKPOINT_EVERY flushes, on a
- *                                -- connection of its own), so that the writer can turn SQLite's
- *                                -- automatic checkpoint off: that one ran in the writing (loop)
- *                                -- thread with two fsyncs, 10-25 ms while dockerd kept the disk
- * busy local g = f:request()        -- asks for a flush covering every write made before this call;
+ *   local f = fsync.open(path)   -- or nil, err (the file must exist)
+ *   local g = f:request()        -- asks for a flush covering every write made before this call;
  *                                -- returns its generation at once (the flush runs on the thread)
  *   local ok, err = f:wait(g)    -- yields the task until generation g is on disk (true), or a
  *                                -- flush failed (nil, err); outside a task it flushes in place
@@ -35,12 +30,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sqlite3.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #define FSYNC_MT "core.fsync.file"
-#define CHECKPOINT_EVERY 32 /* flushes between two checkpoints of the database */
 
 struct fwait {
     struct fwait *next;
@@ -55,8 +48,6 @@ struct fsfile {
     loop_watch w; /* on efd */
     pthread_t th;
     int started; /* the thread runs */
-    sqlite3 *db; /* the database to checkpoint (the thread's own connection), or NULL */
-    unsigned flushes;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     /* under mu */
@@ -83,10 +74,6 @@ static void *flusher(void *arg)
         pthread_mutex_unlock(&f->mu);
         int rc = fdatasync(f->fd);
         int e = rc < 0 ? errno : 0;
-        /* (a failed checkpoint is left for the next: the frames stay in the log, which is durable)
-         */
-        if (f->db && !e && ++f->flushes % CHECKPOINT_EVERY == 0)
-            sqlite3_wal_checkpoint_v2(f->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         pthread_mutex_lock(&f->mu);
         if (e && !f->err)
             f->err = e;
@@ -161,7 +148,6 @@ static void on_flushed(loop_watch *lw, uint32_t events)
 static int l_open(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
-    const char *db = luaL_optstring(L, 2, NULL);
     struct fsfile *f = lua_newuserdatauv(L, sizeof(*f), 0);
     memset(f, 0, sizeof(*f));
     f->fd = f->efd = -1;
@@ -172,22 +158,6 @@ static int l_open(lua_State *L)
         lua_pushnil(L);
         lua_pushfstring(L, "%s: %s", path, strerror(e));
         return 2;
-    }
-    if (db) {
-        if (sqlite3_open_v2(db, &f->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, NULL) !=
-            SQLITE_OK) {
-            lua_pushnil(L);
-            lua_pushfstring(L, "%s: %s", db, f->db ? sqlite3_errmsg(f->db) : "cannot open");
-            sqlite3_close(f->db);
-            f->db = NULL;
-            close(f->fd);
-            f->fd = -1;
-            return 2;
-        }
-        sqlite3_busy_timeout(f->db, 1000);
-        /* a connection learns that the database is in WAL mode when it first reads it: until then a
-         * checkpoint does nothing */
-        sqlite3_exec(f->db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
     }
     f->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (f->efd < 0)
@@ -213,8 +183,6 @@ fail : {
     int e = errno;
     if (f->efd >= 0)
         close(f->efd);
-    sqlite3_close(f->db);
-    f->db = NULL;
     close(f->fd);
     f->fd = f->efd = -1;
     lua_pushnil(L);
@@ -309,8 +277,6 @@ static void fs_close(struct fsfile *f)
     close(f->efd);
     close(f->fd);
     f->fd = f->efd = -1;
-    sqlite3_close(f->db); /* (after the thread: it was the only user) */
-    f->db = NULL;
     pthread_cond_destroy(&f->cv);
     pthread_mutex_destroy(&f->mu);
 }

@@ -584,18 +584,8 @@ function M.open(path, opts)
     end
     local flusher
     if opts.fsync and path ~= ":memory:" then
-        -- (the log exists once the database has been read in WAL mode, as migrate did). The flush thread
-        -- also checkpoints the database, so SQLite's own checkpoint, which runs in the writing thread (the
-        -- loop) with two fsyncs, is turned off; when the thread cannot, SQLite keeps doing it.
-        flusher = opts.fsync.open(path .. "-wal", path)
-        if flusher then
-            rows, err = exec_once(db, "PRAGMA wal_autocheckpoint = 0")
-            if not rows then
-                return fail(err)
-            end
-        else
-            flusher = opts.fsync.open(path .. "-wal")
-        end
+        -- (the log exists once the database has been read in WAL mode, as migrate did)
+        flusher = opts.fsync.open(path .. "-wal")
         if not flusher then
             rows, err = exec_once(db, "PRAGMA synchronous = FULL") -- every write flushes in place, as before
             if not rows then
