@@ -273,7 +273,7 @@ local OK200 = { [200] = true }
 
 local has_core, core_mod = pcall(require, "core")
 local json_elements = has_core and type(core_mod) == "table" and core_mod.json_elements or nil
-M.LIST_BATCH = 200 -- containers of a list decoded between two turns of the loop
+M.LIST_BATCH = 100 -- containers of a list decoded between two turns of the loop
 
 -- GET `path` expecting 200, its JSON body decoded (or nil, err). opts as for _expect.
 function Adapter:_get_json(path, opts)
