@@ -573,6 +573,7 @@ static int boot(osb_engine *e)
     preload(L, "core.client", luaopen_core_client);
     preload(L, "core.sync", luaopen_core_sync);
     preload(L, "core.fsync", luaopen_core_fsync);
+    preload(L, "core.checkpoint", luaopen_core_checkpoint);
     preload(L, "core.hookguard", luaopen_core_hookguard);
     preload(L, "core.toml", luaopen_core_toml);
     preload(L, "core.net", luaopen_core_net);

@@ -50,6 +50,7 @@ int luaopen_core_http(lua_State *L);
 int luaopen_core_client(lua_State *L);
 int luaopen_core_sync(lua_State *L);
 int luaopen_core_fsync(lua_State *L);
+int luaopen_core_checkpoint(lua_State *L);
 int luaopen_core_hookguard(lua_State *L);
 int luaopen_core_toml(lua_State *L); /* ltoml.cpp */
 int luaopen_core_net(lua_State *L);  /* net.c */

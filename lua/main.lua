@@ -116,6 +116,8 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
             return core.mkdirs(dir, mode)
         end,
         fsync = require("core.fsync"), -- the log flushed on a thread (store.lua, core/fsync.c)
+        checkpoint = require("core.checkpoint"), -- and checkpointed on another (core/checkpoint.c)
+        log = log,
     })
     if not store then
         return die(serr, 1)

@@ -26,6 +26,11 @@
 -- Text is read back with strlen, so columns must not hold NUL bytes: JSON columns never do (cjson escapes
 -- control characters), and the text columns hold ids, tokens and validated strings.
 --
+-- Checkpoints: with opts.checkpoint (core.checkpoint, core/checkpoint.c), SQLite's automatic checkpoint is off
+-- on this connection and a thread with a connection of its own copies the log into the database every
+-- opts.checkpoint_every writes (default 500). Otherwise the write that crosses SQLite's threshold (1000
+-- pages) does it in place, with two fsyncs: on a disk dockerd keeps busy, a stall of 100 ms or more.
+--
 -- SQLite calls block the calling thread; they are short (one indexed row, or one scan for all()).
 local DBI = require("DBI")
 local lfs = require("lfs")
@@ -270,6 +275,23 @@ local FLUSH_WAIT = metrics.default:histogram("opensandbox_store_flush_wait_secon
 local has_core, core_mod = pcall(require, "core")
 local monotonic = has_core and type(core_mod) == "table" and core_mod.monotonic or os.clock
 
+-- The checkpoint thread's work, read at scrape time from the newest store that has one.
+local CHECKPOINTS = metrics.default:counter("opensandbox_store_checkpoints_total",
+    "Checkpoints of the store's write-ahead log run by the checkpoint thread, by result.", { "result" })
+local WAL_FRAMES = metrics.default:gauge("opensandbox_store_wal_frames",
+    "Frames in the store's write-ahead log at the last checkpoint.")
+local checkpointed -- the newest open store with a checkpoint thread
+metrics.default:on_scrape(function()
+    local cp = checkpointed and checkpointed.checkpointer
+    if not cp then
+        return
+    end
+    local st = cp:stats()
+    CHECKPOINTS:labels("ok").value = st.runs - st.failures
+    CHECKPOINTS:labels("failed").value = st.failures
+    WAL_FRAMES:get():set(math.max(st.log, 0))
+end)
+
 local WRITE_FAILURES = metrics.default:counter("opensandbox_store_write_failures_total",
     "Statements that failed to change the store (SQLite), by statement kind.", { "op" })
 local WRITE_OPS = { INSERT = "insert", REPLACE = "insert", UPDATE = "update", DELETE = "delete" }
@@ -307,8 +329,13 @@ local function run(self, sql, n, ...)
     end
     local ok, res, err = pcall(st.execute, st, table.unpack({ ... }, 1, n))
     if ok and res then
-        if self.flusher and IS_WRITE[sql] then
-            self.write_gen = self.flusher:request() -- on disk soon; Store:durable() waits for it
+        if IS_WRITE[sql] then
+            if self.flusher then
+                self.write_gen = self.flusher:request() -- on disk soon; Store:durable() waits for it
+            end
+            if self.checkpointer then
+                self.checkpointer:note()
+            end
         end
         return st
     end
@@ -538,7 +565,9 @@ end
 
 --- Opens (creating if needed) the store at `path`. Missing parent directories are created with mode 0700
 --- (through opts.mkdir(dir, mode) -> true | nil, err when given; the lfs fallback cannot set the mode).
---- opts.busy_timeout_ms (default 2000) bounds the wait on a locked database. Returns the store or nil, err.
+--- opts.busy_timeout_ms (default 2000) bounds the wait on a locked database. opts.fsync and opts.checkpoint
+--- (with opts.checkpoint_every, and opts.log for the warning when its thread cannot start) are the core
+--- modules described at the top. Returns the store or nil, err.
 function M.open(path, opts)
     opts = opts or {}
     if path ~= ":memory:" then
@@ -593,8 +622,39 @@ function M.open(path, opts)
             end
         end
     end
-    return setmetatable({ db = db, path = path, stmts = {}, flusher = flusher, write_gen = 0, durable_gen = 0 },
-        Store)
+    local checkpointer
+    if opts.checkpoint and path ~= ":memory:" then
+        local cerr
+        checkpointer, cerr = opts.checkpoint.open(path, opts.checkpoint_every)
+        if checkpointer then
+            rows, err = exec_once(db, "PRAGMA wal_autocheckpoint = 0")
+            if not rows then
+                checkpointer:close()
+                return fail(err)
+            end
+        elseif opts.log then -- SQLite's automatic checkpoint stays on: slower writes, nothing lost
+            opts.log.warn("store checkpoints stay in the writes", { error = cerr })
+        end
+    end
+    local self = setmetatable({
+        db = db,
+        path = path,
+        stmts = {},
+        flusher = flusher,
+        checkpointer = checkpointer,
+        write_gen = 0,
+        durable_gen = 0,
+    }, Store)
+    if checkpointer then
+        checkpointed = self
+    end
+    return self
+end
+
+--- What the checkpoint thread did ({ runs, failures, error?, ms, max_ms, log, copied, pending }: see
+--- core/checkpoint.c), or nil when the store has none.
+function Store:checkpoint_stats()
+    return self.checkpointer and self.checkpointer:stats() or nil
 end
 
 --- Waits until every write made so far is on disk: at once without core.fsync (each write was flushed in
@@ -835,8 +895,11 @@ function Store:drop_sealed(id)
     end
     local left = self:sealed_ids()
     if left and #left == 0 then
-        -- best effort: a checkpoint that cannot run now (busy) runs at the next drop or at close
-        exec_once(self.db, "PRAGMA wal_checkpoint(TRUNCATE)")
+        if self.checkpointer then -- on its thread, which waits for readers and retries when busy
+            self.checkpointer:truncate()
+        else -- best effort: a checkpoint that cannot run now (busy) runs at the next drop or at close
+            exec_once(self.db, "PRAGMA wal_checkpoint(TRUNCATE)")
+        end
     end
     return true
 end
@@ -864,6 +927,13 @@ function Store:close()
         self.flusher:request()
         self.flusher:close()
         self.flusher = nil
+    end
+    if self.checkpointer then -- its connection closes first: the last one to close checkpoints the log
+        self.checkpointer:close()
+        self.checkpointer = nil
+        if checkpointed == self then
+            checkpointed = nil
+        end
     end
     for sql, st in pairs(self.stmts) do
         pcall(st.close, st)

@@ -1,0 +1,125 @@
+-- Scenario: core.checkpoint (core/checkpoint.c), the store's write-ahead log checkpointed on a thread of its
+-- own (lua/sandbox/store.lua), with SQLite's automatic checkpoint off on the store's connection.
+local core = require("core")
+local checkpoint = require("core.checkpoint")
+local fsync = require("core.fsync")
+local timer = require("core.timer")
+local model = require("sandbox.model")
+local storemod = require("sandbox.store")
+
+local dir = os.tmpname()
+os.remove(dir)
+assert(core.mkdirs(dir, tonumber("700", 8)))
+local db = dir .. "/db.sqlite"
+
+-- a database that is not there: nil, err naming it (the checkpointer never creates one)
+local none, nerr = checkpoint.open(dir .. "/missing/db.sqlite")
+assert(none == nil and tostring(nerr):find("missing", 1, true), tostring(nerr))
+
+local function rec(id)
+    local r = { id = id, created_us = 1, image_uri = "x", entrypoint = { "sh" }, metadata = {}, extensions = {},
+        access_token = "t" }
+    model.apply_status(r, model.status("Running", "CONTAINER_RUNNING", "", 1))
+    return r
+end
+
+local function wal_size()
+    local fh = io.open(db .. "-wal", "rb")
+    if not fh then
+        return 0
+    end
+    local n = fh:seek("end")
+    fh:close()
+    return n
+end
+
+local function until_true(what, fn)
+    local t0 = core.monotonic()
+    while not fn() do
+        assert(core.monotonic() - t0 < 10, "timed out waiting for " .. what)
+        timer.sleep(0.01)
+    end
+end
+
+-- every 10 writes, the thread checkpoints: every frame is copied (nobody reads meanwhile)
+local store = assert(storemod.open(db, { fsync = fsync, checkpoint = checkpoint, checkpoint_every = 10 }))
+assert(store.checkpointer, "the store has a checkpoint thread")
+local rows = assert(store.db:prepare("PRAGMA wal_autocheckpoint"))
+rows:execute()
+local auto
+for row in rows:rows(true) do
+    auto = row.wal_autocheckpoint
+end
+rows:close()
+assert(auto == 0, "SQLite's automatic checkpoint is off on the store's connection: " .. tostring(auto))
+
+local before = store:checkpoint_stats()
+assert(before.runs == 0 and before.failures == 0, "no checkpoint before any write")
+for i = 1, 9 do
+    assert(store:put(rec("a" .. i)))
+end
+timer.sleep(0.05)
+assert(store:checkpoint_stats().runs == 0, "9 writes: no checkpoint yet")
+assert(store:put(rec("a10")))
+until_true("the first checkpoint", function()
+    return store:checkpoint_stats().runs == 1
+end)
+local st = store:checkpoint_stats()
+assert(st.failures == 0 and st.error == nil, tostring(st.error))
+assert(st.log > 0 and st.copied == st.log, string.format("copied %d of %d frames", st.copied, st.log))
+assert(st.ms >= 0 and st.max_ms >= st.ms)
+
+-- the metrics read it at scrape time
+local text = require("common.metrics").default:expose()
+assert(text:find('opensandbox_store_checkpoints_total{result="ok"} 1', 1, true), text)
+assert(text:find("opensandbox_store_wal_frames " .. st.log, 1, true), text)
+
+-- after a complete checkpoint the next writes start the log again from its beginning: 100 more writes keep
+-- the file at the size of about 10 of them, never the size of 110
+local size10 = wal_size()
+for i = 11, 110 do
+    assert(store:put(rec("a" .. i)))
+    if i % 10 == 0 then -- (each batch's checkpoint done before the next batch begins)
+        until_true("checkpoint " .. i // 10, function()
+            return store:checkpoint_stats().runs == i // 10
+        end)
+    end
+end
+assert(store:checkpoint_stats().failures == 0)
+assert(wal_size() <= size10 * 2, string.format("log %d bytes, was %d after 10 writes", wal_size(), size10))
+
+-- the last sealed secret dropped: the thread truncates the log to nothing (no frame keeps the secret)
+assert(store:seal("a1", { env = { K = "secret-value" } }))
+assert(wal_size() > 0)
+local runs = store:checkpoint_stats().runs
+assert(store:drop_sealed("a1"))
+until_true("the truncating checkpoint", function()
+    return store:checkpoint_stats().runs > runs
+end)
+assert(wal_size() == 0, "log not truncated: " .. wal_size())
+
+-- what was written survives closing and reopening (without the thread: SQLite's automatic checkpoint)
+assert(store:put(rec("last")))
+store:close()
+store:close() -- twice: harmless
+assert(text:find("opensandbox_store_checkpoints_total", 1, true))
+store = assert(storemod.open(db, { fsync = fsync }))
+assert(store.checkpointer == nil)
+assert(store:get("a110").state == "Running" and store:get("last").state == "Running")
+assert(#assert(store:all()) == 111)
+store:close()
+
+-- the module on its own: closed use is an error, close is idempotent
+local cp = assert(checkpoint.open(db, 1))
+cp:note()
+until_true("a checkpoint of the reopened database", function()
+    return cp:stats().runs == 1
+end)
+cp:close()
+cp:close()
+assert(not pcall(cp.note, cp))
+assert(not pcall(checkpoint.open, db, 0), "at least one commit per checkpoint")
+
+os.execute("rm -rf '" .. dir .. "'")
+require("core.log").info("checkpoint scenario passed")
+core.stop(0)
