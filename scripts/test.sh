@@ -27,18 +27,33 @@ devnull_ok() {
     return 1
 }
 
+# Each stage's output also goes to a file of its own: the end of a failed stage's output (where busted,
+# ctest and node print what failed) is printed again after the summary, since whoever reads only the end of
+# a long CI log would otherwise see which stage failed and not why.
+stage_logs=$(mktemp -d /tmp/osb-test-logs.XXXXXX)
+failure_logs=()
 stage() {
     local name=$1
     shift
     local t0=$SECONDS
+    local log
+    log=$stage_logs/$((passed + failed + 1)).log
     echo "=== stage: $name"
-    if "$@" && devnull_ok; then
+    local rc=0 tee_pid i
+    "$@" > >(tee "$log") 2>&1 || rc=$?
+    tee_pid=$!
+    for i in $(seq 40); do # tee's last lines before this stage's verdict (not longer: a daemon the stage
+        kill -0 "$tee_pid" 2>/dev/null || break # started may hold the pipe open)
+        sleep 0.05
+    done
+    if [ "$rc" -eq 0 ] && devnull_ok; then
         passed=$((passed + 1))
         echo "=== PASS $name ($((SECONDS - t0)) s)"
     else
         devnull_ok || true
         failed=$((failed + 1))
         failures+=("$name")
+        failure_logs+=("$log")
         echo "=== FAIL $name ($((SECONDS - t0)) s)"
     fi
 }
@@ -160,10 +175,20 @@ if BUILD_DIR=build-asan CMAKE_ARGS="-DOPENSANDBOX_SANITIZE=ON -DCMAKE_BUILD_TYPE
 else
     failed=$((failed + 1))
     failures+=("ASan build")
+    failure_logs+=("")
 fi
 
 bash tests/k8s/cluster.sh down >/dev/null 2>&1 || echo "tests/k8s/cluster.sh down failed" >&2
 
+sleep 1 # (the last stage's tee has written its file)
+for i in "${!failures[@]}"; do
+    echo
+    echo "=== the end of the output of the failed stage: ${failures[$i]}"
+    if [ -f "${failure_logs[$i]:-}" ]; then
+        grep -v '^[●◼✱]*$' "${failure_logs[$i]}" | tail -60
+    fi
+done
+rm -rf "$stage_logs"
 echo
 for f in "${failures[@]}"; do
     echo "failed stage: $f"
