@@ -164,6 +164,11 @@ local ok, err = pcall(function()
             print(string.format("| in the server: writes whose answer waited for the disk > 10 ms / > 50 ms "
                 .. "| %d / %d of %d |", total - upto10, total - upto, total))
         end
+        local ok_cp = m.body:match('opensandbox_store_checkpoints_total{result="ok"} (%d+)')
+        if ok_cp then
+            print(string.format("| in the server: checkpoints of the store's log on their thread (failed) | %s (%s) |",
+                ok_cp, m.body:match('opensandbox_store_checkpoints_total{result="failed"} (%d+)') or "0"))
+        end
     end
     if os.getenv("CLAIM_LOG") then
         local f = assert(io.open(os.getenv("CLAIM_LOG"), "w"))

@@ -79,7 +79,15 @@ static void *checkpointer(void *arg)
         pthread_mutex_unlock(&c->mu);
         int nlog = -1, nckpt = -1;
         double t0 = now_ms();
-        int rc = sqlite3_wal_checkpoint_v2(c->db, NULL, mode, &nlog, &nckpt);
+        /* A TRUNCATE holds the writer's lock while it copies and syncs, and the loop's writes wait
+         * for it meanwhile (in their busy handler): a PASSIVE checkpoint first copies and syncs
+         * what it can without that lock, so that the TRUNCATE after it holds the lock about as long
+         * as emptying the file takes. */
+        int rc = SQLITE_OK;
+        if (mode == SQLITE_CHECKPOINT_TRUNCATE)
+            rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_wal_checkpoint_v2(c->db, NULL, mode, &nlog, &nckpt);
         double ms = now_ms() - t0;
         const char *msg = rc == SQLITE_OK ? NULL : sqlite3_errmsg(c->db);
         pthread_mutex_lock(&c->mu);
