@@ -317,11 +317,16 @@ for _, r in ipairs(compiled) do
         end)
         local pat = "^" .. body .. "$"
         assert(#names <= 3, "router: at most 3 parameters per route: " .. r.pattern)
+        -- The literal text after the first parameter ("/proxy/" of ".../{id}/proxy/{port}"), which any
+        -- path the pattern matches contains: a plain find of it rules out most candidates before the
+        -- pattern, whose "([^/]+)" would otherwise back off one character at a time through the id (about
+        -- 0.7 us per candidate for a 36-character id).
+        local need = r.pattern:match("^[^{]*{[^}]*}([^{]+)")
         local methods = r.method == "GET" and { "GET", "HEAD" } or { r.method }
         for _, m in ipairs(methods) do
             by_method[m] = by_method[m] or {}
             local list = by_method[m]
-            list[#list + 1] = { pat = pat, route = r, names = names }
+            list[#list + 1] = { pat = pat, route = r, names = names, need = need }
         end
     end
 end
@@ -368,7 +373,11 @@ function M.match(method, path)
         local off = find_plain(p, "/v1/", 1, true) == 1 and 4 or 1
         for i = 1, #cands do
             local c = cands[i]
-            local a, b, d = match_pattern(p, c.pat, off)
+            local need = c.need
+            local a, b, d
+            if not need or find_plain(p, need, off, true) then
+                a, b, d = match_pattern(p, c.pat, off)
+            end
             if a then
                 local names = c.names
                 local params = { [names[1]] = a }

@@ -108,6 +108,8 @@ describe("api.router", function()
             "/sandboxes/abc/proxy/80/", "/sandboxes/abc/proxy/80/a/b", "/sandboxes/abc/proxy/80//x",
             "/sandboxes/abc/proxy/", "/sandboxes/abc/proxy", "/v1/v1/sandboxes/abc", "/V1/sandboxes/abc",
             "/sandboxes/abc/x/y/z", "/sandboxes/%2e%2e/proxy/1/", "/sandboxes/(a)/pause", "/x%",
+            "/sandboxes/abc%2Fproxy%2F80", "/sandboxes/a/proxy/b/proxy/80", "/proxy/80/sandboxes/abc",
+            "/sandboxes/abc/egress/policy", "/v1/sandboxes/abc/egress/policyX", "/sandboxes/egress/policy",
         }
         for _, m in ipairs(methods) do
             for _, path in ipairs(paths) do
