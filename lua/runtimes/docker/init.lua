@@ -76,7 +76,7 @@ function M.new(cfg, deps)
         oom_seen = {}, -- container id -> true between an "oom" and its "die"
         last_event_s = nil, -- the watch resumes from here
         inspected = {}, -- container id -> { state, obs, at }: list() need not inspect it again (see there)
-        touched = {}, -- container ids an event or a call changed while a list() was inspecting
+        listing = {}, -- one table per list() under way: the container ids an event or a call changed meanwhile
     }, Docker)
     local net = deps.net
     if net == nil then
@@ -761,7 +761,9 @@ local SETTLED = { running = true, paused = true }
 function Docker:_forget_inspection(cid)
     if cid then
         self.inspected[cid] = nil
-        self.touched[cid] = true
+        for touched in pairs(self.listing) do
+            touched[cid] = true
+        end
     end
 end
 
@@ -808,14 +810,16 @@ function Docker:list()
     self:_check_neighbours(#containers)
     local now = self.core.now_s and self.core.now_s() or os.time()
     local known, kept, hits = self.inspected, {}, 0
-    self.touched = {}
+    -- (lists may run at once, say a sweep and a reconcile: each keeps its own record of what changed)
+    local touched = {}
+    self.listing[touched] = true
     local out = {}
     for _, c in ipairs(containers) do
         local sid = c.labels and c.labels[mapping.LABEL_ID]
         local whose = self:ownership(c.labels) -- nil: another server's, not ours to see
         local foreign = whose == "foreign" or nil
         local hit = whose and known[c.id]
-        if hit and hit.state == c.state and now - hit.at < M.REINSPECT_S then
+        if hit and hit.state == c.state and hit.obs.foreign == foreign and now - hit.at < M.REINSPECT_S then
             out[#out + 1] = hit.obs
             kept[c.id] = hit
             hits = hits + 1
@@ -840,13 +844,15 @@ function Docker:list()
                     kept[c.id] = { state = c.state, obs = obs, at = now }
                 end
             elseif rterrors.is(ierr, "unavailable") then
+                self.listing[touched] = nil
                 return nil, ierr
             elseif whose and not rterrors.is(ierr, "not_found") then
                 out[#out + 1] = { id = sid, handle = c.id, foreign = foreign }
             end
         end
     end
-    for cid in pairs(self.touched) do -- changed while this list was being inspected
+    self.listing[touched] = nil
+    for cid in pairs(touched) do -- changed while this list was being inspected
         kept[cid] = nil
     end
     self.inspected = kept

@@ -973,6 +973,44 @@ describe("runtimes.docker (runtime): list without inspecting again", function()
             rt:list()
             assert.are.equal("p x", inspects(engine)) -- (p listed paused, inspected running: never kept)
         end)
+
+    it("keeps each list's record of changes when lists run at once", function()
+        local rt, engine = setup({ 1000 })
+        local inspect = engine.inspect
+        local outer = true
+        function engine.inspect(e, cid)
+            if outer and cid == "p" then -- an event about r, which this list already inspected
+                rt:_forget_inspection("r")
+            elseif outer and cid == "x" then -- meanwhile another list runs from start to end
+                outer = false
+                assert(rt:list())
+            end
+            return inspect(e, cid)
+        end
+        assert(rt:list())
+        engine.inspect = inspect
+        engine.calls = {}
+        -- r changed after the first list inspected it: inspected again, though the second list (which
+        -- began after the event) finished in between
+        rt:list()
+        assert.are.equal("r x", inspects(engine))
+        rt:list()
+        assert.are.equal("x", inspects(engine))
+        assert.are.same({}, rt.listing, "no list under way is remembered")
+    end)
+
+    it("does not give again an entry whose ownership changed", function()
+        local rt, engine = setup({ 1000 })
+        rt:list()
+        engine.calls = {}
+        local own = rt.ownership
+        rt.ownership = function(_, labels) -- (taken over: the same container now counts as another's)
+            return own(rt, labels) and "foreign"
+        end
+        local out = assert(rt:list())
+        assert.are.equal("r p x", inspects(engine))
+        assert.is_true(out[1].foreign)
+    end)
 end)
 
 describe("runtimes.docker (runtime): private images", function()
