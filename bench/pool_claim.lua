@@ -73,7 +73,26 @@ local ok, err = pcall(function()
 
     local running, answers, errors, done, min_avail = {}, {}, {}, 0, math.huge
     local claim_log = {} -- CLAIM_LOG=path: one line per claim (id, start on the monotonic clock, answer, Running)
-    local deletes = 0
+    -- Without KEEP each claimed sandbox is deleted once it runs, by at most 32 tasks at once: unbounded, the
+    -- DELETEs that dockerd is slow to finish pile up past the server's per-address connection limit (256), and
+    -- the claims' own connections are then refused (connection reset), which measured the client, not the pool.
+    local deletes, delq, deleters = 0, {}, 0
+    local function delete_later(id)
+        delq[#delq + 1] = id
+        if deleters >= 32 then
+            return
+        end
+        deleters = deleters + 1
+        spawn(function()
+            while #delq > 0 do
+                local d = request("DELETE", "/v1/sandboxes/" .. table.remove(delq, 1), nil, 120)
+                if d and d.status == 204 then
+                    deletes = deletes + 1
+                end
+            end
+            deleters = deleters - 1
+        end)
+    end
     local function claim(i)
         local t = core.monotonic()
         local r, rerr = request("POST", "/v1/sandboxes", { extensions = { poolRef = pool }, timeout = 600,
@@ -82,10 +101,7 @@ local ok, err = pcall(function()
         if not r or r.status ~= 202 or not r.body:find('"state":"Running"', 1, true) then
             errors[#errors + 1] = r and (r.status .. " " .. r.body:sub(1, 120)) or tostring(rerr)
             if r and r.status == 202 then -- (a cold create: remove it too)
-                local id = json.decode(r.body).id
-                spawn(function()
-                    request("DELETE", "/v1/sandboxes/" .. id, nil, 120)
-                end)
+                delete_later(json.decode(r.body).id)
             end
             return
         end
@@ -110,10 +126,7 @@ local ok, err = pcall(function()
             kept[#kept + 1] = id
             return
         end
-        local d = request("DELETE", "/v1/sandboxes/" .. id, nil, 120)
-        if d and d.status == 204 then
-            deletes = deletes + 1
-        end
+        delete_later(id)
     end
 
     local start = core.monotonic()
@@ -204,7 +217,7 @@ local ok, err = pcall(function()
             timer.sleep(0.2)
         end
     end
-    while not keep and deletes < #running and core.monotonic() - t1 < 120 do
+    while not keep and (deletes < #running or deleters > 0) and core.monotonic() - t1 < 300 do
         timer.sleep(0.2)
     end
     if os.getenv("REUSE_POOL") ~= "1" then -- (a pool taken as it was is left as it is)
