@@ -8,10 +8,11 @@
  *   local cp = checkpoint.open(path [, every])  -- or nil, err; `every`: commits per
  *                                               -- checkpoint (default 500)
  *   cp:note()      -- one commit more in the log; after `every` of them the thread checkpoints
- *                  -- (PASSIVE: it copies what no reader needs and never waits for the writer)
+ *                  -- (PASSIVE: it copies what no reader needs and never waits for the writer);
+ *                  -- returns the checkpoints finished so far, and whether one is under way
  *   cp:truncate()  -- asks for a TRUNCATE checkpoint: every frame copied, the log file emptied
  *                  -- (the thread, not the loop, waits for readers and the writer)
- *   cp:stats()     -- { runs, failures, error?, ms, max_ms, log, copied, pending }
+ *   cp:stats()     -- { runs, failures, error?, ms, max_ms, log, copied, pending, running }
  *   cp:close()     -- stops the thread after its current checkpoint; also at __gc
  *
  * A PASSIVE checkpoint takes no lock the writer needs, so the loop's writes go on while it runs;
@@ -52,6 +53,7 @@ struct ckpt {
     int want_truncate;
     int stop;
     long runs, failures;
+    int running; /* a checkpoint is under way */
     double last_ms, max_ms;
     int log_frames, copied_frames;
     char error[160];
@@ -76,6 +78,7 @@ static void *checkpointer(void *arg)
         int mode = c->want_truncate ? SQLITE_CHECKPOINT_TRUNCATE : SQLITE_CHECKPOINT_PASSIVE;
         c->want_truncate = 0;
         c->pending = 0;
+        c->running = 1;
         pthread_mutex_unlock(&c->mu);
         int nlog = -1, nckpt = -1;
         double t0 = now_ms();
@@ -91,6 +94,7 @@ static void *checkpointer(void *arg)
         double ms = now_ms() - t0;
         const char *msg = rc == SQLITE_OK ? NULL : sqlite3_errmsg(c->db);
         pthread_mutex_lock(&c->mu);
+        c->running = 0;
         c->runs++;
         c->last_ms = ms;
         if (ms > c->max_ms)
@@ -173,8 +177,12 @@ static int c_note(lua_State *L)
     pthread_mutex_lock(&c->mu);
     if (++c->pending == c->every)
         pthread_cond_signal(&c->cv);
+    long runs = c->runs;
+    int running = c->running;
     pthread_mutex_unlock(&c->mu);
-    return 0;
+    lua_pushinteger(L, runs);
+    lua_pushboolean(L, running);
+    return 2;
 }
 
 static int c_truncate(lua_State *L)
@@ -192,12 +200,13 @@ static int c_stats(lua_State *L)
     struct ckpt *c = check_open(L);
     pthread_mutex_lock(&c->mu);
     long runs = c->runs, failures = c->failures, pending = c->pending;
+    int running = c->running;
     double last_ms = c->last_ms, max_ms = c->max_ms;
     int log_frames = c->log_frames, copied = c->copied_frames;
     char error[sizeof(c->error)];
     memcpy(error, c->error, sizeof(error));
     pthread_mutex_unlock(&c->mu);
-    lua_createtable(L, 0, 8);
+    lua_createtable(L, 0, 9);
     lua_pushinteger(L, runs);
     lua_setfield(L, -2, "runs");
     lua_pushinteger(L, failures);
@@ -216,6 +225,8 @@ static int c_stats(lua_State *L)
     lua_setfield(L, -2, "copied");
     lua_pushinteger(L, pending);
     lua_setfield(L, -2, "pending");
+    lua_pushboolean(L, running);
+    lua_setfield(L, -2, "running");
     return 1;
 }
 

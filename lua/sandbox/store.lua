@@ -334,7 +334,11 @@ local function run(self, sql, n, ...)
                 self.write_gen = self.flusher:request() -- on disk soon; Store:durable() waits for it
             end
             if self.checkpointer then
-                self.checkpointer:note()
+                local runs = self.checkpointer:note()
+                if runs ~= self.checkpoints_seen then -- one finished since the last write: say how it went
+                    self.checkpoints_seen = runs
+                    self:_checkpointed()
+                end
             end
         end
         return st
@@ -642,6 +646,9 @@ function M.open(path, opts)
         stmts = {},
         flusher = flusher,
         checkpointer = checkpointer,
+        checkpoints_seen = 0,
+        checkpoint_failures = 0,
+        log = opts.log,
         write_gen = 0,
         durable_gen = 0,
     }, Store)
@@ -649,6 +656,27 @@ function M.open(path, opts)
         checkpointed = self
     end
     return self
+end
+
+M.SLOW_MS = 100 -- a checkpoint, or a wait for the log's flush, that took this long is logged as a warning
+
+-- Logs the checkpoint thread's last checkpoint: a warning when it was slow or failed, debug otherwise.
+function Store:_checkpointed()
+    local log = self.log
+    if not log then
+        return
+    end
+    local st = self.checkpointer:stats()
+    local fields = { ms = string.format("%.1f", st.ms), frames = st.log, copied = st.copied }
+    if st.failures > self.checkpoint_failures then
+        self.checkpoint_failures = st.failures
+        fields.error = st.error
+        log.warn("store checkpoint failed; the write-ahead log keeps growing until one succeeds", fields)
+    elseif st.ms >= M.SLOW_MS then
+        log.warn("slow store checkpoint", fields)
+    elseif log.debug then
+        log.debug("store checkpoint", fields)
+    end
 end
 
 --- What the checkpoint thread did ({ runs, failures, error?, ms, max_ms, log, copied, pending }: see
@@ -668,7 +696,16 @@ function Store:durable()
     end
     local t0 = monotonic()
     local ok, err = f:wait(g)
-    FLUSH_WAIT:get():observe(monotonic() - t0)
+    local waited = monotonic() - t0
+    FLUSH_WAIT:get():observe(waited)
+    if waited * 1000 >= M.SLOW_MS and self.log then
+        local st = self.checkpointer and self.checkpointer:stats()
+        self.log.warn("slow store flush: the disk took long to make writes durable", {
+            ms = string.format("%.1f", waited * 1000),
+            checkpoint_running = st and st.running or nil,
+            last_checkpoint_ms = st and string.format("%.1f", st.ms) or nil,
+        })
+    end
     if not ok then
         return nil, err
     end

@@ -115,12 +115,41 @@ assert(store:get("a110").state == "Running" and store:get("last").state == "Runn
 assert(#assert(store:all()) == 111)
 store:close()
 
+-- what the thread did is logged after the next write: here every checkpoint and flush counts as slow
+local logged = {}
+local function logger(level)
+    return function(msg, fields)
+        logged[#logged + 1] = { level = level, msg = msg, fields = fields }
+    end
+end
+storemod.SLOW_MS = 0
+store = assert(storemod.open(db, { fsync = fsync, checkpoint = checkpoint, checkpoint_every = 1,
+    log = { warn = logger("warn"), debug = logger("debug") } }))
+assert(store:put(rec("logged-1")))
+until_true("a checkpoint of one write", function()
+    return store:checkpoint_stats().runs == 1
+end)
+assert(store:put(rec("logged-2")))
+assert(store:durable())
+storemod.SLOW_MS = 100
+local seen = {}
+for _, l in ipairs(logged) do
+    seen[l.msg] = l
+end
+local slow_cp = assert(seen["slow store checkpoint"], "the checkpoint is logged")
+assert(slow_cp.level == "warn" and tonumber(slow_cp.fields.ms) and slow_cp.fields.frames >= 1)
+local slow_flush = assert(seen["slow store flush: the disk took long to make writes durable"], "the flush too")
+assert(tonumber(slow_flush.fields.ms) >= 0 and slow_flush.fields.last_checkpoint_ms)
+store:close()
+
 -- the module on its own: closed use is an error, close is idempotent
 local cp = assert(checkpoint.open(db, 1))
-cp:note()
+local runs0, busy0 = cp:note()
+assert(runs0 == 0 and type(busy0) == "boolean", "note() gives the checkpoints finished and whether one runs")
 until_true("a checkpoint of the reopened database", function()
     return cp:stats().runs == 1
 end)
+assert(cp:stats().running == false)
 cp:close()
 cp:close()
 assert(not pcall(cp.note, cp))
