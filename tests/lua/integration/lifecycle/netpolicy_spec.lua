@@ -333,6 +333,21 @@ describe("network policy (real traffic)", function()
         srv:stop()
         srv = H.start({ dir = srv.dir, port = srv.port, config = srv.config })
         H.wait_state(srv, id, "Running", 30)
+        -- the stored policies are handed to the runtime again in background tasks after the start-up
+        -- reconciliation (the record is Running before that): wait for this one's
+        local restored = false
+        for _ = 1, 300 do
+            for line in srv:log():gmatch("[^\n]+") do
+                if line:find('"msg":"network policy restored"', 1, true) and line:find(id, 1, true) then
+                    restored = true
+                end
+            end
+            if restored then
+                break
+            end
+            H.sleep(0.1)
+        end
+        assert.is_true(restored, "the policy was not restored after the restart")
         -- the new server keeps a netlink socket of its own in the sandbox's namespace (taken over at start-up)
         assert.equal(1, #server_nl_sockets(id))
         local got = policy_call("GET")
