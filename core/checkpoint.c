@@ -5,13 +5,14 @@
  * (lua/sandbox/store.lua) turns SQLite's automatic checkpoint off on its own connection when this
  * runs.
  *
- *   local cp = checkpoint.open(path [, every])  -- or nil, err; `every`: commits per
- *                                               -- checkpoint (default 500)
+ *   local cp = checkpoint.open(path [, every [, busy_ms]])  -- or nil, err; `every`: commits
+ *                  -- per checkpoint (default 500); busy_ms: how long a TRUNCATE waits (5000)
  *   cp:note()      -- one commit more in the log; after `every` of them the thread checkpoints
  *                  -- (PASSIVE: it copies what no reader needs and never waits for the writer);
  *                  -- returns the checkpoints finished so far, and whether one is under way
  *   cp:truncate()  -- asks for a TRUNCATE checkpoint: every frame copied, the log file emptied
- *                  -- (the thread, not the loop, waits for readers and the writer)
+ *                  -- (the thread, not the loop, waits for readers and the writer; one that
+ *                  -- failed is made again with the next checkpoint, not at once)
  *   cp:stats()     -- { runs, failures, error?, ms, max_ms, log, copied, pending, running }
  *   cp:close()     -- stops the thread after its current checkpoint; also at __gc
  *
@@ -38,8 +39,8 @@
 #include <time.h>
 
 #define CHECKPOINT_MT "core.checkpoint"
-#define CHECKPOINT_BUSY_MS                                                                         \
-    5000 /* how long a TRUNCATE waits for readers and the writer, on the thread */
+/* how long a TRUNCATE waits for readers and the writer, on the thread (default) */
+#define CHECKPOINT_BUSY_MS 5000
 
 struct ckpt {
     sqlite3 *db; /* used by the thread only, once it runs */
@@ -49,8 +50,9 @@ struct ckpt {
     pthread_cond_t cv;
     /* under mu */
     long every;
-    long pending; /* commits noted since the last checkpoint began */
-    int want_truncate;
+    long pending;      /* commits noted since the last checkpoint began */
+    int want_truncate; /* asked for: the thread wakes for it */
+    int owe_truncate;  /* one failed: the next checkpoint, when it comes, is a TRUNCATE again */
     int stop;
     long runs, failures;
     int running; /* a checkpoint is under way */
@@ -75,8 +77,9 @@ static void *checkpointer(void *arg)
             pthread_cond_wait(&c->cv, &c->mu);
         if (c->stop)
             break;
-        int mode = c->want_truncate ? SQLITE_CHECKPOINT_TRUNCATE : SQLITE_CHECKPOINT_PASSIVE;
-        c->want_truncate = 0;
+        int mode = c->want_truncate || c->owe_truncate ? SQLITE_CHECKPOINT_TRUNCATE
+                                                       : SQLITE_CHECKPOINT_PASSIVE;
+        c->want_truncate = c->owe_truncate = 0;
         c->pending = 0;
         c->running = 1;
         pthread_mutex_unlock(&c->mu);
@@ -104,8 +107,10 @@ static void *checkpointer(void *arg)
         if (rc != SQLITE_OK) {
             c->failures++;
             snprintf(c->error, sizeof(c->error), "%s (%d)", msg ? msg : "checkpoint failed", rc);
+            /* retried with the next checkpoint, not at once: a failure that comes back quickly
+             * (an I/O error) would otherwise keep this thread spinning */
             if (mode == SQLITE_CHECKPOINT_TRUNCATE)
-                c->want_truncate = 1; /* retried with the next checkpoint */
+                c->owe_truncate = 1;
         }
     }
     pthread_mutex_unlock(&c->mu);
@@ -128,6 +133,8 @@ static int l_open(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     lua_Integer every = luaL_optinteger(L, 2, 500);
     luaL_argcheck(L, every >= 1, 2, "at least one commit per checkpoint");
+    lua_Integer busy_ms = luaL_optinteger(L, 3, CHECKPOINT_BUSY_MS);
+    luaL_argcheck(L, busy_ms >= 0 && busy_ms <= 600000, 3, "busy timeout out of range");
     struct ckpt *c = lua_newuserdatauv(L, sizeof(*c), 0);
     memset(c, 0, sizeof(*c));
     luaL_setmetatable(L, CHECKPOINT_MT);
@@ -139,7 +146,7 @@ static int l_open(lua_State *L)
         snprintf(err, sizeof(err), "%s", c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
         goto fail;
     }
-    sqlite3_busy_timeout(c->db, CHECKPOINT_BUSY_MS);
+    sqlite3_busy_timeout(c->db, (int)busy_ms);
     /* no automatic checkpoint of its own; NORMAL: a checkpoint syncs the log, then the database */
     if (exec_pragma(c->db, "PRAGMA wal_autocheckpoint = 0", err, sizeof(err)) < 0 ||
         exec_pragma(c->db, "PRAGMA synchronous = NORMAL", err, sizeof(err)) < 0)

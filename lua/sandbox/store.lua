@@ -679,7 +679,7 @@ function Store:_checkpointed()
     end
 end
 
---- What the checkpoint thread did ({ runs, failures, error?, ms, max_ms, log, copied, pending }: see
+--- What the checkpoint thread did ({ runs, failures, error?, ms, max_ms, log, copied, pending, running }: see
 --- core/checkpoint.c), or nil when the store has none.
 function Store:checkpoint_stats()
     return self.checkpointer and self.checkpointer:stats() or nil

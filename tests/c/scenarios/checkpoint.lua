@@ -142,6 +142,45 @@ local slow_flush = assert(seen["slow store flush: the disk took long to make wri
 assert(tonumber(slow_flush.fields.ms) >= 0 and slow_flush.fields.last_checkpoint_ms)
 store:close()
 
+-- a TRUNCATE that fails (a reader holds the log past the thread's busy timeout) is not retried at once,
+-- which would keep the thread spinning on a failure that comes back quickly, but with the next checkpoint
+local DBI = require("DBI")
+local cp2 = assert(checkpoint.open(db, 3, 20))
+local writer = assert(DBI.Connect("SQLite3", db))
+writer:autocommit(true)
+local ins = assert(writer:prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"))
+assert(ins:execute("ckpt-test", "1"))
+local reader = assert(DBI.Connect("SQLite3", db))
+reader:autocommit(false) -- its read transaction stays open until the rollback below
+local rd = assert(reader:prepare("SELECT count(*) AS n FROM meta"))
+assert(rd:execute())
+for _ in rd:rows(true) do -- (the snapshot is taken at the first step)
+end
+assert(ins:execute("ckpt-test", "2")) -- a frame the reader's snapshot does not see
+cp2:truncate()
+until_true("the truncate to fail", function()
+    return cp2:stats().failures == 1
+end)
+local failed_runs = cp2:stats().runs
+timer.sleep(0.2)
+assert(cp2:stats().runs == failed_runs, "a failed truncate was retried at once: "
+    .. cp2:stats().runs - failed_runs .. " more runs")
+assert(wal_size() > 0)
+rd:close()
+reader:rollback()
+reader:close()
+for _ = 1, 3 do -- the next checkpoint, after `every` commits, is the truncate owed
+    cp2:note()
+end
+until_true("the owed truncate", function()
+    return cp2:stats().runs == failed_runs + 1
+end)
+assert(cp2:stats().failures == 1, tostring(cp2:stats().error))
+assert(wal_size() == 0, "the owed truncate emptied the log: " .. wal_size())
+ins:close()
+writer:close()
+cp2:close()
+
 -- the module on its own: closed use is an error, close is idempotent
 local cp = assert(checkpoint.open(db, 1))
 local runs0, busy0 = cp:note()
@@ -154,6 +193,7 @@ cp:close()
 cp:close()
 assert(not pcall(cp.note, cp))
 assert(not pcall(checkpoint.open, db, 0), "at least one commit per checkpoint")
+assert(not pcall(checkpoint.open, db, 1, -1), "a busy timeout of at least 0")
 
 os.execute("rm -rf '" .. dir .. "'")
 require("core.log").info("checkpoint scenario passed")
