@@ -7,16 +7,18 @@
 #   flock -o /tmp/osb-docker.lock bench/pool_claim.sh [CLAIMS] [RATE]
 # Env (bench/pool_claim.lua): BUFFER_MIN, BUFFER_MAX, POOL_MAX, KEEP=1, REFILL_CONCURRENCY (default 4);
 # SERVER_NICE (run the server under nice -n); RAISE_NEIGH=0 (keep the host's neighbour table limits);
-# DOCKER_SHARES (cpu.shares of Docker's cgroup for the run, cgroup v1).
+# DOCKER_SHARES (cpu.shares of Docker's cgroup for the run, cgroup v1); STORE_DIR (where the server's store
+# goes, default the run's directory under /tmp: e.g. /dev/shm to take the disk out of the claim's path).
 # The server's log is left in /tmp/osb-bench-pool-server.log.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/osb-bench-pool.XXXXXX)
 PORT=18293 KEY=bench-key
 instance="bench-pool-$$"
+store_dir="${STORE_DIR:-$work}/osb-bench-pool-state.$$"
 cat >"$work/config.lua" <<CFG
 return { server = { port = $PORT, api_key = "$KEY", log_level = "INFO" },
-         store = { path = "$work/state/db.sqlite" },
+         store = { path = "$store_dir/db.sqlite" },
          docker = { instance = "$instance" },
          pools = { on_empty = "error", refill_concurrency = ${REFILL_CONCURRENCY:-4}, max_pool_size = 2000 } }
 CFG
@@ -48,11 +50,11 @@ cleanup() {
     read -r g1 g2 g3 <<<"$old_gc"
     echo "$g1" >$neigh/gc_thresh1; echo "$g2" >$neigh/gc_thresh2; echo "$g3" >$neigh/gc_thresh3
     docker ps -aq --filter "label=opensandbox.io/instance=$instance" | xargs -r -n 25 -P 4 docker rm -f -v >/dev/null 2>&1 || true
-    rm -rf "$work"
+    rm -rf "$work" "$store_dir"
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
-echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest, refill_concurrency=${REFILL_CONCURRENCY:-4}, neighbour table gc_thresh1/2/3 $(cat $neigh/gc_thresh1)/$(cat $neigh/gc_thresh2)/$(cat $neigh/gc_thresh3), Docker cgroup cpu.shares $(cat "$shares_file" 2>/dev/null || echo -)"
+echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest, refill_concurrency=${REFILL_CONCURRENCY:-4}, store in $(df --output=fstype "${STORE_DIR:-$work}" | tail -1) ${STORE_DIR:-$work}, neighbour table gc_thresh1/2/3 $(cat $neigh/gc_thresh1)/$(cat $neigh/gc_thresh2)/$(cat $neigh/gc_thresh3), Docker cgroup cpu.shares $(cat "$shares_file" 2>/dev/null || echo -)"
 echo
 echo "| measure | value |"
 echo "|---|---|"

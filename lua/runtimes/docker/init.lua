@@ -76,7 +76,9 @@ function M.new(cfg, deps)
         oom_seen = {}, -- container id -> true between an "oom" and its "die"
         last_event_s = nil, -- the watch resumes from here
         inspected = {}, -- container id -> { state, obs, at }: list() need not inspect it again (see there)
-        listing = {}, -- one table per list() under way: the container ids an event or a call changed meanwhile
+        -- one table per list() under way: the container ids an event or a call changed meanwhile (weak keys:
+        -- a list() that raised half-way, its table no longer referenced, drops out at the next collection)
+        listing = setmetatable({}, { __mode = "k" }),
     }, Docker)
     local net = deps.net
     if net == nil then

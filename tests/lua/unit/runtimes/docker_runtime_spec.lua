@@ -999,6 +999,26 @@ describe("runtimes.docker (runtime): list without inspecting again", function()
         assert.are.same({}, rt.listing, "no list under way is remembered")
     end)
 
+    it("forgets the record of a list that raised half-way", function()
+        local rt, engine = setup({ 1000 })
+        local inspect = engine.inspect
+        function engine.inspect(e, cid)
+            if cid == "p" then
+                error("inspection raised")
+            end
+            return inspect(e, cid)
+        end
+        assert.has_error(function()
+            rt:list()
+        end)
+        engine.inspect = inspect
+        collectgarbage()
+        collectgarbage()
+        assert.is_nil(next(rt.listing), "the raised list's table went with the collection")
+        assert(rt:list()) -- and lists go on as before
+        assert.is_nil(next(rt.listing))
+    end)
+
     it("does not give again an entry whose ownership changed", function()
         local rt, engine = setup({ 1000 })
         rt:list()
