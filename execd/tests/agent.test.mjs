@@ -106,8 +106,11 @@ function agentSuite(name, ctx) {
     assert.equal(last.type, "execution_complete");
     assert.equal(typeof last.execution_time, "number");
     for (const e of events) assert.ok(Math.abs(e.timestamp - Date.now()) < 60000, "timestamp is unix ms");
-    // the response ends right after the terminal event (no linger unless EXECD_STREAM_LINGER_MS is set)
-    assert.ok(Date.now() - t0 < 500, `echo round trip took ${Date.now() - t0} ms`);
+    // the response ends right after the terminal event (no linger unless EXECD_STREAM_LINGER_MS is set;
+    // upstream's agent lingers 1 s). Measured from the event's own time, not from the request: on a
+    // machine busy making containers the command's start alone can take hundreds of ms.
+    const lingered = Date.now() - last.timestamp;
+    assert.ok(lingered < 900, `the stream ended ${lingered} ms after its terminal event (round trip ${Date.now() - t0} ms)`);
   });
 
   test(`${name}: exit code, stderr, cwd, envs`, async () => {
@@ -547,8 +550,10 @@ function agentSuite(name, ctx) {
       assert.ok(m.cpu_used_pct >= 0 && m.cpu_used_pct <= 100);
     }
     const elapsed = Date.now() - t0;
-    assert.ok(elapsed >= 1800 && elapsed < 4000, `3 samples took ${elapsed} ms (first at once, then 1/s)`);
-    assert.ok(samples[2].timestamp - samples[1].timestamp >= 900);
+    assert.ok(elapsed >= 1800, `3 samples took ${elapsed} ms (first at once, then 1/s)`);
+    // the cadence by the samples' own times (the client may be scheduled late on a busy machine)
+    const spacing = samples[2].timestamp - samples[1].timestamp;
+    assert.ok(spacing >= 900 && spacing < 1900, `samples ${spacing} ms apart`);
     // the agent still answers after the client went away
     assert.equal((await fetch(`${ctx.base}/ping`, { headers: H() })).status, 200);
   });
@@ -809,7 +814,7 @@ describe("connection limits", () => {
     const r = await watchClose(slow, HEAD_MS + 3000);
     clearInterval(iv);
     assert.ok(r.closedAfterMs !== null, "a slowloris head was never cut");
-    assert.ok(r.closedAfterMs >= HEAD_MS - 200 && r.closedAfterMs < HEAD_MS + 1500, `closed after ${r.closedAfterMs} ms`);
+    assert.ok(r.closedAfterMs >= HEAD_MS - 200 && r.closedAfterMs < HEAD_MS + 2500, `closed after ${r.closedAfterMs} ms`);
     // keep-alive: a request is answered, then the idle connection is closed after the same time
     const ka = await connect(port);
     const w = watchClose(ka, HEAD_MS + 3000);
@@ -823,7 +828,7 @@ describe("connection limits", () => {
     const s = await connect(port);
     s.write(`POST /command HTTP/1.1\r\nHost: x\r\nX-EXECD-ACCESS-TOKEN: ${TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"command":`);
     const r = await watchClose(s, HEAD_MS + 3000);
-    assert.ok(r.closedAfterMs !== null && r.closedAfterMs >= HEAD_MS - 200 && r.closedAfterMs < HEAD_MS + 1500, `closed after ${r.closedAfterMs} ms`);
+    assert.ok(r.closedAfterMs !== null && r.closedAfterMs >= HEAD_MS - 200 && r.closedAfterMs < HEAD_MS + 2500, `closed after ${r.closedAfterMs} ms`);
   });
 
   test("limits: partial heads held open cost no CPU per loop turn (each byte is searched once)", async () => {
