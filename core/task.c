@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define TASK_POOL_MAX 512
 
@@ -168,25 +169,42 @@ static void task_failed(task *t, int status)
     (void)status;
 }
 
+/* CPU time this thread has used (for the slow-turn log: wall time against time on a CPU). */
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static void task_run(task *t, int nargs)
 {
     int nres = 0;
-    uint64_t t0 = 0;
+    uint64_t t0 = 0, cpu0 = 0;
+    int kb0 = 0;
     char from[640];
     if (slow_turn_ns) {
         where(t->L, from, sizeof(from));
         t0 = loop_now_ns();
+        cpu0 = thread_cpu_ns();
+        kb0 = lua_gc(main_L, LUA_GCCOUNT);
     }
     int status = lua_resume(t->L, main_L, nargs, &nres);
     if (slow_turn_ns) {
         uint64_t dt = loop_now_ns() - t0;
         if (dt >= slow_turn_ns) {
-            char to[640], ms[32];
+            /* cpu_ms well under ms: the process was not running (another process had the CPU, or
+             * the kernel blocked a call); the heap shrinking in the turn: the collector ran in it
+             */
+            char to[640], ms[32], cpu[32], heap[48];
             where(t->L, to, sizeof(to));
             snprintf(ms, sizeof(ms), "%.3f", (double)dt / 1e6);
+            snprintf(cpu, sizeof(cpu), "%.3f", (double)(thread_cpu_ns() - cpu0) / 1e6);
+            snprintf(heap, sizeof(heap), "%d -> %d", kb0, lua_gc(main_L, LUA_GCCOUNT));
             log_write(LOG_WARNING, t->request_id, "slow task turn", "task", t->name ? t->name : "?",
-                      "ms", ms, "from", from[0] ? from : "(start)", "to",
-                      status == LUA_YIELD ? (to[0] ? to : "?") : "(end)", NULL);
+                      "ms", ms, "cpu_ms", cpu, "heap_kb", heap, "from", from[0] ? from : "(start)",
+                      "to", status == LUA_YIELD ? (to[0] ? to : "?") : "(end)", NULL);
         }
     }
     if (status == LUA_YIELD) {

@@ -293,7 +293,8 @@ describe("engine shutdown #integration", function()
             server.quote(server.root() .. "/config.lua") .. " 2>&1")
         assert.are.equal(0, code, out)
     end)
-    it("logs a task turn that holds the loop past OPENSANDBOX_SLOW_TURN_MS, with where it began and ended",
+    it("logs a task turn that holds the loop past OPENSANDBOX_SLOW_TURN_MS, with where it began and ended, " ..
+        "its CPU time and the heap",
         function()
             local dir = server.tmpdir()
             os.execute("mkdir -p " .. server.quote(dir .. "/routes"))
@@ -330,5 +331,8 @@ return { routes = {
             assert.are.equal("(start)", slow[1].from)
             assert.are.equal("(end)", slow[1].to)
             assert.is_string(slow[1].request_id)
+            -- the spin was on the CPU (os.clock counts the process's CPU time); and the heap before -> after
+            assert.is_true(tonumber(slow[1].cpu_ms) >= 20, slow[1].cpu_ms)
+            assert.truthy(slow[1].heap_kb:match("^%d+ %-> %d+$"), slow[1].heap_kb)
         end)
 end)
