@@ -228,8 +228,6 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         })
     end
     service:start_background()
-    -- the collector's mode follows the heap's size (common/gc.lua)
-    require("common.gc").start(require("common.gc").new({ log = log }), timer)
 
     -- HTTP
     local api_deps = {
