@@ -355,6 +355,15 @@ static void finish(struct creq *r, CURLcode code)
         else if (code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST)
             kind = "connect";
         push_error(L, kind, msg);
+        if (code == CURLE_OPERATION_TIMEDOUT) {
+            /* Whether the request left: a timeout before it was sent is a wait for one of the
+             * host's connections (max_host_connections) or for the connect, not an answer that
+             * never came. */
+            curl_off_t pre = 0;
+            curl_easy_getinfo(r->easy, CURLINFO_PRETRANSFER_TIME_T, &pre);
+            lua_pushboolean(L, pre > 0);
+            lua_setfield(L, -2, "sent");
+        }
         nres = 2;
     }
     creq_release(r);

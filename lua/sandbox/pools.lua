@@ -398,7 +398,7 @@ function P:pool_add_member(pool)
         self.log.warn("pool member provisioning failed", { pool = pool.name, sandbox_id = id, retry_s = wait,
             error = tostring(type(err) == "table" and err.message or err) })
         if type(err) == "table" and err.kind == "unavailable" then
-            self:mark_unavailable(err.message)
+            self:mark_unavailable(err)
         end
         return self:pool_drop_member(m, false)
     end

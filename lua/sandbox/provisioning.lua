@@ -253,8 +253,9 @@ function P:provision(id, spec, name)
     while not placed and type(err) == "table" and err.kind == "unavailable" and not self.stopped do
         -- the runtime went away: not a provisioning error. Wait for it, then provision again (the adapter
         -- takes what it had made); operations waiting meanwhile get their 409 after PROVISION_WAIT.
-        self:mark_unavailable(err.message)
-        self.log.warn("runtime unreachable while provisioning; retrying when it is back", { sandbox_id = id })
+        self:mark_unavailable(err)
+        self.log.warn(err.busy and "runtime busy while provisioning; retrying"
+            or "runtime unreachable while provisioning; retrying when it is back", { sandbox_id = id })
         repeat
             self.core.timer.sleep(C.UNAVAILABLE_RETRY)
         until self.available or self.stopped or not self.records[id]

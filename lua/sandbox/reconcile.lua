@@ -127,7 +127,7 @@ function P:reconcile(startup)
     local list, err = self.runtime:list()
     if not list then
         if type(err) == "table" and err.kind == "unavailable" then
-            self:mark_unavailable(err.message)
+            self:mark_unavailable(err)
         end
         return nil, err
     end

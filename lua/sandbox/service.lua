@@ -193,7 +193,10 @@ end
 --- "unsupported" a 400 naming what this runtime cannot do, others 500 with `code`.
 function Service:runtime_error(err, code, verb)
     if type(err) == "table" and err.kind == "unavailable" then
-        self:mark_unavailable(err.message)
+        if err.busy then -- (the runtime is there, only busy: this request fails, the others go on)
+            return errors.new(503, "SANDBOX::RUNTIME_BUSY", tostring(err.message), { ["Retry-After"] = "5" })
+        end
+        self:mark_unavailable(err)
         return self:unavailable_error()
     end
     if type(err) == "table" and err.kind == "unsupported" then
@@ -206,7 +209,16 @@ function Service:runtime_error(err, code, verb)
         tostring(type(err) == "table" and err.message or err)))
 end
 
+--- Takes the runtime for unreachable (every request 503 until the availability watcher reconnects). `reason` is
+--- a message or the adapter's error; an error marked `busy` (the request never left: it waited for one of
+--- the client's connections while slow calls held them all) says the runtime is alive, and changes nothing.
 function Service:mark_unavailable(reason)
+    if type(reason) == "table" then
+        if reason.busy then
+            return
+        end
+        reason = reason.message
+    end
     if self.available then
         self.log.error("runtime became unreachable", { runtime = self.runtime.name, reason = tostring(reason) })
     end
@@ -219,14 +231,14 @@ end
 function Service:connect(startup)
     local info, err = self.runtime:connect()
     if not info then
-        self:mark_unavailable(type(err) == "table" and err.message or err)
+        self:mark_unavailable(err)
         return nil, err
     end
     self.ncpu = info.ncpu
     self:check_lead()
     local ok, due = self:reconcile(startup or not self.restored)
     if not ok then
-        self:mark_unavailable(type(due) == "table" and due.message or due)
+        self:mark_unavailable(due)
         return nil, due
     end
     local first = not self.restored

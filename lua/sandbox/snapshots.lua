@@ -254,7 +254,7 @@ function P:finish_snapshot(id, res, err)
             ms = res.ms })
     else
         if type(err) == "table" and err.kind == "unavailable" then
-            self:mark_unavailable(err.message)
+            self:mark_unavailable(err)
         end
         set_status(upd, SNAP.FAILED, "Snapshot creation failed: " .. msg(err), self:now_us())
         upd.reason = "snapshot_capture_failed"
@@ -367,7 +367,7 @@ function P:remove_snapshot(id)
         end
         if not ok then
             if type(err) == "table" and err.kind == "unavailable" then
-                self:mark_unavailable(err.message)
+                self:mark_unavailable(err)
             elseif type(err) == "table" and err.kind == "conflict" then
                 -- in use by something the records do not show (a sandbox being adopted): later
                 self:note_snapshot(snap, "Snapshot deletion requested; its image is still in use: " .. msg(err))

@@ -50,6 +50,14 @@ local function transport_error(err)
     local reason
     if type(err) == "table" then
         reason = err.message or err.kind
+        if err.kind == "timeout" and err.sent == false then
+            -- it waited for one of the client's connections to Docker (max_host_connections) all along, while
+            -- slow calls held them: Docker is alive and busy, and only this request fails (service.lua)
+            local e = M.error("unavailable", nil, "Docker is busy: the request timed out waiting for one of the " ..
+                "server's connections to it (" .. tostring(reason) .. ")")
+            e.busy = true
+            return e
+        end
         if err.kind == "timeout" and reason and not reason:lower():find("time") then
             reason = "timeout: " .. reason
         end

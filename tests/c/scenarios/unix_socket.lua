@@ -11,7 +11,7 @@ os.remove(path)
 local seen = {}
 http.listen({ unix_socket = path, handler = function(req)
     seen[#seen + 1] = req.path
-    timer.sleep(0.001)
+    timer.sleep(req.path == "/slow" and 1.5 or 0.001)
     return 200, { ["Content-Type"] = "application/json" }, '{"ApiVersion":"1.41","path":"' .. req.path .. '"}'
 end })
 
@@ -35,6 +35,32 @@ while ok < 100 and core.monotonic() - t0 < 10 do
     timer.sleep(0.01)
 end
 assert(ok == 100, "unix requests ok: " .. ok)
+
+-- a request waiting for one of the host's connections while slow calls hold them all: the wait does not
+-- count against its connect timeout, only against its timeout; a request that timed out before it was sent
+-- says so (err.sent == false: the other end may well be alive, only busy with the requests ahead of it)
+local slow_done = 0
+for _ = 1, 4 do
+    spawn(function()
+        local r = client.request({ url = "http://docker/slow", unix_socket = path, timeout = 10 })
+        assert(r and r.status == 200)
+        slow_done = slow_done + 1
+    end)
+end
+timer.sleep(0.2) -- (the four hold the four connections)
+local t1 = core.monotonic()
+res, err = client.request({ url = "http://docker/_ping?queued=short", unix_socket = path, timeout = 0.5 })
+assert(not res and err.kind == "timeout", "a queued request past its timeout: " .. tostring(err))
+assert(err.sent == false, "it was never sent")
+-- (curl looks at a queued request's time when a connection comes free: it fails then, not at its timeout)
+assert(core.monotonic() - t1 < 3, "it failed when the slow ones ended")
+res, err = client.request({ url = "http://docker/_ping?queued=connect", unix_socket = path, timeout = 10,
+    connect_timeout = 0.2 })
+assert(res and res.status == 200, "a queued request outlasting its connect timeout: " .. tostring(err))
+assert(slow_done == 4, "it went through once a connection came free")
+-- and one that was sent, then timed out waiting for the answer
+res, err = client.request({ url = "http://docker/slow", unix_socket = path, timeout = 0.5 })
+assert(not res and err.kind == "timeout" and err.sent == true, "sent, then timed out: " .. tostring(err))
 
 -- a socket path with nobody listening is a connect error
 res, err = client.request({ url = "http://docker/_ping", unix_socket = path .. ".missing", timeout = 2 })

@@ -103,6 +103,22 @@ describe("runtimes.docker: connection", function()
         assert.are.equal("unavailable: Couldn't connect to server", tostring(err))
     end)
 
+    it("marks a timeout before the request was sent as busy, not a timeout after", function()
+        local a, fake = make()
+        fake:on("GET", "^/_ping$", { err = { kind = "timeout", sent = false,
+            message = "Connection timed out after 0 milliseconds" } })
+        local _, err = a:ping()
+        assert.are.equal("unavailable", err.kind)
+        assert.is_true(err.busy)
+        assert.truthy(err.message:find("Docker is busy", 1, true), err.message)
+        fake = select(2, make())
+        a = docker.new({ client = fake, api_timeout = 42 })
+        fake:on("GET", "^/_ping$", { err = { kind = "timeout", sent = true, message = "Operation timed out" } })
+        _, err = a:ping()
+        assert.are.equal("unavailable", err.kind)
+        assert.is_nil(err.busy)
+    end)
+
     it("negotiates the API version", function()
         local a, fake = make()
         fake:on("GET", "^/version$", { body = json.encode({ Version = "20.10.24", ApiVersion = "1.41",

@@ -694,6 +694,30 @@ describe("sandbox.service reconciliation", function()
         assert.are.equal(MESSAGE.INTERRUPTED, env.svc.records.p.message)
     end)
 
+    it("a busy runtime (the request never left) fails that request only: 503 RUNTIME_BUSY, still available",
+        function()
+            local env = S.env()
+            local id = env:running()
+            local busy = rterrors.new("unavailable", "Docker is busy: waited for a connection")
+            busy.busy = true
+            env.rt:fail_next("pause", busy)
+            local ok, err = env:op("pause", id)
+            assert.is_nil(ok)
+            assert.are.equal(503, err.status)
+            assert.are.equal("SANDBOX::RUNTIME_BUSY", err.code)
+            assert.are.equal("Docker is busy: waited for a connection", err.message)
+            assert.are.equal("5", err.headers["Retry-After"])
+            assert.is_true(env.svc.available)
+            assert.are.equal(STATE.RUNNING, env.svc.records[id].state)
+            -- a list that failed so (the sweep's reconcile) leaves the runtime available too
+            env.rt:fail_next("list", busy)
+            assert.is_nil(env:op("reconcile", false))
+            assert.is_true(env.svc.available)
+            -- and the next pause goes to the runtime
+            assert(env:op("pause", id))
+            assert.are.equal(STATE.PAUSED, env.svc.records[id].state)
+        end)
+
     it("marks the runtime unavailable and drops nothing when the list fails", function()
         local env = S.env()
         local id = env:running()
