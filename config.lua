@@ -304,10 +304,6 @@ return {
         -- Members being made at once, all pools together: a burst of claims refills in the background
         -- without starving the API or the runtime (one at a time while claims arrive).
         refill_concurrency = 2,
-        -- While claims arrive, a new member starts at most once every this many seconds (0: as soon as the
-        -- last one is made). Making a member keeps the CPUs busy (dockerd, runc, the kernel) and the claims'
-        -- agents wait for a CPU meanwhile: a larger value trades the refill's speed for the claims' tail.
-        refill_interval_while_claiming = 0,
         -- The largest capacitySpec.poolMax a pool may ask for.
         max_pool_size = 100,
         -- Seconds a new member may take until its agent answers; then it is removed and replaced.

@@ -6,7 +6,6 @@
 # everything it created. Loopback and the Docker socket only. Run under the Docker lock:
 #   flock -o /tmp/osb-docker.lock bench/pool_claim.sh [CLAIMS] [RATE]
 # Env (bench/pool_claim.lua): BUFFER_MIN, BUFFER_MAX, POOL_MAX, KEEP=1, REFILL_CONCURRENCY (default 4);
-# REFILL_INTERVAL (pools.refill_interval_while_claiming, default 0);
 # SERVER_NICE (run the server under nice -n); RAISE_NEIGH=0 (keep the host's neighbour table limits);
 # DOCKER_SHARES (cpu.shares of Docker's cgroup for the run, cgroup v1); STORE_DIR (where the server's store
 # goes, default the run's directory under /tmp: e.g. /dev/shm to take the disk out of the claim's path).
@@ -21,8 +20,7 @@ cat >"$work/config.lua" <<CFG
 return { server = { port = $PORT, api_key = "$KEY", log_level = "INFO" },
          store = { path = "$store_dir/db.sqlite" },
          docker = { instance = "$instance" },
-         pools = { on_empty = "error", refill_concurrency = ${REFILL_CONCURRENCY:-4}, max_pool_size = 2000,
-                   refill_interval_while_claiming = ${REFILL_INTERVAL:-0} } }
+         pools = { on_empty = "error", refill_concurrency = ${REFILL_CONCURRENCY:-4}, max_pool_size = 2000 } }
 CFG
 ${SERVER_NICE:+nice -n "$SERVER_NICE"} "$root/build/opensandbox-server" --config "$work/config.lua" 2>"$work/server.log" &
 spid=$!
@@ -56,7 +54,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
-echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest, refill_concurrency=${REFILL_CONCURRENCY:-4}, refill_interval_while_claiming=${REFILL_INTERVAL:-0}, store in $(df --output=fstype "${STORE_DIR:-$work}" | tail -1) ${STORE_DIR:-$work}, neighbour table gc_thresh1/2/3 $(cat $neigh/gc_thresh1)/$(cat $neigh/gc_thresh2)/$(cat $neigh/gc_thresh3), Docker cgroup cpu.shares $(cat "$shares_file" 2>/dev/null || echo -)"
+echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest, refill_concurrency=${REFILL_CONCURRENCY:-4}, store in $(df --output=fstype "${STORE_DIR:-$work}" | tail -1) ${STORE_DIR:-$work}, neighbour table gc_thresh1/2/3 $(cat $neigh/gc_thresh1)/$(cat $neigh/gc_thresh2)/$(cat $neigh/gc_thresh3), Docker cgroup cpu.shares $(cat "$shares_file" 2>/dev/null || echo -)"
 echo
 echo "| measure | value |"
 echo "|---|---|"

@@ -173,10 +173,6 @@ M.sections = {
         on_empty = { type = "enum", values = { "cold", "error" }, default = "cold" },
         -- members being made at once, all pools together (refill never starves the API or the daemon)
         refill_concurrency = { type = "integer", default = 2, min = 1, max = 64 },
-        -- while claims arrive (one in the last 2 s): members are made one at a time, and a new one starts at
-        -- most once every this many seconds (0: as soon as the last is made). Making a member keeps the CPUs
-        -- busy in dockerd, runc and the kernel, and the claims' agents wait for a CPU meanwhile.
-        refill_interval_while_claiming = { type = "number", default = 0, min = 0, max = 60 },
         -- the largest capacitySpec.poolMax a pool may ask for
         max_pool_size = { type = "integer", default = 100, min = 1, max = 10000 },
         -- seconds a new member may take to answer its agent's /ping before it is replaced

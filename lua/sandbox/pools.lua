@@ -71,7 +71,6 @@ function P:pool_settings()
     return {
         on_empty = c.on_empty or "cold",
         concurrency = c.refill_concurrency or 2,
-        claiming_interval_us = math.floor((c.refill_interval_while_claiming or 0) * 1e6),
         max_size = c.max_pool_size or 100,
         ready_timeout = c.ready_timeout_seconds or 30,
     }
@@ -501,10 +500,6 @@ function P:pool_refill()
     local limit = s.concurrency
     if self.pool_last_claim_us and now - self.pool_last_claim_us < P.CLAIMING_WINDOW_US then
         limit = math.min(limit, P.CLAIMING_CONCURRENCY)
-        -- (and spaced: pools.refill_interval_while_claiming; the refill wakes at least every REFILL_PERIOD)
-        if self.pool_last_start_us and now - self.pool_last_start_us < s.claiming_interval_us then
-            limit = 0
-        end
     end
     for _, name in ipairs(names) do
         local pool = self.pools[name]
@@ -520,7 +515,6 @@ function P:pool_refill()
             while more > 0 and self.pool_inflight < limit do
                 more = more - 1
                 self.pool_inflight = self.pool_inflight + 1
-                self.pool_last_start_us = now
                 self.core.spawn(function()
                     local ok, err = pcall(self.pool_add_member, self, pool)
                     self.pool_inflight = self.pool_inflight - 1
