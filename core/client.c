@@ -46,6 +46,8 @@ struct creq {
     int body_ref; /* the request body (a Lua string), anchored while libcurl reads it in place */
     int aborted;
     int lua_error;
+    uint64_t added_ns; /* when it was handed to curl (loop clock) */
+    uint64_t sent_ns;  /* when it had its connection and was about to be sent (0: not yet) */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -327,6 +329,15 @@ static void creq_release(struct creq *r)
     free(r);
 }
 
+static int on_prereq(void *clientp, char *conn_primary_ip, char *conn_local_ip,
+                     int conn_primary_port, int conn_local_port)
+{
+    struct creq *r = clientp;
+    (void)conn_primary_ip, (void)conn_local_ip, (void)conn_primary_port, (void)conn_local_port;
+    r->sent_ns = loop_now_ns();
+    return CURL_PREREQFUNC_OK;
+}
+
 static void finish(struct creq *r, CURLcode code)
 {
     task *t = r->t;
@@ -359,10 +370,12 @@ static void finish(struct creq *r, CURLcode code)
             /* Whether the request left: a timeout before it was sent is a wait for one of the
              * host's connections (max_host_connections) or for the connect, not an answer that
              * never came. */
-            curl_off_t pre = 0;
-            curl_easy_getinfo(r->easy, CURLINFO_PRETRANSFER_TIME_T, &pre);
-            lua_pushboolean(L, pre > 0);
+            lua_pushboolean(L, r->sent_ns != 0);
             lua_setfield(L, -2, "sent");
+            /* seconds it waited before it was sent (all of its time when it never was) */
+            uint64_t until = r->sent_ns ? r->sent_ns : loop_now_ns();
+            lua_pushnumber(L, (double)(until - r->added_ns) / 1e9);
+            lua_setfield(L, -2, "waited");
         }
         nres = 2;
     }
@@ -603,6 +616,12 @@ static int l_request(lua_State *L)
     }
 
     r->t = t;
+    r->added_ns = loop_now_ns();
+    r->sent_ns = 0;
+    /* when it has a connection (new or reused) and is about to be sent; curl's own times start
+     * there, and its queue time (CURLINFO_QUEUE_TIME_T) is newer than Debian 12's curl */
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, r);
     r->next = C.active;
     if (C.active)
         C.active->prev = r;

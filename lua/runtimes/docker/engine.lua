@@ -46,15 +46,18 @@ function M.error(kind, status, message)
     return rterrors.new(kind, message, { status = status })
 end
 
-local function transport_error(err)
+local function transport_error(err, timeout)
     local reason
     if type(err) == "table" then
         reason = err.message or err.kind
-        if err.kind == "timeout" and err.sent == false then
-            -- it waited for one of the client's connections to Docker (max_host_connections) all along, while
-            -- slow calls held them: Docker is alive and busy, and only this request fails (service.lua)
-            local e = M.error("unavailable", nil, "Docker is busy: the request timed out waiting for one of the " ..
-                "server's connections to it (" .. tostring(reason) .. ")")
+        -- A request that spent its time waiting for one of the client's connections to Docker
+        -- (max_host_connections) while slow calls held them, never sent or sent with less than half its
+        -- time left, says Docker is busy, not gone: only this request fails (service.lua). One that had half
+        -- its time or more after it was sent, and got no answer, is the daemon not answering.
+        if err.kind == "timeout" and (err.sent == false or (timeout and timeout > 0 and err.waited
+            and err.waited >= timeout / 2)) then
+            local e = M.error("unavailable", nil, string.format("Docker is busy: the request waited %.1f s " ..
+                "for one of the server's connections to it (%s)", err.waited or 0, tostring(reason)))
             e.busy = true
             return e
         end
@@ -207,20 +210,21 @@ end
 function Adapter:_request(method, path, opts)
     opts = opts or {}
     local prefix = opts.unversioned and "" or "/v" .. (opts.api_version or M.API_VERSION)
+    local timeout = opts.timeout or self.api_timeout
     local req = {
         method = method,
         url = self.base .. prefix .. path,
         unix_socket = self.unix_socket,
         headers = opts.headers,
         body = opts.body,
-        timeout = opts.timeout or self.api_timeout,
+        timeout = timeout,
         idle_timeout = opts.idle_timeout,
         on_data = opts.on_data,
     }
     local res, err = self.client.request(req)
     rtmetrics.request("docker", method, res)
     if not res then
-        return nil, transport_error(err)
+        return nil, transport_error(err, timeout)
     end
     return res
 end

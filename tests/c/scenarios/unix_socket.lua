@@ -52,6 +52,7 @@ local t1 = core.monotonic()
 res, err = client.request({ url = "http://docker/_ping?queued=short", unix_socket = path, timeout = 0.5 })
 assert(not res and err.kind == "timeout", "a queued request past its timeout: " .. tostring(err))
 assert(err.sent == false, "it was never sent")
+assert(err.waited >= 0.5, "it waited all its time: " .. tostring(err.waited))
 -- (curl looks at a queued request's time when a connection comes free: it fails then, not at its timeout)
 assert(core.monotonic() - t1 < 3, "it failed when the slow ones ended")
 res, err = client.request({ url = "http://docker/_ping?queued=connect", unix_socket = path, timeout = 10,
@@ -61,6 +62,22 @@ assert(slow_done == 4, "it went through once a connection came free")
 -- and one that was sent, then timed out waiting for the answer
 res, err = client.request({ url = "http://docker/slow", unix_socket = path, timeout = 0.5 })
 assert(not res and err.kind == "timeout" and err.sent == true, "sent, then timed out: " .. tostring(err))
+assert(err.waited < 0.25, "it was sent at once: " .. tostring(err.waited))
+-- and one that waited for a connection, then was sent and timed out: `waited` is the queue's part
+slow_done = 0
+for _ = 1, 4 do
+    spawn(function()
+        client.request({ url = "http://docker/slow", unix_socket = path, timeout = 10 })
+        slow_done = slow_done + 1
+    end)
+end
+timer.sleep(0.2)
+res, err = client.request({ url = "http://docker/slow", unix_socket = path, timeout = 2 })
+assert(not res and err.kind == "timeout" and err.sent == true, "queued, sent, timed out: " .. tostring(err))
+assert(err.waited > 1 and err.waited < 1.9, "it waited about 1.3 s for a connection: " .. tostring(err.waited))
+while slow_done < 4 do
+    timer.sleep(0.05)
+end
 
 -- a socket path with nobody listening is a connect error
 res, err = client.request({ url = "http://docker/_ping", unix_socket = path .. ".missing", timeout = 2 })

@@ -105,7 +105,7 @@ describe("runtimes.docker: connection", function()
 
     it("marks a timeout before the request was sent as busy, not a timeout after", function()
         local a, fake = make()
-        fake:on("GET", "^/_ping$", { err = { kind = "timeout", sent = false,
+        fake:on("GET", "^/_ping$", { err = { kind = "timeout", sent = false, waited = 42,
             message = "Connection timed out after 0 milliseconds" } })
         local _, err = a:ping()
         assert.are.equal("unavailable", err.kind)
@@ -113,10 +113,19 @@ describe("runtimes.docker: connection", function()
         assert.truthy(err.message:find("Docker is busy", 1, true), err.message)
         fake = select(2, make())
         a = docker.new({ client = fake, api_timeout = 42 })
-        fake:on("GET", "^/_ping$", { err = { kind = "timeout", sent = true, message = "Operation timed out" } })
+        fake:on("GET", "^/_ping$", { err = { kind = "timeout", sent = true, waited = 0.01,
+            message = "Operation timed out" } })
         _, err = a:ping()
         assert.are.equal("unavailable", err.kind)
-        assert.is_nil(err.busy)
+        assert.is_nil(err.busy, "sent at once, then no answer for its whole time: the daemon is not answering")
+        -- sent after waiting half its time or more for a connection: busy as well
+        fake = select(2, make())
+        a = docker.new({ client = fake, api_timeout = 42 })
+        fake:on("GET", "^/_ping$", { err = { kind = "timeout", sent = true, waited = 21,
+            message = "Operation timed out after 21000 milliseconds" } })
+        _, err = a:ping()
+        assert.is_true(err.busy)
+        assert.truthy(err.message:find("waited 21.0 s", 1, true), err.message)
     end)
 
     it("negotiates the API version", function()
