@@ -10,6 +10,9 @@
 # DOCKER_SHARES (cpu.shares of Docker's cgroup for the run, cgroup v1); STORE_DIR (where the server's store
 # goes, default the run's directory under /tmp: e.g. /dev/shm to take the disk out of the claim's path).
 # The server's log is left in /tmp/osb-bench-pool-server.log.
+# (one compound command, read whole before it runs: bash reads a script as it goes, and an edit of this file
+# during a 20-minute run made it run other lines than it started with)
+{
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/osb-bench-pool.XXXXXX)
@@ -85,3 +88,5 @@ if store:
     print("| in the server, per claim: agent call median / p99 / max | %.2f / %.2f / %.2f ms |"
           % (pct(agent, .5), pct(agent, .99), max(agent)))
 PY
+exit
+}
