@@ -210,8 +210,9 @@ function Service:runtime_error(err, code, verb)
 end
 
 --- Takes the runtime for unreachable (every request 503 until the availability watcher reconnects). `reason` is
---- a message or the adapter's error; an error marked `busy` (the request never left: it waited for one of
---- the client's connections while slow calls held them all) says the runtime is alive, and changes nothing.
+--- a message or the adapter's error; an error marked `busy` (runtimes.errors.transport: the request spent its
+--- time waiting for one of the client's connections while slow calls held them all) says the runtime is alive,
+--- and changes nothing.
 function Service:mark_unavailable(reason)
     if type(reason) == "table" then
         if reason.busy then

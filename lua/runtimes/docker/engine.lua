@@ -47,25 +47,7 @@ function M.error(kind, status, message)
 end
 
 local function transport_error(err, timeout)
-    local reason
-    if type(err) == "table" then
-        reason = err.message or err.kind
-        -- A request that spent its time waiting for one of the client's connections to Docker
-        -- (max_host_connections) while slow calls held them, never sent or sent with less than half its
-        -- time left, says Docker is busy, not gone: only this request fails (service.lua). One that had half
-        -- its time or more after it was sent, and got no answer, is the daemon not answering.
-        if err.kind == "timeout" and (err.sent == false or (timeout and timeout > 0 and err.waited
-            and err.waited >= timeout / 2)) then
-            local e = M.error("unavailable", nil, string.format("Docker is busy: the request waited %.1f s " ..
-                "for one of the server's connections to it (%s)", err.waited or 0, tostring(reason)))
-            e.busy = true
-            return e
-        end
-        if err.kind == "timeout" and reason and not reason:lower():find("time") then
-            reason = "timeout: " .. reason
-        end
-    end
-    return M.error("unavailable", nil, tostring(reason or err or "request failed"))
+    return rterrors.transport(err, "Docker", timeout)
 end
 
 local function docker_message(body, status)

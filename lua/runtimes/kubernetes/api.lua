@@ -33,15 +33,8 @@ local WRITES = { POST = true, PUT = true, PATCH = true, DELETE = true }
 ------------------------------------------------------------------------------------------------------------
 -- errors
 
-local function transport_error(err)
-    local reason
-    if type(err) == "table" then
-        reason = err.message or err.kind
-        if err.kind == "timeout" and reason and not reason:lower():find("time") then
-            reason = "timeout: " .. reason
-        end
-    end
-    return rterrors.new("unavailable", tostring(reason or err or "request failed"))
+local function transport_error(err, timeout)
+    return rterrors.transport(err, "The Kubernetes API server", timeout)
 end
 
 --- The verb and the object a request acts on, for messages: verb, resource, namespace | nil, name | nil.
@@ -241,12 +234,13 @@ function Api:_send(method, path, opts)
     if self.log then -- one line per request, so that a run's request count per operation can be read back
         self.log.debug("kubernetes request", { method = method, path = path })
     end
+    local timeout = opts.timeout or self.timeout
     local res, err = self.client.request({
         method = method,
         url = self.server .. path,
         headers = headers,
         body = body,
-        timeout = opts.timeout or self.timeout,
+        timeout = timeout,
         on_data = opts.on_data,
         tls = self.tls,
         -- HTTP/2, multiplexed: every create's watch of its pod and the long namespace watch are streams on
@@ -256,7 +250,7 @@ function Api:_send(method, path, opts)
     })
     rtmetrics.request("kubernetes", method, res)
     if not res then
-        return nil, transport_error(err)
+        return nil, transport_error(err, timeout)
     end
     return res
 end
