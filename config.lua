@@ -151,6 +151,12 @@ return {
         -- files into every container before it starts (PUT /containers/{id}/archive; Docker < 23 re-executes
         -- itself for each upload, ~45 ms here). runtime.execd_image always uses "archive".
         agent_delivery = "volume",
+        -- Warm pool claims (pools below): each member gets a directory of its own under this one (0700), mounted
+        -- read-only into it, and a claim is written there for its agent instead of being sent over HTTP, so
+        -- that a claim never waits for a process in the member to be scheduled. Used only with a local daemon
+        -- (a unix socket), and for each member only once its agent has shown it sees the directory (else the
+        -- claim is POSTed as before). Best on a tmpfs (the default is under /run). false: always HTTP.
+        pool_claim_dir = "/run/opensandbox/pool-claims",
     },
 
     kubernetes = {

@@ -235,6 +235,70 @@ static int l_mkdirs(lua_State *L)
     return 1;
 }
 
+/* What a call on `path` that returned `rc` (-1: failed, errno set) gives Lua: true, or nil, "path:
+ * error". */
+static int path_result(lua_State *L, const char *path, int rc)
+{
+    if (rc < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s: %s", path, strerror(errno));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.chmod(path, mode): chmod(2); true or nil, err. (The process runs with umask 077: a file or
+ * directory that others must read, such as a pool member's claim directory seen by a container's
+ * non-root user, is opened up explicitly; lua-filesystem has no chmod.) */
+static int l_chmod(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    mode_t mode = (mode_t)luaL_checkinteger(L, 2);
+    return path_result(L, path, chmod(path, mode));
+}
+
+/* core.mkfifo(path, mode): mkfifo(3) then chmod to `mode` exactly (the umask is 077); true or nil,
+ * err. (lua-filesystem has neither.) */
+static int l_mkfifo(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    mode_t mode = (mode_t)luaL_checkinteger(L, 2);
+    return path_result(L, path, mkfifo(path, mode) < 0 ? -1 : chmod(path, mode));
+}
+
+/* core.poke(path): one byte into the FIFO at `path`, never blocking (a pool member's wake-up,
+ * runtimes/docker/pool_claims.lua); true, or nil, err ("no reader" when nobody has it open, "full"
+ * when its reader has not read for 64 KiB). A path that is not a FIFO (or a symlink) is refused. */
+static int l_poke(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    struct stat st;
+    int fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
+    int e = errno;
+    if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISFIFO(st.st_mode))) {
+        close(fd);
+        fd = -1;
+        e = EINVAL;
+    }
+    if (fd >= 0) {
+        ssize_t n = write(fd, "1", 1);
+        e = errno;
+        close(fd);
+        if (n == 1) {
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+    }
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", path,
+                    e == ENXIO    ? "no reader"
+                    : e == EAGAIN ? "full (its reader does not read)"
+                    : e == EINVAL ? "not a FIFO"
+                                  : strerror(e));
+    return 2;
+}
+
 /* core.process_stats() -> { rss_bytes =, open_fds = }: this process's resident memory (from
  * /proc/self/statm) and open file descriptors (entries of /proc/self/fd, less the one reading it).
  * A value that cannot be read is absent. */
@@ -453,6 +517,9 @@ int luaopen_core(lua_State *L)
                                    {"set_nice", l_set_nice},
                                    {"process_stats", l_process_stats},
                                    {"mkdirs", l_mkdirs},
+                                   {"chmod", l_chmod},
+                                   {"mkfifo", l_mkfifo},
+                                   {"poke", l_poke},
                                    {"kill", l_kill},
                                    {"trim_memory", l_trim_memory},
                                    {"json_elements", l_json_elements},

@@ -152,7 +152,8 @@ usage: opensandbox-server [--config PATH] [--adopt-instance ID]... [--check-conf
         client = client,
         log = log,
         agent_files = require("runtimes.agent_files").new({ root = core.paths.root, exe = core.paths.exe, log = log }),
-        core = { free_tcp_port = core.free_tcp_port, uuid = uuid, now_s = core.now, breathe = breathe },
+        core = { free_tcp_port = core.free_tcp_port, uuid = uuid, now_s = core.now, breathe = breathe,
+            mkdirs = core.mkdirs, chmod = core.chmod, mkfifo = core.mkfifo, poke = core.poke },
     })
     require("api.respond").set_codes(runtime.codes) -- the runtime's names for the service's error codes
 

@@ -46,7 +46,8 @@ enum ev_kind {
     EV_SESS_CTL,
     EV_PTY_OUT,
     EV_PTY_ERR,
-    EV_PTY_IN
+    EV_PTY_IN,
+    EV_POOL_WATCH
 };
 
 struct ev {
@@ -217,6 +218,11 @@ int64_t proxy_tick(struct conn *c, int64_t now);
 /* pool.c: a warm pool member (bootstrap.sh runs `execd --pool-member`) and POST /pool/claim */
 void pool_member_split(void); /* returns in the agent; the member's main process execs the claim */
 void pool_handle_claim(struct conn *c);
+/* the claim file (pool.c): the FIFO to watch (-1: none); on its events; before each request */
+int pool_watch_fd(void);
+void pool_on_watch(void);
+void pool_check_file(void);
+const char *pool_claim_marker(void);     /* the `member` file's text while unclaimed, else NULL */
 void execd_set_token(const char *token); /* server.c: the claim's token replaces the boot token */
 
 /* metrics.c */

@@ -21,22 +21,48 @@
  *
  * The pipe carries NUL-terminated records: "a<arg>" for each argv element, then "e<K=V>" for each
  * variable. EOF without a record (the agent died) ends the member with status 1.
+ *
+ * The claim file (OPENSANDBOX_POOL_CLAIM_FILE, Docker: a directory of the server's host mounted
+ * read-only into the member). The server may write the claim there instead of POSTing it: the
+ * same JSON as the POST's body, written whole (a rename into place). It does so only after this
+ * agent proved that it sees the server's directory: at start the agent reads the file `member`
+ * next to the claim file (the server wrote the member's id there before it made the container)
+ * and answers every GET /ping with it in X-Opensandbox-Pool-Claim-File; a server that does not
+ * get its own id back POSTs the claim. The agent takes a written claim
+ *   - before it handles any request (pool_check_file, from request_begin in server.c), so a
+ *     request that follows the server's answer always finds the claim taken: its token valid,
+ *     its env in the commands' environment;
+ *   - and on its own as soon as the server, after the write, puts a byte into the FIFO `wake`
+ *     next to it (pool_watch_fd, pool_on_watch), so the entrypoint starts without waiting for a
+ *     first request. The agent holds the FIFO open for reading and writing, so it never sees a
+ *     hang-up, and the server's non-blocking open always finds a reader. (Not inotify: its
+ *     instances are limited per user, 128 by default, and every member's agent runs as the
+ *     same user.) Without a FIFO it can open, the agent shows no marker.
+ * So a claim never waits for the member's agent to be scheduled (on a host busy making
+ * containers, its accept or read could come tens of milliseconds late). A claim file that does
+ * not parse is logged and left; the member stays unclaimed.
  */
 #include "execd.h"
 #include "json.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #define POOL_MAX_ARGS 4096
+#define POOL_MARKER_MAX 128
 
 static int g_claim_fd = -1; /* the agent's write end of the pipe; -1 when not a member or claimed */
 static int g_member;        /* 1 in the agent of a pool member */
+static char *g_claim_file;  /* where the server may write the claim (NULL: POST only) */
+static char g_marker[POOL_MARKER_MAX]; /* the `member` file's text: "" when none was readable */
+static int g_watch_fd = -1;            /* the FIFO `wake`, until claimed */
 
 static int write_all(int fd, const char *p, size_t n)
 {
@@ -137,12 +163,17 @@ void pool_member_split(void)
         /* what the user's process must never see */
         unsetenv("EXECD_ACCESS_TOKEN");
         unsetenv("OPENSANDBOX_POOL_MEMBER");
+        unsetenv("OPENSANDBOX_POOL_CLAIM_FILE");
         await_claim(p[0]);
     }
     close(p[0]);
     g_claim_fd = p[1];
     g_member = 1;
     unsetenv("OPENSANDBOX_POOL_MEMBER");
+    log = getenv("OPENSANDBOX_POOL_CLAIM_FILE");
+    if (log && *log == '/')
+        g_claim_file = strdup(log);
+    unsetenv("OPENSANDBOX_POOL_CLAIM_FILE"); /* (commands must not see it) */
     /* the agent's output goes where a cold sandbox's does (bootstrap.sh) */
     log = getenv("OPENSANDBOX_EXECD_LOG"); /* (tests) */
     fd =
@@ -190,13 +221,143 @@ static const char *claim_message(const struct json *j, struct buf *msg)
     return NULL;
 }
 
+static void unwatch(void)
+{
+    if (g_watch_fd >= 0)
+        close(g_watch_fd); /* (closing it takes it out of the epoll set) */
+    g_watch_fd = -1;
+}
+
+/* Takes the claim `j` (checked into `msg` by claim_message): hands argv and env to the main
+ * process, puts env into the agent's environment and switches to the claim's token. 0, or -1 with
+ * errno. */
+static int apply_claim(const struct json *j, struct buf *msg)
+{
+    const struct json *env, *e;
+
+    /* the main process is blocked reading: the write completes as it reads */
+    if (write_all(g_claim_fd, msg->data, msg->len) < 0)
+        return -1;
+    close(g_claim_fd);
+    g_claim_fd = -1;
+    unwatch();
+    env = json_get(j, "env");
+    for (e = env && env->type == JSON_ARRAY ? env->child : NULL; e; e = e->next) {
+        char *kv = strdup(e->str);
+        if (kv)
+            putenv(kv); /* owned by the environment from now on */
+    }
+    execd_set_token(json_get(j, "token")->str);
+    return 0;
+}
+
+/* Reads a small file whole: a malloc'd buffer (*len bytes) or NULL (errno set). */
+static char *slurp(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    char *b;
+
+    if (fd < 0)
+        return NULL;
+    b = read_all(fd, len);
+    close(fd);
+    return b;
+}
+
+void pool_check_file(void)
+{
+    size_t len = 0;
+    char *text;
+    struct json *j;
+    struct buf msg = {0};
+    const char *bad;
+
+    if (!g_member || g_claim_fd < 0 || !g_claim_file)
+        return;
+    text = slurp(g_claim_file, &len);
+    if (!text) {
+        if (errno != ENOENT)
+            fprintf(stderr, "execd: pool member: cannot read %s: %s\n", g_claim_file,
+                    strerror(errno));
+        return;
+    }
+    j = json_parse(text, len);
+    bad = !j || j->type != JSON_OBJECT ? "not a JSON object" : claim_message(j, &msg);
+    if (!bad && apply_claim(j, &msg) < 0)
+        bad = strerror(errno);
+    if (bad)
+        fprintf(stderr, "execd: pool member: the claim in %s not taken: %s\n", g_claim_file, bad);
+    json_free(j);
+    buf_free(&msg);
+    free(text);
+}
+
+int pool_watch_fd(void)
+{
+    char *dir, *m;
+    size_t len = 0;
+    char path[4096];
+
+    if (!g_member || !g_claim_file || g_watch_fd >= 0)
+        return g_watch_fd;
+    dir = strdup(g_claim_file);
+    if (!dir)
+        return -1;
+    dirname(dir);
+    if (strlen(dir) + sizeof("/member") > sizeof(path)) {
+        free(dir);
+        return -1;
+    }
+    /* the proof that this is the server's directory: its `member` file */
+    snprintf(path, sizeof(path), "%s/member", dir);
+    m = slurp(path, &len);
+    if (m) {
+        while (len > 0 && (m[len - 1] == '\n' || m[len - 1] == '\r'))
+            len--;
+        if (len > 0 && len < sizeof(g_marker) && !memchr(m, '\0', len) && !memchr(m, '\n', len)) {
+            memcpy(g_marker, m, len);
+            g_marker[len] = '\0';
+        }
+        free(m);
+    }
+    snprintf(path, sizeof(path), "%s/wake", dir);
+    free(dir);
+    g_watch_fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (g_watch_fd < 0) {
+        if (g_marker[0])
+            fprintf(stderr, "execd: pool member: cannot open %s: %s\n", path, strerror(errno));
+        g_marker[0] = '\0'; /* (without a wake-up the entrypoint would wait for a request: POST) */
+    } else {
+        struct stat st;
+        if (fstat(g_watch_fd, &st) < 0 || !S_ISFIFO(st.st_mode)) {
+            unwatch();
+            g_marker[0] = '\0';
+        }
+    }
+    pool_check_file(); /* (written before the agent started) */
+    return g_watch_fd;
+}
+
+void pool_on_watch(void)
+{
+    char b[256];
+
+    while (g_watch_fd >= 0 && read(g_watch_fd, b, sizeof(b)) > 0)
+        ;
+    pool_check_file();
+}
+
+const char *pool_claim_marker(void)
+{
+    return g_member && g_claim_fd >= 0 && g_marker[0] ? g_marker : NULL;
+}
+
 void pool_handle_claim(struct conn *c)
 {
     int64_t handled_us = now_us();
     struct json *j;
     struct buf msg = {0};
     char times[128];
-    const struct json *env, *e;
     const char *bad;
 
     if (!g_member) {
@@ -220,23 +381,14 @@ void pool_handle_claim(struct conn *c)
         conn_reply_error(c, 400, "INVALID_REQUEST_BODY", "%s", bad);
         return;
     }
-    /* the main process is blocked reading: the write completes as it reads */
-    if (write_all(g_claim_fd, msg.data, msg.len) < 0) {
+    if (apply_claim(j, &msg) < 0) {
+        int e = errno;
         json_free(j);
         buf_free(&msg);
         conn_reply_error(c, 500, "RUNTIME_ERROR", "cannot hand the entrypoint over: %s",
-                         strerror(errno));
+                         strerror(e));
         return;
     }
-    close(g_claim_fd);
-    g_claim_fd = -1;
-    env = json_get(j, "env");
-    for (e = env && env->type == JSON_ARRAY ? env->child : NULL; e; e = e->next) {
-        char *kv = strdup(e->str);
-        if (kv)
-            putenv(kv); /* owned by the environment from now on */
-    }
-    execd_set_token(json_get(j, "token")->str);
     json_free(j);
     buf_free(&msg);
     /* where the claim's time went on this side, on the host's monotonic clock (the server logs

@@ -49,6 +49,7 @@ static const char *g_token;
 static struct conn *g_conns;
 static struct ev g_listen_ev = {EV_LISTEN, NULL};
 static struct ev g_sig_ev = {EV_SIGNAL, NULL};
+static struct ev g_pool_ev = {EV_POOL_WATCH, NULL};
 static int g_stop;
 static int g_nconns; /* client connections open (not yet closed) */
 static long g_max_conns = EXECD_MAX_CONNS;
@@ -516,7 +517,16 @@ static int token_ok(const char *got)
 
 static void handle_ping(struct conn *c)
 {
-    conn_reply_empty(c);
+    const char *marker = pool_claim_marker();
+    char hdr[192];
+
+    if (!marker) {
+        conn_reply_empty(c);
+        return;
+    }
+    /* a pool member that sees its server's claim directory says so (pool.c) */
+    snprintf(hdr, sizeof(hdr), "X-Opensandbox-Pool-Claim-File: %s\r\n", marker);
+    conn_reply(c, 200, NULL, "", 0, hdr);
 }
 
 static void handle_status(struct conn *c)
@@ -759,6 +769,7 @@ static void request_begin(struct conn *c)
     http_body_init(&c->body, &c->req);
     c->state = C_BODY;
 
+    pool_check_file(); /* a claim the server wrote is taken before any request (pool.c) */
     if (!token_ok(http_header(&c->req, "X-EXECD-ACCESS-TOKEN"))) {
         c->err_status = 401;
         return;
@@ -1172,7 +1183,7 @@ int main(int argc, char **argv)
     const char *p = getenv("OPENSANDBOX_EXECD_PORT");
     struct epoll_event evs[64];
     sigset_t mask;
-    int lfd, sfd;
+    int lfd, sfd, wfd;
 
     if (argc == 3 && strcmp(argv[1], "--wait-gate") == 0)
         return wait_gate(argv[2]);
@@ -1216,6 +1227,9 @@ int main(int argc, char **argv)
     }
     loop_add(lfd, EPOLLIN, &g_listen_ev);
     loop_add(sfd, EPOLLIN, &g_sig_ev);
+    wfd = pool_watch_fd();
+    if (wfd >= 0)
+        loop_add(wfd, EPOLLIN, &g_pool_ev);
     metrics_init();
     log_msg("listening on 0.0.0.0:%d (auth %s)", g_port, g_token ? "on" : "off");
 
@@ -1240,6 +1254,9 @@ int main(int argc, char **argv)
                 break;
             case EV_SIGNAL:
                 on_signal(sfd);
+                break;
+            case EV_POOL_WATCH:
+                pool_on_watch();
                 break;
             case EV_CONN:
                 if (!((struct conn *)ev->obj)->dead)

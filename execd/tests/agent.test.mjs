@@ -918,6 +918,95 @@ describe("pool member", () => {
   });
 });
 
+// The claim written to a file instead (Docker: the server's directory, mounted into the member): the agent shows
+// the directory's `member` text on /ping (when it holds the directory's FIFO `wake`), takes the claim when a byte
+// comes through `wake` (the entrypoint runs with no request sent), and before any request, so the request right
+// after the write already has the claim's token and env.
+describe("pool member, claim file", () => {
+  const startMember = async (dir, logFile) => {
+    const port = await freePort();
+    const boot = { "X-EXECD-ACCESS-TOKEN": "boot-" + TOKEN };
+    const child = spawn(BIN, ["--pool-member"], { env: { ...process.env, OPENSANDBOX_EXECD_PORT: String(port),
+      EXECD_ACCESS_TOKEN: boot["X-EXECD-ACCESS-TOKEN"], OPENSANDBOX_POOL_MEMBER: "1", OPENSANDBOX_EXECD_LOG: logFile,
+      OPENSANDBOX_POOL_CLAIM_FILE: path.join(dir, "claim.json") }, stdio: ["ignore", "pipe", "inherit"] });
+    const m = { base: `http://127.0.0.1:${port}`, boot, child, out: "" };
+    child.stdout.on("data", (d) => (m.out += d));
+    m.exited = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
+    await waitPing(m.base, boot);
+    return m;
+  };
+  const writeClaim = (dir, text) => {
+    fs.writeFileSync(path.join(dir, ".claim.tmp"), text);
+    fs.renameSync(path.join(dir, ".claim.tmp"), path.join(dir, "claim.json"));
+    // the wake-up, as core.poke: non-blocking (the agent holds the FIFO, so there is a reader)
+    const fd = fs.openSync(path.join(dir, "wake"), fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+    fs.writeSync(fd, "1");
+    fs.closeSync(fd);
+  };
+
+  test("pool file: taken without a request; the entrypoint is the main process; POST is 409 after", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "execd-claimdir-"));
+    const logFile = path.join(dir, "execd.log");
+    fs.writeFileSync(path.join(dir, "member"), "member-1234\n");
+    execFileSync("mkfifo", [path.join(dir, "wake")]);
+    const m = await startMember(dir, logFile);
+    try {
+      let r = await fetch(`${m.base}/ping`, { headers: m.boot });
+      assert.equal(r.headers.get("x-opensandbox-pool-claim-file"), "member-1234");
+      // a file that is not a claim is left, and the member stays unclaimed
+      writeClaim(dir, "{not json");
+      await sleep(100);
+      r = await fetch(`${m.base}/ping`, { headers: m.boot });
+      assert.equal(r.status, 200);
+      assert.match(fs.readFileSync(logFile, "utf8"), /not taken: not a JSON object/);
+      writeClaim(dir, JSON.stringify({ token: "file-" + TOKEN, env: ["CLAIM=f"], entrypoint: ["sh", "-c",
+        'echo "hello $CLAIM"; [ -z "$OPENSANDBOX_POOL_CLAIM_FILE$EXECD_ACCESS_TOKEN" ] && echo clean; exit 5'] }));
+      // no request: the watch alone starts the entrypoint
+      assert.equal(await m.exited, 5);
+      assert.match(m.out, /hello f/);
+      assert.match(m.out, /clean/);
+      const fresh = { "X-EXECD-ACCESS-TOKEN": "file-" + TOKEN };
+      assert.equal((await fetch(`${m.base}/ping`, { headers: m.boot })).status, 401);
+      r = await fetch(`${m.base}/ping`, { headers: fresh });
+      assert.equal(r.status, 200);
+      assert.equal(r.headers.get("x-opensandbox-pool-claim-file"), null, "a claimed member shows no marker");
+      const post = await fetch(`${m.base}/pool/claim`, { method: "POST", headers: { ...fresh,
+        "content-type": "application/json" }, body: JSON.stringify({ token: "again", entrypoint: ["true"] }) });
+      assert.equal(post.status, 409);
+      const cmd = await run(m.base, fresh, { command: "echo env=$CLAIM file=$OPENSANDBOX_POOL_CLAIM_FILE" });
+      assert.ok(cmd.events.some((e) => e.type === "stdout" && e.text === "env=f file="), cmd.text);
+      await run(m.base, fresh, { command: "kill $PPID" }).catch(() => {});
+    } finally {
+      m.child.kill("SIGKILL");
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("pool file: the first request after the write finds the claim taken (token and env)", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "execd-claimdir-"));
+    fs.writeFileSync(path.join(dir, "member"), "member-5678\n");
+    const m = await startMember(dir, path.join(dir, "execd.log"));
+    try {
+      // a `member` file but no FIFO: the agent shows no marker (the server would POST)
+      const r = await fetch(`${m.base}/ping`, { headers: m.boot });
+      assert.equal(r.headers.get("x-opensandbox-pool-claim-file"), null);
+      // the claim put in place with no wake-up, so only the request can make the agent take it
+      fs.writeFileSync(path.join(dir, ".claim.tmp"), JSON.stringify({ token: "req-" + TOKEN, env: ["CLAIM=r"],
+        entrypoint: ["sleep", "30"] }));
+      await sleep(100);
+      fs.linkSync(path.join(dir, ".claim.tmp"), path.join(dir, "claim.json"));
+      await sleep(100);
+      const fresh = { "X-EXECD-ACCESS-TOKEN": "req-" + TOKEN };
+      const cmd = await run(m.base, fresh, { command: "echo env=$CLAIM" });
+      assert.ok(cmd.events.some((e) => e.type === "stdout" && e.text === "env=r"), cmd.text);
+      await run(m.base, fresh, { command: "kill $PPID" }).catch(() => {});
+    } finally {
+      m.child.kill("SIGKILL");
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("busybox container", { skip: !dockerOk() && "no Docker daemon" }, () => {
   const ctx = { fileDir: "/tmp" };
   let cid;

@@ -76,6 +76,9 @@ M.sections = {
         -- how the agent gets into sandboxes: "archive" (uploaded into each container before it starts) or
         -- "volume" (one read-only volume with the bundle, mounted by every sandbox)
         agent_delivery = { type = "enum", values = { "archive", "volume" }, default = "volume" },
+        -- where warm pool claims are written for the members' agents (a directory per member, mounted into
+        -- it read-only); false: claims are POSTed to the agent (runtimes/docker/README.md, "Pools")
+        pool_claim_dir = { type = "string", default = "/run/opensandbox/pool-claims", false_ok = true },
     },
     kubernetes = {
         -- nil: in-cluster (the pod's service account); else a kubeconfig file ("~" expands to $HOME)

@@ -7,7 +7,8 @@
 -- adds to an adapter's class:
 --   Class:_agent_request(rec, method, path, body, token)  one request to the sandbox's agent: res, or nil, err
 --                                                         (`unavailable` when it cannot be reached)
---   Class:pool_ping(rec)                                  GET /ping with the boot token (rec.access_token)
+--   Class:pool_ping(rec)                                  GET /ping with the boot token (rec.access_token);
+--                                                         true, { claim_marker } (runtimes/docker/pool_claims.lua)
 --   Class:pool_claim(rec, claim)                          POST /pool/claim {token, entrypoint, env}, with the
 --                                                         boot token (execd/src/pool.c)
 local rterrors = require("runtimes.errors")
@@ -17,6 +18,7 @@ local M = {}
 
 M.TIMEOUT = 5 -- seconds for one request to a member's agent (connect included)
 M.TOKEN_HEADER = "X-EXECD-ACCESS-TOKEN"
+M.MARKER_HEADER = "x-opensandbox-pool-claim-file" -- (lower case: as core.client gives header names)
 
 --- `host` as the host part of a URL (an IPv6 address in brackets).
 function M.bracket(host)
@@ -46,6 +48,19 @@ function M.claim_times(body)
     return { accepted_us = a, handled_us = h, replied_us = r }
 end
 
+--- The claim as the agent reads it (POST /pool/claim's body, or the claim file): JSON text.
+function M.claim_body(claim)
+    local env = json.array()
+    for i, kv in ipairs(claim.env or {}) do
+        env[i] = kv
+    end
+    local ep = json.array()
+    for i, a in ipairs(claim.entrypoint) do
+        ep[i] = a
+    end
+    return json.encode({ token = claim.token, entrypoint = ep, env = env })
+end
+
 --- Installs the three methods into `Class` (opts.port: the agent's port in the sandbox).
 function M.install(Class, opts)
     local port = assert(opts and opts.port, "pool_agent.install: opts.port required")
@@ -72,7 +87,8 @@ function M.install(Class, opts)
         return res
     end
 
-    --- Whether the member's agent answers (with its boot token). true or nil, err. May yield.
+    --- Whether the member's agent answers (with its boot token): true, { claim_marker = what the agent read
+    --- from its claim directory's `member` file (execd/src/pool.c), or nil }; or nil, err. May yield.
     function Class:pool_ping(rec)
         local res, err = self:_agent_request(rec, "GET", "/ping", nil, rec.access_token)
         if not res then
@@ -81,7 +97,7 @@ function M.install(Class, opts)
         if res.status ~= 200 then
             return nil, rterrors.new("api", "the agent answered " .. tostring(res.status), { status = res.status })
         end
-        return true
+        return true, { claim_marker = res.headers and res.headers[M.MARKER_HEADER] or nil }
     end
 
     --- Hands the member `rec` (its boot token in rec.access_token) its claim: { token, entrypoint, env =
@@ -89,16 +105,7 @@ function M.install(Class, opts)
     --- or nil, err. May yield. `times` is what the agent says of its side on the host's monotonic clock
     --- ({ accepted_us, handled_us, replied_us }, execd/src/pool.c), or nil from an agent that says nothing.
     function Class:pool_claim(rec, claim)
-        local env = json.array()
-        for i, kv in ipairs(claim.env or {}) do
-            env[i] = kv
-        end
-        local ep = json.array()
-        for i, a in ipairs(claim.entrypoint) do
-            ep[i] = a
-        end
-        local res, err = self:_agent_request(rec, "POST", "/pool/claim",
-            json.encode({ token = claim.token, entrypoint = ep, env = env }), rec.access_token)
+        local res, err = self:_agent_request(rec, "POST", "/pool/claim", M.claim_body(claim), rec.access_token)
         if not res then
             return nil, err
         end

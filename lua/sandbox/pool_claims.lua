@@ -11,9 +11,9 @@ local P = {}
 
 P.CLAIM_ATTEMPTS = 3 -- members tried by one claim before it counts as empty
 
--- what the runtime sees of a member (the contract's `rec`: id, handle, place, access_token)
+-- what the runtime sees of a member (the contract's `rec`, as in pools.lua)
 local function member_rec(m)
-    return { id = m.id, handle = m.handle, place = m.place, access_token = m.access_token }
+    return { id = m.id, handle = m.handle, place = m.place, access_token = m.access_token, claim_file = m.claim_file }
 end
 
 local CLAIMS = metrics.default:counter("opensandbox_pool_claims_total",
@@ -170,7 +170,7 @@ function P:claim_one(spec, ctx, pool, m)
     -- until it had read the request, its work, and its answer's way back into this loop
     local t_end = self:now_us()
     local fields = { sandbox_id = m.id, pool = pool.name, store_ms = (t_committed - now) / 1000,
-        agent_ms = (t_end - t_committed) / 1000 }
+        agent_ms = (t_end - t_committed) / 1000, via = type(got) == "table" and got.file and "file" or "agent" }
     local at = type(got) == "table" and got.accepted_us and got -- (the agent's timings, pool_agent.lua)
     if at and t_sent then
         fields.agent_accept_ms = (at.accepted_us - t_sent) / 1000

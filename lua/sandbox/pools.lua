@@ -15,7 +15,8 @@
 --   2. the runtime hands the member its entrypoint, env and a fresh agent token (rt:pool_claim), which
 --      replaces the member's boot token. The entrypoint becomes the main process: its exit is the sandbox's
 --      Terminated/Failed as for a cold sandbox.
--- Neither step waits for the runtime's API: one durable write and one request to the agent. A member whose
+-- Neither step waits for the runtime's API: one durable write and one request to the agent (on Docker, a file
+-- written for the agent instead when its ping showed it sees it: runtimes/docker/pool_claims.lua). A member whose
 -- agent does not take the claim is dropped (record forgotten, object removed) and the next one is tried.
 -- No member: a cold create from the template (pools.on_empty = "cold") or 503 POOL::EMPTY ("error").
 --
@@ -295,9 +296,10 @@ end
 -- members
 ---------------------------------------------------------------------------------------------------------
 
--- what the runtime sees of a member (the contract's `rec`: id, handle, place, access_token)
+-- what the runtime sees of a member (the contract's `rec`: id, handle, place, access_token; claim_file: what its
+-- last ping said, rt:pool_ping)
 local function member_rec(m)
-    return { id = m.id, handle = m.handle, place = m.place, access_token = m.access_token }
+    return { id = m.id, handle = m.handle, place = m.place, access_token = m.access_token, claim_file = m.claim_file }
 end
 
 --- Forgets a member and (with `remove`) removes its runtime object in the background. Never yields.
@@ -326,7 +328,7 @@ end
 -- that never answers, or whose pool went meanwhile, is removed.
 function P:pool_await_ready(m)
     local deadline = self:now_us() + math.floor(self:pool_settings().ready_timeout * 1e6)
-    local ok, err
+    local ok, err -- (err: the ping's info when ok)
     repeat
         ok, err = self.runtime:pool_ping(member_rec(m))
         if not ok then
@@ -344,6 +346,7 @@ function P:pool_await_ready(m)
         end
         return self:pool_drop_member(m, true)
     end
+    m.claim_file = type(err) == "table" and err.claim_file or nil -- (its agent sees a claim written for it)
     m.state = "ready"
     pool.ready[#pool.ready + 1] = m.id
     self:pool_kick()

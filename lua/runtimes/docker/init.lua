@@ -237,9 +237,13 @@ function Docker:provision(sandbox, spec)
         end
     end
     local created_volumes -- the named volumes this create made: a failure removes them
+    local claim_dir = spec.pool_member and self:make_claim_dir(sandbox.id) or nil -- (docker/pool_claims.lua)
     local function fail(step_name, message, cid, cause)
         if cid then
             remove_half_created(cid)
+        end
+        if claim_dir then
+            self:drop_claim_dir(sandbox.id)
         end
         self:_drop_volumes(sandbox.id, created_volumes)
         self:release_agent_port({ id = sandbox.id, place = { agent_port = port } })
@@ -264,6 +268,7 @@ function Docker:provision(sandbox, spec)
         snapshot_id = sandbox.snapshot_id,
         pool = sandbox.pool,
         pool_member = spec.pool_member,
+        claim_dir = claim_dir,
         instance = self.instance,
         volumes = spec.volumes,
         -- the entrypoint waits until the sandbox's network rules are in place (isolation, policy)
@@ -550,6 +555,7 @@ function Docker:remove(rec)
     if ok then
         self:release_agent_port(rec)
         self.netpolicy:detach(rec.id)
+        self:drop_claim_dir(rec.id)
     end
     return ok, err
 end
@@ -1030,6 +1036,7 @@ end
 -- `execd --pool-member`, execd/src/pool.c); these two talk to its agent, never to dockerd
 
 pool_agent.install(Docker, { port = M.AGENT_PORT }) -- pool_ping, pool_claim
+require("runtimes.docker.pool_claims").install(Docker) -- the claim as a file, where the agent sees it
 
 -- the optional diagnostics of the contract (docker/diagnostics.lua)
 require("runtimes.docker.diagnostics")(Docker)

@@ -11,6 +11,8 @@ local M = {}
 M.AGENT_PORT = 44772
 M.HTTP_PORT = 8080
 M.BOOTSTRAP = "/opt/opensandbox/bootstrap.sh"
+-- where a pool member sees its claim directory (runtimes/docker/pool_claims.lua)
+M.CLAIM_MOUNT = "/run/opensandbox-pool"
 M.LABEL_PREFIX = "opensandbox.io/"
 M.LABEL_ID = "opensandbox.io/id"
 -- The identity of the server that made the container (docker.instance, else the UUID kept in its store):
@@ -172,6 +174,9 @@ function M.create_body(spec, config)
     end
     if spec.pool_member then -- bootstrap.sh waits for the claim's entrypoint (execd/src/pool.c)
         env[#env + 1] = "OPENSANDBOX_POOL_MEMBER=1"
+        if spec.claim_dir then -- the claim may come as a file there (runtimes/docker/pool_claims.lua)
+            env[#env + 1] = "OPENSANDBOX_POOL_CLAIM_FILE=" .. M.CLAIM_MOUNT .. "/claim.json"
+        end
     end
     if spec.access_token then
         env[#env + 1] = "EXECD_ACCESS_TOKEN=" .. spec.access_token
@@ -256,6 +261,11 @@ function M.create_body(spec, config)
     end
     if #mounts > 0 then
         host.Mounts = mounts
+    end
+    if spec.pool_member and spec.claim_dir then
+        -- (Binds, not Mounts: a daemon that does not see the server's directory makes an empty one instead of
+        -- failing the create; the member then shows no marker and is claimed over HTTP)
+        host.Binds = json.array({ spec.claim_dir .. ":" .. M.CLAIM_MOUNT .. ":ro" })
     end
     local text = json.encode(body)
     return (text:gsub(MARK_PATTERN, "%1"))

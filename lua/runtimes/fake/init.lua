@@ -404,7 +404,8 @@ function Fake:pool_ping(rec)
     if not obj or obj.status.state ~= "Running" or obj.sandbox.access_token ~= rec.access_token then
         return nil, rterrors.new("unavailable", "the agent cannot be reached")
     end
-    return true
+    -- (self.claim_files: the agents say they see a claim written for them, as Docker's may)
+    return true, { claim_file = self.claim_files == true }
 end
 
 function Fake:pool_claim(rec, claim)
@@ -423,8 +424,9 @@ function Fake:pool_claim(rec, claim)
         return nil, rterrors.new("conflict", "claimed already", { status = 409 })
     end
     obj.claim = claim
+    obj.claimed_by_file = rec.claim_file == true
     obj.sandbox.access_token = claim.token
-    return true
+    return true, { file = obj.claimed_by_file or nil }
 end
 
 function Fake:watch(on_change)

@@ -59,6 +59,15 @@ local function agent_run(srv, id, command)
     return res.body, ep
 end
 
+-- how the server handed sandbox `id` its claim ("file" or "agent"), from its "sandbox claimed from pool" line
+local function claimed_via(srv, id)
+    for line in srv:log():gmatch("[^\n]+") do
+        if line:find('"sandbox claimed from pool"', 1, true) and line:find(id, 1, true) then
+            return json.decode(line).via
+        end
+    end
+end
+
 local function env_of(container)
     local env = {}
     for _, e in ipairs(container.Config.Env) do
@@ -166,6 +175,10 @@ describe("warm pools #integration #docker", function()
         assert.matches("sleep 600", out, 1, true)
         assert.matches("tokens=0", out, 1, true)
         assert.matches("CLAIM=c", out, 1, true, "the agent's commands see the claim's env")
+        -- the claim was written for the agent (runtimes/docker/pool_claims.lua), not POSTed to it
+        local claim_file = H.run("ls " .. srv.dir .. "/claims/*/" .. id .. "/claim.json")
+        assert.matches("/claim.json", claim_file, 1, true)
+        assert.are.equal("file", claimed_via(srv, id))
         -- a fresh token: the boot token no longer works
         local token = ep.headers["X-EXECD-ACCESS-TOKEN"]
         assert.are_not.equal(boot, token)
@@ -190,9 +203,10 @@ describe("warm pools #integration #docker", function()
         local missing = H.create(srv, claim_body({ entrypoint = { "/no/such/program" } }))
         assert.matches("code 127", H.wait_state(srv, missing, "Failed", 30).status.message, 1, true)
 
-        -- DELETE of the sandbox removes its container like any
+        -- DELETE of the sandbox removes its container like any, and its claim directory
         assert.are.equal(204, H.call(srv, "DELETE", "/v1/sandboxes/" .. id).status)
         assert.is_false(H.container_exists("sandbox-" .. id))
+        assert.is_false(select(2, H.run("ls -d " .. srv.dir .. "/claims/*/" .. id)))
     end)
 
     it("replaces a crashed member, and never hands out a member twice, also across a restart", function()
@@ -221,8 +235,9 @@ describe("warm pools #integration #docker", function()
         local idle = member_ids(srv, "bb")
         srv:stop()
 
-        -- a restart: the claimed are sandboxes, the idle members are adopted (no new containers)
-        local srv2 = H.start({ dir = srv.dir })
+        -- a restart: the claimed are sandboxes, the idle members are adopted (no new containers); this server
+        -- writes no claim files (docker.pool_claim_dir = false), so it POSTs its claims to the agents
+        local srv2 = H.start({ dir = srv.dir, config = { docker = { pool_claim_dir = false } } })
         for id in pairs(claimed) do
             assert.are.equal("Running", H.call(srv2, "GET", "/v1/sandboxes/" .. id).json.status.state)
         end
@@ -237,6 +252,7 @@ describe("warm pools #integration #docker", function()
             claimed[res.json.id] = true
             -- the adopted member took the claim: its agent answers with the new token
             assert.matches("adopted%-ok", agent_run(srv2, res.json.id, "echo adopted-ok"))
+            assert.are.equal("agent", claimed_via(srv2, res.json.id))
         end
     end)
 

@@ -84,6 +84,8 @@ function M.start(opts)
         local cfg = merge({
             server = { host = "127.0.0.1", port = port, log_level = "DEBUG" },
             store = { path = dir .. "/state/opensandbox.db" },
+            -- (warm pool claim files: with the rest of the test's files, not under /run)
+            docker = { pool_claim_dir = dir .. "/claims" },
         }, opts.config)
         local cfg_path = dir .. "/config.lua"
         local f = assert(io.open(cfg_path, "w"))

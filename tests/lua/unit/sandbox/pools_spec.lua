@@ -318,6 +318,20 @@ describe("sandbox.pools claims", function()
         assert.equal(0, n_records(env))
     end)
 
+    it("passes what the member's ping said (claim_file) back to the runtime's claim", function()
+        for _, files in ipairs({ true, false }) do
+            local env = env_with()
+            env.rt.claim_files = files
+            assert(env:op("create_pool", body(), ALICE))
+            refill(env)
+            for _, m in pairs(env.svc.pool_members) do
+                assert.equal(files or nil, m.claim_file)
+            end
+            local view = assert(env:create(claim("py"), ALICE))
+            assert.equal(files, env.rt.objects[env.svc.records[view.id].handle].claimed_by_file)
+        end
+    end)
+
     it("drops a member whose agent refuses the claim and takes the next", function()
         local env = ready_pool()
         env.rt:fail_next("pool_claim", rterrors.new("unavailable", "connection refused"))
