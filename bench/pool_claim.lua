@@ -13,7 +13,9 @@
 --      POOL_MAX (default 400), KEEP=1 (delete the claimed sandboxes after the run instead of each one once
 --      it runs: dockerd then only refills during the run), REUSE_POOL=1 (a pool of that name that exists is
 --      used as it is, and left after the run: experiments against a server kept running), CLAIM_LOG=path (one
---      line per claim: sandbox id, start on the monotonic clock, POST answer ms, Running ms).
+--      line per claim: sandbox id, start on the monotonic clock, POST answer ms, Running ms), FIRST_COMMAND=1
+--      (after Running, the client also asks the endpoint of the agent's port and runs `true` through the agent
+--      with the sandbox's token: claim -> first command done, what a user of the sandbox waits for).
 local core = require("core")
 local client = require("core.client")
 local timer = require("core.timer")
@@ -27,6 +29,7 @@ local rate = tonumber(os.getenv("RATE") or "10")
 local poll_s = tonumber(os.getenv("POLL_MS") or "2") / 1000
 local pool = os.getenv("POOL") or "bench"
 local image = os.getenv("SANDBOX_IMAGE") or "local/busybox:latest"
+local first_command = os.getenv("FIRST_COMMAND") == "1"
 local H = { ["OPEN-SANDBOX-API-KEY"] = key, ["Content-Type"] = "application/json" }
 -- every claim's poll and DELETE run at once: without this, slow DELETEs (dockerd removing containers) hold
 -- the client's 16 connections and new claims wait in the client, not in the server
@@ -72,6 +75,24 @@ local ok, err = pcall(function()
     end
 
     local running, answers, errors, done, min_avail = {}, {}, {}, 0, math.huge
+    local commanded = {} -- FIRST_COMMAND=1: claim -> first command done (ms)
+    -- the first command through the sandbox's agent: its endpoint from the server, then `true` run there
+    local function first_command_of(id, t)
+        local e = request("GET", "/v1/sandboxes/" .. id .. "/endpoints/44772", nil, 10)
+        local ep = e and e.status == 200 and json.decode(e.body)
+        if not ep then
+            errors[#errors + 1] = "no endpoint: " .. tostring(e and e.body)
+            return
+        end
+        local r = client.request({ method = "POST", url = "http://" .. ep.endpoint .. "/command", timeout = 30,
+            headers = { ["X-EXECD-ACCESS-TOKEN"] = ep.headers and ep.headers["X-EXECD-ACCESS-TOKEN"],
+                ["Content-Type"] = "application/json" }, body = '{"command":"true"}' })
+        if not (r and r.status == 200) then
+            errors[#errors + 1] = "first command failed: " .. tostring(r and r.status)
+            return
+        end
+        commanded[#commanded + 1] = (core.monotonic() - t) * 1000
+    end
     local claim_log = {} -- CLAIM_LOG=path: one line per claim (id, start on the monotonic clock, answer, Running)
     -- Without KEEP each claimed sandbox is deleted once it runs, by at most 32 tasks at once: unbounded, the
     -- DELETEs that dockerd is slow to finish pile up past the server's per-address connection limit (256), and
@@ -122,6 +143,9 @@ local ok, err = pcall(function()
             end
             timer.sleep(poll_s)
         end
+        if first_command and entry.running_ms then
+            first_command_of(id, t)
+        end
         if keep then
             kept[#kept + 1] = id
             return
@@ -164,6 +188,11 @@ local ok, err = pcall(function()
         percentile(running, 1)))
     print(string.format("| POST answer (already Running): median / p99 | %.2f ms / %.2f ms |",
         percentile(answers, 0.5), percentile(answers, 0.99)))
+    if first_command then
+        print(string.format("| claim -> first command (`true` through the agent) done: median / p99 / max | "
+            .. "%.2f / %.2f / %.2f ms |", percentile(commanded, 0.5), percentile(commanded, 0.99),
+            percentile(commanded, 1)))
+    end
     print(string.format("| errors (not a warm claim, or not Running) | %d |", #errors))
     print(string.format("| fewest available members seen (every 50 claims) | %s |",
         min_avail == math.huge and "-" or tostring(min_avail)))

@@ -10,7 +10,8 @@
 # DOCKER_SHARES (cpu.shares of Docker's cgroup for the run, cgroup v1); STORE_DIR (where the server's store
 # goes, default the run's directory under /tmp: e.g. /dev/shm to take the disk out of the claim's path);
 # CLAIM_DIR (docker.pool_claim_dir for the run: a directory of its own is made in it; default the server's,
-# /run/opensandbox/pool-claims, which is best on a tmpfs: where /run is not one, e.g. /dev/shm).
+# /run/opensandbox/pool-claims, which is best on a tmpfs: where /run is not one, e.g. /dev/shm; "off": claims
+# are POSTed to the agents); FIRST_COMMAND=1 (bench/pool_claim.lua: also claim -> first command done).
 # The server's log is left in /tmp/osb-bench-pool-server.log.
 # (one compound command, read whole before it runs: bash reads a script as it goes, and an edit of this file
 # during a 20-minute run made it run other lines than it started with)
@@ -22,7 +23,9 @@ PORT=18293 KEY=bench-key
 instance="bench-pool-$$"
 store_dir="${STORE_DIR:-$work}/osb-bench-pool-state.$$"
 claim_cfg=
-if [ -n "${CLAIM_DIR:-}" ]; then
+if [ "${CLAIM_DIR:-}" = off ]; then
+    claim_cfg="pool_claim_dir = false,"
+elif [ -n "${CLAIM_DIR:-}" ]; then
     claim_dir=$(mktemp -d "$CLAIM_DIR/osb-bench-claims.XXXXXX")
     claim_cfg="pool_claim_dir = \"$claim_dir\","
 fi
@@ -64,7 +67,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
-echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest, refill_concurrency=${REFILL_CONCURRENCY:-4}, store in $(df --output=fstype "${STORE_DIR:-$work}" | tail -1) ${STORE_DIR:-$work}, claim files in $(df --output=fstype "${claim_dir:-/run}" | tail -1) ${claim_dir:-/run/opensandbox/pool-claims}, neighbour table gc_thresh1/2/3 $(cat $neigh/gc_thresh1)/$(cat $neigh/gc_thresh2)/$(cat $neigh/gc_thresh3), Docker cgroup cpu.shares $(cat "$shares_file" 2>/dev/null || echo -)"
+echo "Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, Docker $(docker version -f '{{.Server.Version}}'), image local/busybox:latest, refill_concurrency=${REFILL_CONCURRENCY:-4}, store in $(df --output=fstype "${STORE_DIR:-$work}" | tail -1) ${STORE_DIR:-$work}, claim files $([ "${CLAIM_DIR:-}" = off ] && echo "off" || echo "in $(df --output=fstype "${claim_dir:-/run}" | tail -1) ${claim_dir:-/run/opensandbox/pool-claims}"), neighbour table gc_thresh1/2/3 $(cat $neigh/gc_thresh1)/$(cat $neigh/gc_thresh2)/$(cat $neigh/gc_thresh3), Docker cgroup cpu.shares $(cat "$shares_file" 2>/dev/null || echo -)"
 echo
 echo "| measure | value |"
 echo "|---|---|"
