@@ -314,7 +314,9 @@ int pool_watch_fd(void)
     if (m) {
         while (len > 0 && (m[len - 1] == '\n' || m[len - 1] == '\r'))
             len--;
-        if (len > 0 && len < sizeof(g_marker) && !memchr(m, '\0', len) && !memchr(m, '\n', len)) {
+        /* (it goes into a header of /ping: one line of text) */
+        if (len > 0 && len < sizeof(g_marker) && !memchr(m, '\0', len) && !memchr(m, '\n', len) &&
+            !memchr(m, '\r', len)) {
             memcpy(g_marker, m, len);
             g_marker[len] = '\0';
         }

@@ -258,6 +258,9 @@ local function check_entrypoint(v)
         if type(s) ~= "string" then
             return invalid("entrypoint[%d] must be a string.", i - 1)
         end
+        if s:find("%z") then -- (no argument of a process can hold one; the agent would refuse a pool claim)
+            return invalid("entrypoint[%d] must not contain NUL.", i - 1)
+        end
         out[i] = s
     end
     if out[1] == "" then

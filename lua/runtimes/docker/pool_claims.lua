@@ -52,6 +52,8 @@ function M.install(Docker)
                 -- (a path component, and Docker's bind syntax has no escape for ':')
                 local inst = tostring(self.instance or "default"):gsub("[^%w_.-]", "_")
                 base = dir:gsub("/+$", "") .. "/" .. inst
+            elseif type(dir) == "string" and dir:sub(1, 1) ~= "/" then
+                warn(self, "docker.pool_claim_dir must be an absolute path; pool claims go over HTTP", { dir = dir })
             end
             self.claim_base_path = base
         end
@@ -115,8 +117,10 @@ function M.install(Docker)
             if ok then
                 ok, err = self:_write_open(dir .. "/" .. M.MARKER_FILE, id .. "\n")
             end
-            if ok then -- (the agent opens it to read and write: any user of the image)
-                ok, err = self.core.mkfifo(dir .. "/" .. M.WAKE_FIFO, tonumber("666", 8))
+            local fifo = dir .. "/" .. M.WAKE_FIFO
+            if ok and lfs.attributes(fifo, "mode") ~= "named pipe" then -- (made again: kept)
+                -- (the agent opens it to read and write: any user of the image)
+                ok, err = self.core.mkfifo(fifo, tonumber("666", 8))
             end
         end
         if not ok then
